@@ -1,0 +1,188 @@
+//! Wires the stages together and owns the server's lifetime: start-up, the background tasks,
+//! and one shutdown signal that fans out to all of them.
+//!
+//! Shutdown order (each step bounded by `--shutdown-grace`): health turns NOT_SERVING, the hub
+//! ends every open stream with UNAVAILABLE and the last cursor it sent (so clients resume), the
+//! gRPC server stops accepting and drains in-flight calls, the sequencer finishes what it had
+//! accepted, the metrics endpoint stops.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::{net::TcpListener, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    config::ServeConfig,
+    grpc::{self, NotifyService, ServerSettings},
+    hub::{Hub, HubConfig},
+    schema::DecodeOptions,
+    sequencer::Sequencer,
+    store::{Journal, MemoryJournal},
+    telemetry::{self, Metrics},
+};
+
+/// Room for the gRPC framing around the largest publish body, so an oversized body reaches our
+/// own check (and its clear message) instead of tonic's generic one.
+const DECODE_HEADROOM_BYTES: usize = 64 * 1024;
+
+/// The bound sockets the server runs on (tests pass their own `127.0.0.1:0` listeners).
+pub struct Listeners {
+    /// gRPC and grpc-web.
+    pub grpc: TcpListener,
+    /// `/metrics`.
+    pub metrics: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses of `config`.
+    pub async fn bind(config: &ServeConfig) -> anyhow::Result<Self> {
+        let grpc = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
+        let metrics = TcpListener::bind(config.metrics_listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (--metrics-listen)", config.metrics_listen))?;
+        Ok(Self { grpc, metrics })
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    let listeners = Listeners::bind(&config).await?;
+    let shutdown = CancellationToken::new();
+    let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let result = run(config, listeners, shutdown).await;
+    signals.abort();
+    result
+}
+
+/// Runs the server on `listeners` until `shutdown` is cancelled, then shuts down in order.
+pub async fn run(
+    config: ServeConfig,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let journal = MemoryJournal::new(config.dedupe_window);
+    let hub = Hub::new(
+        HubConfig {
+            queue_len: config.subscriber_queue_len,
+        },
+        journal.head(),
+        metrics.clone(),
+    );
+    // The sequencer outlives the gRPC server: it stops only after in-flight publishes drained.
+    let sequencer_stop = CancellationToken::new();
+    let (sequencer, sequencer_task) = Sequencer::spawn(
+        journal,
+        hub.clone(),
+        metrics.clone(),
+        config.publish_queue_len,
+        sequencer_stop.clone(),
+    );
+
+    let mut tasks = JoinSet::new();
+    tasks.spawn(heartbeats(hub.clone(), config.heartbeat_interval, shutdown.clone()));
+    info!(addr = %telemetry::local_addr(&listeners.metrics), "metrics on http://{}/metrics", telemetry::local_addr(&listeners.metrics));
+    tasks.spawn({
+        let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
+        async move {
+            if let Err(error) = telemetry::serve_metrics(listeners.metrics, metrics, shutdown).await {
+                warn!(%error, "metrics endpoint stopped");
+            }
+        }
+    });
+
+    let (health, health_service) = grpc::health();
+    health.serving().await;
+    let service = NotifyService {
+        hub: hub.clone(),
+        sequencer,
+        metrics: metrics.clone(),
+        decode: DecodeOptions {
+            strict_schema: config.strict_schema,
+        },
+        max_publish_bytes: config.max_publish_bytes,
+    };
+    let settings = ServerSettings {
+        cors_origins: config.cors_origins.clone(),
+        http2_keepalive_interval: config.http2_keepalive_interval,
+        http2_keepalive_timeout: config.http2_keepalive_timeout,
+        max_decoding_message_size: config.max_publish_bytes + DECODE_HEADROOM_BYTES,
+    };
+    let grpc_addr = telemetry::local_addr(&listeners.grpc);
+    info!(addr = %grpc_addr, "serving gRPC and grpc-web on {grpc_addr}");
+
+    let signal = {
+        let (shutdown, hub, health) = (shutdown.clone(), hub.clone(), health.clone());
+        async move {
+            shutdown.cancelled().await;
+            info!("shutdown: health NOT_SERVING, ending open streams");
+            health.not_serving().await;
+            hub.shut_down();
+        }
+    };
+    let server = grpc::serve(listeners.grpc, service, settings, health_service, signal);
+    tokio::pin!(server);
+    let served = tokio::select! {
+        result = &mut server => result,
+        () = grace_deadline(&shutdown, config.shutdown_grace) => {
+            warn!(grace = ?config.shutdown_grace, "shutdown grace period over; closing remaining connections");
+            Ok(())
+        }
+    };
+    // Whether the server ended by itself or by error, everything else stops too.
+    shutdown.cancel();
+    sequencer_stop.cancel();
+    if tokio::time::timeout(config.shutdown_grace, sequencer_task).await.is_err() {
+        warn!("sequencer did not finish within the grace period");
+    }
+    while tasks.join_next().await.is_some() {}
+    info!("stopped");
+    served
+}
+
+/// Completes `grace` after `shutdown` was cancelled.
+async fn grace_deadline(shutdown: &CancellationToken, grace: std::time::Duration) {
+    shutdown.cancelled().await;
+    tokio::time::sleep(grace).await;
+}
+
+/// Ticks the hub's heartbeat until shutdown.
+async fn heartbeats(hub: Hub, interval: std::time::Duration, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => hub.heartbeat(),
+            () = shutdown.cancelled() => break,
+        }
+    }
+}
+
+/// Cancels `shutdown` on SIGINT (Ctrl-C) or SIGTERM.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => info!("SIGINT received"),
+        () = term => info!("SIGTERM received"),
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,131 @@
+//! The command-line clients: real gRPC clients on the generated stubs, for people (`subscribe`,
+//! `publish`) and for measuring (`loadgen`).
+//!
+//! Owns: argument parsing of the client subcommands and their output formats. Does not own
+//! anything of the server; these talk to it over the network like any other client.
+
+mod loadgen;
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use prost::Message;
+use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
+use tonic::transport::{Channel, Endpoint};
+
+pub use loadgen::{LoadgenArgs, loadgen};
+
+use crate::pb::{
+    self, notification_service_client::NotificationServiceClient, publish_request::Body,
+};
+
+/// Arguments of `subscribe`.
+#[derive(Debug, Args)]
+pub struct SubscribeArgs {
+    /// The server's gRPC URL.
+    #[arg(long, env = "NOTIFY_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// Whose events: a user id, or `*` for every user (the firehose).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Event types, exact or `family.*`, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub types: Vec<String>,
+    /// Only events about this device.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Also receive the admin feed.
+    #[arg(long)]
+    pub admin_feed: bool,
+    /// Continue after this cursor (the `cursor` of the last event you processed).
+    #[arg(long)]
+    pub resume_after: Option<String>,
+}
+
+/// Arguments of `publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The server's gRPC URL.
+    #[arg(long, env = "NOTIFY_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// The routing key, e.g. `billing.payment_success`.
+    pub routing_key: String,
+    /// The producer's JSON body, or `@path` to read it from a file (`@-`: standard input).
+    pub body: String,
+}
+
+/// Connects to a server's gRPC URL.
+pub async fn connect(server: &str) -> anyhow::Result<NotificationServiceClient<Channel>> {
+    let channel = Endpoint::from_shared(server.to_owned())
+        .with_context(|| format!("bad server URL {server:?}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {server}"))?;
+    Ok(NotificationServiceClient::new(channel))
+}
+
+/// `subscribe`: prints every message of the stream as one line of canonical proto3 JSON.
+pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
+    let pool = DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET).context("descriptor set")?;
+    let descriptor = pool
+        .get_message_by_name("cloudphone.notify.v1.SubscribeResponse")
+        .context("SubscribeResponse descriptor")?;
+    let mut client = connect(&args.server).await?;
+    let request = pb::SubscribeRequest {
+        event_types: args.types,
+        device_id: args.device.unwrap_or_default(),
+        user_id: args.user.unwrap_or_default(),
+        admin_feed: args.admin_feed,
+        resume_after: args.resume_after.unwrap_or_default(),
+    };
+    let mut stream = client.subscribe(request).await?.into_inner();
+    let options = SerializeOptions::new();
+    while let Some(message) = stream.message().await? {
+        let dynamic = DynamicMessage::decode(descriptor.clone(), message.encode_to_vec().as_slice())?;
+        let mut line = serde_json::Serializer::new(Vec::new());
+        dynamic.serialize_with_options(&mut line, &options)?;
+        println!("{}", String::from_utf8_lossy(&line.into_inner()));
+    }
+    Ok(())
+}
+
+/// `publish`: sends one JSON body and prints `{"id","cursor","duplicate"}`.
+pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
+    let json = read_body(&args.body)?;
+    let mut client = connect(&args.server).await?;
+    let response = client
+        .publish(pb::PublishRequest {
+            routing_key: args.routing_key,
+            body: Some(Body::Json(json)),
+        })
+        .await
+        .map_err(|status| anyhow::anyhow!("{}: {}", status.code(), status.message()))?
+        .into_inner();
+    println!(
+        "{}",
+        serde_json::json!({
+            "id": response.id,
+            "cursor": response.cursor,
+            "duplicate": response.duplicate,
+        })
+    );
+    Ok(())
+}
+
+fn read_body(arg: &str) -> anyhow::Result<Vec<u8>> {
+    match arg.strip_prefix('@') {
+        Some("-") => {
+            let mut body = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut body).context("reading stdin")?;
+            Ok(body)
+        }
+        Some(path) => {
+            let path = PathBuf::from(path);
+            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+        }
+        None if arg.is_empty() => bail!("the body is empty"),
+        None => Ok(arg.as_bytes().to_vec()),
+    }
+}

@@ -1,0 +1,77 @@
+//! The one place where errors of the domain become gRPC statuses.
+//!
+//! Each module has its own error type; this file decides which code each becomes and what the
+//! client reads. Messages name the field or limit at fault and never leak internals.
+
+use tonic::{Code, Status};
+
+use crate::{
+    hub::{FilterError, HubError},
+    schema::DecodeError,
+    sequencer::SequencerError,
+    store::CursorError,
+};
+
+/// Anything a `NotificationService` call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The published body could not be decoded.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The subscription's filters are invalid.
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    /// `resume_after` is not a cursor.
+    #[error("resume_after: {0}")]
+    Cursor(#[from] CursorError),
+    /// The hub refused the subscription.
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    /// The sequencer could not publish.
+    #[error(transparent)]
+    Sequencer(#[from] SequencerError),
+    /// A request field is missing.
+    #[error("{0} is required")]
+    Missing(&'static str),
+    /// The publish body exceeds `--max-publish-bytes`.
+    #[error("body is {size} bytes; the limit is {limit} bytes (--max-publish-bytes)")]
+    TooLarge {
+        /// The body's size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+impl ApiError {
+    /// A short code for the `notify_rejected_total{reason}` metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Decode(e) => e.reason(),
+            Self::Filter(_) => "bad_filter",
+            Self::Cursor(_) => "bad_cursor",
+            Self::Hub(HubError::CursorAhead(_)) => "bad_cursor",
+            Self::Hub(HubError::ShuttingDown) | Self::Sequencer(_) => "unavailable",
+            Self::Missing(_) => "missing_field",
+            Self::TooLarge { .. } => "too_large",
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Self {
+        let code = match &error {
+            ApiError::Decode(_)
+            | ApiError::Filter(_)
+            | ApiError::Cursor(_)
+            | ApiError::Hub(HubError::CursorAhead(_))
+            | ApiError::Missing(_)
+            | ApiError::TooLarge { .. } => Code::InvalidArgument,
+            ApiError::Hub(HubError::ShuttingDown) | ApiError::Sequencer(SequencerError::Stopped) => {
+                Code::Unavailable
+            }
+            ApiError::Sequencer(SequencerError::Store(_)) => Code::Unavailable,
+        };
+        Status::new(code, error.to_string())
+    }
+}

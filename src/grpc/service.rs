@@ -1,0 +1,162 @@
+//! `NotificationService`: each method is extract → validate → call the domain → convert.
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::SystemTime,
+};
+
+use prost::Message;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::{codec::EncodedResponse, error::ApiError};
+use crate::{
+    hub::{EndReason, Filter, Hub, Subscription},
+    pb::{self, notification_service_server::NotificationService, publish_request::Body},
+    schema::{self, DecodeOptions, Properties},
+    sequencer::Sequencer,
+    store::Cursor,
+    telemetry::Metrics,
+};
+
+/// The service's dependencies and limits.
+#[derive(Clone)]
+pub struct NotifyService {
+    /// The fan-out hub (for `Subscribe`).
+    pub hub: Hub,
+    /// The single writer (for `Publish`).
+    pub sequencer: Sequencer,
+    /// Metrics to count rejections in.
+    pub metrics: Arc<Metrics>,
+    /// Decoding options (`--strict-schema`).
+    pub decode: DecodeOptions,
+    /// `--max-publish-bytes`.
+    pub max_publish_bytes: usize,
+}
+
+impl NotifyService {
+    fn open(&self, request: pb::SubscribeRequest) -> Result<SubscribeStream, ApiError> {
+        let filter = Filter::new(
+            &request.user_id,
+            request.admin_feed,
+            &request.event_types,
+            &request.device_id,
+        )?;
+        let resume_after = match request.resume_after.as_str() {
+            "" => None,
+            text => Some(Cursor::parse(text)?),
+        };
+        let subscription = self.hub.subscribe(filter, resume_after)?;
+        Ok(SubscribeStream {
+            subscription,
+            finished: false,
+        })
+    }
+
+    async fn publish_one(&self, request: pb::PublishRequest) -> Result<pb::PublishResponse, ApiError> {
+        let props = Properties {
+            timestamp_ms: None,
+            received_at: SystemTime::now(),
+        };
+        let decoded = match request.body {
+            None => return Err(ApiError::Missing("body (json or event)")),
+            Some(Body::Json(json)) => {
+                if request.routing_key.is_empty() {
+                    return Err(ApiError::Missing("routing_key"));
+                }
+                self.check_size(json.len())?;
+                schema::decode(&request.routing_key, &json, &props, self.decode)?
+            }
+            Some(Body::Event(event)) => {
+                self.check_size(event.encoded_len())?;
+                schema::accept_typed(&request.routing_key, event, &props, self.decode)?
+            }
+        };
+        let published = self.sequencer.publish(decoded).await?;
+        Ok(pb::PublishResponse {
+            id: published.id,
+            cursor: published.cursor.to_string(),
+            duplicate: published.duplicate,
+        })
+    }
+
+    fn check_size(&self, size: usize) -> Result<(), ApiError> {
+        if size > self.max_publish_bytes {
+            return Err(ApiError::TooLarge {
+                size,
+                limit: self.max_publish_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn reject(&self, error: ApiError) -> Status {
+        self.metrics.record_rejected(error.reason());
+        error.into()
+    }
+}
+
+#[tonic::async_trait]
+impl NotificationService for NotifyService {
+    type SubscribeStream = SubscribeStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        self.open(request.into_inner())
+            .map(Response::new)
+            .map_err(|e| self.reject(e))
+    }
+
+    async fn publish(
+        &self,
+        request: Request<pb::PublishRequest>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        self.publish_one(request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|e| self.reject(e))
+    }
+}
+
+/// A subscription as a gRPC response stream: frames as they come, then — if the server ended it
+/// — a status that tells the client why and where to resume.
+pub struct SubscribeStream {
+    subscription: Subscription,
+    finished: bool,
+}
+
+impl Stream for SubscribeStream {
+    type Item = Result<EncodedResponse, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.subscription).poll_next(cx) {
+            Poll::Ready(Some(frame)) => Poll::Ready(Some(Ok(EncodedResponse(frame.bytes)))),
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                this.finished = true;
+                let cursor = this.subscription.last_cursor();
+                Poll::Ready(this.subscription.end_reason().map(|reason| Err(end_status(reason, cursor))))
+            }
+        }
+    }
+}
+
+fn end_status(reason: EndReason, last: Cursor) -> Status {
+    match reason {
+        EndReason::Overflow { capacity } => Status::resource_exhausted(format!(
+            "subscriber fell {capacity} messages behind (--subscriber-queue-len) and was \
+             disconnected; last cursor sent: {last}; resubscribe with resume_after={last}"
+        )),
+        EndReason::ShuttingDown => Status::unavailable(format!(
+            "server is shutting down; last cursor sent: {last}; resubscribe with resume_after={last}"
+        )),
+    }
+}

@@ -1,0 +1,391 @@
+//! Fan-out: which subscribers get an event, and handing it to them without ever waiting.
+//!
+//! Owns: the routing index (user id → subscribers, the firehose, the admin feed), filters, each
+//! subscriber's bounded [`Mailbox`] and its overflow policy, heartbeats, and ending every stream
+//! on shutdown. Does not own: decoding (`schema`), positions (`store`), the order of events (the
+//! `sequencer` calls [`Hub::fan_out`] in journal order, one event at a time), or transport
+//! (`grpc` turns a [`Subscription`] into a gRPC stream).
+//!
+//! Each event is encoded once into a `SubscribeResponse`; all its recipients share those bytes.
+
+mod filter;
+mod mailbox;
+
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{
+        Arc, RwLock, RwLockReadGuard, RwLockWriteGuard,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use bytes::Bytes;
+use prost::Message;
+
+pub use filter::{Audience, Filter, FilterError, MAX_PATTERN_LEN, MAX_TYPE_PATTERNS, Users};
+pub use mailbox::{EndReason, Frame, Mailbox, Push};
+
+use crate::{
+    pb::{self, subscribe_response::Kind},
+    store::Cursor,
+    telemetry::Metrics,
+};
+
+/// Settings of the hub.
+#[derive(Debug, Clone, Copy)]
+pub struct HubConfig {
+    /// Frames one subscriber may have queued before it counts as too slow (see [`Mailbox`]).
+    pub queue_len: usize,
+}
+
+/// Why a subscription could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HubError {
+    /// The server is shutting down and takes no new subscribers.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// `resume_after` is a position this journal has not reached.
+    #[error("resume_after {0} is ahead of this server's journal")]
+    CursorAhead(String),
+}
+
+struct Subscriber {
+    id: u64,
+    filter: Filter,
+    mailbox: Mailbox,
+}
+
+#[derive(Default)]
+struct Index {
+    /// Every subscriber, by id.
+    all: HashMap<u64, Arc<Subscriber>>,
+    /// Subscribers of one user's events.
+    by_user: HashMap<Box<str>, Vec<Arc<Subscriber>>>,
+    /// Subscribers of every user's events.
+    firehose: Vec<Arc<Subscriber>>,
+    /// Subscribers of the admin feed.
+    admin: Vec<Arc<Subscriber>>,
+    /// Set at shutdown: no new subscribers.
+    closed: bool,
+}
+
+impl Index {
+    fn insert(&mut self, subscriber: Arc<Subscriber>) {
+        match &subscriber.filter.users {
+            Users::None => {}
+            Users::One(user) => self.by_user.entry(user.clone()).or_default().push(subscriber.clone()),
+            Users::All => self.firehose.push(subscriber.clone()),
+        }
+        if subscriber.filter.admin_feed {
+            self.admin.push(subscriber.clone());
+        }
+        self.all.insert(subscriber.id, subscriber);
+    }
+
+    fn remove(&mut self, id: u64) -> bool {
+        let Some(subscriber) = self.all.remove(&id) else {
+            return false;
+        };
+        let keep = |s: &Arc<Subscriber>| s.id != id;
+        match &subscriber.filter.users {
+            Users::None => {}
+            Users::One(user) => {
+                if let Some(list) = self.by_user.get_mut(user) {
+                    list.retain(keep);
+                    if list.is_empty() {
+                        self.by_user.remove(user);
+                    }
+                }
+            }
+            Users::All => self.firehose.retain(keep),
+        }
+        if subscriber.filter.admin_feed {
+            self.admin.retain(keep);
+        }
+        true
+    }
+}
+
+struct Shared {
+    config: HubConfig,
+    metrics: Arc<Metrics>,
+    epoch: u64,
+    /// Position of the last event fanned out. Written under the index read lock after the
+    /// event was pushed, read under the write lock by `subscribe`: see [`Hub::subscribe`].
+    head: AtomicU64,
+    next_id: AtomicU64,
+    index: RwLock<Index>,
+}
+
+impl Shared {
+    fn read(&self) -> RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn cursor(&self, position: u64) -> Cursor {
+        Cursor {
+            epoch: self.epoch,
+            position,
+        }
+    }
+}
+
+/// The fan-out hub; cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+/// An event ready to fan out: routing facts plus the encoded `SubscribeResponse` all recipients
+/// share.
+#[derive(Debug, Clone)]
+pub struct Routed<'a> {
+    /// The event (its `cursor` set).
+    pub event: &'a pb::Event,
+    /// Its journal position.
+    pub position: u64,
+    /// When it entered the server.
+    pub published_at: Instant,
+}
+
+impl Hub {
+    /// A hub with no subscribers whose head is `head` (the journal's head at start-up).
+    pub fn new(config: HubConfig, head: Cursor, metrics: Arc<Metrics>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                metrics,
+                epoch: head.epoch,
+                head: AtomicU64::new(head.position),
+                next_id: AtomicU64::new(1),
+                index: RwLock::new(Index::default()),
+            }),
+        }
+    }
+
+    /// The cursor of the last event fanned out.
+    pub fn head(&self) -> Cursor {
+        self.shared.cursor(self.shared.head.load(Ordering::Acquire))
+    }
+
+    /// The number of open subscriptions.
+    pub fn subscriber_count(&self) -> usize {
+        self.shared.read().all.len()
+    }
+
+    /// Hands one event to every subscriber that selects it and whose filters pass it. Never
+    /// waits: a subscriber whose mailbox is full is ended (see [`Mailbox`]). Must be called in
+    /// journal order, by one caller at a time (the sequencer).
+    pub fn fan_out(&self, routed: Routed<'_>) {
+        let event = routed.event;
+        let frame = Frame {
+            bytes: encode_event(event),
+            position: routed.position,
+            published_at: Some(routed.published_at),
+        };
+        let shared = &*self.shared;
+        let index = shared.read();
+        let mut delivered = 0_u64;
+        let mut deliver = |subscriber: &Subscriber| {
+            if !subscriber.filter.passes(&event.r#type, &event.device_id) {
+                return;
+            }
+            match subscriber.mailbox.push(frame.clone()) {
+                Push::Queued => delivered += 1,
+                Push::Overflowed => {
+                    shared.metrics.queue_overflows.inc();
+                }
+                Push::Closed => {}
+            }
+        };
+        match Audience::of(&event.r#type) {
+            Audience::AdminOnly => index.admin.iter().for_each(|s| deliver(s)),
+            Audience::Users { admin_too } => {
+                if !event.user_id.is_empty()
+                    && let Some(list) = index.by_user.get(event.user_id.as_str())
+                {
+                    list.iter().for_each(|s| deliver(s));
+                }
+                index.firehose.iter().for_each(|s| deliver(s));
+                if admin_too {
+                    // Skip admins whose user selection already delivered this event.
+                    index
+                        .admin
+                        .iter()
+                        .filter(|s| !s.filter.selects_user(&event.user_id))
+                        .for_each(|s| deliver(s));
+                }
+            }
+        }
+        // Published while still holding the read lock, so `subscribe` (write lock) sees either
+        // the event pushed to nobody new and the old head, or the new head.
+        shared.head.store(routed.position, Ordering::Release);
+        drop(index);
+        shared.metrics.record_fan_out(&event.r#type, delivered);
+    }
+
+    /// Opens a subscription. The first frame tells the subscriber where it stands: a `Gap` if
+    /// `resume_after` is older than what the server can replay (today: anything older than the
+    /// head, as nothing is retained yet), then `CaughtUp` with the current head. Every event
+    /// fanned out after that follows, with nothing missed in between.
+    pub fn subscribe(
+        &self,
+        filter: Filter,
+        resume_after: Option<Cursor>,
+    ) -> Result<Subscription, HubError> {
+        let shared = &*self.shared;
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let subscriber = Arc::new(Subscriber {
+            id,
+            filter,
+            mailbox: Mailbox::new(shared.config.queue_len),
+        });
+        let mut index = shared.write();
+        if index.closed {
+            return Err(HubError::ShuttingDown);
+        }
+        // Under the write lock no event is being fanned out, so `head` is exact: every event up
+        // to it went out before this subscriber existed, every later one will reach it.
+        let head = shared.cursor(shared.head.load(Ordering::Acquire));
+        if let Some(from) = resume_after {
+            let gap = if from.epoch != head.epoch {
+                Some(pb::GapReason::EpochChanged)
+            } else if from.position > head.position {
+                return Err(HubError::CursorAhead(from.to_string()));
+            } else if from.position < head.position {
+                Some(pb::GapReason::Retention)
+            } else {
+                None
+            };
+            if let Some(reason) = gap {
+                subscriber.mailbox.push(control_frame(
+                    Kind::Gap(pb::Gap {
+                        from: from.to_string(),
+                        to: head.to_string(),
+                        reason: reason.into(),
+                    }),
+                    head.position,
+                ));
+            }
+        }
+        subscriber.mailbox.push(control_frame(
+            Kind::CaughtUp(pb::CaughtUp {
+                cursor: head.to_string(),
+            }),
+            head.position,
+        ));
+        index.insert(subscriber.clone());
+        drop(index);
+        shared.metrics.subscribers.inc();
+        Ok(Subscription {
+            hub: self.shared.clone(),
+            subscriber,
+            last_position: head.position,
+        })
+    }
+
+    /// Sends a heartbeat to every subscriber that received nothing since the last call.
+    pub fn heartbeat(&self) {
+        let head = self.head();
+        let frame = control_frame(
+            Kind::Heartbeat(pb::Heartbeat {
+                cursor: head.to_string(),
+            }),
+            head.position,
+        );
+        let index = self.shared.read();
+        for subscriber in index.all.values() {
+            if !subscriber.mailbox.take_busy() {
+                subscriber.mailbox.push(frame.clone());
+                // The heartbeat itself must not count as activity for the next tick.
+                subscriber.mailbox.take_busy();
+            }
+        }
+    }
+
+    /// Ends every subscription (queued frames are still delivered) and refuses new ones.
+    pub fn shut_down(&self) {
+        let mut index = self.shared.write();
+        index.closed = true;
+        for subscriber in index.all.values() {
+            subscriber.mailbox.close(EndReason::ShuttingDown);
+        }
+    }
+}
+
+/// Encodes `SubscribeResponse { event }` without cloning the event.
+fn encode_event(event: &pb::Event) -> Bytes {
+    const EVENT_FIELD: u32 = 1;
+    let len = prost::encoding::message::encoded_len(EVENT_FIELD, event);
+    let mut buf = Vec::with_capacity(len);
+    prost::encoding::message::encode(EVENT_FIELD, event, &mut buf);
+    Bytes::from(buf)
+}
+
+fn control_frame(kind: Kind, position: u64) -> Frame {
+    Frame {
+        bytes: pb::SubscribeResponse { kind: Some(kind) }
+            .encode_to_vec()
+            .into(),
+        position,
+        published_at: None,
+    }
+}
+
+/// One subscriber's stream of encoded frames. Dropping it unsubscribes.
+pub struct Subscription {
+    hub: Arc<Shared>,
+    subscriber: Arc<Subscriber>,
+    last_position: u64,
+}
+
+impl Subscription {
+    /// Why the server ended this subscription, once the stream has ended.
+    pub fn end_reason(&self) -> Option<EndReason> {
+        self.subscriber.mailbox.end_reason()
+    }
+
+    /// The cursor of the last frame this stream yielded: everything up to it was delivered.
+    pub fn last_cursor(&self) -> Cursor {
+        self.hub.cursor(self.last_position)
+    }
+
+    /// Records how long an event took from entering the server to leaving for the wire.
+    fn observe(&self, frame: &Frame) {
+        if let Some(at) = frame.published_at {
+            self.hub.metrics.delivery_latency.observe(at.elapsed().as_secs_f64());
+        }
+    }
+}
+
+impl tokio_stream::Stream for Subscription {
+    type Item = Frame;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
+        let this = self.get_mut();
+        let polled = this.subscriber.mailbox.poll_pop(cx);
+        if let Poll::Ready(Some(frame)) = &polled {
+            this.last_position = frame.position;
+            this.observe(frame);
+        }
+        polled
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if self.hub.write().remove(self.subscriber.id) {
+            self.hub.metrics.subscribers.dec();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

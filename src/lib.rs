@@ -1,0 +1,28 @@
+//! notify-backbone: a schema-first gRPC streaming notification backbone.
+//!
+//! Events flow top to bottom through these modules; each knows only its neighbours' plain
+//! Rust types (see `DESIGN.md`):
+//!
+//! | module        | owns                                                                      |
+//! |---------------|---------------------------------------------------------------------------|
+//! | [`pb`]        | the generated protobuf types of `proto/` (the public contract)            |
+//! | [`schema`]    | producer JSON (every wire shape) or a typed event → validated `pb::Event`  |
+//! | [`store`]     | the journal: positions, cursors, dedupe by event id                       |
+//! | [`sequencer`] | the single writer: journal append in batches, then hand-off to the hub    |
+//! | [`hub`]       | routing index, filters, per-subscriber bounded queues, overflow policy    |
+//! | [`grpc`]      | tonic services (thin adapters), grpc-web, health, reflection, `Status` map |
+//! | [`telemetry`] | logging setup, Prometheus metrics and the `/metrics` endpoint             |
+//! | [`config`]    | every knob of `serve`: CLI flag + env var + documented default            |
+//! | [`app`]       | wires the stages together, owns shutdown and task tracking                |
+//! | [`client`]    | the command-line clients: `subscribe`, `publish`, `loadgen`               |
+
+pub mod app;
+pub mod client;
+pub mod config;
+pub mod grpc;
+pub mod hub;
+pub mod pb;
+pub mod schema;
+pub mod sequencer;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,193 @@
+//! The single writer: every ingest path (the `Publish` RPC today, AMQP next) hands decoded
+//! events to the sequencer, which appends them to the journal in batches and then fans each new
+//! one out through the hub, in journal order.
+//!
+//! Owns: the bounded submission queue (its overflow policy is backpressure: a full queue makes
+//! submitters wait, it never drops), batching, and the promise that the hub sees events in
+//! exactly the order the journal stored them. Does not own: decoding, storage details, routing.
+//!
+//! One writer keeps ordering trivial (no two fan-outs interleave) and lets the journal commit a
+//! whole batch at once — the group commit the durable journal relies on.
+
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::{
+    hub::{Hub, Routed},
+    schema::Decoded,
+    store::{Cursor, Journal, StoreError},
+    telemetry::Metrics,
+};
+use std::sync::Arc;
+
+/// The most events the sequencer takes from its queue for one journal append.
+const MAX_BATCH: usize = 512;
+
+/// The outcome of publishing one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The event's id.
+    pub id: String,
+    /// Its cursor (the first one, for a duplicate).
+    pub cursor: Cursor,
+    /// It had been accepted before; nothing was sent again.
+    pub duplicate: bool,
+}
+
+/// Why an event was not published.
+#[derive(Debug, thiserror::Error)]
+pub enum SequencerError {
+    /// The sequencer has stopped (shutdown).
+    #[error("the server is shutting down")]
+    Stopped,
+    /// The journal refused the batch.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct Submission {
+    decoded: Decoded,
+    published_at: Instant,
+    reply: oneshot::Sender<Result<Published, SequencerError>>,
+}
+
+/// Submits events to the sequencer; cheap to clone.
+#[derive(Clone)]
+pub struct Sequencer {
+    tx: mpsc::Sender<Submission>,
+}
+
+impl Sequencer {
+    /// Starts the sequencer task. `queue_len` bounds the submissions waiting for it; when full,
+    /// [`Sequencer::publish`] waits (backpressure to the ingest). The task ends when `shutdown` is
+    /// cancelled (after finishing what is queued) or when every `Sequencer` is dropped.
+    pub fn spawn(
+        journal: impl Journal,
+        hub: Hub,
+        metrics: Arc<Metrics>,
+        queue_len: usize,
+        shutdown: CancellationToken,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(queue_len.max(1));
+        let task = tokio::spawn(run(journal, hub, metrics, rx, shutdown));
+        (Self { tx }, task)
+    }
+
+    /// Appends one decoded event (and its admin notice) to the journal and fans it out.
+    /// Returns once the event has been routed to its subscribers' queues.
+    pub async fn publish(&self, decoded: Decoded) -> Result<Published, SequencerError> {
+        let (reply, response) = oneshot::channel();
+        let submission = Submission {
+            decoded,
+            published_at: Instant::now(),
+            reply,
+        };
+        self.tx.send(submission).await.map_err(|_| SequencerError::Stopped)?;
+        response.await.map_err(|_| SequencerError::Stopped)?
+    }
+}
+
+async fn run(
+    mut journal: impl Journal,
+    hub: Hub,
+    metrics: Arc<Metrics>,
+    mut rx: mpsc::Receiver<Submission>,
+    shutdown: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let received = tokio::select! {
+            biased;
+            n = rx.recv_many(&mut batch, MAX_BATCH) => n,
+            () = shutdown.cancelled() => {
+                // Take no new work, finish what was already accepted into the queue.
+                rx.close();
+                while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+                    write_batch(&mut journal, &hub, &metrics, &mut batch);
+                }
+                break;
+            }
+        };
+        if received == 0 {
+            break;
+        }
+        write_batch(&mut journal, &hub, &metrics, &mut batch);
+    }
+    debug!("sequencer stopped");
+}
+
+/// Appends a batch, fans out the new events in order, then answers every submitter.
+fn write_batch(
+    journal: &mut impl Journal,
+    hub: &Hub,
+    metrics: &Metrics,
+    batch: &mut Vec<Submission>,
+) {
+    // Each submission is its event followed by its admin notice, if any.
+    let ids: Vec<&str> = batch
+        .iter()
+        .flat_map(|s| {
+            std::iter::once(s.decoded.event.id.as_str())
+                .chain(s.decoded.admin_notice.as_ref().map(|n| n.id.as_str()))
+        })
+        .collect();
+    let outcomes = match journal.append(&ids) {
+        Ok(outcomes) => outcomes,
+        Err(error) => {
+            warn!(%error, events = batch.len(), "journal append failed");
+            let message = error.to_string();
+            for submission in batch.drain(..) {
+                let error = StoreError::Unavailable(message.clone());
+                let _ = submission.reply.send(Err(error.into()));
+            }
+            return;
+        }
+    };
+    let mut outcomes = outcomes.into_iter();
+    for submission in batch.drain(..) {
+        let Submission {
+            decoded,
+            published_at,
+            reply,
+        } = submission;
+        let Some(appended) = outcomes.next() else {
+            let _ = reply.send(Err(StoreError::Unavailable("journal returned too few outcomes".into()).into()));
+            continue;
+        };
+        let notice_outcome = decoded.admin_notice.as_ref().and_then(|_| outcomes.next());
+        let Decoded {
+            mut event,
+            admin_notice,
+        } = decoded;
+        if appended.duplicate {
+            metrics.duplicates.inc();
+        } else {
+            event.cursor = appended.cursor.to_string();
+            metrics.record_event_in(&event.r#type);
+            hub.fan_out(Routed {
+                event: &event,
+                position: appended.cursor.position,
+                published_at,
+            });
+        }
+        if let (Some(mut notice), Some(notice_appended)) = (admin_notice, notice_outcome)
+            && !notice_appended.duplicate
+        {
+            notice.cursor = notice_appended.cursor.to_string();
+            metrics.record_event_in(&notice.r#type);
+            hub.fan_out(Routed {
+                event: &notice,
+                position: notice_appended.cursor.position,
+                published_at,
+            });
+        }
+        let _ = reply.send(Ok(Published {
+            id: event.id,
+            cursor: appended.cursor,
+            duplicate: appended.duplicate,
+        }));
+    }
+}

@@ -1,0 +1,232 @@
+//! Logging set-up, the Prometheus metrics every stage records, and the `/metrics` endpoint.
+//!
+//! Owns: metric names and labels (one place, so dashboards have one reference) and the HTTP
+//! listener that serves them. Does not own: deciding what to count — each stage calls the
+//! recorder at the moment its event happens.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// Starts logging to stderr; `RUST_LOG` overrides the default level (`info`).
+pub fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // A second call (tests start several servers in one process) keeps the first subscriber.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Label: an event type, bounded to the known catalog (see [`type_label`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabel {
+    /// The canonical event type, or `<family>.other` for untyped events.
+    pub r#type: String,
+}
+
+/// Label: why an input was rejected (a `DecodeError::reason()` code or a limit).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// The reason code.
+    pub reason: String,
+}
+
+/// Every metric notify-backbone exports.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    /// `notify_events_in_total{type}`: events accepted into the journal (duplicates excluded).
+    pub events_in: Family<TypeLabel, Counter>,
+    /// `notify_events_out_total{type}`: events queued to subscribers (one per recipient).
+    pub events_out: Family<TypeLabel, Counter>,
+    /// `notify_duplicates_total`: events recognised as already accepted.
+    pub duplicates: Counter,
+    /// `notify_rejected_total{reason}`: published events refused as bad input.
+    pub rejected: Family<ReasonLabel, Counter>,
+    /// `notify_subscribers`: open subscriptions.
+    pub subscribers: Gauge,
+    /// `notify_queue_overflows_total`: subscribers ended because their queue was full.
+    pub queue_overflows: Counter,
+    /// `notify_delivery_latency_seconds`: from an event entering the server to its subscriber's
+    /// stream taking it for the wire.
+    pub delivery_latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Fresh metrics, registered under the `notify_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("notify");
+        let events_in = Family::<TypeLabel, Counter>::default();
+        let events_out = Family::<TypeLabel, Counter>::default();
+        let duplicates = Counter::default();
+        let rejected = Family::<ReasonLabel, Counter>::default();
+        let subscribers = Gauge::default();
+        let queue_overflows = Counter::default();
+        // 50 µs … ~1.6 s in 16 doubling steps.
+        let delivery_latency = Histogram::new(exponential_buckets(50e-6, 2.0, 16));
+        registry.register("events_in", "Events accepted into the journal", events_in.clone());
+        registry.register("events_out", "Events queued to subscribers", events_out.clone());
+        registry.register("duplicates", "Events recognised as already accepted", duplicates.clone());
+        registry.register("rejected", "Published events refused as bad input", rejected.clone());
+        registry.register("subscribers", "Open subscriptions", subscribers.clone());
+        registry.register(
+            "queue_overflows",
+            "Subscribers ended because their queue was full",
+            queue_overflows.clone(),
+        );
+        registry.register(
+            "delivery_latency_seconds",
+            "From an event entering the server to its stream taking it for the wire",
+            delivery_latency.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            events_in,
+            events_out,
+            duplicates,
+            rejected,
+            subscribers,
+            queue_overflows,
+            delivery_latency,
+        }
+    }
+
+    /// Counts one accepted event.
+    pub fn record_event_in(&self, event_type: &str) {
+        self.events_in.get_or_create(&type_label(event_type)).inc();
+    }
+
+    /// Counts one event's fan-out to `recipients` subscribers.
+    pub fn record_fan_out(&self, event_type: &str, recipients: u64) {
+        if recipients > 0 {
+            self.events_out.get_or_create(&type_label(event_type)).inc_by(recipients);
+        }
+    }
+
+    /// Counts one rejected input.
+    pub fn record_rejected(&self, reason: &str) {
+        self.rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &registry);
+        out
+    }
+}
+
+/// Keeps label cardinality bounded: producers may invent routing keys, metrics must not grow
+/// with them. Known types keep their name; anything else becomes `<family>.other`.
+fn type_label(event_type: &str) -> TypeLabel {
+    const KNOWN: &[&str] = &[
+        "quota.updated",
+        "quota.exceeded",
+        "quota.renewed",
+        "quota.alert",
+        "billing.low_balance",
+        "billing.payment_success",
+        "billing.invoice_generated",
+        "billing.order.completed",
+        "billing.order.cancelled",
+        "app.installed",
+        "app.install_failed",
+        "app.updated",
+        "device.created",
+        "device.started",
+        "device.stopped",
+        "device.deleted",
+        "device.error",
+        crate::schema::ADMIN_NOTICE_TYPE,
+    ];
+    let label = if KNOWN.contains(&event_type) {
+        event_type.to_owned()
+    } else {
+        let family = event_type.split('.').next().unwrap_or("unknown");
+        match family {
+            "quota" | "billing" | "app" | "device" => format!("{family}.other"),
+            _ => "other".to_owned(),
+        }
+    };
+    TypeLabel { r#type: label }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` is cancelled.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    use axum::{http::header, routing::get};
+    let router = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                    metrics.render(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// The address a listener is bound to, for log lines.
+pub fn local_addr(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .map(|a: SocketAddr| a.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invented_routing_keys_do_not_grow_label_sets() {
+        assert_eq!(type_label("quota.updated").r#type, "quota.updated");
+        assert_eq!(type_label("quota.brand_new").r#type, "quota.other");
+        assert_eq!(type_label("zzz.yyy").r#type, "other");
+    }
+
+    #[test]
+    fn render_contains_registered_metrics() {
+        let metrics = Metrics::new();
+        metrics.record_event_in("billing.payment_success");
+        let text = metrics.render();
+        assert!(text.contains("notify_events_in_total{type=\"billing.payment_success\"} 1"), "{text}");
+        assert!(text.contains("notify_subscribers"), "{text}");
+    }
+}
