@@ -1,1 +1,285 @@
+//! Routing and delivery rules of the hub, without any transport.
 
+use std::{
+    sync::Arc,
+    task::{Context, Poll, Waker},
+    time::Instant,
+};
+
+use prost::Message;
+use tokio_stream::Stream;
+
+use super::*;
+
+const EPOCH: u64 = 77;
+
+fn hub(queue_len: usize) -> Hub {
+    Hub::new(
+        HubConfig { queue_len },
+        Cursor {
+            epoch: EPOCH,
+            position: 0,
+        },
+        Arc::new(Metrics::new()),
+    )
+}
+
+fn filter(user: &str, admin_feed: bool, types: &[&str], device: &str) -> Filter {
+    let types: Vec<String> = types.iter().map(|t| t.to_string()).collect();
+    Filter::new(user, admin_feed, &types, device).expect("valid filter")
+}
+
+struct Publisher {
+    hub: Hub,
+    position: u64,
+}
+
+impl Publisher {
+    fn new(hub: &Hub) -> Self {
+        Self {
+            hub: hub.clone(),
+            position: 0,
+        }
+    }
+
+    fn send(&mut self, event_type: &str, user: &str, device: &str) -> String {
+        self.position += 1;
+        let id = format!("e{}", self.position);
+        let event = pb::Event {
+            id: id.clone(),
+            cursor: Cursor {
+                epoch: EPOCH,
+                position: self.position,
+            }
+            .to_string(),
+            r#type: event_type.into(),
+            user_id: user.into(),
+            device_id: device.into(),
+            ..Default::default()
+        };
+        self.hub.fan_out(Routed {
+            event: &event,
+            position: self.position,
+            published_at: Instant::now(),
+        });
+        id
+    }
+}
+
+/// Everything a subscription has ready now, decoded.
+fn drain(subscription: &mut Subscription) -> Vec<Kind> {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut out = Vec::new();
+    while let Poll::Ready(Some(frame)) = Pin::new(&mut *subscription).poll_next(&mut cx) {
+        let response = pb::SubscribeResponse::decode(frame.bytes).expect("decodes");
+        out.push(response.kind.expect("kind set"));
+    }
+    out
+}
+
+fn event_ids(kinds: &[Kind]) -> Vec<String> {
+    kinds
+        .iter()
+        .filter_map(|k| match k {
+            Kind::Event(e) => Some(e.id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_user_receives_only_their_own_events() {
+    let hub = hub(16);
+    let mut alice = hub.subscribe(filter("alice", false, &[], ""), None).expect("subscribe");
+    let mut bob = hub.subscribe(filter("bob", false, &[], ""), None).expect("subscribe");
+    let mut publisher = Publisher::new(&hub);
+    let a = publisher.send("billing.payment_success", "alice", "");
+    let b = publisher.send("billing.payment_success", "bob", "");
+    publisher.send("app.updated", "", "");
+    assert_eq!(event_ids(&drain(&mut alice)), vec![a]);
+    assert_eq!(event_ids(&drain(&mut bob)), vec![b]);
+}
+
+#[test]
+fn the_firehose_receives_every_user_event_and_userless_ones() {
+    let hub = hub(16);
+    let mut firehose = hub.subscribe(filter("*", false, &[], ""), None).expect("subscribe");
+    let mut publisher = Publisher::new(&hub);
+    let ids = vec![
+        publisher.send("quota.updated", "u1", ""),
+        publisher.send("device.started", "u2", "d2"),
+        publisher.send("app.updated", "", ""),
+    ];
+    publisher.send(crate::schema::ADMIN_NOTICE_TYPE, "", "");
+    assert_eq!(event_ids(&drain(&mut firehose)), ids);
+}
+
+#[test]
+fn the_admin_feed_gets_notices_and_quota_updates_once() {
+    let hub = hub(16);
+    let mut admin_only = hub.subscribe(filter("", true, &[], ""), None).expect("subscribe");
+    let mut admin_and_firehose = hub.subscribe(filter("*", true, &[], ""), None).expect("subscribe");
+    let mut user = hub.subscribe(filter("u1", false, &[], ""), None).expect("subscribe");
+    let mut publisher = Publisher::new(&hub);
+    let update = publisher.send("quota.updated", "u1", "");
+    let other = publisher.send("device.started", "u1", "d1");
+    let notice = publisher.send(crate::schema::ADMIN_NOTICE_TYPE, "", "");
+    assert_eq!(event_ids(&drain(&mut admin_only)), vec![update.clone(), notice.clone()]);
+    // Selected twice (firehose and admin feed), delivered once.
+    assert_eq!(event_ids(&drain(&mut admin_and_firehose)), vec![update.clone(), other.clone(), notice]);
+    assert_eq!(event_ids(&drain(&mut user)), vec![update, other]);
+}
+
+#[test]
+fn type_and_device_filters_narrow_the_stream() {
+    let hub = hub(16);
+    let mut billing = hub.subscribe(filter("u1", false, &["billing.*"], ""), None).expect("subscribe");
+    let mut device = hub.subscribe(filter("u1", false, &[], "d1"), None).expect("subscribe");
+    let mut publisher = Publisher::new(&hub);
+    let pay = publisher.send("billing.payment_success", "u1", "");
+    let start = publisher.send("device.started", "u1", "d1");
+    publisher.send("device.started", "u1", "d2");
+    assert_eq!(event_ids(&drain(&mut billing)), vec![pay]);
+    assert_eq!(event_ids(&drain(&mut device)), vec![start]);
+}
+
+#[test]
+fn every_stream_starts_with_caught_up_at_the_head() {
+    let hub = hub(16);
+    let mut publisher = Publisher::new(&hub);
+    publisher.send("quota.updated", "u1", "");
+    publisher.send("quota.updated", "u1", "");
+    let mut subscription = hub.subscribe(filter("u1", false, &[], ""), None).expect("subscribe");
+    let head = Cursor {
+        epoch: EPOCH,
+        position: 2,
+    };
+    let later = publisher.send("quota.updated", "u1", "");
+    let kinds = drain(&mut subscription);
+    assert_eq!(
+        kinds[0],
+        Kind::CaughtUp(pb::CaughtUp {
+            cursor: head.to_string()
+        })
+    );
+    assert_eq!(event_ids(&kinds), vec![later]);
+}
+
+#[test]
+fn resuming_from_an_old_cursor_reports_the_gap_in_band() {
+    let hub = hub(16);
+    let mut publisher = Publisher::new(&hub);
+    for _ in 0..5 {
+        publisher.send("quota.updated", "u1", "");
+    }
+    let from = Cursor {
+        epoch: EPOCH,
+        position: 2,
+    };
+    let head = hub.head();
+    let mut subscription = hub.subscribe(filter("u1", false, &[], ""), Some(from)).expect("subscribe");
+    let kinds = drain(&mut subscription);
+    assert_eq!(
+        kinds,
+        vec![
+            Kind::Gap(pb::Gap {
+                from: from.to_string(),
+                to: head.to_string(),
+                reason: pb::GapReason::Retention.into(),
+            }),
+            Kind::CaughtUp(pb::CaughtUp {
+                cursor: head.to_string()
+            }),
+        ]
+    );
+}
+
+#[test]
+fn resume_edge_cases() {
+    let hub = hub(16);
+    let mut publisher = Publisher::new(&hub);
+    publisher.send("quota.updated", "u1", "");
+    let head = hub.head();
+    // At the head: nothing missed, no gap.
+    let mut at_head = hub.subscribe(filter("u1", false, &[], ""), Some(head)).expect("subscribe");
+    assert!(matches!(drain(&mut at_head).as_slice(), [Kind::CaughtUp(_)]));
+    // Another journal's cursor: a gap that says so.
+    let foreign = Cursor {
+        epoch: EPOCH + 1,
+        position: 1,
+    };
+    let mut other = hub.subscribe(filter("u1", false, &[], ""), Some(foreign)).expect("subscribe");
+    match drain(&mut other).first() {
+        Some(Kind::Gap(gap)) => assert_eq!(gap.reason, i32::from(pb::GapReason::EpochChanged)),
+        other => panic!("expected a gap, got {other:?}"),
+    }
+    // Ahead of the journal: refused.
+    let ahead = Cursor {
+        epoch: EPOCH,
+        position: 99,
+    };
+    assert!(matches!(
+        hub.subscribe(filter("u1", false, &[], ""), Some(ahead)),
+        Err(HubError::CursorAhead(_))
+    ));
+}
+
+#[test]
+fn a_slow_subscriber_is_ended_without_slowing_the_others() {
+    let hub = hub(4);
+    let mut slow = hub.subscribe(filter("*", false, &[], ""), None).expect("subscribe");
+    let mut fast = hub.subscribe(filter("*", false, &[], ""), None).expect("subscribe");
+    let mut publisher = Publisher::new(&hub);
+    let mut fast_ids = Vec::new();
+    let mut sent = Vec::new();
+    for _ in 0..10 {
+        sent.push(publisher.send("quota.updated", "u1", ""));
+        fast_ids.extend(event_ids(&drain(&mut fast)));
+    }
+    assert_eq!(fast_ids, sent, "the fast subscriber got everything");
+    // The slow one keeps what fit (CaughtUp + 3 events), then ends with the reason.
+    let kinds = drain(&mut slow);
+    assert_eq!(event_ids(&kinds), sent[..3].to_vec());
+    assert_eq!(slow.end_reason(), Some(EndReason::Overflow { capacity: 4 }));
+    assert_eq!(slow.last_cursor().position, 3);
+    assert_eq!(hub.shared.metrics.queue_overflows.get(), 1);
+}
+
+#[test]
+fn shutdown_ends_every_stream_and_refuses_new_ones() {
+    let hub = hub(16);
+    let mut subscription = hub.subscribe(filter("u1", false, &[], ""), None).expect("subscribe");
+    hub.shut_down();
+    drain(&mut subscription);
+    assert_eq!(subscription.end_reason(), Some(EndReason::ShuttingDown));
+    assert!(matches!(
+        hub.subscribe(filter("u1", false, &[], ""), None),
+        Err(HubError::ShuttingDown)
+    ));
+}
+
+#[test]
+fn idle_streams_get_heartbeats_busy_ones_do_not() {
+    let hub = hub(16);
+    let mut idle = hub.subscribe(filter("u1", false, &[], ""), None).expect("subscribe");
+    let mut busy = hub.subscribe(filter("u2", false, &[], ""), None).expect("subscribe");
+    hub.heartbeat(); // both had their CaughtUp since the last tick: no heartbeat yet
+    drain(&mut idle);
+    drain(&mut busy);
+    let mut publisher = Publisher::new(&hub);
+    publisher.send("quota.updated", "u2", "");
+    hub.heartbeat();
+    assert!(matches!(drain(&mut idle).as_slice(), [Kind::Heartbeat(_)]));
+    assert!(matches!(drain(&mut busy).as_slice(), [Kind::Event(_)]));
+}
+
+#[test]
+fn dropping_a_subscription_unsubscribes() {
+    let hub = hub(16);
+    let subscription = hub.subscribe(filter("u1", true, &[], ""), None).expect("subscribe");
+    assert_eq!(hub.subscriber_count(), 1);
+    drop(subscription);
+    assert_eq!(hub.subscriber_count(), 0);
+    let index = hub.shared.read();
+    assert!(index.by_user.is_empty() && index.admin.is_empty());
+}
