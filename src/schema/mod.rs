@@ -1,0 +1,214 @@
+//! Decoding: producer JSON (every shape in WIRE.md) or a typed `pb::Event` → a validated
+//! `pb::Event`, plus the admin notice it implies.
+//!
+//! Owns: routing-key and field aliases, body shapes A–D, exact money, timestamps, event ids,
+//! deriving admin notices. Does not own: I/O of any kind, cursors (the journal assigns them),
+//! size limits (the transport checks them before calling in), or who may see an event (`auth`).
+//! Everything here is a pure function, so it is unit tested from fixtures and fuzzable.
+
+mod admin;
+mod body;
+mod catalog;
+mod dates;
+mod fields;
+mod id;
+mod json_struct;
+mod money;
+mod routing;
+mod typed;
+
+#[cfg(test)]
+mod tests;
+
+use std::time::SystemTime;
+
+use body::Body;
+use catalog::Content;
+use routing::Route;
+
+use crate::pb;
+
+/// The type of derived admin notices (`Event.type`).
+pub const ADMIN_NOTICE_TYPE: &str = "admin.notice";
+
+/// AMQP-style message properties that decoding may use.
+#[derive(Debug, Clone, Copy)]
+pub struct Properties {
+    /// The AMQP `timestamp` property as the producers send it: milliseconds since the epoch.
+    pub timestamp_ms: Option<i64>,
+    /// When notify-backbone accepted the message; becomes `Event.received_at`.
+    pub received_at: SystemTime,
+}
+
+/// Knobs that change what decoding accepts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DecodeOptions {
+    /// Reject events of a known family whose routing key has no typed message, instead of
+    /// delivering them with an untyped `Struct` payload.
+    pub strict_schema: bool,
+}
+
+/// A decoded event and the admin notice derived from it, if any.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    /// The event, with `cursor` empty (the journal assigns it).
+    pub event: pb::Event,
+    /// The admin notice this event implies (WIRE.md "Admin room"), with `cursor` empty.
+    pub admin_notice: Option<pb::Event>,
+}
+
+/// Why a message could not be decoded. Each variant names the field at fault where one is.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    /// The body is empty.
+    #[error("empty body")]
+    Empty,
+    /// The body is not UTF-8.
+    #[error("body is not UTF-8")]
+    NotUtf8,
+    /// The body is not JSON.
+    #[error("body is not JSON: {0}")]
+    NotJson(String),
+    /// The body is JSON but not an object.
+    #[error("body is JSON but not an object")]
+    NotObject,
+    /// The routing key names no family this server knows.
+    #[error("unknown routing key {0:?}")]
+    UnknownRoutingKey(String),
+    /// The routing key is in a known family but has no typed message, and `--strict-schema` is on.
+    #[error("routing key {0:?} has no typed schema (strict schema)")]
+    Untyped(String),
+    /// A required field is absent or null.
+    #[error("missing field {field:?}")]
+    MissingField {
+        /// The producer's field name, e.g. `userId` or `payload.deviceId`.
+        field: String,
+    },
+    /// A field has the wrong JSON type or a value that cannot be read.
+    #[error("field {field:?}: {problem}")]
+    InvalidField {
+        /// The producer's field name.
+        field: String,
+        /// What is wrong, e.g. `expected a number, got an object`.
+        problem: String,
+    },
+    /// A typed event whose payload does not match its type.
+    #[error("payload does not match event type {event_type:?}")]
+    PayloadMismatch {
+        /// The canonical event type.
+        event_type: String,
+    },
+}
+
+impl DecodeError {
+    /// A short stable code for metrics labels and the `x-notify-error` header,
+    /// e.g. `missing_field`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::Empty => "empty_body",
+            DecodeError::NotUtf8 => "not_utf8",
+            DecodeError::NotJson(_) => "not_json",
+            DecodeError::NotObject => "not_object",
+            DecodeError::UnknownRoutingKey(_) => "unknown_routing_key",
+            DecodeError::Untyped(_) => "untyped_strict",
+            DecodeError::MissingField { .. } => "missing_field",
+            DecodeError::InvalidField { .. } => "invalid_field",
+            DecodeError::PayloadMismatch { .. } => "payload_mismatch",
+        }
+    }
+
+    /// The field at fault, where there is one.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            DecodeError::MissingField { field } | DecodeError::InvalidField { field, .. } => {
+                Some(field)
+            }
+            _ => None,
+        }
+    }
+
+    /// A `MissingField` for `field`.
+    fn missing(field: impl Into<String>) -> Self {
+        DecodeError::MissingField {
+            field: field.into(),
+        }
+    }
+
+    /// An `InvalidField` for `field`.
+    fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        DecodeError::InvalidField {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Decodes a producer's JSON body published under `routing_key`.
+pub fn decode(
+    routing_key: &str,
+    body: &[u8],
+    props: &Properties,
+    opts: DecodeOptions,
+) -> Result<Decoded, DecodeError> {
+    // The key is checked before the body is parsed: refusing an unknown key costs nothing.
+    let route = routing::route(routing_key, opts)?;
+    let event_type = routing::canonical(routing_key);
+    let root = body::parse(body)?;
+    let body = Body::new(&root);
+    let user_id = body.fields.text("userId")?;
+    if routing::requires_user(event_type) && user_id.is_empty() {
+        return Err(DecodeError::missing(body.fields.path("userId")));
+    }
+    let device_id = body.fields.text("deviceId")?;
+    if matches!(route, Route::Typed(kind) if kind.requires_device()) && device_id.is_empty() {
+        return Err(DecodeError::missing(body.fields.path("deviceId")));
+    }
+    let content = match route {
+        Route::Typed(kind) => catalog::decode(kind, &body)?,
+        Route::Untyped => Content {
+            payload: pb::event::Payload::Untyped(json_struct::from_object(&body.without_trace())),
+            occurred_at: None,
+        },
+    };
+    let received_at = dates::from_system_time(props.received_at);
+    let occurred_at = content
+        .occurred_at
+        .or(body.timestamp()?)
+        .or(props.timestamp_ms.and_then(dates::from_epoch_ms))
+        .unwrap_or(received_at);
+    let id = match body.event_id()? {
+        Some(id) => id,
+        None => id::from_body(event_type, &root),
+    };
+    let (traceparent, tracestate) = body.trace();
+    Ok(with_notice(pb::Event {
+        id,
+        cursor: String::new(),
+        r#type: event_type.to_owned(),
+        user_id,
+        device_id,
+        occurred_at: Some(occurred_at),
+        received_at: Some(received_at),
+        traceparent,
+        tracestate,
+        payload: Some(content.payload),
+    }))
+}
+
+/// Validates a typed event sent through `Publish` and fills what the server assigns.
+pub fn accept_typed(
+    routing_key: &str,
+    event: pb::Event,
+    props: &Properties,
+    opts: DecodeOptions,
+) -> Result<Decoded, DecodeError> {
+    typed::accept(routing_key, event, props, opts).map(with_notice)
+}
+
+/// Pairs an accepted event with the admin notice it implies.
+fn with_notice(event: pb::Event) -> Decoded {
+    Decoded {
+        admin_notice: admin::derive(&event),
+        event,
+    }
+}
