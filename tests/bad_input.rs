@@ -1,0 +1,142 @@
+//! Bad input gets INVALID_ARGUMENT with a message naming the problem, and nothing is published.
+
+mod support;
+
+use notify_backbone::pb::{self, publish_request::Body};
+use support::*;
+use tonic::Code;
+
+async fn expect_invalid(
+    client: &mut pb::notification_service_client::NotificationServiceClient<tonic::transport::Channel>,
+    request: pb::PublishRequest,
+    needle: &str,
+) {
+    let status = client.publish(request).await.expect_err("must be refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains(needle),
+        "message {:?} should mention {needle:?}",
+        status.message()
+    );
+}
+
+fn json(routing_key: &str, body: &str) -> pb::PublishRequest {
+    pb::PublishRequest {
+        routing_key: routing_key.into(),
+        body: Some(Body::Json(body.as_bytes().to_vec())),
+    }
+}
+
+#[tokio::test]
+async fn bad_publishes_are_refused_and_nothing_is_half_published() {
+    let server = TestServer::start_with(|c| c.max_publish_bytes = 1024).await;
+    let mut client = server.client().await;
+    let mut firehose = subscribe(&mut client, request("*")).await;
+
+    let cases: Vec<(pb::PublishRequest, &str)> = vec![
+        (json("weather.sunny", r#"{"userId":"u1"}"#), "weather.sunny"),
+        (json("device.started", "[1,2,3]"), "not an object"),
+        (json("device.started", "{not json"), "not JSON"),
+        (json("device.started", ""), "empty"),
+        (
+            json("device.started", r#"{"deviceId":"d1","providerType":"redroid"}"#),
+            "userId",
+        ),
+        (
+            json("device.started", &format!(r#"{{"userId":"{}"}}"#, "x".repeat(2000))),
+            "--max-publish-bytes",
+        ),
+        (json("", r#"{"userId":"u1"}"#), "routing_key"),
+        (
+            pb::PublishRequest {
+                routing_key: "device.started".into(),
+                body: None,
+            },
+            "body",
+        ),
+        (
+            pb::PublishRequest {
+                routing_key: "device.started".into(),
+                body: Some(Body::Event(pb::Event {
+                    user_id: "u1".into(),
+                    payload: Some(pb::event::Payload::BillingOrderCancelled(Default::default())),
+                    ..Default::default()
+                })),
+            },
+            "device.started",
+        ),
+    ];
+    for (request, needle) in cases {
+        expect_invalid(&mut client, request, needle).await;
+    }
+    // Nothing of the above reached anyone; a good event still flows at once.
+    publish_json(&mut client, "device.error", &device_error("good", "u1", "d1")).await.unwrap();
+    assert_eq!(next_event(&mut firehose).await.id, "good");
+    let text = server.metrics_text().await;
+    assert!(text.contains("notify_rejected_total"), "{text}");
+}
+
+#[tokio::test]
+async fn strict_schema_refuses_untyped_family_events() {
+    let lenient = TestServer::start().await;
+    let mut client = lenient.client().await;
+    let mut stream = subscribe(&mut client, request("u1")).await;
+    publish_json(&mut client, "billing.refund_issued", r#"{"userId":"u1","refundId":"r1"}"#)
+        .await
+        .unwrap();
+    let event = next_event(&mut stream).await;
+    assert!(matches!(event.payload, Some(pb::event::Payload::Untyped(_))), "{event:?}");
+
+    let strict = TestServer::start_with(|c| c.strict_schema = true).await;
+    let mut client = strict.client().await;
+    expect_invalid(
+        &mut client,
+        json("billing.refund_issued", r#"{"userId":"u1","refundId":"r1"}"#),
+        "billing.refund_issued",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn bad_subscriptions_are_refused_with_the_field_at_fault() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let cases = [
+        (pb::SubscribeRequest::default(), "user_id"),
+        (
+            pb::SubscribeRequest {
+                user_id: "u1".into(),
+                event_types: vec!["Billing".into()],
+                ..Default::default()
+            },
+            "event_types[0]",
+        ),
+        (
+            pb::SubscribeRequest {
+                user_id: "u1".into(),
+                resume_after: "not-a-cursor".into(),
+                ..Default::default()
+            },
+            "resume_after",
+        ),
+        (
+            pb::SubscribeRequest {
+                user_id: "u1".into(),
+                resume_after: "ffffffffffffffff0000000000000000".into(),
+                ..Default::default()
+            },
+            "",
+        ),
+    ];
+    for (request, needle) in cases {
+        // A cursor from another journal is not an error: it is an in-band gap.
+        if needle.is_empty() {
+            let mut stream = client.subscribe(request).await.unwrap().into_inner();
+            assert!(matches!(next_kind(&mut stream).await, pb::subscribe_response::Kind::Gap(_)));
+            continue;
+        }
+        let status = client.subscribe(request).await.expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(needle), "{:?} lacks {needle:?}", status.message());
+    }
+}

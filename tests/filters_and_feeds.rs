@@ -1,0 +1,121 @@
+//! Type and device filters, the admin feed and the firehose, end to end.
+
+mod support;
+
+use notify_backbone::pb::{self, event::Payload};
+use support::*;
+
+const QUOTA_EXCEEDED: &str = r#"{"userId":"u1","quotaId":"q1","type":"exceeded",
+  "limits":{"maxDevices":2},"usage":{"currentDevices":3},"usagePercent":150,
+  "timestamp":"2025-11-20T10:00:00.000Z","_trace":{}}"#;
+
+#[tokio::test]
+async fn type_filters_take_exact_types_and_families() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let mut billing = subscribe(
+        &mut client,
+        pb::SubscribeRequest {
+            user_id: "u1".into(),
+            event_types: vec!["billing.*".into(), "device.error".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    publish_json(&mut client, "quota.exceeded", QUOTA_EXCEEDED).await.unwrap();
+    let order = r#"{"orderId":"o1","userId":"u1","reason":"user","_trace":{}}"#;
+    publish_json(&mut client, "billing.order.cancelled", order).await.unwrap();
+    publish_json(&mut client, "device.error", &device_error("x1", "u1", "d1")).await.unwrap();
+    assert_eq!(next_event(&mut billing).await.r#type, "billing.order.cancelled");
+    assert_eq!(next_event(&mut billing).await.r#type, "device.error");
+    assert_quiet(&mut billing).await;
+}
+
+#[tokio::test]
+async fn a_device_filter_keeps_only_that_device() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let mut d2 = subscribe(
+        &mut client,
+        pb::SubscribeRequest {
+            user_id: "u1".into(),
+            device_id: "d2".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    publish_json(&mut client, "device.error", &device_error("a", "u1", "d1")).await.unwrap();
+    publish_json(&mut client, "device.error", &device_error("b", "u1", "d2")).await.unwrap();
+    assert_eq!(next_event(&mut d2).await.id, "b");
+    assert_quiet(&mut d2).await;
+}
+
+#[tokio::test]
+async fn the_admin_feed_receives_derived_notices() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let mut admin = subscribe(
+        &mut client,
+        pb::SubscribeRequest {
+            admin_feed: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut user = subscribe(&mut client, request("u1")).await;
+    let published = publish_json(&mut client, "quota.exceeded", QUOTA_EXCEEDED).await.unwrap();
+
+    let notice = next_event(&mut admin).await;
+    assert_eq!(notice.r#type, "admin.notice");
+    assert!(notice.user_id.is_empty(), "notices are not per-user events");
+    match notice.payload {
+        Some(Payload::AdminNotice(n)) => {
+            assert_eq!(n.severity, i32::from(pb::NoticeSeverity::Error));
+            assert_eq!(n.subject_user_id, "u1");
+            assert_eq!(n.source_event_type, "quota.exceeded");
+            assert_eq!(n.source_event_id, published.id);
+        }
+        other => panic!("expected an admin notice, got {other:?}"),
+    }
+    // The user gets the event itself, never the admin notice.
+    assert_eq!(next_event(&mut user).await.r#type, "quota.exceeded");
+    assert_quiet(&mut user).await;
+    assert_quiet(&mut admin).await;
+}
+
+#[tokio::test]
+async fn the_admin_feed_carries_every_quota_update() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let mut admin = subscribe(
+        &mut client,
+        pb::SubscribeRequest {
+            admin_feed: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let update = r#"{"userId":"u5","quotaId":"q5","type":"updated","limits":{},"usage":{},
+                     "status":"active","timestamp":"2025-11-20T10:00:00.000Z","_trace":{}}"#;
+    publish_json(&mut client, "quota.updated", update).await.unwrap();
+    publish_json(&mut client, "device.error", &device_error("z", "u5", "d5")).await.unwrap();
+    let event = next_event(&mut admin).await;
+    assert_eq!((event.r#type.as_str(), event.user_id.as_str()), ("quota.updated", "u5"));
+    assert_quiet(&mut admin).await;
+}
+
+#[tokio::test]
+async fn the_firehose_sees_all_users_and_userless_events() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let mut firehose = subscribe(&mut client, request("*")).await;
+    publish_json(&mut client, "device.error", &device_error("f1", "u1", "d1")).await.unwrap();
+    publish_json(&mut client, "device.error", &device_error("f2", "u2", "d2")).await.unwrap();
+    let catalog = r#"{"appId":"a1","packageName":"com.example","versionName":"2.0",
+                      "updatedFields":["versionName"],"_trace":{}}"#;
+    publish_json(&mut client, "app.updated", catalog).await.unwrap();
+    assert_eq!(next_event(&mut firehose).await.id, "f1");
+    assert_eq!(next_event(&mut firehose).await.id, "f2");
+    let app = next_event(&mut firehose).await;
+    assert_eq!((app.r#type.as_str(), app.user_id.as_str()), ("app.updated", ""));
+}

@@ -1,0 +1,185 @@
+//! A real notify-backbone on 127.0.0.1:0 for integration tests, and small client helpers.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::{net::SocketAddr, time::Duration};
+
+use notify_backbone::{
+    app::{self, Listeners},
+    config::ServeConfig,
+    pb::{
+        self, notification_service_client::NotificationServiceClient, publish_request::Body,
+        subscribe_response::Kind,
+    },
+};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tonic::{Streaming, transport::Channel};
+
+/// How long a test waits for something that should happen at once.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut ServeConfig)) -> Self {
+        let mut config = ServeConfig::default();
+        adjust(&mut config);
+        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = grpc.local_addr().unwrap();
+        let metrics_addr = metrics.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(app::run(config, Listeners { grpc, metrics }, shutdown.clone()));
+        Self {
+            addr,
+            metrics_addr,
+            shutdown,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn client(&self) -> NotificationServiceClient<Channel> {
+        NotificationServiceClient::connect(self.url()).await.unwrap()
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url()).unwrap().connect().await.unwrap()
+    }
+
+    /// Stops the server and waits for it, failing the test if it takes longer than `limit`.
+    pub async fn stop_within(self, limit: Duration) {
+        self.shutdown.cancel();
+        tokio::time::timeout(limit, self.task)
+            .await
+            .expect("server stopped in time")
+            .unwrap()
+            .unwrap();
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut socket = tokio::net::TcpStream::connect(self.metrics_addr).await.unwrap();
+        let request = format!(
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.metrics_addr
+        );
+        socket.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        socket.read_to_string(&mut response).await.unwrap();
+        response
+    }
+}
+
+pub fn request(user: &str) -> pb::SubscribeRequest {
+    pb::SubscribeRequest {
+        user_id: user.into(),
+        ..Default::default()
+    }
+}
+
+/// Opens a stream and consumes its leading `CaughtUp`, so the stream is live when this returns.
+pub async fn subscribe(
+    client: &mut NotificationServiceClient<Channel>,
+    request: pb::SubscribeRequest,
+) -> Streaming<pb::SubscribeResponse> {
+    let mut stream = client.subscribe(request).await.unwrap().into_inner();
+    match next_kind(&mut stream).await {
+        Kind::CaughtUp(_) => stream,
+        other => panic!("expected CaughtUp first, got {other:?}"),
+    }
+}
+
+pub async fn next_kind(stream: &mut Streaming<pb::SubscribeResponse>) -> Kind {
+    tokio::time::timeout(PATIENCE, stream.message())
+        .await
+        .expect("a message in time")
+        .expect("stream ok")
+        .expect("stream open")
+        .kind
+        .expect("kind set")
+}
+
+/// The next event, skipping heartbeats.
+pub async fn next_event(stream: &mut Streaming<pb::SubscribeResponse>) -> pb::Event {
+    loop {
+        match next_kind(stream).await {
+            Kind::Event(event) => return event,
+            Kind::Heartbeat(_) => continue,
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+}
+
+/// Asserts nothing but heartbeats arrives for a short while.
+pub async fn assert_quiet(stream: &mut Streaming<pb::SubscribeResponse>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Err(_) => return,
+            Ok(Ok(Some(pb::SubscribeResponse {
+                kind: Some(Kind::Heartbeat(_)),
+            }))) => continue,
+            Ok(other) => panic!("expected nothing, got {other:?}"),
+        }
+    }
+}
+
+pub async fn publish_json(
+    client: &mut NotificationServiceClient<Channel>,
+    routing_key: &str,
+    json: &str,
+) -> Result<pb::PublishResponse, tonic::Status> {
+    client
+        .publish(pb::PublishRequest {
+            routing_key: routing_key.into(),
+            body: Some(Body::Json(json.as_bytes().to_vec())),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// A device.error envelope (shape D) for `user` about `device`.
+pub fn device_error(id: &str, user: &str, device: &str) -> String {
+    serde_json::json!({
+        "eventId": id,
+        "eventType": "device.error",
+        "timestamp": "2025-11-20T10:00:00.000Z",
+        "priority": "high",
+        "payload": {
+            "deviceId": device, "deviceName": "phone-1", "userId": user,
+            "errorType": "adb_disconnected", "errorMessage": "adb went away",
+            "occurredAt": "2025-11-20T10:00:00.000Z"
+        },
+        "_trace": {}
+    })
+    .to_string()
+}
+
+/// The wire fixtures: (routing key, file name, body).
+pub fn wire_fixtures() -> Vec<(String, String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wire");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".json") else { continue };
+        // <routing-key>.<variant>.json; routing keys contain dots themselves.
+        let Some((routing_key, _variant)) = stem.rsplit_once('.') else { continue };
+        out.push((routing_key.to_owned(), name.clone(), std::fs::read_to_string(&path).unwrap()));
+    }
+    out.sort();
+    out
+}
