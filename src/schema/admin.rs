@@ -63,19 +63,19 @@ fn quota_alert(event: &pb::Event, alert: &pb::QuotaAlert) -> Option<Notice> {
     if !critical {
         return None;
     }
-    let usage = highest
-        .map(|percent| format!(" at {} % usage", percent_text(percent)))
-        .unwrap_or_default();
     let plan = if alert.plan_name.is_empty() {
         String::new()
     } else {
-        format!(", plan {}", alert.plan_name)
+        format!(" (plan {})", alert.plan_name)
     };
+    let usage = highest
+        .map(|percent| format!(": {} % used", percent_text(percent)))
+        .unwrap_or_default();
     Some(Notice {
         severity: pb::NoticeSeverity::Critical,
         title: "Quota usage critical",
         message: format!(
-            "User {} is{usage} of quota {}{plan}.",
+            "User {} reached critical usage of quota {}{plan}{usage}.",
             event.user_id, alert.quota_id
         ),
     })

@@ -144,6 +144,17 @@ impl DecodeError {
 }
 
 /// Decodes a producer's JSON body published under `routing_key`.
+///
+/// The routing key names the event (aliases resolved), whatever the body's own `type` says.
+/// The event's id is the producer's `eventId`, else `h-` and 32 hex digits of the SHA-256 of the
+/// canonical type, a newline and the body without `_trace` (compact, keys sorted), so an outbox
+/// re-send with a new trace gets the same id.
+///
+/// # Errors
+///
+/// A body that is not a JSON object, a routing key outside the known families (or untyped under
+/// `strict_schema`), and a required field that is missing or a field that cannot be read, named
+/// as the producer wrote it (`payload.userId` in an envelope).
 pub fn decode(
     routing_key: &str,
     body: &[u8],
@@ -155,14 +166,7 @@ pub fn decode(
     let event_type = routing::canonical(routing_key);
     let root = body::parse(body)?;
     let body = Body::new(&root);
-    let user_id = body.fields.text("userId")?;
-    if routing::requires_user(event_type) && user_id.is_empty() {
-        return Err(DecodeError::missing(body.fields.path("userId")));
-    }
-    let device_id = body.fields.text("deviceId")?;
-    if matches!(route, Route::Typed(kind) if kind.requires_device()) && device_id.is_empty() {
-        return Err(DecodeError::missing(body.fields.path("deviceId")));
-    }
+    let (user_id, device_id) = subject(event_type, route, &body)?;
     let content = match route {
         Route::Typed(kind) => catalog::decode(kind, &body)?,
         Route::Untyped => Content {
@@ -171,6 +175,8 @@ pub fn decode(
         },
     };
     let received_at = dates::from_system_time(props.received_at);
+    // When it happened, by precedence: the event's own date field, the body's `timestamp`, the
+    // AMQP `timestamp` property, and at last when we received it.
     let occurred_at = content
         .occurred_at
         .or(body.timestamp()?)
@@ -195,7 +201,36 @@ pub fn decode(
     }))
 }
 
+/// The user and device an event is about (`userId`, `deviceId`), checked against what its type
+/// requires.
+fn subject(
+    event_type: &str,
+    route: Route,
+    body: &Body<'_>,
+) -> Result<(String, String), DecodeError> {
+    let user_id = body.fields.text("userId")?;
+    if routing::requires_user(event_type) && user_id.is_empty() {
+        return Err(DecodeError::missing(body.fields.path("userId")));
+    }
+    let device_id = body.fields.text("deviceId")?;
+    if matches!(route, Route::Typed(kind) if kind.requires_device()) && device_id.is_empty() {
+        return Err(DecodeError::missing(body.fields.path("deviceId")));
+    }
+    Ok((user_id, device_id))
+}
+
 /// Validates a typed event sent through `Publish` and fills what the server assigns.
+///
+/// The type is the canonical form of `routing_key`, else of `event.type`. The server sets
+/// `received_at`, clears `cursor`, fills an unset `occurred_at` (AMQP timestamp, else
+/// `received_at`) and an empty `id` (`h-` and a hash of the type and the encoded event without
+/// the fields the server assigns or the trace context, so a re-send keeps its id).
+///
+/// # Errors
+///
+/// No type or two types that disagree, a type outside the known families (`admin.notice`
+/// included: only the server derives notices), a payload that is not the type's message, and
+/// a missing user, device, required id or unreadable amount, named by its proto field.
 pub fn accept_typed(
     routing_key: &str,
     event: pb::Event,
