@@ -1,16 +1,547 @@
-//! `loadgen`: the project's load generator. (Being written.)
+//! `loadgen`: the project's load generator, whose figures go into `BENCHMARKS.md`.
+//!
+//! Owns: the benchmark scenarios (`per-user`, `firehose`, `idle`), their timeline (open the
+//! streams → warm up → measure → drain → report) and what counts as a valid figure. It talks to
+//! a running server over loopback like any other client and reads the server's memory from
+//! `/proc` when given its PID; it never reaches into the server.
+//!
+//! Latency needs no clock agreement: publishers and subscribers live in this one process, so
+//! every published `eventId` carries its send instant as nanoseconds since this process's
+//! [`RunClock`] started, and a subscriber computes the latency from the received `Event.id`
+//! alone — no map from ids to send times, nothing shared on the hot path.
+//!
+//! | submodule      | owns                                                                 |
+//! |----------------|----------------------------------------------------------------------|
+//! | [`subscriber`] | opening streams with bounded concurrency, reading them, counting     |
+//! | [`latency`]    | sharded HDR histograms, fed in batches instead of a lock per event   |
+//! | [`publisher`]  | the open-loop timetable, the producer JSON body, the `Publish` calls |
+//! | [`rss`]        | the server's resident memory (`VmRSS`), once and every second        |
+//! | [`report`]     | the table, the JSON object, the progress line, the verdict           |
 
-use clap::Args;
+mod latency;
+mod publisher;
+mod report;
+mod rss;
+mod subscriber;
+
+use std::{
+    net::IpAddr,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use clap::{Args, ValueEnum};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    Code,
+    transport::{Channel, Endpoint, Uri},
+};
+
+use crate::pb::notification_service_client::NotificationServiceClient;
+
+use self::{
+    latency::Recorder,
+    publisher::{PublishPlan, PublisherStats, TargetUsers},
+    report::Report,
+    subscriber::{StreamOutcome, SubscribePlan},
+};
+
+/// How long one TCP connect plus HTTP/2 handshake may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long stopped subscriber tasks get to hand in their counts before they are abandoned.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How often the wait for first messages looks at the counters.
+const READY_POLL: Duration = Duration::from_millis(50);
+/// HTTP/2 flow-control credit per subscriber stream and per subscriber connection. Credit is not
+/// memory: h2 only buffers what arrived and was not read yet. Large windows keep the loadgen's
+/// flow control from ever being what slows a firehose down.
+const STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
+const CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+
+/// What a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Subscriber i subscribes as user `lg-user-{i}`; each event goes to one random user.
+    PerUser,
+    /// Every subscriber subscribes to `*`; every event reaches all of them.
+    Firehose,
+    /// Open the streams, publish nothing, report the server's memory per idle stream.
+    Idle,
+}
+
+impl Scenario {
+    /// The name on the command line.
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::PerUser => "per-user",
+            Scenario::Firehose => "firehose",
+            Scenario::Idle => "idle",
+        }
+    }
+}
 
 /// Arguments of `loadgen`.
 #[derive(Debug, Args)]
 pub struct LoadgenArgs {
-    /// The server's gRPC URL.
+    /// The server's gRPC URL. Loopback only: the figures are about a server on this machine.
     #[arg(long, env = "NOTIFY_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
+
+    /// What to measure: `per-user` (one stream per user, each event to one random user),
+    /// `firehose` (every stream subscribes to `*` and sees every event) or `idle` (streams only,
+    /// no publishing; reports server memory per stream, needs --server-pid).
+    #[arg(long, value_enum, default_value_t = Scenario::PerUser)]
+    pub scenario: Scenario,
+
+    /// Subscriber streams to open.
+    #[arg(long, default_value_t = 1000)]
+    pub subscribers: usize,
+
+    /// HTTP/2 connections the subscriber streams share, round-robin. A server may cap the
+    /// streams per connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); if streams fail to
+    /// open, use more connections.
+    #[arg(long, default_value_t = 10)]
+    pub connections: usize,
+
+    /// Concurrent publish tasks, each on its own HTTP/2 connection.
+    #[arg(long, default_value_t = 4)]
+    pub publishers: usize,
+
+    /// Publish calls one publisher may have in flight. With --rate, sends stay on their
+    /// timetable as long as a slot is free (open loop); when all are busy the publisher falls
+    /// behind and the lag shows in the latency, as it should.
+    #[arg(long, default_value_t = 16)]
+    pub publish_window: usize,
+
+    /// Events per second in total, over all publishers. 0 publishes as fast as the server
+    /// accepts (closed loop: latency is then measured from the actual send).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+
+    /// How long to measure, after the warmup.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+
+    /// Publishing before the measurement starts; events sent in it are not counted.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+
+    /// After the last publish: how long in-flight events get to arrive before the subscribers
+    /// stop. What has not arrived by then counts as lost.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub drain: Duration,
+
+    /// `idle`: how long to wait after every stream got its first message before reading the
+    /// server's memory.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub settle: Duration,
+
+    /// Time for opening all streams and receiving their first message. Streams not open by then
+    /// count as failed; the run goes on with the others (and is not a valid figure).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub open_timeout: Duration,
+
+    /// Streams being opened at the same time, so thousands open quickly without a thundering
+    /// herd of handshakes.
+    #[arg(long, default_value_t = 200)]
+    pub open_concurrency: usize,
+
+    /// A `Publish` call that takes longer than this counts as an error.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// PID of the server, when it runs on this machine: its VmRSS is read before the streams
+    /// open, every second during the run (peak) and at the end.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+
+    /// With --rate: p99 latency the run must meet, in milliseconds; a miss is reported and ends
+    /// the process with exit code 1.
+    #[arg(long)]
+    pub p99_target_ms: Option<f64>,
+
+    /// The event type to publish (the routing key and `eventType`) and to subscribe to.
+    #[arg(long, default_value = "device.error")]
+    pub event_type: String,
+
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
-/// Runs the load generator.
+/// The time base of a run. Send stamps are nanoseconds since `start`; subscribers in this process
+/// read the same monotonic clock, so `now_ns() - stamp` is the latency.
+#[derive(Debug, Clone, Copy)]
+struct RunClock {
+    start: Instant,
+    /// The wall-clock time at `start`, for the ISO timestamps in the bodies.
+    wall_start: SystemTime,
+}
+
+impl RunClock {
+    fn start() -> Self {
+        Self {
+            start: Instant::now(),
+            wall_start: SystemTime::now(),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        nanos(self.start.elapsed())
+    }
+
+    fn instant_at(&self, ns: u64) -> Instant {
+        self.start + Duration::from_nanos(ns)
+    }
+}
+
+/// Whole nanoseconds of `duration`, saturating (a run does not last 584 years).
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// When publishing happens, in [`RunClock`] nanoseconds. Set once, when publishing starts.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    /// Publishing (the warmup) starts.
+    publish_from_ns: u64,
+    /// The measurement starts: events stamped before this are warmup.
+    measure_from_ns: u64,
+    /// Publishing and the measurement end.
+    until_ns: u64,
+}
+
+impl Window {
+    /// Whether an event stamped `stamp_ns` belongs to the measurement.
+    fn measures(&self, stamp_ns: u64) -> bool {
+        (self.measure_from_ns..self.until_ns).contains(&stamp_ns)
+    }
+}
+
+/// Counters the tasks update and the progress line reads. None is on a subscriber's per-event
+/// path (streams count once when they open, fail or drop; received events are counted per
+/// flushed batch in [`Recorder`]), and the publish counters have only `--publishers` writers, so
+/// plain relaxed atomics do.
+struct Live {
+    window: OnceLock<Window>,
+    opened: AtomicU64,
+    open_failed: AtomicU64,
+    first_messages: AtomicU64,
+    /// Streams that are done starting: got a first message, failed to open, or ended first.
+    settled: AtomicU64,
+    dropped: AtomicU64,
+    published: AtomicU64,
+    publish_errors: AtomicU64,
+    latency: Recorder,
+}
+
+impl Live {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            window: OnceLock::new(),
+            opened: AtomicU64::new(0),
+            open_failed: AtomicU64::new(0),
+            first_messages: AtomicU64::new(0),
+            settled: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            publish_errors: AtomicU64::new(0),
+            latency: Recorder::new()?,
+        })
+    }
+
+    fn count(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// What the subscriber side reports after the streams were stopped.
+struct SubscriberTotals {
+    outcomes: Vec<StreamOutcome>,
+    /// Tasks that did not hand in their counts (panicked or did not stop in time).
+    lost_tasks: u64,
+}
+
+/// Runs the load generator and prints its report.
 pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
-    anyhow::bail!("loadgen is not implemented yet ({})", args.server)
+    check_args(&args)?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let clock = RunClock::start();
+    let live = Arc::new(Live::new()?);
+    let run_prefix = format!("lg-{:08x}-", rand::random::<u32>());
+
+    // Ctrl-C ends the current phase early; the report is still printed (marked interrupted).
+    let interrupt = CancellationToken::new();
+    let interrupt_watch = tokio::spawn({
+        let interrupt = interrupt.clone();
+        async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("loadgen: interrupted; finishing up (report follows)");
+                interrupt.cancel();
+            }
+        }
+    });
+
+    let rss_before = args.server_pid.map(rss::read_bytes).transpose()?;
+    let rss_sampler = args.server_pid.map(rss::PeakSampler::start);
+    let progress = tokio::spawn(report::progress(clock, live.clone(), args.subscribers));
+
+    let connections = args.connections.min(args.subscribers);
+    let channels = connect_all(&args.server, connections, false)
+        .await
+        .context("opening the subscriber connections")?;
+    let open_started = clock.now_ns();
+    // One deadline for opening every stream and receiving its first message.
+    let open_deadline = Instant::now() + args.open_timeout;
+    let plan = Arc::new(SubscribePlan {
+        scenario: args.scenario,
+        event_type: args.event_type.clone(),
+        run_prefix: run_prefix.clone(),
+        open_concurrency: args.open_concurrency,
+        deadline: open_deadline,
+    });
+    let subscribers = subscriber::spawn_all(args.subscribers, &channels, plan, clock, live.clone());
+    wait_until_settled(&live, args.subscribers as u64, open_deadline, &interrupt).await;
+    let open_ns = clock.now_ns().saturating_sub(open_started);
+
+    let mut publisher_stats = Vec::new();
+    let mut abandoned_publishers = 0;
+    let mut publishing_ended_ns = None;
+    let window = if args.scenario == Scenario::Idle {
+        tokio::select! {
+            () = tokio::time::sleep(args.settle) => {}
+            () = interrupt.cancelled() => {}
+        }
+        None
+    } else if interrupt.is_cancelled() {
+        None
+    } else if Live::count(&live.first_messages) == 0 {
+        eprintln!("loadgen: no stream is open; not publishing");
+        None
+    } else {
+        let (window, stats, abandoned) =
+            publish(&args, &run_prefix, clock, live.clone(), &interrupt).await?;
+        publisher_stats = stats;
+        abandoned_publishers = abandoned;
+        publishing_ended_ns = Some(clock.now_ns());
+        tokio::select! {
+            () = tokio::time::sleep(args.drain) => {}
+            () = interrupt.cancelled() => {}
+        }
+        Some(window)
+    };
+    // Read while the streams are still open: this is what they cost. A server that died is a
+    // finding for the report, not a reason to lose it.
+    let rss_after = args.server_pid.and_then(|pid| match rss::read_bytes(pid) {
+        Ok(bytes) => Some(bytes),
+        Err(error) => {
+            eprintln!("loadgen: cannot read the server's RSS at the end: {error:#}");
+            None
+        }
+    });
+    let rss_peak = rss_sampler.and_then(rss::PeakSampler::stop);
+
+    let totals = subscriber::stop_all(subscribers, STOP_GRACE).await;
+    progress.abort();
+    interrupt_watch.abort();
+
+    let report = Report::build(report::Inputs {
+        args: &args,
+        command,
+        window,
+        publishing_ended_ns,
+        interrupted: interrupt.is_cancelled(),
+        open_ns,
+        live: &live,
+        totals,
+        publishers: publisher_stats,
+        abandoned_publishers,
+        rss_before,
+        rss_after,
+        rss_peak,
+    })?;
+    report.print(args.json)?;
+    report.verdict()
+}
+
+/// `RESOURCE_EXHAUSTED` rather than tonic's `ResourceExhausted`: the names the gRPC docs use.
+fn code_name(code: Code) -> String {
+    let camel = format!("{code:?}");
+    let mut name = String::with_capacity(camel.len() + 4);
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
+}
+
+/// Refuses arguments that cannot make a meaningful run.
+fn check_args(args: &LoadgenArgs) -> anyhow::Result<()> {
+    check_loopback(&args.server)?;
+    ensure!(args.subscribers > 0, "--subscribers must be at least 1");
+    ensure!(args.connections > 0, "--connections must be at least 1");
+    ensure!(
+        args.open_concurrency > 0,
+        "--open-concurrency must be at least 1"
+    );
+    if args.scenario != Scenario::Idle {
+        ensure!(args.publishers > 0, "--publishers must be at least 1");
+        ensure!(
+            args.publish_window > 0,
+            "--publish-window must be at least 1"
+        );
+        ensure!(
+            !args.duration.is_zero(),
+            "--duration must be longer than 0s"
+        );
+    }
+    if args.p99_target_ms.is_some() && args.rate == 0 {
+        bail!(
+            "--p99-target-ms needs --rate: without a timetable latency is closed-loop and not comparable"
+        );
+    }
+    ensure!(
+        !args.event_type.is_empty(),
+        "--event-type must not be empty"
+    );
+    Ok(())
+}
+
+/// The loadgen only drives a server on this machine: its figures (and `--server-pid`) are about a
+/// local server, and it must never be pointed at someone else's.
+fn check_loopback(server: &str) -> anyhow::Result<()> {
+    let uri: Uri = server
+        .parse()
+        .with_context(|| format!("bad server URL {server:?}"))?;
+    let host = uri
+        .host()
+        .with_context(|| format!("server URL {server:?} has no host"))?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = bare.eq_ignore_ascii_case("localhost")
+        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    ensure!(
+        loopback,
+        "--server {server}: loadgen only targets loopback addresses (127.0.0.0/8, ::1, localhost)"
+    );
+    Ok(())
+}
+
+/// Opens `count` separate HTTP/2 connections (a `Channel` is one connection).
+async fn connect_all(server: &str, count: usize, publishing: bool) -> anyhow::Result<Vec<Channel>> {
+    let endpoint = Endpoint::from_shared(server.to_owned())
+        .with_context(|| format!("bad server URL {server:?}"))?
+        .tcp_nodelay(true)
+        .connect_timeout(CONNECT_TIMEOUT);
+    let endpoint = if publishing {
+        endpoint
+    } else {
+        endpoint
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+    };
+    let mut connecting = JoinSet::new();
+    for index in 0..count {
+        let endpoint = endpoint.clone();
+        connecting.spawn(async move {
+            let channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await;
+            (index, channel)
+        });
+    }
+    let mut channels = vec![None; count];
+    while let Some(joined) = connecting.join_next().await {
+        let (index, channel) = joined.context("connect task failed")?;
+        let channel = channel
+            .map_err(|_| {
+                anyhow::anyhow!("connecting to {server} took longer than {CONNECT_TIMEOUT:?}")
+            })?
+            .with_context(|| format!("cannot connect to {server}"))?;
+        channels[index] = Some(channel);
+    }
+    channels
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .context("a connect task did not report")
+}
+
+/// Waits until every stream either got its first message or failed, at most until `deadline`.
+async fn wait_until_settled(
+    live: &Live,
+    streams: u64,
+    deadline: Instant,
+    interrupt: &CancellationToken,
+) {
+    while Live::count(&live.settled) < streams && Instant::now() < deadline {
+        tokio::select! {
+            () = tokio::time::sleep(READY_POLL) => {}
+            () = interrupt.cancelled() => return,
+        }
+    }
+}
+
+/// The publishing phase: warmup then measurement, on a fresh set of connections. Returns when
+/// every publisher has finished (each in-flight call is bounded by `--request-timeout`), with the
+/// number of publishers that had to be abandoned.
+async fn publish(
+    args: &LoadgenArgs,
+    run_prefix: &str,
+    clock: RunClock,
+    live: Arc<Live>,
+    interrupt: &CancellationToken,
+) -> anyhow::Result<(Window, Vec<PublisherStats>, usize)> {
+    let channels = connect_all(&args.server, args.publishers, true)
+        .await
+        .context("opening the publisher connections")?;
+    let users = match args.scenario {
+        Scenario::PerUser => TargetUsers::Random(args.subscribers as u64),
+        Scenario::Firehose | Scenario::Idle => TargetUsers::One(0),
+    };
+    let plan = Arc::new(PublishPlan::new(args, run_prefix, users)?);
+    let start = clock.now_ns();
+    let measure_from_ns = start + nanos(args.warmup);
+    let window = Window {
+        publish_from_ns: start,
+        measure_from_ns,
+        until_ns: measure_from_ns + nanos(args.duration),
+    };
+    // Subscribers classify events by this window; it is set before the first event exists.
+    let window = *live.window.get_or_init(|| window);
+
+    let stop = interrupt.child_token();
+    let mut tasks = JoinSet::new();
+    for (index, channel) in channels.into_iter().enumerate() {
+        let client = NotificationServiceClient::new(channel);
+        tasks.spawn(publisher::run(
+            index as u64,
+            client,
+            plan.clone(),
+            clock,
+            window,
+            live.clone(),
+            stop.clone(),
+        ));
+    }
+    // Every call ends by its own timeout; this is the backstop if something else hangs.
+    let hard_deadline = clock.instant_at(window.until_ns) + args.request_timeout + STOP_GRACE;
+    let mut stats = Vec::with_capacity(args.publishers);
+    loop {
+        match tokio::time::timeout_at(hard_deadline.into(), tasks.join_next()).await {
+            Ok(Some(joined)) => stats.push(joined.context("a publisher task failed")??),
+            Ok(None) => break,
+            Err(_) => {
+                eprintln!("loadgen: publishers did not finish in time; abandoning them");
+                stop.cancel();
+                tasks.abort_all();
+                let abandoned = args.publishers - stats.len();
+                return Ok((window, stats, abandoned));
+            }
+        }
+    }
+    Ok((window, stats, 0))
 }

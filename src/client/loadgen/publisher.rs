@@ -1,0 +1,454 @@
+//! The publisher side: producer-style JSON bodies sent with `Publish`, on an open-loop timetable
+//! when a rate is given.
+//!
+//! With `--rate R` and P publishers, event `seq` (publisher `seq % P`) is due at `seq / R`
+//! seconds after publishing starts, and its send stamp — the instant latency is measured from —
+//! is that *scheduled* instant, not the moment the call went out. A publisher that falls behind
+//! (slow answers, a full window, the timer's ~1 ms granularity) therefore cannot hide the delay
+//! it caused (coordinated omission); how far behind it was is reported separately as the
+//! publisher lag. Without a rate the loop is closed (a new call as soon as a window slot is free)
+//! and the stamp is the actual send instant.
+
+use std::{
+    fmt::Write as _,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use hdrhistogram::Histogram;
+use rand::{Rng as _, SeedableRng as _, rngs::SmallRng};
+use tokio::task::{JoinError, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, transport::Channel};
+
+use super::{Live, LoadgenArgs, RunClock, Window, code_name, latency};
+use crate::pb::{
+    self, notification_service_client::NotificationServiceClient, publish_request::Body,
+};
+
+/// Distinct failure kinds kept per publisher with an example message each.
+const MAX_FAILURE_KINDS: usize = 8;
+/// How long after the window closes a rated publisher may still send events that were due
+/// inside it. The timer wakes up to ~1 ms late, so the window's last events routinely go out
+/// just after it closed; a publisher later than this is behind for real.
+const LATE_SEND_GRACE_NS: u64 = 100_000_000;
+
+/// Whose events are published.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum TargetUsers {
+    /// A uniformly random one of `lg-user-0` … `lg-user-{n-1}` per event.
+    Random(u64),
+    /// Always `lg-user-{n}`.
+    One(u64),
+}
+
+/// What every publisher needs to know, shared.
+pub(super) struct PublishPlan {
+    publishers: u64,
+    window: usize,
+    rate: u64,
+    request_timeout: Duration,
+    routing_key: String,
+    /// The event type as a JSON string literal (quoted and escaped), written into every body.
+    event_type_json: String,
+    run_prefix: String,
+    users: TargetUsers,
+}
+
+impl PublishPlan {
+    /// The plan of a run.
+    pub(super) fn new(
+        args: &LoadgenArgs,
+        run_prefix: &str,
+        users: TargetUsers,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            publishers: args.publishers as u64,
+            window: args.publish_window,
+            rate: args.rate,
+            request_timeout: args.request_timeout,
+            routing_key: args.event_type.clone(),
+            event_type_json: serde_json::to_string(&args.event_type)
+                .context("--event-type as JSON")?,
+            run_prefix: run_prefix.to_owned(),
+            users,
+        })
+    }
+
+    /// When event `seq` is due, in nanoseconds after publishing starts. Computed from `seq`
+    /// rather than by adding intervals, so rounding never drifts the timetable.
+    fn due_offset_ns(&self, seq: u64) -> u64 {
+        let ns = u128::from(seq) * 1_000_000_000 / u128::from(self.rate.max(1));
+        u64::try_from(ns).unwrap_or(u64::MAX)
+    }
+
+    /// How many events of publisher `index`, from `round` on, were due inside the measurement
+    /// window. Pure arithmetic over at most `rate × duration / publishers` rounds.
+    fn unsent_in_window(&self, index: u64, from_round: u64, window: &Window) -> u64 {
+        let mut unsent = 0;
+        for round in from_round.. {
+            let due_ns =
+                window.publish_from_ns + self.due_offset_ns(index + round * self.publishers);
+            if due_ns >= window.until_ns {
+                break;
+            }
+            unsent += u64::from(window.measures(due_ns));
+        }
+        unsent
+    }
+}
+
+/// One kind of failed `Publish` call.
+#[derive(Debug, Clone)]
+pub(super) struct FailureTally {
+    /// The status code, e.g. `INTERNAL`, or `DEADLINE_EXCEEDED` for a call past --request-timeout.
+    pub code: String,
+    /// How many calls failed this way.
+    pub count: u64,
+    /// The first such failure's message.
+    pub example: String,
+}
+
+/// What one publisher did.
+pub(super) struct PublisherStats {
+    /// Calls accepted by the server (duplicates included).
+    pub ok: u64,
+    /// Accepted calls whose event is in the measurement window.
+    pub ok_measured: u64,
+    /// Failed calls.
+    pub errors: u64,
+    /// Failed calls whose event is in the measurement window.
+    pub errors_measured: u64,
+    /// Calls the server answered as duplicates (should not happen: every id is new).
+    pub duplicates: u64,
+    /// Rated runs: events due inside the measurement window that were never sent, because the
+    /// publisher was still behind the timetable when the window closed.
+    pub unsent_measured: u64,
+    /// Failures by kind.
+    pub failures: Vec<FailureTally>,
+    /// Duration of measured `Publish` calls, µs.
+    pub call_us: Histogram<u64>,
+    /// How late measured sends went out against the timetable, µs (rated runs only).
+    pub lag_us: Histogram<u64>,
+}
+
+impl PublisherStats {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            ok: 0,
+            ok_measured: 0,
+            errors: 0,
+            errors_measured: 0,
+            duplicates: 0,
+            unsent_measured: 0,
+            failures: Vec::new(),
+            call_us: latency::histogram()?,
+            lag_us: latency::histogram()?,
+        })
+    }
+
+    fn complete(&mut self, joined: Result<Completion, JoinError>, window: &Window, live: &Live) {
+        let completion = match joined {
+            Ok(completion) => completion,
+            Err(error) => {
+                // The event's stamp went down with the task; count it as a measured failure so
+                // the run is not mistaken for a clean one.
+                self.fail("TASK_FAILED", &error.to_string(), true, live);
+                return;
+            }
+        };
+        let measured = window.measures(completion.stamp_ns);
+        match completion.result {
+            Ok(duplicate) => {
+                self.ok += 1;
+                self.duplicates += u64::from(duplicate);
+                live.published.fetch_add(1, Relaxed);
+                if measured {
+                    self.ok_measured += 1;
+                    let call_ns = completion.done_ns.saturating_sub(completion.sent_ns);
+                    self.call_us.saturating_record(call_ns / 1000);
+                }
+            }
+            Err(failure) => self.fail(&failure.code, &failure.message, measured, live),
+        }
+    }
+
+    fn fail(&mut self, code: &str, message: &str, measured: bool, live: &Live) {
+        self.errors += 1;
+        self.errors_measured += u64::from(measured);
+        live.publish_errors.fetch_add(1, Relaxed);
+        if let Some(tally) = self.failures.iter_mut().find(|t| t.code == code) {
+            tally.count += 1;
+        } else if self.failures.len() < MAX_FAILURE_KINDS {
+            self.failures.push(FailureTally {
+                code: code.to_owned(),
+                count: 1,
+                example: message.to_owned(),
+            });
+        }
+    }
+}
+
+struct Failure {
+    code: String,
+    message: String,
+}
+
+/// One finished `Publish` call.
+struct Completion {
+    stamp_ns: u64,
+    sent_ns: u64,
+    done_ns: u64,
+    /// `Ok(duplicate)` or why it failed.
+    result: Result<bool, Failure>,
+}
+
+/// Publisher `index`: publishes events `index`, `index + P`, `index + 2P`, … until the window
+/// ends or `stop` is cancelled, then waits for its calls in flight (each bounded by
+/// --request-timeout).
+pub(super) async fn run(
+    index: u64,
+    client: NotificationServiceClient<Channel>,
+    plan: Arc<PublishPlan>,
+    clock: RunClock,
+    window: Window,
+    live: Arc<Live>,
+    stop: CancellationToken,
+) -> anyhow::Result<PublisherStats> {
+    let mut stats = PublisherStats::new()?;
+    let mut bodies = BodyWriter::new(&plan, clock);
+    let mut rng = SmallRng::from_rng(&mut rand::rng());
+    let mut in_flight = JoinSet::new();
+    let cancelled = stop.cancelled();
+    tokio::pin!(cancelled);
+
+    for round in 0_u64.. {
+        let seq = index + round * plan.publishers;
+        let due_ns = (plan.rate > 0).then(|| window.publish_from_ns + plan.due_offset_ns(seq));
+        if due_ns.is_some_and(|due_ns| due_ns >= window.until_ns) {
+            break;
+        }
+        while in_flight.len() >= plan.window {
+            let Some(joined) = in_flight.join_next().await else {
+                break;
+            };
+            stats.complete(joined, &window, &live);
+        }
+        while let Some(joined) = in_flight.try_join_next() {
+            stats.complete(joined, &window, &live);
+        }
+        if stop.is_cancelled() {
+            break;
+        }
+        let cutoff_ns = match due_ns {
+            Some(_) => window.until_ns + LATE_SEND_GRACE_NS,
+            None => window.until_ns,
+        };
+        if clock.now_ns() >= cutoff_ns {
+            // Behind the timetable when the window closed. Working off the backlog now would
+            // only stretch the run (and stamp events with times long past); what was due and
+            // not sent is counted instead, and makes the run invalid.
+            if due_ns.is_some() {
+                stats.unsent_measured = plan.unsent_in_window(index, round, &window);
+            }
+            break;
+        }
+        let stamp_ns = match due_ns {
+            Some(due_ns) => {
+                if due_ns > clock.now_ns() {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(clock.instant_at(due_ns).into()) => {}
+                        () = &mut cancelled => break,
+                    }
+                }
+                if window.measures(due_ns) {
+                    stats
+                        .lag_us
+                        .saturating_record(clock.now_ns().saturating_sub(due_ns) / 1000);
+                }
+                due_ns
+            }
+            None => clock.now_ns(),
+        };
+        let user = match plan.users {
+            TargetUsers::Random(count) => rng.random_range(0..count.max(1)),
+            TargetUsers::One(user) => user,
+        };
+        let request = pb::PublishRequest {
+            routing_key: plan.routing_key.clone(),
+            body: Some(Body::Json(
+                bodies
+                    .write(seq, stamp_ns, user)
+                    .context("formatting a body")?,
+            )),
+        };
+        let mut client = client.clone();
+        let timeout = plan.request_timeout;
+        in_flight.spawn(async move {
+            let sent_ns = clock.now_ns();
+            let result = match tokio::time::timeout(timeout, client.publish(request)).await {
+                Ok(Ok(response)) => Ok(response.into_inner().duplicate),
+                Ok(Err(status)) => Err(Failure {
+                    code: code_name(status.code()),
+                    message: status.message().to_owned(),
+                }),
+                Err(_) => Err(Failure {
+                    code: code_name(Code::DeadlineExceeded),
+                    message: format!("no answer within --request-timeout ({timeout:?})"),
+                }),
+            };
+            Completion {
+                stamp_ns,
+                sent_ns,
+                done_ns: clock.now_ns(),
+                result,
+            }
+        });
+    }
+    while let Some(joined) = in_flight.join_next().await {
+        stats.complete(joined, &window, &live);
+    }
+    Ok(stats)
+}
+
+/// Writes the producer bodies (shape D, the `device.error` envelope of `WIRE.md`):
+///
+/// `{"eventId":"lg-<run>-<seq>-<send_nanos>","eventType":…,"timestamp":"<ISO>","payload":{…},"_trace":{}}`
+struct BodyWriter {
+    run_prefix: String,
+    event_type_json: String,
+    clock: RunClock,
+    iso: IsoTime,
+    /// The longest body so far. The request must own its body (prost's `bytes` is a `Vec<u8>`),
+    /// so one allocation per event is the floor; sizing it right keeps it at exactly one.
+    capacity: usize,
+}
+
+impl BodyWriter {
+    fn new(plan: &PublishPlan, clock: RunClock) -> Self {
+        Self {
+            run_prefix: plan.run_prefix.clone(),
+            event_type_json: plan.event_type_json.clone(),
+            clock,
+            iso: IsoTime::default(),
+            capacity: 256,
+        }
+    }
+
+    fn write(&mut self, seq: u64, stamp_ns: u64, user: u64) -> Result<Vec<u8>, std::fmt::Error> {
+        let at = self
+            .iso
+            .at(self.clock.wall_start + Duration::from_nanos(stamp_ns))?;
+        let mut body = String::with_capacity(self.capacity);
+        write!(
+            body,
+            concat!(
+                r#"{{"eventId":"{prefix}{seq}-{stamp}","eventType":{event_type},"timestamp":"{at}","#,
+                r#""payload":{{"deviceId":"d-{user}","deviceName":"lg","userId":"lg-user-{user}","#,
+                r#""errorType":"load","errorMessage":"loadgen","occurredAt":"{at}"}},"_trace":{{}}}}"#,
+            ),
+            prefix = self.run_prefix,
+            seq = seq,
+            stamp = stamp_ns,
+            event_type = self.event_type_json,
+            at = at,
+            user = user,
+        )?;
+        self.capacity = self.capacity.max(body.len());
+        Ok(body.into_bytes())
+    }
+}
+
+/// ISO-8601 UTC timestamps with milliseconds. The calendar part is formatted once per second;
+/// each call only appends the milliseconds.
+#[derive(Default)]
+struct IsoTime {
+    second: Option<u64>,
+    /// `YYYY-MM-DDTHH:MM:SS` of `second`.
+    calendar: String,
+    text: String,
+}
+
+impl IsoTime {
+    fn at(&mut self, wall: SystemTime) -> Result<&str, std::fmt::Error> {
+        let since_epoch = wall.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let second = since_epoch.as_secs();
+        if self.second != Some(second) {
+            let calendar: DateTime<Utc> = (UNIX_EPOCH + Duration::from_secs(second)).into();
+            self.calendar.clear();
+            write!(self.calendar, "{}", calendar.format("%Y-%m-%dT%H:%M:%S"))?;
+            self.second = Some(second);
+        }
+        self.text.clear();
+        write!(
+            self.text,
+            "{}.{:03}Z",
+            self.calendar,
+            since_epoch.subsec_millis()
+        )?;
+        Ok(&self.text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(rate: u64, publishers: u64) -> PublishPlan {
+        PublishPlan {
+            publishers,
+            window: 1,
+            rate,
+            request_timeout: Duration::from_secs(1),
+            routing_key: "device.error".into(),
+            event_type_json: "\"device.error\"".into(),
+            run_prefix: "lg-0000abcd-".into(),
+            users: TargetUsers::One(0),
+        }
+    }
+
+    #[test]
+    fn the_timetable_spreads_events_evenly_and_does_not_drift() {
+        let plan = plan(3, 2);
+        assert_eq!(plan.due_offset_ns(0), 0);
+        assert_eq!(plan.due_offset_ns(1), 333_333_333);
+        assert_eq!(plan.due_offset_ns(3), 1_000_000_000);
+        assert_eq!(plan.due_offset_ns(3_000_000), 1_000_000_000_000_000);
+    }
+
+    #[test]
+    fn events_due_in_the_window_but_not_sent_are_counted() {
+        // 10 events/s over 2 publishers: publisher 1 owns seq 1, 3, 5, … due at 0.1 s, 0.3 s, …
+        let plan = plan(10, 2);
+        let window = Window {
+            publish_from_ns: 0,
+            measure_from_ns: 200_000_000,
+            until_ns: 1_000_000_000,
+        };
+        // From round 0 on: seq 1 (0.1 s, warmup), 3, 5, 7, 9 (measured).
+        assert_eq!(plan.unsent_in_window(1, 0, &window), 4);
+        assert_eq!(plan.unsent_in_window(1, 3, &window), 2);
+        assert_eq!(plan.unsent_in_window(1, 5, &window), 0);
+    }
+
+    #[test]
+    fn a_body_is_a_shape_d_envelope_whose_id_carries_the_stamp() -> anyhow::Result<()> {
+        let clock = RunClock {
+            start: std::time::Instant::now(),
+            wall_start: UNIX_EPOCH + Duration::from_secs(1_732_096_800),
+        };
+        let mut writer = BodyWriter::new(&plan(1, 1), clock);
+        let body = writer.write(42, 1_500_000_000, 7)?;
+        let json: serde_json::Value = serde_json::from_slice(&body)?;
+        assert_eq!(json["eventId"], "lg-0000abcd-42-1500000000");
+        assert_eq!(json["eventType"], "device.error");
+        assert_eq!(json["timestamp"], "2024-11-20T10:00:01.500Z");
+        assert_eq!(json["payload"]["userId"], "lg-user-7");
+        assert_eq!(json["payload"]["deviceId"], "d-7");
+        assert_eq!(json["payload"]["occurredAt"], "2024-11-20T10:00:01.500Z");
+        assert_eq!(json["_trace"], serde_json::json!({}));
+        Ok(())
+    }
+}
