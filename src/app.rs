@@ -43,7 +43,12 @@ impl Listeners {
             .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
         let metrics = TcpListener::bind(config.metrics_listen)
             .await
-            .with_context(|| format!("cannot listen on {} (--metrics-listen)", config.metrics_listen))?;
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (--metrics-listen)",
+                    config.metrics_listen
+                )
+            })?;
         Ok(Self { grpc, metrics })
     }
 }
@@ -84,12 +89,17 @@ pub async fn run(
     );
 
     let mut tasks = JoinSet::new();
-    tasks.spawn(heartbeats(hub.clone(), config.heartbeat_interval, shutdown.clone()));
+    tasks.spawn(heartbeats(
+        hub.clone(),
+        config.heartbeat_interval,
+        shutdown.clone(),
+    ));
     info!(addr = %telemetry::local_addr(&listeners.metrics), "metrics on http://{}/metrics", telemetry::local_addr(&listeners.metrics));
     tasks.spawn({
         let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
         async move {
-            if let Err(error) = telemetry::serve_metrics(listeners.metrics, metrics, shutdown).await {
+            if let Err(error) = telemetry::serve_metrics(listeners.metrics, metrics, shutdown).await
+            {
                 warn!(%error, "metrics endpoint stopped");
             }
         }
@@ -136,7 +146,10 @@ pub async fn run(
     // Whether the server ended by itself or by error, everything else stops too.
     shutdown.cancel();
     sequencer_stop.cancel();
-    if tokio::time::timeout(config.shutdown_grace, sequencer_task).await.is_err() {
+    if tokio::time::timeout(config.shutdown_grace, sequencer_task)
+        .await
+        .is_err()
+    {
         warn!("sequencer did not finish within the grace period");
     }
     while tasks.join_next().await.is_some() {}

@@ -11,7 +11,11 @@ use crate::client::{LoadgenArgs, PublishArgs, SubscribeArgs};
 
 /// notify-backbone: typed platform events, streamed over gRPC and grpc-web.
 #[derive(Debug, Parser)]
-#[command(name = "notify-backbone", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "notify-backbone",
+    version,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     /// What to do; `serve` when omitted.
     #[command(subcommand)]
@@ -49,7 +53,11 @@ pub struct ServeConfig {
     /// `https://console.example.com`. Repeat the flag or separate with commas. `*` allows any
     /// origin. None: browsers on other origins are refused (same-origin and non-browser clients
     /// are unaffected).
-    #[arg(long = "cors-origin", env = "NOTIFY_CORS_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long = "cors-origin",
+        env = "NOTIFY_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
     pub cors_origins: Vec<String>,
 
     /// Frames one subscriber may have queued. A subscriber that falls this far behind has its

@@ -85,7 +85,10 @@ impl Sequencer {
             published_at: Instant::now(),
             reply,
         };
-        self.tx.send(submission).await.map_err(|_| SequencerError::Stopped)?;
+        self.tx
+            .send(submission)
+            .await
+            .map_err(|_| SequencerError::Stopped)?;
         response.await.map_err(|_| SequencerError::Stopped)?
     }
 }
@@ -154,7 +157,10 @@ fn write_batch(
             reply,
         } = submission;
         let Some(appended) = outcomes.next() else {
-            let _ = reply.send(Err(StoreError::Unavailable("journal returned too few outcomes".into()).into()));
+            let _ = reply.send(Err(StoreError::Unavailable(
+                "journal returned too few outcomes".into(),
+            )
+            .into()));
             continue;
         };
         let notice_outcome = decoded.admin_notice.as_ref().and_then(|_| outcomes.next());

@@ -85,10 +85,26 @@ impl Metrics {
         let queue_overflows = Counter::default();
         // 50 µs … ~1.6 s in 16 doubling steps.
         let delivery_latency = Histogram::new(exponential_buckets(50e-6, 2.0, 16));
-        registry.register("events_in", "Events accepted into the journal", events_in.clone());
-        registry.register("events_out", "Events queued to subscribers", events_out.clone());
-        registry.register("duplicates", "Events recognised as already accepted", duplicates.clone());
-        registry.register("rejected", "Published events refused as bad input", rejected.clone());
+        registry.register(
+            "events_in",
+            "Events accepted into the journal",
+            events_in.clone(),
+        );
+        registry.register(
+            "events_out",
+            "Events queued to subscribers",
+            events_out.clone(),
+        );
+        registry.register(
+            "duplicates",
+            "Events recognised as already accepted",
+            duplicates.clone(),
+        );
+        registry.register(
+            "rejected",
+            "Published events refused as bad input",
+            rejected.clone(),
+        );
         registry.register("subscribers", "Open subscriptions", subscribers.clone());
         registry.register(
             "queue_overflows",
@@ -120,7 +136,9 @@ impl Metrics {
     /// Counts one event's fan-out to `recipients` subscribers.
     pub fn record_fan_out(&self, event_type: &str, recipients: u64) {
         if recipients > 0 {
-            self.events_out.get_or_create(&type_label(event_type)).inc_by(recipients);
+            self.events_out
+                .get_or_create(&type_label(event_type))
+                .inc_by(recipients);
         }
     }
 
@@ -191,7 +209,10 @@ pub async fn serve_metrics(
             let metrics = metrics.clone();
             async move {
                 (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                    [(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
                     metrics.render(),
                 )
             }
@@ -226,7 +247,10 @@ mod tests {
         let metrics = Metrics::new();
         metrics.record_event_in("billing.payment_success");
         let text = metrics.render();
-        assert!(text.contains("notify_events_in_total{type=\"billing.payment_success\"} 1"), "{text}");
+        assert!(
+            text.contains("notify_events_in_total{type=\"billing.payment_success\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("notify_subscribers"), "{text}");
     }
 }

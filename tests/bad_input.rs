@@ -1,4 +1,5 @@
 //! Bad input gets INVALID_ARGUMENT with a message naming the problem, and nothing is published.
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
 
 mod support;
 
@@ -7,7 +8,9 @@ use support::*;
 use tonic::Code;
 
 async fn expect_invalid(
-    client: &mut pb::notification_service_client::NotificationServiceClient<tonic::transport::Channel>,
+    client: &mut pb::notification_service_client::NotificationServiceClient<
+        tonic::transport::Channel,
+    >,
     request: pb::PublishRequest,
     needle: &str,
 ) {
@@ -39,11 +42,17 @@ async fn bad_publishes_are_refused_and_nothing_is_half_published() {
         (json("device.started", "{not json"), "not JSON"),
         (json("device.started", ""), "empty"),
         (
-            json("device.started", r#"{"deviceId":"d1","providerType":"redroid"}"#),
+            json(
+                "device.started",
+                r#"{"deviceId":"d1","providerType":"redroid"}"#,
+            ),
             "userId",
         ),
         (
-            json("device.started", &format!(r#"{{"userId":"{}"}}"#, "x".repeat(2000))),
+            json(
+                "device.started",
+                &format!(r#"{{"userId":"{}"}}"#, "x".repeat(2000)),
+            ),
             "--max-publish-bytes",
         ),
         (json("", r#"{"userId":"u1"}"#), "routing_key"),
@@ -70,7 +79,13 @@ async fn bad_publishes_are_refused_and_nothing_is_half_published() {
         expect_invalid(&mut client, request, needle).await;
     }
     // Nothing of the above reached anyone; a good event still flows at once.
-    publish_json(&mut client, "device.error", &device_error("good", "u1", "d1")).await.unwrap();
+    publish_json(
+        &mut client,
+        "device.error",
+        &device_error("good", "u1", "d1"),
+    )
+    .await
+    .unwrap();
     assert_eq!(next_event(&mut firehose).await.id, "good");
     let text = server.metrics_text().await;
     assert!(text.contains("notify_rejected_total"), "{text}");
@@ -81,17 +96,27 @@ async fn strict_schema_refuses_untyped_family_events() {
     let lenient = TestServer::start().await;
     let mut client = lenient.client().await;
     let mut stream = subscribe(&mut client, request("u1")).await;
-    publish_json(&mut client, "billing.refund_issued", r#"{"userId":"u1","refundId":"r1"}"#)
-        .await
-        .unwrap();
+    publish_json(
+        &mut client,
+        "billing.refund_issued",
+        r#"{"userId":"u1","refundId":"r1"}"#,
+    )
+    .await
+    .unwrap();
     let event = next_event(&mut stream).await;
-    assert!(matches!(event.payload, Some(pb::event::Payload::Untyped(_))), "{event:?}");
+    assert!(
+        matches!(event.payload, Some(pb::event::Payload::Untyped(_))),
+        "{event:?}"
+    );
 
     let strict = TestServer::start_with(|c| c.strict_schema = true).await;
     let mut client = strict.client().await;
     expect_invalid(
         &mut client,
-        json("billing.refund_issued", r#"{"userId":"u1","refundId":"r1"}"#),
+        json(
+            "billing.refund_issued",
+            r#"{"userId":"u1","refundId":"r1"}"#,
+        ),
         "billing.refund_issued",
     )
     .await;
@@ -132,11 +157,18 @@ async fn bad_subscriptions_are_refused_with_the_field_at_fault() {
         // A cursor from another journal is not an error: it is an in-band gap.
         if needle.is_empty() {
             let mut stream = client.subscribe(request).await.unwrap().into_inner();
-            assert!(matches!(next_kind(&mut stream).await, pb::subscribe_response::Kind::Gap(_)));
+            assert!(matches!(
+                next_kind(&mut stream).await,
+                pb::subscribe_response::Kind::Gap(_)
+            ));
             continue;
         }
         let status = client.subscribe(request).await.expect_err("refused");
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-        assert!(status.message().contains(needle), "{:?} lacks {needle:?}", status.message());
+        assert!(
+            status.message().contains(needle),
+            "{:?} lacks {needle:?}",
+            status.message()
+        );
     }
 }

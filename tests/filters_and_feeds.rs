@@ -1,4 +1,5 @@
 //! Type and device filters, the admin feed and the firehose, end to end.
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
 
 mod support;
 
@@ -22,11 +23,20 @@ async fn type_filters_take_exact_types_and_families() {
         },
     )
     .await;
-    publish_json(&mut client, "quota.exceeded", QUOTA_EXCEEDED).await.unwrap();
+    publish_json(&mut client, "quota.exceeded", QUOTA_EXCEEDED)
+        .await
+        .unwrap();
     let order = r#"{"orderId":"o1","userId":"u1","reason":"user","_trace":{}}"#;
-    publish_json(&mut client, "billing.order.cancelled", order).await.unwrap();
-    publish_json(&mut client, "device.error", &device_error("x1", "u1", "d1")).await.unwrap();
-    assert_eq!(next_event(&mut billing).await.r#type, "billing.order.cancelled");
+    publish_json(&mut client, "billing.order.cancelled", order)
+        .await
+        .unwrap();
+    publish_json(&mut client, "device.error", &device_error("x1", "u1", "d1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_event(&mut billing).await.r#type,
+        "billing.order.cancelled"
+    );
     assert_eq!(next_event(&mut billing).await.r#type, "device.error");
     assert_quiet(&mut billing).await;
 }
@@ -44,8 +54,12 @@ async fn a_device_filter_keeps_only_that_device() {
         },
     )
     .await;
-    publish_json(&mut client, "device.error", &device_error("a", "u1", "d1")).await.unwrap();
-    publish_json(&mut client, "device.error", &device_error("b", "u1", "d2")).await.unwrap();
+    publish_json(&mut client, "device.error", &device_error("a", "u1", "d1"))
+        .await
+        .unwrap();
+    publish_json(&mut client, "device.error", &device_error("b", "u1", "d2"))
+        .await
+        .unwrap();
     assert_eq!(next_event(&mut d2).await.id, "b");
     assert_quiet(&mut d2).await;
 }
@@ -63,7 +77,9 @@ async fn the_admin_feed_receives_derived_notices() {
     )
     .await;
     let mut user = subscribe(&mut client, request("u1")).await;
-    let published = publish_json(&mut client, "quota.exceeded", QUOTA_EXCEEDED).await.unwrap();
+    let published = publish_json(&mut client, "quota.exceeded", QUOTA_EXCEEDED)
+        .await
+        .unwrap();
 
     let notice = next_event(&mut admin).await;
     assert_eq!(notice.r#type, "admin.notice");
@@ -97,10 +113,17 @@ async fn the_admin_feed_carries_every_quota_update() {
     .await;
     let update = r#"{"userId":"u5","quotaId":"q5","type":"updated","limits":{},"usage":{},
                      "status":"active","timestamp":"2025-11-20T10:00:00.000Z","_trace":{}}"#;
-    publish_json(&mut client, "quota.updated", update).await.unwrap();
-    publish_json(&mut client, "device.error", &device_error("z", "u5", "d5")).await.unwrap();
+    publish_json(&mut client, "quota.updated", update)
+        .await
+        .unwrap();
+    publish_json(&mut client, "device.error", &device_error("z", "u5", "d5"))
+        .await
+        .unwrap();
     let event = next_event(&mut admin).await;
-    assert_eq!((event.r#type.as_str(), event.user_id.as_str()), ("quota.updated", "u5"));
+    assert_eq!(
+        (event.r#type.as_str(), event.user_id.as_str()),
+        ("quota.updated", "u5")
+    );
     assert_quiet(&mut admin).await;
 }
 
@@ -109,13 +132,22 @@ async fn the_firehose_sees_all_users_and_userless_events() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
     let mut firehose = subscribe(&mut client, request("*")).await;
-    publish_json(&mut client, "device.error", &device_error("f1", "u1", "d1")).await.unwrap();
-    publish_json(&mut client, "device.error", &device_error("f2", "u2", "d2")).await.unwrap();
+    publish_json(&mut client, "device.error", &device_error("f1", "u1", "d1"))
+        .await
+        .unwrap();
+    publish_json(&mut client, "device.error", &device_error("f2", "u2", "d2"))
+        .await
+        .unwrap();
     let catalog = r#"{"appId":"a1","packageName":"com.example","versionName":"2.0",
                       "updatedFields":["versionName"],"_trace":{}}"#;
-    publish_json(&mut client, "app.updated", catalog).await.unwrap();
+    publish_json(&mut client, "app.updated", catalog)
+        .await
+        .unwrap();
     assert_eq!(next_event(&mut firehose).await.id, "f1");
     assert_eq!(next_event(&mut firehose).await.id, "f2");
     let app = next_event(&mut firehose).await;
-    assert_eq!((app.r#type.as_str(), app.user_id.as_str()), ("app.updated", ""));
+    assert_eq!(
+        (app.r#type.as_str(), app.user_id.as_str()),
+        ("app.updated", "")
+    );
 }

@@ -1,4 +1,5 @@
 //! grpc-web over HTTP/1.1 (what browsers speak), through tonic-web's client layer, and CORS.
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
 
 mod support;
 
@@ -19,15 +20,35 @@ async fn a_grpc_web_client_receives_a_server_stream() {
     let uri: http::Uri = server.url().parse().unwrap();
     let mut web = NotificationServiceClient::with_origin(service, uri);
 
-    let mut stream = web.subscribe(request("web-user")).await.unwrap().into_inner();
+    let mut stream = web
+        .subscribe(request("web-user"))
+        .await
+        .unwrap()
+        .into_inner();
     let first = stream.message().await.unwrap().unwrap();
     assert!(matches!(first.kind, Some(Kind::CaughtUp(_))), "{first:?}");
 
     let mut grpc = server.client().await;
-    publish_json(&mut grpc, "device.error", &device_error("w1", "web-user", "d1")).await.unwrap();
-    publish_json(&mut grpc, "device.error", &device_error("w2", "web-user", "d1")).await.unwrap();
+    publish_json(
+        &mut grpc,
+        "device.error",
+        &device_error("w1", "web-user", "d1"),
+    )
+    .await
+    .unwrap();
+    publish_json(
+        &mut grpc,
+        "device.error",
+        &device_error("w2", "web-user", "d1"),
+    )
+    .await
+    .unwrap();
     for expected in ["w1", "w2"] {
-        let message = tokio::time::timeout(PATIENCE, stream.message()).await.unwrap().unwrap().unwrap();
+        let message = tokio::time::timeout(PATIENCE, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         match message.kind {
             Some(Kind::Event(event)) => assert_eq!(event.id, expected),
             other => panic!("expected an event, got {other:?}"),
@@ -37,17 +58,25 @@ async fn a_grpc_web_client_receives_a_server_stream() {
 
 #[tokio::test]
 async fn cors_preflight_allows_configured_origins_only() {
-    let server = TestServer::start_with(|c| c.cors_origins = vec!["https://console.example".into()]).await;
+    let server =
+        TestServer::start_with(|c| c.cors_origins = vec!["https://console.example".into()]).await;
     let preflight = |origin: &'static str| {
-        let url = format!("{}/cloudphone.notify.v1.NotificationService/Subscribe", server.url());
+        let url = format!(
+            "{}/cloudphone.notify.v1.NotificationService/Subscribe",
+            server.url()
+        );
         async move {
-            let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Empty<bytes::Bytes>>();
+            let client = Client::builder(TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
             let request = http::Request::builder()
                 .method("OPTIONS")
                 .uri(url)
                 .header("origin", origin)
                 .header("access-control-request-method", "POST")
-                .header("access-control-request-headers", "content-type,x-grpc-web,authorization")
+                .header(
+                    "access-control-request-headers",
+                    "content-type,x-grpc-web,authorization",
+                )
                 .body(http_body_util::Empty::new())
                 .unwrap();
             client.request(request).await.unwrap()
@@ -55,9 +84,17 @@ async fn cors_preflight_allows_configured_origins_only() {
     };
     let allowed = preflight("https://console.example").await;
     assert_eq!(
-        allowed.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap()),
+        allowed
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap()),
         Some("https://console.example")
     );
     let refused = preflight("https://evil.example").await;
-    assert!(refused.headers().get("access-control-allow-origin").is_none());
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
 }

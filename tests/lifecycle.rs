@@ -1,4 +1,5 @@
 //! Health, reflection, heartbeats and shutdown.
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
 
 mod support;
 
@@ -7,7 +8,9 @@ use std::time::Duration;
 use notify_backbone::pb::subscribe_response::Kind;
 use support::*;
 use tonic::Code;
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 use tonic_reflection::pb::v1::{
     ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
@@ -22,17 +25,30 @@ async fn health_is_serving_then_not_serving_as_shutdown_starts() {
     let check = HealthCheckRequest {
         service: SERVICE.into(),
     };
-    let status = health.check(check.clone()).await.unwrap().into_inner().status;
+    let status = health
+        .check(check.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
     assert_eq!(status, ServingStatus::Serving as i32);
 
     let mut watch = health.watch(check).await.unwrap().into_inner();
     let first = watch.message().await.unwrap().unwrap();
     assert_eq!(first.status, ServingStatus::Serving as i32);
     server.shutdown.cancel();
-    let next = tokio::time::timeout(PATIENCE, watch.message()).await.unwrap().unwrap().unwrap();
+    let next = tokio::time::timeout(PATIENCE, watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(next.status, ServingStatus::NotServing as i32);
     drop(watch);
-    tokio::time::timeout(PATIENCE, server.task).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(PATIENCE, server.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]
@@ -76,9 +92,17 @@ async fn shutdown_ends_open_streams_within_the_grace_period() {
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         assert!(status.message().contains("resume_after="), "{status:?}");
     }
-    tokio::time::timeout(PATIENCE, server.task).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(PATIENCE, server.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     // Well inside the 5 s grace: streams were ended, not waited out.
-    assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]

@@ -1,4 +1,5 @@
 //! Events published through `Publish` reach exactly the subscribers that selected them, typed.
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
 
 mod support;
 
@@ -33,7 +34,10 @@ async fn every_wire_fixture_arrives_typed_on_the_firehose() {
             "{name}: catalog events are typed, got {:?}",
             event.payload
         );
-        assert!(event.occurred_at.is_some() && event.received_at.is_some(), "{name}");
+        assert!(
+            event.occurred_at.is_some() && event.received_at.is_some(),
+            "{name}"
+        );
     }
 }
 
@@ -43,10 +47,25 @@ async fn a_user_sees_their_events_and_nobody_elses() {
     let mut client = server.client().await;
     let mut alice = subscribe(&mut client, request("alice")).await;
     let mut bob = subscribe(&mut client, request("bob")).await;
-    publish_json(&mut client, "device.error", &device_error("e-bob", "bob", "d9")).await.unwrap();
-    publish_json(&mut client, "device.error", &device_error("e-alice", "alice", "d1")).await.unwrap();
+    publish_json(
+        &mut client,
+        "device.error",
+        &device_error("e-bob", "bob", "d9"),
+    )
+    .await
+    .unwrap();
+    publish_json(
+        &mut client,
+        "device.error",
+        &device_error("e-alice", "alice", "d1"),
+    )
+    .await
+    .unwrap();
     let event = next_event(&mut alice).await;
-    assert_eq!((event.id.as_str(), event.user_id.as_str()), ("e-alice", "alice"));
+    assert_eq!(
+        (event.id.as_str(), event.user_id.as_str()),
+        ("e-alice", "alice")
+    );
     assert_eq!(event.device_id, "d1");
     match event.payload {
         Some(Payload::DeviceError(error)) => {
@@ -66,7 +85,9 @@ async fn money_keeps_its_exact_decimal_value() {
     let mut stream = subscribe(&mut client, request("u1")).await;
     let body = r#"{"userId":"u1","paymentId":"p1","paymentMethod":"alipay","amount":99.9,
                    "newBalance":100.10,"paidAt":"2025-11-20T10:00:00.000Z","_trace":{}}"#;
-    publish_json(&mut client, "billing.payment_success", body).await.unwrap();
+    publish_json(&mut client, "billing.payment_success", body)
+        .await
+        .unwrap();
     match next_event(&mut stream).await.payload {
         Some(Payload::BillingPaymentSuccess(p)) => {
             assert_eq!(p.amount.unwrap().value, "99.9");
@@ -101,7 +122,9 @@ async fn a_typed_event_can_be_published_too() {
     let received = next_event(&mut stream).await;
     assert_eq!(received.id, published.id);
     assert_eq!(received.r#type, "device.started");
-    assert!(matches!(received.payload, Some(Payload::DeviceStarted(ref d)) if d.provider_type == "redroid"));
+    assert!(
+        matches!(received.payload, Some(Payload::DeviceStarted(ref d)) if d.provider_type == "redroid")
+    );
 }
 
 #[tokio::test]
@@ -114,7 +137,9 @@ async fn a_resent_outbox_body_is_delivered_once() {
             r#"{{"deviceId":"d1","userId":"u1","tenantId":null,"startedAt":"2025-11-20T10:00:00.000Z","providerType":"redroid","_trace":{trace}}}"#
         )
     };
-    let first = publish_json(&mut client, "device.started", &body("{}")).await.unwrap();
+    let first = publish_json(&mut client, "device.started", &body("{}"))
+        .await
+        .unwrap();
     let again = publish_json(
         &mut client,
         "device.started",
@@ -124,7 +149,10 @@ async fn a_resent_outbox_body_is_delivered_once() {
     .unwrap();
     assert!(!first.duplicate);
     assert!(again.duplicate);
-    assert_eq!((again.id.as_str(), again.cursor.as_str()), (first.id.as_str(), first.cursor.as_str()));
+    assert_eq!(
+        (again.id.as_str(), again.cursor.as_str()),
+        (first.id.as_str(), first.cursor.as_str())
+    );
     assert_eq!(next_event(&mut stream).await.id, first.id);
     assert_quiet(&mut stream).await;
 }
@@ -138,7 +166,9 @@ async fn the_trace_context_travels_with_the_event() {
     let body = format!(
         r#"{{"type":"app.installed","timestamp":"2025-11-20T10:00:00.000Z","installationId":"i1","applicationId":"a1","deviceId":"d1","userId":"u1","_trace":{{"traceparent":"{traceparent}"}}}}"#
     );
-    publish_json(&mut client, "app.installed", &body).await.unwrap();
+    publish_json(&mut client, "app.installed", &body)
+        .await
+        .unwrap();
     let event = next_event(&mut stream).await;
     assert_eq!(event.traceparent, traceparent);
     assert!(matches!(event.payload, Some(Payload::AppInstalled(ref a)) if a.app_id == "a1"));
@@ -149,11 +179,22 @@ async fn metrics_count_what_flowed() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
     let mut stream = subscribe(&mut client, request("u1")).await;
-    publish_json(&mut client, "device.error", &device_error("m1", "u1", "d1")).await.unwrap();
+    publish_json(&mut client, "device.error", &device_error("m1", "u1", "d1"))
+        .await
+        .unwrap();
     next_event(&mut stream).await;
     let text = server.metrics_text().await;
-    assert!(text.contains(r#"notify_events_in_total{type="device.error"} 1"#), "{text}");
-    assert!(text.contains(r#"notify_events_out_total{type="device.error"} 1"#), "{text}");
+    assert!(
+        text.contains(r#"notify_events_in_total{type="device.error"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"notify_events_out_total{type="device.error"} 1"#),
+        "{text}"
+    );
     assert!(text.contains("notify_subscribers 1"), "{text}");
-    assert!(text.contains("notify_delivery_latency_seconds_count 1"), "{text}");
+    assert!(
+        text.contains("notify_delivery_latency_seconds_count 1"),
+        "{text}"
+    );
 }

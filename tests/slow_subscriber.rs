@@ -1,5 +1,6 @@
 //! A subscriber that stops reading is ended with RESOURCE_EXHAUSTED naming the last cursor it
 //! was sent; everyone else keeps receiving.
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
 
 mod support;
 
@@ -13,8 +14,17 @@ const EVENTS: usize = 3000;
 async fn a_stalled_subscriber_is_cut_off_and_told_where_to_resume() {
     let server = TestServer::start_with(|c| c.subscriber_queue_len = 16).await;
     let mut client = server.client().await;
-    // Its own connection, never read while events flow: HTTP/2 flow control stalls it.
-    let mut stalled_client = server.client().await;
+    // Its own connection with small HTTP/2 windows, never read while events flow: flow control
+    // stalls its stream after a few KiB, so its server-side queue fills up.
+    let small_windows = tonic::transport::Endpoint::from_shared(server.url())
+        .unwrap()
+        .initial_stream_window_size(8 * 1024)
+        .initial_connection_window_size(8 * 1024)
+        .connect()
+        .await
+        .unwrap();
+    let mut stalled_client =
+        pb::notification_service_client::NotificationServiceClient::new(small_windows);
     let mut stalled = subscribe(&mut stalled_client, request("*")).await;
     let mut reader = subscribe(&mut client, request("*")).await;
 
@@ -28,16 +38,24 @@ async fn a_stalled_subscriber_is_cut_off_and_told_where_to_resume() {
     let mut published = Vec::new();
     for i in 0..EVENTS {
         let body = device_error(&format!("s{i}"), "u1", "d1");
-        published.push(publish_json(&mut client, "device.error", &body).await.unwrap());
+        published.push(
+            publish_json(&mut client, "device.error", &body)
+                .await
+                .unwrap(),
+        );
     }
     let received = reading.await.unwrap();
     let expected: Vec<String> = published.iter().map(|p| p.id.clone()).collect();
-    assert_eq!(received, expected, "the reading subscriber got everything in order");
+    assert_eq!(
+        received, expected,
+        "the reading subscriber got everything in order"
+    );
 
     // Now the stalled one reads: a prefix of the events, then the status.
     let mut last_event_cursor = None;
     let status = loop {
-        match stalled.message().await {
+        let message = tokio::time::timeout(PATIENCE, stalled.message()).await;
+        match message.expect("the stalled stream ends with a status, not silence") {
             Ok(Some(pb::SubscribeResponse {
                 kind: Some(Kind::Event(event)),
             })) => last_event_cursor = Some(event.cursor),
@@ -53,5 +71,10 @@ async fn a_stalled_subscriber_is_cut_off_and_told_where_to_resume() {
         "{:?} should name {last}",
         status.message()
     );
-    assert!(server.metrics_text().await.contains("notify_queue_overflows_total 1"));
+    assert!(
+        server
+            .metrics_text()
+            .await
+            .contains("notify_queue_overflows_total 1")
+    );
 }

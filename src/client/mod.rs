@@ -83,7 +83,8 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
     let mut stream = client.subscribe(request).await?.into_inner();
     let options = SerializeOptions::new();
     while let Some(message) = stream.message().await? {
-        let dynamic = DynamicMessage::decode(descriptor.clone(), message.encode_to_vec().as_slice())?;
+        let dynamic =
+            DynamicMessage::decode(descriptor.clone(), message.encode_to_vec().as_slice())?;
         let mut line = serde_json::Serializer::new(Vec::new());
         dynamic.serialize_with_options(&mut line, &options)?;
         println!("{}", String::from_utf8_lossy(&line.into_inner()));
@@ -118,7 +119,8 @@ fn read_body(arg: &str) -> anyhow::Result<Vec<u8>> {
     match arg.strip_prefix('@') {
         Some("-") => {
             let mut body = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::stdin(), &mut body).context("reading stdin")?;
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut body)
+                .context("reading stdin")?;
             Ok(body)
         }
         Some(path) => {

@@ -58,4 +58,3 @@ impl Encoder for PassThroughEncoder {
         BufferSettings::new(STREAM_BUFFER_BYTES, YIELD_THRESHOLD_BYTES)
     }
 }
-

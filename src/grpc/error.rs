@@ -67,9 +67,8 @@ impl From<ApiError> for Status {
             | ApiError::Hub(HubError::CursorAhead(_))
             | ApiError::Missing(_)
             | ApiError::TooLarge { .. } => Code::InvalidArgument,
-            ApiError::Hub(HubError::ShuttingDown) | ApiError::Sequencer(SequencerError::Stopped) => {
-                Code::Unavailable
-            }
+            ApiError::Hub(HubError::ShuttingDown)
+            | ApiError::Sequencer(SequencerError::Stopped) => Code::Unavailable,
             ApiError::Sequencer(SequencerError::Store(_)) => Code::Unavailable,
         };
         Status::new(code, error.to_string())

@@ -42,14 +42,22 @@ pub struct Health(HealthReporter);
 impl Health {
     /// Reports SERVING.
     pub async fn serving(&self) {
-        self.0.set_serving::<NotificationServiceServer<NotifyService>>().await;
-        self.0.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        self.0
+            .set_serving::<NotificationServiceServer<NotifyService>>()
+            .await;
+        self.0
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
     }
 
     /// Reports NOT_SERVING (shutdown has begun).
     pub async fn not_serving(&self) {
-        self.0.set_not_serving::<NotificationServiceServer<NotifyService>>().await;
-        self.0.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        self.0
+            .set_not_serving::<NotificationServiceServer<NotifyService>>()
+            .await;
+        self.0
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
     }
 }
 
@@ -90,7 +98,10 @@ pub async fn serve(
 }
 
 /// Creates the health reporter and its service.
-pub fn health() -> (Health, HealthServer<impl tonic_health::pb::health_server::Health>) {
+pub fn health() -> (
+    Health,
+    HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
     let (reporter, service) = tonic_health::server::health_reporter();
     (Health(reporter), service)
 }

@@ -55,7 +55,10 @@ impl NotifyService {
         })
     }
 
-    async fn publish_one(&self, request: pb::PublishRequest) -> Result<pb::PublishResponse, ApiError> {
+    async fn publish_one(
+        &self,
+        request: pb::PublishRequest,
+    ) -> Result<pb::PublishResponse, ApiError> {
         let props = Properties {
             timestamp_ms: None,
             received_at: SystemTime::now(),
@@ -143,7 +146,11 @@ impl Stream for SubscribeStream {
             Poll::Ready(None) => {
                 this.finished = true;
                 let cursor = this.subscription.last_cursor();
-                Poll::Ready(this.subscription.end_reason().map(|reason| Err(end_status(reason, cursor))))
+                Poll::Ready(
+                    this.subscription
+                        .end_reason()
+                        .map(|reason| Err(end_status(reason, cursor))),
+                )
             }
         }
     }

@@ -170,7 +170,10 @@ impl Filter {
     /// Whether the narrowing filters (type, device) let the event through.
     pub fn passes(&self, event_type: &str, device_id: &str) -> bool {
         let type_ok = self.types.is_empty() || self.types.iter().any(|p| p.matches(event_type));
-        let device_ok = self.device_id.as_deref().is_none_or(|wanted| wanted == device_id);
+        let device_ok = self
+            .device_id
+            .as_deref()
+            .is_none_or(|wanted| wanted == device_id);
         type_ok && device_ok
     }
 }
@@ -242,14 +245,32 @@ mod tests {
             let types: Vec<String> = types.iter().map(|t| t.to_string()).collect();
             Filter::new("u1", false, &types, "").expect_err("must be refused")
         };
-        assert!(matches!(bad(&[""]), FilterError::BadPattern { index: 0, .. }));
-        assert!(matches!(bad(&["ok.type", "Bad"]), FilterError::BadPattern { index: 1, .. }));
-        assert!(matches!(bad(&["billing.*.x"]), FilterError::BadPattern { .. }));
+        assert!(matches!(
+            bad(&[""]),
+            FilterError::BadPattern { index: 0, .. }
+        ));
+        assert!(matches!(
+            bad(&["ok.type", "Bad"]),
+            FilterError::BadPattern { index: 1, .. }
+        ));
+        assert!(matches!(
+            bad(&["billing.*.x"]),
+            FilterError::BadPattern { .. }
+        ));
         assert!(matches!(bad(&[".*"]), FilterError::BadPattern { .. }));
-        assert!(matches!(bad(&[&"a".repeat(MAX_PATTERN_LEN + 1)]), FilterError::BadPattern { .. }));
+        assert!(matches!(
+            bad(&[&"a".repeat(MAX_PATTERN_LEN + 1)]),
+            FilterError::BadPattern { .. }
+        ));
         let many = vec!["a.b"; MAX_TYPE_PATTERNS + 1];
-        assert_eq!(bad(&many), FilterError::TooManyPatterns(MAX_TYPE_PATTERNS + 1));
-        assert_eq!(Filter::new("", false, &[], ""), Err(FilterError::SelectsNothing));
+        assert_eq!(
+            bad(&many),
+            FilterError::TooManyPatterns(MAX_TYPE_PATTERNS + 1)
+        );
+        assert_eq!(
+            Filter::new("", false, &[], ""),
+            Err(FilterError::SelectsNothing)
+        );
         assert!(matches!(
             Filter::new(&"u".repeat(MAX_ID_LEN + 1), false, &[], ""),
             Err(FilterError::IdTooLong { field: "user_id" })
@@ -259,7 +280,13 @@ mod tests {
     #[test]
     fn audiences() {
         assert_eq!(Audience::of("admin.notice"), Audience::AdminOnly);
-        assert_eq!(Audience::of("quota.updated"), Audience::Users { admin_too: true });
-        assert_eq!(Audience::of("quota.exceeded"), Audience::Users { admin_too: false });
+        assert_eq!(
+            Audience::of("quota.updated"),
+            Audience::Users { admin_too: true }
+        );
+        assert_eq!(
+            Audience::of("quota.exceeded"),
+            Audience::Users { admin_too: false }
+        );
     }
 }

@@ -84,7 +84,9 @@ impl Mailbox {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock leaves only a queue of frames behind; keep serving.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Queues a frame without waiting; see [`Push`].
@@ -186,7 +188,10 @@ mod tests {
             got.push(f.position);
         }
         assert_eq!(got, vec![1, 2]);
-        assert_eq!(mailbox.end_reason(), Some(EndReason::Overflow { capacity: 2 }));
+        assert_eq!(
+            mailbox.end_reason(),
+            Some(EndReason::Overflow { capacity: 2 })
+        );
     }
 
     #[tokio::test]
@@ -194,7 +199,9 @@ mod tests {
         let mailbox = std::sync::Arc::new(Mailbox::new(4));
         let reader = {
             let mailbox = mailbox.clone();
-            tokio::spawn(async move { poll_fn(|cx| mailbox.poll_pop(cx)).await.map(|f| f.position) })
+            tokio::spawn(
+                async move { poll_fn(|cx| mailbox.poll_pop(cx)).await.map(|f| f.position) },
+            )
         };
         tokio::task::yield_now().await;
         mailbox.push(frame(9));

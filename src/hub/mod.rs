@@ -76,7 +76,11 @@ impl Index {
     fn insert(&mut self, subscriber: Arc<Subscriber>) {
         match &subscriber.filter.users {
             Users::None => {}
-            Users::One(user) => self.by_user.entry(user.clone()).or_default().push(subscriber.clone()),
+            Users::One(user) => self
+                .by_user
+                .entry(user.clone())
+                .or_default()
+                .push(subscriber.clone()),
             Users::All => self.firehose.push(subscriber.clone()),
         }
         if subscriber.filter.admin_feed {
@@ -122,11 +126,15 @@ struct Shared {
 
 impl Shared {
     fn read(&self) -> RwLockReadGuard<'_, Index> {
-        self.index.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.index
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Index> {
-        self.index.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.index
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn cursor(&self, position: u64) -> Cursor {
@@ -360,7 +368,10 @@ impl Subscription {
     /// Records how long an event took from entering the server to leaving for the wire.
     fn observe(&self, frame: &Frame) {
         if let Some(at) = frame.published_at {
-            self.hub.metrics.delivery_latency.observe(at.elapsed().as_secs_f64());
+            self.hub
+                .metrics
+                .delivery_latency
+                .observe(at.elapsed().as_secs_f64());
         }
     }
 }

@@ -90,8 +90,12 @@ fn event_ids(kinds: &[Kind]) -> Vec<String> {
 #[test]
 fn a_user_receives_only_their_own_events() {
     let hub = hub(16);
-    let mut alice = hub.subscribe(filter("alice", false, &[], ""), None).expect("subscribe");
-    let mut bob = hub.subscribe(filter("bob", false, &[], ""), None).expect("subscribe");
+    let mut alice = hub
+        .subscribe(filter("alice", false, &[], ""), None)
+        .expect("subscribe");
+    let mut bob = hub
+        .subscribe(filter("bob", false, &[], ""), None)
+        .expect("subscribe");
     let mut publisher = Publisher::new(&hub);
     let a = publisher.send("billing.payment_success", "alice", "");
     let b = publisher.send("billing.payment_success", "bob", "");
@@ -103,7 +107,9 @@ fn a_user_receives_only_their_own_events() {
 #[test]
 fn the_firehose_receives_every_user_event_and_userless_ones() {
     let hub = hub(16);
-    let mut firehose = hub.subscribe(filter("*", false, &[], ""), None).expect("subscribe");
+    let mut firehose = hub
+        .subscribe(filter("*", false, &[], ""), None)
+        .expect("subscribe");
     let mut publisher = Publisher::new(&hub);
     let ids = vec![
         publisher.send("quota.updated", "u1", ""),
@@ -117,24 +123,40 @@ fn the_firehose_receives_every_user_event_and_userless_ones() {
 #[test]
 fn the_admin_feed_gets_notices_and_quota_updates_once() {
     let hub = hub(16);
-    let mut admin_only = hub.subscribe(filter("", true, &[], ""), None).expect("subscribe");
-    let mut admin_and_firehose = hub.subscribe(filter("*", true, &[], ""), None).expect("subscribe");
-    let mut user = hub.subscribe(filter("u1", false, &[], ""), None).expect("subscribe");
+    let mut admin_only = hub
+        .subscribe(filter("", true, &[], ""), None)
+        .expect("subscribe");
+    let mut admin_and_firehose = hub
+        .subscribe(filter("*", true, &[], ""), None)
+        .expect("subscribe");
+    let mut user = hub
+        .subscribe(filter("u1", false, &[], ""), None)
+        .expect("subscribe");
     let mut publisher = Publisher::new(&hub);
     let update = publisher.send("quota.updated", "u1", "");
     let other = publisher.send("device.started", "u1", "d1");
     let notice = publisher.send(crate::schema::ADMIN_NOTICE_TYPE, "", "");
-    assert_eq!(event_ids(&drain(&mut admin_only)), vec![update.clone(), notice.clone()]);
+    assert_eq!(
+        event_ids(&drain(&mut admin_only)),
+        vec![update.clone(), notice.clone()]
+    );
     // Selected twice (firehose and admin feed), delivered once.
-    assert_eq!(event_ids(&drain(&mut admin_and_firehose)), vec![update.clone(), other.clone(), notice]);
+    assert_eq!(
+        event_ids(&drain(&mut admin_and_firehose)),
+        vec![update.clone(), other.clone(), notice]
+    );
     assert_eq!(event_ids(&drain(&mut user)), vec![update, other]);
 }
 
 #[test]
 fn type_and_device_filters_narrow_the_stream() {
     let hub = hub(16);
-    let mut billing = hub.subscribe(filter("u1", false, &["billing.*"], ""), None).expect("subscribe");
-    let mut device = hub.subscribe(filter("u1", false, &[], "d1"), None).expect("subscribe");
+    let mut billing = hub
+        .subscribe(filter("u1", false, &["billing.*"], ""), None)
+        .expect("subscribe");
+    let mut device = hub
+        .subscribe(filter("u1", false, &[], "d1"), None)
+        .expect("subscribe");
     let mut publisher = Publisher::new(&hub);
     let pay = publisher.send("billing.payment_success", "u1", "");
     let start = publisher.send("device.started", "u1", "d1");
@@ -149,7 +171,9 @@ fn every_stream_starts_with_caught_up_at_the_head() {
     let mut publisher = Publisher::new(&hub);
     publisher.send("quota.updated", "u1", "");
     publisher.send("quota.updated", "u1", "");
-    let mut subscription = hub.subscribe(filter("u1", false, &[], ""), None).expect("subscribe");
+    let mut subscription = hub
+        .subscribe(filter("u1", false, &[], ""), None)
+        .expect("subscribe");
     let head = Cursor {
         epoch: EPOCH,
         position: 2,
@@ -177,7 +201,9 @@ fn resuming_from_an_old_cursor_reports_the_gap_in_band() {
         position: 2,
     };
     let head = hub.head();
-    let mut subscription = hub.subscribe(filter("u1", false, &[], ""), Some(from)).expect("subscribe");
+    let mut subscription = hub
+        .subscribe(filter("u1", false, &[], ""), Some(from))
+        .expect("subscribe");
     let kinds = drain(&mut subscription);
     assert_eq!(
         kinds,
@@ -201,14 +227,21 @@ fn resume_edge_cases() {
     publisher.send("quota.updated", "u1", "");
     let head = hub.head();
     // At the head: nothing missed, no gap.
-    let mut at_head = hub.subscribe(filter("u1", false, &[], ""), Some(head)).expect("subscribe");
-    assert!(matches!(drain(&mut at_head).as_slice(), [Kind::CaughtUp(_)]));
+    let mut at_head = hub
+        .subscribe(filter("u1", false, &[], ""), Some(head))
+        .expect("subscribe");
+    assert!(matches!(
+        drain(&mut at_head).as_slice(),
+        [Kind::CaughtUp(_)]
+    ));
     // Another journal's cursor: a gap that says so.
     let foreign = Cursor {
         epoch: EPOCH + 1,
         position: 1,
     };
-    let mut other = hub.subscribe(filter("u1", false, &[], ""), Some(foreign)).expect("subscribe");
+    let mut other = hub
+        .subscribe(filter("u1", false, &[], ""), Some(foreign))
+        .expect("subscribe");
     match drain(&mut other).first() {
         Some(Kind::Gap(gap)) => assert_eq!(gap.reason, i32::from(pb::GapReason::EpochChanged)),
         other => panic!("expected a gap, got {other:?}"),
@@ -227,8 +260,12 @@ fn resume_edge_cases() {
 #[test]
 fn a_slow_subscriber_is_ended_without_slowing_the_others() {
     let hub = hub(4);
-    let mut slow = hub.subscribe(filter("*", false, &[], ""), None).expect("subscribe");
-    let mut fast = hub.subscribe(filter("*", false, &[], ""), None).expect("subscribe");
+    let mut slow = hub
+        .subscribe(filter("*", false, &[], ""), None)
+        .expect("subscribe");
+    let mut fast = hub
+        .subscribe(filter("*", false, &[], ""), None)
+        .expect("subscribe");
     let mut publisher = Publisher::new(&hub);
     let mut fast_ids = Vec::new();
     let mut sent = Vec::new();
@@ -248,7 +285,9 @@ fn a_slow_subscriber_is_ended_without_slowing_the_others() {
 #[test]
 fn shutdown_ends_every_stream_and_refuses_new_ones() {
     let hub = hub(16);
-    let mut subscription = hub.subscribe(filter("u1", false, &[], ""), None).expect("subscribe");
+    let mut subscription = hub
+        .subscribe(filter("u1", false, &[], ""), None)
+        .expect("subscribe");
     hub.shut_down();
     drain(&mut subscription);
     assert_eq!(subscription.end_reason(), Some(EndReason::ShuttingDown));
@@ -261,8 +300,12 @@ fn shutdown_ends_every_stream_and_refuses_new_ones() {
 #[test]
 fn idle_streams_get_heartbeats_busy_ones_do_not() {
     let hub = hub(16);
-    let mut idle = hub.subscribe(filter("u1", false, &[], ""), None).expect("subscribe");
-    let mut busy = hub.subscribe(filter("u2", false, &[], ""), None).expect("subscribe");
+    let mut idle = hub
+        .subscribe(filter("u1", false, &[], ""), None)
+        .expect("subscribe");
+    let mut busy = hub
+        .subscribe(filter("u2", false, &[], ""), None)
+        .expect("subscribe");
     hub.heartbeat(); // both had their CaughtUp since the last tick: no heartbeat yet
     drain(&mut idle);
     drain(&mut busy);
@@ -276,7 +319,9 @@ fn idle_streams_get_heartbeats_busy_ones_do_not() {
 #[test]
 fn dropping_a_subscription_unsubscribes() {
     let hub = hub(16);
-    let subscription = hub.subscribe(filter("u1", true, &[], ""), None).expect("subscribe");
+    let subscription = hub
+        .subscribe(filter("u1", true, &[], ""), None)
+        .expect("subscribe");
     assert_eq!(hub.subscriber_count(), 1);
     drop(subscription);
     assert_eq!(hub.subscriber_count(), 0);

@@ -60,7 +60,12 @@ mod tests {
 
     #[test]
     fn garbage_cursors_are_rejected() {
-        for bad in ["", "abc", "zz000000000000000000000000000000", "é0000000000000000000000000000000"] {
+        for bad in [
+            "",
+            "abc",
+            "zz000000000000000000000000000000",
+            "é0000000000000000000000000000000",
+        ] {
             assert!(Cursor::parse(bad).is_err(), "{bad:?} parsed");
         }
     }

@@ -100,7 +100,13 @@ mod tests {
         let out = journal.append(&["a", "b", "a"]).expect("append");
         assert_eq!(out[0].cursor.position, 1);
         assert_eq!(out[1].cursor.position, 2);
-        assert_eq!(out[2], Appended { cursor: out[0].cursor, duplicate: true });
+        assert_eq!(
+            out[2],
+            Appended {
+                cursor: out[0].cursor,
+                duplicate: true
+            }
+        );
         assert_eq!(journal.head().position, 2);
         assert_eq!(journal.head().epoch, 7);
     }

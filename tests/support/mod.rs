@@ -38,7 +38,11 @@ impl TestServer {
         let addr = grpc.local_addr().unwrap();
         let metrics_addr = metrics.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(app::run(config, Listeners { grpc, metrics }, shutdown.clone()));
+        let task = tokio::spawn(app::run(
+            config,
+            Listeners { grpc, metrics },
+            shutdown.clone(),
+        ));
         Self {
             addr,
             metrics_addr,
@@ -52,11 +56,17 @@ impl TestServer {
     }
 
     pub async fn client(&self) -> NotificationServiceClient<Channel> {
-        NotificationServiceClient::connect(self.url()).await.unwrap()
+        NotificationServiceClient::connect(self.url())
+            .await
+            .unwrap()
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url()).unwrap().connect().await.unwrap()
+        Channel::from_shared(self.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
     }
 
     /// Stops the server and waits for it, failing the test if it takes longer than `limit`.
@@ -71,7 +81,9 @@ impl TestServer {
 
     pub async fn metrics_text(&self) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut socket = tokio::net::TcpStream::connect(self.metrics_addr).await.unwrap();
+        let mut socket = tokio::net::TcpStream::connect(self.metrics_addr)
+            .await
+            .unwrap();
         let request = format!(
             "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
             self.metrics_addr
@@ -175,10 +187,18 @@ pub fn wire_fixtures() -> Vec<(String, String, String)> {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let Some(stem) = name.strip_suffix(".json") else { continue };
+        let Some(stem) = name.strip_suffix(".json") else {
+            continue;
+        };
         // <routing-key>.<variant>.json; routing keys contain dots themselves.
-        let Some((routing_key, _variant)) = stem.rsplit_once('.') else { continue };
-        out.push((routing_key.to_owned(), name.clone(), std::fs::read_to_string(&path).unwrap()));
+        let Some((routing_key, _variant)) = stem.rsplit_once('.') else {
+            continue;
+        };
+        out.push((
+            routing_key.to_owned(),
+            name.clone(),
+            std::fs::read_to_string(&path).unwrap(),
+        ));
     }
     out.sort();
     out
