@@ -95,82 +95,86 @@ pub struct LoadgenArgs {
     /// What to measure: `per-user` (one stream per user, each event to one random user),
     /// `firehose` (every stream subscribes to `*` and sees every event) or `idle` (streams only,
     /// no publishing; reports server memory per stream, needs --server-pid).
-    #[arg(long, value_enum, default_value_t = Scenario::PerUser)]
+    #[arg(long, value_enum, default_value_t = Scenario::PerUser, env = "NOTIFY_LOADGEN_SCENARIO")]
     pub scenario: Scenario,
 
     /// Subscriber streams to open.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, env = "NOTIFY_LOADGEN_SUBSCRIBERS")]
     pub subscribers: usize,
 
     /// HTTP/2 connections the subscriber streams share, round-robin. A server may cap the
     /// streams per connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); if streams fail to
     /// open, use more connections.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, env = "NOTIFY_LOADGEN_CONNECTIONS")]
     pub connections: usize,
 
     /// Concurrent publish tasks, each on its own HTTP/2 connection.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, env = "NOTIFY_LOADGEN_PUBLISHERS")]
     pub publishers: usize,
 
     /// Publish calls one publisher may have in flight. With --rate, sends stay on their
     /// timetable as long as a slot is free (open loop); when all are busy the publisher falls
     /// behind and the lag shows in the latency, as it should.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, env = "NOTIFY_LOADGEN_PUBLISH_WINDOW")]
     pub publish_window: usize,
 
     /// Events per second in total, over all publishers. 0 publishes as fast as the server
     /// accepts (closed loop: latency is then measured from the actual send).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, env = "NOTIFY_LOADGEN_RATE")]
     pub rate: u64,
 
     /// How long to measure, after the warmup.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, env = "NOTIFY_LOADGEN_DURATION")]
     pub duration: Duration,
 
     /// Publishing before the measurement starts; events sent in it are not counted.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, env = "NOTIFY_LOADGEN_WARMUP")]
     pub warmup: Duration,
 
     /// After the last publish: how long in-flight events get to arrive before the subscribers
     /// stop. What has not arrived by then counts as lost.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, env = "NOTIFY_LOADGEN_DRAIN")]
     pub drain: Duration,
 
     /// `idle`: how long to wait after every stream got its first message before reading the
     /// server's memory.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, env = "NOTIFY_LOADGEN_SETTLE")]
     pub settle: Duration,
 
     /// Time for opening all streams and receiving their first message. Streams not open by then
     /// count as failed; the run goes on with the others (and is not a valid figure).
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, env = "NOTIFY_LOADGEN_OPEN_TIMEOUT")]
     pub open_timeout: Duration,
 
     /// Streams being opened at the same time, so thousands open quickly without a thundering
     /// herd of handshakes.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, env = "NOTIFY_LOADGEN_OPEN_CONCURRENCY")]
     pub open_concurrency: usize,
 
     /// A `Publish` call that takes longer than this counts as an error.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, env = "NOTIFY_LOADGEN_REQUEST_TIMEOUT")]
     pub request_timeout: Duration,
 
     /// PID of the server, when it runs on this machine: its VmRSS is read before the streams
     /// open, every second during the run (peak) and at the end.
-    #[arg(long)]
+    #[arg(long, env = "NOTIFY_LOADGEN_SERVER_PID")]
     pub server_pid: Option<u32>,
 
     /// With --rate: p99 latency the run must meet, in milliseconds; a miss is reported and ends
     /// the process with exit code 1.
-    #[arg(long)]
+    #[arg(long, env = "NOTIFY_LOADGEN_P99_TARGET_MS")]
     pub p99_target_ms: Option<f64>,
 
     /// The event type to publish (the routing key and `eventType`) and to subscribe to.
-    #[arg(long, default_value = "device.error")]
+    #[arg(
+        long,
+        default_value = "device.error",
+        env = "NOTIFY_LOADGEN_EVENT_TYPE"
+    )]
     pub event_type: String,
 
     /// Print one JSON object instead of the table.
-    #[arg(long)]
+    #[arg(long, env = "NOTIFY_LOADGEN_JSON")]
     pub json: bool,
 }
 

@@ -27,19 +27,19 @@ pub struct SubscribeArgs {
     #[arg(long, env = "NOTIFY_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
     /// Whose events: a user id, or `*` for every user (the firehose).
-    #[arg(long)]
+    #[arg(long, env = "NOTIFY_USER")]
     pub user: Option<String>,
     /// Event types, exact or `family.*`, comma-separated (default: all).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "NOTIFY_TYPES", value_delimiter = ',')]
     pub types: Vec<String>,
     /// Only events about this device.
-    #[arg(long)]
+    #[arg(long, env = "NOTIFY_DEVICE")]
     pub device: Option<String>,
     /// Also receive the admin feed.
-    #[arg(long)]
+    #[arg(long, env = "NOTIFY_ADMIN_FEED")]
     pub admin_feed: bool,
     /// Continue after this cursor (the `cursor` of the last event you processed).
-    #[arg(long)]
+    #[arg(long, env = "NOTIFY_RESUME_AFTER")]
     pub resume_after: Option<String>,
 }
 
