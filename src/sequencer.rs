@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 
 use crate::{
     hub::{Hub, Routed},
+    pb,
     schema::Decoded,
     store::{Cursor, Journal, StoreError},
     telemetry::Metrics,
@@ -171,24 +172,18 @@ fn write_batch(
         if appended.duplicate {
             metrics.duplicates.inc();
         } else {
-            event.cursor = appended.cursor.to_string();
-            metrics.record_event_in(&event.r#type);
-            hub.fan_out(Routed {
-                event: &event,
-                position: appended.cursor.position,
-                published_at,
-            });
+            deliver(hub, metrics, &mut event, appended.cursor, published_at);
         }
         if let (Some(mut notice), Some(notice_appended)) = (admin_notice, notice_outcome)
             && !notice_appended.duplicate
         {
-            notice.cursor = notice_appended.cursor.to_string();
-            metrics.record_event_in(&notice.r#type);
-            hub.fan_out(Routed {
-                event: &notice,
-                position: notice_appended.cursor.position,
+            deliver(
+                hub,
+                metrics,
+                &mut notice,
+                notice_appended.cursor,
                 published_at,
-            });
+            );
         }
         let _ = reply.send(Ok(Published {
             id: event.id,
@@ -196,4 +191,21 @@ fn write_batch(
             duplicate: appended.duplicate,
         }));
     }
+}
+
+/// Stamps a newly stored event with its cursor, counts it and fans it out.
+fn deliver(
+    hub: &Hub,
+    metrics: &Metrics,
+    event: &mut pb::Event,
+    cursor: Cursor,
+    published_at: Instant,
+) {
+    event.cursor = cursor.to_string();
+    metrics.record_event_in(&event.r#type);
+    hub.fan_out(Routed {
+        event,
+        position: cursor.position,
+        published_at,
+    });
 }

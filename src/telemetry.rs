@@ -23,6 +23,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+use crate::schema;
+
 /// Starts logging to stderr; `RUST_LOG` overrides the default level (`info`).
 pub fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -164,33 +166,12 @@ impl Metrics {
 /// Keeps label cardinality bounded: producers may invent routing keys, metrics must not grow
 /// with them. Known types keep their name; anything else becomes `<family>.other`.
 fn type_label(event_type: &str) -> TypeLabel {
-    const KNOWN: &[&str] = &[
-        "quota.updated",
-        "quota.exceeded",
-        "quota.renewed",
-        "quota.alert",
-        "billing.low_balance",
-        "billing.payment_success",
-        "billing.invoice_generated",
-        "billing.order.completed",
-        "billing.order.cancelled",
-        "app.installed",
-        "app.install_failed",
-        "app.updated",
-        "device.created",
-        "device.started",
-        "device.stopped",
-        "device.deleted",
-        "device.error",
-        crate::schema::ADMIN_NOTICE_TYPE,
-    ];
-    let label = if KNOWN.contains(&event_type) {
+    let label = if schema::is_typed(event_type) || event_type == schema::ADMIN_NOTICE_TYPE {
         event_type.to_owned()
     } else {
-        let family = event_type.split('.').next().unwrap_or("unknown");
-        match family {
-            "quota" | "billing" | "app" | "device" => format!("{family}.other"),
-            _ => "other".to_owned(),
+        match schema::family_of(event_type) {
+            Some(family) => format!("{family}.other"),
+            None => "other".to_owned(),
         }
     };
     TypeLabel { r#type: label }

@@ -143,6 +143,16 @@ impl DecodeError {
     }
 }
 
+/// Whether a canonical event type has a typed payload message (the catalog of WIRE.md).
+pub fn is_typed(event_type: &str) -> bool {
+    routing::is_typed(event_type)
+}
+
+/// The known family (`quota`, `billing`, `app`, `device`) an event type belongs to, if any.
+pub fn family_of(event_type: &str) -> Option<&'static str> {
+    routing::family_of(event_type)
+}
+
 /// Decodes a producer's JSON body published under `routing_key`.
 ///
 /// The routing key names the event (aliases resolved), whatever the body's own `type` says.

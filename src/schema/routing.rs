@@ -175,3 +175,16 @@ pub(super) fn requires_user(event_type: &str) -> bool {
         .iter()
         .any(|family| event_type.starts_with(family))
 }
+
+/// Whether `event_type` (canonical) has a typed payload message.
+pub(super) fn is_typed(event_type: &str) -> bool {
+    KINDS.iter().any(|kind| kind.name() == event_type)
+}
+
+/// The known family (`quota`, `billing`, `app`, `device`) `event_type` belongs to, if any.
+pub(super) fn family_of(event_type: &str) -> Option<&'static str> {
+    FAMILIES
+        .iter()
+        .find(|family| event_type.starts_with(**family))
+        .map(|family| family.trim_end_matches('.'))
+}
