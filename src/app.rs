@@ -105,7 +105,7 @@ pub async fn run(
         }
     });
 
-    let (health, health_service) = grpc::health();
+    let (health, health_service) = grpc::health(shutdown.clone());
     health.serving().await;
     let service = NotifyService {
         hub: hub.clone(),
@@ -139,7 +139,7 @@ pub async fn run(
     let served = tokio::select! {
         result = &mut server => result,
         () = grace_deadline(&shutdown, config.shutdown_grace) => {
-            warn!(grace = ?config.shutdown_grace, "shutdown grace period over; closing remaining connections");
+            warn!(grace = ?config.shutdown_grace, "shutdown grace period over; stopping without waiting for the remaining calls");
             Ok(())
         }
     };
@@ -152,7 +152,13 @@ pub async fn run(
     {
         warn!("sequencer did not finish within the grace period");
     }
-    while tasks.join_next().await.is_some() {}
+    let drained = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(config.shutdown_grace, drained)
+        .await
+        .is_err()
+    {
+        warn!("background tasks did not stop within the grace period");
+    }
     info!("stopped");
     served
 }

@@ -87,7 +87,7 @@ pub struct ServeConfig {
     pub strict_schema: bool,
 
     /// A stream that sent nothing for this long gets a Heartbeat message.
-    #[arg(long, env = "NOTIFY_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "NOTIFY_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = positive_duration)]
     pub heartbeat_interval: Duration,
 
     /// HTTP/2 keepalive ping interval; a connection that does not answer within
@@ -108,5 +108,14 @@ pub struct ServeConfig {
 impl Default for ServeConfig {
     fn default() -> Self {
         Cli::parse_from(["notify-backbone"]).serve
+    }
+}
+
+/// A duration greater than zero (`15s`, `500ms`).
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if duration.is_zero() => Err("must be greater than zero".into()),
+        Ok(duration) => Ok(duration),
+        Err(error) => Err(error.to_string()),
     }
 }

@@ -20,7 +20,8 @@ const SERVICE: &str = "cloudphone.notify.v1.NotificationService";
 
 #[tokio::test]
 async fn health_is_serving_then_not_serving_as_shutdown_starts() {
-    let server = TestServer::start().await;
+    // A long grace: the test fails by timeout if the open watch held shutdown.
+    let server = TestServer::start_with(|c| c.shutdown_grace = Duration::from_secs(60)).await;
     let mut health = HealthClient::new(server.channel().await);
     let check = HealthCheckRequest {
         service: SERVICE.into(),

@@ -53,18 +53,28 @@ async fn a_stalled_subscriber_is_cut_off_and_told_where_to_resume() {
 
     // Now the stalled one reads: a prefix of the events, then the status.
     let mut last_event_cursor = None;
+    let mut stalled_ids = Vec::new();
     let status = loop {
         let message = tokio::time::timeout(PATIENCE, stalled.message()).await;
         match message.expect("the stalled stream ends with a status, not silence") {
             Ok(Some(pb::SubscribeResponse {
                 kind: Some(Kind::Event(event)),
-            })) => last_event_cursor = Some(event.cursor),
+            })) => {
+                stalled_ids.push(event.id);
+                last_event_cursor = Some(event.cursor);
+            }
             Ok(Some(_)) => {}
             Ok(None) => panic!("stream ended without a status"),
             Err(status) => break status,
         }
     };
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(!stalled_ids.is_empty() && stalled_ids.len() < EVENTS);
+    assert_eq!(
+        stalled_ids,
+        expected[..stalled_ids.len()],
+        "a gap-free, in-order prefix"
+    );
     let last = last_event_cursor.expect("some events arrived before the cut");
     assert!(
         status.message().contains(&format!("resume_after={last}")),

@@ -6,10 +6,10 @@
 use tonic::{Code, Status};
 
 use crate::{
-    hub::{FilterError, HubError},
+    hub::{EndReason, FilterError, HubError},
     schema::DecodeError,
     sequencer::SequencerError,
-    store::CursorError,
+    store::{Cursor, CursorError},
 };
 
 /// Anything a `NotificationService` call can fail with.
@@ -69,8 +69,25 @@ impl From<ApiError> for Status {
             | ApiError::TooLarge { .. } => Code::InvalidArgument,
             ApiError::Hub(HubError::ShuttingDown)
             | ApiError::Sequencer(SequencerError::Stopped) => Code::Unavailable,
-            ApiError::Sequencer(SequencerError::Store(_)) => Code::Unavailable,
+            ApiError::Sequencer(SequencerError::Store(store)) => {
+                // The details are for the operator's log, not for clients.
+                tracing::error!(error = %store, "publish failed: journal unavailable");
+                return Status::unavailable("the journal is unavailable; retry later");
+            }
         };
         Status::new(code, error.to_string())
+    }
+}
+
+/// The status that ends a stream the server ended: why, and the cursor to resume after.
+pub fn stream_end_status(reason: EndReason, last: Cursor) -> Status {
+    match reason {
+        EndReason::Overflow { capacity } => Status::resource_exhausted(format!(
+            "subscriber fell {capacity} messages behind (--subscriber-queue-len) and was \
+             disconnected; last cursor sent: {last}; resubscribe with resume_after={last}"
+        )),
+        EndReason::ShuttingDown => Status::unavailable(format!(
+            "server is shutting down; last cursor sent: {last}; resubscribe with resume_after={last}"
+        )),
     }
 }

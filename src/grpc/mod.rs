@@ -9,13 +9,20 @@ pub mod codec;
 pub mod error;
 mod service;
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, pin::Pin, time::Duration};
 
 use http::{HeaderName, HeaderValue, Method};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
-use tonic_health::{pb::health_server::HealthServer, server::HealthReporter};
+use tokio_stream::{Stream, StreamExt, wrappers::TcpListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, transport::Server};
+use tonic_health::{
+    pb::{
+        HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus,
+        health_server::HealthServer,
+    },
+    server::{HealthReporter, HealthService},
+};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use service::{NotifyService, SubscribeStream};
@@ -66,7 +73,7 @@ pub async fn serve(
     listener: TcpListener,
     service: NotifyService,
     settings: ServerSettings,
-    health_service: HealthServer<impl tonic_health::pb::health_server::Health>,
+    health_service: HealthServer<ShutdownAwareHealth>,
     signal: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     // The descriptor sets are embedded at build time, so these fail only on a build bug.
@@ -97,13 +104,58 @@ pub async fn serve(
     Ok(())
 }
 
-/// Creates the health reporter and its service.
-pub fn health() -> (
-    Health,
-    HealthServer<impl tonic_health::pb::health_server::Health>,
-) {
-    let (reporter, service) = tonic_health::server::health_reporter();
-    (Health(reporter), service)
+/// Creates the health reporter and its service. `shutdown` must be cancelled before
+/// [`Health::not_serving`] is called: see [`ShutdownAwareHealth`].
+pub fn health(shutdown: CancellationToken) -> (Health, HealthServer<ShutdownAwareHealth>) {
+    let (reporter, _) = tonic_health::server::health_reporter();
+    let inner = HealthService::from_health_reporter(reporter.clone());
+    (
+        Health(reporter),
+        HealthServer::new(ShutdownAwareHealth { inner, shutdown }),
+    )
+}
+
+/// gRPC health whose `Watch` streams end once they have told the watcher NOT_SERVING during
+/// shutdown. tonic-health keeps watch streams open for the server's whole life, and graceful
+/// shutdown waits for open streams, so one load balancer watching would otherwise hold every
+/// shutdown for the full grace period.
+pub struct ShutdownAwareHealth {
+    inner: HealthService,
+    shutdown: CancellationToken,
+}
+
+/// The `Watch` stream of [`ShutdownAwareHealth`].
+pub type HealthWatchStream =
+    Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl tonic_health::pb::health_server::Health for ShutdownAwareHealth {
+    type WatchStream = HealthWatchStream;
+
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        self.inner.check(request).await
+    }
+
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let updates = self.inner.watch(request).await?.into_inner();
+        let shutdown = self.shutdown.clone();
+        let mut told_not_serving = false;
+        let updates = updates.map_while(move |update| {
+            if told_not_serving {
+                return None;
+            }
+            told_not_serving = shutdown.is_cancelled()
+                && matches!(&update, Ok(r) if r.status == ServingStatus::NotServing as i32);
+            Some(update)
+        });
+        Ok(Response::new(Box::pin(updates)))
+    }
 }
 
 /// CORS for grpc-web: the headers grpc-web clients send and the ones they must be able to read.
@@ -130,4 +182,36 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
             HeaderName::from_static("grpc-status-details-bin"),
         ])
         .max_age(Duration::from_secs(24 * 60 * 60))
+}
+
+#[cfg(test)]
+mod tests {
+    use prost_reflect::DescriptorPool;
+
+    /// The server side of `NotificationService` is listed by hand in `build.rs` (to give
+    /// `Subscribe` its own codec). This keeps that list and the proto in step: a method added to
+    /// the proto but not to `build.rs` would otherwise be served as UNIMPLEMENTED silently.
+    #[test]
+    fn the_hand_built_server_serves_every_method_of_the_proto() {
+        let pool = DescriptorPool::decode(crate::pb::FILE_DESCRIPTOR_SET).expect("descriptor set");
+        let service = pool
+            .get_service_by_name("cloudphone.notify.v1.NotificationService")
+            .expect("service in the descriptor set");
+        let mut methods: Vec<(String, bool, bool)> = service
+            .methods()
+            .map(|m| {
+                (
+                    m.name().to_owned(),
+                    m.is_client_streaming(),
+                    m.is_server_streaming(),
+                )
+            })
+            .collect();
+        methods.sort();
+        let built_by_hand = vec![
+            ("Publish".to_owned(), false, false),
+            ("Subscribe".to_owned(), false, true),
+        ];
+        assert_eq!(methods, built_by_hand, "update build.rs's manual service");
+    }
 }

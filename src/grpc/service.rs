@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::{codec::EncodedResponse, error::ApiError};
 use crate::{
-    hub::{EndReason, Filter, Hub, Subscription},
+    hub::{Filter, Hub, Subscription},
     pb::{self, notification_service_server::NotificationService, publish_request::Body},
     schema::{self, DecodeOptions, Properties},
     sequencer::Sequencer,
@@ -149,21 +149,9 @@ impl Stream for SubscribeStream {
                 Poll::Ready(
                     this.subscription
                         .end_reason()
-                        .map(|reason| Err(end_status(reason, cursor))),
+                        .map(|reason| Err(super::error::stream_end_status(reason, cursor))),
                 )
             }
         }
-    }
-}
-
-fn end_status(reason: EndReason, last: Cursor) -> Status {
-    match reason {
-        EndReason::Overflow { capacity } => Status::resource_exhausted(format!(
-            "subscriber fell {capacity} messages behind (--subscriber-queue-len) and was \
-             disconnected; last cursor sent: {last}; resubscribe with resume_after={last}"
-        )),
-        EndReason::ShuttingDown => Status::unavailable(format!(
-            "server is shutting down; last cursor sent: {last}; resubscribe with resume_after={last}"
-        )),
     }
 }

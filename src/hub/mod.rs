@@ -275,8 +275,8 @@ impl Hub {
             if let Some(reason) = gap {
                 subscriber.mailbox.push(control_frame(
                     Kind::Gap(pb::Gap {
-                        from: from.to_string(),
-                        to: head.to_string(),
+                        from_cursor: from.to_string(),
+                        to_cursor: head.to_string(),
                         reason: reason.into(),
                     }),
                     head.position,
@@ -300,7 +300,13 @@ impl Hub {
     }
 
     /// Sends a heartbeat to every subscriber that received nothing since the last call.
+    ///
+    /// Takes the write lock: with no fan-out running, `head` is exact and no event can be
+    /// queued between the idleness check and the heartbeat, so a heartbeat never carries a
+    /// cursor behind an event already queued on its stream. It runs once per
+    /// `--heartbeat-interval`, so briefly pausing fan-out is cheap.
     pub fn heartbeat(&self) {
+        let index = self.shared.write();
         let head = self.head();
         let frame = control_frame(
             Kind::Heartbeat(pb::Heartbeat {
@@ -308,13 +314,15 @@ impl Hub {
             }),
             head.position,
         );
-        let index = self.shared.read();
         for subscriber in index.all.values() {
-            if !subscriber.mailbox.take_busy() {
-                subscriber.mailbox.push(frame.clone());
-                // The heartbeat itself must not count as activity for the next tick.
-                subscriber.mailbox.take_busy();
+            if subscriber.mailbox.take_busy() {
+                continue;
             }
+            if subscriber.mailbox.push(frame.clone()) == Push::Overflowed {
+                self.shared.metrics.queue_overflows.inc();
+            }
+            // The heartbeat itself must not count as activity for the next tick.
+            subscriber.mailbox.take_busy();
         }
     }
 

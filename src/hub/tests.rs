@@ -209,8 +209,8 @@ fn resuming_from_an_old_cursor_reports_the_gap_in_band() {
         kinds,
         vec![
             Kind::Gap(pb::Gap {
-                from: from.to_string(),
-                to: head.to_string(),
+                from_cursor: from.to_string(),
+                to_cursor: head.to_string(),
                 reason: pb::GapReason::Retention.into(),
             }),
             Kind::CaughtUp(pb::CaughtUp {
@@ -289,7 +289,18 @@ fn shutdown_ends_every_stream_and_refuses_new_ones() {
         .subscribe(filter("u1", false, &[], ""), None)
         .expect("subscribe");
     hub.shut_down();
-    drain(&mut subscription);
+    assert!(matches!(
+        drain(&mut subscription).as_slice(),
+        [Kind::CaughtUp(_)]
+    ));
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(
+        matches!(
+            Pin::new(&mut subscription).poll_next(&mut cx),
+            Poll::Ready(None)
+        ),
+        "the stream ended"
+    );
     assert_eq!(subscription.end_reason(), Some(EndReason::ShuttingDown));
     assert!(matches!(
         hub.subscribe(filter("u1", false, &[], ""), None),
@@ -307,8 +318,8 @@ fn idle_streams_get_heartbeats_busy_ones_do_not() {
         .subscribe(filter("u2", false, &[], ""), None)
         .expect("subscribe");
     hub.heartbeat(); // both had their CaughtUp since the last tick: no heartbeat yet
-    drain(&mut idle);
-    drain(&mut busy);
+    assert!(matches!(drain(&mut idle).as_slice(), [Kind::CaughtUp(_)]));
+    assert!(matches!(drain(&mut busy).as_slice(), [Kind::CaughtUp(_)]));
     let mut publisher = Publisher::new(&hub);
     publisher.send("quota.updated", "u2", "");
     hub.heartbeat();
