@@ -106,8 +106,17 @@ pub struct ServeConfig {
 }
 
 impl Default for ServeConfig {
+    /// The documented defaults, ignoring `NOTIFY_*` environment variables, so tests and embedders
+    /// get the same configuration on every machine.
     fn default() -> Self {
-        Cli::parse_from(["notify-backbone"]).serve
+        use clap::{CommandFactory, FromArgMatches};
+        let command = Cli::command().mut_args(|arg| arg.env(None));
+        let matches = command
+            .try_get_matches_from(["notify-backbone"])
+            .expect("the built-in defaults parse");
+        Cli::from_arg_matches(&matches)
+            .expect("the built-in defaults parse")
+            .serve
     }
 }
 
@@ -117,5 +126,30 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
         Ok(duration) if duration.is_zero() => Err("must be greater than zero".into()),
         Ok(duration) => Ok(duration),
         Err(error) => Err(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let config = ServeConfig::default();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(config.metrics_listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(config.subscriber_queue_len, 1024);
+        assert_eq!(config.heartbeat_interval, Duration::from_secs(15));
+        assert!(!config.strict_schema);
+    }
+
+    #[test]
+    fn a_zero_heartbeat_interval_is_refused() {
+        let parsed = Cli::try_parse_from(["notify-backbone", "--heartbeat-interval", "0s"]);
+        assert!(parsed.is_err());
+        assert!(
+            Cli::try_parse_from(["notify-backbone", "serve", "--heartbeat-interval", "250ms"])
+                .is_ok()
+        );
     }
 }
