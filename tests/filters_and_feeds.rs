@@ -68,14 +68,7 @@ async fn a_device_filter_keeps_only_that_device() {
 async fn the_admin_feed_receives_derived_notices() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
-    let mut admin = subscribe(
-        &mut client,
-        pb::SubscribeRequest {
-            admin_feed: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut admin = subscribe(&mut client, admin_feed_only()).await;
     let mut user = subscribe(&mut client, request("u1")).await;
     let published = publish_json(&mut client, "quota.exceeded", QUOTA_EXCEEDED)
         .await
@@ -103,14 +96,7 @@ async fn the_admin_feed_receives_derived_notices() {
 async fn the_admin_feed_carries_every_quota_update() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
-    let mut admin = subscribe(
-        &mut client,
-        pb::SubscribeRequest {
-            admin_feed: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut admin = subscribe(&mut client, admin_feed_only()).await;
     let update = r#"{"userId":"u5","quotaId":"q5","type":"updated","limits":{},"usage":{},
                      "status":"active","timestamp":"2025-11-20T10:00:00.000Z","_trace":{}}"#;
     publish_json(&mut client, "quota.updated", update)
@@ -150,4 +136,12 @@ async fn the_firehose_sees_all_users_and_userless_events() {
         (app.r#type.as_str(), app.user_id.as_str()),
         ("app.updated", "")
     );
+}
+
+/// The admin feed and nothing else.
+fn admin_feed_only() -> pb::SubscribeRequest {
+    pb::SubscribeRequest {
+        admin_feed: true,
+        ..Default::default()
+    }
 }
