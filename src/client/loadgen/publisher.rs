@@ -111,8 +111,9 @@ pub(super) struct FailureTally {
     pub example: String,
 }
 
-/// What one publisher did.
-pub(super) struct PublisherStats {
+/// Outcome counts of publish calls: one publisher's, or all publishers' added up.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct PublishCounts {
     /// Calls accepted by the server (duplicates included).
     pub ok: u64,
     /// Accepted calls whose event is in the measurement window.
@@ -126,6 +127,24 @@ pub(super) struct PublisherStats {
     /// Rated runs: events due inside the measurement window that were never sent, because the
     /// publisher was still behind the timetable when the window closed.
     pub unsent_measured: u64,
+}
+
+impl PublishCounts {
+    /// Adds another publisher's counts to these.
+    pub fn add(&mut self, other: &Self) {
+        self.ok += other.ok;
+        self.ok_measured += other.ok_measured;
+        self.errors += other.errors;
+        self.errors_measured += other.errors_measured;
+        self.duplicates += other.duplicates;
+        self.unsent_measured += other.unsent_measured;
+    }
+}
+
+/// What one publisher did.
+pub(super) struct PublisherStats {
+    /// What its calls came to.
+    pub counts: PublishCounts,
     /// Failures by kind.
     pub failures: Vec<FailureTally>,
     /// Duration of measured `Publish` calls, µs.
@@ -137,12 +156,7 @@ pub(super) struct PublisherStats {
 impl PublisherStats {
     fn new() -> anyhow::Result<Self> {
         Ok(Self {
-            ok: 0,
-            ok_measured: 0,
-            errors: 0,
-            errors_measured: 0,
-            duplicates: 0,
-            unsent_measured: 0,
+            counts: PublishCounts::default(),
             failures: Vec::new(),
             call_us: latency::histogram()?,
             lag_us: latency::histogram()?,
@@ -162,11 +176,11 @@ impl PublisherStats {
         let measured = window.measures(completion.stamp_ns);
         match completion.result {
             Ok(duplicate) => {
-                self.ok += 1;
-                self.duplicates += u64::from(duplicate);
+                self.counts.ok += 1;
+                self.counts.duplicates += u64::from(duplicate);
                 live.published.fetch_add(1, Relaxed);
                 if measured {
-                    self.ok_measured += 1;
+                    self.counts.ok_measured += 1;
                     let call_ns = completion.done_ns.saturating_sub(completion.sent_ns);
                     self.call_us.saturating_record(call_ns / 1000);
                 }
@@ -176,8 +190,8 @@ impl PublisherStats {
     }
 
     fn fail(&mut self, code: &str, message: &str, measured: bool, live: &Live) {
-        self.errors += 1;
-        self.errors_measured += u64::from(measured);
+        self.counts.errors += 1;
+        self.counts.errors_measured += u64::from(measured);
         live.publish_errors.fetch_add(1, Relaxed);
         if let Some(tally) = self.failures.iter_mut().find(|t| t.code == code) {
             tally.count += 1;
@@ -251,7 +265,7 @@ pub(super) async fn run(
             // only stretch the run (and stamp events with times long past); what was due and
             // not sent is counted instead, and makes the run invalid.
             if due_ns.is_some() {
-                stats.unsent_measured = plan.unsent_in_window(index, round, &window);
+                stats.counts.unsent_measured = plan.unsent_in_window(index, round, &window);
             }
             break;
         }

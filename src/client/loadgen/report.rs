@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::{
     Live, LoadgenArgs, RunClock, Scenario, SubscriberTotals, Window, code_name,
     latency::{self, Quantiles},
-    publisher::{FailureTally, PublisherStats},
+    publisher::{FailureTally, PublishCounts, PublisherStats},
     subscriber::StreamEnd,
 };
 
@@ -194,12 +194,7 @@ impl Streams {
 }
 
 struct Publishing {
-    ok: u64,
-    ok_measured: u64,
-    errors: u64,
-    errors_measured: u64,
-    duplicates: u64,
-    unsent_measured: u64,
+    counts: PublishCounts,
     abandoned: usize,
     failures: Vec<Tally>,
     call: Option<Quantiles>,
@@ -211,24 +206,14 @@ impl Publishing {
         let mut call = latency::histogram()?;
         let mut lag = latency::histogram()?;
         let mut publishing = Publishing {
-            ok: 0,
-            ok_measured: 0,
-            errors: 0,
-            errors_measured: 0,
-            duplicates: 0,
-            unsent_measured: 0,
+            counts: PublishCounts::default(),
             abandoned,
             failures: Vec::new(),
             call: None,
             lag: None,
         };
         for s in stats {
-            publishing.ok += s.ok;
-            publishing.ok_measured += s.ok_measured;
-            publishing.errors += s.errors;
-            publishing.errors_measured += s.errors_measured;
-            publishing.duplicates += s.duplicates;
-            publishing.unsent_measured += s.unsent_measured;
+            publishing.counts.add(&s.counts);
             for FailureTally {
                 code,
                 count,
@@ -313,8 +298,8 @@ impl Report {
         let delivery = publishing.as_ref().map(|p| Delivery {
             // A per-user event has one recipient; a firehose event reaches every live stream.
             expected: match args.scenario {
-                Scenario::Firehose => p.ok_measured * streams.first_messages,
-                Scenario::PerUser | Scenario::Idle => p.ok_measured,
+                Scenario::Firehose => p.counts.ok_measured * streams.first_messages,
+                Scenario::PerUser | Scenario::Idle => p.counts.ok_measured,
             },
             received: recorded.received_measured,
             received_total: recorded.received,
@@ -409,13 +394,13 @@ impl Report {
             ));
         }
         if let Some(p) = &self.publishing {
-            if p.ok_measured == 0 {
+            if p.counts.ok_measured == 0 {
                 problems.push("nothing was published in the measurement window".to_owned());
             }
-            if p.errors > 0 {
+            if p.counts.errors > 0 {
                 problems.push(format!(
                     "{} publish calls failed ({})",
-                    p.errors,
+                    p.counts.errors,
                     describe(&p.failures)
                 ));
             }
@@ -425,17 +410,17 @@ impl Report {
                     p.abandoned
                 ));
             }
-            if p.unsent_measured > 0 {
+            if p.counts.unsent_measured > 0 {
                 problems.push(format!(
                     "{} events due in the measurement window were never sent: the publishers fell \
                      behind the timetable (rate too high for this setup, or the server stalled)",
-                    p.unsent_measured
+                    p.counts.unsent_measured
                 ));
             }
-            if p.duplicates > 0 {
+            if p.counts.duplicates > 0 {
                 problems.push(format!(
                     "{} publishes were answered as duplicates",
-                    p.duplicates
+                    p.counts.duplicates
                 ));
             }
         }
@@ -544,13 +529,13 @@ impl Report {
                 "unknown": s.unknown,
             },
             "publish": self.publishing.as_ref().map(|p| json!({
-                "ok": p.ok,
-                "ok_measured": p.ok_measured,
-                "per_s": self.per_second(p.ok_measured),
-                "errors": p.errors,
-                "errors_measured": p.errors_measured,
-                "duplicates": p.duplicates,
-                "unsent_measured": p.unsent_measured,
+                "ok": p.counts.ok,
+                "ok_measured": p.counts.ok_measured,
+                "per_s": self.per_second(p.counts.ok_measured),
+                "errors": p.counts.errors,
+                "errors_measured": p.counts.errors_measured,
+                "duplicates": p.counts.duplicates,
+                "unsent_measured": p.counts.unsent_measured,
                 "abandoned_publishers": p.abandoned,
                 "failures": tallies_json(&p.failures),
                 "call_ms": quantiles(&p.call),
@@ -625,13 +610,13 @@ impl Report {
             write!(
                 out,
                 "publish      {} ok in {:.1} s = {:.1} events/s; {} errors",
-                pb.ok_measured,
+                pb.counts.ok_measured,
                 self.measured_seconds,
-                self.per_second(pb.ok_measured),
-                pb.errors
+                self.per_second(pb.counts.ok_measured),
+                pb.counts.errors
             )?;
-            if pb.unsent_measured > 0 {
-                write!(out, "; {} due but NEVER SENT", pb.unsent_measured)?;
+            if pb.counts.unsent_measured > 0 {
+                write!(out, "; {} due but NEVER SENT", pb.counts.unsent_measured)?;
             }
             if let Some(call) = pb.call {
                 write!(
