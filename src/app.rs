@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use tokio::{net::TcpListener, task::JoinSet};
+use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -17,6 +17,7 @@ use crate::{
     config::ServeConfig,
     grpc::{self, NotifyService, ServerSettings},
     hub::{Hub, HubConfig},
+    ingest::{Ingest, IngestConfig, IngestState, Topology, topology},
     schema::DecodeOptions,
     sequencer::Sequencer,
     store::{Journal, MemoryJournal},
@@ -94,19 +95,20 @@ pub async fn run(
         config.heartbeat_interval,
         shutdown.clone(),
     ));
-    info!(addr = %telemetry::local_addr(&listeners.metrics), "metrics on http://{}/metrics", telemetry::local_addr(&listeners.metrics));
-    tasks.spawn({
-        let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
-        async move {
-            if let Err(error) = telemetry::serve_metrics(listeners.metrics, metrics, shutdown).await
-            {
-                warn!(%error, "metrics endpoint stopped");
-            }
-        }
-    });
-
     let (health, health_service) = grpc::health(shutdown.clone());
     health.serving().await;
+    let ingest = config.amqp_url.as_ref().map(|url| {
+        Ingest::spawn(
+            ingest_config(&config, url),
+            sequencer.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+    });
+    if let Some(ingest) = &ingest {
+        tasks.spawn(report_ingest_health(ingest.state(), health.clone()));
+    }
+    let readiness = readiness(shutdown.clone(), ingest.as_ref().map(Ingest::state));
     let service = NotifyService {
         hub: hub.clone(),
         sequencer,
@@ -122,15 +124,38 @@ pub async fn run(
         http2_keepalive_timeout: config.http2_keepalive_timeout,
         max_decoding_message_size: config.max_publish_bytes + DECODE_HEADROOM_BYTES,
     };
+    info!(addr = %telemetry::local_addr(&listeners.metrics), "metrics on http://{}/metrics", telemetry::local_addr(&listeners.metrics));
+    tasks.spawn({
+        let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
+        async move {
+            if let Err(error) =
+                telemetry::serve_metrics(listeners.metrics, metrics, readiness, shutdown).await
+            {
+                warn!(%error, "metrics endpoint stopped");
+            }
+        }
+    });
     let grpc_addr = telemetry::local_addr(&listeners.grpc);
     info!(addr = %grpc_addr, "serving gRPC and grpc-web on {grpc_addr}");
 
     let signal = {
         let (shutdown, hub, health) = (shutdown.clone(), hub.clone(), health.clone());
+        let grace = config.shutdown_grace;
+        let ingest = ingest.as_ref().map(Ingest::state);
         async move {
             shutdown.cancelled().await;
-            info!("shutdown: health NOT_SERVING, ending open streams");
+            info!("shutdown: health NOT_SERVING");
             health.not_serving().await;
+            // The ingest settles and acks what it has in flight while the streams are still
+            // open, so every event it acked reaches the subscribers connected now.
+            if let Some(mut state) = ingest {
+                info!("shutdown: draining the AMQP ingest");
+                let stopped = state.wait_for(|s| *s == IngestState::Stopped);
+                if tokio::time::timeout(grace, stopped).await.is_err() {
+                    warn!("the ingest did not drain within the grace period");
+                }
+            }
+            info!("shutdown: ending open streams");
             hub.shut_down();
         }
     };
@@ -145,6 +170,13 @@ pub async fn run(
     };
     // Whether the server ended by itself or by error, everything else stops too.
     shutdown.cancel();
+    if let Some(ingest) = ingest {
+        tasks.spawn(async move {
+            if let Err(error) = ingest.into_task().await {
+                warn!(%error, "ingest task failed");
+            }
+        });
+    }
     sequencer_stop.cancel();
     if tokio::time::timeout(config.shutdown_grace, sequencer_task)
         .await
@@ -161,6 +193,56 @@ pub async fn run(
     }
     info!("stopped");
     served
+}
+
+/// The ingest's settings from the server's.
+fn ingest_config(config: &ServeConfig, url: &str) -> IngestConfig {
+    let node_id = config.node_id();
+    IngestConfig {
+        url: url.to_owned(),
+        topology: Topology {
+            exchange: config.exchange.clone(),
+            queue: topology::queue_name(&node_id),
+            queue_expires: config.queue_expires,
+            bindings: config.bindings.clone(),
+            dead_letter_exchange: config.dead_letter_exchange.clone(),
+            dead_letter_queue: config.dead_letter_queue.clone(),
+        },
+        node_id,
+        prefetch: config.prefetch,
+        reconnect_max_backoff: config.reconnect_max_backoff,
+        decode: DecodeOptions {
+            strict_schema: config.strict_schema,
+        },
+    }
+}
+
+/// Mirrors the ingest's state into gRPC health (service `ingest`) until the ingest stops.
+async fn report_ingest_health(mut state: watch::Receiver<IngestState>, health: grpc::Health) {
+    loop {
+        let consuming = *state.borrow_and_update() == IngestState::Consuming;
+        health.ingest_consuming(consuming).await;
+        if state.changed().await.is_err() {
+            health.ingest_consuming(false).await;
+            break;
+        }
+    }
+}
+
+/// Ready while not shutting down and, with AMQP ingest, while consuming.
+fn readiness(
+    shutdown: CancellationToken,
+    ingest: Option<watch::Receiver<IngestState>>,
+) -> telemetry::Readiness {
+    Arc::new(move || {
+        if shutdown.is_cancelled() {
+            return Err("shutting down".into());
+        }
+        match ingest.as_ref().map(|state| *state.borrow()) {
+            None | Some(IngestState::Consuming) => Ok(()),
+            Some(state) => Err(format!("ingest: {state}")),
+        }
+    })
 }
 
 /// Completes `grace` after `shutdown` was cancelled.

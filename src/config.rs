@@ -103,6 +103,96 @@ pub struct ServeConfig {
     /// stops anyway.
     #[arg(long, env = "NOTIFY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// AMQP ingest: the RabbitMQ broker to consume the platform's events from, e.g.
+    /// `amqp://guest:guest@127.0.0.1:5672/%2f` (the vhost is URL-encoded: `%2f` is `/`). Without
+    /// it the server runs embedded, with `Publish` as its only ingest.
+    #[arg(long, env = "AMQP_URL", help_heading = "AMQP ingest")]
+    pub amqp_url: Option<String>,
+
+    /// This node's id: its queue is `notify-backbone.<node-id>`, so each node receives every
+    /// event. Must stay the same across restarts, or the old queue is orphaned (until
+    /// `--queue-expires`). Default: the host name.
+    #[arg(long, env = "NOTIFY_NODE_ID", value_parser = node_id, help_heading = "AMQP ingest")]
+    pub node_id: Option<String>,
+
+    /// The producers' topic exchange (declared durable if absent).
+    #[arg(long, env = "NOTIFY_EXCHANGE", default_value = crate::ingest::topology::DEFAULT_EXCHANGE, help_heading = "AMQP ingest")]
+    pub exchange: String,
+
+    /// Routing keys bound from the exchange to this node's queue. Repeat the flag or separate
+    /// with commas. Bindings are only ever added: remove an old one in RabbitMQ yourself.
+    #[arg(
+        long = "bind",
+        env = "NOTIFY_BINDINGS",
+        value_delimiter = ',',
+        default_values_t = crate::ingest::topology::DEFAULT_BINDINGS.map(String::from),
+        help_heading = "AMQP ingest"
+    )]
+    pub bindings: Vec<String>,
+
+    /// The broker deletes this node's queue after it has been unused (no consumer) this long,
+    /// so a retired node's queue does not fill up forever. A node down for longer loses what
+    /// was queued for it. Changing it for an existing queue needs the queue deleted first
+    /// (RabbitMQ refuses to redeclare with other arguments).
+    #[arg(long, env = "NOTIFY_QUEUE_EXPIRES", default_value = "24h", value_parser = positive_duration, help_heading = "AMQP ingest")]
+    pub queue_expires: Duration,
+
+    /// The exchange poison messages are published to, with their reason in headers.
+    #[arg(long, env = "NOTIFY_DEAD_LETTER_EXCHANGE", default_value = crate::ingest::topology::DEFAULT_DEAD_LETTER_EXCHANGE, help_heading = "AMQP ingest")]
+    pub dead_letter_exchange: String,
+
+    /// The durable queue that keeps poison messages for inspection and replay.
+    #[arg(long, env = "NOTIFY_DEAD_LETTER_QUEUE", default_value = crate::ingest::topology::DEFAULT_DEAD_LETTER_QUEUE, help_heading = "AMQP ingest")]
+    pub dead_letter_queue: String,
+
+    /// Deliveries RabbitMQ may have outstanding to this node, unacknowledged. Higher keeps the
+    /// pipe full and lets acks be batched (more throughput); each one holds its message body in
+    /// this process until it is acked (memory: about prefetch × message size) and is redelivered
+    /// after a crash.
+    #[arg(long, env = "NOTIFY_PREFETCH", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..), help_heading = "AMQP ingest")]
+    pub prefetch: u16,
+
+    /// Longest pause between attempts to reconnect to the broker (the pause doubles from
+    /// 100 ms up to this, with jitter).
+    #[arg(long, env = "NOTIFY_RECONNECT_MAX_BACKOFF", default_value = "30s", value_parser = positive_duration, help_heading = "AMQP ingest")]
+    pub reconnect_max_backoff: Duration,
+}
+
+/// A node id: letters, digits, `.`, `_` and `-`, at most 200 of them (it goes into a queue name,
+/// which RabbitMQ limits to 255 bytes).
+fn node_id(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 200
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err("use 1 to 200 letters, digits, '.', '_' or '-'".into())
+    }
+}
+
+impl ServeConfig {
+    /// The node id: `--node-id`, else the host name, else `local`.
+    pub fn node_id(&self) -> String {
+        if let Some(id) = &self.node_id {
+            return id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_default();
+        // A host name may hold characters a queue name should not; keep the safe ones.
+        let id: String = host
+            .trim()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            .take(200)
+            .collect();
+        if id.is_empty() { "local".into() } else { id }
+    }
 }
 
 impl Default for ServeConfig {
@@ -141,6 +231,47 @@ mod tests {
         assert_eq!(config.subscriber_queue_len, 1024);
         assert_eq!(config.heartbeat_interval, Duration::from_secs(15));
         assert!(!config.strict_schema);
+        assert_eq!(config.amqp_url, None);
+        assert_eq!(config.exchange, "cloudphone.events");
+        assert_eq!(
+            config.bindings,
+            ["quota.#", "billing.#", "app.#", "device.#"]
+        );
+        assert_eq!(config.prefetch, 256);
+        assert!(!config.node_id().is_empty());
+    }
+
+    #[test]
+    fn node_ids_that_would_make_odd_queue_names_are_refused() {
+        for bad in ["", "a b", "a/b", "ünï"] {
+            let parsed = Cli::try_parse_from(["notify-backbone", "--node-id", bad]);
+            assert!(parsed.is_err(), "{bad:?} accepted");
+        }
+        let parsed = Cli::try_parse_from(["notify-backbone", "--node-id", "node-1.eu_west"]);
+        assert_eq!(
+            parsed.map(|cli| cli.serve.node_id()).ok().as_deref(),
+            Some("node-1.eu_west")
+        );
+    }
+
+    #[test]
+    fn bindings_repeat_or_split_on_commas() {
+        let parsed = Cli::try_parse_from([
+            "notify-backbone",
+            "--bind",
+            "quota.#,app.#",
+            "--bind",
+            "device.error",
+        ])
+        .map(|cli| cli.serve.bindings);
+        assert_eq!(
+            parsed.ok(),
+            Some(vec![
+                "quota.#".into(),
+                "app.#".into(),
+                "device.error".into()
+            ])
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! |---------------|---------------------------------------------------------------------------|
 //! | [`pb`]        | the generated protobuf types of `proto/` (the public contract)            |
 //! | [`schema`]    | producer JSON (every wire shape) or a typed event → validated `pb::Event`  |
+//! | [`ingest`]    | AMQP: topology, consume, ack after acceptance, dead letters, reconnect    |
 //! | [`store`]     | the journal: positions, cursors, dedupe by event id                       |
 //! | [`sequencer`] | the single writer: journal append in batches, then hand-off to the hub    |
 //! | [`hub`]       | routing index, filters, per-subscriber bounded queues, overflow policy    |
@@ -21,6 +22,7 @@ pub mod client;
 pub mod config;
 pub mod grpc;
 pub mod hub;
+pub mod ingest;
 pub mod pb;
 pub mod schema;
 pub mod sequencer;

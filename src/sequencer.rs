@@ -80,6 +80,14 @@ impl Sequencer {
     /// Appends one decoded event (and its admin notice) to the journal and fans it out.
     /// Returns once the event has been routed to its subscribers' queues.
     pub async fn publish(&self, decoded: Decoded) -> Result<Published, SequencerError> {
+        self.submit(decoded).await?.await
+    }
+
+    /// Queues one decoded event and returns without waiting for its outcome: the returned
+    /// [`Receipt`] resolves once the event is stored and routed. Waits only while the queue is
+    /// full (backpressure). Receipts resolve in submission order, so an ingest can keep many
+    /// events in flight and still acknowledge them in order.
+    pub async fn submit(&self, decoded: Decoded) -> Result<Receipt, SequencerError> {
         let (reply, response) = oneshot::channel();
         let submission = Submission {
             decoded,
@@ -90,7 +98,24 @@ impl Sequencer {
             .send(submission)
             .await
             .map_err(|_| SequencerError::Stopped)?;
-        response.await.map_err(|_| SequencerError::Stopped)?
+        Ok(Receipt(response))
+    }
+}
+
+/// The pending outcome of one [`Sequencer::submit`].
+#[derive(Debug)]
+pub struct Receipt(oneshot::Receiver<Result<Published, SequencerError>>);
+
+impl Future for Receipt {
+    type Output = Result<Published, SequencerError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|reply| reply.unwrap_or(Err(SequencerError::Stopped)))
     }
 }
 

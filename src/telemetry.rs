@@ -67,6 +67,82 @@ pub struct Metrics {
     /// `notify_delivery_latency_seconds`: from an event entering the server to its subscriber's
     /// stream taking it for the wire.
     pub delivery_latency: Histogram,
+    /// `notify_ingest_*`: the AMQP ingest.
+    pub ingest: IngestMetrics,
+}
+
+/// The AMQP ingest's metrics.
+pub struct IngestMetrics {
+    /// `notify_ingest_consumed_total`: deliveries received from the broker (redeliveries
+    /// included).
+    pub consumed: Counter,
+    /// `notify_ingest_acked_total`: deliveries acknowledged (stored, duplicate or dead-lettered).
+    pub acked: Counter,
+    /// `notify_ingest_dead_lettered_total{reason}`: poison messages moved to the dead-letter
+    /// queue.
+    pub dead_lettered: Family<ReasonLabel, Counter>,
+    /// `notify_ingest_reconnects_total`: broker sessions that ended by failure.
+    pub reconnects: Counter,
+    /// `notify_ingest_downstream_retries_total`: good events the journal or hub did not accept
+    /// at once (our own failure; consumption paused and retried).
+    pub downstream_retries: Counter,
+    /// `notify_ingest_lag_seconds`: from the producer's AMQP timestamp to the hub.
+    pub lag: Histogram,
+    /// `notify_ingest_consuming`: 1 while connected and consuming, else 0.
+    pub consuming: Gauge,
+}
+
+impl IngestMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            consumed: Counter::default(),
+            acked: Counter::default(),
+            dead_lettered: Family::default(),
+            reconnects: Counter::default(),
+            downstream_retries: Counter::default(),
+            // 1 ms … ~65 s in 17 doubling steps: the producers' timestamps have millisecond
+            // resolution, and a backlog after an outage is measured in seconds or minutes.
+            lag: Histogram::new(exponential_buckets(1e-3, 2.0, 17)),
+            consuming: Gauge::default(),
+        };
+        let registry = registry.sub_registry_with_prefix("ingest");
+        registry.register(
+            "consumed",
+            "Deliveries received from the broker",
+            metrics.consumed.clone(),
+        );
+        registry.register(
+            "acked",
+            "Deliveries acknowledged to the broker",
+            metrics.acked.clone(),
+        );
+        registry.register(
+            "dead_lettered",
+            "Poison messages moved to the dead-letter queue",
+            metrics.dead_lettered.clone(),
+        );
+        registry.register(
+            "reconnects",
+            "Broker sessions that ended by failure",
+            metrics.reconnects.clone(),
+        );
+        registry.register(
+            "downstream_retries",
+            "Good events not accepted downstream at once (retried)",
+            metrics.downstream_retries.clone(),
+        );
+        registry.register(
+            "lag_seconds",
+            "From the producer's AMQP timestamp to the hub",
+            metrics.lag.clone(),
+        );
+        registry.register(
+            "consuming",
+            "1 while connected to the broker and consuming",
+            metrics.consuming.clone(),
+        );
+        metrics
+    }
 }
 
 impl Default for Metrics {
@@ -118,7 +194,9 @@ impl Metrics {
             "From an event entering the server to its stream taking it for the wire",
             delivery_latency.clone(),
         );
+        let ingest = IngestMetrics::register(&mut registry);
         Self {
+            ingest,
             registry: Mutex::new(registry),
             events_in,
             events_out,
@@ -146,10 +224,14 @@ impl Metrics {
 
     /// Counts one rejected input.
     pub fn record_rejected(&self, reason: &str) {
-        self.rejected
-            .get_or_create(&ReasonLabel {
-                reason: reason.to_owned(),
-            })
+        self.rejected.get_or_create(&reason_label(reason)).inc();
+    }
+
+    /// Counts one dead-lettered message.
+    pub fn record_dead_lettered(&self, reason: &str) {
+        self.ingest
+            .dead_lettered
+            .get_or_create(&reason_label(reason))
             .inc();
     }
 
@@ -160,6 +242,12 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &registry);
         out
+    }
+}
+
+fn reason_label(reason: &str) -> ReasonLabel {
+    ReasonLabel {
+        reason: reason.to_owned(),
     }
 }
 
@@ -177,28 +265,49 @@ fn type_label(event_type: &str) -> TypeLabel {
     TypeLabel { r#type: label }
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` is cancelled.
+/// Answers `/readyz`: `Ok` when the server should get traffic, else why not.
+pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Serves `GET /metrics` and `GET /readyz` on `listener` until `shutdown` is cancelled.
+///
+/// `/readyz` answers 200 `ready` or 503 with the reason (e.g. `ingest: connecting`), for load
+/// balancers and orchestrators.
 pub async fn serve_metrics(
     listener: TcpListener,
     metrics: Arc<Metrics>,
+    readiness: Readiness,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    use axum::{http::header, routing::get};
-    let router = axum::Router::new().route(
-        "/metrics",
-        get(move || {
-            let metrics = metrics.clone();
-            async move {
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
-                    metrics.render(),
-                )
-            }
-        }),
-    );
+    use axum::{
+        http::{StatusCode, header},
+        routing::get,
+    };
+    let router = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        metrics.render(),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/readyz",
+            get(move || {
+                let answer = match readiness() {
+                    Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+                    Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
+                };
+                std::future::ready(answer)
+            }),
+        );
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

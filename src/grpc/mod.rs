@@ -66,7 +66,23 @@ impl Health {
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
     }
+
+    /// Reports whether the AMQP ingest is connected and consuming, as the health service
+    /// [`INGEST_HEALTH_SERVICE`]. Without `--amqp-url` that name stays unknown (NOT_FOUND).
+    pub async fn ingest_consuming(&self, consuming: bool) {
+        let status = if consuming {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        self.0
+            .set_service_status(INGEST_HEALTH_SERVICE, status)
+            .await;
+    }
 }
+
+/// The gRPC health service name that reports the AMQP ingest (`grpc_health_probe -service=ingest`).
+pub const INGEST_HEALTH_SERVICE: &str = "ingest";
 
 /// Serves gRPC and grpc-web on `listener` until `signal` completes, then drains open calls.
 pub async fn serve(

@@ -1,6 +1,8 @@
 //! A real notify-backbone on 127.0.0.1:0 for integration tests, and small client helpers.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod amqp;
+
 use std::{net::SocketAddr, time::Duration};
 
 use notify_backbone::{
@@ -80,18 +82,62 @@ impl TestServer {
     }
 
     pub async fn metrics_text(&self) -> String {
+        self.http_get("/metrics").await
+    }
+
+    /// The whole HTTP response (status line, headers, body) to `GET path` on the metrics port.
+    pub async fn http_get(&self, path: &str) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut socket = tokio::net::TcpStream::connect(self.metrics_addr)
             .await
             .unwrap();
         let request = format!(
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
             self.metrics_addr
         );
         socket.write_all(request.as_bytes()).await.unwrap();
         let mut response = String::new();
         socket.read_to_string(&mut response).await.unwrap();
         response
+    }
+
+    /// Starts a server that ingests from the test broker under `names`, and waits until its
+    /// ingest is consuming (`/readyz` says ready).
+    pub async fn start_amqp(names: &amqp::Names, adjust: impl FnOnce(&mut ServeConfig)) -> Self {
+        let server = Self::start_with(|config| {
+            names.apply(config);
+            adjust(config);
+        })
+        .await;
+        server.wait_ready().await;
+        server
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let response = self.http_get("/readyz").await;
+            if response.starts_with("HTTP/1.1 200") {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not ready in time: {response}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The value of the sample `name` (with its labels, as written in the exposition).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics_text().await;
+        text.lines()
+            .find_map(|line| {
+                let (key, value) = line.rsplit_once(' ')?;
+                (key == name).then(|| value.parse().ok())?
+            })
+            .unwrap_or(0.0)
     }
 }
 

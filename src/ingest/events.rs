@@ -1,0 +1,68 @@
+//! Runtime failures of the ingest, each a small type that logs and counts itself, so a failure
+//! is reported the same way wherever it happens.
+
+use std::time::Duration;
+
+use tracing::warn;
+
+use crate::{schema::DecodeError, sequencer::SequencerError, telemetry::Metrics};
+
+use super::IngestError;
+
+/// A broker session ended by failure; the ingest reconnects after `retry_in`.
+pub(super) struct SessionEnded<'a> {
+    pub error: &'a IngestError,
+    pub attempt: u64,
+    pub retry_in: Duration,
+}
+
+impl SessionEnded<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        metrics.ingest.reconnects.inc();
+        warn!(
+            error = %self.error,
+            attempt = self.attempt,
+            retry_in = ?self.retry_in,
+            "ingest: broker session ended; reconnecting"
+        );
+    }
+}
+
+/// A poison message went to the dead-letter queue.
+pub(super) struct DeadLettered<'a> {
+    pub routing_key: &'a str,
+    pub error: &'a DecodeError,
+    pub redelivered: bool,
+}
+
+impl DeadLettered<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        metrics.record_dead_lettered(self.error.reason());
+        warn!(
+            routing_key = self.routing_key,
+            reason = self.error.reason(),
+            field = self.error.field().unwrap_or_default(),
+            redelivered = self.redelivered,
+            "ingest: dead-lettered: {}",
+            self.error
+        );
+    }
+}
+
+/// The downstream (sequencer, journal) did not accept a good event: our own failure. The
+/// message stays unacknowledged and consumption pauses until it is accepted.
+pub(super) struct DownstreamRefused<'a> {
+    pub error: &'a SequencerError,
+    pub retry_in: Duration,
+}
+
+impl DownstreamRefused<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        metrics.ingest.downstream_retries.inc();
+        warn!(
+            error = %self.error,
+            retry_in = ?self.retry_in,
+            "ingest: event not accepted downstream; consumption paused, will retry"
+        );
+    }
+}

@@ -1,0 +1,269 @@
+//! AMQP ingest: the platform's events from RabbitMQ, decoded and handed to the sequencer.
+//!
+//! Owns: the broker connection and its lifecycle (connect, declare the topology, consume,
+//! reconnect with backoff and jitter, clean shutdown), acknowledgements (sent only once the
+//! downstream accepted the event, batched with `multiple`), dead-lettering of poison input with
+//! the reason in headers, and the ingest metrics and readiness state. Does not own: decoding
+//! (`schema`), dedupe and ordering (`store` via the sequencer), routing (`hub`). Only this
+//! module touches lapin types.
+//!
+//! The flow follows vector's AMQP source: `basic_qos(prefetch)` before consuming, hand off
+//! downstream with backpressure, ack only after downstream accepted. Deliveries are settled in
+//! the order they arrived, so one `basic.ack` with `multiple` can acknowledge a whole run.
+//!
+//! | submodule       | owns                                                                |
+//! |-----------------|---------------------------------------------------------------------|
+//! | [`topology`]    | the names and arguments of the exchanges, queues and bindings       |
+//! | `session`       | one connection: consume, settle in order, ack, drain on shutdown     |
+//! | [`dead_letter`] | the dead-letter copy of a poison message and its reason headers     |
+//! | `events`        | each runtime failure as a small type that logs and counts itself     |
+
+pub mod dead_letter;
+mod events;
+mod session;
+pub mod topology;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use rand::Rng as _;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::{
+    schema::{DecodeOptions, Decoded},
+    sequencer::{Published, Receipt, Sequencer, SequencerError},
+    telemetry::Metrics,
+};
+
+pub use topology::Topology;
+
+/// The first pause after a failed connection; it doubles up to `reconnect_max_backoff`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Everything the ingest needs to know.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// The broker, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    pub url: String,
+    /// This node's id; names its queue and its connection.
+    pub node_id: String,
+    /// What to declare and consume from.
+    pub topology: Topology,
+    /// Deliveries the broker may have outstanding (unacknowledged) to this node at once.
+    pub prefetch: u16,
+    /// Longest pause between reconnection attempts.
+    pub reconnect_max_backoff: Duration,
+    /// Decoding knobs (`--strict-schema`).
+    pub decode: DecodeOptions,
+}
+
+/// Where the ingest stands; `/readyz` and gRPC health report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestState {
+    /// Connecting, declaring the topology, or waiting to reconnect.
+    Connecting,
+    /// Connected and consuming.
+    Consuming,
+    /// Shutting down: the consumer is cancelled, in-flight deliveries are being settled.
+    Draining,
+    /// Stopped for good (shutdown).
+    Stopped,
+}
+
+impl std::fmt::Display for IngestState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IngestState::Connecting => "connecting",
+            IngestState::Consuming => "consuming",
+            IngestState::Draining => "draining",
+            IngestState::Stopped => "stopped",
+        })
+    }
+}
+
+/// What the ingest hands decoded events to. The sequencer is the real one; tests substitute
+/// their own to stall or fail on purpose.
+pub trait Downstream: Send + Sync + 'static {
+    /// Resolves once the event is stored (or recognised as a duplicate) and routed.
+    type Receipt: Future<Output = Result<Published, SequencerError>> + Send + 'static;
+
+    /// Queues one event; waits while the downstream is full (that wait is the backpressure
+    /// that stops consumption).
+    fn submit(
+        &self,
+        decoded: Decoded,
+    ) -> impl Future<Output = Result<Self::Receipt, SequencerError>> + Send;
+}
+
+impl Downstream for Sequencer {
+    type Receipt = Receipt;
+
+    fn submit(
+        &self,
+        decoded: Decoded,
+    ) -> impl Future<Output = Result<Receipt, SequencerError>> + Send {
+        Sequencer::submit(self, decoded)
+    }
+}
+
+/// A running ingest.
+pub struct Ingest {
+    state: watch::Receiver<IngestState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Ingest {
+    /// Starts consuming in the background. The task reconnects until `shutdown` is cancelled,
+    /// then cancels its consumer, settles and acks what is in flight, and closes the connection.
+    pub fn spawn<D: Downstream>(
+        config: IngestConfig,
+        downstream: D,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let (state_tx, state) = watch::channel(IngestState::Connecting);
+        let task = tokio::spawn(run(config, downstream, metrics, state_tx, shutdown));
+        Self { state, task }
+    }
+
+    /// Follows the ingest's state.
+    pub fn state(&self) -> watch::Receiver<IngestState> {
+        self.state.clone()
+    }
+
+    /// Waits until the ingest has drained and closed its connection (after `shutdown` was
+    /// cancelled).
+    pub async fn stopped(&self) {
+        let mut state = self.state.clone();
+        // An error means the task is gone, which is stopped too.
+        let _ = state.wait_for(|s| *s == IngestState::Stopped).await;
+    }
+
+    /// The background task, for the owner to join.
+    pub fn into_task(self) -> tokio::task::JoinHandle<()> {
+        self.task
+    }
+}
+
+async fn run<D: Downstream>(
+    config: IngestConfig,
+    downstream: D,
+    metrics: Arc<Metrics>,
+    state: watch::Sender<IngestState>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = FIRST_BACKOFF;
+    let mut attempt: u64 = 0;
+    info!(
+        broker = %redacted(&config.url),
+        queue = %config.topology.queue,
+        "ingest: consuming from RabbitMQ"
+    );
+    while !shutdown.is_cancelled() {
+        attempt += 1;
+        let outcome = session::run(&config, &downstream, &metrics, &state, &shutdown).await;
+        metrics.ingest.consuming.set(0);
+        match outcome {
+            Ok(()) => break,
+            Err(failure) => {
+                let _ = state.send(IngestState::Connecting);
+                if failure.was_consuming {
+                    // A session that got as far as consuming resets the backoff: this is a new
+                    // outage, not the same one going on.
+                    backoff = FIRST_BACKOFF;
+                }
+                let pause = jittered(backoff);
+                events::SessionEnded {
+                    error: &failure.error,
+                    attempt,
+                    retry_in: pause,
+                }
+                .emit(&metrics);
+                backoff = (backoff * 2).min(config.reconnect_max_backoff);
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        }
+    }
+    let _ = state.send(IngestState::Stopped);
+    info!("ingest stopped");
+}
+
+/// Half the backoff plus a random share of the other half: reconnecting nodes spread out
+/// instead of hitting a recovering broker all at once, and no pause collapses to zero.
+fn jittered(backoff: Duration) -> Duration {
+    let half = backoff / 2;
+    let spread = rand::rng().random_range(0..=half.as_millis() as u64);
+    half + Duration::from_millis(spread)
+}
+
+/// The broker URL without its password, for logs.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Why ingest could not go on; the ingest logs it and reconnects.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The broker could not be reached or refused the login.
+    #[error("cannot connect to the broker: {0}")]
+    Connect(#[source] lapin::Error),
+    /// Declaring an exchange, queue or binding failed.
+    #[error("cannot declare {what}: {source}{hint}")]
+    Topology {
+        /// What was being declared, e.g. `queue notify-backbone.node-1`.
+        what: String,
+        /// The broker's answer.
+        source: lapin::Error,
+        /// Advice for the operator, when the cause is a known one.
+        hint: &'static str,
+    },
+    /// The connection or channel broke while consuming.
+    #[error("broker connection lost: {0}")]
+    Lost(#[source] lapin::Error),
+    /// The broker cancelled our consumer (e.g. the queue was deleted).
+    #[error("the broker cancelled the consumer (was the queue deleted?)")]
+    Cancelled,
+}
+
+/// A session that ended by failure, and whether it had been consuming before.
+#[derive(Debug)]
+struct SessionFailure {
+    error: IngestError,
+    was_consuming: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_not_logged() {
+        assert_eq!(
+            redacted("amqp://guest:secret@broker:5672/%2f"),
+            "amqp://guest:***@broker:5672/%2f"
+        );
+        assert_eq!(redacted("amqp://broker:5672"), "amqp://broker:5672");
+    }
+
+    #[test]
+    fn jitter_stays_between_half_and_all_of_the_backoff() {
+        for _ in 0..100 {
+            let pause = jittered(Duration::from_millis(800));
+            assert!(pause >= Duration::from_millis(400), "{pause:?}");
+            assert!(pause <= Duration::from_millis(800), "{pause:?}");
+        }
+    }
+}

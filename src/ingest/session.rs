@@ -1,0 +1,444 @@
+//! One broker session: connect, declare, consume, settle deliveries in order, ack, and on
+//! shutdown drain what is in flight.
+//!
+//! Every delivery becomes an in-flight entry whose outcome is either the downstream's receipt
+//! (the event is stored and routed) or the broker's confirm of its dead-letter copy. Entries
+//! settle strictly in arrival order, so acking the newest settled tag with `multiple` covers
+//! exactly the settled ones. The number in flight is bounded by the prefetch: the broker sends
+//! no more than that many unacknowledged deliveries.
+
+use std::{
+    collections::VecDeque,
+    future::Future,
+    pin::Pin,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, Consumer,
+    message::Delivery,
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions,
+        ConfirmSelectOptions,
+    },
+    types::FieldTable,
+};
+use tokio::sync::watch;
+use tokio_stream::StreamExt as _;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::{
+    schema::{self, DecodeError, Properties},
+    sequencer::SequencerError,
+    telemetry::Metrics,
+};
+
+use super::{
+    Downstream, IngestConfig, IngestError, IngestState, SessionFailure, dead_letter, events,
+};
+
+/// Closing a connection the broker already dropped can hang until a heartbeat timeout; past
+/// this we stop waiting.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// First pause before retrying an event the downstream did not accept; doubles up to the max.
+const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(50);
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
+
+/// One delivery, kept until it is acked so it can be re-decoded and resubmitted if the
+/// downstream fails (the body is in memory anyway; the prefetch bounds how many there are).
+pub(super) struct Message {
+    tag: u64,
+    pub exchange: String,
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    pub properties: BasicProperties,
+    redelivered: bool,
+}
+
+impl From<Delivery> for Message {
+    fn from(delivery: Delivery) -> Self {
+        Self {
+            tag: delivery.delivery_tag,
+            exchange: delivery.exchange.to_string(),
+            routing_key: delivery.routing_key.to_string(),
+            body: delivery.data,
+            properties: delivery.properties,
+            redelivered: delivery.redelivered,
+        }
+    }
+}
+
+impl Message {
+    /// The AMQP `timestamp` property, which the producers fill with milliseconds.
+    fn timestamp_ms(&self) -> Option<i64> {
+        self.properties
+            .timestamp()
+            .and_then(|ms| i64::try_from(ms).ok())
+    }
+}
+
+/// How one delivery ended.
+enum Outcome {
+    /// Stored (or recognised as a duplicate) and routed.
+    Accepted { duplicate: bool },
+    /// The broker confirmed the dead-letter copy.
+    DeadLettered(DecodeError),
+    /// Our own failure: the downstream did not take a good event. Retried, never rejected.
+    Refused(SequencerError),
+    /// The broker refused the dead-letter copy. Retried.
+    DeadLetterRefused,
+    /// The connection broke while waiting for a confirm.
+    Lost(lapin::Error),
+}
+
+type PendingOutcome = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+struct InFlight {
+    message: Message,
+    outcome: PendingOutcome,
+}
+
+/// Runs one session until shutdown (`Ok`) or until the connection fails.
+pub(super) async fn run<D: Downstream>(
+    config: &IngestConfig,
+    downstream: &D,
+    metrics: &Metrics,
+    state: &watch::Sender<IngestState>,
+    shutdown: &CancellationToken,
+) -> Result<(), SessionFailure> {
+    let properties = ConnectionProperties::default()
+        .with_connection_name(format!("notify-backbone {}", config.node_id).into());
+    let connection = tokio::select! {
+        connected = Connection::connect(&config.url, properties) => connected.map_err(|error| SessionFailure {
+            error: IngestError::Connect(error),
+            was_consuming: false,
+        })?,
+        () = shutdown.cancelled() => return Ok(()),
+    };
+    let result = consume(&connection, config, downstream, metrics, state, shutdown).await;
+    let closing = connection.close(200, "notify-backbone stopping".into());
+    if let Ok(Err(error)) = tokio::time::timeout(CLOSE_TIMEOUT, closing).await {
+        debug!(%error, "closing the broker connection");
+    }
+    result
+}
+
+async fn consume<D: Downstream>(
+    connection: &Connection,
+    config: &IngestConfig,
+    downstream: &D,
+    metrics: &Metrics,
+    state: &watch::Sender<IngestState>,
+    shutdown: &CancellationToken,
+) -> Result<(), SessionFailure> {
+    let before = |error| SessionFailure {
+        error,
+        was_consuming: false,
+    };
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| before(IngestError::Lost(e)))?;
+    config.topology.declare(&channel).await.map_err(before)?;
+    channel
+        .basic_qos(config.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(|e| before(IngestError::Lost(e)))?;
+    let dead_letters = connection
+        .create_channel()
+        .await
+        .map_err(|e| before(IngestError::Lost(e)))?;
+    dead_letters
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| before(IngestError::Lost(e)))?;
+    let mut consumer = channel
+        .basic_consume(
+            config.topology.queue.as_str().into(),
+            format!("notify-backbone.{}", config.node_id).into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| before(IngestError::Lost(e)))?;
+    let _ = state.send(IngestState::Consuming);
+    metrics.ingest.consuming.set(1);
+    info!(queue = %config.topology.queue, prefetch = config.prefetch, "ingest: consuming");
+
+    let mut session = Session {
+        metrics,
+        channel,
+        start: Start {
+            config,
+            downstream,
+            dead_letters,
+        },
+        inflight: VecDeque::with_capacity(usize::from(config.prefetch)),
+        last_settled: None,
+        unacked: 0,
+        ack_batch: (usize::from(config.prefetch) / 4).max(1),
+        retry_pause: FIRST_RETRY_PAUSE,
+        blocked: false,
+    };
+    let consuming = |error| SessionFailure {
+        error,
+        was_consuming: true,
+    };
+    session
+        .pump(&mut consumer, shutdown)
+        .await
+        .map_err(consuming)?;
+    let _ = state.send(IngestState::Draining);
+    metrics.ingest.consuming.set(0);
+    session.drain(&consumer).await.map_err(consuming)
+}
+
+/// What starting a delivery needs; apart from the session's mutable state, so the in-flight
+/// futures (which are `Send` but not `Sync`) are never borrowed across an await.
+struct Start<'a, D> {
+    config: &'a IngestConfig,
+    downstream: &'a D,
+    dead_letters: Channel,
+}
+
+struct Session<'a, D> {
+    metrics: &'a Metrics,
+    channel: Channel,
+    start: Start<'a, D>,
+    /// Deliveries not settled yet, oldest first.
+    inflight: VecDeque<InFlight>,
+    /// The newest delivery tag settled but not acked yet.
+    last_settled: Option<u64>,
+    /// How many deliveries `last_settled` would ack.
+    unacked: u64,
+    /// Ack once this many are settled (or when nothing is in flight), so the broker's prefetch
+    /// window refills without one `basic.ack` per message.
+    ack_batch: usize,
+    /// The pause before the next retry of an event the downstream refused.
+    retry_pause: Duration,
+    /// Shutdown came while the oldest delivery was waiting for a retry: nothing after it may be
+    /// acked (a `multiple` ack would cover it too).
+    blocked: bool,
+}
+
+impl<D: Downstream> Session<'_, D> {
+    /// Consumes and settles until shutdown.
+    async fn pump(
+        &mut self,
+        consumer: &mut Consumer,
+        shutdown: &CancellationToken,
+    ) -> Result<(), IngestError> {
+        loop {
+            tokio::select! {
+                // Settle before taking more: acks go out as early as possible.
+                biased;
+                () = shutdown.cancelled() => return Ok(()),
+                outcome = oldest_outcome(&mut self.inflight) => {
+                    self.settle_oldest(outcome, shutdown).await?;
+                    if self.blocked {
+                        return Ok(());
+                    }
+                }
+                delivery = consumer.next() => match delivery {
+                    Some(Ok(delivery)) => {
+                        self.metrics.ingest.consumed.inc();
+                        let message = Message::from(delivery);
+                        let outcome = self.start.begin(&message).await?;
+                        self.inflight.push_back(InFlight { message, outcome });
+                    }
+                    Some(Err(error)) => return Err(IngestError::Lost(error)),
+                    None => return Err(IngestError::Cancelled),
+                },
+            }
+        }
+    }
+
+    /// After shutdown: stop the consumer, settle and ack what is in flight, close the channels.
+    /// Deliveries the client received but never started go back to the queue when the channel
+    /// closes, unacked.
+    async fn drain(mut self, consumer: &Consumer) -> Result<(), IngestError> {
+        if let Err(error) = self
+            .channel
+            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+            .await
+        {
+            debug!(%error, "cancelling the consumer");
+        }
+        let in_flight = self.inflight.len();
+        while !self.blocked
+            && let Some(oldest) = self.inflight.front_mut()
+        {
+            let outcome = oldest.outcome.as_mut().await;
+            if !matches!(outcome, Outcome::Accepted { .. } | Outcome::DeadLettered(_)) {
+                // No retries during shutdown: it stays unacked and the broker redelivers it.
+                break;
+            }
+            self.settle_oldest(outcome, &CancellationToken::new())
+                .await?;
+        }
+        self.flush_acks().await?;
+        info!(
+            settled = in_flight - self.inflight.len(),
+            returned = self.inflight.len(),
+            "ingest: drained in-flight deliveries"
+        );
+        let _ = self.start.dead_letters.close(200, "shutdown".into()).await;
+        let _ = self.channel.close(200, "shutdown".into()).await;
+        Ok(())
+    }
+
+    /// Settles the oldest delivery with its outcome, acking in batches; a refused one is
+    /// retried after a pause (consumption waits meanwhile: that is the backpressure).
+    async fn settle_oldest(
+        &mut self,
+        outcome: Outcome,
+        shutdown: &CancellationToken,
+    ) -> Result<(), IngestError> {
+        let Some(oldest) = self.inflight.pop_front() else {
+            return Ok(());
+        };
+        match outcome {
+            Outcome::Accepted { duplicate } => {
+                if !duplicate && let Some(sent_ms) = oldest.message.timestamp_ms() {
+                    self.metrics.ingest.lag.observe(lag_seconds(sent_ms));
+                }
+                self.settled(oldest.message.tag);
+            }
+            Outcome::DeadLettered(error) => {
+                events::DeadLettered {
+                    routing_key: &oldest.message.routing_key,
+                    error: &error,
+                    redelivered: oldest.message.redelivered,
+                }
+                .emit(self.metrics);
+                self.settled(oldest.message.tag);
+            }
+            Outcome::Refused(error) => {
+                events::DownstreamRefused {
+                    error: &error,
+                    retry_in: self.retry_pause,
+                }
+                .emit(self.metrics);
+                self.retry(oldest.message, shutdown).await?;
+            }
+            Outcome::DeadLetterRefused => {
+                tracing::warn!(
+                    routing_key = %oldest.message.routing_key,
+                    "ingest: the broker refused a dead-letter copy; will retry"
+                );
+                self.retry(oldest.message, shutdown).await?;
+            }
+            Outcome::Lost(error) => return Err(IngestError::Lost(error)),
+        }
+        if self.inflight.is_empty() || self.unacked as usize >= self.ack_batch {
+            self.flush_acks().await?;
+        }
+        Ok(())
+    }
+
+    /// Puts `message` back at the head after a pause, unless shutdown comes first.
+    async fn retry(
+        &mut self,
+        message: Message,
+        shutdown: &CancellationToken,
+    ) -> Result<(), IngestError> {
+        // Ack what was settled before it, so the pause does not hold those back.
+        self.flush_acks().await?;
+        let pause = self.retry_pause;
+        self.retry_pause = (pause * 2).min(MAX_RETRY_PAUSE);
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = shutdown.cancelled() => {
+                self.blocked = true;
+                return Ok(());
+            }
+        }
+        let outcome = self.start.begin(&message).await?;
+        self.inflight.push_front(InFlight { message, outcome });
+        Ok(())
+    }
+
+    fn settled(&mut self, tag: u64) {
+        self.last_settled = Some(tag);
+        self.unacked += 1;
+        self.retry_pause = FIRST_RETRY_PAUSE;
+    }
+
+    /// Acks every settled delivery with one `basic.ack` (`multiple`).
+    async fn flush_acks(&mut self) -> Result<(), IngestError> {
+        let Some(tag) = self.last_settled.take() else {
+            return Ok(());
+        };
+        self.channel
+            .basic_ack(tag, BasicAckOptions { multiple: true })
+            .await
+            .map_err(IngestError::Lost)?;
+        self.metrics.ingest.acked.inc_by(self.unacked);
+        self.unacked = 0;
+        Ok(())
+    }
+}
+
+impl<D: Downstream> Start<'_, D> {
+    /// Decodes a delivery and starts its way: into the downstream, or to the dead letters.
+    async fn begin(&self, message: &Message) -> Result<PendingOutcome, IngestError> {
+        let props = Properties {
+            timestamp_ms: message.timestamp_ms(),
+            received_at: SystemTime::now(),
+        };
+        match schema::decode(
+            &message.routing_key,
+            &message.body,
+            &props,
+            self.config.decode,
+        ) {
+            Ok(decoded) => Ok(match self.downstream.submit(decoded).await {
+                Ok(receipt) => Box::pin(async move {
+                    match receipt.await {
+                        Ok(published) => Outcome::Accepted {
+                            duplicate: published.duplicate,
+                        },
+                        Err(error) => Outcome::Refused(error),
+                    }
+                }),
+                Err(error) => Box::pin(std::future::ready(Outcome::Refused(error))),
+            }),
+            Err(error) => {
+                let confirm = dead_letter::publish(
+                    &self.dead_letters,
+                    &self.config.topology.dead_letter_exchange,
+                    &self.config.node_id,
+                    message,
+                    &error,
+                )
+                .await
+                .map_err(IngestError::Lost)?;
+                Ok(Box::pin(async move {
+                    match confirm.await {
+                        Ok(confirmation) if confirmation.is_ack() => Outcome::DeadLettered(error),
+                        Ok(_) => Outcome::DeadLetterRefused,
+                        Err(error) => Outcome::Lost(error),
+                    }
+                }))
+            }
+        }
+    }
+}
+
+/// The outcome of the oldest delivery in flight; pending while there is none.
+async fn oldest_outcome(inflight: &mut VecDeque<InFlight>) -> Outcome {
+    match inflight.front_mut() {
+        Some(oldest) => oldest.outcome.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Seconds from the producer's timestamp to now; zero if the producer's clock is ahead.
+fn lag_seconds(sent_ms: i64) -> f64 {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default();
+    (now_ms - sent_ms).max(0) as f64 / 1000.0
+}

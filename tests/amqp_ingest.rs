@@ -1,0 +1,258 @@
+//! Events published to RabbitMQ exactly as the platform's producers publish them reach gRPC
+//! subscribers typed; poison goes to the dead-letter queue with its reason; every node gets
+//! every event.
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
+
+mod support;
+
+use std::{collections::HashSet, time::SystemTime};
+
+use notify_backbone::{
+    pb::event::Payload,
+    schema::{self, DecodeOptions, Properties},
+};
+use support::{
+    amqp::{Names, Producer},
+    *,
+};
+
+#[tokio::test]
+async fn every_wire_fixture_published_like_the_producers_arrives_typed() {
+    let names = Names::unique("fixtures");
+    let producer = Producer::connect().await;
+    let server = TestServer::start_amqp(&names, |_| {}).await;
+    let mut client = server.client().await;
+    let mut firehose = subscribe(&mut client, request("*")).await;
+
+    let mut seen = HashSet::new();
+    let fixtures = wire_fixtures();
+    assert!(fixtures.len() >= 17, "fixtures missing: {}", fixtures.len());
+    for (i, (routing_key, name, body)) in fixtures.iter().enumerate() {
+        let sent_ms = 1_732_096_800_000 + i as u64;
+        producer
+            .publish_at(&names.exchange, routing_key, body.as_bytes(), sent_ms)
+            .await;
+        // What the decoder makes of this body and timestamp is what must arrive.
+        let props = Properties {
+            timestamp_ms: Some(sent_ms as i64),
+            received_at: SystemTime::now(),
+        };
+        let expected = schema::decode(
+            routing_key,
+            body.as_bytes(),
+            &props,
+            DecodeOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .event;
+        if !seen.insert(expected.id.clone()) {
+            continue; // an outbox re-send of an event already delivered: stored once
+        }
+        let event = next_event(&mut firehose).await;
+        assert_eq!(event.id, expected.id, "{name}");
+        assert_eq!(event.r#type, expected.r#type, "{name}");
+        assert_eq!(event.user_id, expected.user_id, "{name}");
+        assert_eq!(event.device_id, expected.device_id, "{name}");
+        assert_eq!(event.occurred_at, expected.occurred_at, "{name}");
+        assert_eq!(event.traceparent, expected.traceparent, "{name}");
+        assert_eq!(event.tracestate, expected.tracestate, "{name}");
+        assert_eq!(event.payload, expected.payload, "{name}");
+        assert!(
+            !matches!(event.payload, None | Some(Payload::Untyped(_))),
+            "{name}: catalog events are typed"
+        );
+        assert!(!event.cursor.is_empty(), "{name}");
+        if body.contains("\"traceparent\"") {
+            assert!(event.traceparent.starts_with("00-"), "{name}: trace lost");
+        }
+    }
+    assert_quiet(&mut firehose).await;
+    // Everything was acked: nothing waits in the node's queue.
+    assert_eq!(producer.ready(&names.queue()).await, 0);
+    server.stop_within(PATIENCE).await;
+    producer.clean_up(&[&names]).await;
+}
+
+#[tokio::test]
+async fn the_amqp_timestamp_in_milliseconds_dates_an_event_without_one() {
+    let names = Names::unique("timestamp");
+    let producer = Producer::connect().await;
+    let server = TestServer::start_amqp(&names, |_| {}).await;
+    let mut client = server.client().await;
+    let mut user = subscribe(&mut client, request("u-ts")).await;
+    // Outbox shape C: no `type`, no `timestamp`, no date of its own.
+    let body = br#"{"deviceId":"d1","userId":"u-ts","deviceName":"p","tenantId":null,"_trace":{}}"#;
+    producer
+        .publish_at(&names.exchange, "device.deleted", body, 1_732_096_800_123)
+        .await;
+    let event = next_event(&mut user).await;
+    assert_eq!(event.r#type, "device.deleted");
+    assert_eq!(event.user_id, "u-ts");
+    assert_eq!(event.device_id, "d1");
+    let occurred = event.occurred_at.unwrap();
+    assert_eq!(
+        (occurred.seconds, occurred.nanos),
+        (1_732_096_800, 123_000_000)
+    );
+    server.stop_within(PATIENCE).await;
+    producer.clean_up(&[&names]).await;
+}
+
+/// A good per-user event for user `u-good`, unique by `n`.
+fn good(n: usize) -> (&'static str, String) {
+    (
+        "device.started",
+        format!(
+            r#"{{"deviceId":"d{n}","userId":"u-good","startedAt":"2025-11-20T10:00:0{}.000Z","providerType":"redroid","_trace":{{}}}}"#,
+            n % 10
+        ),
+    )
+}
+
+#[tokio::test]
+async fn poison_is_dead_lettered_with_its_reason_and_the_next_good_message_flows() {
+    let names = Names::unique("poison");
+    let producer = Producer::connect().await;
+    let server = TestServer::start_amqp(&names, |config| config.strict_schema = true).await;
+    let mut client = server.client().await;
+    let mut user = subscribe(&mut client, request("u-good")).await;
+
+    // (routing key, body, reason, field)
+    let poison: Vec<(&str, Vec<u8>, &str, Option<&str>)> = vec![
+        ("device.started", vec![0xff, 0xfe, b'{'], "not_utf8", None),
+        ("device.started", b"{not json".to_vec(), "not_json", None),
+        ("device.started", b"[1,2,3]".to_vec(), "not_object", None),
+        ("device.started", Vec::new(), "empty_body", None),
+        (
+            "quota.updated",
+            br#"{"userId":"u-good","quotaId":"q1","type":"updated","limits":"lots","usage":{},"status":"active"}"#.to_vec(),
+            "invalid_field",
+            Some("limits"),
+        ),
+        (
+            "device.started",
+            br#"{"deviceId":"d1","startedAt":"2025-11-20T10:00:00.000Z","providerType":"redroid","_trace":{}}"#.to_vec(),
+            "missing_field",
+            Some("userId"),
+        ),
+        (
+            "device.error",
+            br#"{"eventId":"e1","eventType":"device.error","payload":{"deviceId":"d1","errorType":"x","errorMessage":"y"},"_trace":{}}"#.to_vec(),
+            "missing_field",
+            Some("payload.userId"),
+        ),
+        (
+            "quota.brand_new",
+            br#"{"userId":"u-good","_trace":{}}"#.to_vec(),
+            "untyped_strict",
+            None,
+        ),
+    ];
+    for (n, (routing_key, body, reason, _)) in poison.iter().enumerate() {
+        producer.publish(&names.exchange, routing_key, body).await;
+        // The good message right behind the poison arrives at once: no loop, no stall.
+        let (key, good_body) = good(n);
+        producer
+            .publish(&names.exchange, key, good_body.as_bytes())
+            .await;
+        let event = next_event(&mut user).await;
+        assert_eq!(event.device_id, format!("d{n}"), "after {reason}");
+    }
+    assert_quiet(&mut user).await;
+
+    let dead = producer
+        .take(&names.dead_letter_queue, poison.len() + 1)
+        .await;
+    assert_eq!(
+        dead.len(),
+        poison.len(),
+        "exactly the poison is dead-lettered"
+    );
+    for ((routing_key, body, reason, field), letter) in poison.iter().zip(&dead) {
+        assert_eq!(letter.reason.as_deref(), Some(*reason), "{letter:?}");
+        assert_eq!(letter.field.as_deref(), *field, "{letter:?}");
+        assert_eq!(&letter.routing_key, routing_key);
+        assert_eq!(&letter.body, body, "the original body is kept for replay");
+        assert_eq!(
+            letter.original_exchange.as_deref(),
+            Some(names.exchange.as_str())
+        );
+        assert!(
+            letter.timestamp.is_some(),
+            "the original properties are kept"
+        );
+    }
+    // Each poison message was consumed once: nothing was requeued and redelivered in a loop.
+    let consumed = server.metric("notify_ingest_consumed_total").await;
+    assert_eq!(consumed, (2 * poison.len()) as f64);
+    let missing = server
+        .metric("notify_ingest_dead_lettered_total{reason=\"missing_field\"}")
+        .await;
+    assert_eq!(missing, 2.0);
+    assert_eq!(producer.ready(&names.queue()).await, 0);
+    server.stop_within(PATIENCE).await;
+    producer.clean_up(&[&names]).await;
+}
+
+#[tokio::test]
+async fn two_nodes_on_one_broker_each_receive_every_event() {
+    let names_a = Names::unique("two-nodes");
+    let names_b = names_a.other_node("b");
+    let producer = Producer::connect().await;
+    let a = TestServer::start_amqp(&names_a, |_| {}).await;
+    let b = TestServer::start_amqp(&names_b, |_| {}).await;
+    let mut client_a = a.client().await;
+    let mut client_b = b.client().await;
+    let mut on_a = subscribe(&mut client_a, request("u-good")).await;
+    let mut on_b = subscribe(&mut client_b, request("u-good")).await;
+    for n in 0..20 {
+        let (key, body) = good(n);
+        producer
+            .publish(&names_a.exchange, key, body.as_bytes())
+            .await;
+    }
+    for stream in [&mut on_a, &mut on_b] {
+        let mut devices = Vec::new();
+        for _ in 0..20 {
+            devices.push(next_event(stream).await.device_id);
+        }
+        let expected: Vec<String> = (0..20).map(|n| format!("d{n}")).collect();
+        assert_eq!(devices, expected, "every event, in order, on each node");
+        assert_quiet(stream).await;
+    }
+    a.stop_within(PATIENCE).await;
+    b.stop_within(PATIENCE).await;
+    producer.clean_up(&[&names_a, &names_b]).await;
+}
+
+#[tokio::test]
+async fn readiness_and_health_report_the_ingest() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let names = Names::unique("ready");
+    let producer = Producer::connect().await;
+    let server = TestServer::start_amqp(&names, |_| {}).await;
+    let mut health = HealthClient::new(server.channel().await);
+    let status = health
+        .check(HealthCheckRequest {
+            service: "ingest".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, 1, "SERVING while consuming");
+    assert_eq!(server.metric("notify_ingest_consuming").await, 1.0);
+
+    // A server with a broker it cannot reach is not ready, and says why.
+    let unreachable = TestServer::start_with(|config| {
+        names.other_node("x").apply(config);
+        config.amqp_url = Some("amqp://guest:guest@127.0.0.1:1/%2f".into());
+    })
+    .await;
+    let response = unreachable.http_get("/readyz").await;
+    assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+    assert!(response.contains("ingest: connecting"), "{response}");
+    unreachable.stop_within(PATIENCE).await;
+    server.stop_within(PATIENCE).await;
+    producer.clean_up(&[&names]).await;
+}
