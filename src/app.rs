@@ -214,6 +214,8 @@ fn ingest_config(config: &ServeConfig, url: &str) -> IngestConfig {
         decode: DecodeOptions {
             strict_schema: config.strict_schema,
         },
+        // Half the grace: the streams still need the other half to flush what it acked.
+        drain_timeout: config.shutdown_grace / 2,
     }
 }
 

@@ -100,7 +100,8 @@ pub struct ServeConfig {
     pub http2_keepalive_timeout: Duration,
 
     /// On SIGINT/SIGTERM: how long open streams and calls get to finish before the server
-    /// stops anyway.
+    /// stops anyway. The AMQP ingest gets the first half to settle and ack its in-flight
+    /// deliveries; what it cannot settle goes back to the queue unacknowledged.
     #[arg(long, env = "NOTIFY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 

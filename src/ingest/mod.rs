@@ -56,6 +56,9 @@ pub struct IngestConfig {
     pub reconnect_max_backoff: Duration,
     /// Decoding knobs (`--strict-schema`).
     pub decode: DecodeOptions,
+    /// On shutdown, how long in-flight deliveries get to settle; the rest go back to the queue
+    /// unacknowledged.
+    pub drain_timeout: Duration,
 }
 
 /// Where the ingest stands; `/readyz` and gRPC health report it.

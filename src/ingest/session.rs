@@ -266,10 +266,18 @@ impl<D: Downstream> Session<'_, D> {
             debug!(%error, "cancelling the consumer");
         }
         let in_flight = self.inflight.len();
+        let deadline = tokio::time::Instant::now() + self.start.config.drain_timeout;
         while !self.blocked
             && let Some(oldest) = self.inflight.front_mut()
         {
-            let outcome = oldest.outcome.as_mut().await;
+            let Ok(outcome) = tokio::time::timeout_at(deadline, oldest.outcome.as_mut()).await
+            else {
+                tracing::warn!(
+                    unsettled = self.inflight.len(),
+                    "ingest: drain timed out; the unsettled deliveries go back to the queue"
+                );
+                break;
+            };
             if !matches!(outcome, Outcome::Accepted { .. } | Outcome::DeadLettered(_)) {
                 // No retries during shutdown: it stays unacked and the broker redelivers it.
                 break;

@@ -1,0 +1,197 @@
+//! The ingest never holds more than the prefetch, and our own failures pause consumption
+//! instead of rejecting good events. The ingest runs here against a downstream that stalls or
+//! fails on purpose.
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
+
+mod support;
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use notify_backbone::{
+    config::ServeConfig,
+    ingest::{Downstream, Ingest, IngestConfig, IngestState, Topology},
+    schema::{DecodeOptions, Decoded},
+    sequencer::{Published, SequencerError},
+    store::{Cursor, StoreError},
+    telemetry::Metrics,
+};
+use support::{
+    PATIENCE,
+    amqp::{Names, Producer, amqp_url},
+};
+use tokio_util::sync::CancellationToken;
+
+type Receipt = Pin<Box<dyn Future<Output = Result<Published, SequencerError>> + Send>>;
+
+/// A downstream that refuses the first `refuse` events (as a failing journal would), then
+/// accepts, or never answers at all when `stall` is set.
+#[derive(Clone, Default)]
+struct Scripted {
+    stall: bool,
+    refuse: usize,
+    submitted: Arc<AtomicUsize>,
+    accepted: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Downstream for Scripted {
+    type Receipt = Receipt;
+
+    fn submit(
+        &self,
+        decoded: Decoded,
+    ) -> impl Future<Output = Result<Receipt, SequencerError>> + Send {
+        let n = self.submitted.fetch_add(1, Ordering::SeqCst);
+        let receipt: Receipt = if self.stall {
+            Box::pin(std::future::pending())
+        } else if n < self.refuse {
+            Box::pin(std::future::ready(Err(SequencerError::Store(
+                StoreError::Unavailable("disk on fire (test)".into()),
+            ))))
+        } else {
+            self.accepted
+                .lock()
+                .unwrap()
+                .push(decoded.event.device_id.clone());
+            Box::pin(std::future::ready(Ok(Published {
+                id: decoded.event.id,
+                cursor: Cursor {
+                    epoch: 1,
+                    position: n as u64,
+                },
+                duplicate: false,
+            })))
+        };
+        std::future::ready(Ok(receipt))
+    }
+}
+
+fn config(names: &Names, prefetch: u16) -> IngestConfig {
+    let mut serve = ServeConfig::default();
+    names.apply(&mut serve);
+    let mut topology = Topology::for_node(&names.node_id);
+    topology.exchange = names.exchange.clone();
+    topology.dead_letter_exchange = names.dead_letter_exchange.clone();
+    topology.dead_letter_queue = names.dead_letter_queue.clone();
+    topology.queue_expires = serve.queue_expires;
+    IngestConfig {
+        url: amqp_url(),
+        node_id: names.node_id.clone(),
+        topology,
+        prefetch,
+        reconnect_max_backoff: Duration::from_secs(1),
+        decode: DecodeOptions::default(),
+        drain_timeout: Duration::from_secs(1),
+    }
+}
+
+async fn consuming(ingest: &Ingest) {
+    let mut state = ingest.state();
+    tokio::time::timeout(PATIENCE, state.wait_for(|s| *s == IngestState::Consuming))
+        .await
+        .expect("consuming in time")
+        .unwrap();
+}
+
+fn event(n: usize) -> String {
+    format!(
+        r#"{{"deviceId":"d{n}","userId":"u1","startedAt":"2025-11-20T10:00:00.000Z","providerType":"redroid","_trace":{{}}}}"#
+    )
+}
+
+async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn never_more_unacked_deliveries_than_the_prefetch() {
+    let names = Names::unique("prefetch");
+    let producer = Producer::connect().await;
+    let downstream = Scripted {
+        stall: true,
+        ..Scripted::default()
+    };
+    let shutdown = CancellationToken::new();
+    let ingest = Ingest::spawn(
+        config(&names, 5),
+        downstream.clone(),
+        Arc::new(Metrics::new()),
+        shutdown.clone(),
+    );
+    consuming(&ingest).await;
+    for n in 0..30 {
+        producer
+            .publish(&names.exchange, "device.started", event(n).as_bytes())
+            .await;
+    }
+    let queue = names.queue();
+    eventually("25 ready", async || producer.ready(&queue).await == 25).await;
+    // Held there: the broker sends nothing more while five are unacknowledged.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(downstream.submitted.load(Ordering::SeqCst), 5);
+    assert_eq!(producer.ready(&queue).await, 25);
+
+    shutdown.cancel();
+    tokio::time::timeout(PATIENCE, ingest.stopped())
+        .await
+        .expect("stops although its downstream never answered");
+    // The five it held go back to the queue, unacknowledged: nothing lost.
+    eventually("30 ready again", async || {
+        producer.ready(&queue).await == 30
+    })
+    .await;
+    producer.clean_up(&[&names]).await;
+}
+
+#[tokio::test]
+async fn our_own_failures_pause_consumption_and_dead_letter_nothing() {
+    let names = Names::unique("own-failure");
+    let producer = Producer::connect().await;
+    let downstream = Scripted {
+        refuse: 3,
+        ..Scripted::default()
+    };
+    let metrics = Arc::new(Metrics::new());
+    let shutdown = CancellationToken::new();
+    let ingest = Ingest::spawn(
+        config(&names, 16),
+        downstream.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    consuming(&ingest).await;
+    for n in 0..10 {
+        producer
+            .publish(&names.exchange, "device.started", event(n).as_bytes())
+            .await;
+    }
+    eventually("all ten accepted", async || {
+        downstream.accepted.lock().unwrap().len() == 10
+    })
+    .await;
+    let mut accepted = downstream.accepted.lock().unwrap().clone();
+    accepted.sort();
+    let mut expected: Vec<String> = (0..10).map(|n| format!("d{n}")).collect();
+    expected.sort();
+    assert_eq!(accepted, expected, "each good event accepted exactly once");
+    assert_eq!(metrics.ingest.downstream_retries.get(), 3);
+    eventually("all acked", async || metrics.ingest.acked.get() == 10).await;
+    assert_eq!(producer.ready(&names.dead_letter_queue).await, 0);
+    assert_eq!(producer.ready(&names.queue()).await, 0);
+    shutdown.cancel();
+    tokio::time::timeout(PATIENCE, ingest.stopped())
+        .await
+        .unwrap();
+    producer.clean_up(&[&names]).await;
+}
