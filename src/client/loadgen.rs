@@ -2,8 +2,10 @@
 //!
 //! Owns: the benchmark scenarios (`per-user`, `firehose`, `idle`), their timeline (open the
 //! streams → warm up → measure → drain → report) and what counts as a valid figure. It talks to
-//! a running server over loopback like any other client and reads the server's memory from
-//! `/proc` when given its PID; it never reaches into the server.
+//! a running server over loopback like any other client — publishing with the `Publish` RPC, or
+//! (`--via amqp`) through a RabbitMQ on this machine the way the platform's producers do — and
+//! reads the server's memory and CPU time from `/proc` when given its PID; it never reaches into
+//! the server.
 //!
 //! Latency needs no clock agreement: publishers and subscribers live in this one process, so
 //! every published `eventId` carries its send instant as nanoseconds since this process's
@@ -15,9 +17,13 @@
 //! | [`subscriber`] | opening streams with bounded concurrency, reading them, counting     |
 //! | [`latency`]    | sharded HDR histograms, fed in batches instead of a lock per event   |
 //! | [`publisher`]  | the open-loop timetable, the producer JSON body, the `Publish` calls |
+//! | [`amqp`]       | `--via amqp`: the exchange, confirm-mode channels, producer messages |
 //! | [`rss`]        | the server's resident memory (`VmRSS`), once and every second        |
+//! | [`cpu`]        | the server's CPU time over the measurement window, per event         |
 //! | [`report`]     | the table, the JSON object, the progress line, the verdict           |
 
+mod amqp;
+mod cpu;
 mod latency;
 mod publisher;
 mod report;
@@ -30,7 +36,7 @@ use std::{
         Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, bail, ensure};
@@ -46,7 +52,7 @@ use crate::pb::notification_service_client::NotificationServiceClient;
 
 use self::{
     latency::Recorder,
-    publisher::{PublishPlan, PublisherStats, TargetUsers},
+    publisher::{PublishPlan, PublisherStats, TargetUsers, Transport},
     report::Report,
     subscriber::{StreamOutcome, SubscribePlan},
 };
@@ -62,6 +68,18 @@ const READY_POLL: Duration = Duration::from_millis(50);
 /// flow control from ever being what slows a firehose down.
 const STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
 const CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+/// `--publish-window` with `--via grpc`: unary calls answer in well under a millisecond on
+/// loopback, so a few in flight keep a publisher busy.
+const GRPC_PUBLISH_WINDOW: usize = 16;
+/// `--publish-window` with `--via amqp`: messages awaiting their confirm. A confirm for a
+/// persistent message comes only once the broker has handed it to its queues (and a durable
+/// queue to its disk or its consumer), so a publisher that is to keep its timetable needs rate ×
+/// confirm time in flight. Measured on the 2-core machine (4 publishers, per-user): confirm p99
+/// 5 ms at 2,000 events/s, 13–29 ms at 4,000/s, ~100 ms at 5,000/s near the broker's ceiling —
+/// about 125 in flight per publisher at the p99. 1024 leaves room for the broker's stalls and
+/// still bounds what a broker that stops confirming can pile up here: each slot is a small task
+/// and a confirm promise (the body is on the socket already), well under 1 MiB per publisher.
+const AMQP_PUBLISH_WINDOW: usize = 1024;
 
 /// What a run measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -81,6 +99,26 @@ impl Scenario {
             Scenario::PerUser => "per-user",
             Scenario::Firehose => "firehose",
             Scenario::Idle => "idle",
+        }
+    }
+}
+
+/// How the publishers hand events to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Via {
+    /// The `Publish` RPC: one unary call per event.
+    Grpc,
+    /// RabbitMQ: persistent messages to the producers' exchange, with publisher confirms; the
+    /// server's AMQP ingest consumes them.
+    Amqp,
+}
+
+impl Via {
+    /// The name on the command line.
+    fn name(self) -> &'static str {
+        match self {
+            Via::Grpc => "grpc",
+            Via::Amqp => "amqp",
         }
     }
 }
@@ -108,15 +146,35 @@ pub struct LoadgenArgs {
     #[arg(long, default_value_t = 10, env = "NOTIFY_LOADGEN_CONNECTIONS")]
     pub connections: usize,
 
-    /// Concurrent publish tasks, each on its own HTTP/2 connection.
+    /// How publishers hand events to the server: `grpc` (the `Publish` RPC) or `amqp` (through
+    /// RabbitMQ at --amqp-url, as the platform's producers do; the server must consume from it).
+    #[arg(long, value_enum, default_value_t = Via::Grpc, env = "NOTIFY_LOADGEN_VIA")]
+    pub via: Via,
+
+    /// `--via amqp`: the RabbitMQ to publish to. Loopback only, like --server.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    pub amqp_url: String,
+
+    /// `--via amqp`: the exchange to publish to (declared as a durable topic exchange if absent).
+    #[arg(long, env = "NOTIFY_EXCHANGE", default_value = "cloudphone.events")]
+    pub exchange: String,
+
+    /// Concurrent publish tasks, each on its own HTTP/2 connection (`--via grpc`) or its own
+    /// AMQP channel (`--via amqp`).
     #[arg(long, default_value_t = 4, env = "NOTIFY_LOADGEN_PUBLISHERS")]
     pub publishers: usize,
 
-    /// Publish calls one publisher may have in flight. With --rate, sends stay on their
-    /// timetable as long as a slot is free (open loop); when all are busy the publisher falls
-    /// behind and the lag shows in the latency, as it should.
-    #[arg(long, default_value_t = 16, env = "NOTIFY_LOADGEN_PUBLISH_WINDOW")]
-    pub publish_window: usize,
+    /// Publishes one publisher may have in flight: `Publish` calls, or AMQP messages awaiting
+    /// their publisher confirm. With --rate, sends stay on their timetable as long as a slot is
+    /// free (open loop); when all are busy the publisher falls behind and the lag shows in the
+    /// latency, as it should. [default: 16 with --via grpc, 1024 with --via amqp]
+    #[arg(long, env = "NOTIFY_LOADGEN_PUBLISH_WINDOW")]
+    pub publish_window: Option<usize>,
 
     /// Events per second in total, over all publishers. 0 publishes as fast as the server
     /// accepts (closed loop: latency is then measured from the actual send).
@@ -178,6 +236,16 @@ pub struct LoadgenArgs {
     pub json: bool,
 }
 
+impl LoadgenArgs {
+    /// `--publish-window`, or the default of the transport.
+    fn publish_window(&self) -> usize {
+        self.publish_window.unwrap_or(match self.via {
+            Via::Grpc => GRPC_PUBLISH_WINDOW,
+            Via::Amqp => AMQP_PUBLISH_WINDOW,
+        })
+    }
+}
+
 /// The time base of a run. Send stamps are nanoseconds since `start`; subscribers in this process
 /// read the same monotonic clock, so `now_ns() - stamp` is the latency.
 #[derive(Debug, Clone, Copy)]
@@ -201,6 +269,13 @@ impl RunClock {
 
     fn instant_at(&self, ns: u64) -> Instant {
         self.start + Duration::from_nanos(ns)
+    }
+
+    /// The wall-clock time of stamp `ns` in milliseconds since the epoch, like `Date.now()`.
+    fn wall_ms(&self, ns: u64) -> u64 {
+        let wall = self.wall_start + Duration::from_nanos(ns);
+        let since_epoch = wall.duration_since(UNIX_EPOCH).unwrap_or_default();
+        u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
     }
 }
 
@@ -274,7 +349,10 @@ struct SubscriberTotals {
 /// Runs the load generator and prints its report.
 pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
     check_args(&args)?;
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let command = std::env::args()
+        .map(|arg| amqp::redact(&arg))
+        .collect::<Vec<_>>()
+        .join(" ");
     let clock = RunClock::start();
     let live = Arc::new(Live::new()?);
     let run_prefix = format!("lg-{:08x}-", rand::random::<u32>());
@@ -290,6 +368,21 @@ pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
             }
         }
     });
+
+    // Connected before the streams open, so an unreachable broker or a clash over the exchange
+    // ends the run at once rather than after thousands of streams were opened for nothing.
+    let amqp = match (args.via, args.scenario) {
+        (Via::Amqp, Scenario::PerUser | Scenario::Firehose) => {
+            let target = amqp::Target {
+                url: args.amqp_url.clone(),
+                exchange: args.exchange.clone(),
+                routing_key: args.event_type.clone(),
+            };
+            Some(amqp::open(&target, args.publishers).await?)
+        }
+        _ => None,
+    };
+    let (amqp_session, amqp_publishers) = amqp.unzip();
 
     let rss_before = args.server_pid.map(rss::read_bytes).transpose()?;
     let rss_sampler = args.server_pid.map(rss::PeakSampler::start);
@@ -316,6 +409,7 @@ pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
     let mut publisher_stats = Vec::new();
     let mut abandoned_publishers = 0;
     let mut publishing_ended_ns = None;
+    let mut server_cpu = None;
     let window = if args.scenario == Scenario::Idle {
         tokio::select! {
             () = tokio::time::sleep(args.settle) => {}
@@ -328,11 +422,20 @@ pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
         eprintln!("loadgen: no stream is open; not publishing");
         None
     } else {
-        let (window, stats, abandoned) =
-            publish(&args, &run_prefix, clock, live.clone(), &interrupt).await?;
-        publisher_stats = stats;
-        abandoned_publishers = abandoned;
+        let published = publish(
+            &args,
+            amqp_publishers,
+            &run_prefix,
+            clock,
+            live.clone(),
+            &interrupt,
+        )
+        .await?;
+        publisher_stats = published.stats;
+        abandoned_publishers = published.abandoned;
+        server_cpu = published.server_cpu;
         publishing_ended_ns = Some(clock.now_ns());
+        let window = published.window;
         tokio::select! {
             () = tokio::time::sleep(args.drain) => {}
             () = interrupt.cancelled() => {}
@@ -353,6 +456,9 @@ pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
     let totals = subscriber::stop_all(subscribers, STOP_GRACE).await;
     progress.abort();
     interrupt_watch.abort();
+    if let Some(session) = amqp_session {
+        session.close().await;
+    }
 
     let report = Report::build(report::Inputs {
         args: &args,
@@ -368,6 +474,7 @@ pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
         rss_before,
         rss_after,
         rss_peak,
+        server_cpu,
     })?;
     report.print(args.json)?;
     report.verdict()
@@ -388,7 +495,13 @@ fn code_name(code: Code) -> String {
 
 /// Refuses arguments that cannot make a meaningful run.
 fn check_args(args: &LoadgenArgs) -> anyhow::Result<()> {
-    check_loopback(&args.server)?;
+    check_loopback("--server", &args.server)?;
+    if args.via == Via::Amqp {
+        // A load test publishing into someone else's `cloudphone.events` would hand thousands
+        // of fake device errors to every real consumer of that exchange.
+        check_loopback("--amqp-url", &args.amqp_url)?;
+        amqp::check_names(&args.exchange, &args.event_type)?;
+    }
     ensure!(args.subscribers > 0, "--subscribers must be at least 1");
     ensure!(args.connections > 0, "--connections must be at least 1");
     ensure!(
@@ -398,7 +511,7 @@ fn check_args(args: &LoadgenArgs) -> anyhow::Result<()> {
     if args.scenario != Scenario::Idle {
         ensure!(args.publishers > 0, "--publishers must be at least 1");
         ensure!(
-            args.publish_window > 0,
+            args.publish_window() > 0,
             "--publish-window must be at least 1"
         );
         ensure!(
@@ -418,21 +531,22 @@ fn check_args(args: &LoadgenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The loadgen only drives a server on this machine: its figures (and `--server-pid`) are about a
-/// local server, and it must never be pointed at someone else's.
-fn check_loopback(server: &str) -> anyhow::Result<()> {
-    let uri: Uri = server
+/// The loadgen only drives a server (and a broker) on this machine: its figures (and
+/// `--server-pid`) are about a local server, and it must never be pointed at someone else's.
+fn check_loopback(flag: &str, url: &str) -> anyhow::Result<()> {
+    let shown = amqp::redact(url);
+    let uri: Uri = url
         .parse()
-        .with_context(|| format!("bad server URL {server:?}"))?;
+        .with_context(|| format!("{flag}: bad URL {shown:?}"))?;
     let host = uri
         .host()
-        .with_context(|| format!("server URL {server:?} has no host"))?;
+        .with_context(|| format!("{flag}: URL {shown:?} has no host"))?;
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let loopback = bare.eq_ignore_ascii_case("localhost")
         || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
     ensure!(
         loopback,
-        "--server {server}: loadgen only targets loopback addresses (127.0.0.0/8, ::1, localhost)"
+        "{flag} {shown}: loadgen only targets loopback addresses (127.0.0.0/8, ::1, localhost)"
     );
     Ok(())
 }
@@ -489,19 +603,42 @@ async fn wait_until_settled(
     }
 }
 
-/// The publishing phase: warmup then measurement, on a fresh set of connections. Returns when
-/// every publisher has finished (each in-flight call is bounded by `--request-timeout`), with the
-/// number of publishers that had to be abandoned.
+/// What the publishing phase came to.
+struct Published {
+    /// When publishing happened.
+    window: Window,
+    /// What each publisher that finished did.
+    stats: Vec<PublisherStats>,
+    /// Publishers that did not finish in time and whose counts are missing.
+    abandoned: usize,
+    /// The server's CPU time in the measurement window (with --server-pid).
+    server_cpu: Option<cpu::CpuTime>,
+}
+
+/// The publishing phase: warmup then measurement, on a fresh set of HTTP/2 connections or on the
+/// AMQP channels opened at the start. Returns when every publisher has finished (each publish in
+/// flight is bounded by `--request-timeout`), with the number of publishers that had to be
+/// abandoned.
 async fn publish(
     args: &LoadgenArgs,
+    amqp_publishers: Option<Vec<amqp::Publisher>>,
     run_prefix: &str,
     clock: RunClock,
     live: Arc<Live>,
     interrupt: &CancellationToken,
-) -> anyhow::Result<(Window, Vec<PublisherStats>, usize)> {
-    let channels = connect_all(&args.server, args.publishers, true)
-        .await
-        .context("opening the publisher connections")?;
+) -> anyhow::Result<Published> {
+    let transports: Vec<Transport> = match amqp_publishers {
+        Some(publishers) => publishers
+            .into_iter()
+            .map(|publisher| Transport::Amqp(Box::new(publisher)))
+            .collect(),
+        None => connect_all(&args.server, args.publishers, true)
+            .await
+            .context("opening the publisher connections")?
+            .into_iter()
+            .map(|channel| Transport::Grpc(NotificationServiceClient::new(channel)))
+            .collect(),
+    };
     let users = match args.scenario {
         Scenario::PerUser => TargetUsers::Random(args.subscribers as u64),
         Scenario::Firehose | Scenario::Idle => TargetUsers::One(0),
@@ -518,12 +655,14 @@ async fn publish(
     let window = *live.window.get_or_init(|| window);
 
     let stop = interrupt.child_token();
+    let cpu = args
+        .server_pid
+        .map(|pid| cpu::measure(pid, clock, window, stop.clone()));
     let mut tasks = JoinSet::new();
-    for (index, channel) in channels.into_iter().enumerate() {
-        let client = NotificationServiceClient::new(channel);
+    for (index, transport) in transports.into_iter().enumerate() {
         tasks.spawn(publisher::run(
             index as u64,
-            client,
+            transport,
             plan.clone(),
             clock,
             window,
@@ -534,6 +673,7 @@ async fn publish(
     // Every call ends by its own timeout; this is the backstop if something else hangs.
     let hard_deadline = clock.instant_at(window.until_ns) + args.request_timeout + STOP_GRACE;
     let mut stats = Vec::with_capacity(args.publishers);
+    let mut abandoned = 0;
     loop {
         match tokio::time::timeout_at(hard_deadline.into(), tasks.join_next()).await {
             Ok(Some(joined)) => stats.push(joined.context("a publisher task failed")??),
@@ -542,10 +682,109 @@ async fn publish(
                 eprintln!("loadgen: publishers did not finish in time; abandoning them");
                 stop.cancel();
                 tasks.abort_all();
-                let abandoned = args.publishers - stats.len();
-                return Ok((window, stats, abandoned));
+                abandoned = args.publishers - stats.len();
+                break;
             }
         }
     }
-    Ok((window, stats, 0))
+    // Rated publishers finish a hair before the window closes; the CPU reading waits for it.
+    let server_cpu = match cpu {
+        Some(task) => task.await.ok().flatten(),
+        None => None,
+    };
+    Ok(Published {
+        window,
+        stats,
+        abandoned,
+        server_cpu,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{Args as _, FromArgMatches as _};
+
+    use super::*;
+
+    /// Parses `loadgen` arguments as the command line would, but blind to the environment, so an
+    /// `AMQP_URL` set on the machine running the tests does not change what they see.
+    fn parse(args: &[&str]) -> anyhow::Result<LoadgenArgs> {
+        let command =
+            LoadgenArgs::augment_args(clap::Command::new("loadgen")).mut_args(|arg| arg.env(None));
+        let matches =
+            command.try_get_matches_from(std::iter::once("loadgen").chain(args.iter().copied()))?;
+        Ok(LoadgenArgs::from_arg_matches(&matches)?)
+    }
+
+    #[test]
+    fn publishing_goes_through_grpc_unless_told_otherwise() -> anyhow::Result<()> {
+        let args = parse(&[])?;
+        assert_eq!(args.via, Via::Grpc);
+        assert_eq!(args.publish_window(), GRPC_PUBLISH_WINDOW);
+        assert_eq!(args.amqp_url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(args.exchange, "cloudphone.events");
+        check_args(&args)
+    }
+
+    #[test]
+    fn via_amqp_takes_a_broker_url_an_exchange_and_a_deeper_window() -> anyhow::Result<()> {
+        let args = parse(&[
+            "--via",
+            "amqp",
+            "--amqp-url",
+            "amqp://lg:secret@localhost:5673/test",
+            "--exchange",
+            "lg.events",
+        ])?;
+        assert_eq!(args.via, Via::Amqp);
+        assert_eq!(args.amqp_url, "amqp://lg:secret@localhost:5673/test");
+        assert_eq!(args.exchange, "lg.events");
+        assert_eq!(args.publish_window(), AMQP_PUBLISH_WINDOW);
+        check_args(&args)?;
+        let args = parse(&["--via", "amqp", "--publish-window", "64"])?;
+        assert_eq!(args.publish_window(), 64);
+        Ok(())
+    }
+
+    #[test]
+    fn an_unknown_transport_is_refused() {
+        assert!(parse(&["--via", "kafka"]).is_err());
+    }
+
+    #[test]
+    fn a_broker_elsewhere_is_refused_but_only_when_it_is_used() -> anyhow::Result<()> {
+        let remote = [
+            "--amqp-url",
+            "amqp://guest:guest@rabbit.prod.example:5672/%2f",
+        ];
+        check_args(&parse(&remote)?)?;
+        let amqp = parse(&[&["--via", "amqp"], &remote[..]].concat())?;
+        let error = check_args(&amqp)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("loopback"), "{error}");
+        assert!(
+            !error.contains("guest:guest"),
+            "the password is printed: {error}"
+        );
+        for local in [
+            "amqp://127.0.0.1",
+            "amqp://u:p@[::1]:5672/%2f",
+            "amqp://localhost/v",
+        ] {
+            check_args(&parse(&["--via", "amqp", "--amqp-url", local])?)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_amqp_timestamp_is_milliseconds_since_the_epoch() {
+        let clock = RunClock {
+            start: Instant::now(),
+            wall_start: UNIX_EPOCH + Duration::from_millis(1_732_096_800_123),
+        };
+        assert_eq!(clock.wall_ms(0), 1_732_096_800_123);
+        assert_eq!(clock.wall_ms(1_500_000_000), 1_732_096_801_623);
+    }
 }

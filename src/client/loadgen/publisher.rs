@@ -1,5 +1,5 @@
-//! The publisher side: producer-style JSON bodies sent with `Publish`, on an open-loop timetable
-//! when a rate is given.
+//! The publisher side: producer-style JSON bodies sent with `Publish` or through RabbitMQ (see
+//! `amqp`), on an open-loop timetable when a rate is given.
 //!
 //! With `--rate R` and P publishers, event `seq` (publisher `seq % P`) is due at `seq / R`
 //! seconds after publishing starts, and its send stamp — the instant latency is measured from —
@@ -8,6 +8,10 @@
 //! it caused (coordinated omission); how far behind it was is reported separately as the
 //! publisher lag. Without a rate the loop is closed (a new call as soon as a window slot is free)
 //! and the stamp is the actual send instant.
+//!
+//! Both transports keep up to `--publish-window` events in flight per publisher: with gRPC,
+//! unary calls on one HTTP/2 connection; with AMQP, messages on one channel whose publisher
+//! confirms have not arrived yet. An AMQP event counts as sent only once the broker confirmed it.
 
 use std::{
     fmt::Write as _,
@@ -23,7 +27,7 @@ use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, transport::Channel};
 
-use super::{Live, LoadgenArgs, RunClock, Window, code_name, latency};
+use super::{Live, LoadgenArgs, RunClock, Window, amqp, code_name, latency};
 use crate::pb::{
     self, notification_service_client::NotificationServiceClient, publish_request::Body,
 };
@@ -34,6 +38,15 @@ const MAX_FAILURE_KINDS: usize = 8;
 /// inside it. The timer wakes up to ~1 ms late, so the window's last events routinely go out
 /// just after it closed; a publisher later than this is behind for real.
 const LATE_SEND_GRACE_NS: u64 = 100_000_000;
+
+/// How a publisher hands its events over.
+pub(super) enum Transport {
+    /// `Publish` calls on the publisher's own HTTP/2 connection.
+    Grpc(NotificationServiceClient<Channel>),
+    /// Messages on the publisher's own confirm-mode AMQP channel (boxed: it carries a whole
+    /// `BasicProperties`, several hundred bytes).
+    Amqp(Box<amqp::Publisher>),
+}
 
 /// Whose events are published.
 #[derive(Debug, Clone, Copy)]
@@ -66,7 +79,7 @@ impl PublishPlan {
     ) -> anyhow::Result<Self> {
         Ok(Self {
             publishers: args.publishers as u64,
-            window: args.publish_window,
+            window: args.publish_window(),
             rate: args.rate,
             request_timeout: args.request_timeout,
             routing_key: args.event_type.clone(),
@@ -100,10 +113,12 @@ impl PublishPlan {
     }
 }
 
-/// One kind of failed `Publish` call.
+/// One kind of failed publish.
 #[derive(Debug, Clone)]
 pub(super) struct FailureTally {
-    /// The status code, e.g. `INTERNAL`, or `DEADLINE_EXCEEDED` for a call past --request-timeout.
+    /// The gRPC status code, e.g. `INTERNAL`; `DEADLINE_EXCEEDED` for a call or a confirm past
+    /// --request-timeout; or what the broker did: `AMQP_NACK`, `AMQP_RETURNED` (no queue bound),
+    /// `AMQP_CHANNEL_ERROR` (channel or connection closed under the publish).
     pub code: String,
     /// How many calls failed this way.
     pub count: u64,
@@ -114,7 +129,7 @@ pub(super) struct FailureTally {
 /// Outcome counts of publish calls: one publisher's, or all publishers' added up.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct PublishCounts {
-    /// Calls accepted by the server (duplicates included).
+    /// Calls accepted by the server (duplicates included), or messages the broker confirmed.
     pub ok: u64,
     /// Accepted calls whose event is in the measurement window.
     pub ok_measured: u64,
@@ -147,7 +162,7 @@ pub(super) struct PublisherStats {
     pub counts: PublishCounts,
     /// Failures by kind.
     pub failures: Vec<FailureTally>,
-    /// Duration of measured `Publish` calls, µs.
+    /// Duration of measured publishes, µs: the `Publish` call, or publish → broker confirm.
     pub call_us: Histogram<u64>,
     /// How late measured sends went out against the timetable, µs (rated runs only).
     pub lag_us: Histogram<u64>,
@@ -205,12 +220,15 @@ impl PublisherStats {
     }
 }
 
-struct Failure {
-    code: String,
-    message: String,
+/// Why one publish failed.
+pub(super) struct Failure {
+    /// See [`FailureTally::code`].
+    pub code: String,
+    /// What went wrong, for the report.
+    pub message: String,
 }
 
-/// One finished `Publish` call.
+/// One finished publish: a `Publish` call answered, or an AMQP message confirmed.
 struct Completion {
     stamp_ns: u64,
     sent_ns: u64,
@@ -224,7 +242,7 @@ struct Completion {
 /// --request-timeout).
 pub(super) async fn run(
     index: u64,
-    client: NotificationServiceClient<Channel>,
+    transport: Transport,
     plan: Arc<PublishPlan>,
     clock: RunClock,
     window: Window,
@@ -290,41 +308,80 @@ pub(super) async fn run(
             TargetUsers::Random(count) => rng.random_range(0..count.max(1)),
             TargetUsers::One(user) => user,
         };
-        let request = pb::PublishRequest {
-            routing_key: plan.routing_key.clone(),
-            body: Some(Body::Json(
-                bodies
-                    .write(seq, stamp_ns, user)
-                    .context("formatting a body")?,
-            )),
-        };
-        let mut client = client.clone();
+        let body = bodies
+            .write(seq, stamp_ns, user)
+            .context("formatting a body")?;
         let timeout = plan.request_timeout;
-        in_flight.spawn(async move {
-            let sent_ns = clock.now_ns();
-            let result = match tokio::time::timeout(timeout, client.publish(request)).await {
-                Ok(Ok(response)) => Ok(response.into_inner().duplicate),
-                Ok(Err(status)) => Err(Failure {
-                    code: code_name(status.code()),
-                    message: status.message().to_owned(),
-                }),
-                Err(_) => Err(Failure {
-                    code: code_name(Code::DeadlineExceeded),
-                    message: format!("no answer within --request-timeout ({timeout:?})"),
-                }),
-            };
-            Completion {
-                stamp_ns,
-                sent_ns,
-                done_ns: clock.now_ns(),
-                result,
+        match &transport {
+            Transport::Grpc(client) => {
+                let request = pb::PublishRequest {
+                    routing_key: plan.routing_key.clone(),
+                    body: Some(Body::Json(body)),
+                };
+                let mut client = client.clone();
+                in_flight.spawn(async move {
+                    let sent_ns = clock.now_ns();
+                    let result = match tokio::time::timeout(timeout, client.publish(request)).await
+                    {
+                        Ok(Ok(response)) => Ok(response.into_inner().duplicate),
+                        Ok(Err(status)) => Err(Failure {
+                            code: code_name(status.code()),
+                            message: status.message().to_owned(),
+                        }),
+                        Err(_) => Err(too_late(timeout)),
+                    };
+                    Completion {
+                        stamp_ns,
+                        sent_ns,
+                        done_ns: clock.now_ns(),
+                        result,
+                    }
+                });
             }
-        });
+            Transport::Amqp(publisher) => {
+                let sent_ns = clock.now_ns();
+                let deadline = tokio::time::Instant::now() + timeout;
+                // Handed over here, one after another, not in the spawned tasks: lapin numbers a
+                // message for its confirm when the publish starts, the broker when the message
+                // arrives, and the two only agree if publishes on a channel never overlap. Only
+                // the waits for the confirms run side by side. The AMQP timestamp is the stamp's
+                // wall time, the instant the body's `timestamp` names too.
+                let handed = tokio::time::timeout_at(
+                    deadline,
+                    publisher.send(&body, clock.wall_ms(stamp_ns)),
+                )
+                .await;
+                in_flight.spawn(async move {
+                    let result = match handed {
+                        Ok(Ok(confirm)) => match tokio::time::timeout_at(deadline, confirm).await {
+                            Ok(confirmation) => amqp::outcome(confirmation).map(|()| false),
+                            Err(_) => Err(too_late(timeout)),
+                        },
+                        Ok(Err(error)) => Err(amqp::channel_failure(&error)),
+                        Err(_) => Err(too_late(timeout)),
+                    };
+                    Completion {
+                        stamp_ns,
+                        sent_ns,
+                        done_ns: clock.now_ns(),
+                        result,
+                    }
+                });
+            }
+        }
     }
     while let Some(joined) = in_flight.join_next().await {
         stats.complete(joined, &window, &live);
     }
     Ok(stats)
+}
+
+/// A publish that got no answer (or no confirm) within --request-timeout.
+fn too_late(timeout: Duration) -> Failure {
+    Failure {
+        code: code_name(Code::DeadlineExceeded),
+        message: format!("no answer within --request-timeout ({timeout:?})"),
+    }
 }
 
 /// Writes the producer bodies (shape D, the `device.error` envelope of `WIRE.md`):

@@ -10,7 +10,8 @@ use std::{fmt::Write as _, sync::Arc, time::Duration};
 use serde_json::{Value, json};
 
 use super::{
-    Live, LoadgenArgs, RunClock, Scenario, SubscriberTotals, Window, code_name,
+    Live, LoadgenArgs, RunClock, Scenario, SubscriberTotals, Via, Window, amqp, code_name,
+    cpu::CpuTime,
     latency::{self, Quantiles},
     publisher::{FailureTally, PublishCounts, PublisherStats},
     subscriber::StreamEnd,
@@ -95,6 +96,8 @@ pub(super) struct Inputs<'a> {
     pub rss_after: Option<u64>,
     /// The largest RSS sampled, bytes.
     pub rss_peak: Option<u64>,
+    /// The server's CPU time in the measurement window.
+    pub server_cpu: Option<CpuTime>,
 }
 
 /// Failures of one kind: status code, count, first message.
@@ -250,6 +253,7 @@ impl Delivery {
 /// The report of one run.
 pub(super) struct Report {
     scenario: Scenario,
+    via: Via,
     command: String,
     parameters: Value,
     rate: u64,
@@ -264,6 +268,7 @@ pub(super) struct Report {
     rss_after: Option<u64>,
     rss_peak: Option<u64>,
     rss_per_stream: Option<f64>,
+    server_cpu: Option<CpuTime>,
     p99_target_ms: Option<f64>,
     problems: Vec<String>,
 }
@@ -318,12 +323,13 @@ impl Report {
             }
             _ => None,
         };
-        let parameters = json!({
+        let mut parameters = json!({
             "server": args.server,
+            "via": args.via.name(),
             "subscribers": args.subscribers,
             "connections": args.connections.min(args.subscribers),
             "publishers": args.publishers,
-            "publish_window": args.publish_window,
+            "publish_window": args.publish_window(),
             "rate": args.rate,
             "warmup_s": args.warmup.as_secs_f64(),
             "duration_s": args.duration.as_secs_f64(),
@@ -333,8 +339,13 @@ impl Report {
             "event_type": args.event_type,
             "server_pid": args.server_pid,
         });
+        if args.via == Via::Amqp {
+            parameters["amqp_url"] = amqp::redact(&args.amqp_url).into();
+            parameters["exchange"] = args.exchange.clone().into();
+        }
         let mut report = Report {
             scenario: args.scenario,
+            via: args.via,
             command: inputs.command,
             parameters,
             rate: args.rate,
@@ -349,6 +360,7 @@ impl Report {
             rss_after: inputs.rss_after,
             rss_peak,
             rss_per_stream,
+            server_cpu: inputs.server_cpu,
             p99_target_ms: args.p99_target_ms,
             problems: Vec::new(),
         };
@@ -487,6 +499,26 @@ impl Report {
         }
     }
 
+    /// The server's CPU time per event published in the window, µs.
+    fn cpu_per_event_us(&self) -> Option<f64> {
+        let cpu = self.server_cpu?;
+        let events = self.publishing.as_ref()?.counts.ok_measured;
+        (events > 0).then(|| cpu.seconds * 1e6 / events as f64)
+    }
+
+    /// How the events reached the server, in words.
+    fn ingest(&self) -> String {
+        match self.via {
+            Via::Grpc => "Publish RPC, one unary call per event".to_owned(),
+            Via::Amqp => format!(
+                "AMQP: exchange {} at {}, routing key = event type, persistent, publisher \
+                 confirms (an event counts as sent once confirmed)",
+                self.parameters["exchange"].as_str().unwrap_or_default(),
+                self.parameters["amqp_url"].as_str().unwrap_or_default()
+            ),
+        }
+    }
+
     fn latency_basis(&self) -> &'static str {
         if self.rate > 0 {
             "scheduled send instant, open loop"
@@ -505,6 +537,7 @@ impl Report {
         };
         json!({
             "scenario": self.scenario.name(),
+            "via": self.via.name(),
             "command": self.command,
             "parameters": self.parameters,
             "valid": self.problems.is_empty(),
@@ -559,6 +592,13 @@ impl Report {
                 "peak": self.rss_peak,
                 "per_stream": self.rss_per_stream,
             },
+            "server_cpu": self.server_cpu.map(|cpu| json!({
+                "seconds": cpu.seconds,
+                "window_s": cpu.window_seconds,
+                "cores": cpu.seconds / cpu.window_seconds.max(1e-9),
+                "per_event_us": self.cpu_per_event_us(),
+                "clock_ticks_per_s": cpu.ticks_per_second,
+            })),
         })
     }
 
@@ -601,6 +641,9 @@ impl Report {
                 writeln!(out, "!!   - {problem}")?;
             }
         }
+        if self.scenario != Scenario::Idle {
+            writeln!(out, "ingest       via {}", self.ingest())?;
+        }
         writeln!(
             out,
             "streams      {} requested, {} opened, {} got their first message in {:.2} s, {} failed to open, {} DROPPED",
@@ -619,9 +662,13 @@ impl Report {
                 write!(out, "; {} due but NEVER SENT", pb.counts.unsent_measured)?;
             }
             if let Some(call) = pb.call {
+                let what = match self.via {
+                    Via::Grpc => "call",
+                    Via::Amqp => "confirm",
+                };
                 write!(
                     out,
-                    "; call p50 {:.3} ms, p99 {:.3} ms",
+                    "; {what} p50 {:.3} ms, p99 {:.3} ms",
                     call.p50_ms, call.p99_ms
                 )?;
             }
@@ -681,6 +728,19 @@ impl Report {
                     "; {per_stream:.0} bytes per stream ((after - before) / {} streams)",
                     s.first_messages
                 )?;
+            }
+            writeln!(out)?;
+        }
+        if let Some(cpu) = self.server_cpu {
+            write!(
+                out,
+                "server CPU   {:.2} s in the {:.1} s window ({:.0} % of one core)",
+                cpu.seconds,
+                cpu.window_seconds,
+                100.0 * cpu.seconds / cpu.window_seconds.max(1e-9)
+            )?;
+            if let Some(per_event) = self.cpu_per_event_us() {
+                write!(out, " = {per_event:.1} µs per published event")?;
             }
             writeln!(out)?;
         }
