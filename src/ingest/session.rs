@@ -44,6 +44,10 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// First pause before retrying an event the downstream did not accept; doubles up to the max.
 const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(50);
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
+/// The longest a settled delivery waits for its ack. Short against any redelivery concern (an
+/// unacked message is only redelivered if the connection dies, and then dedupe catches it),
+/// long enough to cover many deliveries with one `multiple` ack at moderate rates.
+const ACK_DELAY: Duration = Duration::from_millis(20);
 
 /// One delivery, kept until it is acked so it can be re-decoded and resubmitted if the
 /// downstream fails (the body is in memory anyway; the prefetch bounds how many there are).
@@ -178,6 +182,7 @@ async fn consume<D: Downstream>(
         last_settled: None,
         unacked: 0,
         ack_batch: (usize::from(config.prefetch) / 4).max(1),
+        ack_due: None,
         retry_pause: FIRST_RETRY_PAUSE,
         blocked: false,
     };
@@ -212,9 +217,13 @@ struct Session<'a, D> {
     last_settled: Option<u64>,
     /// How many deliveries `last_settled` would ack.
     unacked: u64,
-    /// Ack once this many are settled (or when nothing is in flight), so the broker's prefetch
-    /// window refills without one `basic.ack` per message.
+    /// Ack once this many are settled, or at `ack_due`, so the broker's prefetch window refills
+    /// without one `basic.ack` per message. Each ack is a frame through lapin's I/O thread and a
+    /// wake-up on both sides; at a few thousand events/s acking every message cost more CPU than
+    /// decoding them (profiled with perf, see BENCHMARKS.md).
     ack_batch: usize,
+    /// When the oldest settled-but-unacked delivery must be acked at the latest.
+    ack_due: Option<tokio::time::Instant>,
     /// The pause before the next retry of an event the downstream refused.
     retry_pause: Duration,
     /// Shutdown came while the oldest delivery was waiting for a retry: nothing after it may be
@@ -240,6 +249,7 @@ impl<D: Downstream> Session<'_, D> {
                         return Ok(());
                     }
                 }
+                () = ack_timer(self.ack_due) => self.flush_acks().await?,
                 delivery = consumer.next() => match delivery {
                     Some(Ok(delivery)) => {
                         self.metrics.ingest.consumed.inc();
@@ -339,7 +349,7 @@ impl<D: Downstream> Session<'_, D> {
             }
             Outcome::Lost(error) => return Err(IngestError::Lost(error)),
         }
-        if self.inflight.is_empty() || self.unacked as usize >= self.ack_batch {
+        if self.unacked as usize >= self.ack_batch {
             self.flush_acks().await?;
         }
         Ok(())
@@ -369,12 +379,15 @@ impl<D: Downstream> Session<'_, D> {
 
     fn settled(&mut self, tag: u64) {
         self.last_settled = Some(tag);
+        self.ack_due
+            .get_or_insert_with(|| tokio::time::Instant::now() + ACK_DELAY);
         self.unacked += 1;
         self.retry_pause = FIRST_RETRY_PAUSE;
     }
 
     /// Acks every settled delivery with one `basic.ack` (`multiple`).
     async fn flush_acks(&mut self) -> Result<(), IngestError> {
+        self.ack_due = None;
         let Some(tag) = self.last_settled.take() else {
             return Ok(());
         };
@@ -431,6 +444,14 @@ impl<D: Downstream> Start<'_, D> {
                 }))
             }
         }
+    }
+}
+
+/// Completes at `due`; never without one.
+async fn ack_timer(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
     }
 }
 
