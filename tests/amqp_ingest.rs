@@ -256,3 +256,39 @@ async fn readiness_and_health_report_the_ingest() {
     server.stop_within(PATIENCE).await;
     producer.clean_up(&[&names]).await;
 }
+
+#[tokio::test]
+async fn a_dead_letter_replayed_into_a_nodes_queue_keeps_its_event_type() {
+    let names = Names::unique("replay");
+    let producer = Producer::connect().await;
+    // Refused under --strict-schema: an event type with no typed schema yet.
+    let strict = TestServer::start_amqp(&names, |config| config.strict_schema = true).await;
+    let body = br#"{"userId":"u-replay","refundId":"r1","_trace":{}}"#;
+    producer
+        .publish(&names.exchange, "billing.refund_issued", body)
+        .await;
+    let dead = producer.take(&names.dead_letter_queue, 1).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason.as_deref(), Some("untyped_strict"));
+    strict.stop_within(PATIENCE).await;
+
+    // The cause fixed (strict schema off), the operator moves it into the node's own queue, as
+    // a shovel with `dest-queue` or the UI's "Move messages" does: through the default
+    // exchange, whose routing key is the queue's name.
+    let fixed = TestServer::start_amqp(&names, |_| {}).await;
+    let mut client = fixed.client().await;
+    let mut user = subscribe(&mut client, request("u-replay")).await;
+    producer
+        .publish_raw(
+            "",
+            &names.queue(),
+            &dead[0].body,
+            dead[0].properties.clone(),
+        )
+        .await;
+    let event = next_event(&mut user).await;
+    assert_eq!(event.r#type, "billing.refund_issued");
+    assert_eq!(producer.ready(&names.dead_letter_queue).await, 0);
+    fixed.stop_within(PATIENCE).await;
+    producer.clean_up(&[&names]).await;
+}

@@ -26,6 +26,10 @@ pub const ERROR_DETAIL_HEADER: &str = "x-notify-error-detail";
 pub const ORIGINAL_EXCHANGE_HEADER: &str = "x-notify-original-exchange";
 /// The node that refused it.
 pub const NODE_HEADER: &str = "x-notify-node";
+/// The original routing key (the event type). Replaying a dead letter straight into a node's
+/// queue goes through the default exchange, which replaces the routing key with the queue's
+/// name; the ingest reads the event type from this header instead when it is present.
+pub const ROUTING_KEY_HEADER: &str = "x-notify-routing-key";
 
 /// Publishes the dead-letter copy of `message`; the returned confirm resolves when the broker
 /// has it.
@@ -36,7 +40,7 @@ pub(super) async fn publish(
     message: &Message,
     error: &DecodeError,
 ) -> lapin::Result<PublisherConfirm> {
-    let properties = properties(&message.properties, &message.exchange, node_id, error);
+    let properties = properties(message, node_id, error);
     channel
         .basic_publish(
             exchange.into(),
@@ -49,12 +53,8 @@ pub(super) async fn publish(
 }
 
 /// The original properties, persistent, with the reason headers added to the original ones.
-fn properties(
-    original: &BasicProperties,
-    original_exchange: &str,
-    node_id: &str,
-    error: &DecodeError,
-) -> BasicProperties {
+fn properties(message: &Message, node_id: &str, error: &DecodeError) -> BasicProperties {
+    let original = &message.properties;
     let mut headers = original.headers().clone().unwrap_or_default();
     let mut text = |key: &str, value: &str| {
         headers.insert(key.into(), AMQPValue::LongString(LongString::from(value)));
@@ -64,7 +64,8 @@ fn properties(
     if let Some(field) = error.field() {
         text(ERROR_FIELD_HEADER, field);
     }
-    text(ORIGINAL_EXCHANGE_HEADER, original_exchange);
+    text(ORIGINAL_EXCHANGE_HEADER, &message.exchange);
+    text(ROUTING_KEY_HEADER, &message.routing_key);
     text(NODE_HEADER, node_id);
     original
         .clone()
@@ -74,6 +75,13 @@ fn properties(
 
 /// AMQP `delivery_mode` 2: the broker writes the message to disk.
 const PERSISTENT: u8 = 2;
+
+/// The event type a replayed dead letter carries in [`ROUTING_KEY_HEADER`], if any.
+pub(super) fn replayed_routing_key(properties: &BasicProperties) -> Option<String> {
+    let headers = properties.headers().as_ref()?;
+    let key = header_text(headers, ROUTING_KEY_HEADER)?;
+    String::from_utf8(key.to_vec()).ok()
+}
 
 /// A header's text value, for tests and tools that read dead letters.
 pub fn header_text<'a>(headers: &'a FieldTable, key: &str) -> Option<&'a [u8]> {
@@ -91,13 +99,17 @@ mod tests {
     fn the_copy_keeps_the_original_and_adds_the_reason() {
         let mut original_headers = FieldTable::default();
         original_headers.insert("x-producer".into(), AMQPValue::LongString("svc".into()));
-        let original = BasicProperties::default()
-            .with_timestamp(1_732_096_800_000)
-            .with_headers(original_headers);
+        let message = Message::for_test(
+            "cloudphone.events",
+            "device.error",
+            BasicProperties::default()
+                .with_timestamp(1_732_096_800_000)
+                .with_headers(original_headers),
+        );
         let error = DecodeError::MissingField {
             field: "payload.userId".into(),
         };
-        let copy = properties(&original, "cloudphone.events", "node-1", &error);
+        let copy = properties(&message, "node-1", &error);
         assert_eq!(copy.timestamp(), &Some(1_732_096_800_000));
         assert_eq!(copy.delivery_mode(), &Some(2));
         let headers = copy.headers().clone().unwrap_or_default();
@@ -110,12 +122,15 @@ mod tests {
             Some(&b"cloudphone.events"[..])
         );
         assert_eq!(get(NODE_HEADER), Some(&b"node-1"[..]));
+        assert_eq!(get(ROUTING_KEY_HEADER), Some(&b"device.error"[..]));
+        assert_eq!(replayed_routing_key(&copy).as_deref(), Some("device.error"));
         assert!(get(ERROR_DETAIL_HEADER).is_some());
     }
 
     #[test]
     fn no_field_header_when_no_field_is_at_fault() {
-        let copy = properties(&BasicProperties::default(), "x", "n", &DecodeError::NotUtf8);
+        let message = Message::for_test("x", "device.started", BasicProperties::default());
+        let copy = properties(&message, "n", &DecodeError::NotUtf8);
         let headers = copy.headers().clone().unwrap_or_default();
         assert_eq!(header_text(&headers, ERROR_HEADER), Some(&b"not_utf8"[..]));
         assert_eq!(header_text(&headers, ERROR_FIELD_HEADER), None);

@@ -41,7 +41,7 @@ impl DeadLettered<'_> {
         warn!(
             routing_key = self.routing_key,
             reason = self.error.reason(),
-            field = self.error.field().unwrap_or_default(),
+            field = self.error.field(),
             redelivered = self.redelivered,
             "ingest: dead-lettered: {}",
             self.error

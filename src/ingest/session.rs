@@ -62,10 +62,14 @@ pub(super) struct Message {
 
 impl From<Delivery> for Message {
     fn from(delivery: Delivery) -> Self {
+        // A dead letter replayed into our queue carries its event type in a header (the
+        // default exchange it came through replaced the routing key with the queue's name).
+        let routing_key = dead_letter::replayed_routing_key(&delivery.properties)
+            .unwrap_or_else(|| delivery.routing_key.to_string());
         Self {
             tag: delivery.delivery_tag,
             exchange: delivery.exchange.to_string(),
-            routing_key: delivery.routing_key.to_string(),
+            routing_key,
             body: delivery.data,
             properties: delivery.properties,
             redelivered: delivery.redelivered,
@@ -74,6 +78,18 @@ impl From<Delivery> for Message {
 }
 
 impl Message {
+    #[cfg(test)]
+    pub(super) fn for_test(exchange: &str, routing_key: &str, properties: BasicProperties) -> Self {
+        Self {
+            tag: 1,
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            body: Vec::new(),
+            properties,
+            redelivered: false,
+        }
+    }
+
     /// The AMQP `timestamp` property, which the producers fill with milliseconds.
     fn timestamp_ms(&self) -> Option<i64> {
         self.properties

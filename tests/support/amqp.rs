@@ -127,6 +127,30 @@ impl Producer {
         assert!(confirmation.is_ack(), "broker refused the publish");
     }
 
+    /// Publishes `body` with `properties` as they are, and waits for the confirm.
+    pub async fn publish_raw(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) {
+        let confirmation = self
+            .channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirmation.is_ack(), "broker refused the publish");
+    }
+
     /// Messages ready (not delivered) in `queue`.
     pub async fn ready(&self, queue: &str) -> u32 {
         self.channel
@@ -168,6 +192,7 @@ impl Producer {
                         field: header(dead_letter::ERROR_FIELD_HEADER),
                         original_exchange: header(dead_letter::ORIGINAL_EXCHANGE_HEADER),
                         timestamp: *delivery.properties.timestamp(),
+                        properties: delivery.properties.clone(),
                         body: delivery.data,
                     });
                 }
@@ -204,6 +229,7 @@ pub struct DeadLetter {
     pub field: Option<String>,
     pub original_exchange: Option<String>,
     pub timestamp: Option<u64>,
+    pub properties: BasicProperties,
     pub body: Vec<u8>,
 }
 
