@@ -1,10 +1,12 @@
 //! Wires the stages together and owns the server's lifetime: start-up, the background tasks,
 //! and one shutdown signal that fans out to all of them.
 //!
-//! Shutdown order (each step bounded by `--shutdown-grace`): health turns NOT_SERVING, the hub
-//! ends every open stream with UNAVAILABLE and the last cursor it sent (so clients resume), the
-//! gRPC server stops accepting and drains in-flight calls, the sequencer finishes what it had
-//! accepted, the metrics endpoint stops.
+//! Shutdown order (all of it bounded by `--shutdown-grace`): health turns NOT_SERVING, the AMQP
+//! ingest cancels its consumer, settles and acks what it has in flight and closes (at most half
+//! the grace, so what it acked still reaches the open streams), the hub ends every open stream
+//! with UNAVAILABLE and the last cursor it sent (so clients resume), the gRPC server stops
+//! accepting and drains in-flight calls, the sequencer finishes what it had accepted, the
+//! metrics endpoint stops.
 
 use std::sync::Arc;
 
@@ -140,7 +142,9 @@ pub async fn run(
 
     let signal = {
         let (shutdown, hub, health) = (shutdown.clone(), hub.clone(), health.clone());
-        let grace = config.shutdown_grace;
+        // The ingest's drain is bounded by half the grace; waiting three quarters leaves it
+        // room and still ends the streams in time, whatever the broker does.
+        let ingest_wait = config.shutdown_grace * 3 / 4;
         let ingest = ingest.as_ref().map(Ingest::state);
         async move {
             shutdown.cancelled().await;
@@ -151,7 +155,7 @@ pub async fn run(
             if let Some(mut state) = ingest {
                 info!("shutdown: draining the AMQP ingest");
                 let stopped = state.wait_for(|s| *s == IngestState::Stopped);
-                if tokio::time::timeout(grace, stopped).await.is_err() {
+                if tokio::time::timeout(ingest_wait, stopped).await.is_err() {
                     warn!("the ingest did not drain within the grace period");
                 }
             }

@@ -86,6 +86,11 @@ pub struct IngestMetrics {
     /// `notify_ingest_downstream_retries_total`: good events the journal or hub did not accept
     /// at once (our own failure; consumption paused and retried).
     pub downstream_retries: Counter,
+    /// `notify_ingest_dead_letter_retries_total`: dead-letter copies the broker refused (retried).
+    pub dead_letter_retries: Counter,
+    /// `notify_ingest_drain_timeouts_total`: shutdowns whose drain ran out of time (the
+    /// unsettled deliveries went back to the queue).
+    pub drain_timeouts: Counter,
     /// `notify_ingest_lag_seconds`: from the producer's AMQP timestamp to the hub.
     pub lag: Histogram,
     /// `notify_ingest_consuming`: 1 while connected and consuming, else 0.
@@ -100,6 +105,8 @@ impl IngestMetrics {
             dead_lettered: Family::default(),
             reconnects: Counter::default(),
             downstream_retries: Counter::default(),
+            dead_letter_retries: Counter::default(),
+            drain_timeouts: Counter::default(),
             // 1 ms … ~65 s in 17 doubling steps: the producers' timestamps have millisecond
             // resolution, and a backlog after an outage is measured in seconds or minutes.
             lag: Histogram::new(exponential_buckets(1e-3, 2.0, 17)),
@@ -130,6 +137,16 @@ impl IngestMetrics {
             "downstream_retries",
             "Good events not accepted downstream at once (retried)",
             metrics.downstream_retries.clone(),
+        );
+        registry.register(
+            "dead_letter_retries",
+            "Dead-letter copies the broker refused (retried)",
+            metrics.dead_letter_retries.clone(),
+        );
+        registry.register(
+            "drain_timeouts",
+            "Shutdowns whose ingest drain ran out of time",
+            metrics.drain_timeouts.clone(),
         );
         registry.register(
             "lag_seconds",

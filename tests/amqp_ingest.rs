@@ -62,9 +62,20 @@ async fn every_wire_fixture_published_like_the_producers_arrives_typed() {
             "{name}: catalog events are typed"
         );
         assert!(!event.cursor.is_empty(), "{name}");
-        if body.contains("\"traceparent\"") {
-            assert!(event.traceparent.starts_with("00-"), "{name}: trace lost");
-        }
+        // And independently of the decoder, straight from the producer's JSON.
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        let field = |key: &str| {
+            json.get("payload")
+                .and_then(|p| p.get(key))
+                .or_else(|| json.get(key))
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert_eq!(event.user_id, field("userId"), "{name}");
+        assert_eq!(event.device_id, field("deviceId"), "{name}");
+        let traceparent = json["_trace"]["traceparent"].as_str().unwrap_or_default();
+        assert_eq!(event.traceparent, traceparent, "{name}");
     }
     assert_quiet(&mut firehose).await;
     // Everything was acked: nothing waits in the node's queue.
@@ -290,5 +301,56 @@ async fn a_dead_letter_replayed_into_a_nodes_queue_keeps_its_event_type() {
     assert_eq!(event.r#type, "billing.refund_issued");
     assert_eq!(producer.ready(&names.dead_letter_queue).await, 0);
     fixed.stop_within(PATIENCE).await;
+    producer.clean_up(&[&names]).await;
+}
+
+#[tokio::test]
+async fn a_poison_message_is_not_acked_while_its_dead_letter_copy_has_nowhere_to_go() {
+    let names = Names::unique("no-dlq");
+    let producer = Producer::connect().await;
+    let server = TestServer::start_amqp(&names, |_| {}).await;
+    // An operator deletes the dead-letter queue under the running node.
+    let channel = producer.connection.create_channel().await.unwrap();
+    channel
+        .queue_delete(
+            names.dead_letter_queue.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    producer
+        .publish(&names.exchange, "device.started", b"{not json")
+        .await;
+    // The copy came back unroutable, so the original was not acked; the node reconnects and
+    // declares the dead-letter queue again (a probe of a missing queue closes its channel, so
+    // each probe gets its own).
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let probe = producer.connection.create_channel().await.unwrap();
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let declared = probe
+            .queue_declare(
+                names.dead_letter_queue.as_str().into(),
+                passive,
+                Default::default(),
+            )
+            .await;
+        if declared.is_ok_and(|queue| queue.message_count() > 0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never dead-lettered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let dead = producer.take(&names.dead_letter_queue, 1).await;
+    assert_eq!(dead.len(), 1, "the poison message was lost");
+    assert_eq!(dead[0].reason.as_deref(), Some("not_json"));
+    assert_eq!(producer.ready(&names.queue()).await, 0);
+    server.stop_within(PATIENCE).await;
     producer.clean_up(&[&names]).await;
 }

@@ -9,7 +9,7 @@ use std::{collections::HashSet, time::Duration};
 
 use notify_backbone::pb::subscribe_response::Kind;
 use support::{
-    amqp::{Names, Producer, force_close_connection, queue_counts},
+    amqp::{Names, Producer, close_connections, connection_pids, queue_counts},
     *,
 };
 use tonic::Streaming;
@@ -71,15 +71,19 @@ async fn collect(
 
 #[tokio::test]
 async fn a_broker_outage_breaks_no_stream_and_loses_or_repeats_no_event() {
-    const EVENTS: usize = 300;
+    // 2 s of publishing: `rabbitmqctl` itself takes about a second to act.
+    const EVENTS: usize = 1000;
     let names = Names::unique("outage");
     let server = TestServer::start_amqp(&names, |_| {}).await;
     let mut client = server.client().await;
     let mut stream = subscribe(&mut client, request("u-steady")).await;
 
-    let publishing = publish_steadily(&names, 0..EVENTS, Duration::from_millis(10));
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    force_close_connection(&names.node_id).await;
+    // Fast enough that deliveries are always in flight (acks go out every 20 ms), so the cut
+    // leaves some unacked and the broker redelivers them: dedupe is exercised every time.
+    let pids = connection_pids(&names.node_id).await;
+    let publishing = publish_steadily(&names, 0..EVENTS, Duration::from_millis(2));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    close_connections(pids).await;
     let mut seen = HashSet::new();
     let ended = collect(&mut stream, EVENTS, &mut seen).await;
     assert!(ended.is_none(), "the stream broke: {ended:?}");
@@ -87,6 +91,13 @@ async fn a_broker_outage_breaks_no_stream_and_loses_or_repeats_no_event() {
     assert_eq!(seen.len(), EVENTS);
     assert_quiet(&mut stream).await;
     assert!(server.metric("notify_ingest_reconnects_total").await >= 1.0);
+    let consumed = server.metric("notify_ingest_consumed_total").await;
+    let duplicates = server.metric("notify_duplicates_total").await;
+    assert!(
+        consumed > EVENTS as f64 && duplicates >= 1.0,
+        "the broker redelivered nothing (consumed {consumed}, duplicates {duplicates}): the \
+         test did not exercise redelivery"
+    );
     server.wait_ready().await;
     server.stop_within(PATIENCE).await;
     Producer::connect().await.clean_up(&[&names]).await;

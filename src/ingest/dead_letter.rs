@@ -45,7 +45,12 @@ pub(super) async fn publish(
         .basic_publish(
             exchange.into(),
             message.routing_key.as_str().into(),
-            BasicPublishOptions::default(),
+            // Mandatory: a copy that no queue takes comes back instead of vanishing, and the
+            // original is not acked.
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
             &message.body,
             properties,
         )

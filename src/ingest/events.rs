@@ -66,3 +66,37 @@ impl DownstreamRefused<'_> {
         );
     }
 }
+
+/// The broker refused (nacked) a dead-letter copy; the original stays unacked and is retried.
+pub(super) struct DeadLetterRefused<'a> {
+    pub routing_key: &'a str,
+    pub retry_in: Duration,
+}
+
+impl DeadLetterRefused<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        metrics.ingest.dead_letter_retries.inc();
+        warn!(
+            routing_key = self.routing_key,
+            retry_in = ?self.retry_in,
+            "ingest: the broker refused a dead-letter copy; will retry"
+        );
+    }
+}
+
+/// Shutdown's drain ran out of time; the unsettled deliveries go back to the queue unacked.
+pub(super) struct DrainTimedOut {
+    pub unsettled: usize,
+    pub drain_timeout: Duration,
+}
+
+impl DrainTimedOut {
+    pub fn emit(self, metrics: &Metrics) {
+        metrics.ingest.drain_timeouts.inc();
+        warn!(
+            unsettled = self.unsettled,
+            drain_timeout = ?self.drain_timeout,
+            "ingest: drain timed out; the unsettled deliveries go back to the queue"
+        );
+    }
+}

@@ -23,6 +23,8 @@ mod events;
 mod session;
 pub mod topology;
 
+pub use session::connection_name;
+
 use std::{future::Future, sync::Arc, time::Duration};
 
 use rand::Rng as _;
@@ -171,9 +173,8 @@ async fn run<D: Downstream>(
             Ok(()) => break,
             Err(failure) => {
                 let _ = state.send(IngestState::Connecting);
-                if failure.was_consuming {
-                    // A session that got as far as consuming resets the backoff: this is a new
-                    // outage, not the same one going on.
+                if failure.was_stable {
+                    // After a healthy stretch this is a new outage, not the same one going on.
                     backoff = FIRST_BACKOFF;
                 }
                 let pause = jittered(backoff);
@@ -239,13 +240,16 @@ pub enum IngestError {
     /// The broker cancelled our consumer (e.g. the queue was deleted).
     #[error("the broker cancelled the consumer (was the queue deleted?)")]
     Cancelled,
+    /// A dead-letter copy reached no queue; the topology is declared again before retrying.
+    #[error("a dead-letter copy sent to {0} reached no queue (was the dead-letter queue deleted?)")]
+    DeadLetterUnroutable(String),
 }
 
-/// A session that ended by failure, and whether it had been consuming before.
+/// A session that ended by failure, and whether it had consumed healthily for a while first.
 #[derive(Debug)]
 struct SessionFailure {
     error: IngestError,
-    was_consuming: bool,
+    was_stable: bool,
 }
 
 #[cfg(test)]

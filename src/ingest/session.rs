@@ -15,7 +15,7 @@ use std::{
 };
 
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties, Consumer,
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
     message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions,
@@ -48,6 +48,10 @@ const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
 /// unacked message is only redelivered if the connection dies, and then dedupe catches it),
 /// long enough to cover many deliveries with one `multiple` ack at moderate rates.
 const ACK_DELAY: Duration = Duration::from_millis(20);
+/// A session that consumed this long before failing was healthy: the reconnect backoff starts
+/// over. A shorter one (a flapping network, a load balancer dropping connections) keeps
+/// doubling, so many nodes do not hammer the broker every 100 ms together.
+const STABLE_SESSION: Duration = Duration::from_secs(30);
 
 /// One delivery, kept until it is acked so it can be re-decoded and resubmitted if the
 /// downstream fails (the body is in memory anyway; the prefetch bounds how many there are).
@@ -106,8 +110,11 @@ enum Outcome {
     DeadLettered(DecodeError),
     /// Our own failure: the downstream did not take a good event. Retried, never rejected.
     Refused(SequencerError),
-    /// The broker refused the dead-letter copy. Retried.
+    /// The broker refused the dead-letter copy (nack). Retried.
     DeadLetterRefused,
+    /// The dead-letter copy reached no queue (the dead-letter queue was deleted or unbound):
+    /// the session ends, and the next one declares the topology again before retrying.
+    DeadLetterUnroutable,
     /// The connection broke while waiting for a confirm.
     Lost(lapin::Error),
 }
@@ -119,7 +126,11 @@ struct InFlight {
     outcome: PendingOutcome,
 }
 
-/// Runs one session until shutdown (`Ok`) or until the connection fails.
+/// Runs one session until shutdown (`Ok`) or until a connection fails.
+///
+/// Dead letters are published on a connection of their own: when the broker raises a memory or
+/// disk alarm it stops reading from every connection that publishes, and the consuming
+/// connection must keep acking (consuming is what relieves the broker) even then.
 pub(super) async fn run<D: Downstream>(
     config: &IngestConfig,
     downstream: &D,
@@ -127,25 +138,55 @@ pub(super) async fn run<D: Downstream>(
     state: &watch::Sender<IngestState>,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionFailure> {
-    let properties = ConnectionProperties::default()
-        .with_connection_name(format!("notify-backbone {}", config.node_id).into());
-    let connection = tokio::select! {
-        connected = Connection::connect(&config.url, properties) => connected.map_err(|error| SessionFailure {
+    let connect = |name: String| {
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
+        Connection::connect(&config.url, properties)
+    };
+    let connections = async {
+        let consuming = connect(connection_name(&config.node_id)).await?;
+        match connect(format!("{} dead-letters", connection_name(&config.node_id))).await {
+            Ok(publishing) => Ok((consuming, publishing)),
+            Err(error) => {
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, consuming.close(200, "".into())).await;
+                Err(error)
+            }
+        }
+    };
+    let (consuming, publishing) = tokio::select! {
+        connected = connections => connected.map_err(|error| SessionFailure {
             error: IngestError::Connect(error),
-            was_consuming: false,
+            was_stable: false,
         })?,
         () = shutdown.cancelled() => return Ok(()),
     };
-    let result = consume(&connection, config, downstream, metrics, state, shutdown).await;
-    let closing = connection.close(200, "notify-backbone stopping".into());
-    if let Ok(Err(error)) = tokio::time::timeout(CLOSE_TIMEOUT, closing).await {
-        debug!(%error, "closing the broker connection");
+    let result = consume(
+        &consuming,
+        &publishing,
+        config,
+        downstream,
+        metrics,
+        state,
+        shutdown,
+    )
+    .await;
+    for connection in [&consuming, &publishing] {
+        let closing = connection.close(200, "notify-backbone stopping".into());
+        if let Ok(Err(error)) = tokio::time::timeout(CLOSE_TIMEOUT, closing).await {
+            debug!(%error, "closing a broker connection");
+        }
     }
     result
 }
 
+/// The name the broker shows for the node's consuming connection (`rabbitmqctl
+/// list_connections client_properties`); the dead-letter one adds ` dead-letters`.
+pub fn connection_name(node_id: &str) -> String {
+    format!("notify-backbone {node_id}")
+}
+
 async fn consume<D: Downstream>(
     connection: &Connection,
+    publishing: &Connection,
     config: &IngestConfig,
     downstream: &D,
     metrics: &Metrics,
@@ -154,7 +195,7 @@ async fn consume<D: Downstream>(
 ) -> Result<(), SessionFailure> {
     let before = |error| SessionFailure {
         error,
-        was_consuming: false,
+        was_stable: false,
     };
     let channel = connection
         .create_channel()
@@ -165,7 +206,7 @@ async fn consume<D: Downstream>(
         .basic_qos(config.prefetch, BasicQosOptions::default())
         .await
         .map_err(|e| before(IngestError::Lost(e)))?;
-    let dead_letters = connection
+    let dead_letters = publishing
         .create_channel()
         .await
         .map_err(|e| before(IngestError::Lost(e)))?;
@@ -202,9 +243,10 @@ async fn consume<D: Downstream>(
         retry_pause: FIRST_RETRY_PAUSE,
         blocked: false,
     };
+    let started = tokio::time::Instant::now();
     let consuming = |error| SessionFailure {
         error,
-        was_consuming: true,
+        was_stable: started.elapsed() >= STABLE_SESSION,
     };
     session
         .pump(&mut consumer, shutdown)
@@ -270,7 +312,13 @@ impl<D: Downstream> Session<'_, D> {
                     Some(Ok(delivery)) => {
                         self.metrics.ingest.consumed.inc();
                         let message = Message::from(delivery);
-                        let outcome = self.start.begin(&message).await?;
+                        // Starting may wait (a full downstream is the backpressure); shutdown
+                        // must not wait with it. A message dropped here was never settled, so
+                        // no ack covers it and the broker hands it out again.
+                        let outcome = tokio::select! {
+                            outcome = self.start.begin(&message) => outcome?,
+                            () = shutdown.cancelled() => return Ok(()),
+                        };
                         self.inflight.push_back(InFlight { message, outcome });
                     }
                     Some(Err(error)) => return Err(IngestError::Lost(error)),
@@ -284,24 +332,27 @@ impl<D: Downstream> Session<'_, D> {
     /// Deliveries the client received but never started go back to the queue when the channel
     /// closes, unacked.
     async fn drain(mut self, consumer: &Consumer) -> Result<(), IngestError> {
-        if let Err(error) = self
+        // Everything below, the broker's answers included, fits in the drain timeout: a broker
+        // that stopped answering must not hold the server's shutdown.
+        let drain_timeout = self.start.config.drain_timeout;
+        let deadline = tokio::time::Instant::now() + drain_timeout;
+        let cancel = self
             .channel
-            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-            .await
-        {
+            .basic_cancel(consumer.tag(), BasicCancelOptions::default());
+        if let Ok(Err(error)) = tokio::time::timeout_at(deadline, cancel).await {
             debug!(%error, "cancelling the consumer");
         }
         let in_flight = self.inflight.len();
-        let deadline = tokio::time::Instant::now() + self.start.config.drain_timeout;
         while !self.blocked
             && let Some(oldest) = self.inflight.front_mut()
         {
             let Ok(outcome) = tokio::time::timeout_at(deadline, oldest.outcome.as_mut()).await
             else {
-                tracing::warn!(
-                    unsettled = self.inflight.len(),
-                    "ingest: drain timed out; the unsettled deliveries go back to the queue"
-                );
+                events::DrainTimedOut {
+                    unsettled: self.inflight.len(),
+                    drain_timeout,
+                }
+                .emit(self.metrics);
                 break;
             };
             if !matches!(outcome, Outcome::Accepted { .. } | Outcome::DeadLettered(_)) {
@@ -311,14 +362,22 @@ impl<D: Downstream> Session<'_, D> {
             self.settle_oldest(outcome, &CancellationToken::new())
                 .await?;
         }
-        self.flush_acks().await?;
+        if tokio::time::timeout_at(deadline, self.flush_acks())
+            .await
+            .is_err()
+        {
+            debug!("the last ack did not go out before the drain deadline");
+        }
         info!(
             settled = in_flight - self.inflight.len(),
             returned = self.inflight.len(),
             "ingest: drained in-flight deliveries"
         );
-        let _ = self.start.dead_letters.close(200, "shutdown".into()).await;
-        let _ = self.channel.close(200, "shutdown".into()).await;
+        let closes = async {
+            let _ = self.start.dead_letters.close(200, "shutdown".into()).await;
+            let _ = self.channel.close(200, "shutdown".into()).await;
+        };
+        let _ = tokio::time::timeout_at(deadline, closes).await;
         Ok(())
     }
 
@@ -357,11 +416,19 @@ impl<D: Downstream> Session<'_, D> {
                 self.retry(oldest.message, shutdown).await?;
             }
             Outcome::DeadLetterRefused => {
-                tracing::warn!(
-                    routing_key = %oldest.message.routing_key,
-                    "ingest: the broker refused a dead-letter copy; will retry"
-                );
+                events::DeadLetterRefused {
+                    routing_key: &oldest.message.routing_key,
+                    retry_in: self.retry_pause,
+                }
+                .emit(self.metrics);
                 self.retry(oldest.message, shutdown).await?;
+            }
+            Outcome::DeadLetterUnroutable => {
+                // Ack what settled before it; it and everything after go back unacked.
+                self.flush_acks().await?;
+                return Err(IngestError::DeadLetterUnroutable(
+                    self.start.config.topology.dead_letter_exchange.clone(),
+                ));
             }
             Outcome::Lost(error) => return Err(IngestError::Lost(error)),
         }
@@ -453,7 +520,9 @@ impl<D: Downstream> Start<'_, D> {
                 .map_err(IngestError::Lost)?;
                 Ok(Box::pin(async move {
                     match confirm.await {
-                        Ok(confirmation) if confirmation.is_ack() => Outcome::DeadLettered(error),
+                        // Published `mandatory`: a copy no queue took comes back with the ack.
+                        Ok(Confirmation::Ack(None)) => Outcome::DeadLettered(error),
+                        Ok(Confirmation::Ack(Some(_))) => Outcome::DeadLetterUnroutable,
                         Ok(_) => Outcome::DeadLetterRefused,
                         Err(error) => Outcome::Lost(error),
                     }

@@ -243,7 +243,15 @@ pub fn now_ms() -> u64 {
 /// Closes the broker side of node `node_id`'s connection, as an operator or a network cut
 /// would (`rabbitmqctl close_connection`).
 pub async fn force_close_connection(node_id: &str) {
-    let wanted = format!("notify-backbone {node_id}");
+    close_connections(connection_pids(node_id).await).await;
+}
+
+/// The broker's ids of node `node_id`'s consuming connection (`rabbitmqctl` takes about a
+/// second per call: look them up before the moment the test wants to cut).
+pub async fn connection_pids(node_id: &str) -> Vec<String> {
+    // Quoted, as the listing prints it: exactly this node's consuming connection, not another
+    // node whose id starts the same, nor its dead-letter connection.
+    let wanted = format!("\"{}\"", notify_backbone::ingest::connection_name(node_id));
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let listing = tokio::process::Command::new("rabbitmqctl")
@@ -258,27 +266,31 @@ pub async fn force_close_connection(node_id: &str) {
             .await
             .expect("rabbitmqctl runs (it comes with the RabbitMQ server)");
         let text = String::from_utf8_lossy(&listing.stdout).into_owned();
-        let pids: Vec<&str> = text
+        let pids: Vec<String> = text
             .lines()
             .filter(|line| line.contains(&wanted))
-            .filter_map(|line| line.split_whitespace().next())
+            .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
             .collect();
         if !pids.is_empty() {
-            for pid in pids {
-                let closed = tokio::process::Command::new("rabbitmqctl")
-                    .args(["close_connection", pid, "test: broker outage"])
-                    .output()
-                    .await
-                    .unwrap();
-                assert!(closed.status.success(), "{closed:?}");
-            }
-            return;
+            return pids;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "no connection named {wanted:?} in:\n{text}"
+            "no connection named {wanted} in:\n{text}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Closes the connections `pids` from the broker's side.
+pub async fn close_connections(pids: Vec<String>) {
+    for pid in pids {
+        let closed = tokio::process::Command::new("rabbitmqctl")
+            .args(["close_connection", &pid, "test: broker outage"])
+            .output()
+            .await
+            .unwrap();
+        assert!(closed.status.success(), "{closed:?}");
     }
 }
 
