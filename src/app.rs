@@ -293,3 +293,27 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     }
     shutdown.cancel();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_follows_the_ingest_and_shutdown() {
+        let shutdown = CancellationToken::new();
+        let (state, watched) = watch::channel(IngestState::Connecting);
+        let ready = readiness(shutdown.clone(), Some(watched));
+        assert_eq!(ready(), Err("ingest: connecting".into()));
+        state.send_replace(IngestState::Consuming);
+        assert_eq!(ready(), Ok(()));
+        // A broker outage: not ready until consuming again.
+        state.send_replace(IngestState::Connecting);
+        assert_eq!(ready(), Err("ingest: connecting".into()));
+        state.send_replace(IngestState::Consuming);
+        shutdown.cancel();
+        assert_eq!(ready(), Err("shutting down".into()));
+        // Without AMQP ingest, ready until shutdown.
+        let embedded = readiness(CancellationToken::new(), None);
+        assert_eq!(embedded(), Ok(()));
+    }
+}
