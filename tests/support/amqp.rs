@@ -111,20 +111,8 @@ impl Producer {
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_timestamp(ms);
-        let confirmation = self
-            .channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        assert!(confirmation.is_ack(), "broker refused the publish");
+        self.publish_raw(exchange, routing_key, body, properties)
+            .await;
     }
 
     /// Publishes `body` with `properties` as they are, and waits for the confirm.
