@@ -10,6 +10,7 @@
 //! | [`ingest`]    | AMQP: topology, consume, ack after acceptance, dead letters, reconnect    |
 //! | [`store`]     | the journal: positions, cursors, dedupe by event id                       |
 //! | [`sequencer`] | the single writer: journal append in batches, then hand-off to the hub    |
+//! | [`auth`]      | the platform's JWT → `Principal`; who may subscribe to what, see, publish |
 //! | [`hub`]       | routing index, filters, per-subscriber bounded queues, overflow policy    |
 //! | [`grpc`]      | tonic services (thin adapters), grpc-web, health, reflection, `Status` map |
 //! | [`telemetry`] | logging setup, Prometheus metrics and the `/metrics` endpoint             |
@@ -18,6 +19,7 @@
 //! | [`client`]    | the command-line clients: `subscribe`, `publish`, `loadgen`               |
 
 pub mod app;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod grpc;

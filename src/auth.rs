@@ -1,0 +1,337 @@
+//! Who is asking, and may they see this: the platform's JWT → [`Principal`], and the two pure
+//! decisions every path uses (may this principal open this subscription; may it see this
+//! event).
+//!
+//! Owns: token verification (algorithm pinned to the configured key, so `alg: none` and
+//! algorithm confusion are refused), the claims the platform issues (WIRE.md "Identity"), the
+//! roles that make an admin or a publisher, and minting tokens for `--dev` and the `token`
+//! command. Does not own: reading the `authorization` metadata or mapping errors to
+//! `tonic::Status` (`grpc` does), routing (`hub`).
+
+use std::{
+    collections::HashSet,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use serde::{Deserialize, Serialize};
+
+/// The issuer the platform's tokens carry.
+pub const DEFAULT_ISSUER: &str = "cloudphone-platform";
+/// The audience the platform's tokens carry.
+pub const DEFAULT_AUDIENCE: &str = "cloudphone-users";
+/// Roles that see every user's events, the firehose and the admin feed.
+pub const DEFAULT_ADMIN_ROLES: [&str; 2] = ["admin", "super_admin"];
+/// Roles that may `Publish`.
+pub const DEFAULT_PUBLISH_ROLES: [&str; 2] = ["service", "super_admin"];
+/// The permission that allows `Publish` whatever the roles.
+pub const PUBLISH_PERMISSION: &str = "notification.publish";
+
+/// The claims of a platform token (WIRE.md "Identity"). Unknown claims are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Claims {
+    /// The user id.
+    pub sub: String,
+    /// The user name.
+    #[serde(default)]
+    pub username: String,
+    /// Roles, e.g. `user`, `admin`, `super_admin`, `service`.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Fine-grained permissions, e.g. `notification.publish`.
+    #[serde(default)]
+    pub permissions: Vec<String>,
+    /// The tenant, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// Issuer.
+    pub iss: String,
+    /// Audience.
+    pub aud: String,
+    /// Expiry, seconds since the epoch.
+    pub exp: u64,
+    /// Issued at.
+    #[serde(default)]
+    pub iat: u64,
+    /// Not before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+}
+
+/// A verified caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The user id (`sub`).
+    pub user_id: String,
+    /// Roles from the token.
+    pub roles: HashSet<String>,
+    /// Permissions from the token.
+    pub permissions: HashSet<String>,
+    /// When the token stops being valid; a stream opened with it ends then.
+    pub expires_at: SystemTime,
+}
+
+/// Why a token was not accepted. The text is short and says nothing about other users.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `authorization: Bearer` metadata.
+    #[error("missing bearer token")]
+    Missing,
+    /// Not a JWT, or claims of the wrong shape.
+    #[error("malformed token")]
+    Malformed,
+    /// The signature does not verify, or the algorithm is not the configured key's.
+    #[error("invalid token signature or algorithm")]
+    BadSignature,
+    /// `exp` is past.
+    #[error("token expired")]
+    Expired,
+    /// `nbf` is in the future.
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// `iss` is not the configured issuer.
+    #[error("wrong token issuer")]
+    WrongIssuer,
+    /// `aud` is not the configured audience.
+    #[error("wrong token audience")]
+    WrongAudience,
+}
+
+/// Why an authenticated principal was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// Asked for another user's events without an admin role.
+    #[error("may only subscribe to your own events")]
+    OtherUser,
+    /// Asked for the firehose without an admin role.
+    #[error("the firehose is for admins")]
+    Firehose,
+    /// Asked for the admin feed without an admin role.
+    #[error("the admin feed is for admins")]
+    AdminFeed,
+    /// Tried to publish without a publisher role or permission.
+    #[error("publishing needs the notification.publish permission or a publisher role")]
+    Publish,
+}
+
+/// Which roles and permissions grant what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Roles that see everything (any user, the firehose, the admin feed).
+    pub admin_roles: HashSet<String>,
+    /// Roles that may publish.
+    pub publish_roles: HashSet<String>,
+    /// The permission that may publish.
+    pub publish_permission: String,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            admin_roles: DEFAULT_ADMIN_ROLES.iter().map(|&r| r.into()).collect(),
+            publish_roles: DEFAULT_PUBLISH_ROLES.iter().map(|&r| r.into()).collect(),
+            publish_permission: PUBLISH_PERMISSION.into(),
+        }
+    }
+}
+
+/// The user a subscription asks for: one user, or everyone (`*`, the firehose).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wants<'a> {
+    /// The caller's own events (an empty `user_id`).
+    Own,
+    /// One named user's events.
+    User(&'a str),
+    /// Every user's events.
+    Firehose,
+}
+
+impl Policy {
+    /// Whether `principal` has an admin role.
+    pub fn is_admin(&self, principal: &Principal) -> bool {
+        !self.admin_roles.is_disjoint(&principal.roles)
+    }
+
+    /// May `principal` open a subscription for `wants` (with the admin feed if `admin_feed`)?
+    /// Filters (types, device) only ever narrow, so they need no decision.
+    pub fn may_subscribe(
+        &self,
+        principal: &Principal,
+        wants: Wants<'_>,
+        admin_feed: bool,
+    ) -> Result<(), Denied> {
+        let admin = self.is_admin(principal);
+        if admin_feed && !admin {
+            return Err(Denied::AdminFeed);
+        }
+        match wants {
+            Wants::Own => Ok(()),
+            Wants::User(user) if user == principal.user_id || admin => Ok(()),
+            Wants::User(_) => Err(Denied::OtherUser),
+            Wants::Firehose if admin => Ok(()),
+            Wants::Firehose => Err(Denied::Firehose),
+        }
+    }
+
+    /// May `principal` see an event about `event_user` (empty: an event about no user)?
+    /// `admin_notice` marks the admin feed's notices. Applied to every event routed to a
+    /// subscriber, live or replayed, so a routing bug cannot leak events.
+    pub fn may_see(&self, principal: &Principal, event_user: &str, admin_notice: bool) -> bool {
+        if self.is_admin(principal) {
+            return true;
+        }
+        !admin_notice && !event_user.is_empty() && event_user == principal.user_id
+    }
+
+    /// May `principal` call `Publish`?
+    pub fn may_publish(&self, principal: &Principal) -> Result<(), Denied> {
+        let by_role = !self.publish_roles.is_disjoint(&principal.roles);
+        if by_role || principal.permissions.contains(&self.publish_permission) {
+            Ok(())
+        } else {
+            Err(Denied::Publish)
+        }
+    }
+}
+
+/// Verifies tokens against one configured key. The accepted algorithm follows from the key
+/// (HS256 for a secret, RS256 or ES256 for a public key), never from the token's header.
+#[derive(Clone)]
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key stays out of logs.
+        f.debug_struct("Verifier")
+            .field("algorithms", &self.validation.algorithms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a verification key could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot use the JWT key: {0}")]
+pub struct KeyError(String);
+
+impl Verifier {
+    /// HS256 with the platform's shared secret.
+    pub fn hs256(secret: &[u8], issuer: &str, audience: &str, leeway: Duration) -> Self {
+        Self::new(
+            DecodingKey::from_secret(secret),
+            Algorithm::HS256,
+            issuer,
+            audience,
+            leeway,
+        )
+    }
+
+    /// RS256 or ES256 with a PEM public key (`-----BEGIN PUBLIC KEY-----`).
+    pub fn public_key_pem(
+        pem: &[u8],
+        issuer: &str,
+        audience: &str,
+        leeway: Duration,
+    ) -> Result<Self, KeyError> {
+        if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+            return Ok(Self::new(key, Algorithm::RS256, issuer, audience, leeway));
+        }
+        match DecodingKey::from_ec_pem(pem) {
+            Ok(key) => Ok(Self::new(key, Algorithm::ES256, issuer, audience, leeway)),
+            Err(error) => Err(KeyError(format!(
+                "not an RSA or P-256 public key in PEM: {error}"
+            ))),
+        }
+    }
+
+    fn new(
+        key: DecodingKey,
+        algorithm: Algorithm,
+        issuer: &str,
+        audience: &str,
+        leeway: Duration,
+    ) -> Self {
+        let mut validation = Validation::new(algorithm);
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+        validation.validate_nbf = true;
+        validation.leeway = leeway.as_secs();
+        Self { key, validation }
+    }
+
+    /// Verifies `token` (the part after `Bearer `).
+    ///
+    /// # Errors
+    ///
+    /// Every way a token can be wrong, as a short [`AuthError`].
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
+            |error| match error.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+                ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                ErrorKind::InvalidSignature
+                | ErrorKind::InvalidAlgorithm
+                | ErrorKind::InvalidAlgorithmName
+                | ErrorKind::MissingAlgorithm
+                | ErrorKind::UnsupportedAlgorithm => AuthError::BadSignature,
+                _ => AuthError::Malformed,
+            },
+        )?;
+        let claims = data.claims;
+        if claims.sub.is_empty() {
+            return Err(AuthError::Malformed);
+        }
+        Ok(Principal {
+            user_id: claims.sub,
+            roles: claims.roles.into_iter().collect(),
+            permissions: claims.permissions.into_iter().collect(),
+            expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp),
+        })
+    }
+}
+
+/// Mints an HS256 token for `sub` with `roles`, valid for `ttl` (the `token` command, `--dev`,
+/// tests).
+///
+/// # Errors
+///
+/// Only if the claims cannot be encoded, which does not happen for these types.
+pub fn mint_hs256(
+    secret: &[u8],
+    sub: &str,
+    roles: &[String],
+    ttl: Duration,
+    issuer: &str,
+    audience: &str,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let claims = Claims {
+        sub: sub.into(),
+        username: sub.into(),
+        roles: roles.to_vec(),
+        permissions: Vec::new(),
+        tenant_id: None,
+        iss: issuer.into(),
+        aud: audience.into(),
+        exp: now + ttl.as_secs(),
+        iat: now,
+        nbf: None,
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,306 @@
+//! The bad-token table, real RSA and EC keys (made with `openssl` for each run), and the two
+//! decisions.
+
+use super::*;
+
+const SECRET: &[u8] = b"test-secret";
+const LEEWAY: Duration = Duration::from_secs(5);
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn claims(sub: &str) -> Claims {
+    Claims {
+        sub: sub.into(),
+        username: sub.into(),
+        roles: vec!["user".into()],
+        permissions: Vec::new(),
+        tenant_id: None,
+        iss: DEFAULT_ISSUER.into(),
+        aud: DEFAULT_AUDIENCE.into(),
+        exp: now() + 3600,
+        iat: now(),
+        nbf: None,
+    }
+}
+
+fn sign(claims: &Claims, algorithm: Algorithm, key: &EncodingKey) -> String {
+    jsonwebtoken::encode(&Header::new(algorithm), claims, key).unwrap()
+}
+
+fn hs(claims: &Claims) -> String {
+    sign(claims, Algorithm::HS256, &EncodingKey::from_secret(SECRET))
+}
+
+fn verifier() -> Verifier {
+    Verifier::hs256(SECRET, DEFAULT_ISSUER, DEFAULT_AUDIENCE, LEEWAY)
+}
+
+fn b64(bytes: &[u8]) -> String {
+    // base64url without padding, enough for a test header and claims.
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+    }
+    out
+}
+
+/// A key pair from `openssl`: (private PEM, public PEM).
+fn openssl_key_pair(kind: &str) -> (Vec<u8>, Vec<u8>) {
+    let dir = std::env::temp_dir().join(format!(
+        "notify-auth-{kind}-{}-{}",
+        std::process::id(),
+        now()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let private = dir.join("private.pem");
+    let public = dir.join("public.pem");
+    let generate = match kind {
+        "rsa" => vec![
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ],
+        _ => vec![
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ],
+    };
+    let status = std::process::Command::new("openssl")
+        .args(&generate)
+        .arg("-out")
+        .arg(&private)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl is installed");
+    assert!(status.success());
+    let status = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let pair = (
+        std::fs::read(&private).unwrap(),
+        std::fs::read(&public).unwrap(),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    pair
+}
+
+#[test]
+fn a_platform_token_becomes_its_principal() {
+    let mut c = claims("u1");
+    c.roles = vec!["admin".into()];
+    c.permissions = vec![PUBLISH_PERMISSION.into()];
+    let principal = verifier().verify(&hs(&c)).unwrap();
+    assert_eq!(principal.user_id, "u1");
+    assert!(principal.roles.contains("admin"));
+    assert!(principal.permissions.contains(PUBLISH_PERMISSION));
+    assert_eq!(
+        principal.expires_at,
+        UNIX_EPOCH + Duration::from_secs(c.exp)
+    );
+}
+
+#[test]
+fn every_kind_of_bad_token_is_refused_with_its_reason() {
+    let mut expired = claims("u1");
+    expired.exp = now() - 3600;
+    let mut early = claims("u1");
+    early.nbf = Some(now() + 3600);
+    let mut issuer = claims("u1");
+    issuer.iss = "someone-else".into();
+    let mut audience = claims("u1");
+    audience.aud = "other-users".into();
+    let mut nobody = claims("");
+    nobody.sub = String::new();
+    let wrong_secret = sign(
+        &claims("u1"),
+        Algorithm::HS256,
+        &EncodingKey::from_secret(b"not-the-secret"),
+    );
+    let header_none = b64(br#"{"alg":"none","typ":"JWT"}"#);
+    let body = b64(serde_json::to_string(&claims("u1")).unwrap().as_bytes());
+    let alg_none = format!("{header_none}.{body}.");
+
+    let table: Vec<(&str, String, AuthError)> = vec![
+        ("empty", String::new(), AuthError::Malformed),
+        ("garbage", "not.a.jwt".into(), AuthError::Malformed),
+        ("wrong secret", wrong_secret, AuthError::BadSignature),
+        ("expired", hs(&expired), AuthError::Expired),
+        ("not yet valid", hs(&early), AuthError::NotYetValid),
+        ("wrong issuer", hs(&issuer), AuthError::WrongIssuer),
+        ("wrong audience", hs(&audience), AuthError::WrongAudience),
+        ("no subject", hs(&nobody), AuthError::Malformed),
+    ];
+    for (case, token, expected) in table {
+        assert_eq!(verifier().verify(&token), Err(expected), "{case}");
+    }
+    // `alg: none` must never verify, whatever the reason given.
+    assert!(verifier().verify(&alg_none).is_err(), "alg none accepted");
+}
+
+#[test]
+fn rs256_tokens_verify_and_the_public_key_used_as_an_hmac_secret_does_not() {
+    let (private, public) = openssl_key_pair("rsa");
+    let verifier =
+        Verifier::public_key_pem(&public, DEFAULT_ISSUER, DEFAULT_AUDIENCE, LEEWAY).unwrap();
+    let good = sign(
+        &claims("u1"),
+        Algorithm::RS256,
+        &EncodingKey::from_rsa_pem(&private).unwrap(),
+    );
+    assert_eq!(verifier.verify(&good).unwrap().user_id, "u1");
+    // Algorithm confusion: HS256 keyed with the (public) RSA key the server holds.
+    let confused = sign(
+        &claims("u1"),
+        Algorithm::HS256,
+        &EncodingKey::from_secret(&public),
+    );
+    assert_eq!(verifier.verify(&confused), Err(AuthError::BadSignature));
+}
+
+#[test]
+fn es256_tokens_verify_with_a_p256_public_key() {
+    let (private, public) = openssl_key_pair("ec");
+    let verifier =
+        Verifier::public_key_pem(&public, DEFAULT_ISSUER, DEFAULT_AUDIENCE, LEEWAY).unwrap();
+    let good = sign(
+        &claims("u2"),
+        Algorithm::ES256,
+        &EncodingKey::from_ec_pem(&private).unwrap(),
+    );
+    assert_eq!(verifier.verify(&good).unwrap().user_id, "u2");
+    assert_eq!(
+        verifier.verify(&hs(&claims("u2"))),
+        Err(AuthError::BadSignature)
+    );
+    assert!(Verifier::public_key_pem(b"nonsense", "i", "a", LEEWAY).is_err());
+}
+
+#[test]
+fn minted_tokens_verify() {
+    let token = mint_hs256(
+        SECRET,
+        "u9",
+        &["admin".into()],
+        Duration::from_secs(60),
+        DEFAULT_ISSUER,
+        DEFAULT_AUDIENCE,
+    )
+    .unwrap();
+    let principal = verifier().verify(&token).unwrap();
+    assert_eq!(principal.user_id, "u9");
+    assert!(Policy::default().is_admin(&principal));
+}
+
+fn principal(user: &str, roles: &[&str], permissions: &[&str]) -> Principal {
+    Principal {
+        user_id: user.into(),
+        roles: roles.iter().map(|&r| r.into()).collect(),
+        permissions: permissions.iter().map(|&p| p.into()).collect(),
+        expires_at: SystemTime::now() + Duration::from_secs(60),
+    }
+}
+
+#[test]
+fn users_subscribe_to_their_own_events_only() {
+    let policy = Policy::default();
+    let alice = principal("alice", &["user"], &[]);
+    assert_eq!(policy.may_subscribe(&alice, Wants::Own, false), Ok(()));
+    assert_eq!(
+        policy.may_subscribe(&alice, Wants::User("alice"), false),
+        Ok(())
+    );
+    assert_eq!(
+        policy.may_subscribe(&alice, Wants::User("bob"), false),
+        Err(Denied::OtherUser)
+    );
+    assert_eq!(
+        policy.may_subscribe(&alice, Wants::Firehose, false),
+        Err(Denied::Firehose)
+    );
+    assert_eq!(
+        policy.may_subscribe(&alice, Wants::Own, true),
+        Err(Denied::AdminFeed)
+    );
+    for role in ["admin", "super_admin"] {
+        let admin = principal("root", &[role], &[]);
+        assert_eq!(
+            policy.may_subscribe(&admin, Wants::User("bob"), true),
+            Ok(())
+        );
+        assert_eq!(policy.may_subscribe(&admin, Wants::Firehose, true), Ok(()));
+    }
+    // `tenant_admin` is not an admin of the platform's notifications.
+    let tenant_admin = principal("t", &["tenant_admin"], &[]);
+    assert_eq!(
+        policy.may_subscribe(&tenant_admin, Wants::Firehose, false),
+        Err(Denied::Firehose)
+    );
+}
+
+#[test]
+fn users_see_only_their_own_events_admins_see_all() {
+    let policy = Policy::default();
+    let alice = principal("alice", &["user"], &[]);
+    assert!(policy.may_see(&alice, "alice", false));
+    assert!(!policy.may_see(&alice, "bob", false));
+    assert!(
+        !policy.may_see(&alice, "", false),
+        "user-less events are firehose only"
+    );
+    assert!(
+        !policy.may_see(&alice, "alice", true),
+        "admin notices are admins only"
+    );
+    let admin = principal("root", &["admin"], &[]);
+    assert!(policy.may_see(&admin, "bob", false));
+    assert!(policy.may_see(&admin, "", false));
+    assert!(policy.may_see(&admin, "bob", true));
+}
+
+#[test]
+fn publishing_needs_a_publisher_role_or_the_permission() {
+    let policy = Policy::default();
+    assert_eq!(
+        policy.may_publish(&principal("alice", &["user"], &[])),
+        Err(Denied::Publish)
+    );
+    assert_eq!(
+        policy.may_publish(&principal("admin", &["admin"], &[])),
+        Err(Denied::Publish),
+        "admins read everything but do not publish by default"
+    );
+    assert_eq!(
+        policy.may_publish(&principal("svc", &["service"], &[])),
+        Ok(())
+    );
+    assert_eq!(
+        policy.may_publish(&principal("root", &["super_admin"], &[])),
+        Ok(())
+    );
+    assert_eq!(
+        policy.may_publish(&principal("billing", &[], &[PUBLISH_PERMISSION])),
+        Ok(())
+    );
+}
