@@ -7,7 +7,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::client::{LoadgenArgs, PublishArgs, SubscribeArgs};
+use crate::client::{LoadgenArgs, PublishArgs, SubscribeArgs, TokenArgs};
 
 /// notify-backbone: typed platform events, streamed over gRPC and grpc-web.
 #[derive(Debug, Parser)]
@@ -36,6 +36,8 @@ pub enum Command {
     Publish(PublishArgs),
     /// Load generator: subscribers and publishers against a running server.
     Loadgen(LoadgenArgs),
+    /// Mint a platform-style HS256 token (for development and tests).
+    Token(TokenArgs),
 }
 
 /// Everything `serve` can be told.

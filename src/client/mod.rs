@@ -1,10 +1,11 @@
 //! The command-line clients: real gRPC clients on the generated stubs, for people (`subscribe`,
-//! `publish`) and for measuring (`loadgen`).
+//! `publish`) and for measuring (`loadgen`), and `token`, which mints development tokens.
 //!
 //! Owns: argument parsing of the client subcommands and their output formats. Does not own
 //! anything of the server; these talk to it over the network like any other client.
 
 mod loadgen;
+mod token;
 
 use std::path::PathBuf;
 
@@ -15,6 +16,7 @@ use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use tonic::transport::{Channel, Endpoint};
 
 pub use loadgen::{LoadgenArgs, loadgen};
+pub use token::{TokenArgs, token};
 
 use crate::pb::{
     self, notification_service_client::NotificationServiceClient, publish_request::Body,
@@ -41,6 +43,10 @@ pub struct SubscribeArgs {
     /// Continue after this cursor (the `cursor` of the last event you processed).
     #[arg(long, env = "NOTIFY_RESUME_AFTER")]
     pub resume_after: Option<String>,
+    /// A bearer token for the `authorization` metadata (see `token`). The server checks it once
+    /// authentication is on.
+    #[arg(long, env = "NOTIFY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// Arguments of `publish`.
@@ -53,6 +59,10 @@ pub struct PublishArgs {
     pub routing_key: String,
     /// The producer's JSON body, or `@path` to read it from a file (`@-`: standard input).
     pub body: String,
+    /// A bearer token for the `authorization` metadata (see `token`). The server checks it once
+    /// authentication is on.
+    #[arg(long, env = "NOTIFY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// Connects to a server's gRPC URL.
@@ -64,6 +74,18 @@ pub async fn connect(server: &str) -> anyhow::Result<NotificationServiceClient<C
         .await
         .with_context(|| format!("cannot connect to {server}"))?;
     Ok(NotificationServiceClient::new(channel))
+}
+
+/// `message` with `authorization: Bearer <token>` metadata when a token is given.
+fn authorized<T>(message: T, token: Option<&str>) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .context("the token is not valid metadata")?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    Ok(request)
 }
 
 /// `subscribe`: prints every message of the stream as one line of canonical proto3 JSON.
@@ -80,7 +102,10 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
         admin_feed: args.admin_feed,
         resume_after: args.resume_after.unwrap_or_default(),
     };
-    let mut stream = client.subscribe(request).await?.into_inner();
+    let mut stream = client
+        .subscribe(authorized(request, args.token.as_deref())?)
+        .await?
+        .into_inner();
     let options = SerializeOptions::new();
     while let Some(message) = stream.message().await? {
         let dynamic =
@@ -96,11 +121,12 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
 pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     let json = read_body(&args.body)?;
     let mut client = connect(&args.server).await?;
+    let request = pb::PublishRequest {
+        routing_key: args.routing_key,
+        body: Some(Body::Json(json)),
+    };
     let response = client
-        .publish(pb::PublishRequest {
-            routing_key: args.routing_key,
-            body: Some(Body::Json(json)),
-        })
+        .publish(authorized(request, args.token.as_deref())?)
         .await
         .map_err(|status| anyhow::anyhow!("{}: {}", status.code(), status.message()))?
         .into_inner();
@@ -129,5 +155,30 @@ fn read_body(arg: &str) -> anyhow::Result<Vec<u8>> {
         }
         None if arg.is_empty() => bail!("the body is empty"),
         None => Ok(arg.as_bytes().to_vec()),
+    }
+}
+
+#[cfg(test)]
+mod auth_metadata_tests {
+    use super::*;
+
+    #[test]
+    fn a_token_becomes_bearer_metadata_and_none_adds_nothing() {
+        let request = authorized((), Some("abc.def.ghi")).unwrap();
+        assert_eq!(
+            request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok()),
+            Some("Bearer abc.def.ghi")
+        );
+        assert!(
+            authorized((), None)
+                .unwrap()
+                .metadata()
+                .get("authorization")
+                .is_none()
+        );
+        assert!(authorized((), Some("bad\ntoken")).is_err());
     }
 }
