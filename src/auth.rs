@@ -13,7 +13,11 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use jsonwebtoken::{
+    Algorithm, DecodingKey, EncodingKey, Header, Validation,
+    errors::ErrorKind,
+    jwk::{AlgorithmParameters, EllipticCurve, JwkSet},
+};
 use serde::{Deserialize, Serialize};
 
 /// The issuer the platform's tokens carry.
@@ -195,19 +199,29 @@ impl Policy {
     }
 }
 
-/// Verifies tokens against one configured key. The accepted algorithm follows from the key
-/// (HS256 for a secret, RS256 or ES256 for a public key), never from the token's header.
+/// Verifies tokens against the configured key or key set. The accepted algorithm follows from
+/// the key (HS256 for a secret, RS256 or ES256 for a public key), never from the token's header.
 #[derive(Clone)]
 pub struct Verifier {
-    key: DecodingKey,
+    keys: Vec<VerifyingKey>,
+    /// Issuer, audience, leeway and required claims; the algorithm is set per key.
     validation: Validation,
+}
+
+#[derive(Clone)]
+struct VerifyingKey {
+    /// The JWKS `kid`, if the key came from a key set.
+    kid: Option<String>,
+    key: DecodingKey,
+    algorithm: Algorithm,
 }
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The key stays out of logs.
+        // The keys stay out of logs.
+        let algorithms: Vec<_> = self.keys.iter().map(|k| k.algorithm).collect();
         f.debug_struct("Verifier")
-            .field("algorithms", &self.validation.algorithms)
+            .field("algorithms", &algorithms)
             .finish_non_exhaustive()
     }
 }
@@ -220,13 +234,12 @@ pub struct KeyError(String);
 impl Verifier {
     /// HS256 with the platform's shared secret.
     pub fn hs256(secret: &[u8], issuer: &str, audience: &str, leeway: Duration) -> Self {
-        Self::new(
-            DecodingKey::from_secret(secret),
-            Algorithm::HS256,
-            issuer,
-            audience,
-            leeway,
-        )
+        let key = VerifyingKey {
+            kid: None,
+            key: DecodingKey::from_secret(secret),
+            algorithm: Algorithm::HS256,
+        };
+        Self::new(vec![key], issuer, audience, leeway)
     }
 
     /// RS256 or ES256 with a PEM public key (`-----BEGIN PUBLIC KEY-----`).
@@ -236,31 +249,90 @@ impl Verifier {
         audience: &str,
         leeway: Duration,
     ) -> Result<Self, KeyError> {
-        if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
-            return Ok(Self::new(key, Algorithm::RS256, issuer, audience, leeway));
-        }
-        match DecodingKey::from_ec_pem(pem) {
-            Ok(key) => Ok(Self::new(key, Algorithm::ES256, issuer, audience, leeway)),
-            Err(error) => Err(KeyError(format!(
-                "not an RSA or P-256 public key in PEM: {error}"
-            ))),
-        }
+        let (key, algorithm) = if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+            (key, Algorithm::RS256)
+        } else {
+            let key = DecodingKey::from_ec_pem(pem).map_err(|error| {
+                KeyError(format!("not an RSA or P-256 public key in PEM: {error}"))
+            })?;
+            (key, Algorithm::ES256)
+        };
+        let key = VerifyingKey {
+            kid: None,
+            key,
+            algorithm,
+        };
+        Ok(Self::new(vec![key], issuer, audience, leeway))
     }
 
-    fn new(
-        key: DecodingKey,
-        algorithm: Algorithm,
+    /// RS256 and ES256 keys from a JWKS document (`{"keys": [...]}`); a token picks its key by
+    /// `kid`. Symmetric (`oct`) keys are refused: a shared secret does not belong in a key set
+    /// that is meant to be public.
+    pub fn jwks(
+        json: &[u8],
         issuer: &str,
         audience: &str,
         leeway: Duration,
-    ) -> Self {
-        let mut validation = Validation::new(algorithm);
+    ) -> Result<Self, KeyError> {
+        let set: JwkSet = serde_json::from_slice(json)
+            .map_err(|error| KeyError(format!("not a JWKS document: {error}")))?;
+        let mut keys = Vec::new();
+        for jwk in &set.keys {
+            let algorithm = match &jwk.algorithm {
+                AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                AlgorithmParameters::EllipticCurve(params)
+                    if params.curve == EllipticCurve::P256 =>
+                {
+                    Algorithm::ES256
+                }
+                _ => {
+                    return Err(KeyError(format!(
+                        "JWKS key {:?}: only RSA (RS256) and P-256 (ES256) keys are accepted",
+                        jwk.common.key_id
+                    )));
+                }
+            };
+            let key = DecodingKey::from_jwk(jwk)
+                .map_err(|error| KeyError(format!("JWKS key {:?}: {error}", jwk.common.key_id)))?;
+            keys.push(VerifyingKey {
+                kid: jwk.common.key_id.clone(),
+                key,
+                algorithm,
+            });
+        }
+        if keys.is_empty() {
+            return Err(KeyError("the JWKS document has no keys".into()));
+        }
+        Ok(Self::new(keys, issuer, audience, leeway))
+    }
+
+    fn new(keys: Vec<VerifyingKey>, issuer: &str, audience: &str, leeway: Duration) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
         validation.validate_nbf = true;
         validation.leeway = leeway.as_secs();
-        Self { key, validation }
+        Self { keys, validation }
+    }
+
+    /// The key for `token`: by `kid` in a key set, else the only key.
+    fn key_for(&self, token: &str) -> Result<&VerifyingKey, AuthError> {
+        if let [only] = self.keys.as_slice()
+            && only.kid.is_none()
+        {
+            return Ok(only);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        match header.kid {
+            Some(kid) => self
+                .keys
+                .iter()
+                .find(|k| k.kid.as_deref() == Some(kid.as_str()))
+                .ok_or(AuthError::BadSignature),
+            None if self.keys.len() == 1 => Ok(&self.keys[0]),
+            None => Err(AuthError::BadSignature),
+        }
     }
 
     /// Verifies `token` (the part after `Bearer `).
@@ -269,20 +341,24 @@ impl Verifier {
     ///
     /// Every way a token can be wrong, as a short [`AuthError`].
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
-            |error| match error.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-                ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
-                ErrorKind::InvalidAudience => AuthError::WrongAudience,
-                ErrorKind::InvalidSignature
-                | ErrorKind::InvalidAlgorithm
-                | ErrorKind::InvalidAlgorithmName
-                | ErrorKind::MissingAlgorithm
-                | ErrorKind::UnsupportedAlgorithm => AuthError::BadSignature,
-                _ => AuthError::Malformed,
-            },
-        )?;
+        let key = self.key_for(token)?;
+        let mut validation = self.validation.clone();
+        validation.algorithms = vec![key.algorithm];
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &key.key, &validation).map_err(|error| {
+                match error.kind() {
+                    ErrorKind::ExpiredSignature => AuthError::Expired,
+                    ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                    ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+                    ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                    ErrorKind::InvalidSignature
+                    | ErrorKind::InvalidAlgorithm
+                    | ErrorKind::InvalidAlgorithmName
+                    | ErrorKind::MissingAlgorithm
+                    | ErrorKind::UnsupportedAlgorithm => AuthError::BadSignature,
+                    _ => AuthError::Malformed,
+                }
+            })?;
         let claims = data.claims;
         if claims.sub.is_empty() {
             return Err(AuthError::Malformed);

@@ -58,10 +58,12 @@ fn b64(bytes: &[u8]) -> String {
 
 /// A key pair from `openssl`: (private PEM, public PEM).
 fn openssl_key_pair(kind: &str) -> (Vec<u8>, Vec<u8>) {
+    // Tests run in parallel: each pair gets a directory of its own.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(
         "notify-auth-{kind}-{}-{}",
         std::process::id(),
-        now()
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let private = dir.join("private.pem");
@@ -303,4 +305,63 @@ fn publishing_needs_a_publisher_role_or_the_permission() {
         policy.may_publish(&principal("billing", &[], &[PUBLISH_PERMISSION])),
         Ok(())
     );
+}
+
+#[test]
+fn jwks_keys_are_picked_by_kid_and_symmetric_keys_are_refused() {
+    use jsonwebtoken::jwk::Jwk;
+    let (rsa_private, _) = openssl_key_pair("rsa");
+    let (ec_private, _) = openssl_key_pair("ec");
+    let rsa = EncodingKey::from_rsa_pem(&rsa_private).unwrap();
+    let ec = EncodingKey::from_ec_pem(&ec_private).unwrap();
+    let mut rsa_jwk = Jwk::from_encoding_key(&rsa, Algorithm::RS256).unwrap();
+    rsa_jwk.common.key_id = Some("rsa-1".into());
+    let mut ec_jwk = Jwk::from_encoding_key(&ec, Algorithm::ES256).unwrap();
+    ec_jwk.common.key_id = Some("ec-1".into());
+    let set = serde_json::json!({ "keys": [rsa_jwk, ec_jwk] });
+    let verifier = Verifier::jwks(
+        set.to_string().as_bytes(),
+        DEFAULT_ISSUER,
+        DEFAULT_AUDIENCE,
+        LEEWAY,
+    )
+    .unwrap();
+    let signed = |kid: &str, algorithm: Algorithm, key: &EncodingKey| {
+        let mut header = Header::new(algorithm);
+        header.kid = Some(kid.into());
+        jsonwebtoken::encode(&header, &claims("u3"), key).unwrap()
+    };
+    assert_eq!(
+        verifier
+            .verify(&signed("rsa-1", Algorithm::RS256, &rsa))
+            .unwrap()
+            .user_id,
+        "u3"
+    );
+    assert_eq!(
+        verifier
+            .verify(&signed("ec-1", Algorithm::ES256, &ec))
+            .unwrap()
+            .user_id,
+        "u3"
+    );
+    // A kid naming the wrong key, an unknown kid, and no kid with several keys: refused.
+    assert_eq!(
+        verifier.verify(&signed("ec-1", Algorithm::RS256, &rsa)),
+        Err(AuthError::BadSignature)
+    );
+    assert_eq!(
+        verifier.verify(&signed("nope", Algorithm::RS256, &rsa)),
+        Err(AuthError::BadSignature)
+    );
+    assert_eq!(
+        verifier.verify(&hs(&claims("u3"))),
+        Err(AuthError::BadSignature)
+    );
+
+    let oct = Jwk::from_encoding_key(&EncodingKey::from_secret(SECRET), Algorithm::HS256).unwrap();
+    let symmetric = serde_json::json!({ "keys": [oct] }).to_string();
+    assert!(Verifier::jwks(symmetric.as_bytes(), "i", "a", LEEWAY).is_err());
+    assert!(Verifier::jwks(br#"{"keys":[]}"#, "i", "a", LEEWAY).is_err());
+    assert!(Verifier::jwks(b"nonsense", "i", "a", LEEWAY).is_err());
 }
