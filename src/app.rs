@@ -125,6 +125,7 @@ pub async fn run(
         http2_keepalive_interval: config.http2_keepalive_interval,
         http2_keepalive_timeout: config.http2_keepalive_timeout,
         max_decoding_message_size: config.max_publish_bytes + DECODE_HEADROOM_BYTES,
+        tls: tls_identity(&config)?,
     };
     info!(addr = %telemetry::local_addr(&listeners.metrics), "metrics on http://{}/metrics", telemetry::local_addr(&listeners.metrics));
     tasks.spawn({
@@ -197,6 +198,20 @@ pub async fn run(
     }
     info!("stopped");
     served
+}
+
+/// Reads `--tls-cert` and `--tls-key`, if given.
+fn tls_identity(config: &ServeConfig) -> anyhow::Result<Option<grpc::TlsIdentity>> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path, flag: &str| {
+        std::fs::read(path).with_context(|| format!("cannot read {flag} {}", path.display()))
+    };
+    Ok(Some(grpc::TlsIdentity {
+        cert_pem: read(cert, "--tls-cert")?,
+        key_pem: read(key, "--tls-key")?,
+    }))
 }
 
 /// The ingest's settings from the server's.

@@ -107,6 +107,26 @@ pub struct ServeConfig {
     #[arg(long, env = "NOTIFY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// TLS for the gRPC and grpc-web port: the certificate chain, PEM. Needs `--tls-key`.
+    /// Without it the port speaks plain text (fine on loopback or behind a TLS-terminating
+    /// proxy).
+    #[arg(
+        long,
+        env = "NOTIFY_TLS_CERT",
+        requires = "tls_key",
+        help_heading = "TLS"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// TLS: the private key of `--tls-cert`, PEM.
+    #[arg(
+        long,
+        env = "NOTIFY_TLS_KEY",
+        requires = "tls_cert",
+        help_heading = "TLS"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
+
     /// AMQP ingest: the RabbitMQ broker to consume the platform's events from, e.g.
     /// `amqp://guest:guest@127.0.0.1:5672/%2f` (the vhost is URL-encoded: `%2f` is `/`). Without
     /// it the server runs embedded, with `Publish` as its only ingest.
@@ -254,6 +274,22 @@ mod tests {
         assert_eq!(
             parsed.map(|cli| cli.serve.node_id()).ok().as_deref(),
             Some("node-1.eu_west")
+        );
+    }
+
+    #[test]
+    fn a_tls_certificate_needs_its_key_and_the_other_way_round() {
+        assert!(Cli::try_parse_from(["notify-backbone", "--tls-cert", "c.pem"]).is_err());
+        assert!(Cli::try_parse_from(["notify-backbone", "--tls-key", "k.pem"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "notify-backbone",
+                "--tls-cert",
+                "c.pem",
+                "--tls-key",
+                "k.pem"
+            ])
+            .is_ok()
         );
     }
 

@@ -40,6 +40,26 @@ pub struct ServerSettings {
     pub http2_keepalive_timeout: Duration,
     /// Largest request message tonic will decode (bounds memory before our own checks run).
     pub max_decoding_message_size: usize,
+    /// TLS certificate chain and private key, PEM; plain text when `None`.
+    pub tls: Option<TlsIdentity>,
+}
+
+/// A TLS certificate chain and its private key, both PEM.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    /// The certificate chain.
+    pub cert_pem: Vec<u8>,
+    /// The private key.
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The private key stays out of logs.
+        f.debug_struct("TlsIdentity")
+            .field("cert_pem_bytes", &self.cert_pem.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The health of `NotificationService`, as seen by gRPC health checks.
@@ -104,7 +124,17 @@ pub async fn serve(
     let notify = NotificationServiceServer::new(service)
         .max_decoding_message_size(settings.max_decoding_message_size);
 
-    Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = &settings.tls {
+        // ALPN offers h2 and http/1.1, so grpc-web keeps working over TLS.
+        let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|error| {
+                anyhow::anyhow!("TLS set-up failed (--tls-cert/--tls-key): {error}")
+            })?;
+    }
+    builder
         .accept_http1(true)
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
