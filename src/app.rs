@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
+    auth::{self, Authenticator, Policy, Verifier},
     config::ServeConfig,
     grpc::{self, NotifyService, ServerSettings},
     hub::{Hub, HubConfig},
@@ -72,6 +73,8 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // Refuse to start without a way to check tokens before anything else runs.
+    let authenticator = authenticator(&config)?;
     let metrics = Arc::new(Metrics::new());
     let journal = MemoryJournal::new(config.dedupe_window);
     let hub = Hub::new(
@@ -119,6 +122,7 @@ pub async fn run(
             strict_schema: config.strict_schema,
         },
         max_publish_bytes: config.max_publish_bytes,
+        auth: Arc::new(authenticator),
     };
     let settings = ServerSettings {
         cors_origins: config.cors_origins.clone(),
@@ -198,6 +202,81 @@ pub async fn run(
     }
     info!("stopped");
     served
+}
+
+/// The token checks and access policy from `--jwt-*`, `--admin-role`, `--publish-role` and
+/// `--dev`.
+fn authenticator(config: &ServeConfig) -> anyhow::Result<Authenticator> {
+    let (issuer, audience, leeway) = (
+        config.jwt_issuer.as_str(),
+        config.jwt_audience.as_str(),
+        config.jwt_leeway,
+    );
+    let configured = [
+        config.jwt_secret.is_some(),
+        config.jwt_public_key.is_some(),
+        config.jwt_jwks.is_some(),
+    ];
+    anyhow::ensure!(
+        configured.iter().filter(|&&k| k).count() <= 1,
+        "give only one of --jwt-secret, --jwt-public-key and --jwt-jwks"
+    );
+    let verifier = if let Some(secret) = &config.jwt_secret {
+        anyhow::ensure!(!secret.is_empty(), "--jwt-secret is empty");
+        Verifier::hs256(secret.as_bytes(), issuer, audience, leeway)
+    } else if let Some(path) = &config.jwt_public_key {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("cannot read --jwt-public-key {}", path.display()))?;
+        Verifier::public_key_pem(&pem, issuer, audience, leeway)?
+    } else if let Some(path) = &config.jwt_jwks {
+        let json = std::fs::read(path)
+            .with_context(|| format!("cannot read --jwt-jwks {}", path.display()))?;
+        Verifier::jwks(&json, issuer, audience, leeway)?
+    } else if config.dev {
+        let secret = dev_secret()?;
+        warn!(
+            "DEVELOPMENT MODE (--dev): tokens are signed with a secret generated for this run \
+             and kept in {}; mint one with `notify-backbone token --sub <user>`. Never run \
+             like this in production.",
+            auth::DEV_SECRET_FILE
+        );
+        Verifier::hs256(secret.as_bytes(), issuer, audience, leeway)
+    } else {
+        anyhow::bail!(
+            "no way to check tokens: give --jwt-secret (JWT_SECRET), --jwt-public-key or \
+             --jwt-jwks, or --dev for local development"
+        );
+    };
+    Ok(Authenticator {
+        verifier,
+        policy: Policy {
+            admin_roles: config.admin_roles.iter().cloned().collect(),
+            publish_roles: config.publish_roles.iter().cloned().collect(),
+            publish_permission: auth::PUBLISH_PERMISSION.into(),
+        },
+    })
+}
+
+/// A fresh random secret for `--dev`, written where `notify-backbone token` looks for it
+/// (readable by this user only).
+fn dev_secret() -> anyhow::Result<String> {
+    use rand::Rng as _;
+    use std::io::Write as _;
+    let bytes: [u8; 32] = rand::rng().random();
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let path = std::path::Path::new(auth::DEV_SECRET_FILE);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(secret.as_bytes())?;
+    Ok(secret)
 }
 
 /// Reads `--tls-cert` and `--tls-key`, if given.

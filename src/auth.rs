@@ -28,6 +28,9 @@ pub const DEFAULT_AUDIENCE: &str = "cloudphone-users";
 pub const DEFAULT_ADMIN_ROLES: [&str; 2] = ["admin", "super_admin"];
 /// Roles that may `Publish`.
 pub const DEFAULT_PUBLISH_ROLES: [&str; 2] = ["service", "super_admin"];
+/// Where `--dev` keeps its generated secret, relative to the working directory, for
+/// `notify-backbone token` to find.
+pub const DEV_SECRET_FILE: &str = ".notify-backbone/dev-jwt-secret";
 /// The permission that allows `Publish` whatever the roles.
 pub const PUBLISH_PERMISSION: &str = "notification.publish";
 
@@ -151,7 +154,37 @@ pub enum Wants<'a> {
     Firehose,
 }
 
+/// What a subscriber may see, fixed when its subscription opens: the hub checks every event it
+/// routes against it, so a routing bug cannot leak another user's events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Viewer {
+    /// Sees every event and the admin feed.
+    Admin,
+    /// Sees only events about this user.
+    User(Box<str>),
+}
+
+impl Viewer {
+    /// May this viewer see an event about `event_user` (empty: about no user)? `admin_notice`
+    /// marks the admin feed's notices.
+    pub fn may_see(&self, event_user: &str, admin_notice: bool) -> bool {
+        match self {
+            Viewer::Admin => true,
+            Viewer::User(user) => !admin_notice && !event_user.is_empty() && **user == *event_user,
+        }
+    }
+}
+
 impl Policy {
+    /// What `principal` may see.
+    pub fn viewer(&self, principal: &Principal) -> Viewer {
+        if self.is_admin(principal) {
+            Viewer::Admin
+        } else {
+            Viewer::User(principal.user_id.as_str().into())
+        }
+    }
+
     /// Whether `principal` has an admin role.
     pub fn is_admin(&self, principal: &Principal) -> bool {
         !self.admin_roles.is_disjoint(&principal.roles)
@@ -182,10 +215,7 @@ impl Policy {
     /// `admin_notice` marks the admin feed's notices. Applied to every event routed to a
     /// subscriber, live or replayed, so a routing bug cannot leak events.
     pub fn may_see(&self, principal: &Principal, event_user: &str, admin_notice: bool) -> bool {
-        if self.is_admin(principal) {
-            return true;
-        }
-        !admin_notice && !event_user.is_empty() && event_user == principal.user_id
+        self.viewer(principal).may_see(event_user, admin_notice)
     }
 
     /// May `principal` call `Publish`?
@@ -369,6 +399,32 @@ impl Verifier {
             permissions: claims.permissions.into_iter().collect(),
             expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp),
         })
+    }
+}
+
+/// Token verification and the access policy together: what the gRPC edge needs.
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    /// Checks tokens.
+    pub verifier: Verifier,
+    /// Decides what a principal may do.
+    pub policy: Policy,
+}
+
+impl Authenticator {
+    /// The principal behind an `authorization` metadata value (`Bearer <token>`).
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::Missing`] without a value or without the `Bearer` scheme, else whatever
+    /// [`Verifier::verify`] finds.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
+        let value = authorization.ok_or(AuthError::Missing)?;
+        let (scheme, token) = value.trim().split_once(' ').ok_or(AuthError::Missing)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(AuthError::Missing);
+        }
+        self.verifier.verify(token.trim())
     }
 }
 

@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (the default).
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Subscribe to a server and print each message as one JSON line.
     Subscribe(SubscribeArgs),
     /// Publish one event (a producer's JSON body) and print its id and cursor.
@@ -106,6 +106,52 @@ pub struct ServeConfig {
     /// deliveries; what it cannot settle goes back to the queue unacknowledged.
     #[arg(long, env = "NOTIFY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// The platform's shared HS256 secret that signs its tokens. Give this, `--jwt-public-key`
+    /// or `--jwt-jwks`; without any the server starts only with `--dev`.
+    #[arg(
+        long,
+        env = "JWT_SECRET",
+        hide_env_values = true,
+        help_heading = "Authentication"
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// A PEM public key (RSA for RS256, P-256 for ES256) that verifies the tokens.
+    #[arg(long, env = "NOTIFY_JWT_PUBLIC_KEY", help_heading = "Authentication")]
+    pub jwt_public_key: Option<std::path::PathBuf>,
+
+    /// A JWKS file (`{"keys": [...]}`, RSA or P-256 keys) that verifies the tokens, by `kid`.
+    #[arg(long, env = "NOTIFY_JWT_JWKS", help_heading = "Authentication")]
+    pub jwt_jwks: Option<std::path::PathBuf>,
+
+    /// The issuer (`iss`) tokens must carry.
+    #[arg(long, env = "NOTIFY_JWT_ISSUER", default_value = crate::auth::DEFAULT_ISSUER, help_heading = "Authentication")]
+    pub jwt_issuer: String,
+
+    /// The audience (`aud`) tokens must carry.
+    #[arg(long, env = "NOTIFY_JWT_AUDIENCE", default_value = crate::auth::DEFAULT_AUDIENCE, help_heading = "Authentication")]
+    pub jwt_audience: String,
+
+    /// Clock skew allowed when checking `exp` and `nbf`.
+    #[arg(long, env = "NOTIFY_JWT_LEEWAY", default_value = "30s", value_parser = humantime::parse_duration, help_heading = "Authentication")]
+    pub jwt_leeway: Duration,
+
+    /// Roles that see every user's events, the firehose and the admin feed (repeat, or
+    /// comma-separated).
+    #[arg(long = "admin-role", env = "NOTIFY_ADMIN_ROLES", value_delimiter = ',', default_values_t = crate::auth::DEFAULT_ADMIN_ROLES.map(String::from), help_heading = "Authentication")]
+    pub admin_roles: Vec<String>,
+
+    /// Roles that may call `Publish` (as may any token with the `notification.publish`
+    /// permission).
+    #[arg(long = "publish-role", env = "NOTIFY_PUBLISH_ROLES", value_delimiter = ',', default_values_t = crate::auth::DEFAULT_PUBLISH_ROLES.map(String::from), help_heading = "Authentication")]
+    pub publish_roles: Vec<String>,
+
+    /// Development mode: without a configured key, sign and verify tokens with a secret
+    /// generated at start and written to `.notify-backbone/dev-jwt-secret`, where
+    /// `notify-backbone token` finds it. Never in production.
+    #[arg(long, env = "NOTIFY_DEV", help_heading = "Authentication")]
+    pub dev: bool,
 
     /// TLS for the gRPC and grpc-web port: the certificate chain, PEM. Needs `--tls-key`.
     /// Without it the port speaks plain text (fine on loopback or behind a TLS-terminating

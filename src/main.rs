@@ -13,7 +13,7 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init_logging();
     match cli.command {
         None => app::serve(cli.serve).await,
-        Some(Command::Serve(config)) => app::serve(config).await,
+        Some(Command::Serve(config)) => app::serve(*config).await,
         Some(Command::Subscribe(args)) => client::subscribe(args).await,
         Some(Command::Publish(args)) => client::publish(args).await,
         Some(Command::Loadgen(args)) => client::loadgen(args).await,

@@ -16,6 +16,8 @@ async fn subscribe_prints_what_publish_sends_as_json_lines() {
     let mut subscriber = tokio::process::Command::new(BIN)
         .args([
             "subscribe",
+            "--token",
+            &token("u1", &["user"]),
             "--server",
             &server.url(),
             "--user",
@@ -43,6 +45,8 @@ async fn subscribe_prints_what_publish_sends_as_json_lines() {
     let output = tokio::process::Command::new(BIN)
         .args([
             "publish",
+            "--token",
+            &service_token(),
             "--server",
             &server.url(),
             "billing.payment_success",
@@ -75,6 +79,8 @@ async fn publish_reports_bad_input_and_fails() {
     let output = tokio::process::Command::new(BIN)
         .args([
             "publish",
+            "--token",
+            &service_token(),
             "--server",
             &server.url(),
             "device.started",

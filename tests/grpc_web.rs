@@ -21,7 +21,10 @@ async fn a_grpc_web_client_receives_a_server_stream() {
     let mut web = NotificationServiceClient::with_origin(service, uri);
 
     let mut stream = web
-        .subscribe(request("web-user"))
+        .subscribe(with_token(
+            request("web-user"),
+            &token("web-user", &["user"]),
+        ))
         .await
         .unwrap()
         .into_inner();

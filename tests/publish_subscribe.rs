@@ -111,11 +111,12 @@ async fn a_typed_event_can_be_published_too() {
         })),
         ..Default::default()
     };
+    let request = pb::PublishRequest {
+        routing_key: "device.started".into(),
+        body: Some(Body::Event(event)),
+    };
     let published = client
-        .publish(pb::PublishRequest {
-            routing_key: "device.started".into(),
-            body: Some(Body::Event(event)),
-        })
+        .publish(with_token(request, &service_token()))
         .await
         .unwrap()
         .into_inner();

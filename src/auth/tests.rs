@@ -365,3 +365,24 @@ fn jwks_keys_are_picked_by_kid_and_symmetric_keys_are_refused() {
     assert!(Verifier::jwks(br#"{"keys":[]}"#, "i", "a", LEEWAY).is_err());
     assert!(Verifier::jwks(b"nonsense", "i", "a", LEEWAY).is_err());
 }
+
+#[test]
+fn the_bearer_scheme_is_required_and_case_insensitive() {
+    let auth = Authenticator {
+        verifier: verifier(),
+        policy: Policy::default(),
+    };
+    let token = hs(&claims("u1"));
+    assert_eq!(auth.authenticate(None), Err(AuthError::Missing));
+    assert_eq!(auth.authenticate(Some(&token)), Err(AuthError::Missing));
+    assert_eq!(
+        auth.authenticate(Some(&format!("Basic {token}"))),
+        Err(AuthError::Missing)
+    );
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let principal = auth
+            .authenticate(Some(&format!("{scheme} {token}")))
+            .unwrap();
+        assert_eq!(principal.user_id, "u1");
+    }
+}

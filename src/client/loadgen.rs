@@ -160,6 +160,12 @@ pub struct LoadgenArgs {
     )]
     pub amqp_url: String,
 
+    /// The HS256 secret the server checks tokens with: the loadgen mints a token per subscriber
+    /// (an admin's for the firehose) and a service token for its publishers. Default: the
+    /// secret of a server started with `--dev` in this directory.
+    #[arg(long = "jwt-secret", env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
     /// `--via amqp`: the exchange to publish to (declared as a durable topic exchange if absent).
     #[arg(long, env = "NOTIFY_EXCHANGE", default_value = "cloudphone.events")]
     pub exchange: String,
@@ -395,7 +401,9 @@ pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
     let open_started = clock.now_ns();
     // One deadline for opening every stream and receiving its first message.
     let open_deadline = Instant::now() + args.open_timeout;
+    let secret = super::token::secret_or_dev(args.jwt_secret.as_deref())?;
     let plan = Arc::new(SubscribePlan {
+        secret: secret.clone(),
         scenario: args.scenario,
         event_type: args.event_type.clone(),
         run_prefix: run_prefix.clone(),

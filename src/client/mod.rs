@@ -77,7 +77,7 @@ pub async fn connect(server: &str) -> anyhow::Result<NotificationServiceClient<C
 }
 
 /// `message` with `authorization: Bearer <token>` metadata when a token is given.
-fn authorized<T>(message: T, token: Option<&str>) -> anyhow::Result<tonic::Request<T>> {
+pub(crate) fn authorized<T>(message: T, token: Option<&str>) -> anyhow::Result<tonic::Request<T>> {
     let mut request = tonic::Request::new(message);
     if let Some(token) = token {
         let value = format!("Bearer {token}")

@@ -20,9 +20,10 @@ pub struct TokenArgs {
     /// How long the token is valid.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub ttl: Duration,
-    /// The HS256 secret the server verifies with.
+    /// The HS256 secret the server verifies with. Default: the secret of a server started with
+    /// `--dev` in this directory.
     #[arg(long = "jwt-secret", env = "JWT_SECRET", hide_env_values = true)]
-    pub secret: String,
+    pub secret: Option<String>,
     /// The issuer (`iss`).
     #[arg(long = "jwt-issuer", env = "NOTIFY_JWT_ISSUER", default_value = DEFAULT_ISSUER)]
     pub issuer: String,
@@ -34,16 +35,47 @@ pub struct TokenArgs {
 /// Mints the token described by `args`.
 pub fn mint(args: &TokenArgs) -> anyhow::Result<String> {
     anyhow::ensure!(!args.sub.is_empty(), "--sub must not be empty");
-    anyhow::ensure!(!args.secret.is_empty(), "the secret must not be empty");
-    auth::mint_hs256(
-        args.secret.as_bytes(),
+    let secret = secret_or_dev(args.secret.as_deref())?;
+    mint_with(
+        &secret,
         &args.sub,
         &args.roles,
         args.ttl,
         &args.issuer,
         &args.audience,
     )
-    .context("cannot encode the token")
+}
+
+/// `secret`, or else the secret of a server started with `--dev` in this directory.
+pub(crate) fn secret_or_dev(secret: Option<&str>) -> anyhow::Result<String> {
+    let secret = match secret {
+        Some(secret) => secret.to_owned(),
+        None => std::fs::read_to_string(auth::DEV_SECRET_FILE)
+            .with_context(|| {
+                format!(
+                    "no --jwt-secret (JWT_SECRET), and no {} from a server started with --dev \
+                     here",
+                    auth::DEV_SECRET_FILE
+                )
+            })?
+            .trim()
+            .to_owned(),
+    };
+    anyhow::ensure!(!secret.is_empty(), "the secret must not be empty");
+    Ok(secret)
+}
+
+/// An HS256 token for `sub` with `roles`.
+pub(crate) fn mint_with(
+    secret: &str,
+    sub: &str,
+    roles: &[String],
+    ttl: Duration,
+    issuer: &str,
+    audience: &str,
+) -> anyhow::Result<String> {
+    auth::mint_hs256(secret.as_bytes(), sub, roles, ttl, issuer, audience)
+        .context("cannot encode the token")
 }
 
 /// `token`: prints the token on standard output.

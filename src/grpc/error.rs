@@ -6,6 +6,7 @@
 use tonic::{Code, Status};
 
 use crate::{
+    auth::{AuthError, Denied},
     hub::{EndReason, FilterError, HubError},
     schema::DecodeError,
     sequencer::SequencerError,
@@ -33,6 +34,12 @@ pub enum ApiError {
     /// A request field is missing.
     #[error("{0} is required")]
     Missing(&'static str),
+    /// No valid token.
+    #[error(transparent)]
+    Unauthenticated(#[from] AuthError),
+    /// A valid token that may not do this.
+    #[error(transparent)]
+    Denied(#[from] Denied),
     /// The publish body exceeds `--max-publish-bytes`.
     #[error("body is {size} bytes; the limit is {limit} bytes (--max-publish-bytes)")]
     TooLarge {
@@ -54,6 +61,8 @@ impl ApiError {
             Self::Hub(HubError::ShuttingDown) | Self::Sequencer(_) => "unavailable",
             Self::Missing(_) => "missing_field",
             Self::TooLarge { .. } => "too_large",
+            Self::Unauthenticated(_) => "unauthenticated",
+            Self::Denied(_) => "permission_denied",
         }
     }
 }
@@ -67,6 +76,8 @@ impl From<ApiError> for Status {
             | ApiError::Hub(HubError::CursorAhead(_))
             | ApiError::Missing(_)
             | ApiError::TooLarge { .. } => Code::InvalidArgument,
+            ApiError::Unauthenticated(_) => Code::Unauthenticated,
+            ApiError::Denied(_) => Code::PermissionDenied,
             ApiError::Hub(HubError::ShuttingDown)
             | ApiError::Sequencer(SequencerError::Stopped) => Code::Unavailable,
             ApiError::Sequencer(SequencerError::Store(store)) => {
@@ -77,6 +88,14 @@ impl From<ApiError> for Status {
         };
         Status::new(code, error.to_string())
     }
+}
+
+/// The status that ends a stream whose token expired: reconnect with a fresh token.
+pub fn token_expired_status(last: Cursor) -> Status {
+    Status::unauthenticated(format!(
+        "token expired; last cursor sent: {last}; resubscribe with a fresh token and \
+         resume_after={last}"
+    ))
 }
 
 /// The status that ends a stream the server ended: why, and the cursor to resume after.

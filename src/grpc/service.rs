@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::{codec::EncodedResponse, error::ApiError};
 use crate::{
+    auth::{Authenticator, Principal, Wants},
     hub::{Filter, Hub, Subscription},
     pb::{self, notification_service_server::NotificationService, publish_request::Body},
     schema::{self, DecodeOptions, Properties},
@@ -34,12 +35,40 @@ pub struct NotifyService {
     pub decode: DecodeOptions,
     /// `--max-publish-bytes`.
     pub max_publish_bytes: usize,
+    /// Tokens and who may do what.
+    pub auth: Arc<Authenticator>,
 }
 
 impl NotifyService {
-    fn open(&self, request: pb::SubscribeRequest) -> Result<SubscribeStream, ApiError> {
+    /// The caller behind the request's `authorization` metadata.
+    fn principal<T>(&self, request: &Request<T>) -> Result<Principal, ApiError> {
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok());
+        Ok(self.auth.authenticate(authorization)?)
+    }
+
+    fn open(
+        &self,
+        principal: &Principal,
+        request: pb::SubscribeRequest,
+    ) -> Result<SubscribeStream, ApiError> {
+        let wants = match request.user_id.as_str() {
+            "" => Wants::Own,
+            "*" => Wants::Firehose,
+            user => Wants::User(user),
+        };
+        self.auth
+            .policy
+            .may_subscribe(principal, wants, request.admin_feed)?;
+        // An empty `user_id` means the caller's own events.
+        let user_id = match wants {
+            Wants::Own => principal.user_id.as_str(),
+            _ => request.user_id.as_str(),
+        };
         let filter = Filter::new(
-            &request.user_id,
+            user_id,
             request.admin_feed,
             &request.event_types,
             &request.device_id,
@@ -48,9 +77,16 @@ impl NotifyService {
             "" => None,
             text => Some(Cursor::parse(text)?),
         };
-        let subscription = self.hub.subscribe(filter, resume_after)?;
+        let viewer = self.auth.policy.viewer(principal);
+        let subscription = self.hub.subscribe(filter, viewer, resume_after)?;
+        // The stream ends when the token does; the client reconnects with a fresh one.
+        let valid_for = principal
+            .expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
         Ok(SubscribeStream {
             subscription,
+            expires: Box::pin(tokio::time::sleep(valid_for)),
             finished: false,
         })
     }
@@ -109,7 +145,8 @@ impl NotificationService for NotifyService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        self.open(request.into_inner())
+        let principal = self.principal(&request).map_err(|e| self.reject(e))?;
+        self.open(&principal, request.into_inner())
             .map(Response::new)
             .map_err(|e| self.reject(e))
     }
@@ -118,6 +155,11 @@ impl NotificationService for NotifyService {
         &self,
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
+        let principal = self.principal(&request).map_err(|e| self.reject(e))?;
+        self.auth
+            .policy
+            .may_publish(&principal)
+            .map_err(|e| self.reject(e.into()))?;
         self.publish_one(request.into_inner())
             .await
             .map(Response::new)
@@ -129,6 +171,8 @@ impl NotificationService for NotifyService {
 /// — a status that tells the client why and where to resume.
 pub struct SubscribeStream {
     subscription: Subscription,
+    /// When the subscriber's token expires.
+    expires: Pin<Box<tokio::time::Sleep>>,
     finished: bool,
 }
 
@@ -139,6 +183,11 @@ impl Stream for SubscribeStream {
         let this = self.get_mut();
         if this.finished {
             return Poll::Ready(None);
+        }
+        if this.expires.as_mut().poll(cx).is_ready() {
+            this.finished = true;
+            let status = super::error::token_expired_status(this.subscription.last_cursor());
+            return Poll::Ready(Some(Err(status)));
         }
         match Pin::new(&mut this.subscription).poll_next(cx) {
             Poll::Ready(Some(frame)) => Poll::Ready(Some(Ok(EncodedResponse(frame.bytes)))),

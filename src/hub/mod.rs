@@ -29,6 +29,7 @@ pub use filter::{Audience, Filter, FilterError, MAX_PATTERN_LEN, MAX_TYPE_PATTER
 pub use mailbox::{EndReason, Frame, Mailbox, Push};
 
 use crate::{
+    auth::Viewer,
     pb::{self, subscribe_response::Kind},
     store::Cursor,
     telemetry::Metrics,
@@ -55,6 +56,8 @@ pub enum HubError {
 struct Subscriber {
     id: u64,
     filter: Filter,
+    /// Checked for every event routed to this subscriber, on top of the routing index.
+    viewer: Viewer,
     mailbox: Mailbox,
 }
 
@@ -201,8 +204,12 @@ impl Hub {
         let shared = &*self.shared;
         let index = shared.read();
         let mut delivered = 0_u64;
+        let audience = Audience::of(&event.r#type);
+        let admin_notice = audience == Audience::AdminOnly;
         let mut deliver = |subscriber: &Subscriber| {
-            if !subscriber.filter.passes(&event.r#type, &event.device_id) {
+            if !subscriber.filter.passes(&event.r#type, &event.device_id)
+                || !subscriber.viewer.may_see(&event.user_id, admin_notice)
+            {
                 return;
             }
             match subscriber.mailbox.push(frame.clone()) {
@@ -213,7 +220,7 @@ impl Hub {
                 Push::Closed => {}
             }
         };
-        match Audience::of(&event.r#type) {
+        match audience {
             Audience::AdminOnly => index.admin.iter().for_each(|s| deliver(s)),
             Audience::Users { admin_too } => {
                 if !event.user_id.is_empty()
@@ -243,9 +250,13 @@ impl Hub {
     /// `resume_after` is older than what the server can replay (today: anything older than the
     /// head, as nothing is retained yet), then `CaughtUp` with the current head. Every event
     /// fanned out after that follows, with nothing missed in between.
+    ///
+    /// `viewer` is what the subscriber may see (from its token); every routed event is checked
+    /// against it, whatever the filter selected.
     pub fn subscribe(
         &self,
         filter: Filter,
+        viewer: Viewer,
         resume_after: Option<Cursor>,
     ) -> Result<Subscription, HubError> {
         let shared = &*self.shared;
@@ -253,6 +264,7 @@ impl Hub {
         let subscriber = Arc::new(Subscriber {
             id,
             filter,
+            viewer,
             mailbox: Mailbox::new(shared.config.queue_len),
         });
         let mut index = shared.write();

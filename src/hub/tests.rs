@@ -10,6 +10,7 @@ use prost::Message;
 use tokio_stream::Stream;
 
 use super::*;
+use crate::{auth::Viewer, schema};
 
 const EPOCH: u64 = 77;
 
@@ -91,10 +92,10 @@ fn event_ids(kinds: &[Kind]) -> Vec<String> {
 fn a_user_receives_only_their_own_events() {
     let hub = hub(16);
     let mut alice = hub
-        .subscribe(filter("alice", false, &[], ""), None)
+        .subscribe(filter("alice", false, &[], ""), Viewer::Admin, None)
         .expect("subscribe");
     let mut bob = hub
-        .subscribe(filter("bob", false, &[], ""), None)
+        .subscribe(filter("bob", false, &[], ""), Viewer::Admin, None)
         .expect("subscribe");
     let mut publisher = Publisher::new(&hub);
     let a = publisher.send("billing.payment_success", "alice", "");
@@ -108,7 +109,7 @@ fn a_user_receives_only_their_own_events() {
 fn the_firehose_receives_every_user_event_and_userless_ones() {
     let hub = hub(16);
     let mut firehose = hub
-        .subscribe(filter("*", false, &[], ""), None)
+        .subscribe(filter("*", false, &[], ""), Viewer::Admin, None)
         .expect("subscribe");
     let mut publisher = Publisher::new(&hub);
     let ids = vec![
@@ -124,13 +125,13 @@ fn the_firehose_receives_every_user_event_and_userless_ones() {
 fn the_admin_feed_gets_notices_and_quota_updates_once() {
     let hub = hub(16);
     let mut admin_only = hub
-        .subscribe(filter("", true, &[], ""), None)
+        .subscribe(filter("", true, &[], ""), Viewer::Admin, None)
         .expect("subscribe");
     let mut admin_and_firehose = hub
-        .subscribe(filter("*", true, &[], ""), None)
+        .subscribe(filter("*", true, &[], ""), Viewer::Admin, None)
         .expect("subscribe");
     let mut user = hub
-        .subscribe(filter("u1", false, &[], ""), None)
+        .subscribe(filter("u1", false, &[], ""), Viewer::Admin, None)
         .expect("subscribe");
     let mut publisher = Publisher::new(&hub);
     let update = publisher.send("quota.updated", "u1", "");
@@ -152,10 +153,10 @@ fn the_admin_feed_gets_notices_and_quota_updates_once() {
 fn type_and_device_filters_narrow_the_stream() {
     let hub = hub(16);
     let mut billing = hub
-        .subscribe(filter("u1", false, &["billing.*"], ""), None)
+        .subscribe(filter("u1", false, &["billing.*"], ""), Viewer::Admin, None)
         .expect("subscribe");
     let mut device = hub
-        .subscribe(filter("u1", false, &[], "d1"), None)
+        .subscribe(filter("u1", false, &[], "d1"), Viewer::Admin, None)
         .expect("subscribe");
     let mut publisher = Publisher::new(&hub);
     let pay = publisher.send("billing.payment_success", "u1", "");
@@ -172,7 +173,7 @@ fn every_stream_starts_with_caught_up_at_the_head() {
     publisher.send("quota.updated", "u1", "");
     publisher.send("quota.updated", "u1", "");
     let mut subscription = hub
-        .subscribe(filter("u1", false, &[], ""), None)
+        .subscribe(filter("u1", false, &[], ""), Viewer::Admin, None)
         .expect("subscribe");
     let head = Cursor {
         epoch: EPOCH,
@@ -202,7 +203,7 @@ fn resuming_from_an_old_cursor_reports_the_gap_in_band() {
     };
     let head = hub.head();
     let mut subscription = hub
-        .subscribe(filter("u1", false, &[], ""), Some(from))
+        .subscribe(filter("u1", false, &[], ""), Viewer::Admin, Some(from))
         .expect("subscribe");
     let kinds = drain(&mut subscription);
     assert_eq!(
@@ -228,7 +229,7 @@ fn resume_edge_cases() {
     let head = hub.head();
     // At the head: nothing missed, no gap.
     let mut at_head = hub
-        .subscribe(filter("u1", false, &[], ""), Some(head))
+        .subscribe(filter("u1", false, &[], ""), Viewer::Admin, Some(head))
         .expect("subscribe");
     assert!(matches!(
         drain(&mut at_head).as_slice(),
@@ -240,7 +241,7 @@ fn resume_edge_cases() {
         position: 1,
     };
     let mut other = hub
-        .subscribe(filter("u1", false, &[], ""), Some(foreign))
+        .subscribe(filter("u1", false, &[], ""), Viewer::Admin, Some(foreign))
         .expect("subscribe");
     match drain(&mut other).first() {
         Some(Kind::Gap(gap)) => assert_eq!(gap.reason, i32::from(pb::GapReason::EpochChanged)),
@@ -252,7 +253,7 @@ fn resume_edge_cases() {
         position: 99,
     };
     assert!(matches!(
-        hub.subscribe(filter("u1", false, &[], ""), Some(ahead)),
+        hub.subscribe(filter("u1", false, &[], ""), Viewer::Admin, Some(ahead)),
         Err(HubError::CursorAhead(_))
     ));
 }
@@ -261,10 +262,10 @@ fn resume_edge_cases() {
 fn a_slow_subscriber_is_ended_without_slowing_the_others() {
     let hub = hub(4);
     let mut slow = hub
-        .subscribe(filter("*", false, &[], ""), None)
+        .subscribe(filter("*", false, &[], ""), Viewer::Admin, None)
         .expect("subscribe");
     let mut fast = hub
-        .subscribe(filter("*", false, &[], ""), None)
+        .subscribe(filter("*", false, &[], ""), Viewer::Admin, None)
         .expect("subscribe");
     let mut publisher = Publisher::new(&hub);
     let mut fast_ids = Vec::new();
@@ -286,7 +287,7 @@ fn a_slow_subscriber_is_ended_without_slowing_the_others() {
 fn shutdown_ends_every_stream_and_refuses_new_ones() {
     let hub = hub(16);
     let mut subscription = hub
-        .subscribe(filter("u1", false, &[], ""), None)
+        .subscribe(filter("u1", false, &[], ""), Viewer::Admin, None)
         .expect("subscribe");
     hub.shut_down();
     assert!(matches!(
@@ -303,7 +304,7 @@ fn shutdown_ends_every_stream_and_refuses_new_ones() {
     );
     assert_eq!(subscription.end_reason(), Some(EndReason::ShuttingDown));
     assert!(matches!(
-        hub.subscribe(filter("u1", false, &[], ""), None),
+        hub.subscribe(filter("u1", false, &[], ""), Viewer::Admin, None),
         Err(HubError::ShuttingDown)
     ));
 }
@@ -312,10 +313,10 @@ fn shutdown_ends_every_stream_and_refuses_new_ones() {
 fn idle_streams_get_heartbeats_busy_ones_do_not() {
     let hub = hub(16);
     let mut idle = hub
-        .subscribe(filter("u1", false, &[], ""), None)
+        .subscribe(filter("u1", false, &[], ""), Viewer::Admin, None)
         .expect("subscribe");
     let mut busy = hub
-        .subscribe(filter("u2", false, &[], ""), None)
+        .subscribe(filter("u2", false, &[], ""), Viewer::Admin, None)
         .expect("subscribe");
     hub.heartbeat(); // both had their CaughtUp since the last tick: no heartbeat yet
     assert!(matches!(drain(&mut idle).as_slice(), [Kind::CaughtUp(_)]));
@@ -331,7 +332,7 @@ fn idle_streams_get_heartbeats_busy_ones_do_not() {
 fn dropping_a_subscription_unsubscribes() {
     let hub = hub(16);
     let subscription = hub
-        .subscribe(filter("u1", true, &[], ""), None)
+        .subscribe(filter("u1", true, &[], ""), Viewer::Admin, None)
         .expect("subscribe");
     assert_eq!(hub.subscriber_count(), 1);
     drop(subscription);
@@ -373,7 +374,7 @@ fn concurrent_subscribes_and_heartbeats_never_lose_reorder_or_rewind() {
     let mut subscriptions = Vec::new();
     while hub.head().position < EVENTS && subscriptions.len() < 200 {
         subscriptions.push(
-            hub.subscribe(filter("*", false, &[], ""), None)
+            hub.subscribe(filter("*", false, &[], ""), Viewer::Admin, None)
                 .expect("subscribe"),
         );
         std::thread::yield_now();
@@ -421,4 +422,34 @@ fn concurrent_subscribes_and_heartbeats_never_lose_reorder_or_rewind() {
             );
         }
     }
+}
+
+#[test]
+fn the_viewer_stops_what_routing_would_deliver() {
+    // A user's viewer on a firehose filter (which the gRPC edge never allows): the hub still
+    // hands it only that user's own events, and no admin notice.
+    let hub = hub(8);
+    let mut alice = hub
+        .subscribe(
+            filter("*", true, &[], ""),
+            Viewer::User("alice".into()),
+            None,
+        )
+        .expect("subscribe");
+    let mut publisher = Publisher::new(&hub);
+    publisher.send("billing.low_balance", "bob", "");
+    publisher.send("billing.low_balance", "alice", "");
+    publisher.send("app.updated", "", "");
+    publisher.send(schema::ADMIN_NOTICE_TYPE, "alice", "");
+    let events: Vec<_> = drain(&mut alice)
+        .into_iter()
+        .filter_map(|kind| match kind {
+            Kind::Event(event) => Some((event.r#type, event.user_id)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [("billing.low_balance".to_owned(), "alice".to_owned())]
+    );
 }

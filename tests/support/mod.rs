@@ -33,7 +33,10 @@ impl TestServer {
     }
 
     pub async fn start_with(adjust: impl FnOnce(&mut ServeConfig)) -> Self {
-        let mut config = ServeConfig::default();
+        let mut config = ServeConfig {
+            jwt_secret: Some(TEST_SECRET.into()),
+            ..ServeConfig::default()
+        };
         adjust(&mut config);
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -141,6 +144,52 @@ impl TestServer {
     }
 }
 
+/// The HS256 secret test servers verify tokens with.
+pub const TEST_SECRET: &str = "test-secret-not-for-production";
+
+/// A token for `user` with `roles`, valid for an hour.
+pub fn token(user: &str, roles: &[&str]) -> String {
+    token_for(user, roles, Duration::from_secs(3600))
+}
+
+/// A token for `user` with `roles`, valid for `ttl`.
+pub fn token_for(user: &str, roles: &[&str], ttl: Duration) -> String {
+    let roles: Vec<String> = roles.iter().map(|&r| r.into()).collect();
+    notify_backbone::auth::mint_hs256(
+        TEST_SECRET.as_bytes(),
+        user,
+        &roles,
+        ttl,
+        notify_backbone::auth::DEFAULT_ISSUER,
+        notify_backbone::auth::DEFAULT_AUDIENCE,
+    )
+    .unwrap()
+}
+
+/// `message` with `authorization: Bearer <token>`.
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// The token a test subscriber uses for `request`: an admin's for the firehose or the admin
+/// feed, else the requested user's own.
+pub fn token_for_request(request: &pb::SubscribeRequest) -> String {
+    if request.user_id == "*" || request.admin_feed {
+        token("test-admin", &["admin"])
+    } else {
+        token(&request.user_id, &["user"])
+    }
+}
+
+/// A service token that may publish.
+pub fn service_token() -> String {
+    token("test-service", &["service"])
+}
+
 pub fn request(user: &str) -> pb::SubscribeRequest {
     pb::SubscribeRequest {
         user_id: user.into(),
@@ -153,7 +202,12 @@ pub async fn subscribe(
     client: &mut NotificationServiceClient<Channel>,
     request: pb::SubscribeRequest,
 ) -> Streaming<pb::SubscribeResponse> {
-    let mut stream = client.subscribe(request).await.unwrap().into_inner();
+    let token = token_for_request(&request);
+    let mut stream = client
+        .subscribe(with_token(request, &token))
+        .await
+        .unwrap()
+        .into_inner();
     match next_kind(&mut stream).await {
         Kind::CaughtUp(_) => stream,
         other => panic!("expected CaughtUp first, got {other:?}"),
@@ -200,11 +254,12 @@ pub async fn publish_json(
     routing_key: &str,
     json: &str,
 ) -> Result<pb::PublishResponse, tonic::Status> {
+    let request = pb::PublishRequest {
+        routing_key: routing_key.into(),
+        body: Some(Body::Json(json.as_bytes().to_vec())),
+    };
     client
-        .publish(pb::PublishRequest {
-            routing_key: routing_key.into(),
-            body: Some(Body::Json(json.as_bytes().to_vec())),
-        })
+        .publish(with_token(request, &service_token()))
         .await
         .map(|r| r.into_inner())
 }

@@ -58,6 +58,9 @@ pub(super) enum TargetUsers {
 }
 
 /// What every publisher needs to know, shared.
+/// Long enough for any run; the token is minted per run.
+const SERVICE_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 pub(super) struct PublishPlan {
     publishers: u64,
     window: usize,
@@ -68,6 +71,8 @@ pub(super) struct PublishPlan {
     event_type_json: String,
     run_prefix: String,
     users: TargetUsers,
+    /// The `Publish` calls' bearer token (a `service` role).
+    pub service_token: String,
 }
 
 impl PublishPlan {
@@ -87,6 +92,14 @@ impl PublishPlan {
                 .context("--event-type as JSON")?,
             run_prefix: run_prefix.to_owned(),
             users,
+            service_token: crate::client::token::mint_with(
+                &crate::client::token::secret_or_dev(args.jwt_secret.as_deref())?,
+                "loadgen-publisher",
+                &["service".to_owned()],
+                SERVICE_TOKEN_TTL,
+                crate::auth::DEFAULT_ISSUER,
+                crate::auth::DEFAULT_AUDIENCE,
+            )?,
         })
     }
 
@@ -319,6 +332,7 @@ pub(super) async fn run(
                     body: Some(Body::Json(body)),
                 };
                 let mut client = client.clone();
+                let request = crate::client::authorized(request, Some(&plan.service_token))?;
                 in_flight.spawn(async move {
                     let sent_ns = clock.now_ns();
                     let result = match tokio::time::timeout(timeout, client.publish(request)).await
@@ -469,6 +483,7 @@ mod tests {
 
     fn plan(rate: u64, publishers: u64) -> PublishPlan {
         PublishPlan {
+            service_token: String::new(),
             publishers,
             window: 1,
             rate,

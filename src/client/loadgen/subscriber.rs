@@ -25,6 +25,8 @@ use crate::pb::{
 
 /// What every subscriber needs to know, shared.
 pub(super) struct SubscribePlan {
+    /// The HS256 secret to mint each subscriber's token with.
+    pub secret: String,
     /// Which users to subscribe as.
     pub scenario: Scenario,
     /// The event type subscribed to.
@@ -167,6 +169,27 @@ fn request(index: usize, plan: &SubscribePlan) -> pb::SubscribeRequest {
     }
 }
 
+/// The request of subscriber `index` with its token: its user's, or an admin's for the firehose.
+fn authorized_request(
+    index: usize,
+    plan: &SubscribePlan,
+) -> anyhow::Result<tonic::Request<pb::SubscribeRequest>> {
+    let request = request(index, plan);
+    let (sub, role) = match plan.scenario {
+        Scenario::Firehose => ("loadgen-admin".to_owned(), "admin"),
+        Scenario::PerUser | Scenario::Idle => (request.user_id.clone(), "user"),
+    };
+    let token = crate::client::token::mint_with(
+        &plan.secret,
+        &sub,
+        &[role.to_owned()],
+        std::time::Duration::from_secs(24 * 3600),
+        crate::auth::DEFAULT_ISSUER,
+        crate::auth::DEFAULT_AUDIENCE,
+    )?;
+    crate::client::authorized(request, Some(&token))
+}
+
 /// One stream, from opening to being stopped.
 async fn subscribe(
     index: usize,
@@ -186,7 +209,9 @@ async fn subscribe(
             .await
             .map_err(|_| Status::cancelled("loadgen stopped opening streams"))?;
         NotificationServiceClient::new(channel)
-            .subscribe(request(index, &plan))
+            .subscribe(
+                authorized_request(index, &plan).map_err(|e| Status::internal(e.to_string()))?,
+            )
             .await
     };
     let opened = tokio::select! {
@@ -299,6 +324,7 @@ mod tests {
     #[test]
     fn firehose_subscribers_select_every_user() {
         let plan = SubscribePlan {
+            secret: "s".into(),
             scenario: Scenario::Firehose,
             event_type: "device.error".into(),
             run_prefix: "lg-1-".into(),
