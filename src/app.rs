@@ -18,8 +18,11 @@ use tracing::{info, warn};
 use crate::{
     auth::{self, Authenticator, Policy, Verifier},
     config::ServeConfig,
-    grpc::{self, NotifyService, ServerSettings},
-    hub::{Hub, HubConfig},
+    grpc::{
+        self, NotifyService, ServerSettings,
+        limits::{RateLimiter, Shed, StreamCounter},
+    },
+    hub::{FilterLimits, Hub, HubConfig},
     ingest::{Ingest, IngestConfig, IngestState, Topology, topology},
     schema::DecodeOptions,
     sequencer::Sequencer,
@@ -123,6 +126,15 @@ pub async fn run(
         },
         max_publish_bytes: config.max_publish_bytes,
         auth: Arc::new(authenticator),
+        filter_limits: FilterLimits {
+            max_patterns: config.max_event_types,
+            max_pattern_len: config.max_pattern_len,
+        },
+        streams: StreamCounter::new(
+            config.max_streams_per_connection,
+            config.max_streams_per_principal,
+        ),
+        publish_rate: Arc::new(RateLimiter::new(config.max_publish_rate)),
     };
     let settings = ServerSettings {
         cors_origins: config.cors_origins.clone(),
@@ -130,6 +142,12 @@ pub async fn run(
         http2_keepalive_timeout: config.http2_keepalive_timeout,
         max_decoding_message_size: config.max_publish_bytes + DECODE_HEADROOM_BYTES,
         tls: tls_identity(&config)?,
+        max_streams_per_connection: config.max_streams_per_connection,
+        shed: Shed::new(
+            config.max_concurrent_requests,
+            config.request_timeout,
+            metrics.clone(),
+        ),
     };
     info!(addr = %telemetry::local_addr(&listeners.metrics), "metrics on http://{}/metrics", telemetry::local_addr(&listeners.metrics));
     tasks.spawn({

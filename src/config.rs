@@ -80,8 +80,48 @@ pub struct ServeConfig {
     pub dedupe_window: usize,
 
     /// Largest `Publish` body accepted, in bytes (the JSON, or the encoded typed event).
-    #[arg(long, env = "NOTIFY_MAX_PUBLISH_BYTES", default_value_t = 256 * 1024)]
+    #[arg(long, env = "NOTIFY_MAX_PUBLISH_BYTES", default_value_t = 256 * 1024, help_heading = "Limits")]
     pub max_publish_bytes: usize,
+
+    /// Most `event_types` patterns one subscription may carry. Every pattern is checked against
+    /// every event routed to the stream, so this bounds the work a subscriber can cause.
+    #[arg(long, env = "NOTIFY_MAX_EVENT_TYPES", default_value_t = crate::hub::MAX_TYPE_PATTERNS, value_parser = at_least_one, help_heading = "Limits")]
+    pub max_event_types: usize,
+
+    /// Longest `event_types` pattern, in bytes.
+    #[arg(long, env = "NOTIFY_MAX_PATTERN_LEN", default_value_t = crate::hub::MAX_PATTERN_LEN, value_parser = at_least_one, help_heading = "Limits")]
+    pub max_pattern_len: usize,
+
+    /// Most `Subscribe` streams one connection may hold open. HTTP/2's own stream limit is set
+    /// a little above, so a client over this gets RESOURCE_EXHAUSTED instead of waiting.
+    #[arg(long, env = "NOTIFY_MAX_STREAMS_PER_CONNECTION", default_value_t = 128, value_parser = at_least_one, help_heading = "Limits")]
+    pub max_streams_per_connection: usize,
+
+    /// Most `Subscribe` streams one principal (token `sub`) may hold open, across connections
+    /// and nodes' worth of browser tabs.
+    #[arg(long, env = "NOTIFY_MAX_STREAMS_PER_PRINCIPAL", default_value_t = 64, value_parser = at_least_one, help_heading = "Limits")]
+    pub max_streams_per_principal: usize,
+
+    /// `Publish` calls per second allowed per principal (token bucket; bursts up to one
+    /// second's worth). 0: unlimited.
+    #[arg(
+        long,
+        env = "NOTIFY_MAX_PUBLISH_RATE",
+        default_value_t = 20_000,
+        help_heading = "Limits"
+    )]
+    pub max_publish_rate: u32,
+
+    /// Requests being answered at once, all methods (a stream counts until it has opened).
+    /// Over it, calls are refused at once with RESOURCE_EXHAUSTED (load shedding) rather than
+    /// queued. Health checks are exempt.
+    #[arg(long, env = "NOTIFY_MAX_CONCURRENT_REQUESTS", default_value_t = 4096, value_parser = at_least_one, help_heading = "Limits")]
+    pub max_concurrent_requests: usize,
+
+    /// How long a call may take until its response starts: all of a `Publish`, the opening of
+    /// a `Subscribe` (including a request that arrives too slowly). Over it: RESOURCE_EXHAUSTED.
+    #[arg(long, env = "NOTIFY_REQUEST_TIMEOUT", default_value = "10s", value_parser = positive_duration, help_heading = "Limits")]
+    pub request_timeout: Duration,
 
     /// Refuse events of a known family whose routing key has no typed message, instead of
     /// delivering them with an untyped payload.
@@ -276,6 +316,15 @@ impl Default for ServeConfig {
         Cli::from_arg_matches(&matches)
             .expect("the built-in defaults parse")
             .serve
+    }
+}
+
+/// A count of at least one (a limit of zero would refuse everything).
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(error) => Err(error.to_string()),
     }
 }
 

@@ -7,6 +7,7 @@ use tonic::{Code, Status};
 
 use crate::{
     auth::{AuthError, Denied},
+    grpc::limits::LimitError,
     hub::{EndReason, FilterError, HubError},
     schema::DecodeError,
     sequencer::SequencerError,
@@ -40,6 +41,9 @@ pub enum ApiError {
     /// A valid token that may not do this.
     #[error(transparent)]
     Denied(#[from] Denied),
+    /// A resource limit of the gRPC port.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
     /// The publish body exceeds `--max-publish-bytes`.
     #[error("body is {size} bytes; the limit is {limit} bytes (--max-publish-bytes)")]
     TooLarge {
@@ -55,6 +59,9 @@ impl ApiError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Decode(e) => e.reason(),
+            Self::Filter(
+                FilterError::TooManyPatterns { .. } | FilterError::PatternTooLong { .. },
+            ) => "limit_event_types",
             Self::Filter(_) => "bad_filter",
             Self::Cursor(_) => "bad_cursor",
             Self::Hub(HubError::CursorAhead(_)) => "bad_cursor",
@@ -63,6 +70,7 @@ impl ApiError {
             Self::TooLarge { .. } => "too_large",
             Self::Unauthenticated(_) => "unauthenticated",
             Self::Denied(_) => "permission_denied",
+            Self::Limit(limit) => limit.reason(),
         }
     }
 }
@@ -70,12 +78,17 @@ impl ApiError {
 impl From<ApiError> for Status {
     fn from(error: ApiError) -> Self {
         let code = match &error {
+            // Over a limit: the request may be fine, the server will not spend more on it.
+            ApiError::Limit(_)
+            | ApiError::TooLarge { .. }
+            | ApiError::Filter(
+                FilterError::TooManyPatterns { .. } | FilterError::PatternTooLong { .. },
+            ) => Code::ResourceExhausted,
             ApiError::Decode(_)
             | ApiError::Filter(_)
             | ApiError::Cursor(_)
             | ApiError::Hub(HubError::CursorAhead(_))
-            | ApiError::Missing(_)
-            | ApiError::TooLarge { .. } => Code::InvalidArgument,
+            | ApiError::Missing(_) => Code::InvalidArgument,
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
             ApiError::Denied(_) => Code::PermissionDenied,
             ApiError::Hub(HubError::ShuttingDown)

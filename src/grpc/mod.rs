@@ -7,6 +7,7 @@
 
 pub mod codec;
 pub mod error;
+pub mod limits;
 mod service;
 
 use std::{future::Future, pin::Pin, time::Duration};
@@ -42,7 +43,16 @@ pub struct ServerSettings {
     pub max_decoding_message_size: usize,
     /// TLS certificate chain and private key, PEM; plain text when `None`.
     pub tls: Option<TlsIdentity>,
+    /// Streams per connection (HTTP/2's stream limit is set a little above it, so our check,
+    /// with its clear status, trips first).
+    pub max_streams_per_connection: usize,
+    /// Load shedding and the time to answer.
+    pub shed: limits::Shed,
 }
+
+/// HTTP/2 streams a connection may open beyond `--max-streams-per-connection`: room for unary
+/// calls next to a full set of subscriptions.
+const UNARY_STREAM_HEADROOM: usize = 32;
 
 /// A TLS certificate chain and its private key, both PEM.
 #[derive(Clone)]
@@ -139,8 +149,13 @@ pub async fn serve(
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(settings.http2_keepalive_timeout))
+        .max_concurrent_streams(u32::try_from(
+            settings.max_streams_per_connection + UNARY_STREAM_HEADROOM,
+        )?)
         .layer(cors_layer(&settings.cors_origins))
         .layer(tonic_web::GrpcWebLayer::new())
+        // Inside grpc-web, so its refusals are translated for browsers like any answer.
+        .layer(settings.shed.clone())
         .add_service(health_service)
         .add_service(notify)
         .add_service(reflection_v1)

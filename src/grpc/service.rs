@@ -1,6 +1,7 @@
 //! `NotificationService`: each method is extract → validate → call the domain → convert.
 
 use std::{
+    net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -11,10 +12,14 @@ use prost::Message;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{codec::EncodedResponse, error::ApiError};
+use super::{
+    codec::EncodedResponse,
+    error::ApiError,
+    limits::{RateLimiter, StreamCounter, StreamPermit},
+};
 use crate::{
     auth::{Authenticator, Principal, Wants},
-    hub::{Filter, Hub, Subscription},
+    hub::{Filter, FilterLimits, Hub, Subscription},
     pb::{self, notification_service_server::NotificationService, publish_request::Body},
     schema::{self, DecodeOptions, Properties},
     sequencer::Sequencer,
@@ -37,6 +42,12 @@ pub struct NotifyService {
     pub max_publish_bytes: usize,
     /// Tokens and who may do what.
     pub auth: Arc<Authenticator>,
+    /// `--max-event-types`, `--max-pattern-len`.
+    pub filter_limits: FilterLimits,
+    /// Open streams per connection and per principal.
+    pub streams: Arc<StreamCounter>,
+    /// `Publish` calls per principal.
+    pub publish_rate: Arc<RateLimiter>,
 }
 
 impl NotifyService {
@@ -52,6 +63,7 @@ impl NotifyService {
     fn open(
         &self,
         principal: &Principal,
+        connection: Option<SocketAddr>,
         request: pb::SubscribeRequest,
     ) -> Result<SubscribeStream, ApiError> {
         let wants = match request.user_id.as_str() {
@@ -62,9 +74,10 @@ impl NotifyService {
         self.auth
             .policy
             .may_subscribe(principal, wants, request.admin_feed)?;
-        // An empty `user_id` means the caller's own events.
+        // An empty `user_id` means the caller's own events, unless the admin feed alone is
+        // asked for (the contract before tokens existed, kept).
         let user_id = match wants {
-            Wants::Own => principal.user_id.as_str(),
+            Wants::Own if !request.admin_feed => principal.user_id.as_str(),
             _ => request.user_id.as_str(),
         };
         let filter = Filter::new(
@@ -72,11 +85,14 @@ impl NotifyService {
             request.admin_feed,
             &request.event_types,
             &request.device_id,
+            self.filter_limits,
         )?;
         let resume_after = match request.resume_after.as_str() {
             "" => None,
             text => Some(Cursor::parse(text)?),
         };
+        // Counted from here until the stream is dropped, however it ends.
+        let permit = self.streams.open(connection, &principal.user_id)?;
         let viewer = self.auth.policy.viewer(principal);
         let subscription = self.hub.subscribe(filter, viewer, resume_after)?;
         // The stream ends when the token does; the client reconnects with a fresh one.
@@ -87,6 +103,7 @@ impl NotifyService {
         Ok(SubscribeStream {
             subscription,
             expires: Box::pin(tokio::time::sleep(valid_for)),
+            _permit: permit,
             finished: false,
         })
     }
@@ -146,7 +163,8 @@ impl NotificationService for NotifyService {
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let principal = self.principal(&request).map_err(|e| self.reject(e))?;
-        self.open(&principal, request.into_inner())
+        let connection = request.remote_addr();
+        self.open(&principal, connection, request.into_inner())
             .map(Response::new)
             .map_err(|e| self.reject(e))
     }
@@ -159,6 +177,9 @@ impl NotificationService for NotifyService {
         self.auth
             .policy
             .may_publish(&principal)
+            .map_err(|e| self.reject(e.into()))?;
+        self.publish_rate
+            .check(&principal.user_id)
             .map_err(|e| self.reject(e.into()))?;
         self.publish_one(request.into_inner())
             .await
@@ -173,6 +194,8 @@ pub struct SubscribeStream {
     subscription: Subscription,
     /// When the subscriber's token expires.
     expires: Pin<Box<tokio::time::Sleep>>,
+    /// This stream's place under the stream limits, given back when the stream is dropped.
+    _permit: StreamPermit,
     finished: bool,
 }
 

@@ -4,10 +4,29 @@
 
 use crate::schema::ADMIN_NOTICE_TYPE;
 
-/// The most event-type patterns one subscription may carry.
+/// The most event-type patterns one subscription may carry, by default.
 pub const MAX_TYPE_PATTERNS: usize = 64;
-/// The longest event-type pattern accepted, in bytes.
+/// The longest event-type pattern accepted by default, in bytes.
 pub const MAX_PATTERN_LEN: usize = 128;
+
+/// How much one subscription's filters may hold (`--max-event-types`, `--max-pattern-len`):
+/// each pattern is checked against every routed event, so these bound the work per event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FilterLimits {
+    /// The most event-type patterns.
+    pub max_patterns: usize,
+    /// The longest pattern, in bytes.
+    pub max_pattern_len: usize,
+}
+
+impl Default for FilterLimits {
+    fn default() -> Self {
+        Self {
+            max_patterns: MAX_TYPE_PATTERNS,
+            max_pattern_len: MAX_PATTERN_LEN,
+        }
+    }
+}
 /// The longest user or device id accepted in a filter, in bytes.
 pub const MAX_ID_LEN: usize = 256;
 
@@ -24,9 +43,22 @@ pub enum FilterError {
         /// What is wrong with it.
         problem: &'static str,
     },
-    /// More patterns than [`MAX_TYPE_PATTERNS`].
-    #[error("event_types has {0} entries; at most {MAX_TYPE_PATTERNS} are allowed")]
-    TooManyPatterns(usize),
+    /// More patterns than [`FilterLimits::max_patterns`].
+    #[error("event_types has {count} entries; at most {limit} are allowed (--max-event-types)")]
+    TooManyPatterns {
+        /// Patterns sent.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A pattern longer than [`FilterLimits::max_pattern_len`].
+    #[error("event_types[{index}] is longer than {limit} bytes (--max-pattern-len)")]
+    PatternTooLong {
+        /// Position in `event_types`.
+        index: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// An id longer than [`MAX_ID_LEN`].
     #[error("{field} is longer than {MAX_ID_LEN} bytes")]
     IdTooLong {
@@ -61,15 +93,13 @@ enum TypePattern {
 }
 
 impl TypePattern {
+    /// Parses a pattern already known to be at most [`FilterLimits::max_pattern_len`] long.
     fn parse(index: usize, text: &str) -> Result<Self, FilterError> {
         let bad = |problem| FilterError::BadPattern {
             index,
-            pattern: text.chars().take(MAX_PATTERN_LEN).collect(),
+            pattern: text.to_owned(),
             problem,
         };
-        if text.len() > MAX_PATTERN_LEN {
-            return Err(bad("too long"));
-        }
         if text == "*" {
             return Ok(Self::Any);
         }
@@ -127,9 +157,22 @@ impl Filter {
         admin_feed: bool,
         event_types: &[String],
         device_id: &str,
+        limits: FilterLimits,
     ) -> Result<Self, FilterError> {
-        if event_types.len() > MAX_TYPE_PATTERNS {
-            return Err(FilterError::TooManyPatterns(event_types.len()));
+        if event_types.len() > limits.max_patterns {
+            return Err(FilterError::TooManyPatterns {
+                count: event_types.len(),
+                limit: limits.max_patterns,
+            });
+        }
+        if let Some(index) = event_types
+            .iter()
+            .position(|t| t.len() > limits.max_pattern_len)
+        {
+            return Err(FilterError::PatternTooLong {
+                index,
+                limit: limits.max_pattern_len,
+            });
         }
         for (field, value) in [("user_id", user_id), ("device_id", device_id)] {
             if value.len() > MAX_ID_LEN {
@@ -207,7 +250,7 @@ mod tests {
 
     fn filter(user: &str, admin: bool, types: &[&str], device: &str) -> Filter {
         let types: Vec<String> = types.iter().map(|t| t.to_string()).collect();
-        Filter::new(user, admin, &types, device).expect("valid filter")
+        Filter::new(user, admin, &types, device, FilterLimits::default()).expect("valid filter")
     }
 
     #[test]
@@ -243,7 +286,8 @@ mod tests {
     fn bad_requests_are_refused_with_the_reason() {
         let bad = |types: &[&str]| {
             let types: Vec<String> = types.iter().map(|t| t.to_string()).collect();
-            Filter::new("u1", false, &types, "").expect_err("must be refused")
+            Filter::new("u1", false, &types, "", FilterLimits::default())
+                .expect_err("must be refused")
         };
         assert!(matches!(
             bad(&[""]),
@@ -258,21 +302,46 @@ mod tests {
             FilterError::BadPattern { .. }
         ));
         assert!(matches!(bad(&[".*"]), FilterError::BadPattern { .. }));
-        assert!(matches!(
-            bad(&[&"a".repeat(MAX_PATTERN_LEN + 1)]),
-            FilterError::BadPattern { .. }
-        ));
+        assert_eq!(
+            bad(&["a.b", &"a".repeat(MAX_PATTERN_LEN + 1)]),
+            FilterError::PatternTooLong {
+                index: 1,
+                limit: MAX_PATTERN_LEN
+            }
+        );
         let many = vec!["a.b"; MAX_TYPE_PATTERNS + 1];
         assert_eq!(
             bad(&many),
-            FilterError::TooManyPatterns(MAX_TYPE_PATTERNS + 1)
+            FilterError::TooManyPatterns {
+                count: MAX_TYPE_PATTERNS + 1,
+                limit: MAX_TYPE_PATTERNS
+            }
         );
+        let tight = FilterLimits {
+            max_patterns: 1,
+            max_pattern_len: 5,
+        };
+        assert!(Filter::new("u1", false, &["a.b".into()], "", tight).is_ok());
+        assert!(matches!(
+            Filter::new("u1", false, &["a.b".into(), "c.d".into()], "", tight),
+            Err(FilterError::TooManyPatterns { count: 2, limit: 1 })
+        ));
+        assert!(matches!(
+            Filter::new("u1", false, &["abc.def".into()], "", tight),
+            Err(FilterError::PatternTooLong { index: 0, limit: 5 })
+        ));
         assert_eq!(
-            Filter::new("", false, &[], ""),
+            Filter::new("", false, &[], "", FilterLimits::default()),
             Err(FilterError::SelectsNothing)
         );
         assert!(matches!(
-            Filter::new(&"u".repeat(MAX_ID_LEN + 1), false, &[], ""),
+            Filter::new(
+                &"u".repeat(MAX_ID_LEN + 1),
+                false,
+                &[],
+                "",
+                FilterLimits::default()
+            ),
             Err(FilterError::IdTooLong { field: "user_id" })
         ));
     }

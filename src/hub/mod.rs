@@ -25,7 +25,9 @@ use std::{
 use bytes::Bytes;
 use prost::Message;
 
-pub use filter::{Audience, Filter, FilterError, MAX_PATTERN_LEN, MAX_TYPE_PATTERNS, Users};
+pub use filter::{
+    Audience, Filter, FilterError, FilterLimits, MAX_PATTERN_LEN, MAX_TYPE_PATTERNS, Users,
+};
 pub use mailbox::{EndReason, Frame, Mailbox, Push};
 
 use crate::{

@@ -27,7 +27,7 @@ fn hub(queue_len: usize) -> Hub {
 
 fn filter(user: &str, admin_feed: bool, types: &[&str], device: &str) -> Filter {
     let types: Vec<String> = types.iter().map(|t| t.to_string()).collect();
-    Filter::new(user, admin_feed, &types, device).expect("valid filter")
+    Filter::new(user, admin_feed, &types, device, FilterLimits::default()).expect("valid filter")
 }
 
 struct Publisher {

@@ -71,8 +71,9 @@ pub(super) struct PublishPlan {
     event_type_json: String,
     run_prefix: String,
     users: TargetUsers,
-    /// The `Publish` calls' bearer token (a `service` role).
-    pub service_token: String,
+    /// Each publisher's bearer token (a `service` role, its own subject: the server limits
+    /// the publish rate per subject, and each publisher stands for one producing service).
+    pub service_tokens: Vec<String>,
 }
 
 impl PublishPlan {
@@ -92,14 +93,21 @@ impl PublishPlan {
                 .context("--event-type as JSON")?,
             run_prefix: run_prefix.to_owned(),
             users,
-            service_token: crate::client::token::mint_with(
-                &crate::client::token::secret_or_dev(args.jwt_secret.as_deref())?,
-                "loadgen-publisher",
-                &["service".to_owned()],
-                SERVICE_TOKEN_TTL,
-                crate::auth::DEFAULT_ISSUER,
-                crate::auth::DEFAULT_AUDIENCE,
-            )?,
+            service_tokens: {
+                let secret = crate::client::token::secret_or_dev(args.jwt_secret.as_deref())?;
+                (0..args.publishers)
+                    .map(|index| {
+                        crate::client::token::mint_with(
+                            &secret,
+                            &format!("loadgen-publisher-{index}"),
+                            &["service".to_owned()],
+                            SERVICE_TOKEN_TTL,
+                            crate::auth::DEFAULT_ISSUER,
+                            crate::auth::DEFAULT_AUDIENCE,
+                        )
+                    })
+                    .collect::<Result<_, _>>()?
+            },
         })
     }
 
@@ -263,6 +271,11 @@ pub(super) async fn run(
     stop: CancellationToken,
 ) -> anyhow::Result<PublisherStats> {
     let mut stats = PublisherStats::new()?;
+    let token = usize::try_from(index)
+        .ok()
+        .and_then(|i| plan.service_tokens.get(i))
+        .context("no token for this publisher")?
+        .clone();
     let mut bodies = BodyWriter::new(&plan, clock);
     let mut rng = SmallRng::from_rng(&mut rand::rng());
     let mut in_flight = JoinSet::new();
@@ -332,7 +345,7 @@ pub(super) async fn run(
                     body: Some(Body::Json(body)),
                 };
                 let mut client = client.clone();
-                let request = crate::client::authorized(request, Some(&plan.service_token))?;
+                let request = crate::client::authorized(request, Some(&token))?;
                 in_flight.spawn(async move {
                     let sent_ns = clock.now_ns();
                     let result = match tokio::time::timeout(timeout, client.publish(request)).await
@@ -483,7 +496,7 @@ mod tests {
 
     fn plan(rate: u64, publishers: u64) -> PublishPlan {
         PublishPlan {
-            service_token: String::new(),
+            service_tokens: vec![String::new(); usize::try_from(publishers).unwrap()],
             publishers,
             window: 1,
             rate,

@@ -176,7 +176,9 @@ fn authorized_request(
 ) -> anyhow::Result<tonic::Request<pb::SubscribeRequest>> {
     let request = request(index, plan);
     let (sub, role) = match plan.scenario {
-        Scenario::Firehose => ("loadgen-admin".to_owned(), "admin"),
+        // One subject per stream, as many dashboards would have: the server limits streams
+        // per subject.
+        Scenario::Firehose => (format!("loadgen-admin-{index}"), "admin"),
         Scenario::PerUser | Scenario::Idle => (request.user_id.clone(), "user"),
     };
     let token = crate::client::token::mint_with(
