@@ -138,6 +138,7 @@ pub async fn run(
     };
     let settings = ServerSettings {
         cors_origins: config.cors_origins.clone(),
+        cors_localhost: config.dev,
         http2_keepalive_interval: config.http2_keepalive_interval,
         http2_keepalive_timeout: config.http2_keepalive_timeout,
         max_decoding_message_size: config.max_publish_bytes + DECODE_HEADROOM_BYTES,

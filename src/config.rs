@@ -54,7 +54,8 @@ pub struct ServeConfig {
     /// Origins allowed to call over grpc-web from a browser (CORS), e.g.
     /// `https://console.example.com`. Repeat the flag or separate with commas. `*` allows any
     /// origin. None: browsers on other origins are refused (same-origin and non-browser clients
-    /// are unaffected).
+    /// are unaffected), except that `--dev` then allows pages on localhost, 127.0.0.1 and
+    /// [::1], any port.
     #[arg(
         long = "cors-origin",
         env = "NOTIFY_CORS_ORIGINS",

@@ -35,6 +35,8 @@ use crate::pb::notification_service_server::NotificationServiceServer;
 pub struct ServerSettings {
     /// Origins allowed to use grpc-web from a browser; `*` allows any.
     pub cors_origins: Vec<String>,
+    /// With no `cors_origins`: allow pages served from this machine (`--dev`).
+    pub cors_localhost: bool,
     /// HTTP/2 keepalive ping interval.
     pub http2_keepalive_interval: Duration,
     /// How long a keepalive ping may go unanswered.
@@ -152,7 +154,7 @@ pub async fn serve(
         .max_concurrent_streams(u32::try_from(
             settings.max_streams_per_connection + UNARY_STREAM_HEADROOM,
         )?)
-        .layer(cors_layer(&settings.cors_origins))
+        .layer(cors_layer(&settings.cors_origins, settings.cors_localhost))
         .layer(tonic_web::GrpcWebLayer::new())
         // Inside grpc-web, so its refusals are translated for browsers like any answer.
         .layer(settings.shed.clone())
@@ -220,9 +222,11 @@ impl tonic_health::pb::health_server::Health for ShutdownAwareHealth {
 }
 
 /// CORS for grpc-web: the headers grpc-web clients send and the ones they must be able to read.
-fn cors_layer(origins: &[String]) -> CorsLayer {
+fn cors_layer(origins: &[String], localhost: bool) -> CorsLayer {
     let allow_origin = if origins.iter().any(|o| o == "*") {
         AllowOrigin::any()
+    } else if origins.is_empty() && localhost {
+        AllowOrigin::predicate(|origin, _| is_localhost_origin(origin.as_bytes()))
     } else {
         AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
     };
@@ -245,9 +249,51 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
         .max_age(Duration::from_secs(24 * 60 * 60))
 }
 
+/// `http(s)://localhost`, `127.0.0.1` or `[::1]`, with any port: a page served from this
+/// machine. The host must end where the port or the origin ends, so `localhost.evil.example`
+/// does not pass.
+fn is_localhost_origin(origin: &[u8]) -> bool {
+    let Some(rest) = origin
+        .strip_prefix(b"http://")
+        .or_else(|| origin.strip_prefix(b"https://"))
+    else {
+        return false;
+    };
+    [&b"localhost"[..], b"127.0.0.1", b"[::1]"]
+        .iter()
+        .any(|host| match rest.strip_prefix(*host) {
+            Some([]) => true,
+            Some([b':', port @ ..]) => !port.is_empty() && port.iter().all(u8::is_ascii_digit),
+            _ => false,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use prost_reflect::DescriptorPool;
+
+    #[test]
+    fn localhost_origins_are_recognised_exactly() {
+        for origin in [
+            "http://localhost",
+            "http://localhost:5173",
+            "https://127.0.0.1:8443",
+            "http://[::1]:3000",
+        ] {
+            assert!(super::is_localhost_origin(origin.as_bytes()), "{origin}");
+        }
+        for origin in [
+            "http://localhost.evil.example",
+            "http://localhost:",
+            "http://localhost:80/x",
+            "http://127.0.0.1.nip.io",
+            "ftp://localhost",
+            "localhost",
+            "null",
+        ] {
+            assert!(!super::is_localhost_origin(origin.as_bytes()), "{origin}");
+        }
+    }
 
     /// The server side of `NotificationService` is listed by hand in `build.rs` (to give
     /// `Subscribe` its own codec). This keeps that list and the proto in step: a method added to
