@@ -75,7 +75,8 @@ pub struct Principal {
     pub roles: HashSet<String>,
     /// Permissions from the token.
     pub permissions: HashSet<String>,
-    /// When the token stops being valid; a stream opened with it ends then.
+    /// When this server stops accepting the token: its `exp` plus the allowed clock skew
+    /// (`--jwt-leeway`), the same instant verification uses. A stream opened with it ends then.
     pub expires_at: SystemTime,
 }
 
@@ -397,7 +398,8 @@ impl Verifier {
             user_id: claims.sub,
             roles: claims.roles.into_iter().collect(),
             permissions: claims.permissions.into_iter().collect(),
-            expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp),
+            expires_at: UNIX_EPOCH
+                + Duration::from_secs(claims.exp.saturating_add(self.validation.leeway)),
         })
     }
 }
