@@ -12,11 +12,11 @@
 //! | [`sequencer`] | the single writer: journal append in batches, then hand-off to the hub    |
 //! | [`auth`]      | the platform's JWT → `Principal`; who may subscribe to what, see, publish |
 //! | [`hub`]       | routing index, filters, per-subscriber bounded queues, overflow policy    |
-//! | [`grpc`]      | tonic services (thin adapters), grpc-web, health, reflection, `Status` map |
+//! | [`grpc`]      | tonic services (thin adapters), grpc-web, TLS, limits, `Status` map       |
 //! | [`telemetry`] | logging setup, Prometheus metrics and the `/metrics` endpoint             |
 //! | [`config`]    | every knob of `serve`: CLI flag + env var + documented default            |
 //! | [`app`]       | wires the stages together, owns shutdown and task tracking                |
-//! | [`client`]    | the command-line clients: `subscribe`, `publish`, `loadgen`               |
+//! | [`client`]    | the command-line clients: `subscribe`, `publish`, `loadgen`, `token`      |
 
 pub mod app;
 pub mod auth;

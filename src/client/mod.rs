@@ -28,7 +28,8 @@ pub struct SubscribeArgs {
     /// The server's gRPC URL.
     #[arg(long, env = "NOTIFY_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
-    /// Whose events: a user id, or `*` for every user (the firehose).
+    /// Whose events: by default the token's own user; another user's id or `*` (every user,
+    /// the firehose) need an admin token.
     #[arg(long, env = "NOTIFY_USER")]
     pub user: Option<String>,
     /// Event types, exact or `family.*`, comma-separated (default: all).
@@ -43,8 +44,8 @@ pub struct SubscribeArgs {
     /// Continue after this cursor (the `cursor` of the last event you processed).
     #[arg(long, env = "NOTIFY_RESUME_AFTER")]
     pub resume_after: Option<String>,
-    /// A bearer token for the `authorization` metadata (see `token`). The server checks it once
-    /// authentication is on.
+    /// The bearer token sent as `authorization` metadata (mint one with `token`); the server
+    /// refuses a stream without one.
     #[arg(long, env = "NOTIFY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 }
@@ -59,8 +60,8 @@ pub struct PublishArgs {
     pub routing_key: String,
     /// The producer's JSON body, or `@path` to read it from a file (`@-`: standard input).
     pub body: String,
-    /// A bearer token for the `authorization` metadata (see `token`). The server checks it once
-    /// authentication is on.
+    /// The bearer token sent as `authorization` metadata: a `service` or `super_admin` role, or
+    /// the `notification.publish` permission (mint one with `token --role service`).
     #[arg(long, env = "NOTIFY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 }
@@ -74,6 +75,12 @@ pub async fn connect(server: &str) -> anyhow::Result<NotificationServiceClient<C
         .await
         .with_context(|| format!("cannot connect to {server}"))?;
     Ok(NotificationServiceClient::new(channel))
+}
+
+/// A refusal or a stream's end as one line: the code's name and the server's reason
+/// (`PermissionDenied: may only subscribe to your own events`).
+fn refused(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
 }
 
 /// `message` with `authorization: Bearer <token>` metadata when a token is given.
@@ -104,10 +111,11 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
     };
     let mut stream = client
         .subscribe(authorized(request, args.token.as_deref())?)
-        .await?
+        .await
+        .map_err(refused)?
         .into_inner();
     let options = SerializeOptions::new();
-    while let Some(message) = stream.message().await? {
+    while let Some(message) = stream.message().await.map_err(refused)? {
         let dynamic =
             DynamicMessage::decode(descriptor.clone(), message.encode_to_vec().as_slice())?;
         let mut line = serde_json::Serializer::new(Vec::new());
@@ -128,7 +136,7 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     let response = client
         .publish(authorized(request, args.token.as_deref())?)
         .await
-        .map_err(|status| anyhow::anyhow!("{}: {}", status.code(), status.message()))?
+        .map_err(refused)?
         .into_inner();
     println!(
         "{}",

@@ -1,8 +1,9 @@
-//! The gRPC edge: `NotificationService`, grpc-web with CORS, health and reflection, all on one
-//! port.
+//! The gRPC edge: `NotificationService`, grpc-web with CORS, health and reflection, optional
+//! TLS, all on one port, behind the port's resource [`limits`].
 //!
-//! Owns: everything that touches `tonic` — requests, statuses, codecs, the server builder. Does
-//! not own: any decision about events (the adapters call `schema`, `hub` and `sequencer`).
+//! Owns: everything that touches `tonic` — requests, statuses, codecs, the server builder, the
+//! token's extraction from metadata. Does not own: any decision about events or access (the
+//! adapters call `auth`, `schema`, `hub` and `sequencer`).
 //! Errors of those modules become a `tonic::Status` in exactly one place, [`error`].
 
 pub mod codec;
