@@ -93,3 +93,158 @@ async fn publish_reports_bad_input_and_fails() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("not an object"), "{stderr}");
 }
+
+/// A scratch working directory of this test's own.
+fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("notify-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn the_server_refuses_to_start_without_a_key_unless_dev() {
+    let dir = scratch_dir("nokey");
+    let output = tokio::process::Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .current_dir(&dir)
+        .env_remove("JWT_SECRET")
+        .env_remove("NOTIFY_DEV")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--jwt-secret") && stderr.contains("--dev"),
+        "{stderr}"
+    );
+    assert!(!dir.join(".notify-backbone").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The README's tour as written: `--dev`, then `token` in the same directory for a subscriber
+/// and a publisher.
+#[tokio::test]
+async fn dev_mode_and_the_token_command_work_together() {
+    let dir = scratch_dir("dev");
+    let mut server = tokio::process::Command::new(BIN)
+        .args([
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir(&dir)
+        .env_remove("JWT_SECRET")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The log says it is in development mode and where it listens.
+    let mut log = BufReader::new(server.stderr.take().unwrap()).lines();
+    let (mut warned, mut url) = (false, None);
+    while url.is_none() {
+        let line = tokio::time::timeout(PATIENCE, log.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the server logs where it listens");
+        warned |= line.contains("DEVELOPMENT MODE");
+        if let Some((_, rest)) = line.split_once("serving gRPC and grpc-web on ") {
+            let addr = rest.split_whitespace().next().unwrap();
+            url = Some(format!("http://{addr}"));
+        }
+    }
+    assert!(warned, "no loud warning in --dev");
+    let url = url.unwrap();
+    let secret = dir.join(".notify-backbone/dev-jwt-secret");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&secret).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "the secret is readable by others: {mode:o}"
+        );
+    }
+
+    let mint = async |args: &[&str]| -> String {
+        let output = tokio::process::Command::new(BIN)
+            .arg("token")
+            .args(args)
+            .current_dir(&dir)
+            .env_remove("JWT_SECRET")
+            .output()
+            .await
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    };
+    let user = mint(&["--sub", "u1"]).await;
+    let service = mint(&["--sub", "billing-service", "--role", "service"]).await;
+
+    let mut subscriber = tokio::process::Command::new(BIN)
+        .args(["subscribe", "--server", &url])
+        .env("NOTIFY_TOKEN", &user)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(subscriber.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(first.contains("caughtUp"), "{first}");
+
+    let publish = async |token: &str| {
+        tokio::process::Command::new(BIN)
+            .args(["publish", "--server", &url, "billing.payment_success"])
+            .arg(r#"{"userId":"u1","paymentId":"p1","paymentMethod":"alipay","amount":99.9,"newBalance":120.5}"#)
+            .env("NOTIFY_TOKEN", token)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .await
+            .unwrap()
+    };
+    // A user may not publish; the service may, and the user's stream shows the event.
+    let refused = publish(&user).await;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("PermissionDenied"),
+        "{refused:?}"
+    );
+    let published = publish(&service).await;
+    assert!(published.status.success(), "{published:?}");
+    let event = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(event.contains(r#""paymentId":"p1""#), "{event}");
+
+    // A token signed with any other secret is refused.
+    let foreign = notify_backbone::auth::mint_hs256(
+        b"some-other-secret",
+        "billing-service",
+        &["service".into()],
+        std::time::Duration::from_secs(60),
+        notify_backbone::auth::DEFAULT_ISSUER,
+        notify_backbone::auth::DEFAULT_AUDIENCE,
+    )
+    .unwrap();
+    let refused = publish(&foreign).await;
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("Unauthenticated"),
+        "{refused:?}"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
