@@ -266,14 +266,14 @@ fn authenticator(config: &ServeConfig) -> anyhow::Result<Authenticator> {
              --jwt-jwks, or --dev for local development"
         );
     };
-    Ok(Authenticator {
+    Ok(Authenticator::new(
         verifier,
-        policy: Policy {
+        Policy {
             admin_roles: config.admin_roles.iter().cloned().collect(),
             publish_roles: config.publish_roles.iter().cloned().collect(),
             publish_permission: auth::PUBLISH_PERMISSION.into(),
         },
-    })
+    ))
 }
 
 /// A fresh random secret for `--dev`, written where `notify-backbone token` looks for it

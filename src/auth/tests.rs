@@ -369,10 +369,7 @@ fn jwks_keys_are_picked_by_kid_and_symmetric_keys_are_refused() {
 
 #[test]
 fn the_bearer_scheme_is_required_and_case_insensitive() {
-    let auth = Authenticator {
-        verifier: verifier(),
-        policy: Policy::default(),
-    };
+    let auth = Authenticator::new(verifier(), Policy::default());
     let token = hs(&claims("u1"));
     assert_eq!(auth.authenticate(None), Err(AuthError::Missing));
     assert_eq!(auth.authenticate(Some(&token)), Err(AuthError::Missing));
@@ -386,4 +383,29 @@ fn the_bearer_scheme_is_required_and_case_insensitive() {
             .unwrap();
         assert_eq!(principal.user_id, "u1");
     }
+}
+
+#[test]
+fn remembered_tokens_still_expire_and_only_the_same_bytes_hit() {
+    let auth = Authenticator::new(verifier(), Policy::default());
+    let token = hs(&claims("u1"));
+    let bearer = format!("Bearer {token}");
+    let first = auth.authenticate(Some(&bearer)).unwrap();
+    assert_eq!(first.user_id, "u1");
+    // The second call is served from the cache: the very same principal.
+    let again = auth.authenticate(Some(&bearer)).unwrap();
+    assert!(Arc::ptr_eq(&first, &again));
+    // A token differing in its signature is checked, not served from the cache.
+    let mut forged = token.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    assert_eq!(
+        auth.authenticate(Some(&format!("Bearer {forged}"))),
+        Err(AuthError::BadSignature)
+    );
+    // Past the principal's expiry the entry is dropped and the token verified anew (by the
+    // real clock, for which it is still valid: a new principal).
+    let later = first.expires_at + Duration::from_secs(1);
+    let after_expiry = auth.authenticate_at(Some(&bearer), later).unwrap();
+    assert!(!Arc::ptr_eq(&first, &after_expiry));
 }

@@ -52,7 +52,7 @@ pub struct NotifyService {
 
 impl NotifyService {
     /// The caller behind the request's `authorization` metadata.
-    fn principal<T>(&self, request: &Request<T>) -> Result<Principal, ApiError> {
+    fn principal<T>(&self, request: &Request<T>) -> Result<Arc<Principal>, ApiError> {
         let authorization = request
             .metadata()
             .get("authorization")
