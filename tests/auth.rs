@@ -10,7 +10,6 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use notify_backbone::{
     auth::{Claims, DEFAULT_AUDIENCE, DEFAULT_ISSUER, PUBLISH_PERMISSION},
@@ -21,7 +20,6 @@ use notify_backbone::{
 };
 use support::*;
 use tonic::{Code, Status, Streaming, transport::Channel};
-use tonic_web::GrpcWebClientLayer;
 
 const ALICE: &str = "user-a";
 const BOB: &str = "user-b";
@@ -498,12 +496,7 @@ async fn only_publisher_roles_or_the_publish_permission_may_publish() {
 #[tokio::test]
 async fn grpc_web_gets_the_same_checks() {
     let server = TestServer::start().await;
-    let http1 = Client::builder(TokioExecutor::new()).build_http();
-    let service = tower::ServiceBuilder::new()
-        .layer(GrpcWebClientLayer::new())
-        .service(http1);
-    let uri: http::Uri = server.url().parse().unwrap();
-    let mut web = NotificationServiceClient::with_origin(service, uri);
+    let mut web = server.grpc_web_client();
     let alice = token(ALICE, &["user"]);
 
     let status = web.subscribe(request(ALICE)).await.unwrap_err();
@@ -677,26 +670,15 @@ fn hs256(claims: &Claims) -> String {
 }
 
 /// `{"alg":"none"}`, the claims, and an empty signature.
-fn alg_none(claims: &Claims) -> String {
-    let header = b64url(br#"{"alg":"none","typ":"JWT"}"#);
-    let body = b64url(serde_json::to_string(claims).unwrap().as_bytes());
-    format!("{header}.{body}.")
+fn b64url_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// base64url without padding.
-fn b64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
-        }
-    }
-    out
+fn alg_none(claims: &Claims) -> String {
+    let header = b64url_encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let body = b64url_encode(serde_json::to_string(claims).unwrap().as_bytes());
+    format!("{header}.{body}.")
 }
 
 fn bearer(token: &str) -> String {

@@ -4,21 +4,13 @@
 mod support;
 
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
-use notify_backbone::pb::{
-    notification_service_client::NotificationServiceClient, subscribe_response::Kind,
-};
+use notify_backbone::pb::subscribe_response::Kind;
 use support::*;
-use tonic_web::GrpcWebClientLayer;
 
 #[tokio::test]
 async fn a_grpc_web_client_receives_a_server_stream() {
     let server = TestServer::start().await;
-    let http1 = Client::builder(TokioExecutor::new()).build_http();
-    let service = tower::ServiceBuilder::new()
-        .layer(GrpcWebClientLayer::new())
-        .service(http1);
-    let uri: http::Uri = server.url().parse().unwrap();
-    let mut web = NotificationServiceClient::with_origin(service, uri);
+    let mut web = server.grpc_web_client();
 
     let mut stream = web
         .subscribe(with_token(

@@ -66,6 +66,17 @@ impl TestServer {
             .unwrap()
     }
 
+    /// A grpc-web client over HTTP/1.1, as a browser would speak to the server.
+    pub fn grpc_web_client(&self) -> NotificationServiceClient<GrpcWebService> {
+        let http1 =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        let service = tower::ServiceBuilder::new()
+            .layer(tonic_web::GrpcWebClientLayer::new())
+            .service(http1);
+        NotificationServiceClient::with_origin(service, self.url().parse().unwrap())
+    }
+
     pub async fn channel(&self) -> Channel {
         Channel::from_shared(self.url())
             .unwrap()
@@ -197,17 +208,33 @@ pub fn request(user: &str) -> pb::SubscribeRequest {
     }
 }
 
+/// The client side of grpc-web over HTTP/1.1 ([`TestServer::grpc_web_client`]).
+pub type GrpcWebService = tonic_web::GrpcWebClientService<
+    hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        tonic_web::GrpcWebCall<tonic::body::Body>,
+    >,
+>;
+
+/// Opens a stream with the token [`token_for_request`] picks, as it comes (nothing consumed).
+pub async fn open_stream(
+    client: &mut NotificationServiceClient<Channel>,
+    request: pb::SubscribeRequest,
+) -> Streaming<pb::SubscribeResponse> {
+    let token = token_for_request(&request);
+    client
+        .subscribe(with_token(request, &token))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// Opens a stream and consumes its leading `CaughtUp`, so the stream is live when this returns.
 pub async fn subscribe(
     client: &mut NotificationServiceClient<Channel>,
     request: pb::SubscribeRequest,
 ) -> Streaming<pb::SubscribeResponse> {
-    let token = token_for_request(&request);
-    let mut stream = client
-        .subscribe(with_token(request, &token))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open_stream(client, request).await;
     match next_kind(&mut stream).await {
         Kind::CaughtUp(_) => stream,
         other => panic!("expected CaughtUp first, got {other:?}"),
