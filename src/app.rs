@@ -26,7 +26,7 @@ use crate::{
     ingest::{Ingest, IngestConfig, IngestState, Topology, topology},
     schema::DecodeOptions,
     sequencer::Sequencer,
-    store::{Journal, MemoryJournal},
+    store::{Journal, JournalSettings, RedbJournal},
     telemetry::{self, Metrics},
 };
 
@@ -79,7 +79,13 @@ pub async fn run(
     // Refuse to start without a way to check tokens before anything else runs.
     let authenticator = authenticator(&config)?;
     let metrics = Arc::new(Metrics::new());
-    let journal = MemoryJournal::new(config.dedupe_window);
+    // A journal that cannot be opened stops start-up here, with the reason.
+    let journal = RedbJournal::open(JournalSettings {
+        dir: config.data_dir.clone(),
+        durability: config.durability,
+        dedupe_window: config.dedupe_window,
+    })?;
+    info!(dir = %config.data_dir.display(), head = %journal.head(), "journal open");
     let hub = Hub::new(
         HubConfig {
             queue_len: config.subscriber_queue_len,

@@ -75,10 +75,26 @@ pub struct ServeConfig {
     #[arg(long, env = "NOTIFY_PUBLISH_QUEUE_LEN", default_value_t = 8192)]
     pub publish_queue_len: usize,
 
-    /// How many recent event ids are remembered to recognise re-sent events (duplicates).
-    /// A re-send older than this many events is stored again.
-    #[arg(long, env = "NOTIFY_DEDUPE_WINDOW", default_value_t = 100_000)]
-    pub dedupe_window: usize,
+    /// Where the journal keeps its file (`journal.redb`); created if missing. Every accepted
+    /// event is stored here before it is acknowledged or delivered.
+    #[arg(
+        long,
+        env = "NOTIFY_DATA_DIR",
+        default_value = "data",
+        help_heading = "Journal"
+    )]
+    pub data_dir: std::path::PathBuf,
+
+    /// When journal commits reach the disk: `fsync` (every commit; an acknowledged event
+    /// survives a power cut) or an interval such as `100ms` (at most that much is lost on a
+    /// power cut; a process crash loses nothing).
+    #[arg(long, env = "NOTIFY_DURABILITY", default_value = "fsync", value_parser = durability, help_heading = "Journal")]
+    pub durability: crate::store::Durability,
+
+    /// How long an event id is remembered to recognise re-sent events (the outbox's re-sends,
+    /// AMQP redeliveries). A re-send older than this is stored again.
+    #[arg(long, env = "NOTIFY_DEDUPE_WINDOW", default_value = "24h", value_parser = positive_duration, help_heading = "Journal")]
+    pub dedupe_window: Duration,
 
     /// Largest `Publish` body accepted, in bytes (the JSON, or the encoded typed event).
     #[arg(long, env = "NOTIFY_MAX_PUBLISH_BYTES", default_value_t = 256 * 1024, help_heading = "Limits")]
@@ -318,6 +334,16 @@ impl Default for ServeConfig {
             .expect("the built-in defaults parse")
             .serve
     }
+}
+
+/// `fsync`, or an interval between syncs.
+fn durability(text: &str) -> Result<crate::store::Durability, String> {
+    if text == "fsync" {
+        return Ok(crate::store::Durability::EveryCommit);
+    }
+    positive_duration(text)
+        .map(crate::store::Durability::Interval)
+        .map_err(|e| format!("expected `fsync` or an interval like `100ms`: {e}"))
 }
 
 /// A count of at least one (a limit of zero would refuse everything).

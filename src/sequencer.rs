@@ -13,13 +13,13 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::{
     hub::{Hub, Routed},
     pb,
     schema::Decoded,
-    store::{Cursor, Journal, StoreError},
+    store::{Appended, Cursor, Journal, StoreError},
     telemetry::Metrics,
 };
 use std::sync::Arc;
@@ -119,96 +119,105 @@ impl Future for Receipt {
     }
 }
 
-async fn run(
-    mut journal: impl Journal,
+async fn run<J: Journal>(
+    journal: J,
     hub: Hub,
     metrics: Arc<Metrics>,
     mut rx: mpsc::Receiver<Submission>,
     shutdown: CancellationToken,
 ) {
+    let mut journal = Some(journal);
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        let received = tokio::select! {
-            biased;
-            n = rx.recv_many(&mut batch, MAX_BATCH) => n,
-            () = shutdown.cancelled() => {
-                // Take no new work, finish what was already accepted into the queue.
-                rx.close();
-                while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-                    write_batch(&mut journal, &hub, &metrics, &mut batch);
+    let mut draining = false;
+    while let Some(writer) = journal.take() {
+        let received = if draining {
+            rx.recv_many(&mut batch, MAX_BATCH).await
+        } else {
+            tokio::select! {
+                biased;
+                n = rx.recv_many(&mut batch, MAX_BATCH) => n,
+                () = shutdown.cancelled() => {
+                    // Take no new work, finish what was already accepted into the queue.
+                    rx.close();
+                    draining = true;
+                    rx.recv_many(&mut batch, MAX_BATCH).await
                 }
-                break;
             }
         };
         if received == 0 {
             break;
         }
-        write_batch(&mut journal, &hub, &metrics, &mut batch);
+        journal = write_batch(writer, &hub, &metrics, &mut batch).await;
     }
     debug!("sequencer stopped");
 }
 
-/// Appends a batch, fans out the new events in order, then answers every submitter.
-fn write_batch(
-    journal: &mut impl Journal,
+/// Appends a batch (one commit, on a blocking thread: it waits for the disk), fans out the new
+/// events in order, then answers every submitter. Gives the journal back, or `None` if the
+/// blocking task died, which stops the sequencer (submitters then get `Stopped`).
+async fn write_batch<J: Journal>(
+    mut journal: J,
     hub: &Hub,
     metrics: &Metrics,
     batch: &mut Vec<Submission>,
-) {
+) -> Option<J> {
     // Each submission is its event followed by its admin notice, if any.
-    let ids: Vec<&str> = batch
-        .iter()
-        .flat_map(|s| {
-            std::iter::once(s.decoded.event.id.as_str())
-                .chain(s.decoded.admin_notice.as_ref().map(|n| n.id.as_str()))
-        })
-        .collect();
-    let outcomes = match journal.append(&ids) {
-        Ok(outcomes) => outcomes,
-        Err(error) => {
-            warn!(%error, events = batch.len(), "journal append failed");
-            let message = error.to_string();
-            for submission in batch.drain(..) {
-                let error = StoreError::Unavailable(message.clone());
-                let _ = submission.reply.send(Err(error.into()));
-            }
-            return;
-        }
-    };
-    let mut outcomes = outcomes.into_iter();
+    let mut events = Vec::with_capacity(batch.len() * 2);
+    let mut replies = Vec::with_capacity(batch.len());
     for submission in batch.drain(..) {
         let Submission {
             decoded,
             published_at,
             reply,
         } = submission;
-        let Some(appended) = outcomes.next() else {
+        let has_notice = decoded.admin_notice.is_some();
+        events.push(decoded.event);
+        events.extend(decoded.admin_notice);
+        replies.push((reply, published_at, has_notice));
+    }
+    let joined = tokio::task::spawn_blocking(move || {
+        let result = journal.append(&mut events);
+        (journal, events, result)
+    })
+    .await;
+    let (journal, events, result) = match joined {
+        Ok(done) => done,
+        Err(error) => {
+            error!(%error, "the journal append task failed; the sequencer stops");
+            return None;
+        }
+    };
+    let outcomes = match result {
+        Ok(outcomes) => outcomes,
+        Err(error) => {
+            warn!(%error, events = events.len(), "journal append failed");
+            let message = error.to_string();
+            for (reply, _, _) in replies {
+                let error = StoreError::Unavailable(message.clone());
+                let _ = reply.send(Err(error.into()));
+            }
+            return Some(journal);
+        }
+    };
+    let mut stored = events.into_iter().zip(outcomes);
+    for (reply, published_at, has_notice) in replies {
+        let Some((event, appended)) = stored.next() else {
             let _ = reply.send(Err(StoreError::Unavailable(
                 "journal returned too few outcomes".into(),
             )
             .into()));
             continue;
         };
-        let notice_outcome = decoded.admin_notice.as_ref().and_then(|_| outcomes.next());
-        let Decoded {
-            mut event,
-            admin_notice,
-        } = decoded;
+        let notice = if has_notice { stored.next() } else { None };
         if appended.duplicate {
             metrics.duplicates.inc();
         } else {
-            deliver(hub, metrics, &mut event, appended.cursor, published_at);
+            deliver(hub, metrics, &event, &appended, published_at);
         }
-        if let (Some(mut notice), Some(notice_appended)) = (admin_notice, notice_outcome)
+        if let Some((notice, notice_appended)) = notice
             && !notice_appended.duplicate
         {
-            deliver(
-                hub,
-                metrics,
-                &mut notice,
-                notice_appended.cursor,
-                published_at,
-            );
+            deliver(hub, metrics, &notice, &notice_appended, published_at);
         }
         let _ = reply.send(Ok(Published {
             id: event.id,
@@ -216,21 +225,25 @@ fn write_batch(
             duplicate: appended.duplicate,
         }));
     }
+    Some(journal)
 }
 
-/// Stamps a newly stored event with its cursor, counts it and fans it out.
+/// Counts a newly stored event and fans it out with the frame the journal stored.
 fn deliver(
     hub: &Hub,
     metrics: &Metrics,
-    event: &mut pb::Event,
-    cursor: Cursor,
+    event: &pb::Event,
+    appended: &Appended,
     published_at: Instant,
 ) {
-    event.cursor = cursor.to_string();
+    let Some(frame) = &appended.frame else {
+        return;
+    };
     metrics.record_event_in(&event.r#type);
     hub.fan_out(Routed {
         event,
-        position: cursor.position,
+        frame: frame.clone(),
+        position: appended.cursor.position,
         published_at,
     });
 }

@@ -160,8 +160,10 @@ pub struct Hub {
 /// share.
 #[derive(Debug, Clone)]
 pub struct Routed<'a> {
-    /// The event (its `cursor` set).
+    /// The event (its `cursor` set), for routing.
     pub event: &'a pb::Event,
+    /// `SubscribeResponse { event }` encoded, as the journal stored it: sent as is.
+    pub frame: Bytes,
     /// Its journal position.
     pub position: u64,
     /// When it entered the server.
@@ -199,7 +201,7 @@ impl Hub {
     pub fn fan_out(&self, routed: Routed<'_>) {
         let event = routed.event;
         let frame = Frame {
-            bytes: encode_event(event),
+            bytes: routed.frame,
             position: routed.position,
             published_at: Some(routed.published_at),
         };
@@ -348,15 +350,6 @@ impl Hub {
             subscriber.mailbox.close(EndReason::ShuttingDown);
         }
     }
-}
-
-/// Encodes `SubscribeResponse { event }` without cloning the event.
-fn encode_event(event: &pb::Event) -> Bytes {
-    const EVENT_FIELD: u32 = 1;
-    let len = prost::encoding::message::encoded_len(EVENT_FIELD, event);
-    let mut buf = Vec::with_capacity(len);
-    prost::encoding::message::encode(EVENT_FIELD, event, &mut buf);
-    Bytes::from(buf)
 }
 
 fn control_frame(kind: Kind, position: u64) -> Frame {

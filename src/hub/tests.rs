@@ -60,6 +60,7 @@ impl Publisher {
         };
         self.hub.fan_out(Routed {
             event: &event,
+            frame: crate::store::encode_event_frame(&event),
             position: self.position,
             published_at: Instant::now(),
         });

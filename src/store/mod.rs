@@ -1,49 +1,99 @@
-//! The journal: assigns every accepted event its position and cursor, and recognises events it
-//! has already accepted (dedupe by event id).
+//! The journal: assigns every accepted event its position and cursor, stores it durably,
+//! recognises events it has already accepted (dedupe by event id), and reads them back for
+//! replay.
 //!
-//! Owns: positions, epochs, cursors, the dedupe window. Does not own: decoding (`schema`),
-//! routing (`hub`), or the order in which callers append (the `sequencer` is the only writer).
+//! Owns: positions, epochs, cursors, the dedupe window, the encoded form of a stored event.
+//! Does not own: decoding (`schema`), routing (`hub`), or the order in which callers append (the
+//! `sequencer` is the only writer).
 //!
-//! Today the only journal is [`MemoryJournal`]: positions and a bounded window of recent ids,
-//! nothing retained, so a resume from an older cursor reports a gap. The durable journal will
-//! implement the same [`Journal`] trait, so the sequencer, hub and grpc do not change.
+//! The server uses [`RedbJournal`], one redb file under `--data-dir`. Everything else sees the
+//! [`Journal`] and [`JournalReader`] traits, so a later journal (a RabbitMQ stream, for
+//! multi-node deployments) can replace it without touching hub or grpc.
 
 mod cursor;
-mod memory;
+mod redb;
 
 pub use cursor::{Cursor, CursorError};
-pub use memory::MemoryJournal;
+pub use redb::{Durability, JournalSettings, OpenError, RedbJournal};
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::pb;
 
 /// The outcome of appending one event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
     /// The event's position: new, or the one it got the first time if `duplicate`.
     pub cursor: Cursor,
     /// The id was already in the journal; the event was not stored again.
     pub duplicate: bool,
+    /// For a new event: `SubscribeResponse { event }` encoded, cursor included, exactly as
+    /// stored — the hub sends these bytes, so live and replayed events are the same bytes.
+    pub frame: Option<Bytes>,
 }
 
-/// Why an append failed.
+/// Why an append or a read failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The journal cannot take writes (e.g. storage failure); callers must not ack.
+    /// The journal cannot take writes or be read (e.g. storage failure); callers must not ack.
     #[error("journal unavailable: {0}")]
     Unavailable(String),
 }
 
-/// The interface the rest of the server uses to store events.
-///
-/// Appends come from one writer (the sequencer) in batches, so an implementation can commit a
-/// whole batch at once.
-pub trait Journal: Send + 'static {
-    /// Stores the events identified by `ids`, in order, returning one outcome per id. An id
-    /// already present (or repeated within the batch) is reported as a duplicate with its
-    /// first position.
-    fn append(&mut self, ids: &[&str]) -> Result<Vec<Appended>, StoreError>;
+/// One event read back from the journal: what routing and authorization need, and its frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Its position.
+    pub position: u64,
+    /// `Event.type`.
+    pub event_type: Box<str>,
+    /// `Event.user_id` (empty: about no user).
+    pub user_id: Box<str>,
+    /// `Event.device_id` (empty: none).
+    pub device_id: Box<str>,
+    /// The encoded `SubscribeResponse { event }`.
+    pub frame: Bytes,
+}
 
-    /// The position of the last stored event (position 0 in an empty journal).
+/// The writer's interface to the journal.
+///
+/// Appends come from one writer (the sequencer) in batches, so an implementation commits a
+/// whole batch at once (group commit). `append` blocks on storage: call it off the async
+/// workers.
+pub trait Journal: Send + 'static {
+    /// Stores `events` in order and durably (per the journal's durability setting) before it
+    /// returns, stamping each new event's `cursor`. An id already present (or repeated within
+    /// the batch) is reported as a duplicate with its first position and not stored again.
+    /// On error nothing of the batch is stored.
+    fn append(&mut self, events: &mut [pb::Event]) -> Result<Vec<Appended>, StoreError>;
+
+    /// The position of the last stored event (the floor in an empty journal).
     fn head(&self) -> Cursor;
 
-    /// The oldest position a resume can still continue after without a gap.
-    fn oldest_resumable(&self) -> Cursor;
+    /// A reader for replay, usable from any thread while appends go on.
+    fn reader(&self) -> Arc<dyn JournalReader>;
+}
+
+/// Reads stored events; cheap to share.
+pub trait JournalReader: Send + Sync {
+    /// The journal's epoch: cursors of other epochs do not belong to it.
+    fn epoch(&self) -> u64;
+
+    /// Events at or below this position are gone (retention); a resume from below it has a
+    /// gap.
+    fn floor(&self) -> Result<u64, StoreError>;
+
+    /// Up to `limit` events after `position`, in order.
+    fn read_after(&self, position: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
+}
+
+/// Encodes `SubscribeResponse { event }` without cloning the event.
+pub fn encode_event_frame(event: &pb::Event) -> Bytes {
+    const EVENT_FIELD: u32 = 1;
+    let len = prost::encoding::message::encoded_len(EVENT_FIELD, event);
+    let mut buf = Vec::with_capacity(len);
+    prost::encoding::message::encode(EVENT_FIELD, event, &mut buf);
+    Bytes::from(buf)
 }

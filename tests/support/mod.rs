@@ -25,6 +25,28 @@ pub struct TestServer {
     pub metrics_addr: SocketAddr,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<anyhow::Result<()>>,
+    /// The server's journal directory, removed with the server.
+    pub data: DataDir,
+}
+
+/// A journal directory of one test server's own, removed when dropped.
+pub struct DataDir(pub std::path::PathBuf);
+
+impl DataDir {
+    pub fn new() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("notify-test-journal-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Self(dir)
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl TestServer {
@@ -33,8 +55,10 @@ impl TestServer {
     }
 
     pub async fn start_with(adjust: impl FnOnce(&mut ServeConfig)) -> Self {
+        let data = DataDir::new();
         let mut config = ServeConfig {
             jwt_secret: Some(TEST_SECRET.into()),
+            data_dir: data.0.clone(),
             ..ServeConfig::default()
         };
         adjust(&mut config);
@@ -53,6 +77,7 @@ impl TestServer {
             metrics_addr,
             shutdown,
             task,
+            data,
         }
     }
 
