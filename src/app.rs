@@ -92,6 +92,7 @@ pub async fn run(
         },
         journal.head(),
         metrics.clone(),
+        journal.reader(),
     );
     // The sequencer outlives the gRPC server: it stops only after in-flight publishes drained.
     let sequencer_stop = CancellationToken::new();

@@ -114,9 +114,9 @@ pub fn token_expired_status(last: Cursor) -> Status {
 /// The status that ends a stream the server ended: why, and the cursor to resume after.
 pub fn stream_end_status(reason: EndReason, last: Cursor) -> Status {
     match reason {
-        EndReason::Overflow { capacity } => Status::resource_exhausted(format!(
-            "subscriber fell {capacity} messages behind (--subscriber-queue-len) and was \
-             disconnected; last cursor sent: {last}; resubscribe with resume_after={last}"
+        EndReason::JournalUnavailable => Status::unavailable(format!(
+            "the journal cannot be read right now; last cursor sent: {last}; resubscribe with \
+             resume_after={last}"
         )),
         EndReason::ShuttingDown => Status::unavailable(format!(
             "server is shutting down; last cursor sent: {last}; resubscribe with resume_after={last}"

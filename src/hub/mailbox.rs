@@ -1,10 +1,11 @@
 //! A subscriber's bounded queue of encoded frames.
 //!
 //! The hub pushes without ever waiting; the subscriber's stream pops at the pace of its
-//! connection. When the queue is full the push fails and the mailbox closes with
-//! [`EndReason::Overflow`]: the subscriber is too slow, and waiting for it would slow every other
-//! subscriber. Frames already queued are still delivered before the stream ends, so the client
-//! knows exactly up to which cursor it got everything.
+//! connection. When the queue is full the mailbox becomes *lagged*: it keeps what it queued (a
+//! contiguous run of frames), takes nothing more, and once the reader has popped the run it
+//! tells the reader [`Next::Lagged`]. The reader then continues from the journal at its own
+//! pace and rejoins (see `Subscription`). Waiting for a slow subscriber would slow every other
+//! one; dropping its events would lose them; this does neither, and memory stays bounded.
 //!
 //! A plain mutex around a `VecDeque` is enough: the critical sections are a push or a pop, and an
 //! idle mailbox allocates nothing (which keeps idle streams cheap).
@@ -36,44 +37,55 @@ pub struct Frame {
 /// Why a subscription ended (when the server ended it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndReason {
-    /// The queue was full: the subscriber fell `capacity` frames behind.
-    Overflow {
-        /// The queue capacity that was exceeded.
-        capacity: usize,
-    },
     /// The server is shutting down.
     ShuttingDown,
+    /// The journal could not be read to catch the subscriber up.
+    JournalUnavailable,
 }
 
 /// The outcome of a push.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Push {
-    /// Queued.
+    /// Queued for the reader.
     Queued,
-    /// The queue was full; the mailbox is now closed with `EndReason::Overflow`.
+    /// The queue was full: the mailbox is now lagged (the reader will catch up from the
+    /// journal).
     Overflowed,
-    /// The mailbox was already closed; nothing was queued.
+    /// The mailbox is lagged already; the frame was not queued (the journal has it).
+    Lagging,
+    /// The mailbox is closed; the frame was dropped.
     Closed,
+}
+
+/// What the reader gets next.
+#[derive(Debug, Clone)]
+pub enum Next {
+    /// A queued frame.
+    Frame(Frame),
+    /// The queue overflowed and everything queued before was popped: what follows must be read
+    /// from the journal, after the last frame popped.
+    Lagged,
 }
 
 #[derive(Debug, Default)]
 struct State {
     queue: VecDeque<Frame>,
+    lagged: bool,
     ended: Option<EndReason>,
     waker: Option<Waker>,
 }
 
-/// A bounded single-consumer queue; see the module docs for the overflow policy.
+/// A bounded queue of frames with one reader.
 #[derive(Debug)]
 pub struct Mailbox {
     capacity: usize,
     state: Mutex<State>,
-    /// Set by every push, cleared by the heartbeat tick: an idle stream gets a heartbeat.
+    /// Set by every push, cleared by the heartbeat ticker: "was anything sent since last tick".
     busy: AtomicBool,
 }
 
 impl Mailbox {
-    /// An empty mailbox holding at most `capacity` frames (at least 1).
+    /// A mailbox holding at most `capacity` frames.
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity: capacity.max(1),
@@ -83,22 +95,22 @@ impl Mailbox {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding this lock leaves only a queue of frames behind; keep serving.
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues a frame without waiting; see [`Push`].
+    /// Queues `frame` unless the mailbox is full, lagged or closed. Never waits.
     pub fn push(&self, frame: Frame) -> Push {
         let mut state = self.lock();
         if state.ended.is_some() {
             return Push::Closed;
         }
+        if state.lagged {
+            return Push::Lagging;
+        }
         let outcome = if state.queue.len() >= self.capacity {
-            state.ended = Some(EndReason::Overflow {
-                capacity: self.capacity,
-            });
+            state.lagged = true;
             Push::Overflowed
         } else {
             state.queue.push_back(frame);
@@ -113,7 +125,7 @@ impl Mailbox {
         outcome
     }
 
-    /// Ends the mailbox: frames already queued are still delivered, then the stream ends.
+    /// Ends the mailbox: the reader gets what is queued, then the end.
     pub fn close(&self, reason: EndReason) {
         let mut state = self.lock();
         if state.ended.is_none() {
@@ -126,28 +138,44 @@ impl Mailbox {
         }
     }
 
-    /// Whether the mailbox no longer accepts frames.
+    /// Whether the mailbox was closed.
     pub fn is_closed(&self) -> bool {
         self.lock().ended.is_some()
     }
 
-    /// Takes the "a frame was pushed since the last call" flag.
+    /// Takes the lag away so pushes queue again. The caller must hold the hub's index write
+    /// lock (no fan-out running) and continue from the journal up to the head it read there.
+    pub fn rejoin(&self) {
+        let mut state = self.lock();
+        state.lagged = false;
+        state.queue.clear();
+    }
+
+    /// Counts as activity for the heartbeat ticker (the stream sent something not pushed here,
+    /// such as its opening `CaughtUp` or a replay).
+    pub fn touch(&self) {
+        self.busy.store(true, Ordering::Relaxed);
+    }
+
+    /// Returns and clears the "pushed since last asked" flag.
     pub fn take_busy(&self) -> bool {
         self.busy.swap(false, Ordering::Relaxed)
     }
 
-    /// The next frame; `Ready(None)` once closed and drained.
-    pub fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
+    /// The next frame, the lag, the end (`None`), or `Pending` with the waker registered.
+    pub fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<Option<Next>> {
         let mut state = self.lock();
         if let Some(frame) = state.queue.pop_front() {
             if state.queue.is_empty() && state.queue.capacity() > 64 {
-                // Give back what a burst made the queue grow to; idle streams stay small.
                 state.queue.shrink_to(8);
             }
-            return Poll::Ready(Some(frame));
+            return Poll::Ready(Some(Next::Frame(frame)));
         }
         if state.ended.is_some() {
             return Poll::Ready(None);
+        }
+        if state.lagged {
+            return Poll::Ready(Some(Next::Lagged));
         }
         match &state.waker {
             Some(waker) if waker.will_wake(cx.waker()) => {}
@@ -156,7 +184,7 @@ impl Mailbox {
         Poll::Pending
     }
 
-    /// Why the mailbox ended, if it did.
+    /// Why the mailbox ended, once it has.
     pub fn end_reason(&self) -> Option<EndReason> {
         self.lock().ended
     }
@@ -176,22 +204,30 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn overflow_closes_but_keeps_what_was_queued() {
+    fn pop(mailbox: &Mailbox) -> Option<Next> {
+        let mut cx = Context::from_waker(Waker::noop());
+        match mailbox.poll_pop(&mut cx) {
+            Poll::Ready(next) => next,
+            Poll::Pending => panic!("nothing ready"),
+        }
+    }
+
+    #[test]
+    fn overflow_lags_keeps_what_was_queued_and_rejoins() {
         let mailbox = Mailbox::new(2);
         assert_eq!(mailbox.push(frame(1)), Push::Queued);
         assert_eq!(mailbox.push(frame(2)), Push::Queued);
         assert_eq!(mailbox.push(frame(3)), Push::Overflowed);
-        assert_eq!(mailbox.push(frame(4)), Push::Closed);
-        let mut got = Vec::new();
-        while let Some(f) = poll_fn(|cx| mailbox.poll_pop(cx)).await {
-            got.push(f.position);
-        }
-        assert_eq!(got, vec![1, 2]);
-        assert_eq!(
-            mailbox.end_reason(),
-            Some(EndReason::Overflow { capacity: 2 })
-        );
+        assert_eq!(mailbox.push(frame(4)), Push::Lagging);
+        assert!(matches!(pop(&mailbox), Some(Next::Frame(f)) if f.position == 1));
+        assert!(matches!(pop(&mailbox), Some(Next::Frame(f)) if f.position == 2));
+        // Lagged until the reader rejoins; never ended.
+        assert!(matches!(pop(&mailbox), Some(Next::Lagged)));
+        assert!(matches!(pop(&mailbox), Some(Next::Lagged)));
+        assert_eq!(mailbox.end_reason(), None);
+        mailbox.rejoin();
+        assert_eq!(mailbox.push(frame(5)), Push::Queued);
+        assert!(matches!(pop(&mailbox), Some(Next::Frame(f)) if f.position == 5));
     }
 
     #[tokio::test]
@@ -199,9 +235,12 @@ mod tests {
         let mailbox = std::sync::Arc::new(Mailbox::new(4));
         let reader = {
             let mailbox = mailbox.clone();
-            tokio::spawn(
-                async move { poll_fn(|cx| mailbox.poll_pop(cx)).await.map(|f| f.position) },
-            )
+            tokio::spawn(async move {
+                match poll_fn(|cx| mailbox.poll_pop(cx)).await {
+                    Some(Next::Frame(f)) => Some(f.position),
+                    _ => None,
+                }
+            })
         };
         tokio::task::yield_now().await;
         mailbox.push(frame(9));

@@ -1,8 +1,8 @@
 //! Fan-out: which subscribers get an event, and handing it to them without ever waiting.
 //!
 //! Owns: the routing index (user id → subscribers, the firehose, the admin feed), filters, each
-//! subscriber's bounded [`Mailbox`] and its overflow policy, heartbeats, and ending every stream
-//! on shutdown. Does not own: decoding (`schema`), positions (`store`), the order of events (the
+//! subscriber's bounded [`Mailbox`] and its overflow policy (continue from the journal), replay
+//! on resume and the hand-off to live events, heartbeats, and ending every stream on shutdown. Does not own: decoding (`schema`), positions (`store`), the order of events (the
 //! `sequencer` calls [`Hub::fan_out`] in journal order, one event at a time), or transport
 //! (`grpc` turns a [`Subscription`] into a gRPC stream).
 //!
@@ -12,7 +12,7 @@ mod filter;
 mod mailbox;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     pin::Pin,
     sync::{
         Arc, RwLock, RwLockReadGuard, RwLockWriteGuard,
@@ -28,12 +28,12 @@ use prost::Message;
 pub use filter::{
     Audience, Filter, FilterError, FilterLimits, MAX_PATTERN_LEN, MAX_TYPE_PATTERNS, Users,
 };
-pub use mailbox::{EndReason, Frame, Mailbox, Push};
+pub use mailbox::{EndReason, Frame, Mailbox, Next, Push};
 
 use crate::{
     auth::Viewer,
     pb::{self, subscribe_response::Kind},
-    store::Cursor,
+    store::{Cursor, JournalReader, StoredEvent},
     telemetry::Metrics,
 };
 
@@ -127,6 +127,8 @@ struct Shared {
     head: AtomicU64,
     next_id: AtomicU64,
     index: RwLock<Index>,
+    /// Where replays and lagging subscribers read.
+    journal: Arc<dyn JournalReader>,
 }
 
 impl Shared {
@@ -172,7 +174,12 @@ pub struct Routed<'a> {
 
 impl Hub {
     /// A hub with no subscribers whose head is `head` (the journal's head at start-up).
-    pub fn new(config: HubConfig, head: Cursor, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: HubConfig,
+        head: Cursor,
+        metrics: Arc<Metrics>,
+        journal: Arc<dyn JournalReader>,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 config,
@@ -181,6 +188,7 @@ impl Hub {
                 head: AtomicU64::new(head.position),
                 next_id: AtomicU64::new(1),
                 index: RwLock::new(Index::default()),
+                journal,
             }),
         }
     }
@@ -221,7 +229,7 @@ impl Hub {
                 Push::Overflowed => {
                     shared.metrics.queue_overflows.inc();
                 }
-                Push::Closed => {}
+                Push::Lagging | Push::Closed => {}
             }
         };
         match audience {
@@ -250,13 +258,18 @@ impl Hub {
         shared.metrics.record_fan_out(&event.r#type, delivered);
     }
 
-    /// Opens a subscription. The first frame tells the subscriber where it stands: a `Gap` if
-    /// `resume_after` is older than what the server can replay (today: anything older than the
-    /// head, as nothing is retained yet), then `CaughtUp` with the current head. Every event
-    /// fanned out after that follows, with nothing missed in between.
+    /// Opens a subscription.
     ///
-    /// `viewer` is what the subscriber may see (from its token); every routed event is checked
-    /// against it, whatever the filter selected.
+    /// Without `resume_after` the stream starts with `CaughtUp` at the current head. With it,
+    /// the stream first replays from the journal every event after that cursor that this
+    /// subscriber selects and may see, then says `CaughtUp` at the head it replayed to, then
+    /// carries live events: the subscriber joins the live feed (under the index write lock, so
+    /// no fan-out runs) before replay starts, so the hand-off has no gap and no duplicate. A
+    /// cursor from another journal epoch, or older than what the journal retains, gets a `Gap`
+    /// first and replays the oldest retained events.
+    ///
+    /// `viewer` is what the subscriber may see (from its token); every routed or replayed event
+    /// is checked against it, whatever the filter selected.
     pub fn subscribe(
         &self,
         filter: Filter,
@@ -276,43 +289,49 @@ impl Hub {
             return Err(HubError::ShuttingDown);
         }
         // Under the write lock no event is being fanned out, so `head` is exact: every event up
-        // to it went out before this subscriber existed, every later one will reach it.
+        // to it is in the journal, every later one will reach this subscriber's mailbox.
         let head = shared.cursor(shared.head.load(Ordering::Acquire));
+        let mut pending = VecDeque::new();
+        let mut replay = None;
         if let Some(from) = resume_after {
-            let gap = if from.epoch != head.epoch {
-                Some(pb::GapReason::EpochChanged)
-            } else if from.position > head.position {
+            if from.epoch == head.epoch && from.position > head.position {
                 return Err(HubError::CursorAhead(from.to_string()));
-            } else if from.position < head.position {
-                Some(pb::GapReason::Retention)
-            } else {
-                None
-            };
-            if let Some(reason) = gap {
-                subscriber.mailbox.push(control_frame(
-                    Kind::Gap(pb::Gap {
-                        from_cursor: from.to_string(),
-                        to_cursor: head.to_string(),
-                        reason: reason.into(),
-                    }),
-                    head.position,
-                ));
             }
+            let start = if from.epoch == head.epoch {
+                from.position
+            } else {
+                pending.push_back(gap_frame(from, head.epoch, 0, pb::GapReason::EpochChanged));
+                0
+            };
+            replay = Some(Replay {
+                read_after: start,
+                until: head.position,
+                caught_up: true,
+            });
+        } else {
+            pending.push_back(caught_up_frame(head));
         }
-        subscriber.mailbox.push(control_frame(
-            Kind::CaughtUp(pb::CaughtUp {
-                cursor: head.to_string(),
-            }),
-            head.position,
-        ));
+        // The opening frames count as activity: no heartbeat right behind them.
+        subscriber.mailbox.touch();
         index.insert(subscriber.clone());
         drop(index);
         shared.metrics.subscribers.inc();
         Ok(Subscription {
             hub: self.shared.clone(),
             subscriber,
-            last_position: head.position,
+            last_position: replay.map_or(head.position, |r: Replay| r.read_after),
+            pending,
+            replay,
         })
+    }
+
+    /// Lets a lagged subscriber receive live events again: under the index write lock (no
+    /// fan-out running) its mailbox is reopened and the head read, so every event after that
+    /// head reaches the mailbox and every event up to it is in the journal.
+    fn rejoin(shared: &Shared, subscriber: &Subscriber) -> u64 {
+        let _index = shared.write();
+        subscriber.mailbox.rejoin();
+        shared.head.load(Ordering::Acquire)
     }
 
     /// Sends a heartbeat to every subscriber that received nothing since the last call.
@@ -352,6 +371,31 @@ impl Hub {
     }
 }
 
+fn caught_up_frame(head: Cursor) -> Frame {
+    control_frame(
+        Kind::CaughtUp(pb::CaughtUp {
+            cursor: head.to_string(),
+        }),
+        head.position,
+    )
+}
+
+/// A `Gap` from `from` to position `to` of this journal (`epoch`).
+fn gap_frame(from: Cursor, epoch: u64, to: u64, reason: pb::GapReason) -> Frame {
+    control_frame(
+        Kind::Gap(pb::Gap {
+            from_cursor: from.to_string(),
+            to_cursor: Cursor {
+                epoch,
+                position: to,
+            }
+            .to_string(),
+            reason: reason.into(),
+        }),
+        to,
+    )
+}
+
 fn control_frame(kind: Kind, position: u64) -> Frame {
     Frame {
         bytes: pb::SubscribeResponse { kind: Some(kind) }
@@ -362,11 +406,51 @@ fn control_frame(kind: Kind, position: u64) -> Frame {
     }
 }
 
+/// Events to read from the journal before the mailbox: after a resume, or after lagging.
+#[derive(Debug, Clone, Copy)]
+struct Replay {
+    /// Read events after this position...
+    read_after: u64,
+    /// ...up to this one (the hub's head when the subscriber joined or rejoined the live feed).
+    until: u64,
+    /// Say `CaughtUp` at `until` when done (after a resume; a lagging subscriber's catch-up is
+    /// silent).
+    caught_up: bool,
+}
+
+/// Events read from the journal per read: bounds a replaying stream's memory and how long one
+/// poll holds the worker.
+const REPLAY_BATCH: usize = 256;
+
 /// One subscriber's stream of encoded frames. Dropping it unsubscribes.
 pub struct Subscription {
     hub: Arc<Shared>,
     subscriber: Arc<Subscriber>,
+    /// The position of the last frame yielded.
     last_position: u64,
+    /// Frames to yield before anything else (a gap, replayed events, `CaughtUp`).
+    pending: VecDeque<Frame>,
+    /// Journal reading still to do before the mailbox.
+    replay: Option<Replay>,
+}
+
+impl Subscriber {
+    /// Whether this subscriber gets the event: the routing of [`Hub::fan_out`] (its user, the
+    /// firehose, the admin feed), its filters and its viewer, decided from stored facts.
+    fn selects(&self, event: &StoredEvent) -> bool {
+        let audience = Audience::of(&event.event_type);
+        let routed = match audience {
+            Audience::AdminOnly => self.filter.admin_feed,
+            Audience::Users { admin_too } => {
+                self.filter.selects_user(&event.user_id) || (admin_too && self.filter.admin_feed)
+            }
+        };
+        routed
+            && self.filter.passes(&event.event_type, &event.device_id)
+            && self
+                .viewer
+                .may_see(&event.user_id, audience == Audience::AdminOnly)
+    }
 }
 
 impl Subscription {
@@ -389,6 +473,69 @@ impl Subscription {
                 .observe(at.elapsed().as_secs_f64());
         }
     }
+
+    /// Reads the next batch of `replay` into `pending`; `false` if the journal failed (the
+    /// stream is then ended).
+    fn read_replay(&mut self, mut replay: Replay) -> bool {
+        let journal = &self.hub.journal;
+        let floor = match journal.floor() {
+            Ok(floor) => floor,
+            Err(error) => return self.journal_failed(&error),
+        };
+        if replay.read_after < floor {
+            // Retention removed what this subscriber has not seen: say so, go on from there.
+            let from = self.hub.cursor(replay.read_after);
+            self.pending.push_back(gap_frame(
+                from,
+                self.hub.epoch,
+                floor,
+                pb::GapReason::Retention,
+            ));
+            replay.read_after = floor;
+        }
+        let limit = usize::try_from(replay.until - replay.read_after)
+            .unwrap_or(REPLAY_BATCH)
+            .min(REPLAY_BATCH);
+        let events = match journal.read_after(replay.read_after, limit) {
+            Ok(events) => events,
+            Err(error) => return self.journal_failed(&error),
+        };
+        for event in &events {
+            if event.position > replay.until {
+                break;
+            }
+            replay.read_after = event.position;
+            if self.subscriber.selects(event) {
+                self.pending.push_back(Frame {
+                    bytes: event.frame.clone(),
+                    position: event.position,
+                    published_at: None,
+                });
+            }
+        }
+        if events.is_empty() {
+            // Nothing more stored up to `until` (the head moves only after a commit).
+            replay.read_after = replay.until;
+        }
+        if replay.read_after >= replay.until {
+            if replay.caught_up {
+                self.pending
+                    .push_back(caught_up_frame(self.hub.cursor(replay.until)));
+            }
+            self.replay = None;
+        } else {
+            self.replay = Some(replay);
+        }
+        true
+    }
+
+    fn journal_failed(&mut self, error: &crate::store::StoreError) -> bool {
+        tracing::warn!(%error, "replay failed: the journal cannot be read; ending the stream");
+        self.replay = None;
+        self.pending.clear();
+        self.subscriber.mailbox.close(EndReason::JournalUnavailable);
+        false
+    }
 }
 
 impl tokio_stream::Stream for Subscription {
@@ -396,12 +543,37 @@ impl tokio_stream::Stream for Subscription {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
         let this = self.get_mut();
-        let polled = this.subscriber.mailbox.poll_pop(cx);
-        if let Poll::Ready(Some(frame)) = &polled {
-            this.last_position = frame.position;
-            this.observe(frame);
+        loop {
+            if let Some(frame) = this.pending.pop_front() {
+                this.last_position = frame.position;
+                return Poll::Ready(Some(frame));
+            }
+            if let Some(replay) = this.replay {
+                if !this.read_replay(replay) {
+                    return Poll::Ready(None);
+                }
+                continue;
+            }
+            match this.subscriber.mailbox.poll_pop(cx) {
+                Poll::Ready(Some(Next::Frame(frame))) => {
+                    this.last_position = frame.position;
+                    this.observe(&frame);
+                    return Poll::Ready(Some(frame));
+                }
+                Poll::Ready(Some(Next::Lagged)) => {
+                    // Too slow for the live feed: continue from the journal after the last
+                    // frame sent, up to the head at which the live feed takes over again.
+                    let until = Hub::rejoin(&this.hub, &this.subscriber);
+                    this.replay = Some(Replay {
+                        read_after: this.last_position,
+                        until,
+                        caught_up: false,
+                    });
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
         }
-        polled
     }
 }
 

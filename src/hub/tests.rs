@@ -14,15 +14,56 @@ use crate::{auth::Viewer, schema};
 
 const EPOCH: u64 = 77;
 
+/// What the sequencer would have stored: every event the test publishes, in order.
+#[derive(Default)]
+struct TestJournal {
+    events: std::sync::Mutex<Vec<StoredEvent>>,
+    floor: AtomicU64,
+}
+
+impl JournalReader for TestJournal {
+    fn epoch(&self) -> u64 {
+        EPOCH
+    }
+
+    fn floor(&self) -> Result<u64, crate::store::StoreError> {
+        Ok(self.floor.load(Ordering::Relaxed))
+    }
+
+    fn read_after(
+        &self,
+        position: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, crate::store::StoreError> {
+        let floor = self.floor.load(Ordering::Relaxed);
+        Ok(self
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.position > position.max(floor))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+}
+
 fn hub(queue_len: usize) -> Hub {
-    Hub::new(
+    hub_with_journal(queue_len).0
+}
+
+fn hub_with_journal(queue_len: usize) -> (Hub, Arc<TestJournal>) {
+    let journal = Arc::new(TestJournal::default());
+    let hub = Hub::new(
         HubConfig { queue_len },
         Cursor {
             epoch: EPOCH,
             position: 0,
         },
         Arc::new(Metrics::new()),
-    )
+        journal.clone(),
+    );
+    (hub, journal)
 }
 
 fn filter(user: &str, admin_feed: bool, types: &[&str], device: &str) -> Filter {
@@ -32,13 +73,15 @@ fn filter(user: &str, admin_feed: bool, types: &[&str], device: &str) -> Filter 
 
 struct Publisher {
     hub: Hub,
+    journal: Arc<TestJournal>,
     position: u64,
 }
 
 impl Publisher {
-    fn new(hub: &Hub) -> Self {
+    fn new(hub: &Hub, journal: &Arc<TestJournal>) -> Self {
         Self {
             hub: hub.clone(),
+            journal: journal.clone(),
             position: 0,
         }
     }
@@ -58,9 +101,17 @@ impl Publisher {
             device_id: device.into(),
             ..Default::default()
         };
+        let frame = crate::store::encode_event_frame(&event);
+        self.journal.events.lock().unwrap().push(StoredEvent {
+            position: self.position,
+            event_type: event_type.into(),
+            user_id: user.into(),
+            device_id: device.into(),
+            frame: frame.clone(),
+        });
         self.hub.fan_out(Routed {
             event: &event,
-            frame: crate::store::encode_event_frame(&event),
+            frame,
             position: self.position,
             published_at: Instant::now(),
         });
@@ -91,14 +142,14 @@ fn event_ids(kinds: &[Kind]) -> Vec<String> {
 
 #[test]
 fn a_user_receives_only_their_own_events() {
-    let hub = hub(16);
+    let (hub, journal) = hub_with_journal(16);
     let mut alice = hub
         .subscribe(filter("alice", false, &[], ""), Viewer::Admin, None)
         .expect("subscribe");
     let mut bob = hub
         .subscribe(filter("bob", false, &[], ""), Viewer::Admin, None)
         .expect("subscribe");
-    let mut publisher = Publisher::new(&hub);
+    let mut publisher = Publisher::new(&hub, &journal);
     let a = publisher.send("billing.payment_success", "alice", "");
     let b = publisher.send("billing.payment_success", "bob", "");
     publisher.send("app.updated", "", "");
@@ -108,11 +159,11 @@ fn a_user_receives_only_their_own_events() {
 
 #[test]
 fn the_firehose_receives_every_user_event_and_userless_ones() {
-    let hub = hub(16);
+    let (hub, journal) = hub_with_journal(16);
     let mut firehose = hub
         .subscribe(filter("*", false, &[], ""), Viewer::Admin, None)
         .expect("subscribe");
-    let mut publisher = Publisher::new(&hub);
+    let mut publisher = Publisher::new(&hub, &journal);
     let ids = vec![
         publisher.send("quota.updated", "u1", ""),
         publisher.send("device.started", "u2", "d2"),
@@ -124,7 +175,7 @@ fn the_firehose_receives_every_user_event_and_userless_ones() {
 
 #[test]
 fn the_admin_feed_gets_notices_and_quota_updates_once() {
-    let hub = hub(16);
+    let (hub, journal) = hub_with_journal(16);
     let mut admin_only = hub
         .subscribe(filter("", true, &[], ""), Viewer::Admin, None)
         .expect("subscribe");
@@ -134,7 +185,7 @@ fn the_admin_feed_gets_notices_and_quota_updates_once() {
     let mut user = hub
         .subscribe(filter("u1", false, &[], ""), Viewer::Admin, None)
         .expect("subscribe");
-    let mut publisher = Publisher::new(&hub);
+    let mut publisher = Publisher::new(&hub, &journal);
     let update = publisher.send("quota.updated", "u1", "");
     let other = publisher.send("device.started", "u1", "d1");
     let notice = publisher.send(crate::schema::ADMIN_NOTICE_TYPE, "", "");
@@ -152,14 +203,14 @@ fn the_admin_feed_gets_notices_and_quota_updates_once() {
 
 #[test]
 fn type_and_device_filters_narrow_the_stream() {
-    let hub = hub(16);
+    let (hub, journal) = hub_with_journal(16);
     let mut billing = hub
         .subscribe(filter("u1", false, &["billing.*"], ""), Viewer::Admin, None)
         .expect("subscribe");
     let mut device = hub
         .subscribe(filter("u1", false, &[], "d1"), Viewer::Admin, None)
         .expect("subscribe");
-    let mut publisher = Publisher::new(&hub);
+    let mut publisher = Publisher::new(&hub, &journal);
     let pay = publisher.send("billing.payment_success", "u1", "");
     let start = publisher.send("device.started", "u1", "d1");
     publisher.send("device.started", "u1", "d2");
@@ -169,8 +220,8 @@ fn type_and_device_filters_narrow_the_stream() {
 
 #[test]
 fn every_stream_starts_with_caught_up_at_the_head() {
-    let hub = hub(16);
-    let mut publisher = Publisher::new(&hub);
+    let (hub, journal) = hub_with_journal(16);
+    let mut publisher = Publisher::new(&hub, &journal);
     publisher.send("quota.updated", "u1", "");
     publisher.send("quota.updated", "u1", "");
     let mut subscription = hub
@@ -192,11 +243,16 @@ fn every_stream_starts_with_caught_up_at_the_head() {
 }
 
 #[test]
-fn resuming_from_an_old_cursor_reports_the_gap_in_band() {
-    let hub = hub(16);
-    let mut publisher = Publisher::new(&hub);
-    for _ in 0..5 {
-        publisher.send("quota.updated", "u1", "");
+fn resuming_replays_what_was_missed_then_catches_up_then_goes_live() {
+    let (hub, journal) = hub_with_journal(16);
+    let mut publisher = Publisher::new(&hub, &journal);
+    let mut mine = Vec::new();
+    for i in 0..6 {
+        let user = if i % 2 == 0 { "u1" } else { "u2" };
+        let id = publisher.send("quota.updated", user, "");
+        if user == "u1" {
+            mine.push(id);
+        }
     }
     let from = Cursor {
         epoch: EPOCH,
@@ -206,26 +262,54 @@ fn resuming_from_an_old_cursor_reports_the_gap_in_band() {
     let mut subscription = hub
         .subscribe(filter("u1", false, &[], ""), Viewer::Admin, Some(from))
         .expect("subscribe");
+    let live = publisher.send("quota.updated", "u1", "");
+    let kinds = drain(&mut subscription);
+    // u1's events after position 2 (positions 3 and 5), CaughtUp at the head, then live.
+    assert_eq!(event_ids(&kinds), [&mine[1..], &[live][..]].concat());
+    let caught_up = kinds
+        .iter()
+        .position(|k| matches!(k, Kind::CaughtUp(c) if c.cursor == head.to_string()))
+        .expect("CaughtUp at the head");
+    assert_eq!(caught_up, 2, "{kinds:?}");
+    assert!(!kinds.iter().any(|k| matches!(k, Kind::Gap(_))));
+}
+
+#[test]
+fn a_cursor_below_retention_gets_a_gap_then_the_oldest_retained_events() {
+    let (hub, journal) = hub_with_journal(16);
+    let mut publisher = Publisher::new(&hub, &journal);
+    let ids: Vec<_> = (0..5)
+        .map(|_| publisher.send("quota.updated", "u1", ""))
+        .collect();
+    journal.floor.store(3, Ordering::Relaxed);
+    let from = Cursor {
+        epoch: EPOCH,
+        position: 1,
+    };
+    let mut subscription = hub
+        .subscribe(filter("u1", false, &[], ""), Viewer::Admin, Some(from))
+        .expect("subscribe");
     let kinds = drain(&mut subscription);
     assert_eq!(
-        kinds,
-        vec![
-            Kind::Gap(pb::Gap {
-                from_cursor: from.to_string(),
-                to_cursor: head.to_string(),
-                reason: pb::GapReason::Retention.into(),
-            }),
-            Kind::CaughtUp(pb::CaughtUp {
-                cursor: head.to_string()
-            }),
-        ]
+        kinds[0],
+        Kind::Gap(pb::Gap {
+            from_cursor: from.to_string(),
+            to_cursor: Cursor {
+                epoch: EPOCH,
+                position: 3
+            }
+            .to_string(),
+            reason: pb::GapReason::Retention.into(),
+        })
     );
+    assert_eq!(event_ids(&kinds), ids[3..].to_vec());
+    assert!(matches!(kinds.last(), Some(Kind::CaughtUp(_))));
 }
 
 #[test]
 fn resume_edge_cases() {
-    let hub = hub(16);
-    let mut publisher = Publisher::new(&hub);
+    let (hub, journal) = hub_with_journal(16);
+    let mut publisher = Publisher::new(&hub, &journal);
     publisher.send("quota.updated", "u1", "");
     let head = hub.head();
     // At the head: nothing missed, no gap.
@@ -260,15 +344,15 @@ fn resume_edge_cases() {
 }
 
 #[test]
-fn a_slow_subscriber_is_ended_without_slowing_the_others() {
-    let hub = hub(4);
+fn a_slow_subscriber_catches_up_from_the_journal_without_slowing_the_others() {
+    let (hub, journal) = hub_with_journal(4);
     let mut slow = hub
         .subscribe(filter("*", false, &[], ""), Viewer::Admin, None)
         .expect("subscribe");
     let mut fast = hub
         .subscribe(filter("*", false, &[], ""), Viewer::Admin, None)
         .expect("subscribe");
-    let mut publisher = Publisher::new(&hub);
+    let mut publisher = Publisher::new(&hub, &journal);
     let mut fast_ids = Vec::new();
     let mut sent = Vec::new();
     for _ in 0..10 {
@@ -276,12 +360,16 @@ fn a_slow_subscriber_is_ended_without_slowing_the_others() {
         fast_ids.extend(event_ids(&drain(&mut fast)));
     }
     assert_eq!(fast_ids, sent, "the fast subscriber got everything");
-    // The slow one keeps what fit (CaughtUp + 3 events), then ends with the reason.
-    let kinds = drain(&mut slow);
-    assert_eq!(event_ids(&kinds), sent[..3].to_vec());
-    assert_eq!(slow.end_reason(), Some(EndReason::Overflow { capacity: 4 }));
-    assert_eq!(slow.last_cursor().position, 3);
     assert_eq!(hub.shared.metrics.queue_overflows.get(), 1);
+    // The slow one overflowed after 3 events (CaughtUp took a place), and still gets every
+    // event, in order, once: the rest from the journal.
+    let kinds = drain(&mut slow);
+    assert_eq!(event_ids(&kinds), sent);
+    assert_eq!(slow.end_reason(), None);
+    assert_eq!(slow.last_cursor().position, 10);
+    // Back on the live feed: the next event arrives through the mailbox.
+    let next = publisher.send("quota.updated", "u1", "");
+    assert_eq!(event_ids(&drain(&mut slow)), [next]);
 }
 
 #[test]
@@ -312,7 +400,7 @@ fn shutdown_ends_every_stream_and_refuses_new_ones() {
 
 #[test]
 fn idle_streams_get_heartbeats_busy_ones_do_not() {
-    let hub = hub(16);
+    let (hub, journal) = hub_with_journal(16);
     let mut idle = hub
         .subscribe(filter("u1", false, &[], ""), Viewer::Admin, None)
         .expect("subscribe");
@@ -322,7 +410,7 @@ fn idle_streams_get_heartbeats_busy_ones_do_not() {
     hub.heartbeat(); // both had their CaughtUp since the last tick: no heartbeat yet
     assert!(matches!(drain(&mut idle).as_slice(), [Kind::CaughtUp(_)]));
     assert!(matches!(drain(&mut busy).as_slice(), [Kind::CaughtUp(_)]));
-    let mut publisher = Publisher::new(&hub);
+    let mut publisher = Publisher::new(&hub, &journal);
     publisher.send("quota.updated", "u2", "");
     hub.heartbeat();
     assert!(matches!(drain(&mut idle).as_slice(), [Kind::Heartbeat(_)]));
@@ -350,11 +438,11 @@ fn concurrent_subscribes_and_heartbeats_never_lose_reorder_or_rewind() {
     const EVENTS: u64 = 5_000;
     const MAX_TICKS: usize = 1_000;
     // Room for every event and every heartbeat: this test is about order, not overflow.
-    let hub = hub(EVENTS as usize + MAX_TICKS + 16);
+    let (hub, journal) = hub_with_journal(EVENTS as usize + MAX_TICKS + 16);
     let publisher = {
         let hub = hub.clone();
         std::thread::spawn(move || {
-            let mut publisher = Publisher::new(&hub);
+            let mut publisher = Publisher::new(&hub, &journal);
             for _ in 0..EVENTS {
                 publisher.send("device.error", "u1", "d1");
             }
@@ -429,7 +517,7 @@ fn concurrent_subscribes_and_heartbeats_never_lose_reorder_or_rewind() {
 fn the_viewer_stops_what_routing_would_deliver() {
     // A user's viewer on a firehose filter (which the gRPC edge never allows): the hub still
     // hands it only that user's own events, and no admin notice.
-    let hub = hub(8);
+    let (hub, journal) = hub_with_journal(8);
     let mut alice = hub
         .subscribe(
             filter("*", true, &[], ""),
@@ -437,7 +525,7 @@ fn the_viewer_stops_what_routing_would_deliver() {
             None,
         )
         .expect("subscribe");
-    let mut publisher = Publisher::new(&hub);
+    let mut publisher = Publisher::new(&hub, &journal);
     publisher.send("billing.low_balance", "bob", "");
     publisher.send("billing.low_balance", "alice", "");
     publisher.send("app.updated", "", "");
