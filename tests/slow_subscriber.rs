@@ -77,8 +77,12 @@ async fn a_stalled_subscriber_catches_up_from_the_journal_and_loses_nothing() {
     }
     assert_eq!(stalled_ids, expected, "every event, in order, once");
     // Back on the live feed.
-    publish_json(&mut client, "device.error", &device_error("after", "u1", "d1"))
-        .await
-        .unwrap();
+    publish_json(
+        &mut client,
+        "device.error",
+        &device_error("after", "u1", "d1"),
+    )
+    .await
+    .unwrap();
     assert_eq!(next_event(&mut stalled).await.id, "after");
 }

@@ -111,13 +111,28 @@ impl TestServer {
     }
 
     /// Stops the server and waits for it, failing the test if it takes longer than `limit`.
-    pub async fn stop_within(self, limit: Duration) {
+    /// Returns its journal directory (removed when dropped), for a restart on the same data.
+    pub async fn stop_within(self, limit: Duration) -> DataDir {
         self.shutdown.cancel();
         tokio::time::timeout(limit, self.task)
             .await
             .expect("server stopped in time")
             .unwrap()
             .unwrap();
+        self.data
+    }
+
+    /// A server on the journal of a stopped one (see [`TestServer::stop_within`]).
+    pub async fn restart_on(data: &DataDir, adjust: impl FnOnce(&mut ServeConfig)) -> Self {
+        let dir = data.0.clone();
+        let mut server = Self::start_with(|c| {
+            c.data_dir = dir;
+            adjust(c);
+        })
+        .await;
+        // The new server's own (unused) directory goes; the caller's stays the caller's.
+        server.data = DataDir::new();
+        server
     }
 
     pub async fn metrics_text(&self) -> String {

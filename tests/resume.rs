@@ -1,0 +1,187 @@
+//! Resume by cursor over gRPC: replay of exactly the missed events the caller may see, then
+//! `CaughtUp`, then live events; gaps in-band; the journal survives a restart.
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
+
+mod support;
+
+use std::time::Duration;
+
+use notify_backbone::pb::{self, subscribe_response::Kind};
+use support::*;
+use tonic::Streaming;
+
+/// Everything up to and including `CaughtUp`: (event ids, gaps, the CaughtUp cursor).
+async fn until_caught_up(
+    stream: &mut Streaming<pb::SubscribeResponse>,
+) -> (Vec<String>, Vec<pb::Gap>, String) {
+    let (mut ids, mut gaps) = (Vec::new(), Vec::new());
+    loop {
+        match next_kind(stream).await {
+            Kind::Event(event) => ids.push(event.id),
+            Kind::Gap(gap) => gaps.push(gap),
+            Kind::CaughtUp(caught_up) => return (ids, gaps, caught_up.cursor),
+            Kind::Heartbeat(_) => {}
+        }
+    }
+}
+
+fn resume(user: &str, after: &str) -> pb::SubscribeRequest {
+    pb::SubscribeRequest {
+        user_id: user.into(),
+        resume_after: after.into(),
+        ..Default::default()
+    }
+}
+
+/// Publishes `count` device errors alternating between u1 and u2; returns u1's (id, cursor)s.
+async fn publish_alternating(
+    client: &mut pb::notification_service_client::NotificationServiceClient<
+        tonic::transport::Channel,
+    >,
+    prefix: &str,
+    count: usize,
+) -> Vec<(String, String)> {
+    let mut mine = Vec::new();
+    for i in 0..count {
+        let user = if i % 2 == 0 { "u1" } else { "u2" };
+        let id = format!("{prefix}-{i}");
+        let published = publish_json(client, "device.error", &device_error(&id, user, "d1"))
+            .await
+            .unwrap();
+        if user == "u1" {
+            mine.push((published.id, published.cursor));
+        }
+    }
+    mine
+}
+
+#[tokio::test]
+async fn resuming_anywhere_replays_exactly_what_was_missed_then_goes_live() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    // The cursor of an empty journal: what a client that has seen nothing keeps.
+    let mut first = open_stream(&mut client, request("u1")).await;
+    let Kind::CaughtUp(start) = next_kind(&mut first).await else {
+        panic!("CaughtUp first");
+    };
+    drop(first);
+    let mut mine = publish_alternating(&mut client, "r", 20).await;
+    let head = mine.last().unwrap().1.clone();
+
+    // (cursor to resume after, how many of u1's events that skips): the start, the first
+    // event, the middle, the head.
+    let points = [
+        (start.cursor.clone(), 0),
+        (mine[0].1.clone(), 1),
+        (mine[4].1.clone(), 5),
+        (head.clone(), mine.len()),
+    ];
+    for (after, skip) in points {
+        let mut stream = open_stream(&mut client, resume("u1", &after)).await;
+        let (ids, gaps, caught_up) = until_caught_up(&mut stream).await;
+        let expected: Vec<String> = mine[skip..].iter().map(|(id, _)| id.clone()).collect();
+        assert_eq!(ids, expected, "resume after {after}");
+        assert!(gaps.is_empty(), "{gaps:?}");
+        let newest = &mine.last().unwrap().1;
+        assert!(caught_up >= *newest, "CaughtUp {caught_up} before {newest}");
+        // Then live, nothing twice. (It is stored too: later resumes replay it.)
+        let live = format!("live-{skip}");
+        let published = publish_json(
+            &mut client,
+            "device.error",
+            &device_error(&live, "u1", "d1"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(next_event(&mut stream).await.id, live);
+        assert_quiet(&mut stream).await;
+        mine.push((published.id, published.cursor));
+    }
+}
+
+#[tokio::test]
+async fn replay_applies_authorization_and_filters() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let mut first = open_stream(&mut client, request("u1")).await;
+    let Kind::CaughtUp(start) = next_kind(&mut first).await else {
+        panic!("CaughtUp first");
+    };
+    publish_alternating(&mut client, "a", 6).await;
+    publish_json(
+        &mut client,
+        "billing.payment_success",
+        r#"{"userId":"u1","paymentId":"p1","paymentMethod":"alipay","amount":1,"newBalance":2}"#,
+    )
+    .await
+    .unwrap();
+    // u1's own stream, billing only: exactly the payment, none of u2's events.
+    let request = pb::SubscribeRequest {
+        event_types: vec!["billing.*".into()],
+        ..resume("u1", &start.cursor)
+    };
+    let mut stream = open_stream(&mut client, request).await;
+    let (ids, _, _) = until_caught_up(&mut stream).await;
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    // An admin's firehose replays everyone's.
+    let mut firehose = open_stream(&mut client, resume("*", &start.cursor)).await;
+    let (ids, _, _) = until_caught_up(&mut firehose).await;
+    assert_eq!(ids.len(), 7, "{ids:?}");
+}
+
+#[tokio::test]
+async fn a_cursor_of_another_journal_gets_a_gap_then_everything_retained() {
+    let other = TestServer::start().await;
+    let mut other_client = other.client().await;
+    let foreign = publish_json(
+        &mut other_client,
+        "device.error",
+        &device_error("elsewhere", "u1", "d1"),
+    )
+    .await
+    .unwrap()
+    .cursor;
+
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let mine = publish_alternating(&mut client, "e", 4).await;
+    let mut stream = open_stream(&mut client, resume("u1", &foreign)).await;
+    let (ids, gaps, _) = until_caught_up(&mut stream).await;
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert_eq!(gaps[0].from_cursor, foreign);
+    assert_eq!(gaps[0].reason, i32::from(pb::GapReason::EpochChanged));
+    let expected: Vec<String> = mine.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(ids, expected, "the oldest retained events follow the gap");
+}
+
+#[tokio::test]
+async fn the_journal_survives_a_restart_and_resume_continues_across_it() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let before = publish_alternating(&mut client, "before", 6).await;
+    let data = server.stop_within(Duration::from_secs(10)).await;
+
+    let server = TestServer::restart_on(&data, |_| {}).await;
+    let mut client = server.client().await;
+    let after = publish_alternating(&mut client, "after", 4).await;
+    // The same epoch: positions continue, a cursor from before the restart resumes cleanly.
+    let mut stream = open_stream(&mut client, resume("u1", &before[0].1)).await;
+    let (ids, gaps, _) = until_caught_up(&mut stream).await;
+    assert!(gaps.is_empty(), "{gaps:?}");
+    let expected: Vec<String> = before[1..]
+        .iter()
+        .chain(&after)
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!(ids, expected);
+    // And what was stored before is still recognised: a re-send is a duplicate.
+    let again = publish_json(
+        &mut client,
+        "device.error",
+        &device_error("before-0", "u1", "d1"),
+    )
+    .await
+    .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.cursor, before[0].1);
+}
