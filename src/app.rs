@@ -26,7 +26,7 @@ use crate::{
     ingest::{Ingest, IngestConfig, IngestState, Topology, topology},
     schema::DecodeOptions,
     sequencer::Sequencer,
-    store::{Journal, JournalSettings, RedbJournal},
+    store::{Journal, JournalSettings, Pruner, RedbJournal, Retention},
     telemetry::{self, Metrics},
 };
 
@@ -86,6 +86,10 @@ pub async fn run(
         dedupe_window: config.dedupe_window,
     })?;
     info!(dir = %config.data_dir.display(), head = %journal.head(), "journal open");
+    let pruner = journal.pruner(Retention {
+        max_age: config.retention_age,
+        max_bytes: config.retention_bytes,
+    });
     let hub = Hub::new(
         HubConfig {
             queue_len: config.subscriber_queue_len,
@@ -108,6 +112,11 @@ pub async fn run(
     tasks.spawn(heartbeats(
         hub.clone(),
         config.heartbeat_interval,
+        shutdown.clone(),
+    ));
+    tasks.spawn(prune_journal(
+        pruner,
+        config.retention_interval,
         shutdown.clone(),
     ));
     let (health, health_service) = grpc::health(shutdown.clone());
@@ -386,6 +395,39 @@ async fn heartbeats(hub: Hub, interval: std::time::Duration, shutdown: Cancellat
         tokio::select! {
             _ = ticker.tick() => hub.heartbeat(),
             () = shutdown.cancelled() => break,
+        }
+    }
+}
+
+/// Applies `--retention-age` and `--retention-bytes` every `every` until `shutdown`, off the
+/// async workers (a prune is a write transaction that waits for the disk).
+async fn prune_journal(pruner: Pruner, every: std::time::Duration, shutdown: CancellationToken) {
+    let pruner = Arc::new(pruner);
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shutdown.cancelled() => break,
+        }
+        // Batch after batch while there is a backlog, checking for shutdown in between.
+        loop {
+            let pruner = Arc::clone(&pruner);
+            let now = crate::store::unix_millis();
+            match tokio::task::spawn_blocking(move || pruner.prune_once(now)).await {
+                Ok(Ok(removed)) if removed > 0 && !shutdown.is_cancelled() => {
+                    info!(removed, "journal retention: removed the oldest events");
+                }
+                Ok(Ok(_)) => break,
+                Ok(Err(error)) => {
+                    warn!(%error, "journal retention failed; retrying later");
+                    break;
+                }
+                Err(error) => {
+                    warn!(%error, "journal retention task failed");
+                    break;
+                }
+            }
         }
     }
 }

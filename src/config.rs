@@ -91,6 +91,21 @@ pub struct ServeConfig {
     #[arg(long, env = "NOTIFY_DURABILITY", default_value = "fsync", value_parser = durability, help_heading = "Journal")]
     pub durability: crate::store::Durability,
 
+    /// Events older than this are removed from the journal (in the background); a resume from
+    /// before them gets a `Gap`.
+    #[arg(long, env = "NOTIFY_RETENTION_AGE", default_value = "7d", value_parser = positive_duration, help_heading = "Journal")]
+    pub retention_age: Duration,
+
+    /// The journal's oldest events are removed while its records take more than this
+    /// (`512MiB`, `10GiB`, or bytes).
+    #[arg(long, env = "NOTIFY_RETENTION_BYTES", default_value = "1GiB", value_parser = byte_size, help_heading = "Journal")]
+    pub retention_bytes: u64,
+
+    /// How often retention is applied. Between runs the journal may exceed its limits by what
+    /// arrives in this time.
+    #[arg(long, env = "NOTIFY_RETENTION_INTERVAL", default_value = "10s", value_parser = positive_duration, help_heading = "Journal")]
+    pub retention_interval: Duration,
+
     /// How long an event id is remembered to recognise re-sent events (the outbox's re-sends,
     /// AMQP redeliveries). A re-send older than this is stored again.
     #[arg(long, env = "NOTIFY_DEDUPE_WINDOW", default_value = "24h", value_parser = positive_duration, help_heading = "Journal")]
@@ -334,6 +349,27 @@ impl Default for ServeConfig {
             .expect("the built-in defaults parse")
             .serve
     }
+}
+
+/// A size: bytes, or a number with `KiB`, `MiB` or `GiB`.
+fn byte_size(text: &str) -> Result<u64, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, ""),
+    };
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?}: use KiB, MiB or GiB")),
+    };
+    number
+        .parse::<u64>()
+        .map_err(|e| e.to_string())?
+        .checked_mul(factor)
+        .filter(|&bytes| bytes > 0)
+        .ok_or_else(|| "must be greater than zero and fit in 64 bits".into())
 }
 
 /// `fsync`, or an interval between syncs.

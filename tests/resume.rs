@@ -185,3 +185,45 @@ async fn the_journal_survives_a_restart_and_resume_continues_across_it() {
     assert!(again.duplicate);
     assert_eq!(again.cursor, before[0].1);
 }
+
+#[tokio::test]
+async fn a_cursor_older_than_retention_gets_a_gap_then_the_oldest_retained_events() {
+    let server = TestServer::start_with(|c| {
+        c.retention_age = Duration::from_secs(1);
+        c.retention_interval = Duration::from_millis(50);
+    })
+    .await;
+    let mut client = server.client().await;
+    let old = publish_alternating(&mut client, "old", 4).await;
+    // Wait until retention has removed them: a resume from the first then starts with a gap.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let gap = loop {
+        let mut stream = open_stream(&mut client, resume("u1", &old[0].1)).await;
+        let (_, gaps, _) = until_caught_up(&mut stream).await;
+        if let Some(gap) = gaps.into_iter().next() {
+            break gap;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(gap.reason, i32::from(pb::GapReason::Retention));
+    assert_eq!(gap.from_cursor, old[0].1);
+    // Events stored after the prune are replayed after the gap; the stream stays open.
+    let fresh = publish_alternating(&mut client, "fresh", 2).await;
+    let mut stream = open_stream(&mut client, resume("u1", &old[0].1)).await;
+    let (ids, gaps, _) = until_caught_up(&mut stream).await;
+    assert_eq!(gaps.len(), 1);
+    assert!(gaps[0].to_cursor >= old.last().unwrap().1, "{gaps:?}");
+    assert_eq!(ids, [fresh[0].0.clone()]);
+    publish_json(
+        &mut client,
+        "device.error",
+        &device_error("still-open", "u1", "d"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(next_event(&mut stream).await.id, "still-open");
+}

@@ -14,7 +14,7 @@ mod cursor;
 mod redb;
 
 pub use cursor::{Cursor, CursorError};
-pub use redb::{Durability, JournalSettings, OpenError, RedbJournal};
+pub use redb::{Durability, JournalSettings, OpenError, Pruner, RedbJournal, Retention};
 
 use std::sync::Arc;
 
@@ -96,4 +96,11 @@ pub fn encode_event_frame(event: &pb::Event) -> Bytes {
     let mut buf = Vec::with_capacity(len);
     prost::encoding::message::encode(EVENT_FIELD, event, &mut buf);
     Bytes::from(buf)
+}
+
+/// Milliseconds since the Unix epoch: the journal's clock for append times and retention.
+pub fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

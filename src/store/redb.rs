@@ -12,11 +12,7 @@
 //! `meta` holds the epoch and the retention floor. One batch from the sequencer is one write
 //! transaction: the group commit.
 
-use std::{
-    path::PathBuf,
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use redb::{
@@ -38,6 +34,8 @@ const EPOCH: &str = "epoch";
 const FLOOR: &str = "floor";
 /// Ids of events at or below this position were forgotten (dedupe window).
 const DEDUPE_FLOOR: &str = "dedupe_floor";
+/// The size of the stored records, for `--retention-bytes`.
+const BYTES: &str = "bytes";
 
 /// When a commit reaches the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,12 +87,6 @@ pub struct OpenError {
 
 fn storage(error: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(error.to_string())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl RedbJournal {
@@ -207,6 +199,7 @@ impl RedbJournal {
         })?;
         let mut head = self.head;
         let mut outcomes = Vec::with_capacity(events.len());
+        let mut added_bytes = 0_u64;
         {
             let mut table = txn.open_table(EVENTS)?;
             let mut ids = txn.open_table(IDS)?;
@@ -227,6 +220,7 @@ impl RedbJournal {
                 record.clear();
                 Record::encode(event, now, &frame, &mut record);
                 table.insert(head, record.as_slice())?;
+                added_bytes += record.len() as u64;
                 ids.insert(event.id.as_str(), (head, now))?;
                 outcomes.push(Appended {
                     cursor,
@@ -234,6 +228,11 @@ impl RedbJournal {
                     frame: Some(frame),
                 });
             }
+        }
+        if added_bytes > 0 {
+            let mut meta = txn.open_table(META)?;
+            let stored = meta.get(BYTES)?.map_or(0, |v| v.value());
+            meta.insert(BYTES, stored + added_bytes)?;
         }
         self.forget_old_ids(&txn, now)?;
         txn.commit()?;
@@ -245,14 +244,104 @@ impl RedbJournal {
     }
 }
 
+/// How long and how much the journal keeps (`--retention-age`, `--retention-bytes`).
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Events older than this are removed.
+    pub max_age: Duration,
+    /// The oldest events are removed while the records take more than this.
+    pub max_bytes: u64,
+}
+
+/// Removes what retention no longer keeps; runs beside the writer (redb serialises the two
+/// write transactions).
+pub struct Pruner {
+    db: Arc<Database>,
+    retention: Retention,
+}
+
+/// Events removed per transaction, so pruning a large backlog never holds the writer long.
+const PRUNE_BATCH: usize = 4096;
+
+impl Pruner {
+    /// Removes one batch of expired events as of `now_ms`; returns how many it removed (call
+    /// again while it returns a full batch).
+    ///
+    /// # Errors
+    ///
+    /// Storage failures.
+    pub fn prune_once(&self, now_ms: u64) -> Result<usize, StoreError> {
+        self.prune_in(now_ms).map_err(storage)
+    }
+
+    fn prune_in(&self, now_ms: u64) -> Result<usize, redb::Error> {
+        let max_age = u64::try_from(self.retention.max_age.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = now_ms.saturating_sub(max_age);
+        let txn = self.db.begin_write()?;
+        let mut removed = 0;
+        {
+            let mut meta = txn.open_table(META)?;
+            let mut events = txn.open_table(EVENTS)?;
+            let mut ids = txn.open_table(IDS)?;
+            let mut bytes = meta.get(BYTES)?.map_or(0, |v| v.value());
+            let mut floor = meta.get(FLOOR)?.map_or(0, |v| v.value());
+            let mut doomed = Vec::new();
+            for entry in events.range(floor + 1..)?.take(PRUNE_BATCH) {
+                let (position, record) = entry?;
+                let value = record.value();
+                let parsed = Record::decode(value);
+                let too_old = parsed.appended_ms < cutoff;
+                let too_big = bytes > self.retention.max_bytes;
+                if !too_old && !too_big {
+                    break;
+                }
+                bytes = bytes.saturating_sub(value.len() as u64);
+                doomed.push((position.value(), parsed.id.to_owned()));
+            }
+            for (position, id) in &doomed {
+                events.remove(*position)?;
+                let points_here = ids
+                    .get(id.as_str())?
+                    .is_some_and(|v| v.value().0 == *position);
+                if points_here {
+                    ids.remove(id.as_str())?;
+                }
+                floor = *position;
+                removed += 1;
+            }
+            if removed > 0 {
+                meta.insert(FLOOR, floor)?;
+                meta.insert(BYTES, bytes)?;
+                let dedupe_floor = meta.get(DEDUPE_FLOOR)?.map_or(0, |v| v.value());
+                if dedupe_floor < floor {
+                    meta.insert(DEDUPE_FLOOR, floor)?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(removed)
+    }
+}
+
+impl RedbJournal {
+    /// The pruner for `retention`, to run in the background.
+    pub fn pruner(&self, retention: Retention) -> Pruner {
+        Pruner {
+            db: Arc::clone(&self.db),
+            retention,
+        }
+    }
+}
+
 impl Journal for RedbJournal {
     fn append(&mut self, events: &mut [pb::Event]) -> Result<Vec<Appended>, StoreError> {
         let before = self.head;
-        self.append_in(events, now_ms()).map_err(|error| {
-            // Nothing of the batch was committed: positions start again where they were.
-            self.head = before;
-            storage(error)
-        })
+        self.append_in(events, super::unix_millis())
+            .map_err(|error| {
+                // Nothing of the batch was committed: positions start again where they were.
+                self.head = before;
+                storage(error)
+            })
     }
 
     fn head(&self) -> Cursor {
@@ -475,7 +564,7 @@ mod tests {
     fn ids_older_than_the_dedupe_window_are_forgotten() {
         let dir = Dir::new("window");
         let mut journal = RedbJournal::open(dir.settings(Duration::from_millis(1))).unwrap();
-        let t0 = now_ms();
+        let t0 = crate::store::unix_millis();
         journal.append_in(&mut [event("a", "u1")], t0).unwrap();
         // Within the window, "a" is a duplicate.
         assert!(journal.append_in(&mut [event("a", "u1")], t0).unwrap()[0].duplicate);
@@ -487,6 +576,58 @@ mod tests {
             "a re-send past the window is stored again"
         );
         assert_eq!(out[0].cursor.position, 3);
+    }
+
+    #[test]
+    fn retention_removes_the_oldest_by_age_and_by_size_and_raises_the_floor() {
+        let dir = Dir::new("retention");
+        let mut journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
+        let t0 = crate::store::unix_millis();
+        journal
+            .append_in(&mut [event("a", "u1"), event("b", "u1")], t0)
+            .unwrap();
+        journal
+            .append_in(&mut [event("c", "u1"), event("d", "u1")], t0 + 10_000)
+            .unwrap();
+        let reader = journal.reader();
+        // By age: 5 s of retention at t0 + 12 s removes a and b only.
+        let by_age = journal.pruner(Retention {
+            max_age: Duration::from_secs(5),
+            max_bytes: u64::MAX,
+        });
+        assert_eq!(by_age.prune_once(t0 + 12_000).unwrap(), 2);
+        assert_eq!(by_age.prune_once(t0 + 12_000).unwrap(), 0);
+        assert_eq!(reader.floor().unwrap(), 2);
+        assert_eq!(
+            reader
+                .read_after(0, 10)
+                .unwrap()
+                .iter()
+                .map(|e| e.position)
+                .collect::<Vec<_>>(),
+            [3, 4]
+        );
+        // A pruned id is forgotten: a re-send is stored again.
+        let out = journal
+            .append_in(&mut [event("a", "u1")], t0 + 12_000)
+            .unwrap();
+        assert!(!out[0].duplicate);
+        // By size: keep at most about one record.
+        let record_len = reader.read_after(4, 1).unwrap()[0].frame.len() as u64 + 64;
+        let by_size = journal.pruner(Retention {
+            max_age: Duration::from_secs(3600),
+            max_bytes: record_len,
+        });
+        assert_eq!(by_size.prune_once(t0 + 12_000).unwrap(), 2);
+        assert_eq!(reader.floor().unwrap(), 4);
+        assert_eq!(reader.read_after(0, 10).unwrap().len(), 1);
+        // The floor and head survive a reopen.
+        drop((reader, by_age, by_size));
+        let head = journal.head();
+        drop(journal);
+        let journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
+        assert_eq!(journal.head(), head);
+        assert_eq!(journal.reader().floor().unwrap(), 4);
     }
 
     #[test]
