@@ -47,11 +47,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::grpc::codec::SubscribeCodec")
         .server_streaming()
         .build();
+    let list_events = tonic_build::manual::Method::builder()
+        .name("list_events")
+        .route_name("ListEvents")
+        .input_type("crate::pb::ListEventsRequest")
+        .output_type("crate::pb::ListEventsResponse")
+        .codec_path("tonic_prost::ProstCodec")
+        .build();
     let service = tonic_build::manual::Service::builder()
         .name("NotificationService")
         .package("cloudphone.notify.v1")
         .method(subscribe)
         .method(publish)
+        .method(list_events)
         .build();
     tonic_build::manual::Builder::new()
         .build_client(false)

@@ -65,7 +65,9 @@ impl ApiError {
             Self::Filter(_) => "bad_filter",
             Self::Cursor(_) => "bad_cursor",
             Self::Hub(HubError::CursorAhead(_)) => "bad_cursor",
-            Self::Hub(HubError::ShuttingDown) | Self::Sequencer(_) => "unavailable",
+            Self::Hub(HubError::ShuttingDown | HubError::Journal(_)) | Self::Sequencer(_) => {
+                "unavailable"
+            }
             Self::Missing(_) => "missing_field",
             Self::TooLarge { .. } => "too_large",
             Self::Unauthenticated(_) => "unauthenticated",
@@ -93,6 +95,11 @@ impl From<ApiError> for Status {
             ApiError::Denied(_) => Code::PermissionDenied,
             ApiError::Hub(HubError::ShuttingDown)
             | ApiError::Sequencer(SequencerError::Stopped) => Code::Unavailable,
+            ApiError::Hub(HubError::Journal(detail)) => {
+                // The details are for the operator's log, not for clients.
+                tracing::error!(error = %detail, "reading the journal failed");
+                return Status::unavailable("the journal is unavailable; retry later");
+            }
             ApiError::Sequencer(SequencerError::Store(store)) => {
                 // The details are for the operator's log, not for clients.
                 tracing::error!(error = %store, "publish failed: journal unavailable");

@@ -317,6 +317,7 @@ mod tests {
             .collect();
         methods.sort();
         let built_by_hand = vec![
+            ("ListEvents".to_owned(), false, false),
             ("Publish".to_owned(), false, false),
             ("Subscribe".to_owned(), false, true),
         ];

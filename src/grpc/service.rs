@@ -60,32 +60,82 @@ impl NotifyService {
         Ok(self.auth.authenticate(authorization)?)
     }
 
-    fn open(
+    /// The filter for what `principal` asks for, once the policy allows it.
+    fn authorized_filter(
         &self,
         principal: &Principal,
-        connection: Option<SocketAddr>,
-        request: pb::SubscribeRequest,
-    ) -> Result<SubscribeStream, ApiError> {
-        let wants = match request.user_id.as_str() {
+        user_id: &str,
+        admin_feed: bool,
+        event_types: &[String],
+        device_id: &str,
+    ) -> Result<Filter, ApiError> {
+        let wants = match user_id {
             "" => Wants::Own,
             "*" => Wants::Firehose,
             user => Wants::User(user),
         };
         self.auth
             .policy
-            .may_subscribe(principal, wants, request.admin_feed)?;
+            .may_subscribe(principal, wants, admin_feed)?;
         // An empty `user_id` means the caller's own events, unless the admin feed alone is
         // asked for (the contract before tokens existed, kept).
         let user_id = match wants {
-            Wants::Own if !request.admin_feed => principal.user_id.as_str(),
-            _ => request.user_id.as_str(),
+            Wants::Own if !admin_feed => principal.user_id.as_str(),
+            _ => user_id,
         };
-        let filter = Filter::new(
+        Ok(Filter::new(
             user_id,
+            admin_feed,
+            event_types,
+            device_id,
+            self.filter_limits,
+        )?)
+    }
+
+    fn list(
+        &self,
+        principal: &Principal,
+        request: &pb::ListEventsRequest,
+    ) -> Result<pb::ListEventsResponse, ApiError> {
+        let filter = self.authorized_filter(
+            principal,
+            &request.user_id,
+            false,
+            &request.event_types,
+            &request.device_id,
+        )?;
+        let after = match request.after.as_str() {
+            "" => None,
+            text => Some(Cursor::parse(text)?),
+        };
+        let limit = match request.limit {
+            0 => LIST_DEFAULT_LIMIT,
+            n => usize::try_from(n)
+                .unwrap_or(LIST_MAX_LIMIT)
+                .min(LIST_MAX_LIMIT),
+        };
+        let viewer = self.auth.policy.viewer(principal);
+        let page = self.hub.list(&filter, &viewer, after, limit)?;
+        Ok(pb::ListEventsResponse {
+            events: page.events,
+            next_cursor: page.next.to_string(),
+            end: page.end,
+            gap: page.gap,
+        })
+    }
+
+    fn open(
+        &self,
+        principal: &Principal,
+        connection: Option<SocketAddr>,
+        request: pb::SubscribeRequest,
+    ) -> Result<SubscribeStream, ApiError> {
+        let filter = self.authorized_filter(
+            principal,
+            &request.user_id,
             request.admin_feed,
             &request.event_types,
             &request.device_id,
-            self.filter_limits,
         )?;
         let resume_after = match request.resume_after.as_str() {
             "" => None,
@@ -154,8 +204,27 @@ impl NotifyService {
     }
 }
 
+/// `ListEvents` page size when the request says 0, and the most it may ask for.
+const LIST_DEFAULT_LIMIT: usize = 100;
+const LIST_MAX_LIMIT: usize = 1000;
+
 #[tonic::async_trait]
 impl NotificationService for NotifyService {
+    async fn list_events(
+        &self,
+        request: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        let principal = self.principal(&request).map_err(|e| self.reject(e))?;
+        let service = self.clone();
+        let request = request.into_inner();
+        // Reading history waits for storage: off the async workers.
+        tokio::task::spawn_blocking(move || service.list(&principal, &request))
+            .await
+            .map_err(|_| Status::internal("listing failed"))?
+            .map(Response::new)
+            .map_err(|e| self.reject(e))
+    }
+
     type SubscribeStream = SubscribeStream;
 
     async fn subscribe(

@@ -51,8 +51,11 @@ pub enum HubError {
     #[error("the server is shutting down")]
     ShuttingDown,
     /// `resume_after` is a position this journal has not reached.
-    #[error("resume_after {0} is ahead of this server's journal")]
+    #[error("cursor {0} is ahead of this server's journal")]
     CursorAhead(String),
+    /// The journal could not be read.
+    #[error("the journal cannot be read: {0}")]
+    Journal(String),
 }
 
 struct Subscriber {
@@ -325,6 +328,78 @@ impl Hub {
         })
     }
 
+    /// Reads up to `limit` stored events after `after` (from the oldest retained without it)
+    /// that a subscription with `filter` seen by `viewer` would get, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// [`HubError::CursorAhead`] for a cursor beyond the head; [`HubError::Journal`] when the
+    /// journal cannot be read.
+    pub fn list(
+        &self,
+        filter: &Filter,
+        viewer: &Viewer,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Page, HubError> {
+        let shared = &*self.shared;
+        let journal = &shared.journal;
+        let head = shared.head.load(Ordering::Acquire);
+        let floor = journal
+            .floor()
+            .map_err(|e| HubError::Journal(e.to_string()))?;
+        let mut gap = None;
+        let mut position = match after {
+            Some(after) if after.epoch != shared.epoch => {
+                gap = Some((after, pb::GapReason::EpochChanged));
+                floor
+            }
+            Some(after) if after.position > head => {
+                return Err(HubError::CursorAhead(after.to_string()));
+            }
+            Some(after) if after.position < floor => {
+                gap = Some((after, pb::GapReason::Retention));
+                floor
+            }
+            Some(after) => after.position,
+            None => floor,
+        };
+        let mut events = Vec::new();
+        let mut scanned = 0;
+        while events.len() < limit && scanned < LIST_SCAN_LIMIT && position < head {
+            let batch = journal
+                .read_after(position, REPLAY_BATCH.min(LIST_SCAN_LIMIT - scanned))
+                .map_err(|e| HubError::Journal(e.to_string()))?;
+            if batch.is_empty() {
+                break;
+            }
+            for stored in batch {
+                if stored.position > head || events.len() >= limit {
+                    break;
+                }
+                scanned += 1;
+                position = stored.position;
+                if selects(filter, viewer, &stored)
+                    && let Ok(pb::SubscribeResponse {
+                        kind: Some(Kind::Event(event)),
+                    }) = pb::SubscribeResponse::decode(stored.frame)
+                {
+                    events.push(event);
+                }
+            }
+        }
+        Ok(Page {
+            events,
+            next: shared.cursor(position),
+            end: position >= head,
+            gap: gap.map(|(from, reason)| pb::Gap {
+                from_cursor: from.to_string(),
+                to_cursor: shared.cursor(floor).to_string(),
+                reason: reason.into(),
+            }),
+        })
+    }
+
     /// Lets a lagged subscriber receive live events again: under the index write lock (no
     /// fan-out running) its mailbox is reopened and the head read, so every event after that
     /// head reaches the mailbox and every event up to it is in the journal.
@@ -435,23 +510,45 @@ pub struct Subscription {
 }
 
 impl Subscriber {
-    /// Whether this subscriber gets the event: the routing of [`Hub::fan_out`] (its user, the
-    /// firehose, the admin feed), its filters and its viewer, decided from stored facts.
+    /// Whether this subscriber gets the stored event (see [`selects`]).
     fn selects(&self, event: &StoredEvent) -> bool {
-        let audience = Audience::of(&event.event_type);
-        let routed = match audience {
-            Audience::AdminOnly => self.filter.admin_feed,
-            Audience::Users { admin_too } => {
-                self.filter.selects_user(&event.user_id) || (admin_too && self.filter.admin_feed)
-            }
-        };
-        routed
-            && self.filter.passes(&event.event_type, &event.device_id)
-            && self
-                .viewer
-                .may_see(&event.user_id, audience == Audience::AdminOnly)
+        selects(&self.filter, &self.viewer, event)
     }
 }
+
+/// Whether a subscription with `filter`, seen by `viewer`, gets the stored event: the routing of
+/// [`Hub::fan_out`] (its user, the firehose, the admin feed), the filters and the viewer,
+/// decided from stored facts.
+fn selects(filter: &Filter, viewer: &Viewer, event: &StoredEvent) -> bool {
+    let audience = Audience::of(&event.event_type);
+    let routed = match audience {
+        Audience::AdminOnly => filter.admin_feed,
+        Audience::Users { admin_too } => {
+            filter.selects_user(&event.user_id) || (admin_too && filter.admin_feed)
+        }
+    };
+    routed
+        && filter.passes(&event.event_type, &event.device_id)
+        && viewer.may_see(&event.user_id, audience == Audience::AdminOnly)
+}
+
+/// One page of stored history ([`Hub::list`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// The selected events, oldest first.
+    pub events: Vec<pb::Event>,
+    /// Where the page ended: the next page starts after it.
+    pub next: Cursor,
+    /// The page reached the newest stored event.
+    pub end: bool,
+    /// Set when `after` was below retention or from another journal.
+    pub gap: Option<pb::Gap>,
+}
+
+/// The most stored events one [`Hub::list`] call reads, whatever it selects: bounds the cost of
+/// a page for a user with few events in a busy journal (the page then ends early, and
+/// `next` continues the scan).
+const LIST_SCAN_LIMIT: usize = 10_000;
 
 impl Subscription {
     /// Why the server ended this subscription, once the stream has ended.
