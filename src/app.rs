@@ -26,7 +26,7 @@ use crate::{
     ingest::{Ingest, IngestConfig, IngestState, Topology, topology},
     schema::DecodeOptions,
     sequencer::Sequencer,
-    store::{Journal, JournalSettings, Pruner, RedbJournal, Retention},
+    store::{Journal, JournalSettings, Pruner, RedbJournal, Retention, Syncer},
     telemetry::{self, Metrics},
 };
 
@@ -86,6 +86,7 @@ pub async fn run(
         dedupe_window: config.dedupe_window,
     })?;
     info!(dir = %config.data_dir.display(), head = %journal.head(), "journal open");
+    let syncer = journal.syncer();
     let pruner = journal.pruner(Retention {
         max_age: config.retention_age,
         max_bytes: config.retention_bytes,
@@ -119,6 +120,9 @@ pub async fn run(
         config.retention_interval,
         shutdown.clone(),
     ));
+    if let Some((syncer, every)) = syncer {
+        tasks.spawn(sync_journal(syncer, every, shutdown.clone()));
+    }
     let (health, health_service) = grpc::health(shutdown.clone());
     health.serving().await;
     let ingest = config.amqp_url.as_ref().map(|url| {
@@ -428,6 +432,29 @@ async fn prune_journal(pruner: Pruner, every: std::time::Duration, shutdown: Can
                     break;
                 }
             }
+        }
+    }
+}
+
+/// With `--durability <interval>`: forces the journal's commits to disk every `every`, and
+/// once more at shutdown, off the async workers.
+async fn sync_journal(syncer: Syncer, every: std::time::Duration, shutdown: CancellationToken) {
+    let syncer = Arc::new(syncer);
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = ticker.tick() => false,
+            () = shutdown.cancelled() => true,
+        };
+        let syncer = Arc::clone(&syncer);
+        match tokio::task::spawn_blocking(move || syncer.sync()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => warn!(%error, "journal sync failed; retrying"),
+            Err(error) => warn!(%error, "journal sync task failed"),
+        }
+        if stopping {
+            break;
         }
     }
 }

@@ -85,9 +85,9 @@ pub struct ServeConfig {
     )]
     pub data_dir: std::path::PathBuf,
 
-    /// When journal commits reach the disk: `fsync` (every commit; an acknowledged event
-    /// survives a power cut) or an interval such as `100ms` (at most that much is lost on a
-    /// power cut; a process crash loses nothing).
+    /// When journal commits reach the disk: `fsync` (every commit waits for it; an acknowledged
+    /// event survives any crash) or an interval such as `100ms` (synced in the background; a
+    /// crash can lose up to that much of the latest, acknowledged, events).
     #[arg(long, env = "NOTIFY_DURABILITY", default_value = "fsync", value_parser = durability, help_heading = "Journal")]
     pub durability: crate::store::Durability,
 

@@ -14,7 +14,7 @@ mod cursor;
 mod redb;
 
 pub use cursor::{Cursor, CursorError};
-pub use redb::{Durability, JournalSettings, OpenError, Pruner, RedbJournal, Retention};
+pub use redb::{Durability, JournalSettings, OpenError, Pruner, RedbJournal, Retention, Syncer};
 
 use std::sync::Arc;
 

@@ -42,8 +42,9 @@ const BYTES: &str = "bytes";
 pub enum Durability {
     /// fsync at every commit: an acknowledged event survives a power cut.
     EveryCommit,
-    /// fsync at most this often; commits in between survive a process crash (they are in the
-    /// page cache) but not a power cut.
+    /// fsync in the background this often: no commit waits for the disk, but a crash (of the
+    /// process or the machine) can lose up to this much of the most recent commits, events that
+    /// were already acknowledged included.
     Interval(Duration),
 }
 
@@ -64,7 +65,6 @@ pub struct RedbJournal {
     epoch: u64,
     head: u64,
     settings: JournalSettings,
-    last_sync: std::time::Instant,
 }
 
 impl std::fmt::Debug for RedbJournal {
@@ -137,7 +137,6 @@ impl RedbJournal {
             epoch,
             head,
             settings,
-            last_sync: std::time::Instant::now(),
         })
     }
 
@@ -188,14 +187,10 @@ impl RedbJournal {
         now: u64,
     ) -> Result<Vec<Appended>, redb::Error> {
         let mut txn = self.db.begin_write()?;
-        let sync = match self.settings.durability {
-            Durability::EveryCommit => true,
-            Durability::Interval(every) => self.last_sync.elapsed() >= every,
-        };
-        txn.set_durability(if sync {
-            RedbDurability::Immediate
-        } else {
-            RedbDurability::None
+        // With an interval, a [`Syncer`] makes the commits durable in the background.
+        txn.set_durability(match self.settings.durability {
+            Durability::EveryCommit => RedbDurability::Immediate,
+            Durability::Interval(_) => RedbDurability::None,
         })?;
         let mut head = self.head;
         let mut outcomes = Vec::with_capacity(events.len());
@@ -236,9 +231,6 @@ impl RedbJournal {
         }
         self.forget_old_ids(&txn, now)?;
         txn.commit()?;
-        if sync {
-            self.last_sync = std::time::Instant::now();
-        }
         self.head = head;
         Ok(outcomes)
     }
@@ -323,7 +315,40 @@ impl Pruner {
     }
 }
 
+/// Makes the commits of a `--durability <interval>` journal durable: an empty commit with
+/// fsync persists every commit before it.
+pub struct Syncer {
+    db: Arc<Database>,
+}
+
+impl Syncer {
+    /// Forces everything committed so far to disk.
+    ///
+    /// # Errors
+    ///
+    /// Storage failures.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(storage)?;
+        txn.set_durability(RedbDurability::Immediate)
+            .map_err(storage)?;
+        txn.commit().map_err(storage)
+    }
+}
+
 impl RedbJournal {
+    /// The syncer to run every interval when durability is [`Durability::Interval`].
+    pub fn syncer(&self) -> Option<(Syncer, Duration)> {
+        match self.settings.durability {
+            Durability::EveryCommit => None,
+            Durability::Interval(every) => Some((
+                Syncer {
+                    db: Arc::clone(&self.db),
+                },
+                every,
+            )),
+        }
+    }
+
     /// The pruner for `retention`, to run in the background.
     pub fn pruner(&self, retention: Retention) -> Pruner {
         Pruner {
