@@ -63,10 +63,10 @@ pub struct ServeConfig {
     )]
     pub cors_origins: Vec<String>,
 
-    /// Frames one subscriber may have queued. A subscriber that falls this far behind has its
-    /// stream ended with RESOURCE_EXHAUSTED naming the last cursor it was sent, so it can
-    /// resubscribe from there; it never slows anyone else. Memory per subscriber is bounded by
-    /// this many shared frames (each a reference to one encoded event).
+    /// Live frames one subscriber may have queued. A subscriber that falls this far behind
+    /// continues from the journal at its own pace and rejoins the live feed when caught up; it
+    /// never slows anyone else and loses nothing. Memory per subscriber is bounded by this many
+    /// shared frames (each a reference to one encoded event) plus one replay batch.
     #[arg(long, env = "NOTIFY_SUBSCRIBER_QUEUE_LEN", default_value_t = 1024)]
     pub subscriber_queue_len: usize,
 
