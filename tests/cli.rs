@@ -248,3 +248,37 @@ async fn dev_mode_and_the_token_command_work_together() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn loadgen_replay_counts_the_whole_backlog() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    for i in 0..50 {
+        publish_json(
+            &mut client,
+            "device.error",
+            &device_error(&format!("b{i}"), "u1", "d"),
+        )
+        .await
+        .unwrap();
+    }
+    let output = tokio::process::Command::new(BIN)
+        .args([
+            "loadgen",
+            "--scenario",
+            "replay",
+            "--server",
+            &server.url(),
+            "--jwt-secret",
+            TEST_SECRET,
+            "--json",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["events"], 50, "{report}");
+    assert_eq!(report["gaps"], 0, "{report}");
+    assert!(report["events_per_s"].as_f64().unwrap() > 0.0, "{report}");
+}

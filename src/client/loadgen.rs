@@ -18,6 +18,7 @@
 //! | [`latency`]    | sharded HDR histograms, fed in batches instead of a lock per event   |
 //! | [`publisher`]  | the open-loop timetable, the producer JSON body, the `Publish` calls |
 //! | [`amqp`]       | `--via amqp`: the exchange, confirm-mode channels, producer messages |
+//! | [`replay`]     | `--scenario replay`: one stream catching up on the whole journal     |
 //! | [`rss`]        | the server's resident memory (`VmRSS`), once and every second        |
 //! | [`cpu`]        | the server's CPU time over the measurement window, per event         |
 //! | [`report`]     | the table, the JSON object, the progress line, the verdict           |
@@ -26,6 +27,7 @@ mod amqp;
 mod cpu;
 mod latency;
 mod publisher;
+mod replay;
 mod report;
 mod rss;
 mod subscriber;
@@ -90,6 +92,8 @@ pub enum Scenario {
     Firehose,
     /// Open the streams, publish nothing, report the server's memory per idle stream.
     Idle,
+    /// One stream replays the journal's whole backlog; reports events per second.
+    Replay,
 }
 
 impl Scenario {
@@ -99,6 +103,7 @@ impl Scenario {
             Scenario::PerUser => "per-user",
             Scenario::Firehose => "firehose",
             Scenario::Idle => "idle",
+            Scenario::Replay => "replay",
         }
     }
 }
@@ -355,6 +360,13 @@ struct SubscriberTotals {
 /// Runs the load generator and prints its report.
 pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
     check_args(&args)?;
+    if args.scenario == Scenario::Replay {
+        let channel = connect_all(&args.server, 1, false)
+            .await?
+            .pop()
+            .context("a connection")?;
+        return replay::run(&args, channel).await;
+    }
     let command = std::env::args()
         .map(|arg| amqp::redact(&arg))
         .collect::<Vec<_>>()
@@ -649,7 +661,7 @@ async fn publish(
     };
     let users = match args.scenario {
         Scenario::PerUser => TargetUsers::Random(args.subscribers as u64),
-        Scenario::Firehose | Scenario::Idle => TargetUsers::One(0),
+        Scenario::Firehose | Scenario::Idle | Scenario::Replay => TargetUsers::One(0),
     };
     let plan = Arc::new(PublishPlan::new(args, run_prefix, users)?);
     let start = clock.now_ns();

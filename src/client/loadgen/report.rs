@@ -304,7 +304,7 @@ impl Report {
             // A per-user event has one recipient; a firehose event reaches every live stream.
             expected: match args.scenario {
                 Scenario::Firehose => p.counts.ok_measured * streams.first_messages,
-                Scenario::PerUser | Scenario::Idle => p.counts.ok_measured,
+                Scenario::PerUser | Scenario::Idle | Scenario::Replay => p.counts.ok_measured,
             },
             received: recorded.received_measured,
             received_total: recorded.received,
