@@ -1,0 +1,696 @@
+//! Crash safety with the real process and the real broker: events are published continuously
+//! through RabbitMQ while the `notify-backbone` binary is `kill -9`ed at random moments (in the
+//! steady flow, in the middle of a burst, while catching up a backlog) and restarted on the
+//! same journal and queue. Afterwards every message the broker confirmed is in the journal
+//! exactly once, and a subscriber that kept resuming from its last cursor across the crashes
+//! received exactly the journal, in its order: nothing missed, nothing twice, no gap.
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
+
+mod support;
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    path::Path,
+    process::Stdio,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use lapin::{BasicProperties, Confirmation, options::BasicPublishOptions};
+use notify_backbone::pb::{
+    self, notification_service_client::NotificationServiceClient, subscribe_response::Kind,
+};
+use rand::Rng as _;
+use support::{
+    amqp::{Names, Producer, amqp_url, now_ms, queue_counts},
+    *,
+};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    process::{Child, Command},
+    sync::{oneshot, watch},
+    task::JoinSet,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_notify-backbone");
+
+/// Events published through the broker, one every [`PUBLISH_EVERY`] plus the bursts: at least
+/// this many, and more for as long as the kills go on (about 5,000 in 4 to 5 s in all).
+const MIN_EVENTS: usize = 2000;
+/// Events published after the last restart, whatever the count: the last run ingests live too.
+const TAIL_EVENTS: usize = 200;
+const PUBLISH_EVERY: Duration = Duration::from_millis(3);
+/// How many times the server is killed.
+const KILLS: usize = 6;
+/// How long a killed server's successor ran (after it was ready) before it is killed in turn.
+const KILL_AFTER_MS: std::ops::Range<u64> = 200..900;
+/// Events published back to back in a burst (see [`Moment`]).
+const BURST: usize = 1000;
+/// How long after a restart onto a backlog the run is killed.
+const CATCHING_UP_MS: std::ops::Range<u64> = 0..100;
+/// The bound on waiting for the queue to empty and the subscriber to catch up at the end.
+const SETTLE: Duration = Duration::from_secs(60);
+
+/// Where a kill lands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Moment {
+    /// In the steady flow, [`KILL_AFTER_MS`] after the run got ready.
+    Steady,
+    /// At a random point of a burst of [`BURST`] events the run is ingesting live, after
+    /// [`KILL_AFTER_MS`]: many deliveries are between receipt, journal commit and ack.
+    Burst,
+    /// [`CATCHING_UP_MS`] after a restart onto a backlog (a burst published while no node ran),
+    /// while the run is catching up: the broker delivers as fast as the prefetch allows.
+    CatchingUp,
+}
+
+/// The kills' moments, in turn.
+const MOMENTS: [Moment; 3] = [Moment::Steady, Moment::Burst, Moment::CatchingUp];
+
+/// One kill, for the report.
+#[derive(Debug)]
+#[allow(dead_code)] // read through Debug
+struct Kill {
+    moment: Moment,
+    /// Events published before it.
+    published: usize,
+    /// Of those, how many the subscriber had not received yet.
+    behind: usize,
+    /// How long the killed run had been ready.
+    ran: Duration,
+}
+
+/// Asks the producer for a burst of [`BURST`] events and waits until `into` of them are out.
+async fn burst(pace: &Pace, into: usize) {
+    let target = pace.published.load(Ordering::SeqCst) + into;
+    pace.burst.store(BURST, Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while pace.published.load(Ordering::SeqCst) < target {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the burst did not get going"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Every line the server processes wrote to stderr, tagged with the run, for failure reports.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<String>>>);
+
+impl Logs {
+    fn push(&self, line: String) {
+        self.0.lock().unwrap().push(line);
+    }
+
+    /// The last `n` lines, for a failure message.
+    fn tail(&self, n: usize) -> String {
+        let lines = self.0.lock().unwrap();
+        let from = lines.len().saturating_sub(n);
+        lines[from..].join("\n")
+    }
+
+    /// The warnings and errors the servers logged.
+    fn trouble(&self) -> Vec<String> {
+        let lines = self.0.lock().unwrap();
+        lines
+            .iter()
+            .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+            .cloned()
+            .collect()
+    }
+}
+
+/// One run of the real binary.
+struct Node {
+    child: Child,
+    run: usize,
+    url: String,
+    metrics: SocketAddr,
+}
+
+/// Starts `notify-backbone serve` on `data` as node `names`, with the flags `Names::apply`
+/// sets, and waits until it logged both of its addresses.
+async fn start_node(names: &Names, data: &Path, run: usize, logs: &Logs) -> Node {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(["--amqp-url", &amqp_url()])
+        .args(["--node-id", &names.node_id])
+        .args(["--exchange", &names.exchange])
+        .args(["--dead-letter-exchange", &names.dead_letter_exchange])
+        .args(["--dead-letter-queue", &names.dead_letter_queue])
+        .args(["--queue-expires", "120s", "--reconnect-max-backoff", "1s"])
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--jwt-secret", TEST_SECRET])
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Drain stderr for the whole life of the process (a full pipe would block its logging),
+    // picking out where it listens.
+    let stderr = child.stderr.take().unwrap();
+    let (grpc_tx, grpc_rx) = oneshot::channel::<String>();
+    let (metrics_tx, metrics_rx) = oneshot::channel::<String>();
+    let log = logs.clone();
+    tokio::spawn(async move {
+        let (mut grpc_tx, mut metrics_tx) = (Some(grpc_tx), Some(metrics_tx));
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some((_, rest)) = line.split_once("serving gRPC and grpc-web on ")
+                && let Some(tx) = grpc_tx.take()
+            {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().into());
+            }
+            if let Some((_, rest)) = line.split_once("metrics on http://")
+                && let Some(tx) = metrics_tx.take()
+            {
+                let _ = tx.send(rest.split('/').next().unwrap_or_default().into());
+            }
+            log.push(format!("[run {run}] {line}"));
+        }
+    });
+    let addresses = async { (grpc_rx.await, metrics_rx.await) };
+    let (grpc, metrics) = match tokio::time::timeout(PATIENCE, addresses).await {
+        Ok((Ok(grpc), Ok(metrics))) => (grpc, metrics),
+        other => panic!(
+            "run {run} did not log where it listens ({other:?}); its log:\n{}",
+            logs.tail(40)
+        ),
+    };
+    Node {
+        child,
+        run,
+        url: format!("http://{grpc}"),
+        metrics: metrics.parse().unwrap(),
+    }
+}
+
+/// The whole HTTP response to `GET path` on a metrics port.
+async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut socket = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    socket.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await?;
+    Ok(response)
+}
+
+impl Node {
+    /// Waits until `/readyz` says the ingest is consuming.
+    async fn wait_ready(&self, logs: &Logs) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let response = http_get(self.metrics, "/readyz").await;
+            if response
+                .as_deref()
+                .is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "run {} not ready in time: {response:?}; its log:\n{}",
+                self.run,
+                logs.tail(40)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The value of an unlabelled sample on `/metrics` (0 when absent).
+    async fn metric(&self, name: &str) -> f64 {
+        let text = http_get(self.metrics, "/metrics").await.unwrap();
+        text.lines()
+            .find_map(|line| {
+                let (key, value) = line.rsplit_once(' ')?;
+                (key == name).then(|| value.parse().ok())?
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// `kill -9`, after checking the process did not die by itself, and waits for it to go.
+    async fn kill(mut self, logs: &Logs) {
+        let exited = self.child.try_wait().unwrap();
+        assert!(
+            exited.is_none(),
+            "run {} exited by itself ({exited:?}) before it was killed; its log:\n{}",
+            self.run,
+            logs.tail(40)
+        );
+        // SIGKILL on unix: no shutdown path runs, nothing is flushed or acked.
+        self.child.start_kill().unwrap();
+        let status = tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .expect("a killed server goes at once")
+            .unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::ExitStatusExt as _;
+            assert_eq!(status.signal(), Some(9), "run {}: {status:?}", self.run);
+        }
+        #[cfg(not(unix))]
+        let _ = status;
+    }
+}
+
+/// Shared between the producer and the kill schedule.
+#[derive(Default)]
+struct Pace {
+    /// Events published so far.
+    published: AtomicUsize,
+    /// Set by the kill schedule: this many events back to back, then the steady pace again.
+    burst: AtomicUsize,
+    /// Set once the last kill is done: publish [`TAIL_EVENTS`] more and stop.
+    kills_done: AtomicBool,
+}
+
+/// Publishes events `crash-00000`... one every [`PUBLISH_EVERY`] (and in bursts when asked),
+/// persistent and mandatory, with publisher confirms (waited for concurrently, so the pace
+/// does not depend on the broker's confirm latency): at least [`MIN_EVENTS`], and until
+/// [`TAIL_EVENTS`] after the kills are done. Returns the ids the broker confirmed as routed to
+/// a queue and the ones it did not, with why.
+fn publish_steadily(exchange: String, pace: Arc<Pace>) -> tokio::task::JoinHandle<Confirms> {
+    tokio::spawn(async move {
+        let producer = Producer::connect().await;
+        let mut confirms = JoinSet::new();
+        let mut ticker = tokio::time::interval(PUBLISH_EVERY);
+        // After a burst, the steady pace again (not a catch-up of the ticks the burst took).
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut tail, mut burst_left) = (None, 0);
+        for n in 0.. {
+            if tail.is_none() && pace.kills_done.load(Ordering::SeqCst) {
+                tail = Some(n + TAIL_EVENTS);
+            }
+            if n >= MIN_EVENTS && tail.is_some_and(|end| n >= end) {
+                break;
+            }
+            if burst_left == 0 {
+                burst_left = pace.burst.swap(0, Ordering::SeqCst);
+            }
+            if burst_left > 0 {
+                burst_left -= 1;
+            } else {
+                ticker.tick().await;
+            }
+            let id = format!("crash-{n:05}");
+            let body = device_error(&id, "u-crash", &format!("d{}", n % 16));
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_timestamp(now_ms());
+            let confirm = producer
+                .channel
+                .basic_publish(
+                    exchange.as_str().into(),
+                    "device.error".into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    body.as_bytes(),
+                    properties,
+                )
+                .await
+                .unwrap();
+            confirms.spawn(async move { (id, confirm.await) });
+            pace.published.store(n + 1, Ordering::SeqCst);
+        }
+        let (mut confirmed, mut refused) = (Vec::new(), Vec::new());
+        while let Some(joined) = confirms.join_next().await {
+            match joined.unwrap() {
+                (id, Ok(Confirmation::Ack(None))) => confirmed.push(id),
+                (id, Ok(Confirmation::Ack(Some(_)))) => refused.push((id, "unroutable".into())),
+                (id, other) => refused.push((id, format!("{other:?}"))),
+            }
+        }
+        confirmed.sort();
+        drop(producer);
+        Confirms { confirmed, refused }
+    })
+}
+
+/// The broker's answers to the publishes.
+struct Confirms {
+    /// Ids of the events it confirmed as routed to a queue, sorted.
+    confirmed: Vec<String>,
+    /// Those it did not, with its answer.
+    refused: Vec<(String, String)>,
+}
+
+/// What the subscriber has received, across all its streams.
+#[derive(Default)]
+struct Received {
+    /// Event ids, in the order they arrived.
+    ids: Vec<String>,
+    gaps: Vec<pb::Gap>,
+    /// The cursor of the last message processed: what the next stream resumes after.
+    last_cursor: String,
+    /// Streams opened.
+    streams: usize,
+    /// How each stream ended.
+    endings: Vec<String>,
+}
+
+/// A firehose subscriber with an admin token that follows the server wherever `urls` says it
+/// is now, and after any error or end resubscribes with `resume_after` = its last cursor.
+/// `caught_up` fires at its first `CaughtUp`.
+fn follow_the_firehose(
+    mut urls: watch::Receiver<Option<String>>,
+    received: Arc<Mutex<Received>>,
+    caught_up: oneshot::Sender<()>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let token = token("ops", &["admin"]);
+        let mut caught_up = Some(caught_up);
+        loop {
+            let url = urls
+                .wait_for(Option::is_some)
+                .await
+                .unwrap()
+                .clone()
+                .unwrap();
+            let Ok(mut client) = NotificationServiceClient::connect(url).await else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let request = pb::SubscribeRequest {
+                user_id: "*".into(),
+                resume_after: received.lock().unwrap().last_cursor.clone(),
+                ..Default::default()
+            };
+            let mut stream = match client.subscribe(with_token(request, &token)).await {
+                Ok(response) => response.into_inner(),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            received.lock().unwrap().streams += 1;
+            let ending = loop {
+                let message = match stream.message().await {
+                    Ok(Some(message)) => message,
+                    Ok(None) => break "ended".to_owned(),
+                    Err(status) => break format!("{:?}: {}", status.code(), status.message()),
+                };
+                let mut received = received.lock().unwrap();
+                match message.kind {
+                    Some(Kind::Event(event)) => {
+                        received.ids.push(event.id);
+                        received.last_cursor = event.cursor;
+                    }
+                    Some(Kind::CaughtUp(at)) => {
+                        received.last_cursor = at.cursor;
+                        if let Some(tx) = caught_up.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Some(Kind::Heartbeat(at)) => received.last_cursor = at.cursor,
+                    Some(Kind::Gap(gap)) => received.gaps.push(gap),
+                    None => {}
+                }
+            };
+            received.lock().unwrap().endings.push(ending);
+        }
+    })
+}
+
+/// Every stored event's id, oldest first, through `ListEvents` pages of 1000 (admin, firehose),
+/// and the newest one's cursor.
+async fn journal_ids(url: &str) -> (Vec<String>, String) {
+    let mut client = NotificationServiceClient::connect(url.to_owned())
+        .await
+        .unwrap();
+    let token = token("ops", &["admin"]);
+    let (mut ids, mut after, mut newest) = (Vec::new(), String::new(), String::new());
+    for _ in 0..100 {
+        let request = pb::ListEventsRequest {
+            user_id: "*".into(),
+            after: after.clone(),
+            limit: 1000,
+            ..Default::default()
+        };
+        let page = client
+            .list_events(with_token(request, &token))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.gap.is_none(), "ListEvents reported a gap: {page:?}");
+        if let Some(last) = page.events.last() {
+            newest.clone_from(&last.cursor);
+        }
+        ids.extend(page.events.into_iter().map(|event| event.id));
+        after = page.next_cursor;
+        if page.end {
+            return (ids, newest);
+        }
+    }
+    panic!(
+        "ListEvents never reached the end ({} ids so far)",
+        ids.len()
+    );
+}
+
+/// Ids that occur more than once, with their counts.
+fn repeated(ids: &[String]) -> Vec<(&str, usize)> {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for id in ids {
+        *counts.entry(id).or_default() += 1;
+    }
+    let mut twice: Vec<(&str, usize)> = counts.into_iter().filter(|&(_, n)| n > 1).collect();
+    twice.sort();
+    twice
+}
+
+/// The first `n` of `items`, for a readable failure message.
+fn first<T: std::fmt::Debug>(items: &[T], n: usize) -> String {
+    format!(
+        "{:?}{}",
+        &items[..items.len().min(n)],
+        if items.len() > n { " ..." } else { "" }
+    )
+}
+
+#[tokio::test]
+async fn kill_9_mid_ingest_loses_and_repeats_nothing_in_the_journal_or_for_resuming_subscribers() {
+    let began = Instant::now();
+    let names = Names::unique("crash");
+    // Without a broker this fails here, as every broker test does.
+    let admin = Producer::connect().await;
+    let data = DataDir::new();
+    let logs = Logs::default();
+
+    let mut node = start_node(&names, &data.0, 0, &logs).await;
+    // Ready means the queue is declared and bound: nothing published from now on is unroutable.
+    node.wait_ready(&logs).await;
+    let (urls, urls_rx) = watch::channel(Some(node.url.clone()));
+    let received = Arc::new(Mutex::new(Received::default()));
+    let (caught_up_tx, caught_up) = oneshot::channel();
+    let subscriber = follow_the_firehose(urls_rx, received.clone(), caught_up_tx);
+    tokio::time::timeout(PATIENCE, caught_up)
+        .await
+        .expect("the subscriber got its first CaughtUp in time")
+        .unwrap();
+
+    let pace = Arc::new(Pace::default());
+    let publishing = publish_steadily(names.exchange.clone(), pace.clone());
+    let published = || pace.published.load(Ordering::SeqCst);
+    let behind = || published().saturating_sub(received.lock().unwrap().ids.len());
+    let mut kills = Vec::new();
+    let mut duplicates = 0.0;
+    let mut consumed = 0.0;
+    let mut ready_at = Instant::now();
+    for run in 1..=KILLS {
+        let moment = MOMENTS[(run - 1) % MOMENTS.len()];
+        match moment {
+            Moment::Steady => {
+                let pause = rand::rng().random_range(KILL_AFTER_MS);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            Moment::Burst => {
+                let pause = rand::rng().random_range(KILL_AFTER_MS);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                let into = rand::rng().random_range(BURST / 5..BURST * 4 / 5);
+                burst(&pace, into).await;
+            }
+            Moment::CatchingUp => {
+                let pause = rand::rng().random_range(CATCHING_UP_MS);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+        }
+        // What the run counted; redeliveries it recognised come from the previous kill.
+        duplicates += node.metric("notify_duplicates_total").await;
+        consumed += node.metric("notify_ingest_consumed_total").await;
+        urls.send_replace(None);
+        kills.push(Kill {
+            moment,
+            published: published(),
+            behind: behind(),
+            ran: ready_at.elapsed(),
+        });
+        node.kill(&logs).await;
+        if run < KILLS && MOMENTS[run % MOMENTS.len()] == Moment::CatchingUp {
+            // Down for a while: a backlog builds up for the next run.
+            burst(&pace, BURST).await;
+        }
+        node = start_node(&names, &data.0, run, &logs).await;
+        node.wait_ready(&logs).await;
+        ready_at = Instant::now();
+        urls.send_replace(Some(node.url.clone()));
+    }
+    pace.kills_done.store(true, Ordering::SeqCst);
+    let kills_done = began.elapsed();
+
+    let Confirms { confirmed, refused } = tokio::time::timeout(SETTLE, publishing)
+        .await
+        .expect("publishing finished in time")
+        .unwrap();
+    let published_in = began.elapsed();
+    assert!(
+        refused.is_empty(),
+        "the broker did not take every publish: {}",
+        first(&refused, 10)
+    );
+    let events = published();
+    assert_eq!(confirmed.len(), events);
+    assert!(
+        kills
+            .iter()
+            .all(|kill| 0 < kill.published && kill.published < events),
+        "every kill must come while events are being published, or the test proves less: \
+         {kills:#?}"
+    );
+
+    // The last run ingests what is left: nothing ready, nothing unacknowledged.
+    let queue = names.queue();
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let (ready, unacked, _) = queue_counts(&queue).await;
+        if (ready, unacked) == (0, 0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the queue did not drain in {SETTLE:?}: {ready} ready, {unacked} unacked; log:\n{}",
+            logs.tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (journal, newest) = journal_ids(&node.url).await;
+
+    // The subscriber gets to the newest event of the journal (and then nothing more arrives).
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while received.lock().unwrap().last_cursor != newest {
+        if tokio::time::Instant::now() >= deadline {
+            let received = received.lock().unwrap();
+            panic!(
+                "the subscriber did not reach the journal's newest event {newest} in \
+                 {SETTLE:?}: it got {} of the journal's {} events over {} streams; endings: \
+                 {:?}; log:\n{}",
+                received.ids.len(),
+                journal.len(),
+                received.streams,
+                received.endings,
+                logs.tail(40)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    subscriber.abort();
+    duplicates += node.metric("notify_duplicates_total").await;
+    consumed += node.metric("notify_ingest_consumed_total").await;
+    node.kill(&logs).await;
+    let received = std::mem::take(&mut *received.lock().unwrap());
+    eprintln!(
+        "{events} events, {KILLS} kills {kills:#?}; kills done after \
+         {kills_done:?}, publishing after {published_in:?}, all settled after {:?}; \
+         {consumed} deliveries consumed, {duplicates} recognised as duplicates; the subscriber \
+         used {} streams; {} warnings or errors logged",
+        began.elapsed(),
+        received.streams,
+        logs.trouble().len()
+    );
+    for line in logs.trouble() {
+        eprintln!("{line}");
+    }
+
+    // 1. Every message the broker confirmed is in the journal exactly once, and nothing else.
+    let twice = repeated(&journal);
+    assert!(
+        twice.is_empty(),
+        "{} events stored more than once: {}",
+        twice.len(),
+        first(&twice, 20)
+    );
+    let stored: HashSet<&String> = journal.iter().collect();
+    let missing: Vec<&String> = confirmed.iter().filter(|id| !stored.contains(id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} confirmed events missing from the journal: {}",
+        missing.len(),
+        first(&missing, 20)
+    );
+    let expected: HashSet<&String> = confirmed.iter().collect();
+    let extra: Vec<&String> = journal.iter().filter(|id| !expected.contains(id)).collect();
+    assert!(
+        extra.is_empty(),
+        "the journal holds events nobody published: {}",
+        first(&extra, 20)
+    );
+
+    // 2. The subscriber, resuming from its last cursor after every crash, got exactly the
+    //    journal in its order: no gap, nothing twice.
+    assert!(
+        received.gaps.is_empty(),
+        "the subscriber was sent gaps: {:?}",
+        received.gaps
+    );
+    assert!(
+        received.streams > KILLS,
+        "the subscriber resumed only {} times",
+        received.streams - 1
+    );
+    let twice = repeated(&received.ids);
+    assert!(
+        twice.is_empty(),
+        "the subscriber received {} events more than once: {}",
+        twice.len(),
+        first(&twice, 20)
+    );
+    if received.ids != journal {
+        let at = received
+            .ids
+            .iter()
+            .zip(&journal)
+            .position(|(got, stored)| got != stored)
+            .unwrap_or(received.ids.len().min(journal.len()));
+        let around = |ids: &[String]| first(&ids[at.saturating_sub(2)..], 6);
+        panic!(
+            "the subscriber's events differ from the journal's at index {at} (received {}, \
+             stored {}): received {} vs stored {}",
+            received.ids.len(),
+            journal.len(),
+            around(&received.ids),
+            around(&journal)
+        );
+    }
+    // The kills hit while stored events were still unacknowledged, so the broker redelivered
+    // some that were already in the journal: dedupe across a crash was exercised.
+    assert!(
+        duplicates >= 1.0,
+        "no redelivery was recognised as a duplicate over {KILLS} kills: the test did not \
+         exercise dedupe across a crash"
+    );
+
+    admin.clean_up(&[&names]).await;
+}
