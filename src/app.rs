@@ -84,6 +84,7 @@ pub async fn run(
         dir: config.data_dir.clone(),
         durability: config.durability,
         dedupe_window: config.dedupe_window,
+        cache_bytes: usize::try_from(config.journal_cache).unwrap_or(usize::MAX),
     })?;
     info!(dir = %config.data_dir.display(), head = %journal.head(), "journal open");
     let syncer = journal.syncer();

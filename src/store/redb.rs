@@ -57,6 +57,8 @@ pub struct JournalSettings {
     pub durability: Durability,
     /// How long an event id is remembered to recognise re-sends.
     pub dedupe_window: Duration,
+    /// Memory for redb's page cache (reads and writes); the OS page cache comes on top.
+    pub cache_bytes: usize,
 }
 
 /// The journal file and the writer's view of it.
@@ -102,8 +104,10 @@ impl RedbJournal {
             reason,
         };
         std::fs::create_dir_all(&settings.dir).map_err(|e| fail(e.to_string()))?;
-        let db =
-            Database::create(settings.dir.join("journal.redb")).map_err(|e| fail(e.to_string()))?;
+        let db = Database::builder()
+            .set_cache_size(settings.cache_bytes)
+            .create(settings.dir.join("journal.redb"))
+            .map_err(|e| fail(e.to_string()))?;
         let txn = db.begin_write().map_err(|e| fail(e.to_string()))?;
         let (epoch, head) = {
             let mut meta = txn.open_table(META).map_err(|e| fail(e.to_string()))?;
@@ -491,6 +495,7 @@ mod tests {
                 dir: self.0.clone(),
                 durability: Durability::EveryCommit,
                 dedupe_window,
+                cache_bytes: 1 << 20,
             }
         }
     }
