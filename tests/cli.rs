@@ -282,3 +282,44 @@ async fn loadgen_replay_counts_the_whole_backlog() {
     assert_eq!(report["gaps"], 0, "{report}");
     assert!(report["events_per_s"].as_f64().unwrap() > 0.0, "{report}");
 }
+
+#[tokio::test]
+async fn loadgen_keeps_slow_subscribers_out_of_the_figures_and_the_server_keeps_them_fed() {
+    // A tiny queue, so the slow stream lags and continues from the journal.
+    let server = TestServer::start_with(|c| c.subscriber_queue_len = 4).await;
+    let output = tokio::process::Command::new(BIN)
+        .args([
+            "loadgen",
+            "--server",
+            &server.url(),
+            "--jwt-secret",
+            TEST_SECRET,
+            "--scenario",
+            "firehose",
+            "--subscribers",
+            "3",
+            "--connections",
+            "1",
+            "--slow-subscribers",
+            "1",
+            "--slow-read-delay",
+            "20ms",
+            "--rate",
+            "200",
+            "--duration",
+            "2s",
+            "--warmup",
+            "1s",
+            "--json",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {output:?}"));
+    assert_eq!(report["valid"], true, "{report}");
+    assert_eq!(report["streams"]["dropped"], 0, "{report}");
+    let slow = report["streams"]["slow_events_read"].as_u64().unwrap();
+    assert!(slow > 0, "{report}");
+    assert_eq!(report["parameters"]["slow_subscribers"], 1, "{report}");
+}

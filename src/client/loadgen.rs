@@ -220,6 +220,16 @@ pub struct LoadgenArgs {
     #[arg(long, default_value_t = 200, env = "NOTIFY_LOADGEN_OPEN_CONCURRENCY")]
     pub open_concurrency: usize,
 
+    /// `firehose` only: the first N streams read slowly (one event per `--slow-read-delay`).
+    /// They stay out of the latency and delivery figures (they cannot keep up by design); the
+    /// run shows what they cost the server (`--server-pid` memory) and the fast streams.
+    #[arg(long, default_value_t = 0, env = "NOTIFY_LOADGEN_SLOW_SUBSCRIBERS")]
+    pub slow_subscribers: usize,
+
+    /// How long a slow stream pauses after each event.
+    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration, env = "NOTIFY_LOADGEN_SLOW_READ_DELAY")]
+    pub slow_read_delay: Duration,
+
     /// A `Publish` call that takes longer than this counts as an error.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, env = "NOTIFY_LOADGEN_REQUEST_TIMEOUT")]
     pub request_timeout: Duration,
@@ -421,6 +431,8 @@ pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
         run_prefix: run_prefix.clone(),
         open_concurrency: args.open_concurrency,
         deadline: open_deadline,
+        slow: args.slow_subscribers,
+        slow_read_delay: args.slow_read_delay,
     });
     let subscribers = subscriber::spawn_all(args.subscribers, &channels, plan, clock, live.clone());
     wait_until_settled(&live, args.subscribers as u64, open_deadline, &interrupt).await;
@@ -524,6 +536,11 @@ fn check_args(args: &LoadgenArgs) -> anyhow::Result<()> {
     }
     ensure!(args.subscribers > 0, "--subscribers must be at least 1");
     ensure!(args.connections > 0, "--connections must be at least 1");
+    ensure!(
+        args.slow_subscribers == 0
+            || (args.scenario == Scenario::Firehose && args.slow_subscribers < args.subscribers),
+        "--slow-subscribers needs --scenario firehose and fewer than --subscribers"
+    );
     ensure!(
         args.open_concurrency > 0,
         "--open-concurrency must be at least 1"

@@ -148,6 +148,8 @@ struct Streams {
     gaps: u64,
     foreign: u64,
     unknown: u64,
+    /// Events the slow streams (`--slow-subscribers`) read.
+    slow_events: u64,
 }
 
 impl Streams {
@@ -166,8 +168,10 @@ impl Streams {
             gaps: 0,
             foreign: 0,
             unknown: 0,
+            slow_events: 0,
         };
         for outcome in &totals.outcomes {
+            streams.slow_events += outcome.slow_events;
             streams.caught_up += outcome.caught_up;
             streams.heartbeats += outcome.heartbeats;
             streams.gaps += outcome.gaps;
@@ -303,7 +307,13 @@ impl Report {
         let delivery = publishing.as_ref().map(|p| Delivery {
             // A per-user event has one recipient; a firehose event reaches every live stream.
             expected: match args.scenario {
-                Scenario::Firehose => p.counts.ok_measured * streams.first_messages,
+                // Slow streams are out of the delivery figures (they cannot keep up).
+                Scenario::Firehose => {
+                    p.counts.ok_measured
+                        * streams
+                            .first_messages
+                            .saturating_sub(args.slow_subscribers as u64)
+                }
                 Scenario::PerUser | Scenario::Idle | Scenario::Replay => p.counts.ok_measured,
             },
             received: recorded.received_measured,
@@ -336,6 +346,8 @@ impl Report {
             "drain_s": args.drain.as_secs_f64(),
             "settle_s": args.settle.as_secs_f64(),
             "open_concurrency": args.open_concurrency,
+            "slow_subscribers": args.slow_subscribers,
+            "slow_read_delay_ms": args.slow_read_delay.as_secs_f64() * 1000.0,
             "event_type": args.event_type,
             "server_pid": args.server_pid,
         });
@@ -553,6 +565,7 @@ impl Report {
                 "open_s": self.open_seconds,
                 "open_failures": tallies_json(&s.open_failures),
                 "drops": tallies_json(&s.drops),
+                "slow_events_read": s.slow_events,
             },
             "messages": {
                 "caught_up": s.caught_up,

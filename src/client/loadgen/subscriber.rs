@@ -37,6 +37,10 @@ pub(super) struct SubscribePlan {
     pub open_concurrency: usize,
     /// Streams not open by then have failed.
     pub deadline: std::time::Instant,
+    /// Streams `0..slow` read slowly and record no latency.
+    pub slow: usize,
+    /// A slow stream's pause after each event.
+    pub slow_read_delay: std::time::Duration,
 }
 
 /// How a stream ended.
@@ -76,6 +80,8 @@ pub(super) struct StreamOutcome {
     pub foreign: u64,
     /// Messages with no kind this loadgen knows.
     pub unknown: u64,
+    /// Events a slow stream received (not in the latency figures).
+    pub slow_events: u64,
     /// Whether it received any message.
     pub got_first_message: bool,
     /// How it ended.
@@ -90,6 +96,7 @@ impl StreamOutcome {
             gaps: 0,
             foreign: 0,
             unknown: 0,
+            slow_events: 0,
             got_first_message: false,
             end: StreamEnd::Stopped,
         }
@@ -268,6 +275,16 @@ async fn subscribe(
             live.first_messages.fetch_add(1, Relaxed);
             live.settled.fetch_add(1, Relaxed);
         }
+        if index < plan.slow {
+            if let Some(Kind::Event(_)) = response.kind {
+                outcome.slow_events += 1;
+                tokio::select! {
+                    () = tokio::time::sleep(plan.slow_read_delay) => {}
+                    _ = &mut stop => break StreamEnd::Stopped,
+                }
+            }
+            continue;
+        }
         match response.kind {
             Some(Kind::Event(event)) => match send_stamp(&event.id, &plan.run_prefix) {
                 Some(stamp_ns) => {
@@ -332,6 +349,8 @@ mod tests {
             run_prefix: "lg-1-".into(),
             open_concurrency: 1,
             deadline: std::time::Instant::now(),
+            slow: 0,
+            slow_read_delay: std::time::Duration::ZERO,
         };
         assert_eq!(request(7, &plan).user_id, "*");
         let plan = SubscribePlan {
