@@ -315,8 +315,8 @@ async fn loadgen_keeps_slow_subscribers_out_of_the_figures_and_the_server_keeps_
         .output()
         .await
         .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {output:?}"));
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {output:?}"));
     assert_eq!(report["valid"], true, "{report}");
     assert_eq!(report["streams"]["dropped"], 0, "{report}");
     let slow = report["streams"]["slow_events_read"].as_u64().unwrap();
