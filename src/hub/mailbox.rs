@@ -138,11 +138,6 @@ impl Mailbox {
         }
     }
 
-    /// Whether the mailbox was closed.
-    pub fn is_closed(&self) -> bool {
-        self.lock().ended.is_some()
-    }
-
     /// Takes the lag away so pushes queue again. The caller must hold the hub's index write
     /// lock (no fan-out running) and continue from the journal up to the head it read there.
     pub fn rejoin(&self) {

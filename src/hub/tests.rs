@@ -22,10 +22,6 @@ struct TestJournal {
 }
 
 impl JournalReader for TestJournal {
-    fn epoch(&self) -> u64 {
-        EPOCH
-    }
-
     fn floor(&self) -> Result<u64, crate::store::StoreError> {
         Ok(self.floor.load(Ordering::Relaxed))
     }

@@ -78,9 +78,6 @@ pub trait Journal: Send + 'static {
 
 /// Reads stored events; cheap to share.
 pub trait JournalReader: Send + Sync {
-    /// The journal's epoch: cursors of other epochs do not belong to it.
-    fn epoch(&self) -> u64;
-
     /// Events at or below this position are gone (retention); a resume from below it has a
     /// gap.
     fn floor(&self) -> Result<u64, StoreError>;

@@ -380,7 +380,6 @@ impl Journal for RedbJournal {
     fn reader(&self) -> Arc<dyn JournalReader> {
         Arc::new(RedbReader {
             db: Arc::clone(&self.db),
-            epoch: self.epoch,
         })
     }
 }
@@ -388,14 +387,9 @@ impl Journal for RedbJournal {
 /// Reads the journal for replay; any number at once, each on its own snapshot.
 struct RedbReader {
     db: Arc<Database>,
-    epoch: u64,
 }
 
 impl JournalReader for RedbReader {
-    fn epoch(&self) -> u64 {
-        self.epoch
-    }
-
     fn floor(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let meta = txn.open_table(META).map_err(storage)?;
@@ -579,7 +573,6 @@ mod tests {
         let mut batch: Vec<_> = (1..=5).map(|i| event(&format!("e{i}"), "u1")).collect();
         let out = journal.append(&mut batch).unwrap();
         let reader = journal.reader();
-        assert_eq!(reader.epoch(), journal.head().epoch);
         assert_eq!(reader.floor().unwrap(), 0);
         let read = reader.read_after(2, 2).unwrap();
         assert_eq!(read.iter().map(|e| e.position).collect::<Vec<_>>(), [3, 4]);
