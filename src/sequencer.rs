@@ -129,38 +129,81 @@ async fn run<J: Journal>(
     let mut journal = Some(journal);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut draining = false;
+    // A committed batch whose fan-out waits until the next commit has started: fanning out on
+    // this task while the blocking thread waits for the disk overlaps the two, and the batch
+    // that gathers meanwhile is larger, so there are fewer commits per event.
+    let mut committed: Option<Committed> = None;
     while let Some(writer) = journal.take() {
-        let received = if draining {
-            rx.recv_many(&mut batch, MAX_BATCH).await
+        if committed.is_some() {
+            // Do not wait: the committed batch must go out now, whether or not more arrived.
+            while batch.len() < MAX_BATCH {
+                let Ok(submission) = rx.try_recv() else { break };
+                batch.push(submission);
+            }
         } else {
-            tokio::select! {
-                biased;
-                n = rx.recv_many(&mut batch, MAX_BATCH) => n,
-                () = shutdown.cancelled() => {
-                    // Take no new work, finish what was already accepted into the queue.
-                    rx.close();
-                    draining = true;
-                    rx.recv_many(&mut batch, MAX_BATCH).await
+            let received = if draining {
+                rx.recv_many(&mut batch, MAX_BATCH).await
+            } else {
+                tokio::select! {
+                    biased;
+                    n = rx.recv_many(&mut batch, MAX_BATCH) => n,
+                    () = shutdown.cancelled() => {
+                        // Take no new work, finish what was already accepted into the queue.
+                        rx.close();
+                        draining = true;
+                        rx.recv_many(&mut batch, MAX_BATCH).await
+                    }
+                }
+            };
+            if received == 0 {
+                break;
+            }
+        }
+        let commit = if batch.is_empty() {
+            journal = Some(writer);
+            None
+        } else {
+            Some(commit_batch(writer, &mut batch))
+        };
+        if let Some(done) = committed.take() {
+            done.deliver(&hub, &metrics);
+        }
+        if let Some(commit) = commit {
+            match commit.await {
+                Ok((writer, done)) => {
+                    journal = Some(writer);
+                    committed = Some(done);
+                }
+                Err(error) => {
+                    // The batch's submitters get `Stopped` (their reply senders are dropped).
+                    error!(%error, "the journal append task failed; the sequencer stops");
                 }
             }
-        };
-        if received == 0 {
-            break;
         }
-        journal = write_batch(writer, &hub, &metrics, &mut batch).await;
+    }
+    if let Some(done) = committed.take() {
+        done.deliver(&hub, &metrics);
     }
     debug!("sequencer stopped");
 }
 
-/// Appends a batch (one commit, on a blocking thread: it waits for the disk), fans out the new
-/// events in order, then answers every submitter. Gives the journal back, or `None` if the
-/// blocking task died, which stops the sequencer (submitters then get `Stopped`).
-async fn write_batch<J: Journal>(
+/// A batch the journal has answered for, waiting to be fanned out and acknowledged.
+struct Committed {
+    events: Vec<pb::Event>,
+    replies: Vec<(
+        oneshot::Sender<Result<Published, SequencerError>>,
+        Instant,
+        bool,
+    )>,
+    result: Result<Vec<Appended>, StoreError>,
+}
+
+/// Starts appending a batch (one commit, on a blocking thread: it waits for the disk). The
+/// returned task gives the journal back with the batch's outcome.
+fn commit_batch<J: Journal>(
     mut journal: J,
-    hub: &Hub,
-    metrics: &Metrics,
     batch: &mut Vec<Submission>,
-) -> Option<J> {
+) -> tokio::task::JoinHandle<(J, Committed)> {
     // Each submission is its event followed by its admin notice, if any.
     let mut events = Vec::with_capacity(batch.len() * 2);
     let mut replies = Vec::with_capacity(batch.len());
@@ -175,57 +218,64 @@ async fn write_batch<J: Journal>(
         events.extend(decoded.admin_notice);
         replies.push((reply, published_at, has_notice));
     }
-    let joined = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let result = journal.append(&mut events);
-        (journal, events, result)
-    })
-    .await;
-    let (journal, events, result) = match joined {
-        Ok(done) => done,
-        Err(error) => {
-            error!(%error, "the journal append task failed; the sequencer stops");
-            return None;
-        }
-    };
-    let outcomes = match result {
-        Ok(outcomes) => outcomes,
-        Err(error) => {
-            warn!(%error, events = events.len(), "journal append failed");
-            let message = error.to_string();
-            for (reply, _, _) in replies {
-                let error = StoreError::Unavailable(message.clone());
-                let _ = reply.send(Err(error.into()));
-            }
-            return Some(journal);
-        }
-    };
-    let mut stored = events.into_iter().zip(outcomes);
-    for (reply, published_at, has_notice) in replies {
-        let Some((event, appended)) = stored.next() else {
-            let _ = reply.send(Err(StoreError::Unavailable(
-                "journal returned too few outcomes".into(),
-            )
-            .into()));
-            continue;
+        let committed = Committed {
+            events,
+            replies,
+            result,
         };
-        let notice = if has_notice { stored.next() } else { None };
-        if appended.duplicate {
-            metrics.duplicates.inc();
-        } else {
-            deliver(hub, metrics, &event, &appended, published_at);
+        (journal, committed)
+    })
+}
+
+impl Committed {
+    /// Fans out the new events in journal order, then answers every submitter.
+    fn deliver(self, hub: &Hub, metrics: &Metrics) {
+        let Self {
+            events,
+            replies,
+            result,
+        } = self;
+        let outcomes = match result {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                warn!(%error, events = events.len(), "journal append failed");
+                let message = error.to_string();
+                for (reply, _, _) in replies {
+                    let error = StoreError::Unavailable(message.clone());
+                    let _ = reply.send(Err(error.into()));
+                }
+                return;
+            }
+        };
+        let mut stored = events.into_iter().zip(outcomes);
+        for (reply, published_at, has_notice) in replies {
+            let Some((event, appended)) = stored.next() else {
+                let _ = reply.send(Err(StoreError::Unavailable(
+                    "journal returned too few outcomes".into(),
+                )
+                .into()));
+                continue;
+            };
+            let notice = if has_notice { stored.next() } else { None };
+            if appended.duplicate {
+                metrics.duplicates.inc();
+            } else {
+                deliver(hub, metrics, &event, &appended, published_at);
+            }
+            if let Some((notice, notice_appended)) = notice
+                && !notice_appended.duplicate
+            {
+                deliver(hub, metrics, &notice, &notice_appended, published_at);
+            }
+            let _ = reply.send(Ok(Published {
+                id: event.id,
+                cursor: appended.cursor,
+                duplicate: appended.duplicate,
+            }));
         }
-        if let Some((notice, notice_appended)) = notice
-            && !notice_appended.duplicate
-        {
-            deliver(hub, metrics, &notice, &notice_appended, published_at);
-        }
-        let _ = reply.send(Ok(Published {
-            id: event.id,
-            cursor: appended.cursor,
-            duplicate: appended.duplicate,
-        }));
     }
-    Some(journal)
 }
 
 /// Counts a newly stored event and fans it out with the frame the journal stored.
@@ -246,4 +296,185 @@ fn deliver(
         position: appended.cursor.position,
         published_at,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::Mutex;
+    use std::task::{Context, Poll, Waker};
+
+    use prost::Message;
+    use tokio_stream::Stream;
+
+    use super::*;
+    use crate::{
+        auth::Viewer,
+        hub::{Filter, FilterLimits, HubConfig},
+        pb::subscribe_response::Kind,
+        store::{JournalReader, StoredEvent},
+    };
+
+    const EPOCH: u64 = 5;
+
+    /// An in-memory journal that records each batch and fails the batch numbered `fail_batch`.
+    struct TestJournal {
+        stored: Arc<Mutex<Vec<StoredEvent>>>,
+        batches: Arc<Mutex<Vec<usize>>>,
+        fail_batch: usize,
+        head: u64,
+    }
+
+    struct TestReader(Arc<Mutex<Vec<StoredEvent>>>);
+
+    impl JournalReader for TestReader {
+        fn floor(&self) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+
+        fn read_after(&self, position: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+            let stored = self.0.lock().unwrap();
+            Ok(stored
+                .iter()
+                .filter(|e| e.position > position)
+                .take(limit)
+                .cloned()
+                .collect())
+        }
+    }
+
+    impl Journal for TestJournal {
+        fn append(&mut self, events: &mut [pb::Event]) -> Result<Vec<Appended>, StoreError> {
+            let mut batches = self.batches.lock().unwrap();
+            batches.push(events.len());
+            if batches.len() == self.fail_batch {
+                return Err(StoreError::Unavailable("disk full".into()));
+            }
+            let mut stored = self.stored.lock().unwrap();
+            let mut out = Vec::new();
+            for event in events.iter_mut() {
+                self.head += 1;
+                let cursor = Cursor {
+                    epoch: EPOCH,
+                    position: self.head,
+                };
+                event.cursor = cursor.to_string();
+                let frame = crate::store::encode_event_frame(event);
+                stored.push(StoredEvent {
+                    position: self.head,
+                    event_type: event.r#type.as_str().into(),
+                    user_id: event.user_id.as_str().into(),
+                    device_id: event.device_id.as_str().into(),
+                    frame: frame.clone(),
+                });
+                out.push(Appended {
+                    cursor,
+                    duplicate: false,
+                    frame: Some(frame),
+                });
+            }
+            Ok(out)
+        }
+
+        fn head(&self) -> Cursor {
+            Cursor {
+                epoch: EPOCH,
+                position: self.head,
+            }
+        }
+
+        fn reader(&self) -> Arc<dyn JournalReader> {
+            Arc::new(TestReader(Arc::clone(&self.stored)))
+        }
+    }
+
+    fn decoded(id: String) -> Decoded {
+        Decoded {
+            event: pb::Event {
+                id,
+                r#type: "device.error".into(),
+                user_id: "u1".into(),
+                ..Default::default()
+            },
+            admin_notice: None,
+        }
+    }
+
+    /// Many concurrent submitters, several (pipelined) batches, one of which the journal fails:
+    /// the hub must see exactly the stored events, in journal order, and every submitter must
+    /// get its own outcome.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fan_out_follows_the_journal_and_every_submitter_gets_its_outcome() {
+        let stored = Arc::new(Mutex::new(Vec::new()));
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let journal = TestJournal {
+            stored: Arc::clone(&stored),
+            batches: Arc::clone(&batches),
+            fail_batch: 3,
+            head: 0,
+        };
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new(
+            HubConfig { queue_len: 10_000 },
+            journal.head(),
+            Arc::clone(&metrics),
+            journal.reader(),
+        );
+        let filter = Filter::new("*", false, &[], "", FilterLimits::default()).unwrap();
+        let mut firehose = hub.subscribe(filter, Viewer::Admin, None).unwrap();
+        let shutdown = CancellationToken::new();
+        let (sequencer, task) = Sequencer::spawn(journal, hub, metrics, 64, shutdown.clone());
+
+        let mut submitters = Vec::new();
+        for t in 0..8 {
+            let sequencer = sequencer.clone();
+            submitters.push(tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                for i in 0..250 {
+                    let id = format!("t{t}-{i}");
+                    let outcome = sequencer.publish(decoded(id.clone())).await;
+                    outcomes.push((id, outcome.map(|p| (p.id, p.cursor))));
+                }
+                outcomes
+            }));
+        }
+        let mut ok = std::collections::HashMap::new();
+        let mut failed = 0;
+        for submitter in submitters {
+            for (id, outcome) in submitter.await.unwrap() {
+                match outcome {
+                    Ok((reply_id, cursor)) => {
+                        assert_eq!(reply_id, id);
+                        ok.insert(id, cursor.position);
+                    }
+                    Err(SequencerError::Store(_)) => failed += 1,
+                    Err(other) => panic!("unexpected {other}"),
+                }
+            }
+        }
+        assert!(batches.lock().unwrap().len() > 3, "several batches");
+        assert!(failed > 0, "the failed batch's submitters were told");
+        assert_eq!(ok.len() + failed, 2000);
+
+        // Everything answered was fanned out first: the firehose holds exactly the journal.
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut delivered = Vec::new();
+        while let Poll::Ready(Some(frame)) = Pin::new(&mut firehose).poll_next(&mut cx) {
+            match pb::SubscribeResponse::decode(frame.bytes).unwrap().kind {
+                Some(Kind::Event(event)) => {
+                    let cursor = Cursor::parse(&event.cursor).unwrap();
+                    assert_eq!(ok.get(&event.id), Some(&cursor.position), "{}", event.id);
+                    delivered.push(cursor.position);
+                }
+                Some(Kind::CaughtUp(_)) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let journal_order: Vec<u64> = stored.lock().unwrap().iter().map(|e| e.position).collect();
+        assert_eq!(delivered, journal_order);
+        assert_eq!(delivered.len(), ok.len());
+
+        shutdown.cancel();
+        task.await.unwrap();
+    }
 }
