@@ -49,10 +49,12 @@ pub enum SequencerError {
     Store(#[from] StoreError),
 }
 
+type Reply = oneshot::Sender<Result<Published, SequencerError>>;
+
 struct Submission {
     decoded: Decoded,
     published_at: Instant,
-    reply: oneshot::Sender<Result<Published, SequencerError>>,
+    reply: Reply,
 }
 
 /// Submits events to the sequencer; cheap to clone.
