@@ -192,11 +192,8 @@ async fn run<J: Journal>(
 /// A batch the journal has answered for, waiting to be fanned out and acknowledged.
 struct Committed {
     events: Vec<pb::Event>,
-    replies: Vec<(
-        oneshot::Sender<Result<Published, SequencerError>>,
-        Instant,
-        bool,
-    )>,
+    /// Per submission: where to answer, when it was published, whether an admin notice follows.
+    replies: Vec<(Reply, Instant, bool)>,
     result: Result<Vec<Appended>, StoreError>,
 }
 
