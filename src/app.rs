@@ -160,6 +160,7 @@ pub async fn run(
     let settings = ServerSettings {
         cors_origins: config.cors_origins.clone(),
         cors_localhost: config.dev,
+        web: config.web.unwrap_or(config.dev),
         http2_keepalive_interval: config.http2_keepalive_interval,
         http2_keepalive_timeout: config.http2_keepalive_timeout,
         max_decoding_message_size: config.max_publish_bytes + DECODE_HEADROOM_BYTES,
@@ -184,6 +185,14 @@ pub async fn run(
     });
     let grpc_addr = telemetry::local_addr(&listeners.grpc);
     info!(addr = %grpc_addr, "serving gRPC and grpc-web on {grpc_addr}");
+    if settings.web {
+        let scheme = if settings.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        info!("live notification page on {scheme}://{grpc_addr}/ (open it with ?token=...)");
+    }
 
     let signal = {
         let (shutdown, hub, health) = (shutdown.clone(), hub.clone(), health.clone());

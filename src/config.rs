@@ -63,6 +63,12 @@ pub struct ServeConfig {
     )]
     pub cors_origins: Vec<String>,
 
+    /// Serve the live notification page at `/` of this (the gRPC) port: it subscribes over
+    /// grpc-web with a token pasted in or given as `?token=`. On by default with `--dev`,
+    /// off otherwise; `--web=false` turns it off.
+    #[arg(long, env = "NOTIFY_WEB", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub web: Option<bool>,
+
     /// Live frames one subscriber may have queued. A subscriber that falls this far behind
     /// continues from the journal at its own pace and rejoins the live feed when caught up; it
     /// never slows anyone else and loses nothing. Memory per subscriber is bounded by this many

@@ -13,6 +13,7 @@
 //! | [`auth`]      | the platform's JWT → `Principal`; who may subscribe to what, see, publish |
 //! | [`hub`]       | routing index, filters, per-subscriber bounded queues, overflow policy    |
 //! | [`grpc`]      | tonic services (thin adapters), grpc-web, TLS, limits, `Status` map       |
+//! | [`web`]       | the live notification page (`--web`), embedded and served at `/`          |
 //! | [`telemetry`] | logging setup, Prometheus metrics and the `/metrics` endpoint             |
 //! | [`config`]    | every knob of `serve`: CLI flag + env var + documented default            |
 //! | [`app`]       | wires the stages together, owns shutdown and task tracking                |
@@ -30,3 +31,4 @@ pub mod schema;
 pub mod sequencer;
 pub mod store;
 pub mod telemetry;
+pub mod web;

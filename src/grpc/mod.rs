@@ -51,6 +51,8 @@ pub struct ServerSettings {
     pub max_streams_per_connection: usize,
     /// Load shedding and the time to answer.
     pub shed: limits::Shed,
+    /// Serve the live notification page at `/` ([`crate::web`]).
+    pub web: bool,
 }
 
 /// HTTP/2 streams a connection may open beyond `--max-streams-per-connection`: room for unary
@@ -156,6 +158,8 @@ pub async fn serve(
             settings.max_streams_per_connection + UNARY_STREAM_HEADROOM,
         )?)
         .layer(cors_layer(&settings.cors_origins, settings.cors_localhost))
+        // Outside grpc-web, which refuses any HTTP/1.1 request that is not grpc-web.
+        .layer(crate::web::PageLayer::new(settings.web))
         .layer(tonic_web::GrpcWebLayer::new())
         // Inside grpc-web, so its refusals are translated for browsers like any answer.
         .layer(settings.shed.clone())

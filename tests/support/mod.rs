@@ -55,6 +55,12 @@ impl TestServer {
     }
 
     pub async fn start_with(adjust: impl FnOnce(&mut ServeConfig)) -> Self {
+        Self::start_at("127.0.0.1:0".parse().unwrap(), adjust).await
+    }
+
+    /// A server whose gRPC port is `addr` (a fixed one, for clients that must find it again
+    /// after a restart, like a browser page).
+    pub async fn start_at(addr: SocketAddr, adjust: impl FnOnce(&mut ServeConfig)) -> Self {
         let data = DataDir::new();
         let mut config = ServeConfig {
             jwt_secret: Some(TEST_SECRET.into()),
@@ -62,7 +68,7 @@ impl TestServer {
             ..ServeConfig::default()
         };
         adjust(&mut config);
-        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = TcpListener::bind(addr).await.unwrap();
         let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = grpc.local_addr().unwrap();
         let metrics_addr = metrics.local_addr().unwrap();
@@ -370,4 +376,35 @@ pub fn wire_fixtures() -> Vec<(String, String, String)> {
     }
     out.sort();
     out
+}
+
+/// The wire fixture `file` (in tests/fixtures/wire) rewritten to be about `user`: every
+/// `userId` field, at any depth, becomes `user`, and every `eventId` gets `user` appended (so
+/// each test's copy is a new event, not a duplicate of another test's). Returns the routing
+/// key and the body.
+pub fn fixture_for(file: &str, user: &str) -> (String, String) {
+    fn rewrite(value: &mut serde_json::Value, user: &str) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map.iter_mut() {
+                    match (key.as_str(), &*value) {
+                        ("userId", _) => *value = user.into(),
+                        ("eventId", serde_json::Value::String(id)) => {
+                            *value = format!("{id}-{user}").into();
+                        }
+                        _ => rewrite(value, user),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| rewrite(v, user)),
+            _ => {}
+        }
+    }
+    let (routing_key, _, body) = wire_fixtures()
+        .into_iter()
+        .find(|(_, name, _)| name == file)
+        .unwrap_or_else(|| panic!("no fixture {file}"));
+    let mut json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    rewrite(&mut json, user);
+    (routing_key, json.to_string())
 }

@@ -1,0 +1,331 @@
+//! The live notification page (`--web`) in real headless Chromium: it shows a user's events of
+//! every family as they arrive, through `Publish` and through RabbitMQ, with readable
+//! summaries; never another user's; and after the server restarts it reconnects by itself and
+//! shows what was published meanwhile, once each.
+//!
+//! Needs Node, `web/node_modules` (playwright-core) and Debian's Chromium, which `scripts/test`
+//! installs; without them this test fails rather than skips.
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
+
+mod support;
+
+use std::{path::Path, process::Stdio};
+
+use serde_json::{Value, json};
+use support::{
+    amqp::{Names, Producer},
+    *,
+};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines},
+    process::{Child, ChildStdin, ChildStdout, Command},
+};
+
+/// How long the page may take to show something (Chromium on two shared cores is slow to start).
+const PAGE_PATIENCE_MS: u64 = 20_000;
+
+/// Headless Chromium behind `tests/browser/driver.mjs`.
+struct Browser {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl Browser {
+    async fn launch() -> Self {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        assert!(
+            root.join("web/node_modules/playwright-core").is_dir(),
+            "web/node_modules is missing: run scripts/test (it installs the npm packages)"
+        );
+        let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        assert!(
+            Path::new(&chromium).exists(),
+            "{chromium} is missing: run scripts/test (it installs Debian's chromium)"
+        );
+        let mut child = Command::new("node")
+            .arg(root.join("tests/browser/driver.mjs"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node runs (scripts/test checks it is installed)");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut browser = Self {
+            child,
+            stdin,
+            stdout,
+        };
+        assert_eq!(browser.answer().await.unwrap(), "ready");
+        browser
+    }
+
+    async fn answer(&mut self) -> Result<Value, String> {
+        let line = tokio::time::timeout(
+            std::time::Duration::from_millis(PAGE_PATIENCE_MS + 10_000),
+            self.stdout.next_line(),
+        )
+        .await
+        .expect("the browser driver answers")
+        .unwrap()
+        .expect("the browser driver is running");
+        let answer: Value = serde_json::from_str(&line).unwrap();
+        if answer["ok"] == true {
+            Ok(answer["value"].clone())
+        } else {
+            Err(answer["error"].as_str().unwrap_or("?").to_owned())
+        }
+    }
+
+    async fn run(&mut self, command: Value) -> Value {
+        let mut line = command.to_string();
+        line.push('\n');
+        self.stdin.write_all(line.as_bytes()).await.unwrap();
+        match self.answer().await {
+            Ok(value) => value,
+            Err(error) => {
+                let log = self.log().await;
+                panic!("browser: {command} failed: {error}\npage log:\n{log}");
+            }
+        }
+    }
+
+    async fn log(&mut self) -> String {
+        self.stdin.write_all(b"{\"cmd\":\"log\"}\n").await.unwrap();
+        match self.answer().await {
+            Ok(Value::Array(lines)) => lines
+                .iter()
+                .map(|l| l.as_str().unwrap_or_default().to_owned())
+                .collect::<Vec<_>>()
+                .join("\n"),
+            other => format!("{other:?}"),
+        }
+    }
+
+    async fn goto(&mut self, url: &str) {
+        self.run(json!({"cmd": "goto", "url": url})).await;
+    }
+
+    /// Waits until an element matching `selector` (containing `text`, if given) exists.
+    async fn wait_for(&mut self, selector: &str, text: Option<&str>) {
+        self.run(json!({"cmd": "waitFor", "selector": selector, "text": text,
+                        "timeoutMs": PAGE_PATIENCE_MS}))
+            .await;
+    }
+
+    async fn evaluate(&mut self, expression: &str) -> Value {
+        self.run(json!({"cmd": "evaluate", "expression": expression}))
+            .await
+    }
+
+    /// The summary shown for the event with id `id`.
+    async fn summary_of(&mut self, id: &str) -> String {
+        let selector = format!("li.event[data-id=\"{id}\"] .summary");
+        self.wait_for(&selector, None).await;
+        let expression = format!("document.querySelector({selector:?}).textContent");
+        self.evaluate(&expression)
+            .await
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The ids of every event the page shows.
+    async fn shown_ids(&mut self) -> Vec<String> {
+        let ids = self
+            .evaluate("[...document.querySelectorAll('li.event')].map(e => e.dataset.id)")
+            .await;
+        serde_json::from_value(ids).unwrap()
+    }
+
+    async fn screenshot(&mut self, name: &str) {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        self.run(json!({"cmd": "screenshot", "path": path})).await;
+        eprintln!("screenshot: {}", path.display());
+    }
+
+    async fn close(mut self) {
+        self.run(json!({"cmd": "close"})).await;
+        drop(self.stdin);
+        tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .expect("the browser driver exits")
+            .unwrap();
+    }
+}
+
+/// Publishes `file` (a wire fixture) for `user` through `Publish`; returns the event's id.
+async fn publish_fixture(server: &TestServer, file: &str, user: &str) -> String {
+    let (routing_key, body) = fixture_for(file, user);
+    let mut client = server.client().await;
+    publish_json(&mut client, &routing_key, &body)
+        .await
+        .unwrap()
+        .id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_page_shows_a_users_events_and_catches_up_after_a_restart() {
+    let names = Names::unique("browser");
+    let producer = Producer::connect().await;
+    let server = TestServer::start_amqp(&names, |c| c.web = Some(true)).await;
+    let addr = server.addr;
+    let user = format!("u-browser-{}", std::process::id());
+    let stranger = format!("u-stranger-{}", std::process::id());
+
+    let mut browser = Browser::launch().await;
+    let page = format!("{}/?token={}", server.url(), token(&user, &[]));
+    browser.goto(&page).await;
+    browser.wait_for("#status[data-state=live]", None).await;
+
+    // Every family through Publish, with what the page must say about each.
+    let mut expected = Vec::new();
+    for (file, says) in [
+        (
+            "billing.payment_success.envelope.json",
+            "Payment of 99.9 received (order o-4001)",
+        ),
+        (
+            "app.installed.shape-a.json",
+            "WeChat 8.0.50 installed on phone-1",
+        ),
+        (
+            "quota.alert.warning.json",
+            "Warning quota alert (Basic): Storage usage at 94.9%",
+        ),
+        (
+            "device.created.outbox.json",
+            "Device phone-10 created (creating)",
+        ),
+    ] {
+        expected.push((publish_fixture(&server, file, &user).await, says));
+    }
+    // Another user's event, published before the user's last ones: had it leaked, the page
+    // would show it before them.
+    publish_fixture(&server, "app.install.failed.error.json", &stranger).await;
+    // Two more families through RabbitMQ, as the platform's producers publish them.
+    for (file, says) in [
+        (
+            "billing.invoice_generated.envelope.json",
+            "Invoice inv-5001 for 2025-11: 250",
+        ),
+        ("quota.updated.shape-b.json", "Quota q-2001 updated: active"),
+    ] {
+        let (routing_key, body) = fixture_for(file, &user);
+        producer
+            .publish(&names.exchange, &routing_key, body.as_bytes())
+            .await;
+        let id = wait_for_id(&mut browser, &routing_key).await;
+        expected.push((id, says));
+    }
+    for (id, says) in &expected {
+        let summary = browser.summary_of(id).await;
+        assert!(
+            summary.contains(says),
+            "{id}: {summary:?} should say {says:?}"
+        );
+    }
+    let shown = browser.shown_ids().await;
+    assert_eq!(
+        shown.len(),
+        expected.len(),
+        "only the user's events: {shown:?}"
+    );
+    browser.screenshot("live-page.png").await;
+
+    // Drop the connection: stop the server, publish through RabbitMQ while it is down (the
+    // node's queue keeps the messages), start it again on the same address and journal.
+    let data = server.stop_within(PATIENCE).await;
+    browser
+        .wait_for("#status[data-state=reconnecting]", None)
+        .await;
+    let (routing_key, body) = fixture_for("app.install.failed.error.json", &user);
+    producer
+        .publish(&names.exchange, &routing_key, body.as_bytes())
+        .await;
+    let (routing_key, body) = fixture_for("device.deleted.outbox.json", &user);
+    producer
+        .publish(&names.exchange, &routing_key, body.as_bytes())
+        .await;
+    let dir = data.0.clone();
+    let server = TestServer::start_at(addr, |c| {
+        names.apply(c);
+        c.web = Some(true);
+        c.data_dir = dir;
+    })
+    .await;
+    server.wait_ready().await;
+    let after = publish_fixture(&server, "billing.low_balance.envelope.json", &user).await;
+
+    let summary = browser.summary_of(&after).await;
+    assert!(summary.starts_with("Low balance: "), "{summary:?}");
+    browser
+        .wait_for(
+            "li.event .summary",
+            Some("Douyin failed to install on phone-1: INSTALL_FAILED_INSUFFICIENT_STORAGE"),
+        )
+        .await;
+    browser
+        .wait_for("li.event .summary", Some("Device phone-10 deleted"))
+        .await;
+    browser.wait_for("#status[data-state=live]", None).await;
+    let shown = browser.shown_ids().await;
+    let unique: std::collections::HashSet<_> = shown.iter().collect();
+    assert_eq!(shown.len(), expected.len() + 3, "{shown:?}");
+    assert_eq!(unique.len(), shown.len(), "no event twice: {shown:?}");
+    browser.screenshot("after-restart.png").await;
+
+    browser.close().await;
+    server.stop_within(PATIENCE).await;
+    drop(data);
+    producer.clean_up(&[&names]).await;
+}
+
+/// The id of the newest event the page shows of the type `routing_key` names.
+async fn wait_for_id(browser: &mut Browser, routing_key: &str) -> String {
+    let selector = format!("li.event[data-type=\"{routing_key}\"]");
+    browser.wait_for(&selector, None).await;
+    let expression = format!("document.querySelector({selector:?}).dataset.id");
+    browser
+        .evaluate(&expression)
+        .await
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn the_page_is_served_only_with_web_on() {
+    let server = TestServer::start_with(|c| c.web = Some(true)).await;
+    let response = http_get(server.addr, "/").await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("text/html"), "{response}");
+    assert!(
+        response.contains("referrer-policy: no-referrer"),
+        "{response}"
+    );
+    assert!(response.contains("/app.js"), "{response}");
+    let script = http_get(server.addr, "/app.js").await;
+    assert!(script.starts_with("HTTP/1.1 200"), "{script}");
+    assert!(script.contains("text/javascript"), "{script}");
+    server.stop_within(PATIENCE).await;
+
+    let server = TestServer::start_with(|c| c.web = Some(false)).await;
+    let response = http_get(server.addr, "/").await;
+    assert!(!response.contains("/app.js"), "{response}");
+    server.stop_within(PATIENCE).await;
+}
+
+/// The whole HTTP/1.1 response to `GET path` on `addr`.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await.unwrap();
+    response
+}

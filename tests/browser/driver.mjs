@@ -1,0 +1,78 @@
+// A line-oriented remote control for headless Chromium, so a Rust integration test
+// (tests/browser.rs) can drive the live page while it publishes events itself.
+//
+// Reads one JSON command per line on stdin and answers each with one JSON line on stdout:
+// {"ok":true,"value":...} or {"ok":false,"error":"..."}. Commands:
+//   {"cmd":"goto","url":U}
+//   {"cmd":"waitFor","selector":S,"text":T?,"state":S?,"timeoutMs":N}  an element matching S
+//       (whose text contains T, if given) exists
+//   {"cmd":"evaluate","expression":E}   the JSON value of a page expression
+//   {"cmd":"screenshot","path":P}
+//   {"cmd":"log"}                      console messages and page errors seen so far
+//   {"cmd":"close"}
+// playwright-core comes from web/node_modules (scripts/test installs it); Chromium is
+// Debian's (CHROMIUM, default /usr/bin/chromium).
+import { createRequire } from "node:module";
+import { createInterface } from "node:readline";
+
+const require = createRequire(new URL("../../web/package.json", import.meta.url));
+const { chromium } = require("playwright-core");
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+});
+const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
+const log = [];
+page.on("console", (m) => log.push(`console.${m.type()}: ${m.text()}`));
+page.on("pageerror", (e) => log.push(`pageerror: ${e.message}`));
+
+async function run(command) {
+  switch (command.cmd) {
+    case "goto":
+      await page.goto(command.url);
+      return null;
+    case "waitFor":
+      await page.waitForFunction(
+        ([selector, text]) =>
+          [...document.querySelectorAll(selector)].some(
+            (e) => text == null || e.textContent.includes(text),
+          ),
+        [command.selector, command.text ?? null],
+        { timeout: command.timeoutMs ?? 10000, polling: 50 },
+      );
+      return null;
+    case "evaluate":
+      return await page.evaluate(command.expression);
+    case "screenshot":
+      await page.screenshot({ path: command.path, fullPage: true });
+      return null;
+    case "log":
+      return log;
+    case "close":
+      await browser.close();
+      return null;
+    default:
+      throw new Error(`unknown command ${command.cmd}`);
+  }
+}
+
+const lines = createInterface({ input: process.stdin });
+process.stdout.write(JSON.stringify({ ok: true, value: "ready" }) + "\n");
+for await (const line of lines) {
+  if (!line.trim()) continue;
+  let answer;
+  try {
+    const command = JSON.parse(line);
+    answer = { ok: true, value: await run(command) };
+    if (command.cmd === "close") {
+      // stdin stays open (the test holds it), which would keep Node alive: exit explicitly.
+      process.stdout.write(JSON.stringify(answer) + "\n", () => process.exit(0));
+      continue;
+    }
+  } catch (error) {
+    answer = { ok: false, error: String(error && error.message ? error.message : error) };
+  }
+  process.stdout.write(JSON.stringify(answer) + "\n");
+}
+await browser.close().catch(() => {});

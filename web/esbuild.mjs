@@ -1,0 +1,71 @@
+// Bundles the page into dist/ (index.html, app.js, app.css: nothing else, same bytes for the same
+// input), or with `--tests unit|node-client` the Node tests into build/*.mjs.
+import { copyFile, mkdir, rm } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import * as esbuild from "esbuild";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const at = (...parts) => join(here, ...parts);
+
+const TEST_SETS = {
+  unit: ["summary", "refresh", "feed", "token"],
+  "node-client": ["node-client"],
+};
+
+async function buildPage() {
+  const dist = at("dist");
+  await rm(dist, { recursive: true, force: true });
+  await mkdir(dist, { recursive: true });
+  const common = {
+    bundle: true,
+    minify: true,
+    sourcemap: false,
+    legalComments: "none",
+    charset: "utf8",
+    logLevel: "warning",
+  };
+  await esbuild.build({
+    ...common,
+    entryPoints: [at("src", "app.ts")],
+    outfile: at("dist", "app.js"),
+    format: "iife",
+    platform: "browser",
+    target: ["es2020", "chrome100", "firefox100", "safari15"],
+  });
+  await esbuild.build({
+    ...common,
+    entryPoints: [at("src", "app.css")],
+    outfile: at("dist", "app.css"),
+    target: ["chrome100", "firefox100", "safari15"],
+  });
+  await copyFile(at("src", "index.html"), at("dist", "index.html"));
+  console.log("built dist/index.html, dist/app.js, dist/app.css");
+}
+
+async function buildTests(set) {
+  const names = TEST_SETS[set];
+  if (names === undefined) {
+    throw new Error(`unknown test set ${JSON.stringify(set)}: one of ${Object.keys(TEST_SETS).join(", ")}`);
+  }
+  await mkdir(at("build"), { recursive: true });
+  await esbuild.build({
+    entryPoints: names.map((name) => at("test", `${name}.test.ts`)),
+    outdir: at("build"),
+    outExtension: { ".js": ".mjs" },
+    bundle: true,
+    format: "esm",
+    platform: "node",
+    target: "node20",
+    sourcemap: "inline",
+    logLevel: "warning",
+  });
+}
+
+const args = process.argv.slice(2);
+const testsAt = args.indexOf("--tests");
+if (testsAt >= 0) {
+  await buildTests(args[testsAt + 1]);
+} else {
+  await buildPage();
+}

@@ -1,0 +1,290 @@
+// The live notification page: wires the DOM of index.html to a `Feed` over grpc-web.
+//
+// The page is served by notify-backbone on the same origin as the API, so the client talks to
+// `location.origin` unless `?server=` names another one. The token comes from `?token=` (then
+// removed from the address bar) or the token field, and is kept in sessionStorage.
+
+import { Code, createClient } from "@connectrpc/connect";
+import { createGrpcWebTransport } from "@connectrpc/connect-web";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import type { Event } from "./gen/cloudphone/notify/v1/events_pb";
+import { GapReason, NotificationService, type Gap } from "./gen/cloudphone/notify/v1/service_pb";
+import { Feed, type FeedState, type Selection } from "./feed";
+import { describeRefresh } from "./refresh";
+import { summarize } from "./summary";
+import { isAdmin, readClaims, type TokenClaims } from "./token";
+
+/** Most list items kept; older ones are dropped from the DOM. */
+const MAX_ITEMS = 500;
+/** Event ids remembered to drop duplicates (a replay overlapping what was shown). */
+const MAX_SEEN_IDS = 2_000;
+const TOKEN_KEY = "notify-backbone.token";
+
+function element<T extends HTMLElement>(id: string, type: { new (): T }): T {
+  const found = document.getElementById(id);
+  if (!(found instanceof type)) throw new Error(`index.html lacks #${id}`);
+  return found;
+}
+
+const ui = {
+  status: element("status", HTMLSpanElement),
+  tokenForm: element("token-form", HTMLFormElement),
+  token: element("token", HTMLInputElement),
+  who: element("who", HTMLSpanElement),
+  filters: element("filters", HTMLFormElement),
+  family: element("family", HTMLSelectElement),
+  device: element("device", HTMLInputElement),
+  feedLabel: element("feed-label", HTMLLabelElement),
+  feed: element("feed", HTMLSelectElement),
+  events: element("events", HTMLUListElement),
+  empty: element("empty", HTMLParagraphElement),
+};
+
+const params = new URLSearchParams(location.search);
+const baseUrl = params.get("server") || location.origin;
+const client = createClient(NotificationService, createGrpcWebTransport({ baseUrl }));
+
+let token = "";
+let claims: TokenClaims | undefined;
+const seen = new Set<string>();
+
+const feed = new Feed(client, { onState: showState, onEvent: addEvent, onGap: addGap });
+
+// ---- status ---------------------------------------------------------------------------------
+
+function setStatus(state: FeedState["state"], text: string): void {
+  ui.status.dataset["state"] = state;
+  ui.status.textContent = text;
+}
+
+function showState(state: FeedState): void {
+  switch (state.state) {
+    case "idle":
+      setStatus("idle", "Not connected");
+      break;
+    case "connecting":
+      // A retry stays "reconnecting" until CaughtUp: the outage is not over before that.
+      if (state.attempt === 0) setStatus("connecting", "Connecting…");
+      else setStatus("reconnecting", "Reconnecting now…");
+      break;
+    case "live":
+      setStatus("live", "Live");
+      break;
+    case "reconnecting": {
+      const seconds = (state.delayMs / 1000).toFixed(1);
+      setStatus("reconnecting", `Reconnecting in ${seconds} s (${state.error.rawMessage})`);
+      break;
+    }
+    case "error": {
+      const { code, rawMessage } = state.error;
+      if (code === Code.Unauthenticated) {
+        // A token the server refuses is not retried: forget it and ask for another.
+        sessionStorage.removeItem(TOKEN_KEY);
+        token = "";
+        setStatus("error", `Token refused: ${rawMessage}. Paste a new token.`);
+        ui.token.value = "";
+        ui.token.focus();
+      } else if (code === Code.PermissionDenied) {
+        setStatus("error", `Not allowed: ${rawMessage}`);
+      } else {
+        setStatus("error", `Error: ${rawMessage}`);
+      }
+      break;
+    }
+  }
+}
+
+// ---- list -----------------------------------------------------------------------------------
+
+function timestampDate(timestamp: Timestamp): Date {
+  return new Date(Number(timestamp.seconds) * 1000 + Math.floor(timestamp.nanos / 1e6));
+}
+
+const timeFormat = new Intl.DateTimeFormat(undefined, {
+  year: "numeric",
+  month: "short",
+  day: "numeric",
+  hour: "2-digit",
+  minute: "2-digit",
+  second: "2-digit",
+});
+
+function span(className: string, text: string): HTMLSpanElement {
+  const node = document.createElement("span");
+  node.className = className;
+  node.textContent = text;
+  return node;
+}
+
+function rememberId(id: string): void {
+  seen.add(id);
+  if (seen.size > MAX_SEEN_IDS) {
+    const oldest = seen.values().next();
+    if (oldest.done !== true) seen.delete(oldest.value);
+  }
+}
+
+function insert(item: HTMLLIElement): void {
+  ui.events.prepend(item);
+  while (ui.events.children.length > MAX_ITEMS) ui.events.lastElementChild?.remove();
+  ui.empty.hidden = true;
+}
+
+/** The event family of a type: `quota` for `quota.updated`. */
+function familyOf(type: string): string {
+  return type.split(".", 1)[0] ?? "";
+}
+
+/** Whether an event item matches the current filters (items shown before a filter change). */
+function matchesFilters(item: HTMLElement): boolean {
+  const family = ui.family.value;
+  const device = ui.device.value.trim();
+  if (family !== "" && familyOf(item.dataset["type"] ?? "") !== family) return false;
+  return device === "" || item.dataset["device"] === device;
+}
+
+function addEvent(event: Event): void {
+  if (event.id !== "" && seen.has(event.id)) return;
+  if (event.id !== "") rememberId(event.id);
+
+  const item = document.createElement("li");
+  item.className = "event";
+  item.dataset["id"] = event.id;
+  item.dataset["type"] = event.type;
+  item.dataset["user"] = event.userId;
+  item.dataset["device"] = event.deviceId;
+  item.dataset["cursor"] = event.cursor;
+  item.dataset["family"] = familyOf(event.type);
+
+  const when = event.occurredAt ?? event.receivedAt;
+  const time = document.createElement("time");
+  time.className = "time";
+  if (when !== undefined) {
+    const date = timestampDate(when);
+    time.dateTime = date.toISOString();
+    time.textContent = timeFormat.format(date);
+  }
+
+  const head = document.createElement("div");
+  head.className = "head";
+  head.append(span("type", event.type), span("summary", summarize(event)));
+
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  meta.append(
+    span("user", event.userId || "—"),
+    span("device", event.deviceId || "—"),
+    time,
+  );
+  const refresh = describeRefresh(event.type);
+  if (refresh !== "") meta.append(span("refresh", `refresh: ${refresh}`));
+
+  item.append(head, meta);
+  item.hidden = !matchesFilters(item);
+  insert(item);
+}
+
+const GAP_REASONS: Record<GapReason, string> = {
+  [GapReason.UNSPECIFIED]: "unknown reason",
+  [GapReason.RETENTION]: "older than the server keeps",
+  [GapReason.EPOCH_CHANGED]: "the server's storage was replaced",
+};
+
+function addGap(gap: Gap): void {
+  const item = document.createElement("li");
+  item.className = "gap";
+  item.dataset["reason"] = GapReason[gap.reason]?.toLowerCase() ?? "unknown";
+  item.dataset["from"] = gap.fromCursor;
+  item.dataset["to"] = gap.toCursor;
+  const reason = GAP_REASONS[gap.reason] ?? "unknown reason";
+  const range = `from ${gap.fromCursor || "the start"} to ${gap.toCursor || "now"}`;
+  item.textContent = `Some events were lost (${reason}): ${range}.`;
+  insert(item);
+}
+
+function clearList(): void {
+  ui.events.replaceChildren();
+  seen.clear();
+  ui.empty.hidden = false;
+}
+
+// ---- subscription ---------------------------------------------------------------------------
+
+function selection(): Selection {
+  const family = ui.family.value;
+  const admin = isAdmin(claims);
+  const feedChoice = admin ? ui.feed.value : "mine";
+  return {
+    eventTypes: family === "" ? [] : [`${family}.*`],
+    deviceId: ui.device.value.trim(),
+    userId: feedChoice === "firehose" ? "*" : "",
+    adminFeed: feedChoice === "admin",
+  };
+}
+
+/** Subscribes again: resuming after the last cursor (filters), or fresh (new token or feed). */
+function subscribe(resume: boolean): void {
+  if (token === "") {
+    feed.stop();
+    setStatus("idle", "Paste a token to connect");
+    return;
+  }
+  if (!resume) clearList();
+  for (const item of ui.events.querySelectorAll<HTMLElement>("li.event")) {
+    item.hidden = !matchesFilters(item);
+  }
+  void feed.start(token, selection(), resume);
+}
+
+function useToken(next: string): void {
+  token = next.trim();
+  claims = readClaims(token);
+  const admin = isAdmin(claims);
+  ui.feed.hidden = !admin;
+  ui.feedLabel.hidden = !admin;
+  if (!admin) ui.feed.value = "mine";
+  ui.who.textContent =
+    claims === undefined || claims.sub === ""
+      ? ""
+      : `as ${claims.username || claims.sub}${admin ? " (admin)" : ""}`;
+  if (token === "") sessionStorage.removeItem(TOKEN_KEY);
+  else sessionStorage.setItem(TOKEN_KEY, token);
+}
+
+// ---- wiring ---------------------------------------------------------------------------------
+
+ui.tokenForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  useToken(ui.token.value);
+  ui.token.value = "";
+  subscribe(false);
+});
+
+ui.filters.addEventListener("submit", (event) => event.preventDefault());
+ui.family.addEventListener("change", () => subscribe(true));
+ui.feed.addEventListener("change", () => subscribe(false));
+
+let lastDevice = "";
+let deviceTimer: ReturnType<typeof setTimeout> | undefined;
+function deviceChanged(): void {
+  clearTimeout(deviceTimer);
+  const device = ui.device.value.trim();
+  if (device === lastDevice) return;
+  lastDevice = device;
+  subscribe(true);
+}
+ui.device.addEventListener("change", deviceChanged);
+ui.device.addEventListener("input", () => {
+  clearTimeout(deviceTimer);
+  deviceTimer = setTimeout(deviceChanged, 400);
+});
+
+const fromUrl = params.get("token");
+if (fromUrl !== null) {
+  params.delete("token");
+  const query = params.toString();
+  history.replaceState(history.state, "", location.pathname + (query ? `?${query}` : "") + location.hash);
+}
+const initial = fromUrl || sessionStorage.getItem(TOKEN_KEY) || "";
+if (initial !== "") useToken(initial);
+subscribe(false);
