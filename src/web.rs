@@ -50,8 +50,8 @@ const ASSETS: [Asset; 4] = [
 
 /// The page's security headers. The token may arrive in the address (`?token=`): the page
 /// removes it at once, and `no-referrer` keeps it out of any request's `Referer` meanwhile.
-/// `connect-src` is open because the page may be pointed at another server (`?server=`).
-const CSP: &str = "default-src 'self'; connect-src *; img-src 'self' data:; \
+/// The page talks to its own origin only, so `connect-src 'self'` too.
+const CSP: &str = "default-src 'self'; img-src 'self' data:; \
                    frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
 fn asset(method: &Method, path: &str) -> Option<&'static Asset> {

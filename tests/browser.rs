@@ -11,6 +11,8 @@ mod support;
 
 use std::{path::Path, process::Stdio};
 
+use notify_backbone::{pb, store::Cursor};
+use prost::Message;
 use serde_json::{Value, json};
 use support::{
     amqp::{Names, Producer},
@@ -139,6 +141,42 @@ impl Browser {
         serde_json::from_value(ids).unwrap()
     }
 
+    async fn select(&mut self, selector: &str, value: &str) {
+        self.run(json!({"cmd": "select", "selector": selector, "value": value}))
+            .await;
+    }
+
+    /// The requests of every `Subscribe` call the page made so far (the latest 200), decoded
+    /// from their grpc-web frames.
+    async fn subscribe_requests(&mut self) -> Vec<pb::SubscribeRequest> {
+        use base64::Engine;
+        let bodies = self.run(json!({"cmd": "subscribeRequests"})).await;
+        let bodies: Vec<String> = serde_json::from_value(bodies).unwrap();
+        bodies
+            .iter()
+            .map(|body| {
+                let frame = base64::engine::general_purpose::STANDARD
+                    .decode(body)
+                    .unwrap();
+                // A grpc-web frame: flags (1 byte), length (4 bytes, big-endian), message.
+                pb::SubscribeRequest::decode(&frame[5..]).unwrap()
+            })
+            .collect()
+    }
+
+    /// Waits until the page has made more than `before` `Subscribe` calls and is live again.
+    async fn wait_resubscribed(&mut self, before: usize) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while self.subscribe_requests().await.len() <= before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the page did not resubscribe"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        self.wait_for("#status[data-state=live]", None).await;
+    }
+
     async fn screenshot(&mut self, name: &str) {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
         std::fs::create_dir_all(&dir).unwrap();
@@ -238,6 +276,12 @@ async fn the_live_page_shows_a_users_events_and_catches_up_after_a_restart() {
 
     // Drop the connection: stop the server, publish through RabbitMQ while it is down (the
     // node's queue keeps the messages), start it again on the same address and journal.
+    let newest_shown = browser
+        .evaluate("document.querySelector('li.event').dataset.cursor")
+        .await;
+    let newest_shown = Cursor::parse(newest_shown.as_str().unwrap()).unwrap();
+    let subscribed_before = browser.subscribe_requests().await.len();
+    assert_eq!(subscribed_before, 1, "one stream while the server was up");
     let data = server.stop_within(PATIENCE).await;
     browser
         .wait_for("#status[data-state=reconnecting]", None)
@@ -278,6 +322,62 @@ async fn the_live_page_shows_a_users_events_and_catches_up_after_a_restart() {
     assert_eq!(unique.len(), shown.len(), "no event twice: {shown:?}");
     browser.screenshot("after-restart.png").await;
 
+    // Every reconnection resumed from where the page was, not from the start or the head: the
+    // first stream had no cursor; each later one had the cursor of the newest event shown before
+    // the drop, or a later one of that journal (a heartbeat's).
+    let requests = browser.subscribe_requests().await;
+    assert!(requests.len() >= 2, "{requests:?}");
+    assert_eq!(requests[0].resume_after, "");
+    for request in &requests[1..] {
+        let resumed = Cursor::parse(&request.resume_after).expect("a reconnection resumes");
+        assert_eq!(resumed.epoch, newest_shown.epoch);
+        assert!(
+            resumed.position >= newest_shown.position,
+            "{resumed} < {newest_shown}"
+        );
+    }
+
+    // An admin may switch to the firehose (other users' events) and narrow by family; each
+    // switch starts a fresh stream.
+    browser
+        .goto(&format!(
+            "{}/?token={}",
+            server.url(),
+            token("ops", &["admin"])
+        ))
+        .await;
+    browser.wait_for("#status[data-state=live]", None).await;
+    let before = browser.subscribe_requests().await.len();
+    browser.select("#feed", "firehose").await;
+    browser.wait_resubscribed(before).await;
+    let theirs = publish_fixture(&server, "device.started.outbox.json", &stranger).await;
+    browser
+        .wait_for(
+            &format!("li.event[data-id=\"{theirs}\"][data-user=\"{stranger}\"]"),
+            None,
+        )
+        .await;
+    let before = browser.subscribe_requests().await.len();
+    browser.select("#family", "billing").await;
+    browser.wait_resubscribed(before).await;
+    let app = publish_fixture(&server, "app.updated.per-device.json", &stranger).await;
+    let bill = publish_fixture(&server, "billing.order.completed.flat.json", &user).await;
+    browser.summary_of(&bill).await;
+    let shown = browser.shown_ids().await;
+    assert!(
+        !shown.contains(&app),
+        "the family filter let an app event through: {shown:?}"
+    );
+    let families = browser
+        .evaluate("[...document.querySelectorAll('li.event')].map(e => e.dataset.type)")
+        .await;
+    let families: Vec<String> = serde_json::from_value(families).unwrap();
+    assert!(
+        families.iter().all(|t| t.starts_with("billing.")),
+        "{families:?}"
+    );
+    browser.screenshot("admin-firehose-billing.png").await;
+
     browser.close().await;
     server.stop_within(PATIENCE).await;
     drop(data);
@@ -315,7 +415,14 @@ async fn the_page_is_served_only_with_web_on() {
 
     let server = TestServer::start_with(|c| c.web = Some(false)).await;
     let response = http_get(server.addr, "/").await;
+    assert!(!response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(!response.contains("/app.js"), "{response}");
+    server.stop_within(PATIENCE).await;
+
+    // `--dev` turns it on unless told otherwise.
+    let server = TestServer::start_with(|c| c.dev = true).await;
+    let response = http_get(server.addr, "/").await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     server.stop_within(PATIENCE).await;
 }
 

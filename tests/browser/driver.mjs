@@ -8,6 +8,8 @@
 //       (whose text contains T, if given) exists
 //   {"cmd":"evaluate","expression":E}   the JSON value of a page expression
 //   {"cmd":"screenshot","path":P}
+//   {"cmd":"select","selector":S,"value":V}  choose an option of a <select>
+//   {"cmd":"subscribeRequests"}        the bodies (base64) of the page's Subscribe calls so far
 //   {"cmd":"log"}                      console messages and page errors seen so far
 //   {"cmd":"close"}
 // playwright-core comes from web/node_modules (scripts/test installs it); Chromium is
@@ -23,9 +25,22 @@ const browser = await chromium.launch({
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
 });
 const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
+// Both lists keep only their latest entries, so a long or chatty page cannot grow them forever.
+const KEEP = 200;
+const remember = (list, item) => {
+  list.push(item);
+  if (list.length > KEEP) list.shift();
+};
 const log = [];
-page.on("console", (m) => log.push(`console.${m.type()}: ${m.text()}`));
-page.on("pageerror", (e) => log.push(`pageerror: ${e.message}`));
+page.on("console", (m) => remember(log, `console.${m.type()}: ${m.text()}`));
+page.on("pageerror", (e) => remember(log, `pageerror: ${e.message}`));
+// The test decodes these to check which cursor each (re)subscription resumed from.
+const subscribes = [];
+page.on("request", (request) => {
+  if (request.url().endsWith("/cloudphone.notify.v1.NotificationService/Subscribe")) {
+    remember(subscribes, (request.postDataBuffer() ?? Buffer.alloc(0)).toString("base64"));
+  }
+});
 
 async function run(command) {
   switch (command.cmd) {
@@ -47,6 +62,11 @@ async function run(command) {
     case "screenshot":
       await page.screenshot({ path: command.path, fullPage: true });
       return null;
+    case "select":
+      await page.selectOption(command.selector, command.value);
+      return null;
+    case "subscribeRequests":
+      return subscribes;
     case "log":
       return log;
     case "close":

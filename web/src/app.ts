@@ -1,8 +1,16 @@
 // The live notification page: wires the DOM of index.html to a `Feed` over grpc-web.
 //
-// The page is served by notify-backbone on the same origin as the API, so the client talks to
-// `location.origin` unless `?server=` names another one. The token comes from `?token=` (then
-// removed from the address bar) or the token field, and is kept in sessionStorage.
+// What this module owns: the DOM (the token form, the filters, the status line), rendering the
+// list (one item per event or gap, newest first, capped, without duplicates) and deciding when to
+// subscribe afresh. What it does not: the reconnect policy (backoff, resume by cursor, dead
+// connection detection) lives in feed.ts, without DOM; authorization is the server's, which checks
+// the token on every call. The page decodes the token (token.ts) only to decide which controls to
+// show; a wrong guess costs a PermissionDenied, handled below by going back to "mine".
+//
+// The page is served by notify-backbone on the same origin as the API, and the client talks to
+// `location.origin` only: a link that could point the page elsewhere would hand that server the
+// token kept in sessionStorage. The token comes from `?token=` (then removed from the address
+// bar) or the token field, and is kept in sessionStorage.
 
 import { Code, createClient } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
@@ -16,7 +24,11 @@ import { isAdmin, readClaims, type TokenClaims } from "./token";
 
 /** Most list items kept; older ones are dropped from the DOM. */
 const MAX_ITEMS = 500;
-/** Event ids remembered to drop duplicates (a replay overlapping what was shown). */
+/**
+ * Event ids remembered to drop duplicates (a replay after a reconnect, a redelivery). 4 × MAX_ITEMS:
+ * the ids must outlive the items, or an event already pushed out of the list would come back at
+ * the top as new when delivered again; past that, memory stays bounded (a few tens of KB).
+ */
 const MAX_SEEN_IDS = 2_000;
 const TOKEN_KEY = "notify-backbone.token";
 
@@ -41,12 +53,15 @@ const ui = {
 };
 
 const params = new URLSearchParams(location.search);
-const baseUrl = params.get("server") || location.origin;
+const baseUrl = location.origin;
 const client = createClient(NotificationService, createGrpcWebTransport({ baseUrl }));
 
 let token = "";
 let claims: TokenClaims | undefined;
 const seen = new Set<string>();
+
+/** Why the page last went back to its own feed, kept in the status line until the next choice. */
+let notice = "";
 
 const feed = new Feed(client, { onState: showState, onEvent: addEvent, onGap: addGap });
 
@@ -54,7 +69,7 @@ const feed = new Feed(client, { onState: showState, onEvent: addEvent, onGap: ad
 
 function setStatus(state: FeedState["state"], text: string): void {
   ui.status.dataset["state"] = state;
-  ui.status.textContent = text;
+  ui.status.textContent = notice === "" ? text : `${text} · ${notice}`;
 }
 
 function showState(state: FeedState): void {
@@ -78,12 +93,23 @@ function showState(state: FeedState): void {
     case "error": {
       const { code, rawMessage } = state.error;
       if (code === Code.Unauthenticated) {
-        // A token the server refuses is not retried: forget it and ask for another.
-        sessionStorage.removeItem(TOKEN_KEY);
-        token = "";
+        // A token the server refuses is not retried: forget it entirely (stored copy, claims,
+        // who it names, the admin selector) and ask for another.
+        useToken("");
+        notice = "";
         setStatus("error", `Token refused: ${rawMessage}. Paste a new token.`);
         ui.token.value = "";
         ui.token.focus();
+      } else if (code === Code.PermissionDenied && ui.feed.value !== "mine") {
+        // The admin feed or the firehose, offered from the token's roles, refused by the server
+        // (whose --admin-role may differ from the default the page assumes): back to the user's
+        // own events, saying why. Deferred so as not to restart the feed from inside its callback.
+        const refused = ui.feed.selectedOptions[0]?.textContent ?? ui.feed.value;
+        ui.feed.value = "mine";
+        const why = `${refused}: not allowed (${rawMessage})`;
+        notice = "";
+        setStatus("error", why);
+        queueMicrotask(() => subscribe(why));
       } else if (code === Code.PermissionDenied) {
         setStatus("error", `Not allowed: ${rawMessage}`);
       } else {
@@ -124,10 +150,15 @@ function rememberId(id: string): void {
   }
 }
 
+/** Shows "No events yet." exactly when the list shows nothing (every item is visible). */
+function updateEmpty(): void {
+  ui.empty.hidden = ui.events.childElementCount > 0;
+}
+
 function insert(item: HTMLLIElement): void {
   ui.events.prepend(item);
-  while (ui.events.children.length > MAX_ITEMS) ui.events.lastElementChild?.remove();
-  ui.empty.hidden = true;
+  while (ui.events.childElementCount > MAX_ITEMS) ui.events.lastElementChild?.remove();
+  updateEmpty();
 }
 
 /** The event family of a type: `quota` for `quota.updated`. */
@@ -135,17 +166,8 @@ function familyOf(type: string): string {
   return type.split(".", 1)[0] ?? "";
 }
 
-/** Whether an event item matches the current filters (items shown before a filter change). */
-function matchesFilters(item: HTMLElement): boolean {
-  const family = ui.family.value;
-  const device = ui.device.value.trim();
-  if (family !== "" && familyOf(item.dataset["type"] ?? "") !== family) return false;
-  return device === "" || item.dataset["device"] === device;
-}
-
 function addEvent(event: Event): void {
   if (event.id !== "" && seen.has(event.id)) return;
-  if (event.id !== "") rememberId(event.id);
 
   const item = document.createElement("li");
   item.className = "event";
@@ -161,8 +183,14 @@ function addEvent(event: Event): void {
   time.className = "time";
   if (when !== undefined) {
     const date = timestampDate(when);
-    time.dateTime = date.toISOString();
-    time.textContent = timeFormat.format(date);
+    if (Number.isNaN(date.getTime())) {
+      // Seconds beyond what a JS Date holds (±8.64e12 s): toISOString and format would throw.
+      time.textContent = "—";
+      time.title = `${when.seconds} s since 1970`;
+    } else {
+      time.dateTime = date.toISOString();
+      time.textContent = timeFormat.format(date);
+    }
   }
 
   const head = document.createElement("div");
@@ -180,7 +208,8 @@ function addEvent(event: Event): void {
   if (refresh !== "") meta.append(span("refresh", `refresh: ${refresh}`));
 
   item.append(head, meta);
-  item.hidden = !matchesFilters(item);
+  // Only now that the item exists: had building it thrown, a later delivery could still show it.
+  if (event.id !== "") rememberId(event.id);
   insert(item);
 }
 
@@ -205,7 +234,7 @@ function addGap(gap: Gap): void {
 function clearList(): void {
   ui.events.replaceChildren();
   seen.clear();
-  ui.empty.hidden = false;
+  updateEmpty();
 }
 
 // ---- subscription ---------------------------------------------------------------------------
@@ -222,18 +251,21 @@ function selection(): Selection {
   };
 }
 
-/** Subscribes again: resuming after the last cursor (filters), or fresh (new token or feed). */
-function subscribe(resume: boolean): void {
+/**
+ * Subscribes afresh (new token, feed or filters), from the head and with an empty list; `why`
+ * becomes the status line's notice. Never resumes after the last cursor: that cursor only says
+ * what the previous selection has seen, so widening a filter would silently skip the newly
+ * matching events before it. Resuming is the feed's business, within one selection.
+ */
+function subscribe(why = ""): void {
+  notice = why;
   if (token === "") {
     feed.stop();
     setStatus("idle", "Paste a token to connect");
     return;
   }
-  if (!resume) clearList();
-  for (const item of ui.events.querySelectorAll<HTMLElement>("li.event")) {
-    item.hidden = !matchesFilters(item);
-  }
-  void feed.start(token, selection(), resume);
+  clearList();
+  void feed.start(token, selection(), false);
 }
 
 function useToken(next: string): void {
@@ -257,12 +289,12 @@ ui.tokenForm.addEventListener("submit", (event) => {
   event.preventDefault();
   useToken(ui.token.value);
   ui.token.value = "";
-  subscribe(false);
+  subscribe();
 });
 
 ui.filters.addEventListener("submit", (event) => event.preventDefault());
-ui.family.addEventListener("change", () => subscribe(true));
-ui.feed.addEventListener("change", () => subscribe(false));
+ui.family.addEventListener("change", () => subscribe());
+ui.feed.addEventListener("change", () => subscribe());
 
 let lastDevice = "";
 let deviceTimer: ReturnType<typeof setTimeout> | undefined;
@@ -271,7 +303,7 @@ function deviceChanged(): void {
   const device = ui.device.value.trim();
   if (device === lastDevice) return;
   lastDevice = device;
-  subscribe(true);
+  subscribe();
 }
 ui.device.addEventListener("change", deviceChanged);
 ui.device.addEventListener("input", () => {
@@ -287,4 +319,4 @@ if (fromUrl !== null) {
 }
 const initial = fromUrl || sessionStorage.getItem(TOKEN_KEY) || "";
 if (initial !== "") useToken(initial);
-subscribe(false);
+subscribe();

@@ -1,7 +1,9 @@
 // The subscription loop, without any DOM: subscribe, remember the last cursor, and on any end or
 // transient error reconnect with exponential backoff and `resumeAfter` set to that cursor, so
 // nothing is lost across a dropped connection. A bad token (or any other permanent error) stops
-// the loop instead of retrying it forever.
+// the loop instead of retrying it forever. A connection that goes silent for longer than
+// IDLE_TIMEOUT_MS counts as dropped (see there). The callbacks are the page's business: one that
+// throws is logged and the loop carries on, so only transport errors ever cause a reconnect.
 
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import type { Event } from "./gen/cloudphone/notify/v1/events_pb";
@@ -24,6 +26,16 @@ export function backoffDelay(attempt: number, random: () => number = Math.random
   const jittered = base * (1 - BACKOFF.jitter + 2 * BACKOFF.jitter * random());
   return Math.round(Math.min(jittered, BACKOFF.maxMs));
 }
+
+/**
+ * How long a stream may stay silent before it is taken for dead: 3 × the server's default
+ * heartbeat interval (`--heartbeat-interval`, 15 s), so that two lost or late heartbeats are
+ * tolerated. A connection that died without a FIN or RST (a NAT or proxy dropping it, a laptop
+ * waking from sleep) yields no error at all: without this watchdog the page would stay "live"
+ * while receiving nothing. A server configured with a heartbeat interval above 15 s needs a
+ * matching `idleTimeoutMs`.
+ */
+export const IDLE_TIMEOUT_MS = 45_000;
 
 /** Status codes worth retrying: the server or the network may recover by itself. */
 const TRANSIENT: ReadonlySet<Code> = new Set([
@@ -63,11 +75,24 @@ export interface FeedCallbacks {
   onGap(gap: Gap): void;
 }
 
+/** Arms a one-shot timer calling `onTimeout` after `ms`; returns the function that disarms it. */
+export type SetTimer = (ms: number, onTimeout: () => void) => () => void;
+
 /** Injectable for tests: timers and randomness. */
 export interface FeedOptions {
   random?: () => number;
+  /** The wait between reconnection attempts; must resolve early when `signal` aborts. */
   sleep?: (ms: number, signal: AbortSignal) => Promise<void>;
+  /** The dead-connection watchdog's timer (default: setTimeout). */
+  setTimer?: SetTimer;
+  /** Silence after which the current attempt is abandoned (default: IDLE_TIMEOUT_MS). */
+  idleTimeoutMs?: number;
 }
+
+const realTimer: SetTimer = (ms, onTimeout) => {
+  const timer = setTimeout(onTimeout, ms);
+  return () => clearTimeout(timer);
+};
 
 function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
@@ -89,6 +114,8 @@ export class Feed {
   private run: AbortController | undefined;
   private readonly random: () => number;
   private readonly sleep: (ms: number, signal: AbortSignal) => Promise<void>;
+  private readonly setTimer: SetTimer;
+  private readonly idleTimeoutMs: number;
 
   constructor(
     private readonly client: Client<typeof NotificationService>,
@@ -97,11 +124,14 @@ export class Feed {
   ) {
     this.random = options.random ?? Math.random;
     this.sleep = options.sleep ?? abortableSleep;
+    this.setTimer = options.setTimer ?? realTimer;
+    this.idleTimeoutMs = options.idleTimeoutMs ?? IDLE_TIMEOUT_MS;
   }
 
   /**
    * (Re)starts the loop with `token` and `selection`. With `resume`, continues after the last
-   * cursor (a filter change); without, starts a fresh stream at the head (another feed).
+   * cursor (only right for the same selection: a different one would skip whatever it matches
+   * before that cursor); without, starts a fresh stream at the head.
    * Returns a promise that settles when this run ends (after `stop()` or a permanent error).
    */
   start(token: string, selection: Selection, resume: boolean): Promise<void> {
@@ -117,32 +147,63 @@ export class Feed {
     if (this.run === undefined) return;
     this.run.abort();
     this.run = undefined;
-    this.callbacks.onState({ state: "idle" });
+    this.report("onState", { state: "idle" });
+  }
+
+  /**
+   * Calls a callback, logging what it throws: a rendering bug must neither stop the loop nor pass
+   * for a transport error (which would reconnect, and replay the same event into the same bug).
+   */
+  private report<K extends keyof FeedCallbacks>(name: K, value: Parameters<FeedCallbacks[K]>[0]): void {
+    try {
+      const callback = this.callbacks[name] as (value: Parameters<FeedCallbacks[K]>[0]) => void;
+      callback.call(this.callbacks, value);
+    } catch (error) {
+      console.error(`notify-backbone: the feed's ${name} callback threw`, error);
+    }
   }
 
   private async loop(token: string, selection: Selection, signal: AbortSignal): Promise<void> {
     const headers = { authorization: `Bearer ${token}` };
     let attempt = 0;
     while (!signal.aborted) {
-      this.callbacks.onState({ state: "connecting", attempt });
+      this.report("onState", { state: "connecting", attempt });
       let failure: ConnectError;
+      // This attempt's own signal: aborted by the run's (stop, restart) or by the watchdog.
+      const current = new AbortController();
+      const abortCurrent = (): void => current.abort();
+      signal.addEventListener("abort", abortCurrent);
+      // The watchdog: re-armed on every message (CaughtUp comes first and heartbeats follow on an
+      // idle stream), it fires only after IDLE_TIMEOUT_MS of silence.
+      let silent = false;
+      let disarm = (): void => {};
+      const rearm = (): void => {
+        disarm();
+        disarm = this.setTimer(this.idleTimeoutMs, () => {
+          silent = true;
+          current.abort();
+        });
+      };
+      rearm();
       try {
         const request: MessageInitShape<typeof SubscribeRequestSchema> = { ...selection, resumeAfter: this.cursor };
-        for await (const response of this.client.subscribe(request, { signal, headers })) {
+        const options = { signal: current.signal, headers };
+        for await (const response of this.client.subscribe(request, options)) {
+          rearm();
           const kind = response.kind;
           switch (kind.case) {
             case "event":
               if (kind.value.cursor !== "") this.cursor = kind.value.cursor;
-              this.callbacks.onEvent(kind.value);
+              this.report("onEvent", kind.value);
               break;
             case "caughtUp":
               if (kind.value.cursor !== "") this.cursor = kind.value.cursor;
               attempt = 0;
-              this.callbacks.onState({ state: "live" });
+              this.report("onState", { state: "live" });
               break;
             case "gap":
               if (kind.value.toCursor !== "") this.cursor = kind.value.toCursor;
-              this.callbacks.onGap(kind.value);
+              this.report("onGap", kind.value);
               break;
             case "heartbeat":
               if (kind.value.cursor !== "") this.cursor = kind.value.cursor;
@@ -155,16 +216,25 @@ export class Feed {
       } catch (error) {
         if (signal.aborted) return;
         failure = ConnectError.from(error);
+      } finally {
+        disarm();
+        signal.removeEventListener("abort", abortCurrent);
       }
       if (signal.aborted) return;
+      if (silent) {
+        // Whatever the aborted call threw (Canceled, usually), this is a dead connection: retry
+        // it like a dropped one, resuming after the last cursor.
+        const seconds = Math.round(this.idleTimeoutMs / 1000);
+        failure = new ConnectError(`no message from the server for ${seconds} s`, Code.DeadlineExceeded);
+      }
       if (!isTransient(failure)) {
-        this.callbacks.onState({ state: "error", error: failure });
+        this.report("onState", { state: "error", error: failure });
         if (this.run?.signal === signal) this.run = undefined;
         return;
       }
       const delayMs = backoffDelay(attempt, this.random);
       attempt += 1;
-      this.callbacks.onState({ state: "reconnecting", delayMs, error: failure });
+      this.report("onState", { state: "reconnecting", delayMs, error: failure });
       await this.sleep(delayMs, signal);
     }
   }

@@ -1,12 +1,14 @@
 // Reads a JWT's payload in the browser, only to decide what to show (the admin feed selector,
-// whose events these are). Nothing here verifies anything: the server checks every token.
+// whose events these are). Nothing here verifies anything: the server checks every token, and
+// decides admin-ness by roles alone (`--admin-role`, by default admin and super_admin; it ignores
+// `isSuperAdmin`). The page mirrors the default; a deployment with other admin roles is handled by
+// falling back to "mine" when the server refuses (app.ts).
 
 /** The claims the page looks at. */
 export interface TokenClaims {
   sub: string;
   username: string;
   roles: string[];
-  isSuperAdmin: boolean;
   exp: number | undefined;
 }
 
@@ -40,7 +42,6 @@ export function readClaims(token: string): TokenClaims | undefined {
     sub: typeof claims["sub"] === "string" ? claims["sub"] : "",
     username: typeof claims["username"] === "string" ? claims["username"] : "",
     roles,
-    isSuperAdmin: claims["isSuperAdmin"] === true,
     exp: typeof claims["exp"] === "number" ? claims["exp"] : undefined,
   };
 }
@@ -48,5 +49,5 @@ export function readClaims(token: string): TokenClaims | undefined {
 /** Whether the page should offer the admin feed and the firehose. */
 export function isAdmin(claims: TokenClaims | undefined): boolean {
   if (claims === undefined) return false;
-  return claims.isSuperAdmin || claims.roles.some((role) => ADMIN_ROLES.includes(role));
+  return claims.roles.some((role) => ADMIN_ROLES.includes(role));
 }

@@ -1,5 +1,5 @@
 // The reconnect loop against a scripted fake client: backoff, resume by cursor, no retry of a
-// refused token.
+// refused token, the dead-connection watchdog, callbacks that throw.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
@@ -10,7 +10,15 @@ import {
   type SubscribeRequest,
   type SubscribeResponse,
 } from "../src/gen/cloudphone/notify/v1/service_pb";
-import { BACKOFF, Feed, backoffDelay, isTransient, type FeedState } from "../src/feed";
+import {
+  BACKOFF,
+  Feed,
+  IDLE_TIMEOUT_MS,
+  backoffDelay,
+  isTransient,
+  type FeedState,
+  type SetTimer,
+} from "../src/feed";
 
 test("backoff doubles from 500 ms, caps at 10 s, jitters by ±20%", () => {
   const mid = () => 0.5;
@@ -36,7 +44,8 @@ test("transient codes are retried, a refused token is not", () => {
   }
 });
 
-type Step = SubscribeResponse | ConnectError;
+/** A message, an error ending the stream, or `ms` of silence from the server. */
+type Step = SubscribeResponse | ConnectError | { silence: number };
 
 function response(kind: MessageInitShape<typeof SubscribeResponseSchema>["kind"]): SubscribeResponse {
   return create(SubscribeResponseSchema, { kind });
@@ -50,22 +59,53 @@ function eventResponse(id: string, cursor: string): SubscribeResponse {
 }
 
 /** A client whose n-th `subscribe` call plays `scripts[n]` (a stream ending without error when
- * the script has no error); calls beyond the scripts fail with `Unauthenticated`. */
-function fakeClient(scripts: Step[][]) {
+ * the script has no error); calls beyond the scripts fail with `Unauthenticated`. A silence
+ * advances `clock`; if that aborted the call, it fails the way connect does (`Canceled`). */
+function fakeClient(scripts: Step[][], clock?: VirtualClock) {
   const requests: Partial<SubscribeRequest>[] = [];
   const client = {
-    subscribe(request: Partial<SubscribeRequest>) {
+    subscribe(request: Partial<SubscribeRequest>, options?: { signal?: AbortSignal }) {
       requests.push(request);
       const script = scripts[requests.length - 1] ?? [new ConnectError("stop", Code.Unauthenticated)];
       return (async function* () {
         for (const step of script) {
           if (step instanceof ConnectError) throw step;
+          if ("silence" in step) {
+            assert.ok(clock, "a script with silences needs a clock");
+            clock.advance(step.silence);
+            if (options?.signal?.aborted) throw new ConnectError("the operation was aborted", Code.Canceled);
+            continue;
+          }
           yield step;
         }
       })();
     },
   };
   return { client: client as unknown as Client<typeof NotificationService>, requests };
+}
+
+/** Timers on a virtual clock that only moves when a script's silence says so. */
+class VirtualClock {
+  now = 0;
+  armed: number[] = [];
+  private timers = new Set<{ at: number; fire: () => void }>();
+  setTimer: SetTimer = (ms, fire) => {
+    const timer = { at: this.now + ms, fire };
+    this.timers.add(timer);
+    this.armed.push(ms);
+    return () => void this.timers.delete(timer);
+  };
+  advance(ms: number): void {
+    this.now += ms;
+    for (const timer of [...this.timers]) {
+      if (timer.at > this.now) continue;
+      this.timers.delete(timer);
+      timer.fire();
+    }
+  }
+  get pending(): number {
+    return this.timers.size;
+  }
 }
 
 test("reconnects with backoff and resumes after the last cursor", async () => {
@@ -142,4 +182,102 @@ test("a fresh start forgets the cursor; stop ends the loop", async () => {
   assert.equal(requests[1]?.userId, "*");
   assert.equal(states.at(-1)?.state, "idle");
   assert.equal(requests.length, 2);
+});
+
+test("a silent connection is dropped after 45 s and resumed from the last cursor", async () => {
+  assert.equal(IDLE_TIMEOUT_MS, 45_000);
+  const clock = new VirtualClock();
+  const { client, requests } = fakeClient(
+    [
+      [
+        // Every message re-arms the watchdog: 30 s + 30 s + 44.999 s of silence are fine.
+        response({ case: "caughtUp", value: { cursor: "c0" } }),
+        { silence: 30_000 },
+        eventResponse("e1", "c1"),
+        { silence: 30_000 },
+        response({ case: "heartbeat", value: { cursor: "c2" } }),
+        { silence: IDLE_TIMEOUT_MS - 1 },
+        eventResponse("e2", "c3"),
+        { silence: IDLE_TIMEOUT_MS },
+        eventResponse("never", "c4"),
+      ],
+      // A connection that never even says CaughtUp is given up on too.
+      [{ silence: IDLE_TIMEOUT_MS }],
+      [response({ case: "caughtUp", value: { cursor: "c3" } }), new ConnectError("bye", Code.Unauthenticated)],
+    ],
+    clock,
+  );
+  const states: FeedState[] = [];
+  const events: string[] = [];
+  const delays: number[] = [];
+  const feed = new Feed(
+    client,
+    { onState: (state) => states.push(state), onEvent: (event) => events.push(event.id), onGap: () => {} },
+    { random: () => 0.5, sleep: async (ms) => void delays.push(ms), setTimer: clock.setTimer },
+  );
+  await feed.start("t", { eventTypes: [], deviceId: "", userId: "", adminFeed: false }, false);
+
+  assert.deepEqual(events, ["e1", "e2"]);
+  assert.deepEqual(
+    requests.map((request) => request.resumeAfter),
+    ["", "c3", "c3"],
+  );
+  // A transient failure: the usual backoff, reset by the first stream's CaughtUp only.
+  assert.deepEqual(delays, [500, 1000]);
+  const dropped = states.filter((state) => state.state === "reconnecting");
+  assert.deepEqual(
+    dropped.map((state) => [state.error.code, state.error.rawMessage]),
+    [
+      [Code.DeadlineExceeded, "no message from the server for 45 s"],
+      [Code.DeadlineExceeded, "no message from the server for 45 s"],
+    ],
+  );
+  assert.ok(clock.armed.every((ms) => ms === IDLE_TIMEOUT_MS), String(clock.armed));
+  assert.equal(clock.pending, 0, "no watchdog left armed once the loop ended");
+  assert.equal(states.at(-1)?.state, "error");
+});
+
+test("a callback that throws is logged; the loop neither drops the next events nor reconnects", async (t) => {
+  const logged = t.mock.method(console, "error", () => {});
+  const { client, requests } = fakeClient([
+    [
+      response({ case: "caughtUp", value: { cursor: "c0" } }),
+      eventResponse("e1", "c1"),
+      eventResponse("e2", "c2"),
+      response({ case: "gap", value: { fromCursor: "c2", toCursor: "c8", reason: 1 } }),
+      eventResponse("e3", "c9"),
+      new ConnectError("token expired", Code.Unauthenticated),
+    ],
+  ]);
+  const states: FeedState[] = [];
+  const events: string[] = [];
+  let gaps = 0;
+  const feed = new Feed(
+    client,
+    {
+      onState: (state) => {
+        states.push(state);
+        if (state.state === "live") throw new Error("status rendering failed");
+      },
+      onEvent: (event) => {
+        events.push(event.id);
+        if (event.id === "e1") throw new RangeError("Invalid time value");
+      },
+      onGap: () => {
+        gaps += 1;
+        throw new Error("gap rendering failed");
+      },
+    },
+    { sleep: async () => assert.fail("no reconnect expected") },
+  );
+  await feed.start("t", { eventTypes: [], deviceId: "", userId: "", adminFeed: false }, false);
+
+  assert.deepEqual(events, ["e1", "e2", "e3"]);
+  assert.equal(gaps, 1);
+  assert.equal(requests.length, 1, "one subscription only");
+  assert.equal(feed.cursor, "c9");
+  assert.ok(!states.some((state) => state.state === "reconnecting"));
+  const last = states.at(-1);
+  assert.equal(last?.state === "error" ? last.error.code : undefined, Code.Unauthenticated);
+  assert.equal(logged.mock.callCount(), 3);
 });

@@ -10,11 +10,13 @@ function jwt(payload: unknown): string {
 
 test("claims are read from the payload, roles decide admin", () => {
   const user = readClaims(jwt({ sub: "u-1", username: "Zoë", roles: ["user"], exp: 10 }));
-  assert.deepEqual(user, { sub: "u-1", username: "Zoë", roles: ["user"], isSuperAdmin: false, exp: 10 });
+  assert.deepEqual(user, { sub: "u-1", username: "Zoë", roles: ["user"], exp: 10 });
   assert.equal(isAdmin(user), false);
   assert.equal(isAdmin(readClaims(jwt({ sub: "ops", roles: ["admin"] }))), true);
   assert.equal(isAdmin(readClaims(jwt({ sub: "root", roles: ["super_admin"] }))), true);
-  assert.equal(isAdmin(readClaims(jwt({ sub: "root", isSuperAdmin: true }))), true);
+  // Like the server, the page ignores `isSuperAdmin`: only roles count.
+  assert.equal(isAdmin(readClaims(jwt({ sub: "root", isSuperAdmin: true }))), false);
+  assert.equal(isAdmin(readClaims(jwt({ sub: "root", roles: ["user"], isSuperAdmin: true }))), false);
   assert.equal(isAdmin(readClaims(jwt({ sub: "svc", roles: ["service", 7] }))), false);
 });
 
