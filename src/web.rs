@@ -68,6 +68,8 @@ fn respond(asset: &'static Asset, head_only: bool) -> Response<tonic::body::Body
     let headers = response.headers_mut();
     let set = |value: &'static str| HeaderValue::from_static(value);
     headers.insert(header::CONTENT_TYPE, set(asset.content_type));
+    // Also for HEAD, whose empty body would otherwise announce a length of 0.
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(asset.body.len()));
     // Always revalidate: the files change with the binary, and they are small.
     headers.insert(header::CACHE_CONTROL, set("no-cache"));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, set("nosniff"));
