@@ -12,8 +12,8 @@
 //! | [`sequencer`] | the single writer: journal append in batches, then hand-off to the hub    |
 //! | [`auth`]      | the platform's JWT → `Principal`; who may subscribe to what, see, publish |
 //! | [`hub`]       | routing index, filters, per-subscriber bounded queues, overflow policy    |
-//! | [`grpc`]      | tonic services (thin adapters), grpc-web, TLS, limits, `Status` map       |
-//! | [`web`]       | the live notification page (`--web`), embedded and served at `/`          |
+//! | [`grpc`]      | tonic services (thin adapters), grpc-web, TLS, limits, `Status` map,      |
+//! |               | the live notification page served at `/` (`--web`, [`grpc::page`])        |
 //! | [`telemetry`] | logging setup, Prometheus metrics and the `/metrics` endpoint             |
 //! | [`config`]    | every knob of `serve`: CLI flag + env var + documented default            |
 //! | [`app`]       | wires the stages together, owns shutdown and task tracking                |
@@ -31,4 +31,3 @@ pub mod schema;
 pub mod sequencer;
 pub mod store;
 pub mod telemetry;
-pub mod web;

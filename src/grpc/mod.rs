@@ -1,5 +1,6 @@
 //! The gRPC edge: `NotificationService`, grpc-web with CORS, health and reflection, optional
-//! TLS, all on one port, behind the port's resource [`limits`].
+//! TLS, and the live notification [`page`], all on one port, behind the port's resource
+//! [`limits`].
 //!
 //! Owns: everything that touches `tonic` — requests, statuses, codecs, the server builder, the
 //! token's extraction from metadata. Does not own: any decision about events or access (the
@@ -9,6 +10,7 @@
 pub mod codec;
 pub mod error;
 pub mod limits;
+pub mod page;
 mod service;
 
 use std::{future::Future, pin::Pin, time::Duration};
@@ -51,7 +53,7 @@ pub struct ServerSettings {
     pub max_streams_per_connection: usize,
     /// Load shedding and the time to answer.
     pub shed: limits::Shed,
-    /// Serve the live notification page at `/` ([`crate::web`]).
+    /// Serve the live notification page at `/` ([`page`]).
     pub web: bool,
 }
 
@@ -159,7 +161,7 @@ pub async fn serve(
         )?)
         .layer(cors_layer(&settings.cors_origins, settings.cors_localhost))
         // Outside grpc-web, which refuses any HTTP/1.1 request that is not grpc-web.
-        .layer(crate::web::PageLayer::new(settings.web))
+        .layer(page::PageLayer::new(settings.web))
         .layer(tonic_web::GrpcWebLayer::new())
         // Inside grpc-web, so its refusals are translated for browsers like any answer.
         .layer(settings.shed.clone())

@@ -23,7 +23,7 @@ struct Asset {
     body: &'static [u8],
 }
 
-const INDEX_HTML: &[u8] = include_bytes!("../web/dist/index.html");
+const INDEX_HTML: &[u8] = include_bytes!("../../web/dist/index.html");
 
 const ASSETS: [Asset; 4] = [
     Asset {
@@ -39,12 +39,12 @@ const ASSETS: [Asset; 4] = [
     Asset {
         path: "/app.js",
         content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("../web/dist/app.js"),
+        body: include_bytes!("../../web/dist/app.js"),
     },
     Asset {
         path: "/app.css",
         content_type: "text/css; charset=utf-8",
-        body: include_bytes!("../web/dist/app.css"),
+        body: include_bytes!("../../web/dist/app.css"),
     },
 ];
 
