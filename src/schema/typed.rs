@@ -19,6 +19,7 @@ pub(super) fn accept(
     let event_type = resolve_type(routing_key, &event.r#type)?;
     let route = routing::route(&event_type, opts)?;
     check_payload(route, &event_type, event.payload.as_mut(), &event.device_id)?;
+    check_timestamps(&event)?;
     if routing::requires_user(&event_type) && event.user_id.is_empty() {
         return Err(DecodeError::missing("user_id"));
     }
@@ -112,6 +113,49 @@ fn check_fields(kind: Kind, payload: &mut Payload, device_id: &str) -> Result<()
         Payload::AppUpdated(app) if device_id.is_empty() => require(&field("app_id"), &app.app_id),
         _ => Ok(()),
     }
+}
+
+/// Every timestamp a typed event carries must be one that proto3 JSON can write (RFC 3339:
+/// years 0001 to 9999, nanoseconds within a second): subscribers that render events as JSON —
+/// the `subscribe` command, browsers — would otherwise fail on the event, again on every replay.
+/// (Timestamps decoded from producer JSON are in range by construction.)
+fn check_timestamps(event: &pb::Event) -> Result<(), DecodeError> {
+    let usage = |u: &Option<pb::QuotaUsage>| u.as_ref().and_then(|u| u.last_updated_at);
+    // `received_at` is not checked: the server overwrites it.
+    let mut stamps = vec![("occurred_at", event.occurred_at)];
+    match &event.payload {
+        Some(Payload::QuotaUpdated(q)) => {
+            stamps.push(("quota_updated.usage.last_updated_at", usage(&q.usage)));
+        }
+        Some(Payload::QuotaExceeded(q)) => {
+            stamps.push(("quota_exceeded.usage.last_updated_at", usage(&q.usage)));
+        }
+        Some(Payload::QuotaRenewed(q)) => stamps.push(("quota_renewed.valid_until", q.valid_until)),
+        Some(Payload::BillingLowBalance(b)) => {
+            stamps.push(("billing_low_balance.detected_at", b.detected_at));
+        }
+        Some(Payload::BillingPaymentSuccess(b)) => {
+            stamps.push(("billing_payment_success.paid_at", b.paid_at));
+        }
+        Some(Payload::BillingInvoiceGenerated(b)) => {
+            stamps.push(("billing_invoice_generated.due_date", b.due_date));
+            stamps.push(("billing_invoice_generated.generated_at", b.generated_at));
+        }
+        _ => {}
+    }
+    // 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z in seconds since the Unix epoch.
+    const RANGE: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+    for (field, stamp) in stamps {
+        if let Some(stamp) = stamp
+            && (!RANGE.contains(&stamp.seconds) || !(0..1_000_000_000).contains(&stamp.nanos))
+        {
+            return Err(DecodeError::invalid(
+                field,
+                "must be a timestamp between the years 0001 and 9999",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The name of the `Event.payload` oneof field that carries `kind`.

@@ -261,3 +261,35 @@ fn the_amqp_timestamp_dates_a_typed_event_without_a_date() {
         .event;
     assert_eq!(accepted.occurred_at, Some(at("2024-11-20T10:00:00.123Z")));
 }
+
+#[test]
+fn timestamps_json_cannot_write_are_refused_with_their_field() {
+    let far = |seconds| Some(Timestamp { seconds, nanos: 0 });
+    let mut event = quota_exceeded();
+    event.occurred_at = far(253_402_300_800); // 10000-01-01
+    let error = accept("", event).expect_err("refused");
+    assert_eq!(error.field(), Some("occurred_at"), "{error}");
+
+    let mut event = payment("9.9");
+    if let Some(Payload::BillingPaymentSuccess(p)) = &mut event.payload {
+        p.paid_at = far(-62_135_596_801); // just before 0001-01-01
+    }
+    let error = accept("billing.payment_success", event).expect_err("refused");
+    assert_eq!(
+        error.field(),
+        Some("billing_payment_success.paid_at"),
+        "{error}"
+    );
+
+    let mut event = payment("9.9");
+    event.occurred_at = Some(Timestamp {
+        seconds: 0,
+        nanos: 1_000_000_000,
+    });
+    assert!(accept("billing.payment_success", event).is_err());
+
+    // The edges themselves are fine.
+    let mut event = quota_exceeded();
+    event.occurred_at = far(253_402_300_799);
+    accept("", event).expect("9999-12-31T23:59:59Z is accepted");
+}
