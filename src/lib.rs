@@ -1,7 +1,7 @@
 //! notify-backbone: a schema-first gRPC streaming notification backbone.
 //!
 //! Events flow top to bottom through these modules; each knows only its neighbours' plain
-//! Rust types (see `DESIGN.md`):
+//! Rust types (see `docs/architecture.md`):
 //!
 //! | module        | owns                                                                      |
 //! |---------------|---------------------------------------------------------------------------|

@@ -1,5 +1,5 @@
 //! `token`: mints a platform-style HS256 token, for development and tests, with the same
-//! claims the platform issues (WIRE.md "Identity").
+//! claims the platform issues (`docs/architecture.md` "Identity and authorization").
 
 use std::time::Duration;
 

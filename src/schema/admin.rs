@@ -1,5 +1,5 @@
-//! Admin notices: what administrators are told about an important event (WIRE.md "Admin room
-//! today").
+//! Admin notices: what administrators are told about an important event (`docs/wire-format.md`
+//! "Admin notices").
 //!
 //! Owns the rules that pick those events and the wording of each notice. Does not own who
 //! receives notices (the hub routes them to the admin feed), nor `quota.updated`, which the hub

@@ -1,9 +1,9 @@
 //! A producer's body: bytes to a JSON object, and the envelope around the event's fields.
 //!
 //! Owns the body-level errors (empty, not UTF-8, not JSON, not an object) and the four shapes of
-//! WIRE.md: fields are read from `payload` when the body has a `payload` object (shape D) and
-//! from the body itself otherwise (shapes A–C). `_trace` and `eventId` are always read at the
-//! top level, where every producer puts them.
+//! `docs/wire-format.md` "Body shapes": fields are read from `payload` when the body has a
+//! `payload` object (shape D) and from the body itself otherwise (shapes A–C). `_trace` and
+//! `eventId` are always read at the top level, where every producer puts them.
 
 use prost_types::Timestamp;
 use serde_json::{Map, Value};

@@ -2,7 +2,7 @@
 //!
 //! Owns the grammar of an amount and its normalization (`1e3` → `1000`). Does not own reading
 //! the field (see `fields`): this works on text only, so an amount never passes through `f64`
-//! and `99.9` stays `99.9` (DESIGN.md: "money is never a float").
+//! and `99.9` stays `99.9` (`docs/wire-format.md` "Money": money is never a float).
 
 /// The largest exponent accepted in an amount. Normalizing writes one digit per unit of
 /// exponent, so without a bound `1e999999999` would allocate a gigabyte of zeros; no real amount

@@ -100,8 +100,9 @@ impl Producer {
         }
     }
 
-    /// Publishes `body` the way the producers do (WIRE.md): persistent, `timestamp` in
-    /// milliseconds, no content type, no message id, no headers; waits for the broker's confirm.
+    /// Publishes `body` the way the producers do (`docs/wire-format.md` "The AMQP message"):
+    /// persistent, `timestamp` in milliseconds, no content type, no message id, no headers;
+    /// waits for the broker's confirm.
     pub async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8]) {
         self.publish_at(exchange, routing_key, body, now_ms()).await;
     }

@@ -1,11 +1,12 @@
 //! The AMQP path of the publishers (`--via amqp`): events go to RabbitMQ the way the platform's
 //! NestJS producers send them, and reach the server through its AMQP ingest.
 //!
-//! A message looks exactly like a producer's (`WIRE.md`): exchange `--exchange` (a durable topic
-//! exchange), routing key = the event type, `delivery_mode` 2 (persistent), `timestamp` =
-//! milliseconds since the epoch (the producers send `Date.now()`, not the seconds the AMQP spec
-//! asks for), an empty `headers` table (amqplib always sends one), and no other property: no
-//! `content_type`, no `content_encoding`, no `message_id`.
+//! A message looks exactly like a producer's (`docs/wire-format.md` "The AMQP message"):
+//! exchange `--exchange` (a durable topic exchange), routing key = the event type,
+//! `delivery_mode` 2 (persistent), `timestamp` = milliseconds since the epoch (the producers
+//! send `Date.now()`, not the seconds the AMQP spec asks for), an empty `headers` table
+//! (amqplib always sends one), and no other property: no `content_type`, no `content_encoding`,
+//! no `message_id`.
 //!
 //! Two things differ from a producer, and neither is visible to a consumer. The channel is in
 //! confirm mode, so an event counts as sent only once the broker has taken responsibility for it;

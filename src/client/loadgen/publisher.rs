@@ -411,7 +411,8 @@ fn too_late(timeout: Duration) -> Failure {
     }
 }
 
-/// Writes the producer bodies (shape D, the `device.error` envelope of `WIRE.md`):
+/// Writes the producer bodies (shape D, the `device.error` envelope of `docs/wire-format.md`
+/// "Body shapes"):
 ///
 /// `{"eventId":"lg-<run>-<seq>-<send_nanos>","eventType":…,"timestamp":"<ISO>","payload":{…},"_trace":{}}`
 struct BodyWriter {

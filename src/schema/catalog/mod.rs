@@ -1,5 +1,5 @@
-//! The event catalog of WIRE.md: which fields each typed event has, which are required, and
-//! which date field says when it happened.
+//! The event catalog (`docs/wire-format.md` "Event catalog"): which fields each typed event
+//! has, which are required, and which date field says when it happened.
 //!
 //! Owns one decoder per typed kind, grouped by family. Does not own the envelope fields every
 //! event shares (`userId`, `deviceId`, `timestamp`, `_trace`, `eventId`: see the parent module)

@@ -1,4 +1,4 @@
-//! Admin notices derived from decoded events (WIRE.md "Admin room today").
+//! Admin notices derived from decoded events (`docs/wire-format.md` "Admin notices").
 
 use super::decoded_fixture;
 use crate::pb::{self, event::Payload};

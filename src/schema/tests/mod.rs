@@ -1,6 +1,6 @@
-//! Tests of the whole module through its public functions: the wire fixtures of WIRE.md
-//! (`tests/fixtures/wire/`), decoding rules, errors, admin notices and typed events.
-//! Small pure parts (money, dates, fields) are tested next to their code.
+//! Tests of the whole module through its public functions: the wire fixtures
+//! (`tests/fixtures/wire/`, the shapes of `docs/wire-format.md`), decoding rules, errors, admin
+//! notices and typed events. Small pure parts (money, dates, fields) are tested next to their code.
 
 mod admin;
 mod decode;
