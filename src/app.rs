@@ -20,6 +20,7 @@ use crate::{
     config::ServeConfig,
     grpc::{
         self, NotifyService, ServerSettings,
+        connections::{self, ConnectionLimits},
         limits::{RateLimiter, Shed, StreamCounter},
     },
     hub::{FilterLimits, Hub, HubConfig},
@@ -62,6 +63,19 @@ impl Listeners {
 
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    if let Some(files) = connections::raise_fd_limit() {
+        // Room for the connections plus the journal, the broker and the metrics port.
+        let wanted = config.max_connections as u64 + 256;
+        if files < wanted {
+            warn!(
+                open_files = files,
+                max_connections = config.max_connections,
+                "the open-file limit is below --max-connections; connections past it will be \
+                 refused by the system: raise the hard limit (ulimit -Hn) or lower \
+                 --max-connections"
+            );
+        }
+    }
     let listeners = Listeners::bind(&config).await?;
     let shutdown = CancellationToken::new();
     let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -95,6 +109,7 @@ pub async fn run(
     let hub = Hub::new(
         HubConfig {
             queue_len: config.subscriber_queue_len,
+            replay_readers: config.replay_readers(),
         },
         journal.head(),
         metrics.clone(),
@@ -109,6 +124,8 @@ pub async fn run(
         config.publish_queue_len,
         sequencer_stop.clone(),
     );
+    let sequencer_task =
+        supervise_sequencer(sequencer_task, sequencer_stop.clone(), shutdown.clone());
 
     let mut tasks = JoinSet::new();
     tasks.spawn(heartbeats(
@@ -138,23 +155,22 @@ pub async fn run(
         tasks.spawn(report_ingest_health(ingest.state(), health.clone()));
     }
     let readiness = readiness(shutdown.clone(), ingest.as_ref().map(Ingest::state));
+    let streams = StreamCounter::new(
+        config.max_streams_per_connection,
+        config.max_streams_per_principal,
+        config.max_unauthenticated_streams,
+    );
     let service = NotifyService {
         hub: hub.clone(),
         sequencer,
         metrics: metrics.clone(),
-        decode: DecodeOptions {
-            strict_schema: config.strict_schema,
-        },
-        max_publish_bytes: config.max_publish_bytes,
+        decode: decode_options(&config),
         auth: Arc::new(authenticator),
         filter_limits: FilterLimits {
             max_patterns: config.max_event_types,
             max_pattern_len: config.max_pattern_len,
         },
-        streams: StreamCounter::new(
-            config.max_streams_per_connection,
-            config.max_streams_per_principal,
-        ),
+        streams: Arc::clone(&streams),
         publish_rate: Arc::new(RateLimiter::new(config.max_publish_rate)),
     };
     let settings = ServerSettings {
@@ -163,14 +179,20 @@ pub async fn run(
         web: config.web.unwrap_or(config.dev),
         http2_keepalive_interval: config.http2_keepalive_interval,
         http2_keepalive_timeout: config.http2_keepalive_timeout,
-        max_decoding_message_size: config.max_publish_bytes + DECODE_HEADROOM_BYTES,
+        max_decoding_message_size: config.max_event_bytes + DECODE_HEADROOM_BYTES,
         tls: tls_identity(&config)?,
         max_streams_per_connection: config.max_streams_per_connection,
         shed: Shed::new(
             config.max_concurrent_requests,
             config.request_timeout,
             metrics.clone(),
+            streams,
         ),
+        connections: ConnectionLimits {
+            max_connections: config.max_connections,
+            handshake_timeout: config.handshake_timeout,
+        },
+        metrics: metrics.clone(),
     };
     info!(addr = %telemetry::local_addr(&listeners.metrics), "metrics on http://{}/metrics", telemetry::local_addr(&listeners.metrics));
     tasks.spawn({
@@ -236,12 +258,13 @@ pub async fn run(
         });
     }
     sequencer_stop.cancel();
-    if tokio::time::timeout(config.shutdown_grace, sequencer_task)
-        .await
-        .is_err()
-    {
-        warn!("sequencer did not finish within the grace period");
-    }
+    let sequencer_failed = match tokio::time::timeout(config.shutdown_grace, sequencer_task).await {
+        Ok(failed) => failed.unwrap_or(true),
+        Err(_) => {
+            warn!("sequencer did not finish within the grace period");
+            false
+        }
+    };
     let drained = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(config.shutdown_grace, drained)
         .await
@@ -250,7 +273,44 @@ pub async fn run(
         warn!("background tasks did not stop within the grace period");
     }
     info!("stopped");
+    anyhow::ensure!(
+        !sequencer_failed,
+        "the sequencer stopped while the server was running (see the log above)"
+    );
     served
+}
+
+/// Watches the sequencer, the only writer of the journal. If it ends before the server began
+/// to stop (a panic in a commit), no event can be stored any more: rather than keep
+/// reporting healthy while every `Publish` fails and the ingest retries forever, this cancels
+/// `shutdown`, so health turns NOT_SERVING, the server stops, and the process exits non-zero
+/// for its supervisor to restart it. Resolves to whether that happened.
+fn supervise_sequencer(
+    task: tokio::task::JoinHandle<()>,
+    stopping: CancellationToken,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<bool> {
+    tokio::spawn(async move {
+        let outcome = task.await;
+        // Once the server is stopping, the sequencer ends normally: when told to, or as soon as
+        // the last submitter (the gRPC service, the ingest) is gone. A panic is never normal.
+        let panicked = matches!(&outcome, Err(error) if error.is_panic());
+        if !panicked && (stopping.is_cancelled() || shutdown.is_cancelled()) {
+            return false;
+        }
+        let how = match outcome {
+            Err(error) if error.is_panic() => "it panicked",
+            Err(_) => "it was cancelled",
+            Ok(()) => "it ended",
+        };
+        tracing::error!(
+            how,
+            "the sequencer stopped while the server was running: no event can be stored; \
+             stopping the server"
+        );
+        shutdown.cancel();
+        true
+    })
 }
 
 /// The token checks and access policy from `--jwt-*`, `--admin-role`, `--publish-role` and
@@ -342,6 +402,14 @@ fn tls_identity(config: &ServeConfig) -> anyhow::Result<Option<grpc::TlsIdentity
     }))
 }
 
+/// What decoding accepts, the same on every ingest path.
+fn decode_options(config: &ServeConfig) -> DecodeOptions {
+    DecodeOptions {
+        strict_schema: config.strict_schema,
+        max_event_bytes: config.max_event_bytes,
+    }
+}
+
 /// The ingest's settings from the server's.
 fn ingest_config(config: &ServeConfig, url: &str) -> IngestConfig {
     let node_id = config.node_id();
@@ -358,9 +426,7 @@ fn ingest_config(config: &ServeConfig, url: &str) -> IngestConfig {
         node_id,
         prefetch: config.prefetch,
         reconnect_max_backoff: config.reconnect_max_backoff,
-        decode: DecodeOptions {
-            strict_schema: config.strict_schema,
-        },
+        decode: decode_options(config),
         // Half the grace: the streams still need the other half to flush what it acked.
         drain_timeout: config.shutdown_grace / 2,
     }
@@ -486,16 +552,49 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     };
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => info!("SIGINT received"),
-        () = term => info!("SIGTERM received"),
-    }
+    let signal = tokio::select! {
+        _ = ctrl_c => "SIGINT",
+        () = term => "SIGTERM",
+    };
+    // Cancel first, log second: nothing that can go wrong with the log may stand between a
+    // signal and the shutdown.
     shutdown.cancel();
+    info!("{signal} received");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_sequencer_that_dies_stops_the_server_one_that_is_stopped_does_not() {
+        let (stopping, shutdown) = (CancellationToken::new(), CancellationToken::new());
+        let dies = tokio::spawn(async { panic!("a commit panicked") });
+        let failed = supervise_sequencer(dies, stopping.clone(), shutdown.clone());
+        assert!(failed.await.unwrap(), "reported as a failure");
+        assert!(shutdown.is_cancelled(), "the server is told to stop");
+
+        // Told to stop, or left without submitters once the server stops: a normal end.
+        for told in [true, false] {
+            let (stopping, shutdown) = (CancellationToken::new(), CancellationToken::new());
+            let ends = tokio::spawn({
+                let (stopping, shutdown) = (stopping.clone(), shutdown.clone());
+                async move {
+                    tokio::select! {
+                        () = stopping.cancelled() => {}
+                        () = shutdown.cancelled() => {}
+                    }
+                }
+            });
+            let failed = supervise_sequencer(ends, stopping.clone(), shutdown.clone());
+            if told {
+                stopping.cancel();
+            } else {
+                shutdown.cancel();
+            }
+            assert!(!failed.await.unwrap());
+        }
+    }
 
     #[test]
     fn readiness_follows_the_ingest_and_shutdown() {

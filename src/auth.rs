@@ -3,10 +3,10 @@
 //! event).
 //!
 //! Owns: token verification (algorithm pinned to the configured key, so `alg: none` and
-//! algorithm confusion are refused), the claims the platform issues (WIRE.md "Identity"), the
-//! roles that make an admin or a publisher, and minting tokens for `--dev` and the `token`
-//! command. Does not own: reading the `authorization` metadata or mapping errors to
-//! `tonic::Status` (`grpc` does), routing (`hub`).
+//! algorithm confusion are refused), the claims the platform issues (`docs/architecture.md`
+//! "Identity and authorization"), the roles that make an admin or a publisher, and minting
+//! tokens for `--dev` and the `token` command. Does not own: reading the `authorization`
+//! metadata or mapping errors to `tonic::Status` (`grpc` does), routing (`hub`).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -35,7 +35,8 @@ pub const DEV_SECRET_FILE: &str = ".notify-backbone/dev-jwt-secret";
 /// The permission that allows `Publish` whatever the roles.
 pub const PUBLISH_PERMISSION: &str = "notification.publish";
 
-/// The claims of a platform token (WIRE.md "Identity"). Unknown claims are ignored.
+/// The claims of a platform token (`docs/architecture.md` "Identity and authorization").
+/// Unknown claims are ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Claims {
@@ -399,10 +400,20 @@ impl Verifier {
             user_id: claims.sub,
             roles: claims.roles.into_iter().collect(),
             permissions: claims.permissions.into_iter().collect(),
-            expires_at: UNIX_EPOCH
-                + Duration::from_secs(claims.exp.saturating_add(self.validation.leeway)),
+            expires_at: expiry(claims.exp, self.validation.leeway),
         })
     }
+}
+
+/// The last second this server represents an expiry as: 9999-12-31T23:59:59Z. A token's `exp`
+/// is the issuer's to choose, and one at 2^63 seconds would overflow `SystemTime`.
+const LATEST_EXPIRY_SECS: u64 = 253_402_300_799;
+
+/// When a token with `exp` (seconds since the epoch) stops being accepted, given `leeway`
+/// seconds of clock skew; clamped to [`LATEST_EXPIRY_SECS`], so no `exp` can overflow.
+fn expiry(exp: u64, leeway: u64) -> SystemTime {
+    let secs = exp.saturating_add(leeway).min(LATEST_EXPIRY_SECS);
+    UNIX_EPOCH + Duration::from_secs(secs)
 }
 
 /// Token verification and the access policy together: what the gRPC edge needs.

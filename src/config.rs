@@ -76,6 +76,13 @@ pub struct ServeConfig {
     #[arg(long, env = "NOTIFY_SUBSCRIBER_QUEUE_LEN", default_value_t = 1024)]
     pub subscriber_queue_len: usize,
 
+    /// Journal reads for replays (resumes, lagging subscribers) and history pages that run at
+    /// once, each on a thread of its own and each bounded (4,096 stored events examined); more
+    /// wait their turn. This caps what a storm of resumes can take from live delivery: it is
+    /// slow for those who resume, not for the others. Default: half the CPUs, at least one.
+    #[arg(long, env = "NOTIFY_REPLAY_READERS", value_parser = at_least_one)]
+    pub replay_readers: Option<usize>,
+
     /// Published events waiting for the sequencer. When full, `Publish` calls wait
     /// (backpressure) rather than fail or drop.
     #[arg(long, env = "NOTIFY_PUBLISH_QUEUE_LEN", default_value_t = 8192)]
@@ -122,9 +129,13 @@ pub struct ServeConfig {
     #[arg(long, env = "NOTIFY_DEDUPE_WINDOW", default_value = "24h", value_parser = positive_duration, help_heading = "Journal")]
     pub dedupe_window: Duration,
 
-    /// Largest `Publish` body accepted, in bytes (the JSON, or the encoded typed event).
-    #[arg(long, env = "NOTIFY_MAX_PUBLISH_BYTES", default_value_t = 256 * 1024, help_heading = "Limits")]
-    pub max_publish_bytes: usize,
+    /// Largest event accepted, in bytes, on every ingest path (RabbitMQ and `Publish`): the
+    /// producer's body (JSON, or the encoded typed event) and the event decoded from it. Over
+    /// it: dead-lettered with reason `too_large`, or RESOURCE_EXHAUSTED for `Publish`. At most
+    /// 4 MiB - 64 KiB, so every stored event fits a default gRPC client's 4 MiB receive limit.
+    /// (`--max-publish-bytes` is the old name.)
+    #[arg(long, alias = "max-publish-bytes", env = "NOTIFY_MAX_EVENT_BYTES", default_value_t = crate::schema::DEFAULT_MAX_EVENT_BYTES, value_parser = event_bytes, help_heading = "Limits")]
+    pub max_event_bytes: usize,
 
     /// Most `event_types` patterns one subscription may carry. Every pattern is checked against
     /// every event routed to the stream, so this bounds the work a subscriber can cause.
@@ -144,6 +155,23 @@ pub struct ServeConfig {
     /// and nodes' worth of browser tabs.
     #[arg(long, env = "NOTIFY_MAX_STREAMS_PER_PRINCIPAL", default_value_t = 64, value_parser = at_least_one, help_heading = "Limits")]
     pub max_streams_per_principal: usize,
+
+    /// Connections the gRPC port holds open at once. One more is closed as soon as it is
+    /// accepted (counted in `notify_connections_refused_total`).
+    #[arg(long, env = "NOTIFY_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = at_least_one, help_heading = "Limits")]
+    pub max_connections: usize,
+
+    /// How long a new connection may take to send the headers of its first request (TLS and
+    /// the HTTP/2 preface included). One that sends nothing, or half a preface or request line,
+    /// is closed then.
+    #[arg(long, env = "NOTIFY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = positive_duration, help_heading = "Limits")]
+    pub handshake_timeout: Duration,
+
+    /// Streams that need no token (health `Watch`, reflection) open at once on the whole
+    /// server; each also counts against `--max-streams-per-connection`. Health `Check` is
+    /// unary and not limited.
+    #[arg(long, env = "NOTIFY_MAX_UNAUTHENTICATED_STREAMS", default_value_t = 1024, value_parser = at_least_one, help_heading = "Limits")]
+    pub max_unauthenticated_streams: usize,
 
     /// `Publish` calls per second allowed per principal (token bucket; bursts up to one
     /// second's worth). 0: unlimited.
@@ -327,6 +355,13 @@ fn node_id(text: &str) -> Result<String, String> {
 }
 
 impl ServeConfig {
+    /// `--replay-readers`, or half the CPUs (at least one).
+    pub fn replay_readers(&self) -> usize {
+        self.replay_readers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+        })
+    }
+
     /// The node id: `--node-id`, else the host name, else `local`.
     pub fn node_id(&self) -> String {
         if let Some(id) = &self.node_id {
@@ -391,6 +426,21 @@ fn durability(text: &str) -> Result<crate::store::Durability, String> {
     positive_duration(text)
         .map(crate::store::Durability::Interval)
         .map_err(|e| format!("expected `fsync` or an interval like `100ms`: {e}"))
+}
+
+/// `--max-event-bytes`: from 1 KiB (room for any real event) up to
+/// [`crate::schema::MAX_EVENT_BYTES_CEILING`].
+fn event_bytes(text: &str) -> Result<usize, String> {
+    const FLOOR: u64 = 1024;
+    let ceiling = crate::schema::MAX_EVENT_BYTES_CEILING;
+    let bytes = byte_size(text)?;
+    if bytes < FLOOR || bytes > ceiling as u64 {
+        return Err(format!(
+            "must be between {FLOOR} and {ceiling} bytes (4MiB - 64KiB): a default gRPC client \
+             cannot receive a larger event"
+        ));
+    }
+    usize::try_from(bytes).map_err(|e| e.to_string())
 }
 
 /// A count of at least one (a limit of zero would refuse everything).
@@ -479,6 +529,29 @@ mod tests {
                 "app.#".into(),
                 "device.error".into()
             ])
+        );
+    }
+
+    #[test]
+    fn the_event_size_limit_stays_within_what_clients_can_receive() {
+        let parse = |value: &str| {
+            Cli::try_parse_from(["notify-backbone", "--max-event-bytes", value])
+                .map(|cli| cli.serve.max_event_bytes)
+        };
+        assert_eq!(parse("64KiB").ok(), Some(64 * 1024));
+        assert_eq!(parse("4128768").ok(), Some(4 * 1024 * 1024 - 64 * 1024));
+        assert!(
+            parse("4MiB").is_err(),
+            "above what a default client receives"
+        );
+        assert!(parse("16MiB").is_err());
+        assert!(parse("0").is_err());
+        // The old name still works.
+        let old = Cli::try_parse_from(["notify-backbone", "--max-publish-bytes", "2048"]);
+        assert_eq!(old.map(|cli| cli.serve.max_event_bytes).ok(), Some(2048));
+        assert_eq!(
+            ServeConfig::default().max_event_bytes,
+            crate::schema::DEFAULT_MAX_EVENT_BYTES
         );
     }
 

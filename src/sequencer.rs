@@ -1,4 +1,4 @@
-//! The single writer: every ingest path (the `Publish` RPC today, AMQP next) hands decoded
+//! The single writer: every ingest path (the `Publish` RPC and the AMQP ingest) hands decoded
 //! events to the sequencer, which appends them to the journal in batches and then fans each new
 //! one out through the hub, in journal order.
 //!
@@ -309,9 +309,9 @@ mod tests {
     use super::*;
     use crate::{
         auth::Viewer,
-        hub::{Filter, FilterLimits, HubConfig},
+        hub::{Filter, FilterLimits, HubConfig, Users},
         pb::subscribe_response::Kind,
-        store::{JournalReader, StoredEvent},
+        store::{EventMeta, JournalReader, Scan, ScanLimits, StoredEvent},
     };
 
     const EPOCH: u64 = 5;
@@ -331,14 +331,20 @@ mod tests {
             Ok(0)
         }
 
-        fn read_after(&self, position: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        fn scan(
+            &self,
+            after: u64,
+            limits: ScanLimits,
+            select: &dyn Fn(EventMeta<'_>) -> bool,
+        ) -> Result<Scan, StoreError> {
             let stored = self.0.lock().unwrap();
-            Ok(stored
-                .iter()
-                .filter(|e| e.position > position)
-                .take(limit)
-                .cloned()
-                .collect())
+            Ok(crate::store::scan_slice(
+                stored.iter(),
+                0,
+                after,
+                limits,
+                select,
+            ))
         }
     }
 
@@ -414,12 +420,15 @@ mod tests {
         };
         let metrics = Arc::new(Metrics::new());
         let hub = Hub::new(
-            HubConfig { queue_len: 10_000 },
+            HubConfig {
+                queue_len: 10_000,
+                replay_readers: 1,
+            },
             journal.head(),
             Arc::clone(&metrics),
             journal.reader(),
         );
-        let filter = Filter::new("*", false, &[], "", FilterLimits::default()).unwrap();
+        let filter = Filter::new(Users::All, false, &[], "", FilterLimits::default()).unwrap();
         let mut firehose = hub.subscribe(filter, Viewer::Admin, None).unwrap();
         let shutdown = CancellationToken::new();
         let (sequencer, task) = Sequencer::spawn(journal, hub, metrics, 64, shutdown.clone());

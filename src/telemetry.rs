@@ -26,12 +26,18 @@ use tracing_subscriber::EnvFilter;
 use crate::schema;
 
 /// Starts logging to stderr; `RUST_LOG` overrides the default level (`info`).
+///
+/// A log line that cannot be written is dropped silently. tracing-subscriber's default is to
+/// report the failure with `eprintln!`, which panics when stderr itself is the broken pipe (a
+/// log collector that died, `serve 2>&1 | head -1`): the panic then takes down whichever task
+/// was logging, the signal handler included, and SIGTERM is ignored from then on.
 pub fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // A second call (tests start several servers in one process) keeps the first subscriber.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .try_init();
 }
 
@@ -62,13 +68,69 @@ pub struct Metrics {
     pub rejected: Family<ReasonLabel, Counter>,
     /// `notify_subscribers`: open subscriptions.
     pub subscribers: Gauge,
-    /// `notify_queue_overflows_total`: subscribers ended because their queue was full.
+    /// `notify_queue_overflows_total`: subscribers whose queue overflowed (they continue from
+    /// the journal).
     pub queue_overflows: Counter,
     /// `notify_delivery_latency_seconds`: from an event entering the server to its subscriber's
     /// stream taking it for the wire.
     pub delivery_latency: Histogram,
     /// `notify_ingest_*`: the AMQP ingest.
     pub ingest: IngestMetrics,
+    /// `notify_connections*`: the gRPC port's connections.
+    pub connections: ConnectionMetrics,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// The gRPC port's connections.
+pub struct ConnectionMetrics {
+    /// `notify_connections`: open connections.
+    pub open: Gauge,
+    /// `notify_connections_refused_total`: connections closed at once because
+    /// `--max-connections` were open.
+    pub refused: Counter,
+    /// `notify_connections_handshake_timeouts_total`: connections closed because no request
+    /// arrived within `--handshake-timeout`.
+    pub handshake_timeouts: Counter,
+    /// `notify_connections_accept_errors_total`: failed accepts (e.g. out of file descriptors).
+    pub accept_errors: Counter,
+}
+
+impl ConnectionMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            open: Gauge::default(),
+            refused: Counter::default(),
+            handshake_timeouts: Counter::default(),
+            accept_errors: Counter::default(),
+        };
+        registry.register(
+            "connections",
+            "Open connections on the gRPC port",
+            metrics.open.clone(),
+        );
+        let registry = registry.sub_registry_with_prefix("connections");
+        registry.register(
+            "refused",
+            "Connections closed at once because --max-connections were open",
+            metrics.refused.clone(),
+        );
+        registry.register(
+            "handshake_timeouts",
+            "Connections closed because no request arrived within --handshake-timeout",
+            metrics.handshake_timeouts.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Failed accepts on the gRPC port (e.g. out of file descriptors)",
+            metrics.accept_errors.clone(),
+        );
+        metrics
+    }
 }
 
 /// The AMQP ingest's metrics.
@@ -203,7 +265,7 @@ impl Metrics {
         registry.register("subscribers", "Open subscriptions", subscribers.clone());
         registry.register(
             "queue_overflows",
-            "Subscribers ended because their queue was full",
+            "Subscribers whose queue overflowed (they continue from the journal)",
             queue_overflows.clone(),
         );
         registry.register(
@@ -212,8 +274,10 @@ impl Metrics {
             delivery_latency.clone(),
         );
         let ingest = IngestMetrics::register(&mut registry);
+        let connections = ConnectionMetrics::register(&mut registry);
         Self {
             ingest,
+            connections,
             registry: Mutex::new(registry),
             events_in,
             events_out,

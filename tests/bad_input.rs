@@ -35,7 +35,7 @@ fn json(routing_key: &str, body: &str) -> pb::PublishRequest {
 
 #[tokio::test]
 async fn bad_publishes_are_refused_and_nothing_is_half_published() {
-    // (A body over --max-publish-bytes is a limit, RESOURCE_EXHAUSTED: tests/limits.rs.)
+    // (A body over --max-event-bytes is a limit, RESOURCE_EXHAUSTED: tests/limits.rs.)
     let server = TestServer::start().await;
     let mut client = server.client().await;
     let mut firehose = subscribe(&mut client, request("*")).await;

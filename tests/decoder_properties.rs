@@ -35,7 +35,8 @@ const ROUTING_KEYS: &[&str] = &[
     "",
 ];
 
-/// The field names the decoder reads (WIRE.md), so generated bodies reach deep into it.
+/// The field names the decoder reads (`docs/wire-format.md` "Event catalog"), so generated
+/// bodies reach deep into it.
 const FIELDS: &[&str] = &[
     "type",
     "eventType",
@@ -205,6 +206,11 @@ fn check(routing_key: &str, result: Result<schema::Decoded, DecodeError>) {
             assert!(event.occurred_at.is_some() && event.received_at.is_some());
             assert!(event.payload.is_some(), "{routing_key}: no payload");
             assert!(event.cursor.is_empty(), "the journal assigns cursors");
+            // Every accepted event stays within what a subscriber can name and store.
+            assert!(schema::is_event_type(&event.r#type), "{routing_key}");
+            for id in [&event.id, &event.user_id, &event.device_id] {
+                assert!(id.len() <= schema::MAX_ID_BYTES, "{routing_key}: {id}");
+            }
             let per_user = ["quota.", "billing.", "device."]
                 .iter()
                 .any(|family| event.r#type.starts_with(family));
@@ -219,7 +225,9 @@ fn check(routing_key: &str, result: Result<schema::Decoded, DecodeError>) {
                 "not_utf8",
                 "not_json",
                 "not_object",
+                "invalid_routing_key",
                 "unknown_routing_key",
+                "too_large",
                 "untyped_strict",
                 "missing_field",
                 "invalid_field",
@@ -240,7 +248,10 @@ proptest! {
         bytes in prop::collection::vec(any::<u8>(), 0..2048),
         strict in any::<bool>(),
     ) {
-        let options = DecodeOptions { strict_schema: strict };
+        let options = DecodeOptions {
+            strict_schema: strict,
+            ..DecodeOptions::default()
+        };
         check(key, schema::decode(key, &bytes, &props(), options));
     }
 
@@ -250,7 +261,10 @@ proptest! {
         body in body(),
         strict in any::<bool>(),
     ) {
-        let options = DecodeOptions { strict_schema: strict };
+        let options = DecodeOptions {
+            strict_schema: strict,
+            ..DecodeOptions::default()
+        };
         let bytes = serde_json::to_vec(&body).unwrap();
         check(key, schema::decode(key, &bytes, &props(), options));
     }

@@ -398,3 +398,20 @@ fn remembered_tokens_still_expire_and_only_the_same_bytes_hit() {
     let after_expiry = auth.authenticate_at(Some(&bearer), later).unwrap();
     assert!(!Arc::ptr_eq(&first, &after_expiry));
 }
+
+/// An `exp` far beyond what `SystemTime` can hold (2^63 s and more) used to panic with
+/// "overflow when adding duration to instant"; it is a valid signed token, so it is accepted
+/// with its expiry clamped to the year 9999.
+#[test]
+fn an_expiry_beyond_the_clock_is_clamped_not_a_panic() {
+    for exp in [1_u64 << 63, u64::MAX - 1, u64::MAX] {
+        let mut c = claims("u1");
+        c.exp = exp;
+        let principal = verifier().verify(&hs(&c)).unwrap();
+        assert_eq!(
+            principal.expires_at,
+            UNIX_EPOCH + Duration::from_secs(LATEST_EXPIRY_SECS),
+            "exp {exp}"
+        );
+    }
+}

@@ -44,14 +44,6 @@ pub enum ApiError {
     /// A resource limit of the gRPC port.
     #[error(transparent)]
     Limit(#[from] LimitError),
-    /// The publish body exceeds `--max-publish-bytes`.
-    #[error("body is {size} bytes; the limit is {limit} bytes (--max-publish-bytes)")]
-    TooLarge {
-        /// The body's size.
-        size: usize,
-        /// The limit.
-        limit: usize,
-    },
 }
 
 impl ApiError {
@@ -69,7 +61,6 @@ impl ApiError {
                 "unavailable"
             }
             Self::Missing(_) => "missing_field",
-            Self::TooLarge { .. } => "too_large",
             Self::Unauthenticated(_) => "unauthenticated",
             Self::Denied(_) => "permission_denied",
             Self::Limit(limit) => limit.reason(),
@@ -82,7 +73,7 @@ impl From<ApiError> for Status {
         let code = match &error {
             // Over a limit: the request may be fine, the server will not spend more on it.
             ApiError::Limit(_)
-            | ApiError::TooLarge { .. }
+            | ApiError::Decode(DecodeError::TooLarge { .. })
             | ApiError::Filter(
                 FilterError::TooManyPatterns { .. } | FilterError::PatternTooLong { .. },
             ) => Code::ResourceExhausted,

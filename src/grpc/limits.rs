@@ -1,6 +1,7 @@
-//! The gRPC port's resource limits: open streams per connection and per principal, `Publish`
-//! rate per principal, requests in flight (load shedding) and the time a call may take to
-//! start answering.
+//! The gRPC port's resource limits: open streams per connection and per principal (and, for
+//! the streams that need no token, health `Watch` and reflection, per connection and in all),
+//! `Publish` rate per principal, requests in flight (load shedding) and the time a call may take
+//! to start answering. How many connections there are is [`super::connections`]' business.
 //!
 //! Owns: the counting and the [`Shed`] tower layer. Does not own: which status a limit becomes
 //! (that is [`super::error`]) or who the principal is (that is [`crate::auth`]).
@@ -20,8 +21,9 @@ use std::{
 };
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tonic::Status;
+use tonic::{Status, body::Body};
 
+use super::connections::Connection;
 use crate::telemetry::Metrics;
 
 /// A limit that refused a request.
@@ -45,6 +47,15 @@ pub enum LimitError {
         /// `--max-streams-per-principal`.
         limit: usize,
     },
+    /// The server has `limit` streams open that need no token (health `Watch`, reflection).
+    #[error(
+        "{limit} streams without a token (health watch, reflection) are open on this server, \
+         the most allowed (--max-unauthenticated-streams); use health Check, or retry later"
+    )]
+    UnauthenticatedStreams {
+        /// `--max-unauthenticated-streams`.
+        limit: usize,
+    },
     /// The principal publishes faster than allowed.
     #[error(
         "publish rate above {per_second} events/s for this token's subject \
@@ -63,8 +74,8 @@ pub enum LimitError {
         /// `--max-concurrent-requests`.
         limit: usize,
     },
-    /// A request message far above `--max-publish-bytes`, refused before it was read.
-    #[error("request message too large (--max-publish-bytes)")]
+    /// A request message far above `--max-event-bytes`, refused before it was read.
+    #[error("request message too large (--max-event-bytes)")]
     MessageTooLarge,
     /// The call did not start answering within `after`.
     #[error(
@@ -83,6 +94,7 @@ impl LimitError {
         match self {
             Self::StreamsPerConnection { .. } => "limit_streams_per_connection",
             Self::StreamsPerPrincipal { .. } => "limit_streams_per_principal",
+            Self::UnauthenticatedStreams { .. } => "limit_unauthenticated_streams",
             Self::PublishRate { .. } => "limit_publish_rate",
             Self::Overloaded { .. } => "limit_concurrent_requests",
             Self::MessageTooLarge => "too_large",
@@ -91,26 +103,12 @@ impl LimitError {
     }
 }
 
-/// The limits, as configured.
-#[derive(Debug, Clone)]
-pub struct LimitSettings {
-    /// Streams one HTTP/2 connection may hold open.
-    pub streams_per_connection: usize,
-    /// Streams one principal (token `sub`) may hold open across all connections.
-    pub streams_per_principal: usize,
-    /// `Publish` calls per second per principal; 0 turns the limit off.
-    pub publish_rate: u32,
-    /// Requests being answered at once (streams count only until they open).
-    pub concurrent_requests: usize,
-    /// How long a call may take until its response starts.
-    pub request_timeout: Duration,
-}
-
-/// Counts open streams by connection and by principal.
+/// Counts open streams by connection and by principal, and the streams that need no token.
 #[derive(Debug)]
 pub struct StreamCounter {
     per_connection: usize,
     per_principal: usize,
+    unauthenticated: usize,
     counts: Mutex<Counts>,
 }
 
@@ -120,16 +118,61 @@ pub struct StreamCounter {
 struct Counts {
     connections: HashMap<SocketAddr, usize>,
     principals: HashMap<Box<str>, usize>,
+    unauthenticated: usize,
 }
 
 impl StreamCounter {
-    /// A counter allowing `per_connection` and `per_principal` open streams.
-    pub fn new(per_connection: usize, per_principal: usize) -> Arc<Self> {
+    /// A counter allowing `per_connection` open streams on a connection, `per_principal` for
+    /// one principal, and `unauthenticated` streams without a token on the whole server.
+    pub fn new(per_connection: usize, per_principal: usize, unauthenticated: usize) -> Arc<Self> {
         Arc::new(Self {
             per_connection,
             per_principal,
+            unauthenticated,
             counts: Mutex::default(),
         })
+    }
+
+    /// Takes a place for one more stream that needs no token (health `Watch`, reflection) on
+    /// `connection`: it counts against the connection's limit like any stream, and against the
+    /// server-wide limit for such streams, since no principal bounds them.
+    pub fn open_unauthenticated(
+        self: &Arc<Self>,
+        connection: Option<SocketAddr>,
+    ) -> Result<StreamPermit, LimitError> {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        self.check_connection(&counts, connection)?;
+        if counts.unauthenticated >= self.unauthenticated {
+            return Err(LimitError::UnauthenticatedStreams {
+                limit: self.unauthenticated,
+            });
+        }
+        if let Some(addr) = connection {
+            *counts.connections.entry(addr).or_default() += 1;
+        }
+        counts.unauthenticated += 1;
+        Ok(StreamPermit {
+            counter: Arc::clone(self),
+            connection,
+            principal: None,
+        })
+    }
+
+    fn check_connection(
+        &self,
+        counts: &Counts,
+        connection: Option<SocketAddr>,
+    ) -> Result<(), LimitError> {
+        match connection {
+            Some(addr)
+                if counts.connections.get(&addr).copied().unwrap_or(0) >= self.per_connection =>
+            {
+                Err(LimitError::StreamsPerConnection {
+                    limit: self.per_connection,
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Takes a place for one more stream of `principal` on `connection` (unknown for
@@ -143,13 +186,7 @@ impl StreamCounter {
         // A poisoned lock means a panic while counting, which cannot leave the maps
         // inconsistent (every update is a single insert or remove): go on.
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(addr) = connection
-            && counts.connections.get(&addr).copied().unwrap_or(0) >= self.per_connection
-        {
-            return Err(LimitError::StreamsPerConnection {
-                limit: self.per_connection,
-            });
-        }
+        self.check_connection(&counts, connection)?;
         if counts.principals.get(principal).copied().unwrap_or(0) >= self.per_principal {
             return Err(LimitError::StreamsPerPrincipal {
                 limit: self.per_principal,
@@ -162,7 +199,7 @@ impl StreamCounter {
         Ok(StreamPermit {
             counter: Arc::clone(self),
             connection,
-            principal: principal.into(),
+            principal: Some(principal.into()),
         })
     }
 }
@@ -172,7 +209,8 @@ impl StreamCounter {
 pub struct StreamPermit {
     counter: Arc<StreamCounter>,
     connection: Option<SocketAddr>,
-    principal: Box<str>,
+    /// `None` for a stream that needs no token.
+    principal: Option<Box<str>>,
 }
 
 impl Drop for StreamPermit {
@@ -185,7 +223,10 @@ impl Drop for StreamPermit {
         if let Some(addr) = self.connection {
             decrement(&mut counts.connections, &addr);
         }
-        decrement(&mut counts.principals, &*self.principal);
+        match &self.principal {
+            Some(principal) => decrement(&mut counts.principals, &**principal),
+            None => counts.unauthenticated -= 1,
+        }
     }
 }
 
@@ -267,23 +308,32 @@ fn refilled(bucket: &Bucket, rate: f64, now: Instant) -> f64 {
 
 /// Tower layer: at most `limit` requests being answered at once, each given `timeout` to start
 /// its response; over either, `RESOURCE_EXHAUSTED` at once. Health checks pass untouched so
-/// probes see the server's real state, not its load.
+/// probes see the server's real state, not its load. The streams that need no token (health
+/// `Watch`, reflection) take a place under the stream limits here, held until the stream ends.
 #[derive(Clone)]
 pub struct Shed {
     permits: Arc<Semaphore>,
     limit: usize,
     timeout: Duration,
     metrics: Arc<Metrics>,
+    streams: Arc<StreamCounter>,
 }
 
 impl Shed {
-    /// The layer for `--max-concurrent-requests` and `--request-timeout`.
-    pub fn new(limit: usize, timeout: Duration, metrics: Arc<Metrics>) -> Self {
+    /// The layer for `--max-concurrent-requests` and `--request-timeout`; `streams` counts the
+    /// streams that need no token.
+    pub fn new(
+        limit: usize,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+        streams: Arc<StreamCounter>,
+    ) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(limit)),
             limit,
             timeout,
             metrics,
+            streams,
         }
     }
 }
@@ -317,14 +367,21 @@ pub struct ShedService<S> {
 
 const HEALTH_PATH: &str = "/grpc.health.v1.Health/";
 
-impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for ShedService<S>
+/// The streaming methods that need no token: each open one holds a place under the stream
+/// limits (30,000 health watches once took 200 MB, from one client).
+const UNAUTHENTICATED_STREAMS: [&str; 3] = [
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+impl<S, ReqBody> tower::Service<http::Request<ReqBody>> for ShedService<S>
 where
-    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<Body>>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ResBody: Default + Send + 'static,
 {
-    type Response = http::Response<ResBody>;
+    type Response = http::Response<Body>;
     type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -333,7 +390,21 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        if request.uri().path().starts_with(HEALTH_PATH) {
+        let path = request.uri().path();
+        if UNAUTHENTICATED_STREAMS.contains(&path) {
+            let connection = Connection::of(request.extensions()).and_then(|c| c.remote);
+            let permit = match self.shed.streams.open_unauthenticated(connection) {
+                Ok(permit) => permit,
+                Err(error) => return Box::pin(std::future::ready(Ok(self.shed.refuse(error)))),
+            };
+            let answer = self.inner.call(request);
+            // The place is held by the response body: freed when the stream ends or is dropped.
+            return Box::pin(async move {
+                let response = answer.await?;
+                Ok(response.map(|body| Body::new(Counted { body, permit })))
+            });
+        }
+        if path.starts_with(HEALTH_PATH) {
             return Box::pin(self.inner.call(request));
         }
         let Ok(permit) = Arc::clone(&self.shed.permits).try_acquire_owned() else {
@@ -360,21 +431,51 @@ where
 }
 
 /// tonic refuses a request message above its decoding limit (set a little above
-/// `--max-publish-bytes`) before reading it, but with OUT_OF_RANGE; every other limit answers
-/// RESOURCE_EXHAUSTED, as gRPC's own implementations do for oversized messages. The refusal is
-/// a trailers-only response, so its status is in the headers.
+/// `--max-event-bytes`) before reading it, but with OUT_OF_RANGE; every other limit answers
+/// RESOURCE_EXHAUSTED, as gRPC's own implementations do for oversized messages. Recognised by
+/// its code alone: no service on this port answers OUT_OF_RANGE itself (the one status map,
+/// [`super::error`], never produces it, and a test there keeps it so), so a trailers-only
+/// OUT_OF_RANGE can only be tonic's limit.
 fn is_oversized_message<B>(response: &http::Response<B>) -> bool {
-    // Only refusals carry grpc-status in the headers; answers are left alone cheaply.
     response
         .headers()
         .get("grpc-status")
         .map(http::HeaderValue::as_bytes)
         == Some(b"11")
-        && Status::from_header_map(response.headers()).is_some_and(|status| {
-            status
-                .message()
-                .starts_with("Error, decoded message length too large")
-        })
+}
+
+/// A response body that holds a [`StreamPermit`] until the body is done with.
+struct Counted {
+    body: Body,
+    permit: StreamPermit,
+}
+
+impl http_body::Body for Counted {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl std::fmt::Debug for Counted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counted")
+            .field("permit", &self.permit)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shed {
@@ -394,7 +495,7 @@ mod tests {
 
     #[test]
     fn streams_are_counted_per_connection_and_per_principal_and_freed_on_drop() {
-        let counter = StreamCounter::new(2, 3);
+        let counter = StreamCounter::new(2, 3, 10);
         let a1 = counter.open(addr(1), "alice").unwrap();
         let _a2 = counter.open(addr(1), "alice").unwrap();
         assert_eq!(
@@ -414,14 +515,42 @@ mod tests {
     }
 
     #[test]
+    fn streams_without_a_token_count_per_connection_and_in_all() {
+        let counter = StreamCounter::new(2, 5, 3);
+        let w1 = counter.open_unauthenticated(addr(1)).unwrap();
+        let _s1 = counter.open(addr(1), "alice").unwrap();
+        // The connection's limit counts both kinds.
+        assert_eq!(
+            counter.open_unauthenticated(addr(1)).unwrap_err(),
+            LimitError::StreamsPerConnection { limit: 2 }
+        );
+        let _w2 = counter.open_unauthenticated(addr(2)).unwrap();
+        let _w3 = counter.open_unauthenticated(None).unwrap();
+        // The server-wide limit, whatever the connection.
+        assert_eq!(
+            counter.open_unauthenticated(addr(3)).unwrap_err(),
+            LimitError::UnauthenticatedStreams { limit: 3 }
+        );
+        drop(w1);
+        let _w4 = counter.open_unauthenticated(addr(3)).unwrap();
+        // No principal is charged for them: alice still has her 5 (one open already).
+        let more: Vec<_> = (10..14)
+            .map(|port| counter.open(addr(port), "alice").unwrap())
+            .collect();
+        assert_eq!(more.len(), 4);
+    }
+
+    #[test]
     fn counts_leave_no_entries_behind() {
-        let counter = StreamCounter::new(10, 10);
+        let counter = StreamCounter::new(10, 10, 10);
         let permits: Vec<_> = (0..5)
             .map(|i| counter.open(addr(i), &format!("user-{i}")).unwrap())
+            .chain((0..3).map(|i| counter.open_unauthenticated(addr(i)).unwrap()))
             .collect();
         drop(permits);
         let counts = counter.counts.lock().unwrap();
         assert!(counts.connections.is_empty() && counts.principals.is_empty());
+        assert_eq!(counts.unauthenticated, 0);
     }
 
     #[test]

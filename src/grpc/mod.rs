@@ -8,16 +8,17 @@
 //! Errors of those modules become a `tonic::Status` in exactly one place, [`error`].
 
 pub mod codec;
+pub mod connections;
 pub mod error;
 pub mod limits;
 pub mod page;
 mod service;
 
-use std::{future::Future, pin::Pin, time::Duration};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use http::{HeaderName, HeaderValue, Method};
 use tokio::net::TcpListener;
-use tokio_stream::{Stream, StreamExt, wrappers::TcpListenerStream};
+use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, transport::Server};
 use tonic_health::{
@@ -31,7 +32,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use service::{NotifyService, SubscribeStream};
 
-use crate::pb::notification_service_server::NotificationServiceServer;
+use crate::{pb::notification_service_server::NotificationServiceServer, telemetry::Metrics};
 
 /// Transport settings of the gRPC port.
 #[derive(Debug, Clone)]
@@ -55,6 +56,10 @@ pub struct ServerSettings {
     pub shed: limits::Shed,
     /// Serve the live notification page at `/` ([`page`]).
     pub web: bool,
+    /// How many connections, and how long each may take to send its first request.
+    pub connections: connections::ConnectionLimits,
+    /// Where the connection counts go.
+    pub metrics: Arc<Metrics>,
 }
 
 /// HTTP/2 streams a connection may open beyond `--max-streams-per-connection`: room for unary
@@ -151,14 +156,20 @@ pub async fn serve(
                 anyhow::anyhow!("TLS set-up failed (--tls-cert/--tls-key): {error}")
             })?;
     }
+    let incoming = connections::Incoming::new(
+        listener,
+        settings.connections,
+        Arc::clone(&settings.metrics),
+    );
     builder
         .accept_http1(true)
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(settings.http2_keepalive_timeout))
         .max_concurrent_streams(u32::try_from(
             settings.max_streams_per_connection + UNARY_STREAM_HEADROOM,
         )?)
+        // Outermost: any request at all completes a connection's handshake.
+        .layer(connections::GreetLayer)
         .layer(cors_layer(&settings.cors_origins, settings.cors_localhost))
         // Outside grpc-web, which refuses any HTTP/1.1 request that is not grpc-web.
         .layer(page::PageLayer::new(settings.web))
@@ -169,7 +180,7 @@ pub async fn serve(
         .add_service(notify)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .serve_with_incoming_shutdown(incoming, signal)
         .await?;
     Ok(())
 }

@@ -50,7 +50,8 @@ const ASSETS: [Asset; 4] = [
 
 /// The page's security headers. The token may arrive in the address (`?token=`): the page
 /// removes it at once, and `no-referrer` keeps it out of any request's `Referer` meanwhile.
-/// The page talks to its own origin only, so `connect-src 'self'` too.
+/// The page talks to its own origin only: no `connect-src` is given, so `default-src 'self'`
+/// covers its grpc-web calls too.
 const CSP: &str = "default-src 'self'; img-src 'self' data:; \
                    frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 

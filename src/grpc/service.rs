@@ -8,18 +8,18 @@ use std::{
     time::SystemTime,
 };
 
-use prost::Message;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::{
     codec::EncodedResponse,
+    connections::Connection,
     error::ApiError,
     limits::{RateLimiter, StreamCounter, StreamPermit},
 };
 use crate::{
     auth::{Authenticator, Principal, Wants},
-    hub::{Filter, FilterLimits, Hub, Subscription},
+    hub::{Filter, FilterLimits, Hub, Subscription, Users},
     pb::{self, notification_service_server::NotificationService, publish_request::Body},
     schema::{self, DecodeOptions, Properties},
     sequencer::Sequencer,
@@ -36,10 +36,8 @@ pub struct NotifyService {
     pub sequencer: Sequencer,
     /// Metrics to count rejections in.
     pub metrics: Arc<Metrics>,
-    /// Decoding options (`--strict-schema`).
+    /// Decoding options (`--strict-schema`, `--max-event-bytes`).
     pub decode: DecodeOptions,
-    /// `--max-publish-bytes`.
-    pub max_publish_bytes: usize,
     /// Tokens and who may do what.
     pub auth: Arc<Authenticator>,
     /// `--max-event-types`, `--max-pattern-len`.
@@ -77,14 +75,8 @@ impl NotifyService {
         self.auth
             .policy
             .may_subscribe(principal, wants, admin_feed)?;
-        // An empty `user_id` means the caller's own events, unless the admin feed alone is
-        // asked for (the contract before tokens existed, kept).
-        let user_id = match wants {
-            Wants::Own if !admin_feed => principal.user_id.as_str(),
-            _ => user_id,
-        };
         Ok(Filter::new(
-            user_id,
+            selection(principal, wants, admin_feed),
             admin_feed,
             event_types,
             device_id,
@@ -92,7 +84,7 @@ impl NotifyService {
         )?)
     }
 
-    fn list(
+    async fn list(
         &self,
         principal: &Principal,
         request: &pb::ListEventsRequest,
@@ -115,7 +107,7 @@ impl NotifyService {
                 .min(LIST_MAX_LIMIT),
         };
         let viewer = self.auth.policy.viewer(principal);
-        let page = self.hub.list(&filter, &viewer, after, limit)?;
+        let page = self.hub.list(filter, viewer, after, limit).await?;
         Ok(pb::ListEventsResponse {
             events: page.events,
             next_cursor: page.next.to_string(),
@@ -172,11 +164,9 @@ impl NotifyService {
                 if request.routing_key.is_empty() {
                     return Err(ApiError::Missing("routing_key"));
                 }
-                self.check_size(json.len())?;
                 schema::decode(&request.routing_key, &json, &props, self.decode)?
             }
             Some(Body::Event(event)) => {
-                self.check_size(event.encoded_len())?;
                 schema::accept_typed(&request.routing_key, event, &props, self.decode)?
             }
         };
@@ -188,19 +178,22 @@ impl NotifyService {
         })
     }
 
-    fn check_size(&self, size: usize) -> Result<(), ApiError> {
-        if size > self.max_publish_bytes {
-            return Err(ApiError::TooLarge {
-                size,
-                limit: self.max_publish_bytes,
-            });
-        }
-        Ok(())
-    }
-
     fn reject(&self, error: ApiError) -> Status {
         self.metrics.record_rejected(error.reason());
         error.into()
+    }
+}
+
+/// Whose events a subscription the policy allowed selects. An empty `user_id` means the
+/// caller's own events, unless the admin feed alone is asked for (the contract before tokens
+/// existed, kept). The caller's own id is taken as it is, never re-read as request text: a
+/// token whose subject is `*` selects the user called `*`, not the firehose.
+fn selection(principal: &Principal, wants: Wants<'_>, admin_feed: bool) -> Users {
+    match wants {
+        Wants::Own if admin_feed => Users::None,
+        Wants::Own => Users::One(principal.user_id.as_str().into()),
+        Wants::User(user) => Users::One(user.into()),
+        Wants::Firehose => Users::All,
     }
 }
 
@@ -215,12 +208,9 @@ impl NotificationService for NotifyService {
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
         let principal = self.principal(&request).map_err(|e| self.reject(e))?;
-        let service = self.clone();
-        let request = request.into_inner();
-        // Reading history waits for storage: off the async workers.
-        tokio::task::spawn_blocking(move || service.list(&principal, &request))
+        // The hub reads history on its journal readers, off the async workers.
+        self.list(&principal, request.get_ref())
             .await
-            .map_err(|_| Status::internal("listing failed"))?
             .map(Response::new)
             .map_err(|e| self.reject(e))
     }
@@ -232,7 +222,7 @@ impl NotificationService for NotifyService {
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let principal = self.principal(&request).map_err(|e| self.reject(e))?;
-        let connection = request.remote_addr();
+        let connection = Connection::of(request.extensions()).and_then(|c| c.remote);
         self.open(&principal, connection, request.into_inner())
             .map(Response::new)
             .map_err(|e| self.reject(e))
@@ -294,5 +284,40 @@ impl Stream for SubscribeStream {
                 )
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(sub: &str) -> Principal {
+        Principal {
+            user_id: sub.into(),
+            roles: Default::default(),
+            permissions: Default::default(),
+            expires_at: SystemTime::now(),
+        }
+    }
+
+    #[test]
+    fn a_subject_that_looks_like_a_wildcard_selects_only_itself() {
+        assert_eq!(
+            selection(&principal("*"), Wants::Own, false),
+            Users::One("*".into())
+        );
+        assert_eq!(
+            selection(&principal("u1"), Wants::Own, false),
+            Users::One("u1".into())
+        );
+        assert_eq!(selection(&principal("u1"), Wants::Own, true), Users::None);
+        assert_eq!(
+            selection(&principal("ops"), Wants::Firehose, false),
+            Users::All
+        );
+        assert_eq!(
+            selection(&principal("ops"), Wants::User("u2"), true),
+            Users::One("u2".into())
+        );
     }
 }

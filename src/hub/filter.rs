@@ -2,7 +2,7 @@
 //! device). Validation of a request's filters lives here too, so every transport checks the same
 //! way.
 
-use crate::schema::ADMIN_NOTICE_TYPE;
+use crate::schema::{self, ADMIN_NOTICE_TYPE};
 
 /// The most event-type patterns one subscription may carry, by default.
 pub const MAX_TYPE_PATTERNS: usize = 64;
@@ -38,7 +38,7 @@ pub enum FilterError {
     BadPattern {
         /// Position in `event_types`.
         index: usize,
-        /// The pattern as sent (truncated).
+        /// The pattern as sent (already known to be at most `--max-pattern-len` long).
         pattern: String,
         /// What is wrong with it.
         problem: &'static str,
@@ -110,13 +110,8 @@ impl TypePattern {
         if stem.is_empty() {
             return Err(bad("empty"));
         }
-        let valid_segment = |segment: &str| {
-            !segment.is_empty()
-                && segment
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-        };
-        if !stem.split('.').all(valid_segment) {
+        // The grammar of event types, so a pattern can name any type the ingest accepts.
+        if !stem.split('.').all(schema::is_segment) {
             return Err(bad(
                 "expected dot-separated lowercase words (`billing.payment_success`) or a family (`billing.*`)",
             ));
@@ -151,9 +146,11 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// Validates a subscription request's fields.
+    /// Validates a subscription request's fields. `users` is decided by the caller from who is
+    /// asking (a token's own subject is always [`Users::One`], whatever text it holds), never
+    /// parsed here from a string.
     pub fn new(
-        user_id: &str,
+        users: Users,
         admin_feed: bool,
         event_types: &[String],
         device_id: &str,
@@ -174,16 +171,15 @@ impl Filter {
                 limit: limits.max_pattern_len,
             });
         }
+        let user_id = match &users {
+            Users::One(user) => user,
+            Users::None | Users::All => "",
+        };
         for (field, value) in [("user_id", user_id), ("device_id", device_id)] {
             if value.len() > MAX_ID_LEN {
                 return Err(FilterError::IdTooLong { field });
             }
         }
-        let users = match user_id {
-            "" => Users::None,
-            "*" => Users::All,
-            user => Users::One(user.into()),
-        };
         if users == Users::None && !admin_feed {
             return Err(FilterError::SelectsNothing);
         }
@@ -250,7 +246,17 @@ mod tests {
 
     fn filter(user: &str, admin: bool, types: &[&str], device: &str) -> Filter {
         let types: Vec<String> = types.iter().map(|t| t.to_string()).collect();
-        Filter::new(user, admin, &types, device, FilterLimits::default()).expect("valid filter")
+        Filter::new(users(user), admin, &types, device, FilterLimits::default())
+            .expect("valid filter")
+    }
+
+    /// The request text tests use: empty = nobody, `*` = everybody.
+    fn users(text: &str) -> Users {
+        match text {
+            "" => Users::None,
+            "*" => Users::All,
+            user => Users::One(user.into()),
+        }
     }
 
     #[test]
@@ -286,7 +292,7 @@ mod tests {
     fn bad_requests_are_refused_with_the_reason() {
         let bad = |types: &[&str]| {
             let types: Vec<String> = types.iter().map(|t| t.to_string()).collect();
-            Filter::new("u1", false, &types, "", FilterLimits::default())
+            Filter::new(users("u1"), false, &types, "", FilterLimits::default())
                 .expect_err("must be refused")
         };
         assert!(matches!(
@@ -321,22 +327,22 @@ mod tests {
             max_patterns: 1,
             max_pattern_len: 5,
         };
-        assert!(Filter::new("u1", false, &["a.b".into()], "", tight).is_ok());
+        assert!(Filter::new(users("u1"), false, &["a.b".into()], "", tight).is_ok());
         assert!(matches!(
-            Filter::new("u1", false, &["a.b".into(), "c.d".into()], "", tight),
+            Filter::new(users("u1"), false, &["a.b".into(), "c.d".into()], "", tight),
             Err(FilterError::TooManyPatterns { count: 2, limit: 1 })
         ));
         assert!(matches!(
-            Filter::new("u1", false, &["abc.def".into()], "", tight),
+            Filter::new(users("u1"), false, &["abc.def".into()], "", tight),
             Err(FilterError::PatternTooLong { index: 0, limit: 5 })
         ));
         assert_eq!(
-            Filter::new("", false, &[], "", FilterLimits::default()),
+            Filter::new(Users::None, false, &[], "", FilterLimits::default()),
             Err(FilterError::SelectsNothing)
         );
         assert!(matches!(
             Filter::new(
-                &"u".repeat(MAX_ID_LEN + 1),
+                users(&"u".repeat(MAX_ID_LEN + 1)),
                 false,
                 &[],
                 "",

@@ -2,17 +2,25 @@
 //!
 //! Owns: the routing index (user id → subscribers, the firehose, the admin feed), filters, each
 //! subscriber's bounded [`Mailbox`] and its overflow policy (continue from the journal), replay
-//! on resume and the hand-off to live events, heartbeats, and ending every stream on shutdown. Does not own: decoding (`schema`), positions (`store`), the order of events (the
-//! `sequencer` calls [`Hub::fan_out`] in journal order, one event at a time), or transport
-//! (`grpc` turns a [`Subscription`] into a gRPC stream).
+//! on resume and the hand-off to live events, history pages ([`Hub::list`]), heartbeats, and
+//! ending every stream on shutdown. Does not own: decoding (`schema`), positions (`store`), the
+//! order of events (the `sequencer` calls [`Hub::fan_out`] in journal order, one event at a
+//! time), or transport (`grpc` turns a [`Subscription`] into a gRPC stream).
 //!
 //! Each event is encoded once into a `SubscribeResponse`; all its recipients share those bytes.
+//!
+//! Journal reads (replays, history) never run on the async workers, which carry every live
+//! stream: each read is bounded ([`REPLAY_SCAN_LIMIT`] events examined, [`REPLAY_BATCH`]
+//! selected) and runs on a blocking thread, at most `--replay-readers` at once. A storm of
+//! resumes then waits for its turn at the readers, and is slow for those who resume, not for
+//! anyone else.
 
 mod filter;
 mod mailbox;
 
 use std::{
     collections::{HashMap, VecDeque},
+    future::Future,
     pin::Pin,
     sync::{
         Arc, RwLock, RwLockReadGuard, RwLockWriteGuard,
@@ -24,6 +32,7 @@ use std::{
 
 use bytes::Bytes;
 use prost::Message;
+use tokio::sync::Semaphore;
 
 pub use filter::{
     Audience, Filter, FilterError, FilterLimits, MAX_PATTERN_LEN, MAX_TYPE_PATTERNS, Users,
@@ -33,7 +42,7 @@ pub use mailbox::{EndReason, Frame, Mailbox, Next, Push};
 use crate::{
     auth::Viewer,
     pb::{self, subscribe_response::Kind},
-    store::{Cursor, JournalReader, StoredEvent},
+    store::{Cursor, EventMeta, JournalReader, Scan, ScanLimits, StoreError},
     telemetry::Metrics,
 };
 
@@ -42,6 +51,9 @@ use crate::{
 pub struct HubConfig {
     /// Frames one subscriber may have queued before it counts as too slow (see [`Mailbox`]).
     pub queue_len: usize,
+    /// Journal reads (replay batches, history pages) that may run at once, each on a blocking
+    /// thread; further reads wait their turn (`--replay-readers`).
+    pub replay_readers: usize,
 }
 
 /// Why a subscription could not start.
@@ -130,8 +142,10 @@ struct Shared {
     head: AtomicU64,
     next_id: AtomicU64,
     index: RwLock<Index>,
-    /// Where replays and lagging subscribers read.
+    /// Where replays, lagging subscribers and history pages read.
     journal: Arc<dyn JournalReader>,
+    /// Where those reads run.
+    reads: Reads,
 }
 
 impl Shared {
@@ -183,6 +197,17 @@ impl Hub {
         metrics: Arc<Metrics>,
         journal: Arc<dyn JournalReader>,
     ) -> Self {
+        let readers = Arc::new(Semaphore::new(config.replay_readers.max(1)));
+        Self::with_reads(config, head, metrics, journal, Reads::Pool(readers))
+    }
+
+    fn with_reads(
+        config: HubConfig,
+        head: Cursor,
+        metrics: Arc<Metrics>,
+        journal: Arc<dyn JournalReader>,
+        reads: Reads,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 config,
@@ -192,6 +217,7 @@ impl Hub {
                 next_id: AtomicU64::new(1),
                 index: RwLock::new(Index::default()),
                 journal,
+                reads,
             }),
         }
     }
@@ -207,8 +233,8 @@ impl Hub {
     }
 
     /// Hands one event to every subscriber that selects it and whose filters pass it. Never
-    /// waits: a subscriber whose mailbox is full is ended (see [`Mailbox`]). Must be called in
-    /// journal order, by one caller at a time (the sequencer).
+    /// waits: a subscriber whose mailbox is full lags, and continues from the journal (see
+    /// [`Mailbox`]). Must be called in journal order, by one caller at a time (the sequencer).
     pub fn fan_out(&self, routed: Routed<'_>) {
         let event = routed.event;
         let frame = Frame {
@@ -325,76 +351,77 @@ impl Hub {
             last_position: replay.map_or(head.position, |r: Replay| r.read_after),
             pending,
             replay,
+            reading: None,
         })
     }
 
     /// Reads up to `limit` stored events after `after` (from the oldest retained without it)
-    /// that a subscription with `filter` seen by `viewer` would get, oldest first.
+    /// that a subscription with `filter` seen by `viewer` would get, oldest first. One bounded
+    /// read ([`LIST_SCAN_LIMIT`] events examined) on the journal readers: a page of a user with
+    /// few events in a busy journal ends early, and its `next` continues the scan.
     ///
     /// # Errors
     ///
     /// [`HubError::CursorAhead`] for a cursor beyond the head; [`HubError::Journal`] when the
     /// journal cannot be read.
-    pub fn list(
+    pub async fn list(
         &self,
-        filter: &Filter,
-        viewer: &Viewer,
+        filter: Filter,
+        viewer: Viewer,
         after: Option<Cursor>,
         limit: usize,
     ) -> Result<Page, HubError> {
         let shared = &*self.shared;
-        let journal = &shared.journal;
         let head = shared.head.load(Ordering::Acquire);
-        let floor = journal
-            .floor()
-            .map_err(|e| HubError::Journal(e.to_string()))?;
-        let mut gap = None;
-        let mut position = match after {
-            Some(after) if after.epoch != shared.epoch => {
-                gap = Some((after, pb::GapReason::EpochChanged));
-                floor
-            }
+        let start = match after {
+            Some(after) if after.epoch != shared.epoch => 0,
             Some(after) if after.position > head => {
                 return Err(HubError::CursorAhead(after.to_string()));
             }
-            Some(after) if after.position < floor => {
-                gap = Some((after, pb::GapReason::Retention));
-                floor
-            }
             Some(after) => after.position,
-            None => floor,
+            None => 0,
         };
-        let mut events = Vec::new();
-        let mut scanned = 0;
-        while events.len() < limit && scanned < LIST_SCAN_LIMIT && position < head {
-            let batch = journal
-                .read_after(position, REPLAY_BATCH.min(LIST_SCAN_LIMIT - scanned))
-                .map_err(|e| HubError::Journal(e.to_string()))?;
-            if batch.is_empty() {
-                break;
+        let journal = Arc::clone(&shared.journal);
+        let limits = ScanLimits {
+            until: head,
+            max_scanned: LIST_SCAN_LIMIT,
+            max_selected: limit,
+        };
+        let (scan, events) = shared
+            .reads
+            .run(move || {
+                let scan = journal.scan(start, limits, &|meta| selects(&filter, &viewer, meta))?;
+                // Decoded here too: up to a page of events is CPU work for the reader's thread.
+                let events = scan
+                    .events
+                    .iter()
+                    .filter_map(|stored| {
+                        match pb::SubscribeResponse::decode(stored.frame.clone()) {
+                            Ok(pb::SubscribeResponse {
+                                kind: Some(Kind::Event(event)),
+                            }) => Some(event),
+                            _ => None,
+                        }
+                    })
+                    .collect();
+                Ok((scan, events))
+            })
+            .await
+            .map_err(|e| HubError::Journal(e.to_string()))?;
+        let gap = match after {
+            Some(after) if after.epoch != shared.epoch => {
+                Some((after, pb::GapReason::EpochChanged))
             }
-            for stored in batch {
-                if stored.position > head || events.len() >= limit {
-                    break;
-                }
-                scanned += 1;
-                position = stored.position;
-                if selects(filter, viewer, &stored)
-                    && let Ok(pb::SubscribeResponse {
-                        kind: Some(Kind::Event(event)),
-                    }) = pb::SubscribeResponse::decode(stored.frame)
-                {
-                    events.push(event);
-                }
-            }
-        }
+            Some(after) if after.position < scan.floor => Some((after, pb::GapReason::Retention)),
+            _ => None,
+        };
         Ok(Page {
             events,
-            next: shared.cursor(position),
-            end: position >= head,
+            next: shared.cursor(scan.last),
+            end: scan.last >= head,
             gap: gap.map(|(from, reason)| pb::Gap {
                 from_cursor: from.to_string(),
-                to_cursor: shared.cursor(floor).to_string(),
+                to_cursor: shared.cursor(scan.floor).to_string(),
                 reason: reason.into(),
             }),
         })
@@ -493,9 +520,58 @@ struct Replay {
     caught_up: bool,
 }
 
-/// Events read from the journal per read: bounds a replaying stream's memory and how long one
-/// poll holds the worker.
+/// Selected events one replay read returns at most: bounds a replaying stream's memory.
 const REPLAY_BATCH: usize = 256;
+
+/// Stored events one replay read examines at most, selected or not: bounds how long one read
+/// holds a reader when the subscriber selects few of them (a user resuming over a busy journal).
+const REPLAY_SCAN_LIMIT: usize = 4096;
+
+/// Where journal reads run.
+#[derive(Clone)]
+enum Reads {
+    /// On the blocking pool, as many at once as the semaphore has permits.
+    Pool(Arc<Semaphore>),
+    /// Inside the caller's poll: unit tests step the hub without a runtime this way.
+    #[cfg(test)]
+    Inline,
+}
+
+/// The outcome of a journal read running on the readers.
+type PendingRead<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
+
+impl Reads {
+    /// Runs `job` (one bounded journal read) on a reader thread once a reader is free. The
+    /// permit goes with the job to its thread, so a caller that gives up (a client gone) does
+    /// not free its place before the read has ended.
+    fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+    ) -> PendingRead<T> {
+        match self {
+            Reads::Pool(readers) => {
+                let readers = Arc::clone(readers);
+                Box::pin(async move {
+                    let permit = readers.acquire_owned().await.map_err(|_| {
+                        StoreError::Unavailable("the journal readers closed".into())
+                    })?;
+                    tokio::task::spawn_blocking(move || {
+                        let _permit = permit;
+                        job()
+                    })
+                    .await
+                    .unwrap_or_else(|error| {
+                        Err(StoreError::Unavailable(format!(
+                            "a journal read failed: {error}"
+                        )))
+                    })
+                })
+            }
+            #[cfg(test)]
+            Reads::Inline => Box::pin(std::future::ready(job())),
+        }
+    }
+}
 
 /// One subscriber's stream of encoded frames. Dropping it unsubscribes.
 pub struct Subscription {
@@ -507,29 +583,24 @@ pub struct Subscription {
     pending: VecDeque<Frame>,
     /// Journal reading still to do before the mailbox.
     replay: Option<Replay>,
-}
-
-impl Subscriber {
-    /// Whether this subscriber gets the stored event (see [`selects`]).
-    fn selects(&self, event: &StoredEvent) -> bool {
-        selects(&self.filter, &self.viewer, event)
-    }
+    /// The read of `replay`'s next batch, while it runs.
+    reading: Option<PendingRead<Scan>>,
 }
 
 /// Whether a subscription with `filter`, seen by `viewer`, gets the stored event: the routing of
 /// [`Hub::fan_out`] (its user, the firehose, the admin feed), the filters and the viewer,
 /// decided from stored facts.
-fn selects(filter: &Filter, viewer: &Viewer, event: &StoredEvent) -> bool {
-    let audience = Audience::of(&event.event_type);
+fn selects(filter: &Filter, viewer: &Viewer, event: EventMeta<'_>) -> bool {
+    let audience = Audience::of(event.event_type);
     let routed = match audience {
         Audience::AdminOnly => filter.admin_feed,
         Audience::Users { admin_too } => {
-            filter.selects_user(&event.user_id) || (admin_too && filter.admin_feed)
+            filter.selects_user(event.user_id) || (admin_too && filter.admin_feed)
         }
     };
     routed
-        && filter.passes(&event.event_type, &event.device_id)
-        && viewer.may_see(&event.user_id, audience == Audience::AdminOnly)
+        && filter.passes(event.event_type, event.device_id)
+        && viewer.may_see(event.user_id, audience == Audience::AdminOnly)
 }
 
 /// One page of stored history ([`Hub::list`]).
@@ -545,8 +616,8 @@ pub struct Page {
     pub gap: Option<pb::Gap>,
 }
 
-/// The most stored events one [`Hub::list`] call reads, whatever it selects: bounds the cost of
-/// a page for a user with few events in a busy journal (the page then ends early, and
+/// The most stored events one [`Hub::list`] call examines, whatever it selects: bounds the cost
+/// of a page for a user with few events in a busy journal (the page then ends early, and
 /// `next` continues the scan).
 const LIST_SCAN_LIMIT: usize = 10_000;
 
@@ -571,49 +642,47 @@ impl Subscription {
         }
     }
 
-    /// Reads the next batch of `replay` into `pending`; `false` if the journal failed (the
-    /// stream is then ended).
-    fn read_replay(&mut self, mut replay: Replay) -> bool {
-        let journal = &self.hub.journal;
-        let floor = match journal.floor() {
-            Ok(floor) => floor,
-            Err(error) => return self.journal_failed(&error),
+    /// Starts reading the next batch of `replay` on the journal readers.
+    fn start_read(&self, replay: Replay) -> PendingRead<Scan> {
+        let journal = Arc::clone(&self.hub.journal);
+        let subscriber = Arc::clone(&self.subscriber);
+        let limits = ScanLimits {
+            until: replay.until,
+            max_scanned: REPLAY_SCAN_LIMIT,
+            max_selected: REPLAY_BATCH,
         };
-        if replay.read_after < floor {
+        self.hub.reads.run(move || {
+            journal.scan(replay.read_after, limits, &|meta| {
+                selects(&subscriber.filter, &subscriber.viewer, meta)
+            })
+        })
+    }
+
+    /// Queues what one read of `replay` found: a `Gap` if retention removed events this
+    /// subscriber had not seen, the selected events, and `CaughtUp` once the replay is done.
+    fn apply_scan(&mut self, mut replay: Replay, scan: Scan) {
+        if replay.read_after < scan.floor {
             // Retention removed what this subscriber has not seen: say so, go on from there.
+            // Never past `until`: what follows it is in the mailbox, not lost, and the stream's
+            // cursor must not move beyond what it will deliver next.
+            let to = scan.floor.min(replay.until);
             let from = self.hub.cursor(replay.read_after);
             self.pending.push_back(gap_frame(
                 from,
                 self.hub.epoch,
-                floor,
+                to,
                 pb::GapReason::Retention,
             ));
-            replay.read_after = floor;
+            replay.read_after = to;
         }
-        let limit = usize::try_from(replay.until - replay.read_after)
-            .unwrap_or(REPLAY_BATCH)
-            .min(REPLAY_BATCH);
-        let events = match journal.read_after(replay.read_after, limit) {
-            Ok(events) => events,
-            Err(error) => return self.journal_failed(&error),
-        };
-        for event in &events {
-            if event.position > replay.until {
-                break;
-            }
-            replay.read_after = event.position;
-            if self.subscriber.selects(event) {
-                self.pending.push_back(Frame {
-                    bytes: event.frame.clone(),
-                    position: event.position,
-                    published_at: None,
-                });
-            }
+        for event in scan.events {
+            self.pending.push_back(Frame {
+                bytes: event.frame,
+                position: event.position,
+                published_at: None,
+            });
         }
-        if events.is_empty() {
-            // Nothing more stored up to `until` (the head moves only after a commit).
-            replay.read_after = replay.until;
-        }
+        replay.read_after = replay.read_after.max(scan.last);
         if replay.read_after >= replay.until {
             if replay.caught_up {
                 self.pending
@@ -623,15 +692,13 @@ impl Subscription {
         } else {
             self.replay = Some(replay);
         }
-        true
     }
 
-    fn journal_failed(&mut self, error: &crate::store::StoreError) -> bool {
+    fn journal_failed(&mut self, error: &StoreError) {
         tracing::warn!(%error, "replay failed: the journal cannot be read; ending the stream");
         self.replay = None;
         self.pending.clear();
         self.subscriber.mailbox.close(EndReason::JournalUnavailable);
-        false
     }
 }
 
@@ -645,10 +712,38 @@ impl tokio_stream::Stream for Subscription {
                 this.last_position = frame.position;
                 return Poll::Ready(Some(frame));
             }
+            // One bounded read's result per turn of this loop, and a new read runs on the
+            // readers, never here: a poll does a bounded amount of work however little of the
+            // journal this subscriber selects.
+            if let Some(reading) = this.reading.as_mut() {
+                let result = std::task::ready!(reading.as_mut().poll(cx));
+                this.reading = None;
+                let Some(replay) = this.replay.take() else {
+                    continue;
+                };
+                match result {
+                    Ok(scan) => this.apply_scan(replay, scan),
+                    Err(error) => {
+                        this.journal_failed(&error);
+                        return Poll::Ready(None);
+                    }
+                }
+                if this.pending.is_empty() && this.replay.is_some() {
+                    // Nothing selected in that stretch: yield before the next read, so one poll
+                    // never applies more than one read's result.
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                continue;
+            }
             if let Some(replay) = this.replay {
-                if !this.read_replay(replay) {
+                if this.subscriber.mailbox.end_reason().is_some() {
+                    // Shut down mid-replay: end now, at the last cursor sent (the client resumes
+                    // from there), rather than replay on while the server waits for this stream.
+                    this.replay = None;
                     return Poll::Ready(None);
                 }
+                this.reading = Some(this.start_read(replay));
                 continue;
             }
             match this.subscriber.mailbox.poll_pop(cx) {

@@ -10,7 +10,7 @@ use prost::Message;
 use tokio_stream::Stream;
 
 use super::*;
-use crate::{auth::Viewer, schema};
+use crate::{auth::Viewer, schema, store::StoredEvent};
 
 const EPOCH: u64 = 77;
 
@@ -19,6 +19,12 @@ const EPOCH: u64 = 77;
 struct TestJournal {
     events: std::sync::Mutex<Vec<StoredEvent>>,
     floor: AtomicU64,
+    /// When set, the next scan first raises the floor to this: retention ran just before it.
+    prune_before_scan: AtomicU64,
+    /// Stored events examined by scans, in all.
+    examined: AtomicU64,
+    /// The threads scans ran on.
+    scanned_on: std::sync::Mutex<Vec<std::thread::ThreadId>>,
 }
 
 impl JournalReader for TestJournal {
@@ -26,21 +32,33 @@ impl JournalReader for TestJournal {
         Ok(self.floor.load(Ordering::Relaxed))
     }
 
-    fn read_after(
+    fn scan(
         &self,
-        position: u64,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, crate::store::StoreError> {
+        after: u64,
+        limits: ScanLimits,
+        select: &dyn Fn(EventMeta<'_>) -> bool,
+    ) -> Result<Scan, crate::store::StoreError> {
+        let pruned = self.prune_before_scan.swap(0, Ordering::Relaxed);
+        if pruned > 0 {
+            self.floor.fetch_max(pruned, Ordering::Relaxed);
+        }
         let floor = self.floor.load(Ordering::Relaxed);
-        Ok(self
-            .events
+        self.scanned_on
             .lock()
             .unwrap()
-            .iter()
-            .filter(|e| e.position > position.max(floor))
-            .take(limit)
-            .cloned()
-            .collect())
+            .push(std::thread::current().id());
+        let events = self.events.lock().unwrap();
+        let counted = |meta: EventMeta<'_>| {
+            self.examined.fetch_add(1, Ordering::Relaxed);
+            select(meta)
+        };
+        Ok(crate::store::scan_slice(
+            events.iter(),
+            floor,
+            after,
+            limits,
+            &counted,
+        ))
     }
 }
 
@@ -50,21 +68,30 @@ fn hub(queue_len: usize) -> Hub {
 
 fn hub_with_journal(queue_len: usize) -> (Hub, Arc<TestJournal>) {
     let journal = Arc::new(TestJournal::default());
-    let hub = Hub::new(
-        HubConfig { queue_len },
+    let hub = Hub::with_reads(
+        HubConfig {
+            queue_len,
+            replay_readers: 1,
+        },
         Cursor {
             epoch: EPOCH,
             position: 0,
         },
         Arc::new(Metrics::new()),
         journal.clone(),
+        Reads::Inline,
     );
     (hub, journal)
 }
 
 fn filter(user: &str, admin_feed: bool, types: &[&str], device: &str) -> Filter {
     let types: Vec<String> = types.iter().map(|t| t.to_string()).collect();
-    Filter::new(user, admin_feed, &types, device, FilterLimits::default()).expect("valid filter")
+    let users = match user {
+        "" => Users::None,
+        "*" => Users::All,
+        user => Users::One(user.into()),
+    };
+    Filter::new(users, admin_feed, &types, device, FilterLimits::default()).expect("valid filter")
 }
 
 struct Publisher {
@@ -537,6 +564,126 @@ fn the_viewer_stops_what_routing_would_deliver() {
         events,
         [("billing.low_balance".to_owned(), "alice".to_owned())]
     );
+}
+
+/// A user resuming over a long journal that holds none of their events: each poll of the stream
+/// does a bounded amount of work, and the journal is read on other threads, never on the one
+/// that polls (an async worker, which carries everyone's streams). Reading inside the poll once
+/// let 60 such resumes stall every live stream, `Publish` and health check for seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_that_selects_nothing_reads_in_bounded_steps_off_the_polling_thread() {
+    let journal = Arc::new(TestJournal::default());
+    let hub = Hub::new(
+        HubConfig {
+            queue_len: 16,
+            replay_readers: 1,
+        },
+        Cursor {
+            epoch: EPOCH,
+            position: 0,
+        },
+        Arc::new(Metrics::new()),
+        journal.clone(),
+    );
+    let mut publisher = Publisher::new(&hub, &journal);
+    const STORED: u64 = 20_000;
+    for _ in 0..STORED {
+        publisher.send("quota.updated", "someone-else", "");
+    }
+    let from = Cursor {
+        epoch: EPOCH,
+        position: 0,
+    };
+    let mut subscription = hub
+        .subscribe(
+            filter("u1", false, &[], ""),
+            Viewer::User("u1".into()),
+            Some(from),
+        )
+        .expect("subscribe");
+    // The first poll only starts a read: it cannot have examined more than one read's worth.
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(Pin::new(&mut subscription).poll_next(&mut cx).is_pending());
+    let examined = journal.examined.load(Ordering::Relaxed);
+    assert!(examined <= REPLAY_SCAN_LIMIT as u64, "{examined}");
+    // The replay runs to its end and says so at the head, having read every event once, in
+    // bounded reads, none of them on this thread.
+    let frame = tokio_stream::StreamExt::next(&mut subscription)
+        .await
+        .expect("a frame");
+    let kind = pb::SubscribeResponse::decode(frame.bytes).unwrap().kind;
+    assert_eq!(
+        kind,
+        Some(Kind::CaughtUp(pb::CaughtUp {
+            cursor: hub.head().to_string()
+        }))
+    );
+    assert_eq!(journal.examined.load(Ordering::Relaxed), STORED);
+    let threads = journal.scanned_on.lock().unwrap().clone();
+    assert_eq!(threads.len(), (STORED as usize).div_ceil(REPLAY_SCAN_LIMIT));
+    assert!(!threads.contains(&std::thread::current().id()));
+}
+
+/// Retention may remove events past the point where a lagging subscriber's catch-up ends
+/// (`until`, where it rejoined the live feed) before the catch-up reads them. The subscriber is
+/// told of the gap up to `until` (what follows is in its mailbox, not lost), and its cursor
+/// never moves backwards (this once underflowed `until - read_after`).
+#[test]
+fn retention_passing_a_lagging_subscribers_catch_up_gives_a_gap_and_never_rewinds() {
+    let (hub, journal) = hub_with_journal(2);
+    let mut subscription = hub
+        .subscribe(filter("u1", false, &[], ""), Viewer::Admin, None)
+        .expect("subscribe");
+    let mut publisher = Publisher::new(&hub, &journal);
+    let sent: Vec<_> = (0..6)
+        .map(|_| publisher.send("quota.updated", "u1", ""))
+        .collect();
+    // The mailbox held e1 and e2, then overflowed; the catch-up to position 6 will find
+    // retention already at 8.
+    journal.prune_before_scan.store(8, Ordering::Relaxed);
+    let kinds = drain(&mut subscription);
+    assert_eq!(event_ids(&kinds), sent[..2].to_vec());
+    let cursor = |position| {
+        Cursor {
+            epoch: EPOCH,
+            position,
+        }
+        .to_string()
+    };
+    assert_eq!(
+        kinds.last(),
+        Some(&Kind::Gap(pb::Gap {
+            from_cursor: cursor(2),
+            to_cursor: cursor(6),
+            reason: pb::GapReason::Retention.into(),
+        }))
+    );
+    assert_eq!(subscription.last_cursor().position, 6);
+    // Live again: the next events come through the mailbox, in order.
+    let later: Vec<_> = (0..2)
+        .map(|_| publisher.send("quota.updated", "u1", ""))
+        .collect();
+    assert_eq!(event_ids(&drain(&mut subscription)), later);
+    assert_eq!(subscription.last_cursor().position, 8);
+}
+
+/// A history page whose scan finds retention past the head (everything it would read is gone)
+/// ends at once, at the head; it once looped forever.
+#[tokio::test]
+async fn a_history_page_ends_when_retention_passes_the_head_during_the_scan() {
+    let (hub, journal) = hub_with_journal(16);
+    let mut publisher = Publisher::new(&hub, &journal);
+    for _ in 0..5 {
+        publisher.send("quota.updated", "u1", "");
+    }
+    journal.prune_before_scan.store(9, Ordering::Relaxed);
+    let page = hub
+        .list(filter("u1", false, &[], ""), Viewer::Admin, None, 100)
+        .await
+        .expect("a page");
+    assert!(page.events.is_empty());
+    assert!(page.end);
+    assert_eq!(page.next, hub.head());
 }
 
 mod interleavings {

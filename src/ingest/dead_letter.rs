@@ -1,10 +1,18 @@
 //! The dead-letter copy of a poison message.
 //!
-//! Owns: what the copy carries. The broker's own dead-lettering (`basic.reject` without requeue)
-//! cannot add headers, so notify-backbone publishes the copy itself, with publisher confirms, to
-//! the dead-letter exchange, and acks the original only once the broker confirmed the copy. The
-//! copy keeps the original body, routing key and properties, so replaying it to the producers'
-//! exchange is a plain move.
+//! Owns: what the copy carries, and that it fits the broker's frame. The broker's own
+//! dead-lettering (`basic.reject` without requeue) cannot add headers, so notify-backbone
+//! publishes the copy itself, with publisher confirms, to the dead-letter exchange, and acks the
+//! original only once the broker confirmed the copy. The copy keeps the original body, routing
+//! key and properties, so replaying it to the producers' exchange is a plain move.
+//!
+//! A message's properties travel in one content-header frame, which must fit the connection's
+//! negotiated `frame_max`. The original fitted, but the copy adds the reason headers: a copy that
+//! would not fit leaves the original headers out and says how many bytes it left out
+//! ([`HEADERS_DROPPED_HEADER`]); sending it anyway would make the broker close the connection,
+//! and the message, redelivered, would do the same at every reconnect. When even that cannot
+//! fit, [`copy_properties`] says so and the ingest rejects the original without requeue, so the
+//! queue's own dead-lettering takes it (without the reason headers).
 
 use lapin::{
     BasicProperties, Channel, PublisherConfirm,
@@ -31,16 +39,26 @@ pub const NODE_HEADER: &str = "x-notify-node";
 /// name; the ingest reads the event type from this header instead when it is present.
 pub const ROUTING_KEY_HEADER: &str = "x-notify-routing-key";
 
-/// Publishes the dead-letter copy of `message`; the returned confirm resolves when the broker
-/// has it.
+/// Set on a copy that leaves the original headers out (they would not fit the frame): how many
+/// bytes of headers were left out.
+pub const HEADERS_DROPPED_HEADER: &str = "x-notify-headers-dropped";
+
+/// The longest `x-notify-error-detail`, in bytes: a reason may quote the input, and the input is
+/// the producer's.
+const MAX_DETAIL_BYTES: usize = 1024;
+
+/// What a content-header frame adds to the encoded properties: frame type, channel and size
+/// (7 bytes), class, weight and body size (12) and the frame end (1).
+const HEADER_FRAME_OVERHEAD: usize = 20;
+
+/// Publishes `properties` (see [`copy_properties`]) with `message`'s body as its dead-letter copy;
+/// the returned confirm resolves when the broker has it.
 pub(super) async fn publish(
     channel: &Channel,
     exchange: &str,
-    node_id: &str,
     message: &Message,
-    error: &DecodeError,
+    properties: BasicProperties,
 ) -> lapin::Result<PublisherConfirm> {
-    let properties = properties(message, node_id, error);
     channel
         .basic_publish(
             exchange.into(),
@@ -57,25 +75,88 @@ pub(super) async fn publish(
         .await
 }
 
-/// The original properties, persistent, with the reason headers added to the original ones.
-fn properties(message: &Message, node_id: &str, error: &DecodeError) -> BasicProperties {
+/// The copy's properties: the original ones, persistent, with the reason headers added to the
+/// original headers; without the original headers if that would not fit a frame of `frame_max`
+/// bytes (0: no limit); `None` if even that does not fit.
+pub(super) fn copy_properties(
+    message: &Message,
+    node_id: &str,
+    error: &DecodeError,
+    frame_max: u32,
+) -> Option<BasicProperties> {
     let original = &message.properties;
+    let reasons = reason_headers(message, node_id, error);
+    let fits = |properties: &BasicProperties| {
+        frame_max == 0 || header_frame_len(properties) <= frame_max as usize
+    };
     let mut headers = original.headers().clone().unwrap_or_default();
+    for (key, value) in reasons.inner() {
+        headers.insert(key.clone(), value.clone());
+    }
+    let copy = original
+        .clone()
+        .with_headers(headers)
+        .with_delivery_mode(PERSISTENT);
+    if fits(&copy) {
+        return Some(copy);
+    }
+    let dropped = original.headers().as_ref().map_or(0, |h| {
+        encoded_len(&BasicProperties::default().with_headers(h.clone()))
+    });
+    let mut headers = reasons;
+    headers.insert(
+        HEADERS_DROPPED_HEADER.into(),
+        AMQPValue::LongLongInt(i64::try_from(dropped).unwrap_or(i64::MAX)),
+    );
+    let trimmed = original
+        .clone()
+        .with_headers(headers)
+        .with_delivery_mode(PERSISTENT);
+    fits(&trimmed).then_some(trimmed)
+}
+
+/// The `x-notify-*` headers that say why, where and from where.
+fn reason_headers(message: &Message, node_id: &str, error: &DecodeError) -> FieldTable {
+    let mut headers = FieldTable::default();
     let mut text = |key: &str, value: &str| {
         headers.insert(key.into(), AMQPValue::LongString(LongString::from(value)));
     };
     text(ERROR_HEADER, error.reason());
-    text(ERROR_DETAIL_HEADER, &error.to_string());
+    text(
+        ERROR_DETAIL_HEADER,
+        clip(&error.to_string(), MAX_DETAIL_BYTES),
+    );
     if let Some(field) = error.field() {
-        text(ERROR_FIELD_HEADER, field);
+        text(ERROR_FIELD_HEADER, clip(field, MAX_DETAIL_BYTES));
     }
     text(ORIGINAL_EXCHANGE_HEADER, &message.exchange);
     text(ROUTING_KEY_HEADER, &message.routing_key);
     text(NODE_HEADER, node_id);
-    original
-        .clone()
-        .with_headers(headers)
-        .with_delivery_mode(PERSISTENT)
+    headers
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+fn clip(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The size of the content-header frame that carries `properties`.
+fn header_frame_len(properties: &BasicProperties) -> usize {
+    HEADER_FRAME_OVERHEAD + encoded_len(properties)
+}
+
+/// The size of `properties` as the AMQP codec writes them (flags and fields). Measured with the
+/// codec lapin itself uses, so the answer is exact; `usize::MAX` if it cannot encode them.
+fn encoded_len(properties: &BasicProperties) -> usize {
+    cookie_factory::gen_simple(
+        lapin::protocol::basic::gen_properties(properties),
+        Vec::new(),
+    )
+    .map_or(usize::MAX, |bytes| bytes.len())
 }
 
 /// AMQP `delivery_mode` 2: the broker writes the message to disk.
@@ -114,7 +195,7 @@ mod tests {
         let error = DecodeError::MissingField {
             field: "payload.userId".into(),
         };
-        let copy = properties(&message, "node-1", &error);
+        let copy = copy_properties(&message, "node-1", &error, 131_072).unwrap();
         assert_eq!(copy.timestamp(), &Some(1_732_096_800_000));
         assert_eq!(copy.delivery_mode(), &Some(2));
         let headers = copy.headers().clone().unwrap_or_default();
@@ -135,9 +216,71 @@ mod tests {
     #[test]
     fn no_field_header_when_no_field_is_at_fault() {
         let message = Message::for_test("x", "device.started", BasicProperties::default());
-        let copy = properties(&message, "n", &DecodeError::NotUtf8);
+        let copy = copy_properties(&message, "n", &DecodeError::NotUtf8, 0).unwrap();
         let headers = copy.headers().clone().unwrap_or_default();
         assert_eq!(header_text(&headers, ERROR_HEADER), Some(&b"not_utf8"[..]));
         assert_eq!(header_text(&headers, ERROR_FIELD_HEADER), None);
+    }
+
+    fn with_padding(len: usize) -> Message {
+        let mut headers = FieldTable::default();
+        headers.insert("x-producer".into(), AMQPValue::LongString("svc".into()));
+        headers.insert(
+            "x-pad".into(),
+            AMQPValue::LongString(LongString::from(vec![b'p'; len])),
+        );
+        Message::for_test(
+            "cloudphone.events",
+            "device.error",
+            BasicProperties::default()
+                .with_timestamp(1_732_096_800_000)
+                .with_headers(headers),
+        )
+    }
+
+    /// Headers that filled the original's frame: the copy with the reason headers added would
+    /// not fit (the broker would close the connection, and the redelivered message would do it
+    /// again at every reconnect), so the copy leaves them out and says how much it left out.
+    #[test]
+    fn a_copy_that_would_not_fit_the_frame_leaves_the_original_headers_out() {
+        const FRAME_MAX: u32 = 131_072;
+        let original = with_padding(130_900);
+        assert!(header_frame_len(&original.properties) <= FRAME_MAX as usize);
+        let copy = copy_properties(&original, "n", &DecodeError::NotUtf8, FRAME_MAX).unwrap();
+        assert!(header_frame_len(&copy) <= FRAME_MAX as usize);
+        let headers = copy.headers().clone().unwrap_or_default();
+        assert_eq!(header_text(&headers, ERROR_HEADER), Some(&b"not_utf8"[..]));
+        assert_eq!(header_text(&headers, "x-pad"), None);
+        assert_eq!(header_text(&headers, "x-producer"), None);
+        let dropped = headers.inner().get(HEADERS_DROPPED_HEADER);
+        assert!(
+            matches!(dropped, Some(AMQPValue::LongLongInt(n)) if *n > 130_900),
+            "{dropped:?}"
+        );
+        // Everything but the headers is kept.
+        assert_eq!(copy.timestamp(), &Some(1_732_096_800_000));
+        // Small headers are kept as they are.
+        let small = with_padding(10);
+        let copy = copy_properties(&small, "n", &DecodeError::NotUtf8, FRAME_MAX).unwrap();
+        let headers = copy.headers().clone().unwrap_or_default();
+        assert_eq!(header_text(&headers, "x-producer"), Some(&b"svc"[..]));
+        assert!(headers.inner().get(HEADERS_DROPPED_HEADER).is_none());
+    }
+
+    #[test]
+    fn a_frame_too_small_for_even_the_reasons_gives_no_copy() {
+        let message = with_padding(10);
+        assert!(copy_properties(&message, "n", &DecodeError::NotUtf8, 64).is_none());
+    }
+
+    #[test]
+    fn a_long_reason_is_clipped_on_a_character_boundary() {
+        let message = with_padding(10);
+        let error = DecodeError::NotJson("é".repeat(4000));
+        let copy = copy_properties(&message, "n", &error, 0).unwrap();
+        let headers = copy.headers().clone().unwrap_or_default();
+        let detail = header_text(&headers, ERROR_DETAIL_HEADER).unwrap();
+        assert!(detail.len() <= MAX_DETAIL_BYTES);
+        assert!(std::str::from_utf8(detail).is_ok());
     }
 }

@@ -49,6 +49,28 @@ impl DeadLettered<'_> {
     }
 }
 
+/// A poison message was rejected without requeue instead of copied (no copy could be sent):
+/// the queue's own dead-lettering moves it, without the reason headers, so the reason is logged
+/// here.
+pub(super) struct Rejected<'a> {
+    pub routing_key: &'a str,
+    pub error: &'a DecodeError,
+}
+
+impl Rejected<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        metrics.record_dead_lettered(self.error.reason());
+        warn!(
+            routing_key = self.routing_key,
+            reason = self.error.reason(),
+            field = self.error.field(),
+            "ingest: rejected to the queue's dead-letter exchange (no copy with the reason \
+             could be sent): {}",
+            self.error
+        );
+    }
+}
+
 /// The downstream (sequencer, journal) did not accept a good event: our own failure. The
 /// message stays unacknowledged and consumption pauses until it is accepted.
 pub(super) struct DownstreamRefused<'a> {

@@ -165,9 +165,12 @@ async fn run<D: Downstream>(
         queue = %config.topology.queue,
         "ingest: consuming from RabbitMQ"
     );
+    // Kept across sessions: a message whose dead-lettering ended one is not copied again.
+    let suspects = session::Suspects::default();
     while !shutdown.is_cancelled() {
         attempt += 1;
-        let outcome = session::run(&config, &downstream, &metrics, &state, &shutdown).await;
+        let outcome =
+            session::run(&config, &downstream, &metrics, &state, &shutdown, &suspects).await;
         metrics.ingest.consuming.set(0);
         match outcome {
             Ok(()) => break,
@@ -204,17 +207,24 @@ fn jittered(backoff: Duration) -> Duration {
     half + Duration::from_millis(spread)
 }
 
-/// The broker URL without its password, for logs.
+/// The broker URL without its password, for logs: parsed as lapin parses it (so a password
+/// holding `@` or `:` is recognised as a whole), then written back with `***` in its place. A URL
+/// that does not parse is not echoed at all, since where its password ends is unknown.
 pub fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    match rest.split_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}")
+    match url.parse::<lapin::uri::AMQPUri>() {
+        Ok(uri) => {
+            let authority = &uri.authority;
+            let vhost = if uri.vhost == "/" {
+                "%2f".to_owned()
+            } else {
+                uri.vhost.clone()
+            };
+            format!(
+                "{}://{}:***@{}:{}/{vhost}",
+                uri.scheme, authority.userinfo.username, authority.host, authority.port
+            )
         }
-        None => url.to_owned(),
+        Err(_) => "<an AMQP URL that does not parse>".into(),
     }
 }
 
@@ -262,7 +272,23 @@ mod tests {
             redacted("amqp://guest:secret@broker:5672/%2f"),
             "amqp://guest:***@broker:5672/%2f"
         );
-        assert_eq!(redacted("amqp://broker:5672"), "amqp://broker:5672");
+        // The password may itself hold `@` and `:` (percent-encoded or not): none of it shows.
+        for url in [
+            "amqp://svc:p@ss:w@rd@broker:5672/prod",
+            "amqp://svc:p%40ss%3Aw%40rd@broker/prod",
+        ] {
+            let shown = redacted(url);
+            assert!(!shown.contains("ss") && !shown.contains("rd"), "{shown}");
+            assert!(shown.starts_with("amqp://svc:***@broker:5672/"), "{shown}");
+        }
+        assert_eq!(
+            redacted("amqp://broker:5672"),
+            "amqp://guest:***@broker:5672/%2f"
+        );
+        assert_eq!(
+            redacted("not a url: secret"),
+            "<an AMQP URL that does not parse>"
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use lapin::{
     message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions,
-        ConfirmSelectOptions,
+        BasicRejectOptions, ConfirmSelectOptions,
     },
     types::FieldTable,
 };
@@ -117,6 +117,9 @@ enum Outcome {
     DeadLetterUnroutable,
     /// The connection broke while waiting for a confirm.
     Lost(lapin::Error),
+    /// No dead-letter copy can be sent (it would not fit a frame, or sending one ended a session
+    /// before): reject it without requeue, so the queue's own dead-lettering takes it.
+    Reject(DecodeError),
 }
 
 type PendingOutcome = Pin<Box<dyn Future<Output = Outcome> + Send>>;
@@ -137,6 +140,7 @@ pub(super) async fn run<D: Downstream>(
     metrics: &Metrics,
     state: &watch::Sender<IngestState>,
     shutdown: &CancellationToken,
+    suspects: &Suspects,
 ) -> Result<(), SessionFailure> {
     let connect = |name: String| {
         let properties = ConnectionProperties::default().with_connection_name(name.into());
@@ -160,13 +164,13 @@ pub(super) async fn run<D: Downstream>(
         () = shutdown.cancelled() => return Ok(()),
     };
     let result = consume(
-        &consuming,
-        &publishing,
+        (&consuming, &publishing),
         config,
         downstream,
         metrics,
         state,
         shutdown,
+        suspects,
     )
     .await;
     for connection in [&consuming, &publishing] {
@@ -185,13 +189,13 @@ pub fn connection_name(node_id: &str) -> String {
 }
 
 async fn consume<D: Downstream>(
-    connection: &Connection,
-    publishing: &Connection,
+    (connection, publishing): (&Connection, &Connection),
     config: &IngestConfig,
     downstream: &D,
     metrics: &Metrics,
     state: &watch::Sender<IngestState>,
     shutdown: &CancellationToken,
+    suspects: &Suspects,
 ) -> Result<(), SessionFailure> {
     let before = |error| SessionFailure {
         error,
@@ -234,6 +238,8 @@ async fn consume<D: Downstream>(
             config,
             downstream,
             dead_letters,
+            frame_max: publishing.configuration().frame_max(),
+            suspects,
         },
         inflight: VecDeque::with_capacity(usize::from(config.prefetch)),
         last_settled: None,
@@ -263,6 +269,11 @@ struct Start<'a, D> {
     config: &'a IngestConfig,
     downstream: &'a D,
     dead_letters: Channel,
+    /// The dead-letter connection's negotiated frame size: a copy's properties must fit one
+    /// frame.
+    frame_max: u32,
+    /// Messages that were being dead-lettered when a session died.
+    suspects: &'a Suspects,
 }
 
 struct Session<'a, D> {
@@ -431,6 +442,21 @@ impl<D: Downstream> Session<'_, D> {
                 ));
             }
             Outcome::Lost(error) => return Err(IngestError::Lost(error)),
+            Outcome::Reject(error) => {
+                // The `multiple` ack of what settled before must go first: once this tag is
+                // rejected, an ack naming it would be refused and close the channel.
+                self.flush_acks().await?;
+                self.channel
+                    .basic_reject(oldest.message.tag, BasicRejectOptions { requeue: false })
+                    .await
+                    .map_err(IngestError::Lost)?;
+                events::Rejected {
+                    routing_key: &oldest.message.routing_key,
+                    error: &error,
+                }
+                .emit(self.metrics);
+                self.retry_pause = FIRST_RETRY_PAUSE;
+            }
         }
         if self.unacked as usize >= self.ack_batch {
             self.flush_acks().await?;
@@ -508,27 +534,97 @@ impl<D: Downstream> Start<'_, D> {
                 }),
                 Err(error) => Box::pin(std::future::ready(Outcome::Refused(error))),
             }),
-            Err(error) => {
-                let confirm = dead_letter::publish(
-                    &self.dead_letters,
-                    &self.config.topology.dead_letter_exchange,
-                    &self.config.node_id,
-                    message,
-                    &error,
-                )
-                .await
-                .map_err(IngestError::Lost)?;
-                Ok(Box::pin(async move {
-                    match confirm.await {
-                        // Published `mandatory`: a copy no queue took comes back with the ack.
-                        Ok(Confirmation::Ack(None)) => Outcome::DeadLettered(error),
-                        Ok(Confirmation::Ack(Some(_))) => Outcome::DeadLetterUnroutable,
-                        Ok(_) => Outcome::DeadLetterRefused,
-                        Err(error) => Outcome::Lost(error),
-                    }
-                }))
-            }
+            Err(error) => self.dead_letter(message, error).await,
         }
+    }
+
+    /// Starts the dead-lettering of a message that cannot be decoded: a copy with the reason,
+    /// published with a confirm, or a reject when no copy can be sent.
+    async fn dead_letter(
+        &self,
+        message: &Message,
+        error: DecodeError,
+    ) -> Result<PendingOutcome, IngestError> {
+        let fingerprint = Suspects::fingerprint(message);
+        let properties = if self.suspects.contains(fingerprint) {
+            // The last time this message was being dead-lettered, the session died. Whatever
+            // the cause, a second attempt could do the same, again and again: no copy this time.
+            None
+        } else {
+            dead_letter::copy_properties(message, &self.config.node_id, &error, self.frame_max)
+        };
+        let Some(properties) = properties else {
+            return Ok(Box::pin(std::future::ready(Outcome::Reject(error))));
+        };
+        let exchange = &self.config.topology.dead_letter_exchange;
+        let confirm =
+            match dead_letter::publish(&self.dead_letters, exchange, message, properties).await {
+                Ok(confirm) => confirm,
+                Err(lost) => {
+                    self.suspects.remember(fingerprint);
+                    return Err(IngestError::Lost(lost));
+                }
+            };
+        let suspects = self.suspects.handle();
+        Ok(Box::pin(async move {
+            match confirm.await {
+                // Published `mandatory`: a copy no queue took comes back with the ack.
+                Ok(Confirmation::Ack(None)) => Outcome::DeadLettered(error),
+                Ok(Confirmation::Ack(Some(_))) => Outcome::DeadLetterUnroutable,
+                Ok(_) => Outcome::DeadLetterRefused,
+                Err(lost) => {
+                    suspects.remember(fingerprint);
+                    Outcome::Lost(lost)
+                }
+            }
+        }))
+    }
+}
+
+/// Messages that were being dead-lettered when their session died (the connection broke while
+/// the copy was sent or confirmed), remembered across sessions by a fingerprint of their routing
+/// key, body and headers. Such a message, redelivered, is rejected without requeue instead of
+/// copied again, so no single message can cause more than one reconnect. Bounded: only the
+/// latest [`Suspects::CAPACITY`] are kept (a session dies with at most a prefetch's worth in
+/// flight, and each one is seen again right after the reconnect).
+#[derive(Debug, Default, Clone)]
+pub(super) struct Suspects(std::sync::Arc<std::sync::Mutex<VecDeque<u64>>>);
+
+impl Suspects {
+    const CAPACITY: usize = 1024;
+
+    fn fingerprint(message: &Message) -> u64 {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        message.routing_key.hash(&mut hasher);
+        message.body.hash(&mut hasher);
+        if let Some(headers) = message.properties.headers() {
+            format!("{headers:?}").hash(&mut hasher);
+        }
+        hasher.finish()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<u64>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn remember(&self, fingerprint: u64) {
+        let mut suspects = self.lock();
+        if suspects.len() >= Self::CAPACITY {
+            suspects.pop_front();
+        }
+        suspects.push_back(fingerprint);
+    }
+
+    fn contains(&self, fingerprint: u64) -> bool {
+        self.lock().contains(&fingerprint)
+    }
+
+    /// Another handle on the same set, for a confirm that resolves later.
+    fn handle(&self) -> Self {
+        self.clone()
     }
 }
 
@@ -555,4 +651,31 @@ fn lag_seconds(sent_ms: i64) -> f64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default();
     (now_ms - sent_ms).max(0) as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(routing_key: &str, body: &[u8]) -> Message {
+        let mut message = Message::for_test("x", routing_key, BasicProperties::default());
+        message.body = body.to_vec();
+        message
+    }
+
+    #[test]
+    fn suspects_are_known_by_routing_key_and_body_and_the_oldest_are_forgotten() {
+        let suspects = Suspects::default();
+        let poison = Suspects::fingerprint(&message("device.error", b"x"));
+        assert!(!suspects.contains(poison));
+        suspects.handle().remember(poison);
+        assert!(suspects.contains(poison), "shared between handles");
+        assert!(!suspects.contains(Suspects::fingerprint(&message("device.error", b"y"))));
+        assert!(!suspects.contains(Suspects::fingerprint(&message("device.other", b"x"))));
+        for n in 0..Suspects::CAPACITY as u64 {
+            suspects.remember(n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        }
+        assert!(!suspects.contains(poison), "bounded: the oldest went first");
+        assert_eq!(suspects.lock().len(), Suspects::CAPACITY);
+    }
 }

@@ -1,9 +1,11 @@
-//! Decoding: producer JSON (every shape in WIRE.md) or a typed `pb::Event` → a validated
-//! `pb::Event`, plus the admin notice it implies.
+//! Decoding: producer JSON (every shape in `docs/wire-format.md`) or a typed `pb::Event` → a
+//! validated `pb::Event`, plus the admin notice it implies.
 //!
 //! Owns: routing-key and field aliases, body shapes A–D, exact money, timestamps, event ids,
-//! deriving admin notices. Does not own: I/O of any kind, cursors (the journal assigns them),
-//! size limits (the transport checks them before calling in), or who may see an event (`auth`).
+//! deriving admin notices, and the bounds every accepted event keeps (the grammar of event types,
+//! the length of ids, `--max-event-bytes`), so that every ingest path applies the same ones.
+//! Does not own: I/O of any kind, cursors (the journal assigns them), or who may see an event
+//! (`auth`).
 //! Everything here is a pure function, so it is unit tested from fixtures and fuzzable.
 
 mod admin;
@@ -41,19 +43,55 @@ pub struct Properties {
 }
 
 /// Knobs that change what decoding accepts.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct DecodeOptions {
     /// Reject events of a known family whose routing key has no typed message, instead of
     /// delivering them with an untyped `Struct` payload.
     pub strict_schema: bool,
+    /// The largest body (JSON text, or an encoded typed event) and the largest event, encoded,
+    /// that decoding accepts (`--max-event-bytes`); at most [`MAX_EVENT_BYTES_CEILING`].
+    pub max_event_bytes: usize,
 }
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        Self {
+            strict_schema: false,
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+        }
+    }
+}
+
+/// `--max-event-bytes` by default: far above any event the platform publishes (a few KiB).
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 256 * 1024;
+
+/// The highest `--max-event-bytes` may be: a default gRPC client refuses messages over 4 MiB,
+/// and a stored event that a subscriber cannot receive would stop that subscriber at every
+/// resume and every history page, for good. 64 KiB stay for what the journal adds (cursor,
+/// framing).
+pub const MAX_EVENT_BYTES_CEILING: usize = 4 * 1024 * 1024 - 64 * 1024;
+
+/// The longest event id, user id and device id accepted, in bytes: the same bound a
+/// subscription's filter has, so every stored id can be asked for.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// W3C trace context: a version-00 `traceparent` is 55 characters (later versions may append
+/// fields), and systems need pass on no more than 512 characters of `tracestate`. These bounds
+/// keep every well-formed value and drop absurd ones.
+const MAX_TRACEPARENT_BYTES: usize = 256;
+const MAX_TRACESTATE_BYTES: usize = 1024;
+
+/// The longest routing key (event type), in bytes: the longest event-type pattern a
+/// subscription may carry, so every stored type can be named by one.
+pub const MAX_ROUTING_KEY_BYTES: usize = 128;
 
 /// A decoded event and the admin notice derived from it, if any.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decoded {
     /// The event, with `cursor` empty (the journal assigns it).
     pub event: pb::Event,
-    /// The admin notice this event implies (WIRE.md "Admin room"), with `cursor` empty.
+    /// The admin notice this event implies (`docs/wire-format.md` "Admin notices"), with
+    /// `cursor` empty.
     pub admin_notice: Option<pb::Event>,
 }
 
@@ -72,6 +110,23 @@ pub enum DecodeError {
     /// The body is JSON but not an object.
     #[error("body is JSON but not an object")]
     NotObject,
+    /// The body, or the event decoded from it, is larger than `--max-event-bytes`.
+    #[error("{what} is {size} bytes; the limit is {limit} bytes (--max-event-bytes)")]
+    TooLarge {
+        /// `body` or `event` (encoded).
+        what: &'static str,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The routing key breaks the grammar every event type follows: lowercase segments of
+    /// `[a-z0-9_-]` joined by single dots, at most [`MAX_ROUTING_KEY_BYTES`] bytes.
+    #[error(
+        "routing key {0:?} is not an event type: lowercase segments of [a-z0-9_-] joined by \
+         dots, at most {MAX_ROUTING_KEY_BYTES} bytes"
+    )]
+    InvalidRoutingKey(String),
     /// The routing key names no family this server knows.
     #[error("unknown routing key {0:?}")]
     UnknownRoutingKey(String),
@@ -109,6 +164,8 @@ impl DecodeError {
             DecodeError::NotUtf8 => "not_utf8",
             DecodeError::NotJson(_) => "not_json",
             DecodeError::NotObject => "not_object",
+            DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::InvalidRoutingKey(_) => "invalid_routing_key",
             DecodeError::UnknownRoutingKey(_) => "unknown_routing_key",
             DecodeError::Untyped(_) => "untyped_strict",
             DecodeError::MissingField { .. } => "missing_field",
@@ -143,7 +200,10 @@ impl DecodeError {
     }
 }
 
-/// Whether a canonical event type has a typed payload message (the catalog of WIRE.md).
+pub use routing::{is_event_type, is_segment};
+
+/// Whether a canonical event type has a typed payload message (`docs/wire-format.md` "Event
+/// catalog").
 pub fn is_typed(event_type: &str) -> bool {
     routing::is_typed(event_type)
 }
@@ -171,9 +231,11 @@ pub fn decode(
     props: &Properties,
     opts: DecodeOptions,
 ) -> Result<Decoded, DecodeError> {
-    // The key is checked before the body is parsed: refusing an unknown key costs nothing.
+    // The key and the size are checked before the body is parsed: refusing them costs nothing,
+    // while parsing a huge body (a million keys) costs many times its size in memory.
     let route = routing::route(routing_key, opts)?;
     let event_type = routing::canonical(routing_key);
+    check_size("body", body.len(), opts)?;
     let root = body::parse(body)?;
     let body = Body::new(&root);
     let (user_id, device_id) = subject(event_type, route, &body)?;
@@ -197,18 +259,26 @@ pub fn decode(
         None => id::from_body(event_type, &root),
     };
     let (traceparent, tracestate) = body.trace();
-    Ok(with_notice(pb::Event {
-        id,
-        cursor: String::new(),
-        r#type: event_type.to_owned(),
-        user_id,
-        device_id,
-        occurred_at: Some(occurred_at),
-        received_at: Some(received_at),
-        traceparent,
-        tracestate,
-        payload: Some(content.payload),
-    }))
+    finish(
+        pb::Event {
+            id,
+            cursor: String::new(),
+            r#type: event_type.to_owned(),
+            user_id,
+            device_id,
+            occurred_at: Some(occurred_at),
+            received_at: Some(received_at),
+            traceparent,
+            tracestate,
+            payload: Some(content.payload),
+        },
+        [
+            "eventId",
+            &body.fields.path("userId"),
+            &body.fields.path("deviceId"),
+        ],
+        opts,
+    )
 }
 
 /// The user and device an event is about (`userId`, `deviceId`), checked against what its type
@@ -247,13 +317,57 @@ pub fn accept_typed(
     props: &Properties,
     opts: DecodeOptions,
 ) -> Result<Decoded, DecodeError> {
-    typed::accept(routing_key, event, props, opts).map(with_notice)
+    check_size("body", prost::Message::encoded_len(&event), opts)?;
+    let event = typed::accept(routing_key, event, props, opts)?;
+    finish(event, ["id", "user_id", "device_id"], opts)
 }
 
-/// Pairs an accepted event with the admin notice it implies.
-fn with_notice(event: pb::Event) -> Decoded {
-    Decoded {
+/// Refuses `size` bytes of `what` over the limit.
+fn check_size(what: &'static str, size: usize, opts: DecodeOptions) -> Result<(), DecodeError> {
+    if size > opts.max_event_bytes {
+        return Err(DecodeError::TooLarge {
+            what,
+            size,
+            limit: opts.max_event_bytes,
+        });
+    }
+    Ok(())
+}
+
+/// The last checks on an accepted event, then the admin notice it implies. The event's ids
+/// must fit what the journal and a subscriber's filter can hold, and the event, encoded, must
+/// fit the limit too: a protobuf `Struct` can be twice the size of the JSON it came from.
+/// `names` are the id, user and device fields as the caller wrote them (`eventId`,
+/// `payload.userId`, or the proto's names for a typed event).
+fn finish(
+    mut event: pb::Event,
+    names: [&str; 3],
+    opts: DecodeOptions,
+) -> Result<Decoded, DecodeError> {
+    let [id, user, device] = names;
+    for (field, value) in [
+        (id, &event.id),
+        (user, &event.user_id),
+        (device, &event.device_id),
+    ] {
+        if value.len() > MAX_ID_BYTES {
+            return Err(DecodeError::invalid(
+                field,
+                format!("{} bytes; at most {MAX_ID_BYTES} are allowed", value.len()),
+            ));
+        }
+    }
+    // Trace context is best effort (a bad one never costs the event): values longer than W3C
+    // trace context allows are dropped, not stored and sent to every subscriber.
+    if event.traceparent.len() > MAX_TRACEPARENT_BYTES {
+        event.traceparent.clear();
+    }
+    if event.tracestate.len() > MAX_TRACESTATE_BYTES {
+        event.tracestate.clear();
+    }
+    check_size("event", prost::Message::encoded_len(&event), opts)?;
+    Ok(Decoded {
         admin_notice: admin::derive(&event),
         event,
-    }
+    })
 }

@@ -4,7 +4,7 @@
 //! (`app.install.failed` for `app.install_failed`). Does not own the fields of each kind
 //! (see `catalog`).
 
-use super::{ADMIN_NOTICE_TYPE, DecodeError, DecodeOptions};
+use super::{ADMIN_NOTICE_TYPE, DecodeError, DecodeOptions, MAX_ROUTING_KEY_BYTES};
 use crate::pb::event::Payload;
 
 /// Routing keys some producers use for an event whose canonical type is spelled differently.
@@ -153,6 +153,7 @@ pub(super) fn canonical(routing_key: &str) -> &str {
 /// `admin.notice` is refused like any key outside the families: only this server derives
 /// notices, so a producer sending one would be impersonating it.
 pub(super) fn route(routing_key: &str, opts: DecodeOptions) -> Result<Route, DecodeError> {
+    check_grammar(routing_key)?;
     let canonical = canonical(routing_key);
     if let Some(kind) = KINDS.iter().find(|kind| kind.name() == canonical) {
         return Ok(Route::Typed(*kind));
@@ -167,6 +168,33 @@ pub(super) fn route(routing_key: &str, opts: DecodeOptions) -> Result<Route, Dec
         return Err(DecodeError::Untyped(canonical.to_owned()));
     }
     Ok(Route::Untyped)
+}
+
+/// Whether `text` follows the one grammar of event types (and so of routing keys on every
+/// ingest path): lowercase segments of `[a-z0-9_-]` joined by single dots, at most
+/// [`MAX_ROUTING_KEY_BYTES`] bytes. AMQP wildcards (`#`, `*`), empty segments, control and
+/// non-ASCII characters all fail it, so every stored type is one a subscriber's pattern can name.
+pub fn is_event_type(text: &str) -> bool {
+    !text.is_empty() && text.len() <= MAX_ROUTING_KEY_BYTES && text.split('.').all(is_segment)
+}
+
+/// Refuses a routing key that is not an event type ([`is_event_type`]).
+pub(super) fn check_grammar(routing_key: &str) -> Result<(), DecodeError> {
+    if is_event_type(routing_key) {
+        return Ok(());
+    }
+    // Only a bounded prefix goes into the error: it ends up in logs and in a dead letter's
+    // headers (escaped there by `Debug`, so control characters cannot forge log lines).
+    let shown: String = routing_key.chars().take(MAX_ROUTING_KEY_BYTES).collect();
+    Err(DecodeError::InvalidRoutingKey(shown))
+}
+
+/// One segment of an event type: `[a-z0-9_-]+`.
+pub fn is_segment(segment: &str) -> bool {
+    !segment.is_empty()
+        && segment
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// Whether events of this canonical type must name a user.

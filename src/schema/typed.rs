@@ -43,6 +43,11 @@ pub(super) fn accept(
 /// The canonical type: from the routing key when given, else from `Event.type`. When both are
 /// given they must name the same event, or the caller is confused about what it publishes.
 fn resolve_type(routing_key: &str, event_type: &str) -> Result<String, DecodeError> {
+    for given in [routing_key, event_type] {
+        if !given.is_empty() {
+            routing::check_grammar(given)?;
+        }
+    }
     let from_key = routing::canonical(routing_key);
     let from_event = routing::canonical(event_type);
     match (from_key.is_empty(), from_event.is_empty()) {

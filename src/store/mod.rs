@@ -57,6 +57,17 @@ pub struct StoredEvent {
     pub frame: Bytes,
 }
 
+impl StoredEvent {
+    /// Its routing facts.
+    pub fn meta(&self) -> EventMeta<'_> {
+        EventMeta {
+            event_type: &self.event_type,
+            user_id: &self.user_id,
+            device_id: &self.device_id,
+        }
+    }
+}
+
 /// The writer's interface to the journal.
 ///
 /// Appends come from one writer (the sequencer) in batches, so an implementation commits a
@@ -76,14 +87,97 @@ pub trait Journal: Send + 'static {
     fn reader(&self) -> Arc<dyn JournalReader>;
 }
 
-/// Reads stored events; cheap to share.
+/// What routing and authorization need to know of a stored event, read without its frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventMeta<'a> {
+    /// `Event.type`.
+    pub event_type: &'a str,
+    /// `Event.user_id` (empty: about no user).
+    pub user_id: &'a str,
+    /// `Event.device_id` (empty: none).
+    pub device_id: &'a str,
+}
+
+/// How much one [`JournalReader::scan`] may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanLimits {
+    /// Read no event beyond this position.
+    pub until: u64,
+    /// Examine at most this many stored events, selected or not: this bounds the time one scan
+    /// takes when few events are selected.
+    pub max_scanned: usize,
+    /// Return at most this many selected events: this bounds the memory of one scan.
+    pub max_selected: usize,
+}
+
+/// The outcome of one [`JournalReader::scan`], all from one consistent view of the journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scan {
+    /// The journal's floor in that view: events at or below it are gone (retention). The scan
+    /// started after `max(after, floor)`.
+    pub floor: u64,
+    /// The selected events, in order.
+    pub events: Vec<StoredEvent>,
+    /// Every event up to this position has been examined: `limits.until` when the scan reached
+    /// it, else the last position examined. Never below `max(after, floor)` clamped to `until`.
+    pub last: u64,
+}
+
+/// Reads stored events; cheap to share. Reads wait for storage: call them off the async
+/// workers.
 pub trait JournalReader: Send + Sync {
     /// Events at or below this position are gone (retention); a resume from below it has a
     /// gap.
     fn floor(&self) -> Result<u64, StoreError>;
 
-    /// Up to `limit` events after `position`, in order.
-    fn read_after(&self, position: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
+    /// Examines the events after `after` (and after the floor) up to `limits.until`, in order,
+    /// and returns those `select` picks, stopping at whichever limit comes first. Only selected
+    /// events' frames are read into memory.
+    fn scan(
+        &self,
+        after: u64,
+        limits: ScanLimits,
+        select: &dyn Fn(EventMeta<'_>) -> bool,
+    ) -> Result<Scan, StoreError>;
+}
+
+/// [`JournalReader::scan`] over events already in memory, in order (the journals of tests).
+pub fn scan_slice<'a>(
+    events: impl IntoIterator<Item = &'a StoredEvent>,
+    floor: u64,
+    after: u64,
+    limits: ScanLimits,
+    select: &dyn Fn(EventMeta<'_>) -> bool,
+) -> Scan {
+    let start = after.max(floor);
+    let mut scan = Scan {
+        floor,
+        events: Vec::new(),
+        last: start.min(limits.until),
+    };
+    let mut scanned = 0;
+    let mut stopped = false;
+    for event in events {
+        if event.position <= start {
+            continue;
+        }
+        if event.position > limits.until {
+            break;
+        }
+        if scanned == limits.max_scanned || scan.events.len() == limits.max_selected {
+            stopped = true;
+            break;
+        }
+        scanned += 1;
+        scan.last = event.position;
+        if select(event.meta()) {
+            scan.events.push(event.clone());
+        }
+    }
+    if !stopped {
+        scan.last = scan.last.max(limits.until);
+    }
+    scan
 }
 
 /// Encodes `SubscribeResponse { event }` without cloning the event.

@@ -20,7 +20,8 @@ use redb::{
 };
 
 use super::{
-    Appended, Cursor, Journal, JournalReader, StoreError, StoredEvent, encode_event_frame,
+    Appended, Cursor, EventMeta, Journal, JournalReader, Scan, ScanLimits, StoreError, StoredEvent,
+    encode_event_frame,
 };
 use crate::pb;
 
@@ -99,6 +100,31 @@ impl RedbJournal {
     /// The directory cannot be created or read, the file is not a journal or is corrupt, or
     /// another process has it open.
     pub fn open(settings: JournalSettings) -> Result<Self, OpenError> {
+        // redb answers most damage with an error, but some (a truncated file) trips assertions
+        // inside it: caught here, so a damaged file stops start-up with the reason like any
+        // other, instead of a panic. Nothing of the half-opened database outlives the attempt.
+        let dir = settings.dir.display().to_string();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::try_open(settings))) {
+            Ok(opened) => opened,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no reason given".into());
+                Err(OpenError {
+                    dir,
+                    reason: format!(
+                        "journal.redb is damaged (truncated or overwritten?): the storage engine \
+                         gave up reading it ({what}). Restore it from a backup, or move it aside \
+                         to start an empty journal (a new epoch: clients' cursors then get a Gap)"
+                    ),
+                })
+            }
+        }
+    }
+
+    fn try_open(settings: JournalSettings) -> Result<Self, OpenError> {
         let fail = |reason: String| OpenError {
             dir: settings.dir.display().to_string(),
             reason,
@@ -396,22 +422,53 @@ impl JournalReader for RedbReader {
         Ok(meta.get(FLOOR).map_err(storage)?.map_or(0, |v| v.value()))
     }
 
-    fn read_after(&self, position: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+    fn scan(
+        &self,
+        after: u64,
+        limits: ScanLimits,
+        select: &dyn Fn(EventMeta<'_>) -> bool,
+    ) -> Result<Scan, StoreError> {
+        // One read transaction: the floor and the events come from the same snapshot, so
+        // retention running meanwhile cannot make them disagree.
         let txn = self.db.begin_read().map_err(storage)?;
+        let meta = txn.open_table(META).map_err(storage)?;
+        let floor = meta.get(FLOOR).map_err(storage)?.map_or(0, |v| v.value());
         let table = txn.open_table(EVENTS).map_err(storage)?;
-        let mut out = Vec::with_capacity(limit.min(1024));
-        for entry in table.range(position + 1..).map_err(storage)?.take(limit) {
+        let start = after.max(floor);
+        let mut scan = Scan {
+            floor,
+            events: Vec::new(),
+            last: start.min(limits.until),
+        };
+        if start >= limits.until {
+            return Ok(scan);
+        }
+        let range = table.range(start + 1..=limits.until).map_err(storage)?;
+        for (scanned, entry) in range.enumerate() {
+            if scanned == limits.max_scanned || scan.events.len() == limits.max_selected {
+                return Ok(scan);
+            }
             let (position, record) = entry.map_err(storage)?;
             let record = Record::decode(record.value());
-            out.push(StoredEvent {
-                position: position.value(),
-                event_type: record.event_type.into(),
-                user_id: record.user_id.into(),
-                device_id: record.device_id.into(),
-                frame: Bytes::copy_from_slice(record.frame),
-            });
+            scan.last = position.value();
+            let meta = EventMeta {
+                event_type: record.event_type,
+                user_id: record.user_id,
+                device_id: record.device_id,
+            };
+            if select(meta) {
+                scan.events.push(StoredEvent {
+                    position: position.value(),
+                    event_type: record.event_type.into(),
+                    user_id: record.user_id.into(),
+                    device_id: record.device_id.into(),
+                    frame: Bytes::copy_from_slice(record.frame),
+                });
+            }
         }
-        Ok(out)
+        // The range is exhausted: everything up to `until` has been examined.
+        scan.last = limits.until;
+        Ok(scan)
     }
 }
 
@@ -500,6 +557,16 @@ mod tests {
         }
     }
 
+    /// Up to `limit` events after `position`, whatever they are.
+    fn read_after(reader: &dyn JournalReader, position: u64, limit: usize) -> Vec<StoredEvent> {
+        let limits = ScanLimits {
+            until: u64::MAX,
+            max_scanned: limit,
+            max_selected: limit,
+        };
+        reader.scan(position, limits, &|_| true).unwrap().events
+    }
+
     fn event(id: &str, user: &str) -> pb::Event {
         pb::Event {
             id: id.into(),
@@ -574,13 +641,64 @@ mod tests {
         let out = journal.append(&mut batch).unwrap();
         let reader = journal.reader();
         assert_eq!(reader.floor().unwrap(), 0);
-        let read = reader.read_after(2, 2).unwrap();
+        let read = read_after(&*reader, 2, 2);
         assert_eq!(read.iter().map(|e| e.position).collect::<Vec<_>>(), [3, 4]);
         assert_eq!(&*read[0].user_id, "u1");
         assert_eq!(&*read[0].event_type, "device.error");
         assert_eq!(&*read[0].device_id, "d1");
         assert_eq!(Some(&read[0].frame), out[2].frame.as_ref());
-        assert!(reader.read_after(5, 10).unwrap().is_empty());
+        assert!(read_after(&*reader, 5, 10).is_empty());
+    }
+
+    #[test]
+    fn a_scan_selects_reads_only_what_it_selects_and_stops_at_its_limits() {
+        let dir = Dir::new("scan");
+        let mut journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
+        // Positions 1..=10; even ones are u2's.
+        let mut batch: Vec<_> = (1..=10)
+            .map(|i| event(&format!("e{i}"), if i % 2 == 0 { "u2" } else { "u1" }))
+            .collect();
+        journal.append(&mut batch).unwrap();
+        let reader = journal.reader();
+        let u2 = |meta: EventMeta<'_>| meta.user_id == "u2";
+        let limits = |until, max_scanned, max_selected| ScanLimits {
+            until,
+            max_scanned,
+            max_selected,
+        };
+        let positions = |scan: &Scan| scan.events.iter().map(|e| e.position).collect::<Vec<_>>();
+        // Everything up to 7: u2's 2, 4, 6; examined through 7.
+        let scan = reader.scan(0, limits(7, 100, 100), &u2).unwrap();
+        assert_eq!(
+            (positions(&scan), scan.last, scan.floor),
+            (vec![2, 4, 6], 7, 0)
+        );
+        // At most 3 examined: 1, 2, 3.
+        let scan = reader.scan(0, limits(10, 3, 100), &u2).unwrap();
+        assert_eq!((positions(&scan), scan.last), (vec![2], 3));
+        // At most 2 selected: stops right after the second.
+        let scan = reader.scan(2, limits(10, 100, 2), &u2).unwrap();
+        assert_eq!((positions(&scan), scan.last), (vec![4, 6], 6));
+        // Nothing selected, range exhausted: `last` is `until`, even past the head.
+        let scan = reader.scan(0, limits(50, 100, 100), &|_| false).unwrap();
+        assert_eq!((positions(&scan), scan.last), (vec![], 50));
+        // Past `until` already: nothing to do.
+        let scan = reader.scan(9, limits(5, 100, 100), &u2).unwrap();
+        assert_eq!((positions(&scan), scan.last), (vec![], 5));
+        // Retention removed everything: the scan starts after the floor and says where it is.
+        let pruner = journal.pruner(Retention {
+            max_age: Duration::from_millis(1),
+            max_bytes: u64::MAX,
+        });
+        assert_eq!(
+            pruner
+                .prune_once(crate::store::unix_millis() + 60_000)
+                .unwrap(),
+            10
+        );
+        let scan = reader.scan(0, limits(10, 100, 100), &u2).unwrap();
+        assert_eq!(scan.floor, 10);
+        assert_eq!((positions(&scan), scan.last), (vec![], 10));
     }
 
     #[test]
@@ -622,9 +740,7 @@ mod tests {
         assert_eq!(by_age.prune_once(t0 + 12_000).unwrap(), 0);
         assert_eq!(reader.floor().unwrap(), 2);
         assert_eq!(
-            reader
-                .read_after(0, 10)
-                .unwrap()
+            read_after(&*reader, 0, 10)
                 .iter()
                 .map(|e| e.position)
                 .collect::<Vec<_>>(),
@@ -636,14 +752,14 @@ mod tests {
             .unwrap();
         assert!(!out[0].duplicate);
         // By size: keep at most about one record.
-        let record_len = reader.read_after(4, 1).unwrap()[0].frame.len() as u64 + 64;
+        let record_len = read_after(&*reader, 4, 1)[0].frame.len() as u64 + 64;
         let by_size = journal.pruner(Retention {
             max_age: Duration::from_secs(3600),
             max_bytes: record_len,
         });
         assert_eq!(by_size.prune_once(t0 + 12_000).unwrap(), 2);
         assert_eq!(reader.floor().unwrap(), 4);
-        assert_eq!(reader.read_after(0, 10).unwrap().len(), 1);
+        assert_eq!(read_after(&*reader, 0, 10).len(), 1);
         // The floor and head survive a reopen.
         drop((reader, by_age, by_size));
         let head = journal.head();
@@ -651,6 +767,30 @@ mod tests {
         let journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
         assert_eq!(journal.head(), head);
         assert_eq!(journal.reader().floor().unwrap(), 4);
+    }
+
+    /// A journal file cut short (a full disk, a bad copy) used to trip an assertion inside
+    /// redb: a panic at start-up instead of the reason.
+    #[test]
+    fn a_truncated_journal_stops_start_up_with_the_reason_not_a_panic() {
+        let dir = Dir::new("truncated");
+        {
+            let mut journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
+            let mut batch: Vec<_> = (0..200).map(|i| event(&format!("e{i}"), "u1")).collect();
+            journal.append(&mut batch).unwrap();
+        }
+        let path = dir.0.join("journal.redb");
+        let len = std::fs::metadata(&path).unwrap().len();
+        for cut in [len / 2, 8192, 600] {
+            let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            file.set_len(cut).unwrap();
+            drop(file);
+            let error = RedbJournal::open(dir.settings(Duration::from_secs(1)))
+                .expect_err("a truncated journal does not open");
+            let text = error.to_string();
+            assert!(text.contains("--data-dir"), "{text}");
+            assert!(text.contains(&dir.0.display().to_string()), "{text}");
+        }
     }
 
     #[test]

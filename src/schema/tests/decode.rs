@@ -393,6 +393,7 @@ fn untyped_family_events_carry_the_body_without_trace() {
 fn strict_schema_refuses_untyped_events_and_keeps_typed_ones() {
     let strict = DecodeOptions {
         strict_schema: true,
+        ..DecodeOptions::default()
     };
     let body = br#"{"deviceId":"d-1","userId":"u-1"}"#;
     assert_eq!(

@@ -44,15 +44,7 @@ fn text_that_is_not_json_says_where_parsing_failed() {
 
 #[test]
 fn keys_outside_the_families_are_unknown_routing_keys() {
-    for key in [
-        "",
-        "quota",
-        "quota.",
-        "system.error.db",
-        "user.created",
-        "admin.notice",
-        "Quota.updated",
-    ] {
+    for key in ["quota", "system.error.db", "user.created", "admin.notice"] {
         let error = error_of(key, br#"{"userId":"u"}"#);
         assert_eq!(error, DecodeError::UnknownRoutingKey(key.into()), "{key:?}");
         assert_eq!(error.reason(), "unknown_routing_key");
@@ -60,10 +52,127 @@ fn keys_outside_the_families_are_unknown_routing_keys() {
     }
 }
 
+/// One grammar for every event type: lowercase segments of `[a-z0-9_-]`, dots between, at most
+/// 128 bytes. Keys that break it were once stored and delivered under types no subscriber
+/// pattern can name (`billing.#`, a NUL, a right-to-left override, 10 KB of key).
+#[test]
+fn routing_keys_outside_the_grammar_are_invalid_whatever_their_prefix() {
+    let long = format!("billing.{}", "a".repeat(10_000));
+    for key in [
+        "",
+        "quota.",
+        ".quota",
+        "billing..x",
+        "Quota.updated",
+        "billing.#",
+        "billing.*",
+        "billing.a\0b",
+        "billing.\u{202e}evil",
+        "billing.a b",
+        "billing.ü",
+        &long,
+    ] {
+        let error = error_of(key, br#"{"userId":"u"}"#);
+        assert!(
+            matches!(&error, DecodeError::InvalidRoutingKey(shown) if shown.len() <= 128),
+            "{key:?}: {error:?}"
+        );
+        assert_eq!(error.reason(), "invalid_routing_key");
+    }
+    // The longest allowed key is fine as far as the grammar goes (its family decides the rest).
+    let longest = format!("billing.{}", "a".repeat(128 - "billing.".len()));
+    let decoded = decode(
+        &longest,
+        br#"{"userId":"u"}"#,
+        &props(),
+        DecodeOptions::default(),
+    );
+    assert!(decoded.is_ok(), "{decoded:?}");
+    // The platform's own keys all follow it.
+    for key in [
+        "app.install.failed",
+        "billing.order.completed",
+        "app.install_failed",
+    ] {
+        assert!(crate::schema::is_event_type(key), "{key}");
+    }
+}
+
+#[test]
+fn bodies_and_events_over_the_size_limit_are_too_large() {
+    let tight = DecodeOptions {
+        max_event_bytes: 2048,
+        ..DecodeOptions::default()
+    };
+    // The body itself: refused before it is parsed (it is not even JSON here).
+    let big = vec![b'x'; 4096];
+    let error = decode("device.error", &big, &props(), tight).expect_err("too large");
+    assert!(
+        matches!(
+            error,
+            DecodeError::TooLarge {
+                what: "body",
+                size: 4096,
+                limit: 2048
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(error.reason(), "too_large");
+    // A body under the limit whose event, encoded, is over it: a protobuf `Struct` of many small
+    // numbers is about twice the size of their JSON.
+    let numbers: Vec<String> = (0..300).map(|i| format!(r#""k{i}":1"#)).collect();
+    let body = format!(r#"{{"userId":"u","deviceId":"d",{}}}"#, numbers.join(","));
+    assert!(
+        body.len() < 2048 * 2 && body.len() > 2048 / 2,
+        "{}",
+        body.len()
+    );
+    let roomy = DecodeOptions {
+        max_event_bytes: body.len(),
+        ..DecodeOptions::default()
+    };
+    let error = decode("device.rebooted", body.as_bytes(), &props(), roomy).expect_err("too large");
+    assert!(
+        matches!(error, DecodeError::TooLarge { what: "event", .. }),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn ids_longer_than_a_filter_can_name_are_invalid() {
+    let long = "i".repeat(257);
+    let body = format!(
+        r#"{{"eventId":"{long}","eventType":"device.error","payload":{{"deviceId":"d","userId":"u"}}}}"#
+    );
+    let error = error_of("device.error", body.as_bytes());
+    assert_eq!(error.field(), Some("eventId"), "{error:?}");
+    assert_eq!(error.reason(), "invalid_field");
+    let body = format!(r#"{{"deviceId":"d","userId":"{long}"}}"#);
+    let error = error_of("device.started", body.as_bytes());
+    assert_eq!(error.field(), Some("userId"), "{error:?}");
+    let body = format!(r#"{{"payload":{{"deviceId":"{long}","userId":"u"}}}}"#);
+    let error = error_of("device.error", body.as_bytes());
+    assert_eq!(error.field(), Some("payload.deviceId"), "{error:?}");
+    // 256 bytes are fine.
+    let fits = "i".repeat(256);
+    let body = format!(r#"{{"deviceId":"{fits}","userId":"{fits}"}}"#);
+    assert!(
+        decode(
+            "device.started",
+            body.as_bytes(),
+            &props(),
+            DecodeOptions::default()
+        )
+        .is_ok()
+    );
+}
+
 #[test]
 fn strict_untyped_has_its_reason() {
     let strict = DecodeOptions {
         strict_schema: true,
+        ..DecodeOptions::default()
     };
     let error = decode("quota.frozen", br#"{"userId":"u"}"#, &props(), strict)
         .expect_err("strict refuses untyped");
@@ -295,6 +404,12 @@ fn reason_codes_are_distinct_and_snake_case() {
         DecodeError::NotJson(String::new()),
         DecodeError::NotObject,
         DecodeError::UnknownRoutingKey(String::new()),
+        DecodeError::InvalidRoutingKey(String::new()),
+        DecodeError::TooLarge {
+            what: "body",
+            size: 2,
+            limit: 1,
+        },
         DecodeError::Untyped(String::new()),
         DecodeError::MissingField { field: "f".into() },
         DecodeError::InvalidField {

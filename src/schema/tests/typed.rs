@@ -186,6 +186,7 @@ fn untyped_payloads_only_for_keys_without_a_message_and_not_when_strict() {
     assert!(accept("billing.refunded", untyped.clone()).is_ok());
     let strict = DecodeOptions {
         strict_schema: true,
+        ..DecodeOptions::default()
     };
     assert_eq!(
         accept_typed("billing.refunded", untyped, &props(), strict),
