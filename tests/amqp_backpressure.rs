@@ -25,7 +25,7 @@ use notify_backbone::{
 };
 use support::{
     PATIENCE,
-    amqp::{Names, Producer, amqp_url},
+    amqp::{Names, Producer, amqp_url, queue_counts},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -106,6 +106,30 @@ fn event(n: usize) -> String {
     )
 }
 
+/// The prefetch count of each consumer of `queue`, as the broker enforces it.
+async fn consumer_prefetch(queue: &str) -> Vec<u64> {
+    let listing = tokio::process::Command::new("rabbitmqctl")
+        .args([
+            "list_consumers",
+            "--quiet",
+            "--no-table-headers",
+            "queue_name",
+            "prefetch_count",
+        ])
+        .output()
+        .await
+        .expect("rabbitmqctl runs");
+    let text = String::from_utf8_lossy(&listing.stdout).into_owned();
+    text.lines()
+        .filter_map(
+            |line| match line.split_whitespace().collect::<Vec<_>>()[..] {
+                [name, prefetch] if name == queue => Some(prefetch.parse().unwrap()),
+                _ => None,
+            },
+        )
+        .collect()
+}
+
 async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !condition().await {
@@ -136,11 +160,15 @@ async fn never_more_unacked_deliveries_than_the_prefetch() {
             .await;
     }
     let queue = names.queue();
-    eventually("25 ready", async || producer.ready(&queue).await == 25).await;
-    // Held there: the broker sends nothing more while five are unacknowledged.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually("25 ready and 5 handed downstream", async || {
+        producer.ready(&queue).await == 25 && downstream.submitted.load(Ordering::SeqCst) == 5
+    })
+    .await;
+    // Held there, by the broker itself: five unacknowledged deliveries to the one consumer,
+    // whose prefetch is five, so the broker sends it nothing more until it acks.
+    assert_eq!(queue_counts(&queue).await, (25, 5, 1));
+    assert_eq!(consumer_prefetch(&queue).await, [5]);
     assert_eq!(downstream.submitted.load(Ordering::SeqCst), 5);
-    assert_eq!(producer.ready(&queue).await, 25);
 
     shutdown.cancel();
     tokio::time::timeout(PATIENCE, ingest.stopped())

@@ -77,7 +77,13 @@ async fn every_wire_fixture_published_like_the_producers_arrives_typed() {
         let traceparent = json["_trace"]["traceparent"].as_str().unwrap_or_default();
         assert_eq!(event.traceparent, traceparent, "{name}");
     }
-    assert_quiet(&mut firehose).await;
+    // Nothing more is on its way (no fixture twice): an event published after them all, the
+    // same way, is the next to arrive.
+    let sentinel = device_error("fixtures-sentinel", "u-sentinel", "d-sentinel");
+    producer
+        .publish(&names.exchange, "device.error", sentinel.as_bytes())
+        .await;
+    assert_next_is(&mut firehose, "fixtures-sentinel", "firehose").await;
     // Everything was acked: nothing waits in the node's queue.
     assert_eq!(producer.ready(&names.queue()).await, 0);
     server.stop_within(PATIENCE).await;
@@ -169,14 +175,21 @@ async fn poison_is_dead_lettered_with_its_reason_and_the_next_good_message_flows
         let event = next_event(&mut user).await;
         assert_eq!(event.device_id, format!("d{n}"), "after {reason}");
     }
-    assert_quiet(&mut user).await;
-
-    let dead = producer
-        .take(&names.dead_letter_queue, poison.len() + 1)
+    // None of the poison arrives after all: an event published after it all, the same way, is
+    // the next to arrive.
+    let sentinel = device_error("poison-sentinel", "u-good", "d-sentinel");
+    producer
+        .publish(&names.exchange, "device.error", sentinel.as_bytes())
         .await;
+    assert_next_is(&mut user, "poison-sentinel", "u-good").await;
+
+    // Exactly the poison is dead-lettered: the rest was delivered above, so once the poison's
+    // letters are all there, nothing else can follow them.
+    let dead = producer.take(&names.dead_letter_queue, poison.len()).await;
+    assert_eq!(dead.len(), poison.len(), "the poison is dead-lettered");
     assert_eq!(
-        dead.len(),
-        poison.len(),
+        producer.ready(&names.dead_letter_queue).await,
+        0,
         "exactly the poison is dead-lettered"
     );
     for ((routing_key, body, reason, field), letter) in poison.iter().zip(&dead) {
@@ -194,8 +207,9 @@ async fn poison_is_dead_lettered_with_its_reason_and_the_next_good_message_flows
         );
     }
     // Each poison message was consumed once: nothing was requeued and redelivered in a loop.
+    // (The good messages and the sentinel make up the rest.)
     let consumed = server.metric("notify_ingest_consumed_total").await;
-    assert_eq!(consumed, (2 * poison.len()) as f64);
+    assert_eq!(consumed, (2 * poison.len() + 1) as f64);
     let missing = server
         .metric("notify_ingest_dead_lettered_total{reason=\"missing_field\"}")
         .await;
@@ -222,14 +236,20 @@ async fn two_nodes_on_one_broker_each_receive_every_event() {
             .publish(&names_a.exchange, key, body.as_bytes())
             .await;
     }
-    for stream in [&mut on_a, &mut on_b] {
+    // Then one more, the same way: once it arrives, nothing published before it is still
+    // coming (no event twice).
+    let sentinel = device_error("two-nodes-sentinel", "u-good", "d-sentinel");
+    producer
+        .publish(&names_a.exchange, "device.error", sentinel.as_bytes())
+        .await;
+    for (node, stream) in [("node a", &mut on_a), ("node b", &mut on_b)] {
         let mut devices = Vec::new();
         for _ in 0..20 {
             devices.push(next_event(stream).await.device_id);
         }
         let expected: Vec<String> = (0..20).map(|n| format!("d{n}")).collect();
-        assert_eq!(devices, expected, "every event, in order, on each node");
-        assert_quiet(stream).await;
+        assert_eq!(devices, expected, "every event, in order, on {node}");
+        assert_next_is(stream, "two-nodes-sentinel", node).await;
     }
     a.stop_within(PATIENCE).await;
     b.stop_within(PATIENCE).await;

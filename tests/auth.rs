@@ -116,8 +116,8 @@ async fn every_kind_of_bad_token_is_unauthenticated_on_subscribe_and_publish() {
             .expect_err(case);
         assert_unauthenticated(case, &status, authorization.as_deref(), keyword);
     }
-    // None of the refused publishes got through; a good one does (so the quiet means something).
-    assert_quiet(&mut firehose).await;
+    // None of the refused publishes got through: a good one, published after them all, is the
+    // first event the firehose receives.
     let control = client
         .publish(authorized(
             device_publish("control", "victim"),
@@ -126,9 +126,18 @@ async fn every_kind_of_bad_token_is_unauthenticated_on_subscribe_and_publish() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(next_event(&mut firehose).await.id, control.id);
+    assert_next_is(&mut firehose, &control.id, "firehose").await;
+    // The victim's own stream works, and gets nothing but what follows.
     let mut own = open(&mut client, request("victim"), &valid).await.unwrap();
-    assert_quiet(&mut own).await;
+    let sentinel = client
+        .publish(authorized(
+            device_publish("control-own", "victim"),
+            Some(&bearer(&valid)),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_next_is(&mut own, &sentinel.id, "the victim's own stream").await;
 }
 
 #[tokio::test]
@@ -196,8 +205,18 @@ async fn an_rs256_server_refuses_hs256_keyed_with_its_public_key_and_accepts_rea
             .expect_err(case);
         assert_unauthenticated(case, &status, Some(&authorization), "");
     }
-    assert_quiet(&mut firehose).await;
-    assert_quiet(&mut own).await;
+    // None of the refused publishes got through: a genuine one after them all is the next
+    // event on both streams.
+    let sentinel = client
+        .publish(authorized(
+            device_publish("rs-sentinel", "victim"),
+            Some(&bearer(&service)),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_next_is(&mut own, &sentinel.id, "own").await;
+    assert_next_is(&mut firehose, &sentinel.id, "firehose").await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -328,13 +347,40 @@ async fn a_user_never_receives_another_users_or_userless_events() {
     for id in &bobs {
         assert_eq!(&next_event(&mut bob).await.id, id);
     }
+    // Nothing more is on its way to any of them: after everything above, one sentinel each
+    // stream selects, and that is the next event it receives. Alice's on Bob's device reaches
+    // her unfiltered streams and her device-filtered one; her billing stream needs a billing
+    // event; Bob's needs one of Bob's.
+    let on_device_b = publish_json(
+        &mut client,
+        "device.error",
+        &device_error("sentinel-a-dev-b", ALICE, "dev-b"),
+    )
+    .await
+    .unwrap();
+    let alices_billing = publish_json(
+        &mut client,
+        "billing.payment_success",
+        &format!(
+            r#"{{"userId":"{ALICE}","paymentId":"p-sentinel","paymentMethod":"alipay","amount":1,"newBalance":2,"_trace":{{}}}}"#
+        ),
+    )
+    .await
+    .unwrap();
+    let bobs_last = publish_json(
+        &mut client,
+        "device.error",
+        &device_error("sentinel-b", BOB, "dev-b"),
+    )
+    .await
+    .unwrap();
     tokio::join!(
-        assert_quiet(&mut own),
-        assert_quiet(&mut by_name),
-        assert_quiet(&mut any_type),
-        assert_quiet(&mut billing),
-        assert_quiet(&mut on_bobs_device),
-        assert_quiet(&mut bob),
+        assert_next_is(&mut own, &on_device_b.id, "own"),
+        assert_next_is(&mut by_name, &on_device_b.id, "by name"),
+        assert_next_is(&mut any_type, &on_device_b.id, "any type"),
+        assert_next_is(&mut billing, &alices_billing.id, "billing.*"),
+        assert_next_is(&mut on_bobs_device, &on_device_b.id, "on bob's device"),
+        assert_next_is(&mut bob, &bobs_last.id, "bob"),
     );
 }
 
@@ -411,12 +457,25 @@ async fn admins_see_other_users_the_firehose_and_the_admin_feed() {
             other => panic!("{role}: expected an admin notice, got {other:?}"),
         }
     }
-    for (_, user_b, firehose, feed) in &mut streams {
-        tokio::join!(
-            assert_quiet(user_b),
-            assert_quiet(firehose),
-            assert_quiet(feed)
-        );
+    // Nothing more is on its way: one of Bob's events is next on his stream and the firehose,
+    // and a quota update (which the admin feed carries as it is) is next on the feed.
+    let bobs_last = publish_json(
+        &mut client,
+        "device.error",
+        &device_error("adm-sentinel-b", BOB, "d-b"),
+    )
+    .await
+    .unwrap();
+    let update = format!(
+        r#"{{"userId":"{BOB}","quotaId":"q-sentinel","type":"updated","limits":{{}},"usage":{{}},"status":"active","timestamp":"2025-11-20T10:00:00.000Z","_trace":{{}}}}"#
+    );
+    let quota = publish_json(&mut client, "quota.updated", &update)
+        .await
+        .unwrap();
+    for (role, user_b, firehose, feed) in &mut streams {
+        assert_next_is(user_b, &bobs_last.id, &format!("{role} user b")).await;
+        assert_next_is(firehose, &bobs_last.id, &format!("{role} firehose")).await;
+        assert_next_is(feed, &quota.id, &format!("{role} admin feed")).await;
     }
 }
 
@@ -486,7 +545,16 @@ async fn only_publisher_roles_or_the_publish_permission_may_publish() {
     for id in &delivered {
         assert_eq!(&next_event(&mut firehose).await.id, id);
     }
-    assert_quiet(&mut firehose).await;
+    // Nothing refused was stored: a publish after them all is the next event.
+    let sentinel = client
+        .publish(with_token(
+            device_publish("pub-sentinel", "u-pub"),
+            &service_token(),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_next_is(&mut firehose, &sentinel.id, "firehose").await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -553,7 +621,15 @@ async fn grpc_web_gets_the_same_checks() {
         .unwrap();
     let event = next_event(&mut stream).await;
     assert_eq!((event.id.as_str(), event.user_id.as_str()), ("wa", ALICE));
-    assert_quiet(&mut stream).await;
+    // Nothing of the others' follows: Alice's next event is the next thing she receives.
+    publish_json(
+        &mut grpc,
+        "device.error",
+        &device_error("wa-sentinel", ALICE, "d1"),
+    )
+    .await
+    .unwrap();
+    assert_next_is(&mut stream, "wa-sentinel", "grpc-web").await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -564,14 +640,45 @@ async fn grpc_web_gets_the_same_checks() {
 async fn a_stream_ends_unauthenticated_when_its_token_expires_and_says_where_to_resume() {
     let server = TestServer::start_with(|config| config.jwt_leeway = Duration::ZERO).await;
     let mut client = server.client().await;
-    // Valid for between 2 and 3 seconds (exp has whole-second precision).
-    let mut short = claims(ALICE, &["user"]);
-    short.exp = now() + 3;
-    let expires_at = UNIX_EPOCH + Duration::from_secs(short.exp);
-    let mut stream = open(&mut client, request(""), &hs256(&short))
-        .await
-        .unwrap();
 
+    // Nothing has to happen before the token expires but opening the stream. A machine too
+    // slow even for that (the token refused as expired, or the stream ending before its first
+    // message) tries again with a token valid for longer.
+    let mut valid_for = 2; // seconds, on top of the current (whole) second
+    let (mut stream, expires_at, mut last_cursor) = loop {
+        assert!(
+            valid_for <= 64,
+            "could not open a stream with a token valid for {} s",
+            valid_for / 2
+        );
+        let mut short = claims(ALICE, &["user"]);
+        short.exp = now() + valid_for;
+        valid_for *= 2;
+        let expires_at = UNIX_EPOCH + Duration::from_secs(short.exp);
+        let mut stream = match client
+            .subscribe(with_token(request(""), &hs256(&short)))
+            .await
+        {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                assert_expired_not_before(&status, expires_at);
+                continue;
+            }
+        };
+        let first = tokio::time::timeout(until(expires_at) + PATIENCE, stream.message())
+            .await
+            .expect("the stream's first message in time");
+        match first {
+            Ok(Some(pb::SubscribeResponse {
+                kind: Some(Kind::CaughtUp(caught_up)),
+            })) => break (stream, expires_at, caught_up.cursor),
+            Err(status) => assert_expired_not_before(&status, expires_at),
+            other => panic!("expected CaughtUp first, got {other:?}"),
+        }
+    };
+
+    // An event for the stream. Whether it is delivered before the token expires does not
+    // matter: the status must name the cursor of the last message the stream did deliver.
     let published = publish_json(
         &mut client,
         "device.error",
@@ -579,19 +686,18 @@ async fn a_stream_ends_unauthenticated_when_its_token_expires_and_says_where_to_
     )
     .await
     .unwrap();
-    let event = next_event(&mut stream).await;
-    assert_eq!(event.id, published.id);
-    assert!(
-        SystemTime::now() < expires_at,
-        "the test itself was too slow"
-    );
-
-    let ended = tokio::time::timeout(Duration::from_secs(3) + PATIENCE, async {
+    let mut delivered = Vec::new();
+    let ended = tokio::time::timeout(until(expires_at) + PATIENCE, async {
         loop {
             match stream.message().await {
-                Ok(Some(pb::SubscribeResponse {
-                    kind: Some(Kind::Heartbeat(_)),
-                })) => continue,
+                Ok(Some(pb::SubscribeResponse { kind: Some(kind) })) => match kind {
+                    Kind::Event(event) => {
+                        last_cursor = event.cursor;
+                        delivered.push(event.id);
+                    }
+                    Kind::Heartbeat(beat) => last_cursor = beat.cursor,
+                    other => panic!("expected events and heartbeats, got {other:?}"),
+                },
                 other => return other,
             }
         }
@@ -599,25 +705,41 @@ async fn a_stream_ends_unauthenticated_when_its_token_expires_and_says_where_to_
     .await
     .expect("the stream ended in time");
     let status = ended.expect_err("the stream ends with an error status");
-    // Not before the token expired (the timer has millisecond granularity).
+    assert_expired_not_before(&status, expires_at);
     assert!(
-        SystemTime::now() + Duration::from_millis(50) >= expires_at,
-        "ended early: {status:?}"
+        delivered.is_empty() || delivered == [published.id.clone()],
+        "{delivered:?}"
     );
-    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
-    assert!(status.message().contains("expired"), "{status:?}");
-    let resume_hint = format!("resume_after={}", event.cursor);
+    let resume_hint = format!("resume_after={last_cursor}");
     assert!(status.message().contains(&resume_hint), "{status:?}");
     assert!(matches!(stream.message().await, Ok(None)), "stream over");
 
-    // The hint works: a fresh token resumes from there, with no gap, and sees what follows.
+    // The hint works: a fresh token resumes from there with no gap and nothing twice (the event
+    // is replayed exactly if the first stream did not deliver it), then sees what follows.
     let resume = pb::SubscribeRequest {
-        resume_after: event.cursor.clone(),
+        resume_after: last_cursor.clone(),
         ..Default::default()
     };
-    let mut resumed = open(&mut client, resume, &token(ALICE, &["user"]))
+    let mut resumed = client
+        .subscribe(with_token(resume, &token(ALICE, &["user"])))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
+    let mut replayed = Vec::new();
+    loop {
+        match next_kind(&mut resumed).await {
+            Kind::Event(event) => replayed.push(event.id),
+            Kind::CaughtUp(_) => break,
+            Kind::Heartbeat(_) => {}
+            other => panic!("resumed after {last_cursor}: {other:?}"),
+        }
+    }
+    let missed = if delivered.is_empty() {
+        vec![published.id.clone()]
+    } else {
+        Vec::new()
+    };
+    assert_eq!(replayed, missed, "resumed after {last_cursor}");
     let after = publish_json(
         &mut client,
         "device.error",
@@ -626,6 +748,22 @@ async fn a_stream_ends_unauthenticated_when_its_token_expires_and_says_where_to_
     .await
     .unwrap();
     assert_eq!(next_event(&mut resumed).await.id, after.id);
+}
+
+/// How long until `at` (zero if it has passed).
+fn until(at: SystemTime) -> Duration {
+    at.duration_since(SystemTime::now()).unwrap_or_default()
+}
+
+/// `status` says the token expired, and came no earlier than `expires_at` (the server's timer
+/// has millisecond granularity).
+fn assert_expired_not_before(status: &Status, expires_at: SystemTime) {
+    assert!(
+        SystemTime::now() + Duration::from_millis(50) >= expires_at,
+        "ended early: {status:?}"
+    );
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("expired"), "{status:?}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -38,7 +38,12 @@ async fn type_filters_take_exact_types_and_families() {
         "billing.order.cancelled"
     );
     assert_eq!(next_event(&mut billing).await.r#type, "device.error");
-    assert_quiet(&mut billing).await;
+    // The quota event is not coming: another billing event of u1's is the next to arrive.
+    let order = r#"{"orderId":"o-sentinel","userId":"u1","reason":"user","_trace":{}}"#;
+    let sentinel = publish_json(&mut client, "billing.order.cancelled", order)
+        .await
+        .unwrap();
+    assert_next_is(&mut billing, &sentinel.id, "billing.* and device.error").await;
 }
 
 #[tokio::test]
@@ -61,7 +66,11 @@ async fn a_device_filter_keeps_only_that_device() {
         .await
         .unwrap();
     assert_eq!(next_event(&mut d2).await.id, "b");
-    assert_quiet(&mut d2).await;
+    // Nor was "a" merely late: the next event on d2 comes first.
+    publish_json(&mut client, "device.error", &device_error("c", "u1", "d2"))
+        .await
+        .unwrap();
+    assert_next_is(&mut d2, "c", "device d2").await;
 }
 
 #[tokio::test]
@@ -88,8 +97,21 @@ async fn the_admin_feed_receives_derived_notices() {
     }
     // The user gets the event itself, never the admin notice.
     assert_eq!(next_event(&mut user).await.r#type, "quota.exceeded");
-    assert_quiet(&mut user).await;
-    assert_quiet(&mut admin).await;
+    // Nothing more is on its way to either: the user's next event is the next the user
+    // receives, and a quota update (carried by the feed as it is) the next the feed receives.
+    publish_json(
+        &mut client,
+        "device.error",
+        &device_error("u1-sentinel", "u1", "d1"),
+    )
+    .await
+    .unwrap();
+    let update = quota_update("u1", "q-sentinel");
+    let quota = publish_json(&mut client, "quota.updated", &update)
+        .await
+        .unwrap();
+    assert_next_is(&mut user, "u1-sentinel", "user u1").await;
+    assert_next_is(&mut admin, &quota.id, "admin feed").await;
 }
 
 #[tokio::test]
@@ -110,7 +132,11 @@ async fn the_admin_feed_carries_every_quota_update() {
         (event.r#type.as_str(), event.user_id.as_str()),
         ("quota.updated", "u5")
     );
-    assert_quiet(&mut admin).await;
+    // The device error is not coming: the next quota update is the next event on the feed.
+    let sentinel = publish_json(&mut client, "quota.updated", &quota_update("u5", "q6"))
+        .await
+        .unwrap();
+    assert_next_is(&mut admin, &sentinel.id, "admin feed").await;
 }
 
 #[tokio::test]
@@ -136,6 +162,13 @@ async fn the_firehose_sees_all_users_and_userless_events() {
         (app.r#type.as_str(), app.user_id.as_str()),
         ("app.updated", "")
     );
+}
+
+/// A `quota.updated` body for `user` about quota `quota`.
+fn quota_update(user: &str, quota: &str) -> String {
+    format!(
+        r#"{{"userId":"{user}","quotaId":"{quota}","type":"updated","limits":{{}},"usage":{{}},"status":"active","timestamp":"2025-11-20T10:00:00.000Z","_trace":{{}}}}"#
+    )
 }
 
 /// The admin feed and nothing else.

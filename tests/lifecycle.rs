@@ -76,13 +76,14 @@ async fn reflection_lists_the_service() {
 
 #[tokio::test]
 async fn shutdown_ends_open_streams_within_the_grace_period() {
-    let server = TestServer::start_with(|c| c.shutdown_grace = Duration::from_secs(5)).await;
+    // A grace far longer than the test's patience: streams waited out instead of ended would
+    // fail the timeouts below, however fast or slow the machine.
+    let server = TestServer::start_with(|c| c.shutdown_grace = Duration::from_secs(60)).await;
     let mut client = server.client().await;
     let mut streams = Vec::new();
     for user in ["a", "b", "*"] {
         streams.push(subscribe(&mut client, request(user)).await);
     }
-    let started = std::time::Instant::now();
     let shutdown = server.shutdown.clone();
     shutdown.cancel();
     for mut stream in streams {
@@ -93,17 +94,12 @@ async fn shutdown_ends_open_streams_within_the_grace_period() {
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         assert!(status.message().contains("resume_after="), "{status:?}");
     }
+    // Well inside the grace: streams were ended, not waited out.
     tokio::time::timeout(PATIENCE, server.task)
         .await
-        .unwrap()
+        .expect("the server stopped well inside the grace period")
         .unwrap()
         .unwrap();
-    // Well inside the 5 s grace: streams were ended, not waited out.
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "took {:?}",
-        started.elapsed()
-    );
 }
 
 #[tokio::test]

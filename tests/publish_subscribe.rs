@@ -74,7 +74,15 @@ async fn a_user_sees_their_events_and_nobody_elses() {
         }
         other => panic!("expected DeviceError, got {other:?}"),
     }
-    assert_quiet(&mut alice).await;
+    // Bob's (published first) is not on its way to Alice: her next event is the next she gets.
+    publish_json(
+        &mut client,
+        "device.error",
+        &device_error("e-alice-2", "alice", "d1"),
+    )
+    .await
+    .unwrap();
+    assert_next_is(&mut alice, "e-alice-2", "alice").await;
     assert_eq!(next_event(&mut bob).await.id, "e-bob");
 }
 
@@ -155,7 +163,15 @@ async fn a_resent_outbox_body_is_delivered_once() {
         (first.id.as_str(), first.cursor.as_str())
     );
     assert_eq!(next_event(&mut stream).await.id, first.id);
-    assert_quiet(&mut stream).await;
+    // The re-send is not delivered after all: the next event is the next to arrive.
+    publish_json(
+        &mut client,
+        "device.error",
+        &device_error("after-resend", "u1", "d1"),
+    )
+    .await
+    .unwrap();
+    assert_next_is(&mut stream, "after-resend", "u1").await;
 }
 
 #[tokio::test]

@@ -94,7 +94,17 @@ async fn resuming_anywhere_replays_exactly_what_was_missed_then_goes_live() {
         .await
         .unwrap();
         assert_eq!(next_event(&mut stream).await.id, live);
-        assert_quiet(&mut stream).await;
+        mine.push((published.id, published.cursor));
+        // Nothing twice: the next event published is the next to arrive.
+        let next = format!("next-{skip}");
+        let published = publish_json(
+            &mut client,
+            "device.error",
+            &device_error(&next, "u1", "d1"),
+        )
+        .await
+        .unwrap();
+        assert_next_is(&mut stream, &next, &format!("resumed after {after}")).await;
         mine.push((published.id, published.cursor));
     }
 }

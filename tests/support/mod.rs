@@ -308,20 +308,6 @@ pub async fn next_event(stream: &mut Streaming<pb::SubscribeResponse>) -> pb::Ev
     }
 }
 
-/// Asserts nothing but heartbeats arrives for a short while.
-pub async fn assert_quiet(stream: &mut Streaming<pb::SubscribeResponse>) {
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
-    loop {
-        match tokio::time::timeout_at(deadline, stream.message()).await {
-            Err(_) => return,
-            Ok(Ok(Some(pb::SubscribeResponse {
-                kind: Some(Kind::Heartbeat(_)),
-            }))) => continue,
-            Ok(other) => panic!("expected nothing, got {other:?}"),
-        }
-    }
-}
-
 pub async fn publish_json(
     client: &mut NotificationServiceClient<Channel>,
     routing_key: &str,
@@ -407,4 +393,44 @@ pub fn fixture_for(file: &str, user: &str) -> (String, String) {
     let mut json: serde_json::Value = serde_json::from_str(&body).unwrap();
     rewrite(&mut json, user);
     (routing_key, json.to_string())
+}
+
+/// Asserts that the next event `stream` (called `what` in the failure message) receives,
+/// heartbeats skipped, is the sentinel `sentinel_id`.
+///
+/// The sentinel is an event published after everything the stream must not receive, and one
+/// the stream does select. A stream delivers events in journal order, so the sentinel arriving
+/// first proves nothing published before it is still on its way: no quiet period to wait out,
+/// and no wall clock to race.
+pub async fn assert_next_is(
+    stream: &mut Streaming<pb::SubscribeResponse>,
+    sentinel_id: &str,
+    what: &str,
+) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let message = match tokio::time::timeout_at(deadline, stream.message()).await {
+            Ok(message) => message,
+            Err(_) => panic!("{what}: the sentinel {sentinel_id} did not arrive in {PATIENCE:?}"),
+        };
+        match message {
+            Ok(Some(pb::SubscribeResponse {
+                kind: Some(Kind::Heartbeat(_)),
+            })) => continue,
+            Ok(Some(pb::SubscribeResponse {
+                kind: Some(Kind::Event(event)),
+            })) => {
+                assert!(
+                    event.id == sentinel_id,
+                    "{what}: expected only the sentinel {sentinel_id}, but event {:?} ({}, user \
+                     {:?}) arrived before it: {event:?}",
+                    event.id,
+                    event.r#type,
+                    event.user_id
+                );
+                return;
+            }
+            other => panic!("{what}: expected only the sentinel {sentinel_id}, got {other:?}"),
+        }
+    }
 }
