@@ -13,7 +13,8 @@
 //! | [`auth`]      | the platform's JWT → `Principal`; who may subscribe to what, see, publish |
 //! | [`hub`]       | routing index, filters, per-subscriber bounded queues, overflow policy    |
 //! | [`grpc`]      | tonic services (thin adapters), grpc-web, TLS, limits, `Status` map,      |
-//! |               | the live notification page served at `/` (`--web`, [`grpc::page`])        |
+//! |               | the port's connections ([`grpc::connections`]), the live notification     |
+//! |               | page served at `/` (`--web`, [`grpc::page`])                              |
 //! | [`telemetry`] | logging setup, Prometheus metrics and the `/metrics` endpoint             |
 //! | [`config`]    | every knob of `serve`: CLI flag + env var + documented default            |
 //! | [`app`]       | wires the stages together, owns shutdown and task tracking                |

@@ -19,6 +19,7 @@
 //! | [`publisher`]  | the open-loop timetable, the producer JSON body, the `Publish` calls |
 //! | [`amqp`]       | `--via amqp`: the exchange, confirm-mode channels, producer messages |
 //! | [`replay`]     | `--scenario replay`: one stream catching up on the whole journal     |
+//! | [`storm`]      | `--scenario resume-storm`: many resumes over a full journal, looping |
 //! | [`rss`]        | the server's resident memory (`VmRSS`), once and every second        |
 //! | [`cpu`]        | the server's CPU time over the measurement window, per event         |
 //! | [`report`]     | the table, the JSON object, the progress line, the verdict           |
@@ -30,6 +31,7 @@ mod publisher;
 mod replay;
 mod report;
 mod rss;
+mod storm;
 mod subscriber;
 
 use std::{
@@ -95,6 +97,9 @@ pub enum Scenario {
     Idle,
     /// One stream replays the journal's whole backlog; reports events per second.
     Replay,
+    /// `per-user`, while `--resumes` streams replay a journal of `--journal-events` they own
+    /// nothing of, over and over: what a resume storm costs the live streams.
+    ResumeStorm,
 }
 
 impl Scenario {
@@ -105,6 +110,7 @@ impl Scenario {
             Scenario::Firehose => "firehose",
             Scenario::Idle => "idle",
             Scenario::Replay => "replay",
+            Scenario::ResumeStorm => "resume-storm",
         }
     }
 }
@@ -141,6 +147,16 @@ pub struct LoadgenArgs {
     /// no publishing; reports server memory per stream, needs --server-pid).
     #[arg(long, value_enum, default_value_t = Scenario::PerUser, env = "NOTIFY_LOADGEN_SCENARIO")]
     pub scenario: Scenario,
+
+    /// `resume-storm`: streams that resume from the journal's first position at once (each as
+    /// a user owning none of its events), and start over whenever they are caught up.
+    #[arg(long, default_value_t = 60, env = "NOTIFY_LOADGEN_RESUMES")]
+    pub resumes: usize,
+
+    /// `resume-storm`: the journal is filled up to this many events before the run (events of
+    /// users nobody in the run subscribes as).
+    #[arg(long, default_value_t = 300_000, env = "NOTIFY_LOADGEN_JOURNAL_EVENTS")]
+    pub journal_events: u64,
 
     /// Subscriber streams to open.
     #[arg(long, default_value_t = 1000, env = "NOTIFY_LOADGEN_SUBSCRIBERS")]
@@ -413,6 +429,21 @@ pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
     };
     let (amqp_session, amqp_publishers) = amqp.unzip();
 
+    let secret = super::token::secret_or_dev(args.jwt_secret.as_deref())?;
+    let storm_epoch = if args.scenario == Scenario::ResumeStorm {
+        let channel = connect_all(&args.server, 1, true)
+            .await?
+            .pop()
+            .context("a connection")?;
+        Some(
+            storm::fill(channel, &secret, &run_prefix, args.journal_events)
+                .await?
+                .epoch,
+        )
+    } else {
+        None
+    };
+
     let rss_before = args.server_pid.map(rss::read_bytes).transpose()?;
     let rss_sampler = args.server_pid.map(rss::PeakSampler::start);
     let progress = tokio::spawn(report::progress(clock, live.clone(), args.subscribers));
@@ -424,7 +455,6 @@ pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
     let open_started = clock.now_ns();
     // One deadline for opening every stream and receiving its first message.
     let open_deadline = Instant::now() + args.open_timeout;
-    let secret = super::token::secret_or_dev(args.jwt_secret.as_deref())?;
     let plan = Arc::new(SubscribePlan {
         secret: secret.clone(),
         scenario: args.scenario,
@@ -443,6 +473,7 @@ pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
     let mut abandoned_publishers = 0;
     let mut publishing_ended_ns = None;
     let mut server_cpu = None;
+    let mut storm_stats = None;
     let window = if args.scenario == Scenario::Idle {
         tokio::select! {
             () = tokio::time::sleep(args.settle) => {}
@@ -455,6 +486,12 @@ pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
         eprintln!("loadgen: no stream is open; not publishing");
         None
     } else {
+        let storm = match storm_epoch {
+            Some(epoch) => {
+                Some(storm::Storm::start(&args, &secret, epoch, interrupt.child_token()).await?)
+            }
+            None => None,
+        };
         let published = publish(
             &args,
             amqp_publishers,
@@ -464,6 +501,9 @@ pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
             &interrupt,
         )
         .await?;
+        if let Some(storm) = storm {
+            storm_stats = Some(storm.stop().await);
+        }
         publisher_stats = published.stats;
         abandoned_publishers = published.abandoned;
         server_cpu = published.server_cpu;
@@ -508,6 +548,7 @@ pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
         rss_after,
         rss_peak,
         server_cpu,
+        storm: storm_stats,
     })?;
     report.print(args.json)?;
     report.verdict()
@@ -541,6 +582,10 @@ fn check_args(args: &LoadgenArgs) -> anyhow::Result<()> {
         args.slow_subscribers == 0
             || (args.scenario == Scenario::Firehose && args.slow_subscribers < args.subscribers),
         "--slow-subscribers needs --scenario firehose and fewer than --subscribers"
+    );
+    ensure!(
+        args.scenario != Scenario::ResumeStorm || args.resumes > 0,
+        "--resumes must be at least 1"
     );
     ensure!(
         args.open_concurrency > 0,
@@ -678,7 +723,7 @@ async fn publish(
             .collect(),
     };
     let users = match args.scenario {
-        Scenario::PerUser => TargetUsers::Random(args.subscribers as u64),
+        Scenario::PerUser | Scenario::ResumeStorm => TargetUsers::Random(args.subscribers as u64),
         Scenario::Firehose | Scenario::Idle | Scenario::Replay => TargetUsers::One(0),
     };
     let plan = Arc::new(PublishPlan::new(args, run_prefix, users)?);
@@ -781,6 +826,16 @@ mod tests {
         check_args(&args)?;
         let args = parse(&["--via", "amqp", "--publish-window", "64"])?;
         assert_eq!(args.publish_window(), 64);
+        Ok(())
+    }
+
+    #[test]
+    fn a_resume_storm_takes_its_size_and_needs_at_least_one_resume() -> anyhow::Result<()> {
+        let args = parse(&["--scenario", "resume-storm"])?;
+        assert_eq!((args.resumes, args.journal_events), (60, 300_000));
+        check_args(&args)?;
+        let args = parse(&["--scenario", "resume-storm", "--resumes", "0"])?;
+        assert!(check_args(&args).is_err());
         Ok(())
     }
 

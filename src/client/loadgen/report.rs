@@ -14,6 +14,7 @@ use super::{
     cpu::CpuTime,
     latency::{self, Quantiles},
     publisher::{FailureTally, PublishCounts, PublisherStats},
+    storm::StormStats,
     subscriber::StreamEnd,
 };
 
@@ -98,6 +99,8 @@ pub(super) struct Inputs<'a> {
     pub rss_peak: Option<u64>,
     /// The server's CPU time in the measurement window.
     pub server_cpu: Option<CpuTime>,
+    /// `resume-storm`: what the storm did.
+    pub storm: Option<StormStats>,
 }
 
 /// Failures of one kind: status code, count, first message.
@@ -273,6 +276,7 @@ pub(super) struct Report {
     rss_peak: Option<u64>,
     rss_per_stream: Option<f64>,
     server_cpu: Option<CpuTime>,
+    storm: Option<StormStats>,
     p99_target_ms: Option<f64>,
     problems: Vec<String>,
 }
@@ -314,7 +318,9 @@ impl Report {
                             .first_messages
                             .saturating_sub(args.slow_subscribers as u64)
                 }
-                Scenario::PerUser | Scenario::Idle | Scenario::Replay => p.counts.ok_measured,
+                Scenario::PerUser | Scenario::Idle | Scenario::Replay | Scenario::ResumeStorm => {
+                    p.counts.ok_measured
+                }
             },
             received: recorded.received_measured,
             received_total: recorded.received,
@@ -351,6 +357,10 @@ impl Report {
             "event_type": args.event_type,
             "server_pid": args.server_pid,
         });
+        if args.scenario == Scenario::ResumeStorm {
+            parameters["resumes"] = args.resumes.into();
+            parameters["journal_events"] = args.journal_events.into();
+        }
         if args.via == Via::Amqp {
             parameters["amqp_url"] = amqp::redact(&args.amqp_url).into();
             parameters["exchange"] = args.exchange.clone().into();
@@ -373,6 +383,7 @@ impl Report {
             rss_peak,
             rss_per_stream,
             server_cpu: inputs.server_cpu,
+            storm: inputs.storm,
             p99_target_ms: args.p99_target_ms,
             problems: Vec::new(),
         };
@@ -469,6 +480,28 @@ impl Report {
         }
         if self.scenario != Scenario::Idle && self.publishing.is_none() {
             problems.push("nothing was published: no stream was open".to_owned());
+        }
+        if let Some(storm) = &self.storm {
+            if storm.completed == 0 {
+                problems.push(
+                    "no resume of the storm completed while publishing: the storm did not \
+                     load the server for the whole window (a shorter journal, or a longer run)"
+                        .to_owned(),
+                );
+            }
+            if storm.failed > 0 {
+                problems.push(format!(
+                    "{} resumes of the storm failed: {}",
+                    storm.failed,
+                    storm.failures.join("; ")
+                ));
+            }
+            if storm.events > 0 {
+                problems.push(format!(
+                    "the storm's replays delivered {} events: they were to select nothing",
+                    storm.events
+                ));
+            }
         }
         problems
     }
@@ -612,6 +645,14 @@ impl Report {
                 "per_event_us": self.cpu_per_event_us(),
                 "clock_ticks_per_s": cpu.ticks_per_second,
             })),
+            "storm": self.storm.as_ref().map(|storm| json!({
+                "resumes": self.parameters["resumes"],
+                "journal_events": self.parameters["journal_events"],
+                "completed": storm.completed,
+                "failed": storm.failed,
+                "events": storm.events,
+                "replay_ms": storm_quantiles(storm),
+            })),
         })
     }
 
@@ -694,6 +735,25 @@ impl Report {
             }
             writeln!(out)?;
         }
+        if let Some(storm) = &self.storm {
+            write!(
+                out,
+                "storm        {} streams resuming over {} stored events: {} replays completed, {} failed",
+                self.parameters["resumes"],
+                self.parameters["journal_events"],
+                storm.completed,
+                storm.failed
+            )?;
+            if let Some(q) = storm_quantiles(storm) {
+                write!(
+                    out,
+                    "; time to CaughtUp p50 {:.0} ms, max {:.0} ms",
+                    q["p50"].as_f64().unwrap_or_default(),
+                    q["max"].as_f64().unwrap_or_default()
+                )?;
+            }
+            writeln!(out)?;
+        }
         if let Some(d) = &self.delivery {
             writeln!(
                 out,
@@ -764,6 +824,13 @@ impl Report {
         )?;
         Ok(out)
     }
+}
+
+/// The median and the maximum of the storm's replay times, ms.
+fn storm_quantiles(storm: &StormStats) -> Option<Value> {
+    let times = &storm.replay_ms;
+    let last = times.last()?;
+    Some(json!({ "p50": times[times.len() / 2], "max": last }))
 }
 
 #[cfg(test)]

@@ -164,7 +164,9 @@ pub(super) async fn stop_all(subscribers: Subscribers, grace: Duration) -> Subsc
 /// The request of subscriber `index`.
 fn request(index: usize, plan: &SubscribePlan) -> pb::SubscribeRequest {
     let user_id = match plan.scenario {
-        Scenario::PerUser | Scenario::Idle | Scenario::Replay => format!("lg-user-{index}"),
+        Scenario::PerUser | Scenario::Idle | Scenario::Replay | Scenario::ResumeStorm => {
+            format!("lg-user-{index}")
+        }
         Scenario::Firehose => "*".to_owned(),
     };
     pb::SubscribeRequest {
@@ -186,7 +188,9 @@ fn authorized_request(
         // One subject per stream, as many dashboards would have: the server limits streams
         // per subject.
         Scenario::Firehose => (format!("loadgen-admin-{index}"), "admin"),
-        Scenario::PerUser | Scenario::Idle | Scenario::Replay => (request.user_id.clone(), "user"),
+        Scenario::PerUser | Scenario::Idle | Scenario::Replay | Scenario::ResumeStorm => {
+            (request.user_id.clone(), "user")
+        }
     };
     let token = crate::client::token::mint_with(
         &plan.secret,
