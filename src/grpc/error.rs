@@ -121,3 +121,50 @@ pub fn stream_end_status(reason: EndReason, last: Cursor) -> Status {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{auth::Denied, grpc::limits::LimitError, store::StoreError};
+
+    /// The `Shed` layer recognises tonic's own refusal of an oversized request message by its
+    /// code, OUT_OF_RANGE, alone: that holds only while no error of ours maps to it.
+    #[test]
+    fn no_error_of_ours_answers_out_of_range() {
+        let errors = [
+            ApiError::Decode(DecodeError::NotUtf8),
+            ApiError::Decode(DecodeError::TooLarge {
+                what: "body",
+                size: 2,
+                limit: 1,
+            }),
+            ApiError::Filter(FilterError::SelectsNothing),
+            ApiError::Filter(FilterError::TooManyPatterns { count: 2, limit: 1 }),
+            ApiError::Cursor(CursorError("x".into())),
+            ApiError::Hub(HubError::ShuttingDown),
+            ApiError::Hub(HubError::CursorAhead("c".into())),
+            ApiError::Hub(HubError::Journal("disk".into())),
+            ApiError::Sequencer(SequencerError::Stopped),
+            ApiError::Sequencer(SequencerError::Store(StoreError::Unavailable(
+                "disk".into(),
+            ))),
+            ApiError::Missing("body"),
+            ApiError::Unauthenticated(AuthError::Expired),
+            ApiError::Denied(Denied::Publish),
+            ApiError::Limit(LimitError::MessageTooLarge),
+            ApiError::Limit(LimitError::UnauthenticatedStreams { limit: 1 }),
+        ];
+        for error in errors {
+            let shown = format!("{error:?}");
+            let status = Status::from(error);
+            assert_ne!(status.code(), Code::OutOfRange, "{shown}");
+        }
+        for reason in [EndReason::ShuttingDown, EndReason::JournalUnavailable] {
+            let cursor = Cursor {
+                epoch: 1,
+                position: 2,
+            };
+            assert_ne!(stream_end_status(reason, cursor).code(), Code::OutOfRange);
+        }
+    }
+}

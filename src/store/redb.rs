@@ -390,6 +390,16 @@ impl RedbJournal {
 
 impl Journal for RedbJournal {
     fn append(&mut self, events: &mut [pb::Event]) -> Result<Vec<Appended>, StoreError> {
+        // A record's strings are length-prefixed with 16 bits. The decoder bounds them far
+        // lower; an event past that would be stored other than it was routed, so it is refused.
+        if let Some(event) = events.iter().find(|event| !Record::fits(event)) {
+            return Err(StoreError::Unavailable(format!(
+                "event {:?}: an id, type, user or device is longer than a journal record holds \
+                 ({} bytes); the batch was not stored",
+                event.id.chars().take(64).collect::<String>(),
+                u16::MAX
+            )));
+        }
         let before = self.head;
         self.append_in(events, super::unix_millis())
             .map_err(|error| {
@@ -484,13 +494,25 @@ struct Record<'a> {
 }
 
 impl<'a> Record<'a> {
+    /// The strings [`Record::encode`] writes, each behind a 16-bit length.
+    fn texts(event: &pb::Event) -> [&String; 4] {
+        [&event.id, &event.r#type, &event.user_id, &event.device_id]
+    }
+
+    /// Whether `event`'s strings fit their 16-bit lengths (checked before a batch is written).
+    fn fits(event: &pb::Event) -> bool {
+        Self::texts(event)
+            .iter()
+            .all(|text| u16::try_from(text.len()).is_ok())
+    }
+
     fn encode(event: &pb::Event, appended_ms: u64, frame: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(&appended_ms.to_le_bytes());
-        for text in [&event.id, &event.r#type, &event.user_id, &event.device_id] {
-            // Ids and types are bounded far below 64 KiB by the decoder; clip defensively.
-            let bytes = &text.as_bytes()[..text.len().min(usize::from(u16::MAX))];
-            out.extend_from_slice(&u16::try_from(bytes.len()).unwrap_or(u16::MAX).to_le_bytes());
-            out.extend_from_slice(bytes);
+        for text in Self::texts(event) {
+            // `fits` was checked for the whole batch before anything was written.
+            let len = u16::try_from(text.len()).unwrap_or(u16::MAX);
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(&text.as_bytes()[..usize::from(len)]);
         }
         out.extend_from_slice(frame);
     }
@@ -606,6 +628,20 @@ mod tests {
             .unwrap();
         assert_eq!((out[0].cursor.position, out[0].duplicate), (2, true));
         assert_eq!((out[1].cursor.position, out[1].duplicate), (3, false));
+    }
+
+    #[test]
+    fn an_event_a_record_cannot_hold_is_refused_not_clipped() {
+        let dir = Dir::new("too-long");
+        let mut journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
+        let long = event(&"i".repeat(usize::from(u16::MAX) + 1), "u1");
+        let error = journal
+            .append(&mut [event("ok", "u1"), long])
+            .expect_err("refused");
+        assert!(error.to_string().contains("journal record"), "{error}");
+        // Nothing of the batch was stored.
+        assert_eq!(journal.head().position, 0);
+        assert!(read_after(&*journal.reader(), 0, 10).is_empty());
     }
 
     #[test]
