@@ -65,7 +65,7 @@ impl Listeners {
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     if let Some(files) = connections::raise_fd_limit() {
         // Room for the connections plus the journal, the broker and the metrics port.
-        let wanted = config.max_connections as u64 + 256;
+        let wanted = (config.max_connections as u64).saturating_add(256);
         if files < wanted {
             warn!(
                 open_files = files,
@@ -110,6 +110,7 @@ pub async fn run(
         HubConfig {
             queue_len: config.subscriber_queue_len,
             replay_readers: config.replay_readers(),
+            heartbeat_interval: config.heartbeat_interval,
         },
         journal.head(),
         metrics.clone(),
@@ -273,11 +274,13 @@ pub async fn run(
         warn!("background tasks did not stop within the grace period");
     }
     info!("stopped");
+    // The server's own error first, if it had one: it may be why everything stopped.
+    served?;
     anyhow::ensure!(
         !sequencer_failed,
         "the sequencer stopped while the server was running (see the log above)"
     );
-    served
+    Ok(())
 }
 
 /// Watches the sequencer, the only writer of the journal. If it ends before the server began

@@ -76,10 +76,11 @@ pub struct ServeConfig {
     #[arg(long, env = "NOTIFY_SUBSCRIBER_QUEUE_LEN", default_value_t = 1024)]
     pub subscriber_queue_len: usize,
 
-    /// Journal reads for replays (resumes, lagging subscribers) and history pages that run at
-    /// once, each on a thread of its own and each bounded (4,096 stored events examined); more
-    /// wait their turn. This caps what a storm of resumes can take from live delivery: it is
-    /// slow for those who resume, not for the others. Default: half the CPUs, at least one.
+    /// Journal reads for replays (resumes, lagging subscribers) that run at once, each on a
+    /// thread of its own and each bounded (4,096 stored events examined); more wait their turn.
+    /// `ListEvents` pages have as many readers of their own. This caps what a storm of resumes
+    /// can take from live delivery: it is slow for those who replay, not for the others.
+    /// Default: half the CPUs, at least one.
     #[arg(long, env = "NOTIFY_REPLAY_READERS", value_parser = at_least_one)]
     pub replay_readers: Option<usize>,
 

@@ -423,6 +423,7 @@ mod tests {
             HubConfig {
                 queue_len: 10_000,
                 replay_readers: 1,
+                heartbeat_interval: std::time::Duration::from_secs(15),
             },
             journal.head(),
             Arc::clone(&metrics),

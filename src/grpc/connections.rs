@@ -9,11 +9,17 @@
 //! Why each bound: a connection costs a file descriptor and some memory before it has said
 //! anything, so a client that opens connections and sends nothing (or half an HTTP/2 preface,
 //! or half an HTTP/1.1 request line) could otherwise hold them forever, until the process runs
-//! out of descriptors and stops answering everyone. A connection must therefore deliver the
-//! headers of its first request (after TLS and the HTTP/2 preface, if any) within the handshake
-//! timeout, and no more than `--max-connections` are open at once: one over the cap is accepted
-//! and closed at once (a clear refusal, where leaving it in the kernel's backlog would look like
-//! a hang). Established connections that go quiet are HTTP/2 keepalive's business.
+//! out of descriptors and stops answering everyone. A connection must therefore complete its
+//! handshake within the handshake timeout, and no more than `--max-connections` are open at
+//! once: one over the cap is accepted and closed at once (a clear refusal, where leaving it in
+//! the kernel's backlog would look like a hang). Established connections that go quiet are
+//! HTTP/2 keepalive's business.
+//!
+//! What completes the handshake is read off the bytes as they arrive, so it never races the
+//! deadline: in plain text, the HTTP/2 preface and the header of the first frame after it (a
+//! client that connects ahead of its first call sends exactly that), or the request line and
+//! headers of a first HTTP/1.1 request (grpc-web, the page). Under TLS the bytes are opaque here,
+//! and the first request reaching the services ([`GreetLayer`]) completes it.
 
 use std::{
     io,
@@ -99,7 +105,9 @@ impl Incoming {
     pub fn new(listener: TcpListener, limits: ConnectionLimits, metrics: Arc<Metrics>) -> Self {
         Self {
             listener,
-            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            permits: Arc::new(Semaphore::new(
+                limits.max_connections.min(Semaphore::MAX_PERMITS),
+            )),
             limits,
             metrics,
             pause: None,
@@ -123,6 +131,10 @@ impl Incoming {
                 greeted: Arc::default(),
             },
             deadline: Some(Box::pin(tokio::time::sleep(self.limits.handshake_timeout))),
+            sniff: Sniff::Start {
+                seen: [0; H2_GREETING_LEN],
+                len: 0,
+            },
             metrics: Arc::clone(&self.metrics),
             _permit: permit,
         })
@@ -169,10 +181,84 @@ fn is_peer_error(error: &io::Error) -> bool {
 pub struct GuardedStream {
     stream: TcpStream,
     connection: Connection,
-    /// Cleared once the first request arrived.
+    /// Cleared once the handshake is complete.
     deadline: Option<Pin<Box<Sleep>>>,
+    /// What the bytes read so far say about the handshake.
+    sniff: Sniff,
     metrics: Arc<Metrics>,
     _permit: OwnedSemaphorePermit,
+}
+
+/// The HTTP/2 client connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The preface and the 9-byte header of the frame after it (the client's SETTINGS).
+const H2_GREETING_LEN: usize = H2_PREFACE.len() + 9;
+/// The first byte of a TLS record carrying a handshake message.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// The handshake as read off the first bytes of a connection.
+#[derive(Debug)]
+enum Sniff {
+    /// Not enough bytes yet to tell.
+    Start {
+        seen: [u8; H2_GREETING_LEN],
+        len: usize,
+    },
+    /// HTTP/1.x: complete at the blank line that ends the first request's headers; `tail` is
+    /// the last three bytes seen.
+    Http1 { tail: [u8; 3] },
+    /// TLS: left to [`GreetLayer`].
+    Opaque,
+    /// Complete.
+    Done,
+}
+
+impl Sniff {
+    /// Feeds the next bytes read; whether the handshake is now complete.
+    fn feed(&mut self, mut bytes: &[u8]) -> bool {
+        loop {
+            if bytes.is_empty() {
+                return matches!(self, Sniff::Done);
+            }
+            match self {
+                Sniff::Done => return true,
+                Sniff::Opaque => return false,
+                Sniff::Start { seen, len } => {
+                    let take = bytes.len().min(H2_GREETING_LEN - *len);
+                    seen[*len..*len + take].copy_from_slice(&bytes[..take]);
+                    *len += take;
+                    bytes = &bytes[take..];
+                    let got = &seen[..*len];
+                    if got[0] == TLS_HANDSHAKE {
+                        *self = Sniff::Opaque;
+                    } else if H2_PREFACE.starts_with(&got[..got.len().min(H2_PREFACE.len())]) {
+                        // HTTP/2 so far: complete with the preface and the next frame's header.
+                        if *len == H2_GREETING_LEN {
+                            *self = Sniff::Done;
+                        }
+                    } else {
+                        // HTTP/1.x: the bytes seen so far are the start of its request.
+                        let got = got.to_vec();
+                        *self = Sniff::Http1 { tail: [0; 3] };
+                        if self.feed(&got) {
+                            return true;
+                        }
+                    }
+                }
+                Sniff::Http1 { tail } => {
+                    for &byte in bytes {
+                        let ends = *tail == *b"\r\n\r" && byte == b'\n';
+                        *tail = [tail[1], tail[2], byte];
+                        if ends {
+                            *self = Sniff::Done;
+                            return true;
+                        }
+                    }
+                    return false;
+                }
+            }
+        }
+    }
 }
 
 impl Drop for GuardedStream {
@@ -196,20 +282,32 @@ impl AsyncRead for GuardedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if let Some(deadline) = this.deadline.as_mut() {
-            if this.connection.is_greeted() {
-                this.deadline = None;
-            } else if deadline.as_mut().poll(cx).is_ready() {
-                this.deadline = None;
-                this.metrics.connections.handshake_timeouts.inc();
-                // The server's read fails, and it closes the connection.
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "no request within --handshake-timeout",
-                )));
-            }
+        let Some(deadline) = this.deadline.as_mut() else {
+            return Pin::new(&mut this.stream).poll_read(cx, buf);
+        };
+        if this.connection.is_greeted() {
+            this.deadline = None;
+            return Pin::new(&mut this.stream).poll_read(cx, buf);
         }
-        Pin::new(&mut this.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &read
+            && this.sniff.feed(&buf.filled()[before..])
+        {
+            this.connection.greet();
+            this.deadline = None;
+            return read;
+        }
+        if read.is_pending() && deadline.as_mut().poll(cx).is_ready() {
+            this.deadline = None;
+            this.metrics.connections.handshake_timeouts.inc();
+            // The server's read fails, and it closes the connection.
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "handshake not completed within --handshake-timeout",
+            )));
+        }
+        read
     }
 }
 
@@ -316,5 +414,76 @@ pub fn raise_fd_limit() -> Option<u64> {
             warn!(%error, limit = soft, "open files: cannot raise the soft limit");
             Some(soft)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start() -> Sniff {
+        Sniff::Start {
+            seen: [0; H2_GREETING_LEN],
+            len: 0,
+        }
+    }
+
+    /// Feeds `chunks` one at a time; whether the handshake completed at the last one (and not
+    /// before).
+    fn completes(chunks: &[&[u8]]) -> bool {
+        let mut sniff = start();
+        let (last, before) = chunks.split_last().expect("chunks");
+        for chunk in before {
+            assert!(!sniff.feed(chunk), "complete too early at {chunk:?}");
+        }
+        sniff.feed(last)
+    }
+
+    #[test]
+    fn an_http2_preface_and_a_frame_header_complete_the_handshake_in_any_pieces() {
+        let settings_header = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+        let greeting = [H2_PREFACE, &settings_header[..]].concat();
+        assert!(completes(&[&greeting]));
+        for cut in 1..greeting.len() {
+            assert!(
+                completes(&[&greeting[..cut], &greeting[cut..]]),
+                "cut at {cut}"
+            );
+        }
+        // More bytes in the same read (the SETTINGS payload, a request) change nothing.
+        assert!(completes(&[&[greeting.as_slice(), b"more"].concat()]));
+        // Half a preface, or the preface alone, is not enough.
+        let mut half = start();
+        assert!(!half.feed(b"PRI * HTTP/2.0\r\n"));
+        let mut preface_only = start();
+        assert!(!preface_only.feed(H2_PREFACE));
+    }
+
+    #[test]
+    fn an_http1_request_completes_at_the_end_of_its_headers() {
+        let request =
+            b"POST /cloudphone.notify.v1.NotificationService/Subscribe HTTP/1.1\r\nhost: x\r\n\r\n";
+        assert!(completes(&[request]));
+        for cut in 1..request.len() {
+            assert!(
+                completes(&[&request[..cut], &request[cut..]]),
+                "cut at {cut}"
+            );
+        }
+        let mut half = start();
+        assert!(!half.feed(b"POST /cloudphone.no"));
+        assert!(!half.feed(b"tify HTTP/1.1\r\nhost: x\r\n"));
+        // `PR` could begin an HTTP/2 preface; `PRX` cannot, and is scanned as HTTP/1.x.
+        assert!(completes(&[b"PR", b"X / HTTP/1.1\r\n\r\n"]));
+    }
+
+    #[test]
+    fn tls_is_left_to_the_first_request_and_nothing_is_not_a_handshake() {
+        let mut tls = start();
+        assert!(!tls.feed(&[TLS_HANDSHAKE, 3, 1, 0, 0x20]));
+        assert!(!tls.feed(b"\r\n\r\n"));
+        assert!(matches!(tls, Sniff::Opaque));
+        let mut nothing = start();
+        assert!(!nothing.feed(b""));
     }
 }

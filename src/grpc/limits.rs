@@ -329,7 +329,7 @@ impl Shed {
         streams: Arc<StreamCounter>,
     ) -> Self {
         Self {
-            permits: Arc::new(Semaphore::new(limit)),
+            permits: Arc::new(Semaphore::new(limit.min(Semaphore::MAX_PERMITS))),
             limit,
             timeout,
             metrics,
@@ -391,21 +391,24 @@ where
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let path = request.uri().path();
-        if UNAUTHENTICATED_STREAMS.contains(&path) {
+        // A stream that needs no token holds a place under the stream limits, kept by its
+        // response body: freed when the stream ends or is dropped.
+        let stream = if UNAUTHENTICATED_STREAMS.contains(&path) {
             let connection = Connection::of(request.extensions()).and_then(|c| c.remote);
-            let permit = match self.shed.streams.open_unauthenticated(connection) {
-                Ok(permit) => permit,
+            match self.shed.streams.open_unauthenticated(connection) {
+                Ok(permit) => Some(permit),
                 Err(error) => return Box::pin(std::future::ready(Ok(self.shed.refuse(error)))),
-            };
-            let answer = self.inner.call(request);
-            // The place is held by the response body: freed when the stream ends or is dropped.
-            return Box::pin(async move {
-                let response = answer.await?;
-                Ok(response.map(|body| Body::new(Counted { body, permit })))
-            });
-        }
+            }
+        } else {
+            None
+        };
+        let counted = |response: http::Response<Body>| match stream {
+            Some(permit) => response.map(|body| Body::new(Counted { body, permit })),
+            None => response,
+        };
         if path.starts_with(HEALTH_PATH) {
-            return Box::pin(self.inner.call(request));
+            let answer = self.inner.call(request);
+            return Box::pin(async move { answer.await.map(counted) });
         }
         let Ok(permit) = Arc::clone(&self.shed.permits).try_acquire_owned() else {
             let refused = self.shed.refuse(LimitError::Overloaded {
@@ -421,7 +424,7 @@ where
                 Ok(Ok(response)) if is_oversized_message(&response) => {
                     Ok(shed.refuse(LimitError::MessageTooLarge))
                 }
-                Ok(answered) => answered,
+                Ok(answered) => answered.map(counted),
                 Err(_) => Ok(shed.refuse(LimitError::Timeout {
                     after: shed.timeout,
                 })),

@@ -183,6 +183,20 @@ impl Mailbox {
     pub fn end_reason(&self) -> Option<EndReason> {
         self.lock().ended
     }
+
+    /// For a reader busy elsewhere (replaying from the journal): whether the mailbox has been
+    /// closed, with the waker registered so a close (or a push) wakes the reader.
+    pub fn poll_ended(&self, cx: &mut Context<'_>) -> Poll<EndReason> {
+        let mut state = self.lock();
+        if let Some(reason) = state.ended {
+            return Poll::Ready(reason);
+        }
+        match &state.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            _ => state.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
 }
 
 #[cfg(test)]
@@ -250,6 +264,18 @@ mod tests {
         let mut cx = Context::from_waker(waker);
         assert!(matches!(mailbox.poll_pop(&mut cx), Poll::Ready(None)));
         assert_eq!(mailbox.end_reason(), Some(EndReason::ShuttingDown));
+    }
+
+    #[tokio::test]
+    async fn a_close_wakes_a_reader_busy_elsewhere() {
+        let mailbox = std::sync::Arc::new(Mailbox::new(4));
+        let reader = {
+            let mailbox = mailbox.clone();
+            tokio::spawn(async move { poll_fn(|cx| mailbox.poll_ended(cx)).await })
+        };
+        tokio::task::yield_now().await;
+        mailbox.close(EndReason::ShuttingDown);
+        assert_eq!(reader.await.expect("reader"), EndReason::ShuttingDown);
     }
 
     #[test]

@@ -9,11 +9,13 @@
 //!
 //! Each event is encoded once into a `SubscribeResponse`; all its recipients share those bytes.
 //!
-//! Journal reads (replays, history) never run on the async workers, which carry every live
-//! stream: each read is bounded ([`REPLAY_SCAN_LIMIT`] events examined, [`REPLAY_BATCH`]
-//! selected) and runs on a blocking thread, at most `--replay-readers` at once. A storm of
-//! resumes then waits for its turn at the readers, and is slow for those who resume, not for
-//! anyone else.
+//! Journal reads (replays, history pages) never run on the async workers, which carry every
+//! live stream: each read is bounded (stored events examined, events and bytes selected) and
+//! runs on a blocking thread, at most `--replay-readers` replay reads and as many history reads
+//! at once. A storm of resumes waits for its turn at the replay readers: it is slow for those
+//! who replay, while live streams, `Publish`, health checks, history pages and resumes that are
+//! already at the head go on as before. A reader is held only while it reads, never by a stream
+//! that is slow to take what was read.
 
 mod filter;
 mod mailbox;
@@ -51,9 +53,12 @@ use crate::{
 pub struct HubConfig {
     /// Frames one subscriber may have queued before it counts as too slow (see [`Mailbox`]).
     pub queue_len: usize,
-    /// Journal reads (replay batches, history pages) that may run at once, each on a blocking
-    /// thread; further reads wait their turn (`--replay-readers`).
+    /// Replay reads that may run at once, each on a blocking thread; further reads wait their
+    /// turn (`--replay-readers`). History pages have as many readers of their own.
     pub replay_readers: usize,
+    /// A replaying stream that waited this long for the journal gets a heartbeat
+    /// (`--heartbeat-interval`), so clients watching for silence do not give up on it.
+    pub heartbeat_interval: std::time::Duration,
 }
 
 /// Why a subscription could not start.
@@ -144,8 +149,11 @@ struct Shared {
     index: RwLock<Index>,
     /// Where replays, lagging subscribers and history pages read.
     journal: Arc<dyn JournalReader>,
-    /// Where those reads run.
+    /// Where replay reads run.
     reads: Reads,
+    /// Where history (`ListEvents`) reads run: readers of their own, so a page is not queued
+    /// behind a storm of replays.
+    history: Reads,
 }
 
 impl Shared {
@@ -197,8 +205,11 @@ impl Hub {
         metrics: Arc<Metrics>,
         journal: Arc<dyn JournalReader>,
     ) -> Self {
-        let readers = Arc::new(Semaphore::new(config.replay_readers.max(1)));
-        Self::with_reads(config, head, metrics, journal, Reads::Pool(readers))
+        let readers = || {
+            let permits = config.replay_readers.clamp(1, Semaphore::MAX_PERMITS);
+            Reads::Pool(Arc::new(Semaphore::new(permits)))
+        };
+        Self::with_reads(config, head, metrics, journal, (readers(), readers()))
     }
 
     fn with_reads(
@@ -206,7 +217,7 @@ impl Hub {
         head: Cursor,
         metrics: Arc<Metrics>,
         journal: Arc<dyn JournalReader>,
-        reads: Reads,
+        (reads, history): (Reads, Reads),
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
@@ -218,6 +229,7 @@ impl Hub {
                 index: RwLock::new(Index::default()),
                 journal,
                 reads,
+                history,
             }),
         }
     }
@@ -326,17 +338,23 @@ impl Hub {
             if from.epoch == head.epoch && from.position > head.position {
                 return Err(HubError::CursorAhead(from.to_string()));
             }
-            let start = if from.epoch == head.epoch {
-                from.position
+            if from == head {
+                // Nothing missed (a reconnect after a blip, the usual case in a reconnect
+                // storm): caught up at once, no journal read.
+                pending.push_back(caught_up_frame(head));
             } else {
-                pending.push_back(gap_frame(from, head.epoch, 0, pb::GapReason::EpochChanged));
-                0
-            };
-            replay = Some(Replay {
-                read_after: start,
-                until: head.position,
-                caught_up: true,
-            });
+                let start = if from.epoch == head.epoch {
+                    from.position
+                } else {
+                    pending.push_back(gap_frame(from, head.epoch, 0, pb::GapReason::EpochChanged));
+                    0
+                };
+                replay = Some(Replay {
+                    read_after: start,
+                    until: head.position,
+                    caught_up: true,
+                });
+            }
         } else {
             pending.push_back(caught_up_frame(head));
         }
@@ -352,6 +370,7 @@ impl Hub {
             pending,
             replay,
             reading: None,
+            waiting: None,
         })
     }
 
@@ -386,9 +405,10 @@ impl Hub {
             until: head,
             max_scanned: LIST_SCAN_LIMIT,
             max_selected: limit,
+            max_bytes: LIST_PAGE_BYTES,
         };
         let (scan, events) = shared
-            .reads
+            .history
             .run(move || {
                 let scan = journal.scan(start, limits, &|meta| selects(&filter, &viewer, meta))?;
                 // Decoded here too: up to a page of events is CPU work for the reader's thread.
@@ -421,7 +441,8 @@ impl Hub {
             end: scan.last >= head,
             gap: gap.map(|(from, reason)| pb::Gap {
                 from_cursor: from.to_string(),
-                to_cursor: shared.cursor(scan.floor).to_string(),
+                // Never past where the page ends: what follows `next` is the next page's.
+                to_cursor: shared.cursor(scan.floor.min(scan.last)).to_string(),
                 reason: reason.into(),
             }),
         })
@@ -523,6 +544,10 @@ struct Replay {
 /// Selected events one replay read returns at most: bounds a replaying stream's memory.
 const REPLAY_BATCH: usize = 256;
 
+/// Bytes of selected events one replay read returns at most (at least one event, however large):
+/// with large events, the count alone would let one batch hold tens of MiB.
+const REPLAY_BATCH_BYTES: usize = 1024 * 1024;
+
 /// Stored events one replay read examines at most, selected or not: bounds how long one read
 /// holds a reader when the subscriber selects few of them (a user resuming over a busy journal).
 const REPLAY_SCAN_LIMIT: usize = 4096;
@@ -541,9 +566,13 @@ enum Reads {
 type PendingRead<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
 
 impl Reads {
-    /// Runs `job` (one bounded journal read) on a reader thread once a reader is free. The
-    /// permit goes with the job to its thread, so a caller that gives up (a client gone) does
-    /// not free its place before the read has ended.
+    /// Runs `job` (one bounded journal read) on a reader thread once a reader is free.
+    ///
+    /// The wait for a reader and the read run in a task of their own, not in the caller's
+    /// future: a stream that is not polled for a while (its client reads slowly, or not at all)
+    /// must not hold a reader it was handed, or one slow client would stop every replay. The
+    /// permit goes with the job to its thread and is given back when the read ends; dropping the
+    /// returned future before that leaves the queue, or lets a started read finish alone.
     fn run<T: Send + 'static>(
         &self,
         job: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
@@ -551,7 +580,7 @@ impl Reads {
         match self {
             Reads::Pool(readers) => {
                 let readers = Arc::clone(readers);
-                Box::pin(async move {
+                let task = tokio::spawn(async move {
                     let permit = readers.acquire_owned().await.map_err(|_| {
                         StoreError::Unavailable("the journal readers closed".into())
                     })?;
@@ -565,11 +594,35 @@ impl Reads {
                             "a journal read failed: {error}"
                         )))
                     })
-                })
+                });
+                Box::pin(ReadTask(task))
             }
             #[cfg(test)]
             Reads::Inline => Box::pin(std::future::ready(job())),
         }
+    }
+}
+
+/// A journal read running in its own task; dropping it aborts the task (see [`Reads::run`]).
+struct ReadTask<T>(tokio::task::JoinHandle<Result<T, StoreError>>);
+
+impl<T> Future for ReadTask<T> {
+    type Output = Result<T, StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map(|joined| {
+            joined.unwrap_or_else(|error| {
+                Err(StoreError::Unavailable(format!(
+                    "a journal read failed: {error}"
+                )))
+            })
+        })
+    }
+}
+
+impl<T> Drop for ReadTask<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -585,6 +638,8 @@ pub struct Subscription {
     replay: Option<Replay>,
     /// The read of `replay`'s next batch, while it runs.
     reading: Option<PendingRead<Scan>>,
+    /// While reads keep the stream waiting with nothing to send: when it gets a heartbeat.
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// Whether a subscription with `filter`, seen by `viewer`, gets the stored event: the routing of
@@ -621,6 +676,10 @@ pub struct Page {
 /// `next` continues the scan).
 const LIST_SCAN_LIMIT: usize = 10_000;
 
+/// Bytes of events one history page holds at most (at least one event): a page must fit a
+/// default gRPC client's 4 MiB receive limit, as every single stored event does.
+const LIST_PAGE_BYTES: usize = 3 * 1024 * 1024;
+
 impl Subscription {
     /// Why the server ended this subscription, once the stream has ended.
     pub fn end_reason(&self) -> Option<EndReason> {
@@ -650,6 +709,7 @@ impl Subscription {
             until: replay.until,
             max_scanned: REPLAY_SCAN_LIMIT,
             max_selected: REPLAY_BATCH,
+            max_bytes: REPLAY_BATCH_BYTES,
         };
         self.hub.reads.run(move || {
             journal.scan(replay.read_after, limits, &|meta| {
@@ -689,9 +749,41 @@ impl Subscription {
                     .push_back(caught_up_frame(self.hub.cursor(replay.until)));
             }
             self.replay = None;
+            self.waiting = None;
         } else {
             self.replay = Some(replay);
         }
+    }
+
+    /// While a read is pending: the stream ends at once if the server shuts down (at the last
+    /// cursor sent; the client resumes from there), and says it is alive with a heartbeat (at
+    /// that same cursor) if the journal kept it waiting for `--heartbeat-interval`.
+    fn while_reading(&mut self, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
+        if self.subscriber.mailbox.poll_ended(cx).is_ready() {
+            self.reading = None;
+            self.replay = None;
+            self.pending.clear();
+            return Poll::Ready(None);
+        }
+        let interval = self.hub.config.heartbeat_interval;
+        let waiting = self
+            .waiting
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(interval)));
+        if waiting.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        waiting
+            .as_mut()
+            .reset(tokio::time::Instant::now() + interval);
+        // Registers the timer's waker again for the next beat.
+        let _ = waiting.as_mut().poll(cx);
+        let cursor = self.hub.cursor(self.last_position);
+        Poll::Ready(Some(control_frame(
+            Kind::Heartbeat(pb::Heartbeat {
+                cursor: cursor.to_string(),
+            }),
+            self.last_position,
+        )))
     }
 
     fn journal_failed(&mut self, error: &StoreError) {
@@ -716,7 +808,9 @@ impl tokio_stream::Stream for Subscription {
             // readers, never here: a poll does a bounded amount of work however little of the
             // journal this subscriber selects.
             if let Some(reading) = this.reading.as_mut() {
-                let result = std::task::ready!(reading.as_mut().poll(cx));
+                let Poll::Ready(result) = reading.as_mut().poll(cx) else {
+                    return this.while_reading(cx);
+                };
                 this.reading = None;
                 let Some(replay) = this.replay.take() else {
                     continue;
@@ -727,6 +821,10 @@ impl tokio_stream::Stream for Subscription {
                         this.journal_failed(&error);
                         return Poll::Ready(None);
                     }
+                }
+                if !this.pending.is_empty() {
+                    // Frames to send: the wait for the journal is over.
+                    this.waiting = None;
                 }
                 if this.pending.is_empty() && this.replay.is_some() {
                     // Nothing selected in that stretch: yield before the next read, so one poll

@@ -146,7 +146,7 @@ fn clip(text: &str, max: usize) -> &str {
 
 /// The size of the content-header frame that carries `properties`.
 fn header_frame_len(properties: &BasicProperties) -> usize {
-    HEADER_FRAME_OVERHEAD + encoded_len(properties)
+    HEADER_FRAME_OVERHEAD.saturating_add(encoded_len(properties))
 }
 
 /// The size of `properties` as the AMQP codec writes them (flags and fields). Measured with the
@@ -162,10 +162,16 @@ fn encoded_len(properties: &BasicProperties) -> usize {
 /// AMQP `delivery_mode` 2: the broker writes the message to disk.
 const PERSISTENT: u8 = 2;
 
-/// The event type a replayed dead letter carries in [`ROUTING_KEY_HEADER`], if any.
+/// The event type a replayed dead letter carries in [`ROUTING_KEY_HEADER`], if any. One longer
+/// than an AMQP routing key can be (255 bytes) is not one of ours and is ignored: its dead-letter
+/// copy could not be published under it.
 pub(super) fn replayed_routing_key(properties: &BasicProperties) -> Option<String> {
+    const MAX_ROUTING_KEY: usize = 255;
     let headers = properties.headers().as_ref()?;
     let key = header_text(headers, ROUTING_KEY_HEADER)?;
+    if key.len() > MAX_ROUTING_KEY {
+        return None;
+    }
     String::from_utf8(key.to_vec()).ok()
 }
 

@@ -583,7 +583,9 @@ impl<D: Downstream> Start<'_, D> {
 
 /// Messages that were being dead-lettered when their session died (the connection broke while
 /// the copy was sent or confirmed), remembered across sessions by a fingerprint of their routing
-/// key, body and headers. Such a message, redelivered, is rejected without requeue instead of
+/// key, body and message id. Not their headers: the broker may change those on redelivery (a
+/// quorum queue adds `x-delivery-count`), and a fingerprint that changed would let the loop back
+/// in; a false match only costs a poison message its reason headers. Such a message, redelivered, is rejected without requeue instead of
 /// copied again, so no single message can cause more than one reconnect. Bounded: only the
 /// latest [`Suspects::CAPACITY`] are kept (a session dies with at most a prefetch's worth in
 /// flight, and each one is seen again right after the reconnect).
@@ -598,8 +600,8 @@ impl Suspects {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         message.routing_key.hash(&mut hasher);
         message.body.hash(&mut hasher);
-        if let Some(headers) = message.properties.headers() {
-            format!("{headers:?}").hash(&mut hasher);
+        if let Some(id) = message.properties.message_id() {
+            id.as_str().hash(&mut hasher);
         }
         hasher.finish()
     }

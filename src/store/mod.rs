@@ -108,6 +108,9 @@ pub struct ScanLimits {
     pub max_scanned: usize,
     /// Return at most this many selected events: this bounds the memory of one scan.
     pub max_selected: usize,
+    /// Return at most this many bytes of frames, but always at least one event: the next
+    /// selected event that would go over ends the scan before it (`last` stays before it).
+    pub max_bytes: usize,
 }
 
 /// The outcome of one [`JournalReader::scan`], all from one consistent view of the journal.
@@ -156,6 +159,7 @@ pub fn scan_slice<'a>(
         last: start.min(limits.until),
     };
     let mut scanned = 0;
+    let mut bytes = 0;
     let mut stopped = false;
     for event in events {
         if event.position <= start {
@@ -168,11 +172,16 @@ pub fn scan_slice<'a>(
             stopped = true;
             break;
         }
-        scanned += 1;
-        scan.last = event.position;
         if select(event.meta()) {
+            if !scan.events.is_empty() && bytes + event.frame.len() > limits.max_bytes {
+                stopped = true;
+                break;
+            }
+            bytes += event.frame.len();
             scan.events.push(event.clone());
         }
+        scanned += 1;
+        scan.last = event.position;
     }
     if !stopped {
         scan.last = scan.last.max(limits.until);

@@ -454,19 +454,28 @@ impl JournalReader for RedbReader {
             return Ok(scan);
         }
         let range = table.range(start + 1..=limits.until).map_err(storage)?;
+        let mut bytes = 0;
         for (scanned, entry) in range.enumerate() {
             if scanned == limits.max_scanned || scan.events.len() == limits.max_selected {
                 return Ok(scan);
             }
             let (position, record) = entry.map_err(storage)?;
             let record = Record::decode(record.value());
-            scan.last = position.value();
             let meta = EventMeta {
                 event_type: record.event_type,
                 user_id: record.user_id,
                 device_id: record.device_id,
             };
-            if select(meta) {
+            let selected = select(meta);
+            if selected {
+                if !scan.events.is_empty() && bytes + record.frame.len() > limits.max_bytes {
+                    // Not this one: the next scan starts with it.
+                    return Ok(scan);
+                }
+                bytes += record.frame.len();
+            }
+            scan.last = position.value();
+            if selected {
                 scan.events.push(StoredEvent {
                     position: position.value(),
                     event_type: record.event_type.into(),
@@ -585,6 +594,7 @@ mod tests {
             until: u64::MAX,
             max_scanned: limit,
             max_selected: limit,
+            max_bytes: usize::MAX,
         };
         reader.scan(position, limits, &|_| true).unwrap().events
     }
@@ -701,6 +711,7 @@ mod tests {
             until,
             max_scanned,
             max_selected,
+            max_bytes: usize::MAX,
         };
         let positions = |scan: &Scan| scan.events.iter().map(|e| e.position).collect::<Vec<_>>();
         // Everything up to 7: u2's 2, 4, 6; examined through 7.
@@ -715,6 +726,31 @@ mod tests {
         // At most 2 selected: stops right after the second.
         let scan = reader.scan(2, limits(10, 100, 2), &u2).unwrap();
         assert_eq!((positions(&scan), scan.last), (vec![4, 6], 6));
+        // At most about two frames' worth of bytes: two events, and the scan ends just
+        // before the third (the next scan starts with it); one event however large.
+        let frame_len = read_after(&*reader, 0, 1)[0].frame.len();
+        let scan = reader
+            .scan(
+                0,
+                ScanLimits {
+                    max_bytes: 2 * frame_len + 1,
+                    ..limits(10, 100, 100)
+                },
+                &u2,
+            )
+            .unwrap();
+        assert_eq!((positions(&scan), scan.last), (vec![2, 4], 5));
+        let scan = reader
+            .scan(
+                0,
+                ScanLimits {
+                    max_bytes: 1,
+                    ..limits(10, 100, 100)
+                },
+                &u2,
+            )
+            .unwrap();
+        assert_eq!((positions(&scan), scan.last), (vec![2], 3));
         // Nothing selected, range exhausted: `last` is `until`, even past the head.
         let scan = reader.scan(0, limits(50, 100, 100), &|_| false).unwrap();
         assert_eq!((positions(&scan), scan.last), (vec![], 50));
