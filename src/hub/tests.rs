@@ -573,73 +573,9 @@ fn the_viewer_stops_what_routing_would_deliver() {
     );
 }
 
-/// A user resuming over a long journal that holds none of their events: each poll of the stream
-/// does a bounded amount of work, and the journal is read on other threads, never on the one
-/// that polls (an async worker, which carries everyone's streams). Reading inside the poll once
-/// let 60 such resumes stall every live stream, `Publish` and health check for seconds.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resume_that_selects_nothing_reads_in_bounded_steps_off_the_polling_thread() {
+/// A hub reading on a pool of one reader, over `stored` events of a user nobody subscribes as.
+fn pooled_hub(stored: u64) -> (Hub, Arc<TestJournal>) {
     let journal = Arc::new(TestJournal::default());
-    let hub = Hub::new(
-        HubConfig {
-            queue_len: 16,
-            replay_readers: 1,
-            heartbeat_interval: std::time::Duration::from_secs(15),
-        },
-        Cursor {
-            epoch: EPOCH,
-            position: 0,
-        },
-        Arc::new(Metrics::new()),
-        journal.clone(),
-    );
-    let mut publisher = Publisher::new(&hub, &journal);
-    const STORED: u64 = 20_000;
-    for _ in 0..STORED {
-        publisher.send("quota.updated", "someone-else", "");
-    }
-    let from = Cursor {
-        epoch: EPOCH,
-        position: 0,
-    };
-    let mut subscription = hub
-        .subscribe(
-            filter("u1", false, &[], ""),
-            Viewer::User("u1".into()),
-            Some(from),
-        )
-        .expect("subscribe");
-    // The first poll only starts a read: it cannot have examined more than one read's worth.
-    let mut cx = Context::from_waker(Waker::noop());
-    assert!(Pin::new(&mut subscription).poll_next(&mut cx).is_pending());
-    let examined = journal.examined.load(Ordering::Relaxed);
-    assert!(examined <= REPLAY_SCAN_LIMIT as u64, "{examined}");
-    // The replay runs to its end and says so at the head, having read every event once, in
-    // bounded reads, none of them on this thread.
-    let frame = tokio_stream::StreamExt::next(&mut subscription)
-        .await
-        .expect("a frame");
-    let kind = pb::SubscribeResponse::decode(frame.bytes).unwrap().kind;
-    assert_eq!(
-        kind,
-        Some(Kind::CaughtUp(pb::CaughtUp {
-            cursor: hub.head().to_string()
-        }))
-    );
-    assert_eq!(journal.examined.load(Ordering::Relaxed), STORED);
-    let threads = journal.scanned_on.lock().unwrap().clone();
-    assert_eq!(threads.len(), (STORED as usize).div_ceil(REPLAY_SCAN_LIMIT));
-    assert!(!threads.contains(&std::thread::current().id()));
-}
-
-/// A hub reading on a pool of one reader, over `stored` events of a user nobody subscribes as;
-/// the first scan waits for the returned sender.
-fn pooled_hub_with_a_gated_journal(
-    stored: u64,
-) -> (Hub, Arc<TestJournal>, std::sync::mpsc::Sender<()>) {
-    let journal = Arc::new(TestJournal::default());
-    let (open, gate) = std::sync::mpsc::channel();
-    *journal.gate.lock().unwrap() = Some(gate);
     let hub = Hub::new(
         HubConfig {
             queue_len: 16,
@@ -657,6 +593,16 @@ fn pooled_hub_with_a_gated_journal(
     for _ in 0..stored {
         publisher.send("quota.updated", "someone-else", "");
     }
+    (hub, journal)
+}
+
+/// [`pooled_hub`] whose first scan waits for the returned sender.
+fn pooled_hub_with_a_gated_journal(
+    stored: u64,
+) -> (Hub, Arc<TestJournal>, std::sync::mpsc::Sender<()>) {
+    let (hub, journal) = pooled_hub(stored);
+    let (open, gate) = std::sync::mpsc::channel();
+    *journal.gate.lock().unwrap() = Some(gate);
     (hub, journal, open)
 }
 
@@ -679,6 +625,38 @@ async fn next_kind_of(subscription: &mut Subscription) -> Option<Kind> {
         .await
         .expect("a frame or the end within 10 s")?;
     pb::SubscribeResponse::decode(frame.bytes).unwrap().kind
+}
+
+/// A user resuming over a long journal that holds none of their events: each poll of the stream
+/// does a bounded amount of work, and the journal is read on other threads, never on the one
+/// that polls (an async worker, which carries everyone's streams). Reading inside the poll once
+/// let 60 such resumes stall every live stream, `Publish` and health check for seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_that_selects_nothing_reads_in_bounded_steps_off_the_polling_thread() {
+    const STORED: u64 = 20_000;
+    let (hub, journal) = pooled_hub(STORED);
+    let mut subscription = resume_from_start(&hub, "u1");
+    // The first poll only starts a read: it cannot have examined more than one read's worth.
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(Pin::new(&mut subscription).poll_next(&mut cx).is_pending());
+    let examined = journal.examined.load(Ordering::Relaxed);
+    assert!(examined <= REPLAY_SCAN_LIMIT as u64, "{examined}");
+    // The replay runs to its end and says so at the head, having read every event once, in
+    // bounded reads, none of them on this thread.
+    let frame = tokio_stream::StreamExt::next(&mut subscription)
+        .await
+        .expect("a frame");
+    let kind = pb::SubscribeResponse::decode(frame.bytes).unwrap().kind;
+    assert_eq!(
+        kind,
+        Some(Kind::CaughtUp(pb::CaughtUp {
+            cursor: hub.head().to_string()
+        }))
+    );
+    assert_eq!(journal.examined.load(Ordering::Relaxed), STORED);
+    let threads = journal.scanned_on.lock().unwrap().clone();
+    assert_eq!(threads.len(), (STORED as usize).div_ceil(REPLAY_SCAN_LIMIT));
+    assert!(!threads.contains(&std::thread::current().id()));
 }
 
 /// A stream handed a reader must not keep it while nobody polls the stream (its client reads
