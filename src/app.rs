@@ -319,6 +319,37 @@ fn supervise_sequencer(
 /// The token checks and access policy from `--jwt-*`, `--admin-role`, `--publish-role` and
 /// `--dev`.
 fn authenticator(config: &ServeConfig) -> anyhow::Result<Authenticator> {
+    let verifier = match configured_verifier(config)? {
+        Some(verifier) => verifier,
+        None => {
+            let secret = dev_secret()?;
+            warn!(
+                "DEVELOPMENT MODE (--dev): tokens are signed with a secret generated for this \
+                 run and kept in {}; mint one with `notify-backbone token --sub <user>`. Never \
+                 run like this in production.",
+                auth::DEV_SECRET_FILE
+            );
+            Verifier::hs256(
+                secret.as_bytes(),
+                &config.jwt_issuer,
+                &config.jwt_audience,
+                config.jwt_leeway,
+            )
+        }
+    };
+    Ok(Authenticator::new(
+        verifier,
+        Policy {
+            admin_roles: config.admin_roles.iter().cloned().collect(),
+            publish_roles: config.publish_roles.iter().cloned().collect(),
+            publish_permission: auth::PUBLISH_PERMISSION.into(),
+        },
+    ))
+}
+
+/// The verifier of the configured key (`--jwt-secret`, `--jwt-public-key` or `--jwt-jwks`),
+/// reading key files; `None` when there is none and `--dev` will make one up.
+fn configured_verifier(config: &ServeConfig) -> anyhow::Result<Option<Verifier>> {
     let (issuer, audience, leeway) = (
         config.jwt_issuer.as_str(),
         config.jwt_audience.as_str(),
@@ -333,7 +364,7 @@ fn authenticator(config: &ServeConfig) -> anyhow::Result<Authenticator> {
         configured.iter().filter(|&&k| k).count() <= 1,
         "give only one of --jwt-secret, --jwt-public-key and --jwt-jwks"
     );
-    let verifier = if let Some(secret) = &config.jwt_secret {
+    Ok(Some(if let Some(secret) = &config.jwt_secret {
         anyhow::ensure!(!secret.is_empty(), "--jwt-secret is empty");
         Verifier::hs256(secret.as_bytes(), issuer, audience, leeway)
     } else if let Some(path) = &config.jwt_public_key {
@@ -345,27 +376,74 @@ fn authenticator(config: &ServeConfig) -> anyhow::Result<Authenticator> {
             .with_context(|| format!("cannot read --jwt-jwks {}", path.display()))?;
         Verifier::jwks(&json, issuer, audience, leeway)?
     } else if config.dev {
-        let secret = dev_secret()?;
-        warn!(
-            "DEVELOPMENT MODE (--dev): tokens are signed with a secret generated for this run \
-             and kept in {}; mint one with `notify-backbone token --sub <user>`. Never run \
-             like this in production.",
-            auth::DEV_SECRET_FILE
-        );
-        Verifier::hs256(secret.as_bytes(), issuer, audience, leeway)
+        return Ok(None);
     } else {
         anyhow::bail!(
             "no way to check tokens: give --jwt-secret (JWT_SECRET), --jwt-public-key or \
              --jwt-jwks, or --dev for local development"
         );
+    }))
+}
+
+/// `serve --check`: validates the configuration as `serve` would read it (the key and TLS
+/// files, the broker URL's syntax, the journal directory) without starting, binding, creating
+/// or connecting to anything. Returns a one-line summary of what would run.
+pub fn check(config: &ServeConfig) -> anyhow::Result<String> {
+    let tokens = match configured_verifier(config)? {
+        Some(_) => "tokens checked with the configured key",
+        None => "DEVELOPMENT MODE: tokens signed with a generated secret",
     };
-    Ok(Authenticator::new(
-        verifier,
-        Policy {
-            admin_roles: config.admin_roles.iter().cloned().collect(),
-            publish_roles: config.publish_roles.iter().cloned().collect(),
-            publish_permission: auth::PUBLISH_PERMISSION.into(),
-        },
+    if let Some(identity) = tls_identity(config)? {
+        for (flag, pem) in [
+            ("--tls-cert", &identity.cert_pem),
+            ("--tls-key", &identity.key_pem),
+        ] {
+            anyhow::ensure!(
+                pem.windows(11).any(|w| w == b"-----BEGIN "),
+                "{flag} is not PEM (no -----BEGIN line)"
+            );
+        }
+    }
+    if let Some(url) = &config.amqp_url {
+        url.parse::<lapin::uri::AMQPUri>()
+            .map_err(|error| anyhow::anyhow!("--amqp-url does not parse: {error}"))?;
+    }
+    let dir = &config.data_dir;
+    match std::fs::metadata(dir) {
+        Ok(meta) => anyhow::ensure!(
+            meta.is_dir(),
+            "--data-dir {} is not a directory",
+            dir.display()
+        ),
+        Err(_) => {
+            // Created at start-up: its nearest existing ancestor must be a directory.
+            let parent = dir
+                .ancestors()
+                .skip(1)
+                .find(|a| a.as_os_str().is_empty() || a.exists())
+                .map(|a| {
+                    if a.as_os_str().is_empty() {
+                        std::path::Path::new(".")
+                    } else {
+                        a
+                    }
+                });
+            anyhow::ensure!(
+                parent.is_some_and(std::path::Path::is_dir),
+                "--data-dir {} cannot be created: no directory above it",
+                dir.display()
+            );
+        }
+    }
+    let ingest = match &config.amqp_url {
+        Some(url) => format!("ingest from {}", crate::ingest::redacted(url)),
+        None => "embedded (Publish only)".to_owned(),
+    };
+    Ok(format!(
+        "configuration OK: gRPC on {}, metrics on {}, journal in {}, {ingest}, {tokens}",
+        config.listen,
+        config.metrics_listen,
+        config.data_dir.display()
     ))
 }
 

@@ -43,6 +43,12 @@ pub enum Command {
 /// Everything `serve` can be told.
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
+    /// Validate the configuration (flags, key and TLS files, the broker URL's syntax, the
+    /// journal directory) and exit: 0 and a one-line summary if `serve` would start with it, 1
+    /// and the reason if not. Nothing is started, bound, created or connected to.
+    #[arg(long)]
+    pub check: bool,
+
     /// Address of the gRPC and grpc-web port.
     #[arg(long, env = "NOTIFY_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,

@@ -3,7 +3,7 @@
 use clap::Parser;
 use notify_backbone::{
     app, client,
-    config::{Cli, Command},
+    config::{self, Cli, Command},
     telemetry,
 };
 
@@ -12,11 +12,20 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init_logging();
     match cli.command {
-        None => app::serve(cli.serve).await,
-        Some(Command::Serve(config)) => app::serve(*config).await,
+        None => serve(cli.serve).await,
+        Some(Command::Serve(config)) => serve(*config).await,
         Some(Command::Subscribe(args)) => client::subscribe(args).await,
         Some(Command::Publish(args)) => client::publish(args).await,
         Some(Command::Loadgen(args)) => client::loadgen(args).await,
         Some(Command::Token(args)) => client::token(args),
     }
+}
+
+/// `serve`, or with `--check` only the validation of its configuration.
+async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
+    if config.check {
+        println!("{}", app::check(&config)?);
+        return Ok(());
+    }
+    app::serve(config).await
 }

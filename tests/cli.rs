@@ -323,3 +323,60 @@ async fn loadgen_keeps_slow_subscribers_out_of_the_figures_and_the_server_keeps_
     assert!(slow > 0, "{report}");
     assert_eq!(report["parameters"]["slow_subscribers"], 1, "{report}");
 }
+
+/// `serve --check` validates a deployment's configuration without starting anything: it says
+/// what would run, or why it would not, and creates nothing.
+#[tokio::test]
+async fn serve_check_validates_the_configuration_and_starts_nothing() {
+    let dir = std::env::temp_dir().join(format!("notify-check-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = dir.join("journal");
+    let check = |extra: &[&str]| {
+        let mut command = std::process::Command::new(BIN);
+        command
+            .args(["serve", "--check", "--data-dir"])
+            .arg(&data)
+            .args(extra)
+            .env_remove("JWT_SECRET")
+            .env_remove("AMQP_URL")
+            .env_remove("RUST_BACKTRACE");
+        command.output().unwrap()
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    let ok = check(&[
+        "--jwt-secret",
+        "s",
+        "--amqp-url",
+        "amqp://guest:guest@rabbit:5672/%2f",
+    ]);
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(stdout.starts_with("configuration OK"), "{stdout}");
+    assert!(stdout.contains("guest:***@rabbit"), "{stdout}");
+    assert!(!data.exists(), "nothing is created");
+    for (extra, reason) in [
+        (&[][..], "no way to check tokens"),
+        (
+            &["--jwt-public-key", "/nonexistent/key.pem"][..],
+            "--jwt-public-key",
+        ),
+        (
+            &["--jwt-secret", "s", "--amqp-url", "not a url"][..],
+            "--amqp-url",
+        ),
+        (
+            &["--jwt-secret", "s", "--max-event-bytes", "16MiB"][..],
+            "max-event-bytes",
+        ),
+    ] {
+        let failed = check(extra);
+        let stderr = String::from_utf8_lossy(&failed.stderr);
+        assert!(!failed.status.success(), "{extra:?} passed");
+        assert!(stderr.contains(reason), "{extra:?}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
