@@ -14,7 +14,9 @@ mod cursor;
 mod redb;
 
 pub use cursor::{Cursor, CursorError};
-pub use redb::{Durability, JournalSettings, OpenError, Pruner, RedbJournal, Retention, Syncer};
+pub use redb::{
+    Durability, JournalSettings, OpenError, Pruner, RedbJournal, Replicated, Retention, Syncer,
+};
 
 use std::sync::Arc;
 

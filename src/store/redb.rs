@@ -37,6 +37,8 @@ const FLOOR: &str = "floor";
 const DEDUPE_FLOOR: &str = "dedupe_floor";
 /// The size of the stored records, for `--retention-bytes`.
 const BYTES: &str = "bytes";
+/// A replica's head, when its last positions stored no event (a barrier, a duplicate).
+const REPLICA_HEAD: &str = "replica_head";
 
 /// When a commit reaches the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +161,11 @@ impl RedbJournal {
                 .last()
                 .map_err(|e| fail(e.to_string()))?
                 .map_or(floor, |(k, _)| k.value());
+            let replica_head = meta
+                .get(REPLICA_HEAD)
+                .map_err(|e| fail(e.to_string()))?
+                .map_or(0, |v| v.value());
+            let head = head.max(replica_head);
             (epoch, head)
         };
         txn.commit().map_err(|e| fail(e.to_string()))?;
@@ -385,6 +392,160 @@ impl RedbJournal {
             db: Arc::clone(&self.db),
             retention,
         }
+    }
+}
+
+/// What became of one event handed to [`RedbJournal::replicate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replicated {
+    /// Stored at its position; the frame to send (cursor stamped).
+    Stored(Bytes),
+    /// The replica had this position already (read again after a restart).
+    AlreadyHave,
+    /// Its id was stored before, at this position: the stream holds it twice, subscribers get
+    /// it once.
+    Duplicate(u64),
+}
+
+/// A stream's replica: a journal whose positions and epoch come from elsewhere (the RabbitMQ
+/// stream of cluster mode) instead of being assigned here. Reads (replay, history, dedupe) are
+/// the same as a single node's.
+impl RedbJournal {
+    /// The epoch this journal's cursors carry.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Makes this the replica of a stream whose epoch is `epoch`. A journal of another epoch
+    /// (another stream, or this one deleted and re-created) is emptied first; returns whether it
+    /// was.
+    pub fn adopt_epoch(&mut self, epoch: u64) -> Result<bool, StoreError> {
+        if self.epoch == epoch {
+            return Ok(false);
+        }
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            txn.delete_table(EVENTS).map_err(storage)?;
+            txn.delete_table(IDS).map_err(storage)?;
+            txn.open_table(EVENTS).map_err(storage)?;
+            txn.open_table(IDS).map_err(storage)?;
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            for key in [FLOOR, DEDUPE_FLOOR, BYTES] {
+                meta.remove(key).map_err(storage)?;
+            }
+            meta.insert(EPOCH, epoch).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        self.epoch = epoch;
+        self.head = 0;
+        Ok(true)
+    }
+
+    /// Stores events read from the stream at their positions (ascending; gaps allowed, for
+    /// positions that carry no event). Positions at or below the head are skipped (read again
+    /// after a restart); an id already stored is reported as a duplicate and not stored again.
+    /// One write transaction for the lot.
+    pub fn replicate(
+        &mut self,
+        events: &mut [(u64, pb::Event)],
+    ) -> Result<Vec<Replicated>, StoreError> {
+        if let Some((_, event)) = events.iter().find(|(_, event)| !Record::fits(event)) {
+            return Err(StoreError::Unavailable(format!(
+                "event {:?}: a field is longer than a journal record holds",
+                event.id.chars().take(64).collect::<String>()
+            )));
+        }
+        let now = super::unix_millis();
+        let outcomes = self.replicate_in(events, now).map_err(storage)?;
+        Ok(outcomes)
+    }
+
+    fn replicate_in(
+        &mut self,
+        events: &mut [(u64, pb::Event)],
+        now: u64,
+    ) -> Result<Vec<Replicated>, redb::Error> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(match self.settings.durability {
+            Durability::EveryCommit => RedbDurability::Immediate,
+            Durability::Interval(_) => RedbDurability::None,
+        })?;
+        let mut head = self.head;
+        let mut outcomes = Vec::with_capacity(events.len());
+        let mut added_bytes = 0_u64;
+        {
+            let mut table = txn.open_table(EVENTS)?;
+            let mut ids = txn.open_table(IDS)?;
+            let mut record = Vec::new();
+            for (position, event) in events.iter_mut() {
+                let position = *position;
+                if position <= head {
+                    outcomes.push(Replicated::AlreadyHave);
+                    continue;
+                }
+                head = position;
+                if let Some(known) = ids.get(event.id.as_str())? {
+                    outcomes.push(Replicated::Duplicate(known.value().0));
+                    continue;
+                }
+                event.cursor = self.cursor(position).to_string();
+                let frame = encode_event_frame(event);
+                record.clear();
+                Record::encode(event, now, &frame, &mut record);
+                table.insert(position, record.as_slice())?;
+                added_bytes += record.len() as u64;
+                ids.insert(event.id.as_str(), (position, now))?;
+                outcomes.push(Replicated::Stored(frame));
+            }
+        }
+        let mut meta = txn.open_table(META)?;
+        if added_bytes > 0 {
+            let stored = meta.get(BYTES)?.map_or(0, |v| v.value());
+            meta.insert(BYTES, stored + added_bytes)?;
+        }
+        // The head is kept even when the last positions stored nothing (a barrier, a
+        // duplicate), so a restart does not read them again.
+        meta.insert(REPLICA_HEAD, head)?;
+        drop(meta);
+        self.forget_old_ids(&txn, now)?;
+        txn.commit()?;
+        self.head = head;
+        Ok(outcomes)
+    }
+
+    /// Skips to `position`: the stream no longer has what lies between the head and it
+    /// (retention), so it is gone here too (a resume from before it gets a `Gap`).
+    pub fn skip_to(&mut self, position: u64) -> Result<(), StoreError> {
+        if position <= self.head {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            let floor = meta.get(FLOOR).map_err(storage)?.map_or(0, |v| v.value());
+            if floor < position {
+                meta.insert(FLOOR, position).map_err(storage)?;
+            }
+            meta.insert(REPLICA_HEAD, position).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        self.head = position;
+        Ok(())
+    }
+
+    /// Where each id was stored, if it was (and is still remembered): the dedupe of cluster
+    /// mode's writer. Reads on the caller's thread (a blocking read).
+    pub fn positions_of(&self, ids: &[&str]) -> Result<Vec<Option<u64>>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(IDS).map_err(storage)?;
+        ids.iter()
+            .map(|id| {
+                table
+                    .get(*id)
+                    .map(|found| found.map(|v| v.value().0))
+                    .map_err(storage)
+            })
+            .collect()
     }
 }
 
@@ -652,6 +813,85 @@ mod tests {
         // Nothing of the batch was stored.
         assert_eq!(journal.head().position, 0);
         assert!(read_after(&*journal.reader(), 0, 10).is_empty());
+    }
+
+    /// A stream's replica: positions and epoch come from the stream; holes are fine; what it
+    /// has is not stored again; a duplicate id is reported with its first position; another
+    /// epoch empties it; all of it survives a reopen.
+    #[test]
+    fn a_replica_stores_events_at_the_streams_positions() {
+        let dir = Dir::new("replica");
+        let mut journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
+        assert!(
+            journal.adopt_epoch(42).unwrap(),
+            "a fresh journal takes the stream's epoch"
+        );
+        assert!(!journal.adopt_epoch(42).unwrap());
+        let mut batch = vec![
+            (1, event("a", "u1")),
+            (3, event("b", "u1")), // position 2 was a barrier: no event
+            (4, event("a", "u1")), // written twice to the stream
+        ];
+        let out = journal.replicate(&mut batch).unwrap();
+        assert!(matches!(&out[0], Replicated::Stored(_)));
+        assert!(matches!(&out[1], Replicated::Stored(_)));
+        assert_eq!(out[2], Replicated::Duplicate(1));
+        assert_eq!(
+            journal.head(),
+            Cursor {
+                epoch: 42,
+                position: 4
+            }
+        );
+        assert_eq!(
+            batch[1].1.cursor,
+            Cursor {
+                epoch: 42,
+                position: 3
+            }
+            .to_string()
+        );
+        let reader = journal.reader();
+        assert_eq!(
+            read_after(&*reader, 0, 10)
+                .iter()
+                .map(|e| e.position)
+                .collect::<Vec<_>>(),
+            [1, 3]
+        );
+        assert_eq!(
+            journal.positions_of(&["a", "b", "c"]).unwrap(),
+            [Some(1), Some(3), None]
+        );
+        // Read again after a restart: nothing stored twice; the head (a duplicate's position)
+        // survives the reopen.
+        drop((journal, reader));
+        let mut journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
+        assert_eq!(
+            journal.head(),
+            Cursor {
+                epoch: 42,
+                position: 4
+            }
+        );
+        let out = journal.replicate(&mut [(4, event("a", "u1"))]).unwrap();
+        assert_eq!(out, [Replicated::AlreadyHave]);
+        // The stream lost what lies below 10: skipped, and below the floor.
+        journal.skip_to(10).unwrap();
+        assert_eq!(journal.reader().floor().unwrap(), 10);
+        assert_eq!(journal.head().position, 10);
+        // Another epoch: the stream was re-created; the replica starts over.
+        assert!(journal.adopt_epoch(7).unwrap());
+        assert_eq!(
+            journal.head(),
+            Cursor {
+                epoch: 7,
+                position: 0
+            }
+        );
+        assert!(read_after(&*journal.reader(), 0, 10).is_empty());
+        assert_eq!(journal.positions_of(&["a"]).unwrap(), [None]);
+        assert_eq!(journal.reader().floor().unwrap(), 0);
     }
 
     #[test]
