@@ -17,7 +17,8 @@ use tracing::{info, warn};
 
 use crate::{
     auth::{self, Authenticator, Policy, Verifier},
-    config::ServeConfig,
+    cluster::{self, FollowState},
+    config::{JournalKind, ServeConfig},
     grpc::{
         self, NotifyService, ServerSettings,
         connections::{self, ConnectionLimits},
@@ -26,8 +27,8 @@ use crate::{
     hub::{FilterLimits, Hub, HubConfig},
     ingest::{Ingest, IngestConfig, IngestState, Topology, topology},
     schema::DecodeOptions,
-    sequencer::Sequencer,
-    store::{Journal, JournalSettings, Pruner, RedbJournal, Retention, Syncer},
+    sequencer::{Publisher, Sequencer},
+    store::{Durability, Journal, JournalSettings, Pruner, RedbJournal, Retention, Syncer},
     telemetry::{self, Metrics},
 };
 
@@ -94,46 +95,29 @@ pub async fn run(
     let authenticator = authenticator(&config)?;
     let metrics = Arc::new(Metrics::new());
     // A journal that cannot be opened stops start-up here, with the reason.
-    let journal = RedbJournal::open(JournalSettings {
-        dir: config.data_dir.clone(),
-        durability: config.durability,
-        dedupe_window: config.dedupe_window,
-        cache_bytes: usize::try_from(config.journal_cache).unwrap_or(usize::MAX),
-    })?;
+    let journal = RedbJournal::open(journal_settings(&config))?;
     info!(dir = %config.data_dir.display(), head = %journal.head(), "journal open");
     let syncer = journal.syncer();
     let pruner = journal.pruner(Retention {
         max_age: config.retention_age,
         max_bytes: config.retention_bytes,
     });
-    let hub = Hub::new(
-        HubConfig {
-            queue_len: config.subscriber_queue_len,
-            replay_readers: config.replay_readers(),
-            heartbeat_interval: config.heartbeat_interval,
-        },
-        journal.head(),
-        metrics.clone(),
-        journal.reader(),
-    );
-    // The sequencer outlives the gRPC server: it stops only after in-flight publishes drained.
-    let sequencer_stop = CancellationToken::new();
-    let (sequencer, sequencer_task) = Sequencer::spawn(
-        journal,
-        hub.clone(),
-        metrics.clone(),
-        config.publish_queue_len,
-        sequencer_stop.clone(),
-    );
-    let sequencer_task =
-        supervise_sequencer(sequencer_task, sequencer_stop.clone(), shutdown.clone());
-
-    let mut tasks = JoinSet::new();
-    tasks.spawn(heartbeats(
-        hub.clone(),
-        config.heartbeat_interval,
-        shutdown.clone(),
-    ));
+    // The writer's side outlives the gRPC server: it stops only after in-flight publishes and
+    // the ingest drained.
+    let writer_stop = CancellationToken::new();
+    let Core {
+        hub,
+        publisher,
+        ingest,
+        journal_state,
+        writer: writer_task,
+        mut tasks,
+    } = match config.journal {
+        JournalKind::Redb => single_node(&config, journal, &metrics, &shutdown, &writer_stop),
+        JournalKind::RabbitmqStream => {
+            cluster_node(&config, journal, &metrics, &shutdown, &writer_stop).await?
+        }
+    };
     tasks.spawn(prune_journal(
         pruner,
         config.retention_interval,
@@ -144,18 +128,17 @@ pub async fn run(
     }
     let (health, health_service) = grpc::health(shutdown.clone());
     health.serving().await;
-    let ingest = config.amqp_url.as_ref().map(|url| {
-        Ingest::spawn(
-            ingest_config(&config, url),
-            sequencer.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        )
-    });
     if let Some(ingest) = &ingest {
         tasks.spawn(report_ingest_health(ingest.state(), health.clone()));
     }
-    let readiness = readiness(shutdown.clone(), ingest.as_ref().map(Ingest::state));
+    if let Some(state) = &journal_state {
+        tasks.spawn(report_journal_health(state.clone(), health.clone()));
+    }
+    let readiness = readiness(
+        shutdown.clone(),
+        ingest.as_ref().map(Ingest::state),
+        journal_state,
+    );
     let streams = StreamCounter::new(
         config.max_streams_per_connection,
         config.max_streams_per_principal,
@@ -163,7 +146,7 @@ pub async fn run(
     );
     let service = NotifyService {
         hub: hub.clone(),
-        sequencer,
+        publisher,
         metrics: metrics.clone(),
         decode: decode_options(&config),
         auth: Arc::new(authenticator),
@@ -258,11 +241,11 @@ pub async fn run(
             }
         });
     }
-    sequencer_stop.cancel();
-    let sequencer_failed = match tokio::time::timeout(config.shutdown_grace, sequencer_task).await {
+    writer_stop.cancel();
+    let writer_failed = match tokio::time::timeout(config.shutdown_grace, writer_task).await {
         Ok(failed) => failed.unwrap_or(true),
         Err(_) => {
-            warn!("sequencer did not finish within the grace period");
+            warn!("the journal's writer did not finish within the grace period");
             false
         }
     };
@@ -277,38 +260,249 @@ pub async fn run(
     // The server's own error first, if it had one: it may be why everything stopped.
     served?;
     anyhow::ensure!(
-        !sequencer_failed,
-        "the sequencer stopped while the server was running (see the log above)"
+        !writer_failed,
+        "the journal's writer side stopped while the server was running (see the log above)"
     );
     Ok(())
 }
 
-/// Watches the sequencer, the only writer of the journal. If it ends before the server began
-/// to stop (a panic in a commit), no event can be stored any more: rather than keep
-/// reporting healthy while every `Publish` fails and the ingest retries forever, this cancels
-/// `shutdown`, so health turns NOT_SERVING, the server stops, and the process exits non-zero
-/// for its supervisor to restart it. Resolves to whether that happened.
-fn supervise_sequencer(
-    task: tokio::task::JoinHandle<()>,
+/// The stages between the ingest and the hub, as the journal kind wants them.
+struct Core {
+    /// The node's hub.
+    hub: Hub,
+    /// Where `Publish` hands events.
+    publisher: Publisher,
+    /// The AMQP ingest, if any.
+    ingest: Option<Ingest>,
+    /// Cluster mode: whether the node reads the journal stream.
+    journal_state: Option<watch::Receiver<FollowState>>,
+    /// The supervised task that keeps the journal going (the sequencer, or the stream's
+    /// follower); resolves to whether it failed.
+    writer: tokio::task::JoinHandle<bool>,
+    /// Background tasks to join at shutdown.
+    tasks: JoinSet<()>,
+}
+
+/// The journal's settings; in cluster mode the file is a replica of the stream, which is the
+/// durable truth: it commits without waiting for the disk (what a crash loses is read again).
+fn journal_settings(config: &ServeConfig) -> JournalSettings {
+    JournalSettings {
+        dir: config.data_dir.clone(),
+        durability: match config.journal {
+            JournalKind::Redb => config.durability,
+            JournalKind::RabbitmqStream => Durability::Interval(REPLICA_SYNC_INTERVAL),
+        },
+        dedupe_window: config.dedupe_window,
+        cache_bytes: usize::try_from(config.journal_cache).unwrap_or(usize::MAX),
+    }
+}
+
+/// How often a cluster node's replica is synced to disk.
+const REPLICA_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn hub_config(config: &ServeConfig) -> HubConfig {
+    HubConfig {
+        queue_len: config.subscriber_queue_len,
+        replay_readers: config.replay_readers(),
+        heartbeat_interval: config.heartbeat_interval,
+    }
+}
+
+/// One node: the sequencer journals and fans out; the ingest (with `--amqp-url`) consumes
+/// this node's own queue.
+fn single_node(
+    config: &ServeConfig,
+    journal: RedbJournal,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+    writer_stop: &CancellationToken,
+) -> Core {
+    let hub = Hub::new(
+        hub_config(config),
+        journal.head(),
+        metrics.clone(),
+        journal.reader(),
+    );
+    let (sequencer, task) = Sequencer::spawn(
+        journal,
+        hub.clone(),
+        metrics.clone(),
+        config.publish_queue_len,
+        writer_stop.clone(),
+    );
+    let writer = supervise(
+        "the sequencer",
+        task,
+        |()| None,
+        writer_stop.clone(),
+        shutdown.clone(),
+    );
+    let ingest = config.amqp_url.as_ref().map(|url| {
+        Ingest::spawn(
+            ingest_config(config, url),
+            sequencer.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+    });
+    let mut tasks = JoinSet::new();
+    spawn_heartbeats(&mut tasks, &hub, config, shutdown);
+    Core {
+        hub,
+        publisher: Publisher::Local(sequencer),
+        ingest,
+        journal_state: None,
+        writer,
+        tasks,
+    }
+}
+
+/// Cluster mode: learn the stream's epoch, follow the stream into the replica and the hub, write
+/// it when this node is the shared ingest queue's active consumer, and forward `Publish` to
+/// whichever node that is.
+async fn cluster_node(
+    config: &ServeConfig,
+    mut journal: RedbJournal,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+    writer_stop: &CancellationToken,
+) -> anyhow::Result<Core> {
+    let url = config
+        .amqp_url
+        .clone()
+        .context("--journal rabbitmq-stream needs --amqp-url (AMQP_URL)")?;
+    let node_id = config.node_id();
+    let settings = cluster::StreamSettings {
+        name: config.stream.clone(),
+        max_age: config.retention_age,
+        max_bytes: config.retention_bytes,
+        segment_bytes: config.stream_segment_bytes,
+    };
+    info!(
+        stream = %settings.name,
+        broker = %crate::ingest::redacted(&url),
+        "cluster mode: learning the journal stream's epoch"
+    );
+    let epoch = cluster::discover_epoch(&url, &node_id, &settings, &journal, shutdown)
+        .await
+        .context("cluster mode: the journal stream")?;
+    if journal.adopt_epoch(epoch)? {
+        info!(
+            epoch = %format!("{epoch:016x}"),
+            "cluster mode: the replica was new or of another epoch; it is filled from the stream"
+        );
+    }
+    let hub = Hub::new(
+        hub_config(config),
+        journal.head(),
+        metrics.clone(),
+        journal.reader(),
+    );
+    let ids = journal.id_index();
+    let follower = cluster::Follower::spawn(
+        cluster::FollowerParts {
+            url: url.clone(),
+            node_id: node_id.clone(),
+            settings: settings.clone(),
+            replica: journal,
+            hub: hub.clone(),
+            metrics: metrics.clone(),
+        },
+        writer_stop.clone(),
+    );
+    let (writer, writer_task) = cluster::StreamWriter::spawn(
+        cluster::WriterParts {
+            url: url.clone(),
+            node_id: node_id.clone(),
+            stream: settings.name.clone(),
+            epoch,
+            waiters: follower.waiters.clone(),
+            ids,
+            metrics: metrics.clone(),
+            queue_len: config.publish_queue_len,
+        },
+        writer_stop.clone(),
+    );
+    let mut ingest_settings = ingest_config(config, &url);
+    ingest_settings.topology.queue = config.ingest_queue.clone();
+    ingest_settings.topology.queue_kind = topology::QueueKind::Shared;
+    let ingest = Ingest::spawn(ingest_settings, writer, metrics.clone(), shutdown.clone());
+    let (forwarder, forward_task) = cluster::Forwarder::spawn(
+        url,
+        node_id,
+        config.ingest_queue.clone(),
+        writer_stop.clone(),
+    );
+    let journal_state = follower.state.clone();
+    let supervised = supervise(
+        "the journal stream's follower",
+        follower.task,
+        |outcome: Result<(), cluster::ClusterError>| outcome.err().map(|e| e.to_string()),
+        writer_stop.clone(),
+        shutdown.clone(),
+    );
+    let mut tasks = JoinSet::new();
+    spawn_heartbeats(&mut tasks, &hub, config, shutdown);
+    tasks.spawn(async move {
+        let _ = writer_task.await;
+    });
+    tasks.spawn(async move {
+        let _ = forward_task.await;
+    });
+    Ok(Core {
+        hub,
+        publisher: Publisher::Cluster(forwarder),
+        ingest: Some(ingest),
+        journal_state: Some(journal_state),
+        writer: supervised,
+        tasks,
+    })
+}
+
+fn spawn_heartbeats(
+    tasks: &mut JoinSet<()>,
+    hub: &Hub,
+    config: &ServeConfig,
+    shutdown: &CancellationToken,
+) {
+    tasks.spawn(heartbeats(
+        hub.clone(),
+        config.heartbeat_interval,
+        shutdown.clone(),
+    ));
+}
+
+/// Watches a task the journal cannot do without (the sequencer; a cluster node's follower). If
+/// it ends before the server began to stop (a panic in a commit, a deleted stream), no event can
+/// be journaled or delivered any more: rather than keep reporting healthy while every `Publish`
+/// fails and the ingest retries forever, this cancels `shutdown`, so health turns NOT_SERVING,
+/// the server stops, and the process exits non-zero for its supervisor to restart it.
+/// `error_of` says whether the task's own result is a failure. Resolves to whether it failed.
+fn supervise<T: Send + 'static>(
+    what: &'static str,
+    task: tokio::task::JoinHandle<T>,
+    error_of: fn(T) -> Option<String>,
     stopping: CancellationToken,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<bool> {
     tokio::spawn(async move {
         let outcome = task.await;
-        // Once the server is stopping, the sequencer ends normally: when told to, or as soon as
-        // the last submitter (the gRPC service, the ingest) is gone. A panic is never normal.
-        let panicked = matches!(&outcome, Err(error) if error.is_panic());
-        if !panicked && (stopping.is_cancelled() || shutdown.is_cancelled()) {
-            return false;
-        }
-        let how = match outcome {
-            Err(error) if error.is_panic() => "it panicked",
-            Err(_) => "it was cancelled",
-            Ok(()) => "it ended",
+        // Once the server is stopping, the task ends normally: when told to, or (the sequencer)
+        // as soon as its last submitter is gone. A panic is never normal.
+        let stopping = stopping.is_cancelled() || shutdown.is_cancelled();
+        let reason = match outcome {
+            Err(error) if error.is_panic() => "it panicked".to_owned(),
+            Err(_) if stopping => return false,
+            Err(_) => "it was cancelled".to_owned(),
+            Ok(result) => match error_of(result) {
+                Some(error) => error,
+                None if stopping => return false,
+                None => "it ended".to_owned(),
+            },
         };
         tracing::error!(
-            how,
-            "the sequencer stopped while the server was running: no event can be stored; \
+            reason,
+            "{what} stopped while the server was running: no event can be journaled; \
              stopping the server"
         );
         shutdown.cancel();
@@ -499,7 +693,9 @@ fn ingest_config(config: &ServeConfig, url: &str) -> IngestConfig {
         topology: Topology {
             exchange: config.exchange.clone(),
             queue: topology::queue_name(&node_id),
-            queue_expires: config.queue_expires,
+            queue_kind: topology::QueueKind::Node {
+                expires: config.queue_expires,
+            },
             bindings: config.bindings.clone(),
             dead_letter_exchange: config.dead_letter_exchange.clone(),
             dead_letter_queue: config.dead_letter_queue.clone(),
@@ -525,20 +721,39 @@ async fn report_ingest_health(mut state: watch::Receiver<IngestState>, health: g
     }
 }
 
-/// Ready while not shutting down and, with AMQP ingest, while consuming.
+/// Ready while not shutting down, with AMQP ingest while consuming, and in cluster mode while
+/// reading the journal stream.
 fn readiness(
     shutdown: CancellationToken,
     ingest: Option<watch::Receiver<IngestState>>,
+    journal: Option<watch::Receiver<FollowState>>,
 ) -> telemetry::Readiness {
     Arc::new(move || {
         if shutdown.is_cancelled() {
             return Err("shutting down".into());
+        }
+        if let Some(state) = journal.as_ref().map(|state| *state.borrow())
+            && state != FollowState::Following
+        {
+            return Err("journal stream: not reading it (connecting)".into());
         }
         match ingest.as_ref().map(|state| *state.borrow()) {
             None | Some(IngestState::Consuming) => Ok(()),
             Some(state) => Err(format!("ingest: {state}")),
         }
     })
+}
+
+/// Mirrors whether the node reads the journal stream into gRPC health (service `journal`).
+async fn report_journal_health(mut state: watch::Receiver<FollowState>, health: grpc::Health) {
+    loop {
+        let following = *state.borrow_and_update() == FollowState::Following;
+        health.journal_following(following).await;
+        if state.changed().await.is_err() {
+            health.journal_following(false).await;
+            break;
+        }
+    }
 }
 
 /// Completes `grace` after `shutdown` was cancelled.
@@ -651,7 +866,7 @@ mod tests {
     async fn a_sequencer_that_dies_stops_the_server_one_that_is_stopped_does_not() {
         let (stopping, shutdown) = (CancellationToken::new(), CancellationToken::new());
         let dies = tokio::spawn(async { panic!("a commit panicked") });
-        let failed = supervise_sequencer(dies, stopping.clone(), shutdown.clone());
+        let failed = supervise("test", dies, |()| None, stopping.clone(), shutdown.clone());
         assert!(failed.await.unwrap(), "reported as a failure");
         assert!(shutdown.is_cancelled(), "the server is told to stop");
 
@@ -667,7 +882,7 @@ mod tests {
                     }
                 }
             });
-            let failed = supervise_sequencer(ends, stopping.clone(), shutdown.clone());
+            let failed = supervise("test", ends, |()| None, stopping.clone(), shutdown.clone());
             if told {
                 stopping.cancel();
             } else {
@@ -675,13 +890,19 @@ mod tests {
             }
             assert!(!failed.await.unwrap());
         }
+        // A follower that ends with an error (a deleted stream) stops the server too.
+        let (stopping, shutdown) = (CancellationToken::new(), CancellationToken::new());
+        let gone = tokio::spawn(async { Err::<(), _>("the stream was deleted".to_owned()) });
+        let failed = supervise("test", gone, Result::err, stopping, shutdown.clone());
+        assert!(failed.await.unwrap());
+        assert!(shutdown.is_cancelled());
     }
 
     #[test]
     fn readiness_follows_the_ingest_and_shutdown() {
         let shutdown = CancellationToken::new();
         let (state, watched) = watch::channel(IngestState::Connecting);
-        let ready = readiness(shutdown.clone(), Some(watched));
+        let ready = readiness(shutdown.clone(), Some(watched), None);
         assert_eq!(ready(), Err("ingest: connecting".into()));
         state.send_replace(IngestState::Consuming);
         assert_eq!(ready(), Ok(()));
@@ -692,7 +913,13 @@ mod tests {
         shutdown.cancel();
         assert_eq!(ready(), Err("shutting down".into()));
         // Without AMQP ingest, ready until shutdown.
-        let embedded = readiness(CancellationToken::new(), None);
+        let embedded = readiness(CancellationToken::new(), None, None);
         assert_eq!(embedded(), Ok(()));
+        // Cluster mode: not ready while not reading the journal stream.
+        let (journal, watched) = watch::channel(FollowState::Connecting);
+        let cluster = readiness(CancellationToken::new(), None, Some(watched));
+        assert!(cluster().is_err());
+        journal.send_replace(FollowState::Following);
+        assert_eq!(cluster(), Ok(()));
     }
 }

@@ -340,10 +340,43 @@ pub struct ServeConfig {
     #[arg(long, env = "NOTIFY_PREFETCH", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..), help_heading = "AMQP ingest")]
     pub prefetch: u16,
 
+    /// Where events are journaled: `redb` (one node; a file under --data-dir; no broker needed)
+    /// or `rabbitmq-stream` (cluster mode: several nodes share one journal, a RabbitMQ stream;
+    /// needs --amqp-url; each node keeps a replica of it under --data-dir).
+    #[arg(long, value_enum, env = "NOTIFY_JOURNAL", default_value_t = JournalKind::Redb, help_heading = "Cluster")]
+    pub journal: JournalKind,
+
+    /// Cluster mode: the RabbitMQ stream that is the shared journal. Its retention is
+    /// --retention-age and --retention-bytes (`x-max-age`, `x-max-length-bytes`), set when the
+    /// stream is created; later changes need a RabbitMQ policy.
+    #[arg(long, env = "NOTIFY_STREAM", default_value = crate::cluster::DEFAULT_STREAM, help_heading = "Cluster")]
+    pub stream: String,
+
+    /// Cluster mode: the quorum queue, shared by all nodes, that the producers' events (and
+    /// `Publish` calls of every node) go through to the one node writing the stream; bound to
+    /// --exchange with --bind. One node at a time consumes it (single active consumer).
+    #[arg(long, env = "NOTIFY_INGEST_QUEUE", default_value = crate::cluster::DEFAULT_INGEST_QUEUE, help_heading = "Cluster")]
+    pub ingest_queue: String,
+
+    /// Cluster mode: the stream's segment size (`x-stream-max-segment-size-bytes`, RabbitMQ's
+    /// default 500 MB when not given). Retention removes whole segments, so small segments make
+    /// it act sooner.
+    #[arg(long, env = "NOTIFY_STREAM_SEGMENT_BYTES", value_parser = byte_size, help_heading = "Cluster")]
+    pub stream_segment_bytes: Option<u64>,
+
     /// Longest pause between attempts to reconnect to the broker (the pause doubles from
     /// 100 ms up to this, with jitter).
     #[arg(long, env = "NOTIFY_RECONNECT_MAX_BACKOFF", default_value = "30s", value_parser = positive_duration, help_heading = "AMQP ingest")]
     pub reconnect_max_backoff: Duration,
+}
+
+/// Where events are journaled (`--journal`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum JournalKind {
+    /// One node: a redb file under `--data-dir`.
+    Redb,
+    /// Cluster mode: a RabbitMQ stream shared by every node.
+    RabbitmqStream,
 }
 
 /// A node id: letters, digits, `.`, `_` and `-`, at most 200 of them (it goes into a queue name,

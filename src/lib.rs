@@ -10,6 +10,8 @@
 //! | [`ingest`]    | AMQP: topology, consume, ack after acceptance, dead letters, reconnect    |
 //! | [`store`]     | the journal: positions, cursors, dedupe by event id                       |
 //! | [`sequencer`] | the single writer: journal append in batches, then hand-off to the hub    |
+//! | [`cluster`]   | cluster mode: the journal on a RabbitMQ stream, every node's replica and   |
+//! |               | follower, the single writer, `Publish` on any node                         |
 //! | [`auth`]      | the platform's JWT → `Principal`; who may subscribe to what, see, publish |
 //! | [`hub`]       | routing index, filters, per-subscriber bounded queues, overflow policy    |
 //! | [`grpc`]      | tonic services (thin adapters), grpc-web, TLS, limits, `Status` map,      |
@@ -23,6 +25,7 @@
 pub mod app;
 pub mod auth;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod grpc;
 pub mod hub;

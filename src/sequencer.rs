@@ -104,9 +104,37 @@ impl Sequencer {
     }
 }
 
+/// Where `Publish` hands its events: the node's own sequencer, or in cluster mode the cluster's
+/// one writer (through the shared ingest queue).
+#[derive(Clone)]
+pub enum Publisher {
+    /// One node: this node's sequencer.
+    Local(Sequencer),
+    /// Cluster mode: forwarded to the writer.
+    Cluster(crate::cluster::Forwarder),
+}
+
+impl Publisher {
+    /// Publishes one decoded event; returns once it is journaled (and, on one node, routed).
+    pub async fn publish(&self, decoded: Decoded) -> Result<Published, SequencerError> {
+        match self {
+            Publisher::Local(sequencer) => sequencer.publish(decoded).await,
+            Publisher::Cluster(forwarder) => forwarder.publish(decoded).await,
+        }
+    }
+}
+
 /// The pending outcome of one [`Sequencer::submit`].
 #[derive(Debug)]
 pub struct Receipt(oneshot::Receiver<Result<Published, SequencerError>>);
+
+impl Receipt {
+    /// A receipt answered through `reply` (another writer than the sequencer: cluster mode's).
+    pub(crate) fn new() -> (oneshot::Sender<Result<Published, SequencerError>>, Self) {
+        let (reply, response) = oneshot::channel();
+        (reply, Self(response))
+    }
+}
 
 impl Future for Receipt {
     type Output = Result<Published, SequencerError>;

@@ -78,6 +78,8 @@ pub struct Metrics {
     pub ingest: IngestMetrics,
     /// `notify_connections*`: the gRPC port's connections.
     pub connections: ConnectionMetrics,
+    /// `notify_journal_writer`: 1 while this node writes the cluster's journal stream.
+    pub journal_writer: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -275,7 +277,14 @@ impl Metrics {
         );
         let ingest = IngestMetrics::register(&mut registry);
         let connections = ConnectionMetrics::register(&mut registry);
+        let journal_writer = Gauge::default();
+        registry.register(
+            "journal_writer",
+            "1 while this node writes the cluster's journal stream (cluster mode)",
+            journal_writer.clone(),
+        );
         Self {
+            journal_writer,
             ingest,
             connections,
             registry: Mutex::new(registry),

@@ -80,7 +80,9 @@ fn config(names: &Names, prefetch: u16) -> IngestConfig {
     topology.exchange = names.exchange.clone();
     topology.dead_letter_exchange = names.dead_letter_exchange.clone();
     topology.dead_letter_queue = names.dead_letter_queue.clone();
-    topology.queue_expires = serve.queue_expires;
+    topology.queue_kind = notify_backbone::ingest::topology::QueueKind::Node {
+        expires: serve.queue_expires,
+    };
     IngestConfig {
         url: amqp_url(),
         node_id: names.node_id.clone(),

@@ -109,6 +109,19 @@ impl Health {
             .await;
     }
 
+    /// Reports whether the node reads the cluster's journal stream, as the health service
+    /// [`JOURNAL_HEALTH_SERVICE`]. Outside cluster mode that name stays unknown (NOT_FOUND).
+    pub async fn journal_following(&self, following: bool) {
+        let status = if following {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        self.0
+            .set_service_status(JOURNAL_HEALTH_SERVICE, status)
+            .await;
+    }
+
     /// Reports whether the AMQP ingest is connected and consuming, as the health service
     /// [`INGEST_HEALTH_SERVICE`]. Without `--amqp-url` that name stays unknown (NOT_FOUND).
     pub async fn ingest_consuming(&self, consuming: bool) {
@@ -125,6 +138,10 @@ impl Health {
 
 /// The gRPC health service name that reports the AMQP ingest (`grpc_health_probe -service=ingest`).
 pub const INGEST_HEALTH_SERVICE: &str = "ingest";
+
+/// The gRPC health service name that reports, in cluster mode, whether the node reads the
+/// journal stream (`grpc_health_probe -service=journal`).
+pub const JOURNAL_HEALTH_SERVICE: &str = "journal";
 
 /// Serves gRPC and grpc-web on `listener` until `signal` completes, then drains open calls.
 pub async fn serve(

@@ -22,7 +22,7 @@ use crate::{
     hub::{Filter, FilterLimits, Hub, Subscription, Users},
     pb::{self, notification_service_server::NotificationService, publish_request::Body},
     schema::{self, DecodeOptions, Properties},
-    sequencer::Sequencer,
+    sequencer::Publisher,
     store::Cursor,
     telemetry::Metrics,
 };
@@ -32,8 +32,8 @@ use crate::{
 pub struct NotifyService {
     /// The fan-out hub (for `Subscribe`).
     pub hub: Hub,
-    /// The single writer (for `Publish`).
-    pub sequencer: Sequencer,
+    /// Where `Publish` hands events: the sequencer, or the cluster's writer.
+    pub publisher: Publisher,
     /// Metrics to count rejections in.
     pub metrics: Arc<Metrics>,
     /// Decoding options (`--strict-schema`, `--max-event-bytes`).
@@ -170,7 +170,7 @@ impl NotifyService {
                 schema::accept_typed(&request.routing_key, event, &props, self.decode)?
             }
         };
-        let published = self.sequencer.publish(decoded).await?;
+        let published = self.publisher.publish(decoded).await?;
         Ok(pb::PublishResponse {
             id: published.id,
             cursor: published.cursor.to_string(),

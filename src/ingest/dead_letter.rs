@@ -115,8 +115,9 @@ pub(super) fn copy_properties(
     fits(&trimmed).then_some(trimmed)
 }
 
-/// The `x-notify-*` headers that say why, where and from where.
-fn reason_headers(message: &Message, node_id: &str, error: &DecodeError) -> FieldTable {
+/// The `x-notify-error*` headers that say why a message was refused (also the refusal a
+/// forwarded `Publish` is answered with).
+pub(super) fn reason_headers_of(error: &DecodeError) -> FieldTable {
     let mut headers = FieldTable::default();
     let mut text = |key: &str, value: &str| {
         headers.insert(key.into(), AMQPValue::LongString(LongString::from(value)));
@@ -129,6 +130,15 @@ fn reason_headers(message: &Message, node_id: &str, error: &DecodeError) -> Fiel
     if let Some(field) = error.field() {
         text(ERROR_FIELD_HEADER, clip(field, MAX_DETAIL_BYTES));
     }
+    headers
+}
+
+/// The `x-notify-*` headers that say why, where and from where.
+fn reason_headers(message: &Message, node_id: &str, error: &DecodeError) -> FieldTable {
+    let mut headers = reason_headers_of(error);
+    let mut text = |key: &str, value: &str| {
+        headers.insert(key.into(), AMQPValue::LongString(LongString::from(value)));
+    };
     text(ORIGINAL_EXCHANGE_HEADER, &message.exchange);
     text(ROUTING_KEY_HEADER, &message.routing_key);
     text(NODE_HEADER, node_id);

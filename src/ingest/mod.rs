@@ -40,6 +40,12 @@ use crate::{
 
 pub use topology::Topology;
 
+/// `content_type` of an event forwarded by another node's `Publish` (cluster mode): the body is
+/// an encoded `Event`, and the writer answers to `reply_to` with `correlation_id`.
+pub const FORWARDED_CONTENT_TYPE: &str = "application/x-protobuf";
+/// `type` of such a message: the message its body is.
+pub const FORWARDED_TYPE: &str = "cloudphone.notify.v1.Event";
+
 /// The first pause after a failed connection; it doubles up to `reconnect_max_backoff`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -99,6 +105,10 @@ pub trait Downstream: Send + Sync + 'static {
         &self,
         decoded: Decoded,
     ) -> impl Future<Output = Result<Self::Receipt, SequencerError>> + Send;
+
+    /// A new broker session started consuming: what the downstream knew of the queue's state
+    /// may be stale (cluster mode's writer synchronises with the journal again).
+    fn session_started(&self) {}
 }
 
 impl Downstream for Sequencer {

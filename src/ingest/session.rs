@@ -18,8 +18,8 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
     message::Delivery,
     options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions,
-        BasicRejectOptions, ConfirmSelectOptions,
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions,
+        BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
     },
     types::FieldTable,
 };
@@ -30,7 +30,7 @@ use tracing::{debug, info};
 
 use crate::{
     schema::{self, DecodeError, Properties},
-    sequencer::SequencerError,
+    sequencer::{Published, SequencerError},
     telemetry::Metrics,
 };
 
@@ -94,6 +94,15 @@ impl Message {
         }
     }
 
+    /// An event forwarded by another node's `Publish` (cluster mode), not a producer's JSON.
+    fn is_forwarded(&self) -> bool {
+        let text = |value: &Option<lapin::types::ShortString>| {
+            value.as_ref().map(|v| v.as_str().to_owned())
+        };
+        text(self.properties.content_type()).as_deref() == Some(super::FORWARDED_CONTENT_TYPE)
+            && text(self.properties.kind()).as_deref() == Some(super::FORWARDED_TYPE)
+    }
+
     /// The AMQP `timestamp` property, which the producers fill with milliseconds.
     fn timestamp_ms(&self) -> Option<i64> {
         self.properties
@@ -105,7 +114,7 @@ impl Message {
 /// How one delivery ended.
 enum Outcome {
     /// Stored (or recognised as a duplicate) and routed.
-    Accepted { duplicate: bool },
+    Accepted(Published),
     /// The broker confirmed the dead-letter copy.
     DeadLettered(DecodeError),
     /// Our own failure: the downstream did not take a good event. Retried, never rejected.
@@ -228,6 +237,7 @@ async fn consume<D: Downstream>(
         .await
         .map_err(|e| before(IngestError::Lost(e)))?;
     let _ = state.send(IngestState::Consuming);
+    downstream.session_started();
     metrics.ingest.consuming.set(1);
     info!(queue = %config.topology.queue, prefetch = config.prefetch, "ingest: consuming");
 
@@ -366,7 +376,7 @@ impl<D: Downstream> Session<'_, D> {
                 .emit(self.metrics);
                 break;
             };
-            if !matches!(outcome, Outcome::Accepted { .. } | Outcome::DeadLettered(_)) {
+            if !matches!(outcome, Outcome::Accepted(_) | Outcome::DeadLettered(_)) {
                 // No retries during shutdown: it stays unacked and the broker redelivers it.
                 break;
             }
@@ -403,10 +413,13 @@ impl<D: Downstream> Session<'_, D> {
             return Ok(());
         };
         match outcome {
-            Outcome::Accepted { duplicate } => {
-                if !duplicate && let Some(sent_ms) = oldest.message.timestamp_ms() {
+            Outcome::Accepted(published) => {
+                if !published.duplicate
+                    && let Some(sent_ms) = oldest.message.timestamp_ms()
+                {
                     self.metrics.ingest.lag.observe(lag_seconds(sent_ms));
                 }
+                self.start.answer(&oldest.message, Ok(&published)).await;
                 self.settled(oldest.message.tag);
             }
             Outcome::DeadLettered(error) => {
@@ -416,6 +429,7 @@ impl<D: Downstream> Session<'_, D> {
                     redelivered: oldest.message.redelivered,
                 }
                 .emit(self.metrics);
+                self.start.answer(&oldest.message, Err(&error)).await;
                 self.settled(oldest.message.tag);
             }
             Outcome::Refused(error) => {
@@ -517,24 +531,64 @@ impl<D: Downstream> Start<'_, D> {
             timestamp_ms: message.timestamp_ms(),
             received_at: SystemTime::now(),
         };
-        match schema::decode(
-            &message.routing_key,
-            &message.body,
-            &props,
-            self.config.decode,
-        ) {
+        let decoded = if message.is_forwarded() {
+            schema::decode_forwarded(&message.body, &props, self.config.decode)
+        } else {
+            schema::decode(
+                &message.routing_key,
+                &message.body,
+                &props,
+                self.config.decode,
+            )
+        };
+        match decoded {
             Ok(decoded) => Ok(match self.downstream.submit(decoded).await {
                 Ok(receipt) => Box::pin(async move {
                     match receipt.await {
-                        Ok(published) => Outcome::Accepted {
-                            duplicate: published.duplicate,
-                        },
+                        Ok(published) => Outcome::Accepted(published),
                         Err(error) => Outcome::Refused(error),
                     }
                 }),
                 Err(error) => Box::pin(std::future::ready(Outcome::Refused(error))),
             }),
             Err(error) => self.dead_letter(message, error).await,
+        }
+    }
+
+    /// Answers a forwarded `Publish` (a message with `reply_to`): where its event landed, or why
+    /// it was refused. Best effort: the caller is another node's `Publish`, which times out and
+    /// is retried by its client if the answer is lost.
+    async fn answer(&self, message: &Message, outcome: Result<&Published, &DecodeError>) {
+        let Some(reply_to) = message.properties.reply_to() else {
+            return;
+        };
+        let (body, headers) = match outcome {
+            Ok(published) => (
+                prost::Message::encode_to_vec(&crate::pb::PublishResponse {
+                    id: published.id.clone(),
+                    cursor: published.cursor.to_string(),
+                    duplicate: published.duplicate,
+                }),
+                FieldTable::default(),
+            ),
+            Err(error) => (Vec::new(), dead_letter::reason_headers_of(error)),
+        };
+        let mut properties = BasicProperties::default().with_headers(headers);
+        if let Some(id) = message.properties.correlation_id() {
+            properties = properties.with_correlation_id(id.clone());
+        }
+        let sent = self
+            .dead_letters
+            .basic_publish(
+                "".into(),
+                reply_to.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                properties,
+            )
+            .await;
+        if let Err(error) = sent {
+            debug!(%error, "answering a forwarded Publish");
         }
     }
 

@@ -26,16 +26,31 @@ pub const DEFAULT_DEAD_LETTER_QUEUE: &str = "notify-backbone.dead-letter";
 /// The routing keys of the four families the catalog knows.
 pub const DEFAULT_BINDINGS: [&str; 4] = ["quota.#", "billing.#", "app.#", "device.#"];
 
+/// The kind of the consumed queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueKind {
+    /// A node's own classic queue, deleted by the broker after it was unused this long
+    /// (`x-expires`): a retired node's queue goes away instead of filling up forever.
+    Node {
+        /// `--queue-expires`.
+        expires: Duration,
+    },
+    /// Cluster mode's shared ingest queue: a quorum queue (replicated, durable) with a single
+    /// active consumer, so exactly one node (the writer) receives its messages at a time and
+    /// another takes over when it goes.
+    Shared,
+}
+
 /// The exchanges, queues and bindings of one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     /// The producers' topic exchange (declared durable if absent).
     pub exchange: String,
-    /// This node's own durable queue. Each node has its own, so each receives every event.
+    /// The queue consumed: this node's own (each node receives every event), or in cluster mode
+    /// the one queue all nodes share, consumed by one of them at a time.
     pub queue: String,
-    /// A queue unused for this long is deleted by the broker (`x-expires`): a retired node's
-    /// queue goes away instead of filling up forever.
-    pub queue_expires: Duration,
+    /// What kind of queue it is.
+    pub queue_kind: QueueKind,
     /// Binding keys from the exchange to the queue.
     pub bindings: Vec<String>,
     /// The dead-letter exchange (topic, durable).
@@ -50,7 +65,9 @@ impl Topology {
         Self {
             exchange: DEFAULT_EXCHANGE.into(),
             queue: queue_name(node_id),
-            queue_expires: Duration::from_secs(24 * 60 * 60),
+            queue_kind: QueueKind::Node {
+                expires: Duration::from_secs(24 * 60 * 60),
+            },
             bindings: DEFAULT_BINDINGS.iter().map(|&b| b.into()).collect(),
             dead_letter_exchange: DEFAULT_DEAD_LETTER_EXCHANGE.into(),
             dead_letter_queue: DEFAULT_DEAD_LETTER_QUEUE.into(),
@@ -61,8 +78,19 @@ impl Topology {
     /// refuses a redeclaration with other arguments (PRECONDITION_FAILED).
     fn queue_arguments(&self) -> FieldTable {
         let mut arguments = FieldTable::default();
-        let expires_ms = i64::try_from(self.queue_expires.as_millis()).unwrap_or(i64::MAX);
-        arguments.insert("x-expires".into(), AMQPValue::LongLongInt(expires_ms));
+        match self.queue_kind {
+            QueueKind::Node { expires } => {
+                let expires_ms = i64::try_from(expires.as_millis()).unwrap_or(i64::MAX);
+                arguments.insert("x-expires".into(), AMQPValue::LongLongInt(expires_ms));
+            }
+            QueueKind::Shared => {
+                arguments.insert(
+                    "x-queue-type".into(),
+                    AMQPValue::LongString(LongString::from("quorum")),
+                );
+                arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+            }
+        }
         // A safety net: anything the broker itself dead-letters (an operator's reject, a
         // policy's delivery limit) goes to our dead-letter exchange, not into the void.
         arguments.insert(
@@ -174,13 +202,36 @@ mod tests {
     #[test]
     fn the_queue_expires_and_dead_letters_to_our_exchange() {
         let mut topology = Topology::for_node("n");
-        topology.queue_expires = Duration::from_secs(90);
+        topology.queue_kind = QueueKind::Node {
+            expires: Duration::from_secs(90),
+        };
         let arguments = topology.queue_arguments();
         let map = arguments.inner();
         assert_eq!(
             map.get(&ShortString::from("x-expires")),
             Some(&AMQPValue::LongLongInt(90_000))
         );
+        assert_eq!(
+            map.get(&ShortString::from("x-dead-letter-exchange")),
+            Some(&AMQPValue::LongString("notify-backbone.dlx".into()))
+        );
+    }
+
+    #[test]
+    fn the_shared_ingest_queue_is_a_quorum_queue_with_one_active_consumer() {
+        let mut topology = Topology::for_node("n");
+        topology.queue_kind = QueueKind::Shared;
+        let arguments = topology.queue_arguments();
+        let map = arguments.inner();
+        assert_eq!(
+            map.get(&ShortString::from("x-queue-type")),
+            Some(&AMQPValue::LongString("quorum".into()))
+        );
+        assert_eq!(
+            map.get(&ShortString::from("x-single-active-consumer")),
+            Some(&AMQPValue::Boolean(true))
+        );
+        assert_eq!(map.get(&ShortString::from("x-expires")), None);
         assert_eq!(
             map.get(&ShortString::from("x-dead-letter-exchange")),
             Some(&AMQPValue::LongString("notify-backbone.dlx".into()))

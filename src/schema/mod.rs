@@ -110,6 +110,10 @@ pub enum DecodeError {
     /// The body is JSON but not an object.
     #[error("body is JSON but not an object")]
     NotObject,
+    /// A message that says it is an encoded `Event` (an event forwarded by another node) but
+    /// does not decode as one.
+    #[error("body is not an encoded cloudphone.notify.v1.Event: {0}")]
+    NotEvent(String),
     /// The body, or the event decoded from it, is larger than `--max-event-bytes`.
     #[error("{what} is {size} bytes; the limit is {limit} bytes (--max-event-bytes)")]
     TooLarge {
@@ -164,6 +168,7 @@ impl DecodeError {
             DecodeError::NotUtf8 => "not_utf8",
             DecodeError::NotJson(_) => "not_json",
             DecodeError::NotObject => "not_object",
+            DecodeError::NotEvent(_) => "not_event",
             DecodeError::TooLarge { .. } => "too_large",
             DecodeError::InvalidRoutingKey(_) => "invalid_routing_key",
             DecodeError::UnknownRoutingKey(_) => "unknown_routing_key",
@@ -320,6 +325,24 @@ pub fn accept_typed(
     check_size("body", prost::Message::encoded_len(&event), opts)?;
     let event = typed::accept(routing_key, event, props, opts)?;
     finish(event, ["id", "user_id", "device_id"], opts)
+}
+
+/// Accepts an encoded `Event` forwarded by another node's `Publish` (cluster mode): decoded, then
+/// checked and completed like any typed event.
+///
+/// # Errors
+///
+/// A body that is not an encoded `Event` ([`DecodeError::NotEvent`]), and whatever
+/// [`accept_typed`] refuses.
+pub fn decode_forwarded(
+    body: &[u8],
+    props: &Properties,
+    opts: DecodeOptions,
+) -> Result<Decoded, DecodeError> {
+    check_size("body", body.len(), opts)?;
+    let event = <pb::Event as prost::Message>::decode(body)
+        .map_err(|error| DecodeError::NotEvent(error.to_string()))?;
+    accept_typed("", event, props, opts)
 }
 
 /// Refuses `size` bytes of `what` over the limit.

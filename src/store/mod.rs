@@ -15,7 +15,8 @@ mod redb;
 
 pub use cursor::{Cursor, CursorError};
 pub use redb::{
-    Durability, JournalSettings, OpenError, Pruner, RedbJournal, Replicated, Retention, Syncer,
+    Durability, IdIndex, JournalSettings, OpenError, Pruner, RedbJournal, Replicated, Retention,
+    Syncer,
 };
 
 use std::sync::Arc;

@@ -442,12 +442,14 @@ impl RedbJournal {
     }
 
     /// Stores events read from the stream at their positions (ascending; gaps allowed, for
-    /// positions that carry no event). Positions at or below the head are skipped (read again
-    /// after a restart); an id already stored is reported as a duplicate and not stored again.
-    /// One write transaction for the lot.
+    /// positions that carry no event), and moves the head to at least `through` (the last
+    /// position read, event or not). Positions at or below the head are skipped (read again after
+    /// a restart); an id already stored is reported as a duplicate and not stored again. One
+    /// write transaction for the lot.
     pub fn replicate(
         &mut self,
         events: &mut [(u64, pb::Event)],
+        through: u64,
     ) -> Result<Vec<Replicated>, StoreError> {
         if let Some((_, event)) = events.iter().find(|(_, event)| !Record::fits(event)) {
             return Err(StoreError::Unavailable(format!(
@@ -456,13 +458,14 @@ impl RedbJournal {
             )));
         }
         let now = super::unix_millis();
-        let outcomes = self.replicate_in(events, now).map_err(storage)?;
+        let outcomes = self.replicate_in(events, through, now).map_err(storage)?;
         Ok(outcomes)
     }
 
     fn replicate_in(
         &mut self,
         events: &mut [(u64, pb::Event)],
+        through: u64,
         now: u64,
     ) -> Result<Vec<Replicated>, redb::Error> {
         let mut txn = self.db.begin_write()?;
@@ -498,6 +501,7 @@ impl RedbJournal {
                 outcomes.push(Replicated::Stored(frame));
             }
         }
+        let head = head.max(through);
         let mut meta = txn.open_table(META)?;
         if added_bytes > 0 {
             let stored = meta.get(BYTES)?.map_or(0, |v| v.value());
@@ -535,6 +539,27 @@ impl RedbJournal {
 
     /// Where each id was stored, if it was (and is still remembered): the dedupe of cluster
     /// mode's writer. Reads on the caller's thread (a blocking read).
+    pub fn positions_of(&self, ids: &[&str]) -> Result<Vec<Option<u64>>, StoreError> {
+        self.id_index().positions_of(ids)
+    }
+
+    /// A handle on the replica's id index, usable from any thread while it is written.
+    pub fn id_index(&self) -> IdIndex {
+        IdIndex {
+            db: Arc::clone(&self.db),
+        }
+    }
+}
+
+/// The id index of a journal: where each remembered event id was stored.
+#[derive(Clone)]
+pub struct IdIndex {
+    db: Arc<Database>,
+}
+
+impl IdIndex {
+    /// Where each id was stored, if it was (and is still remembered). A blocking read: call it
+    /// off the async workers.
     pub fn positions_of(&self, ids: &[&str]) -> Result<Vec<Option<u64>>, StoreError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(IDS).map_err(storage)?;
@@ -832,7 +857,7 @@ mod tests {
             (3, event("b", "u1")), // position 2 was a barrier: no event
             (4, event("a", "u1")), // written twice to the stream
         ];
-        let out = journal.replicate(&mut batch).unwrap();
+        let out = journal.replicate(&mut batch, 4).unwrap();
         assert!(matches!(&out[0], Replicated::Stored(_)));
         assert!(matches!(&out[1], Replicated::Stored(_)));
         assert_eq!(out[2], Replicated::Duplicate(1));
@@ -874,8 +899,10 @@ mod tests {
                 position: 4
             }
         );
-        let out = journal.replicate(&mut [(4, event("a", "u1"))]).unwrap();
+        let out = journal.replicate(&mut [(4, event("a", "u1"))], 5).unwrap();
         assert_eq!(out, [Replicated::AlreadyHave]);
+        // Position 5 held no event (a barrier): the head moved past it all the same.
+        assert_eq!(journal.head().position, 5);
         // The stream lost what lies below 10: skipped, and below the floor.
         journal.skip_to(10).unwrap();
         assert_eq!(journal.reader().floor().unwrap(), 10);

@@ -1,0 +1,521 @@
+//! Every node's reader of the journal stream: it learns the stream's epoch, keeps the node's
+//! replica (a redb journal) up to date, and fans each new event out through the node's hub, in
+//! stream order.
+//!
+//! Owns: the stream consumer and its reconnects, the replica's writes, the hand-off to the hub,
+//! and telling waiting writers and `Publish` calls where their events landed ([`Waiters`]).
+//! Does not own: writing to the stream (`writer`), routing (`hub`), or the replica's format
+//! (`store`).
+//!
+//! The replica is what replays, lagging subscribers and `ListEvents` read, exactly as on a
+//! single node, and its id index is the writer's dedupe state. It is a cache of the stream, so it
+//! commits without waiting for the disk: a crash loses only what is read again from the stream.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use lapin::{
+    Channel, Connection, ConnectionProperties, Consumer,
+    options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
+    types::{AMQPValue, FieldTable, LongString},
+};
+use tokio::sync::{oneshot, watch};
+use tokio_stream::{Stream as _, StreamExt as _};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{
+    ClusterError,
+    stream::{self, Entry, Kind, StreamSettings},
+};
+use crate::{
+    hub::{Hub, Routed},
+    store::{Journal as _, RedbJournal, Replicated},
+    telemetry::Metrics,
+};
+
+/// Stream messages the broker may send ahead of our acks (`basic_qos` is required on a stream).
+/// Measured: 52,000 messages/s replayed at 1,000 and at 5,000 alike.
+const PREFETCH: u16 = 2000;
+/// Messages read, replicated and fanned out together (one replica commit).
+const MAX_BATCH: usize = 512;
+/// How long an empty-looking stream is waited on before this node proposes its epoch.
+const BOOTSTRAP_AFTER: Duration = Duration::from_secs(1);
+/// How long a replica's check of the stream's first message may take before the replica is
+/// rebuilt from the stream (which is always correct, only slower).
+const FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(5);
+/// The first pause after a failed connection; it doubles up to `MAX_BACKOFF`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Where an event landed in the stream, as its writer or `Publish` caller learns it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Landed {
+    /// Its position (the first one, if it was a duplicate).
+    pub position: u64,
+    /// It was in the stream already; this copy is not delivered.
+    pub duplicate: bool,
+}
+
+/// Those waiting for an event id or a barrier to come back from the stream. Bounded by what is
+/// in flight: the writer registers only what it has appended and not yet seen.
+#[derive(Clone, Default)]
+pub struct Waiters(Arc<Mutex<HashMap<String, Vec<oneshot::Sender<Landed>>>>>);
+
+impl Waiters {
+    /// Resolves when the event (or barrier) with this id is read from the stream.
+    pub fn wait(&self, id: &str) -> oneshot::Receiver<Landed> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().entry(id.to_owned()).or_default().push(tx);
+        rx
+    }
+
+    /// Forgets a wait that will not be needed (its append failed).
+    pub fn forget(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<oneshot::Sender<Landed>>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn resolve(&self, landed: impl IntoIterator<Item = (String, Landed)>) {
+        let mut waiting = self.lock();
+        if waiting.is_empty() {
+            return;
+        }
+        for (id, landed) in landed {
+            for waiter in waiting.remove(&id).into_iter().flatten() {
+                let _ = waiter.send(landed);
+            }
+        }
+    }
+}
+
+/// Whether the node reads the stream (readiness and gRPC health report it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FollowState {
+    /// Connecting, or reconnecting after a failure.
+    Connecting,
+    /// Reading the stream.
+    Following,
+    /// Stopped (shutdown).
+    Stopped,
+}
+
+/// Connects to the broker for one purpose, named so `rabbitmqctl list_connections` says which.
+pub(super) async fn connect(url: &str, name: String) -> lapin::Result<Connection> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url, properties).await
+}
+
+async fn consume_from(
+    channel: &Channel,
+    stream: &str,
+    from: AMQPValue,
+    tag: &str,
+) -> lapin::Result<Consumer> {
+    channel
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await?;
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-stream-offset".into(), from);
+    channel
+        .basic_consume(
+            stream.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            arguments,
+        )
+        .await
+}
+
+/// The stream's epoch, learned before the node serves anything, and whether the replica must be
+/// emptied first (it belongs to another epoch: the stream was deleted and re-created).
+///
+/// A replica that holds events checks the stream's first message: same epoch, and the replica
+/// goes on from its head. Otherwise (and for an empty replica) the epoch is read off the first
+/// message that states it; a stream that stays empty gets a bootstrap message from this node
+/// proposing one (only the message that lands first, at offset 0, decides).
+pub async fn discover_epoch(
+    url: &str,
+    node_id: &str,
+    settings: &StreamSettings,
+    replica: &RedbJournal,
+    shutdown: &CancellationToken,
+) -> Result<u64, ClusterError> {
+    let connection = connect(url, format!("notify-backbone {node_id} epoch"))
+        .await
+        .map_err(ClusterError::Connect)?;
+    let result = discover_on(&connection, settings, replica, shutdown).await;
+    let _ = connection.close(200, "epoch known".into()).await;
+    result
+}
+
+async fn discover_on(
+    connection: &Connection,
+    settings: &StreamSettings,
+    replica: &RedbJournal,
+    shutdown: &CancellationToken,
+) -> Result<u64, ClusterError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(ClusterError::Broker)?;
+    settings
+        .declare(&channel)
+        .await
+        .map_err(|source| ClusterError::Declare {
+            what: format!("stream {}", settings.name),
+            source,
+        })?;
+    let first = AMQPValue::LongString(LongString::from("first"));
+    let mut consumer = consume_from(&channel, &settings.name, first, "epoch")
+        .await
+        .map_err(ClusterError::Broker)?;
+    let has_events = replica.head().position > 0;
+    let mut proposed = false;
+    let started = Instant::now();
+    let epoch = loop {
+        let wait = if has_events {
+            FIRST_MESSAGE_WAIT.saturating_sub(started.elapsed())
+        } else {
+            BOOTSTRAP_AFTER
+        };
+        let next = tokio::select! {
+            next = tokio::time::timeout(wait, consumer.next()) => next,
+            () = shutdown.cancelled() => return Err(ClusterError::ShuttingDown),
+        };
+        match next {
+            Ok(Some(Ok(delivery))) => {
+                let entry = stream::parse(&delivery).map_err(ClusterError::Foreign)?;
+                let _ = channel
+                    .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
+                    .await;
+                if let Some(epoch) = entry.stream_epoch() {
+                    break epoch;
+                }
+            }
+            Ok(Some(Err(error))) => return Err(ClusterError::Broker(error)),
+            Ok(None) => return Err(ClusterError::StreamGone),
+            Err(_) if has_events => {
+                // The stream said nothing in time: rebuild the replica from it, which is right
+                // whatever the reason (an empty, re-created stream, or a slow broker).
+                warn!(
+                    "the journal stream's first message did not come within {FIRST_MESSAGE_WAIT:?}; \
+                     the replica will be rebuilt from the stream"
+                );
+                return Ok(0);
+            }
+            Err(_) if !proposed => {
+                proposed = true;
+                let epoch: u64 = rand::random::<u64>() | 1;
+                info!(epoch = %format!("{epoch:016x}"), "the journal stream is empty: proposing its epoch");
+                stream::append(&channel, &settings.name, epoch, Kind::Bootstrap, "", &[])
+                    .await
+                    .map_err(ClusterError::Broker)?;
+            }
+            Err(_) => info!("waiting for the journal stream's first message"),
+        }
+    };
+    let _ = channel
+        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+        .await;
+    Ok(epoch)
+}
+
+/// The follower's running task and what it shares.
+pub struct Follower {
+    /// Whether it reads the stream.
+    pub state: watch::Receiver<FollowState>,
+    /// Where writers and `Publish` calls wait for their events.
+    pub waiters: Waiters,
+    /// The task; ends at shutdown, or with an error the node cannot go on with.
+    pub task: tokio::task::JoinHandle<Result<(), ClusterError>>,
+}
+
+/// What the follower needs.
+pub struct FollowerParts {
+    /// The broker.
+    pub url: String,
+    /// This node's id (connection names).
+    pub node_id: String,
+    /// The stream.
+    pub settings: StreamSettings,
+    /// The node's replica, at the stream's epoch.
+    pub replica: RedbJournal,
+    /// The node's hub, built on the replica's head.
+    pub hub: Hub,
+    /// Where fan-outs are counted.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Follower {
+    /// Starts following the stream from the replica's head.
+    pub fn spawn(parts: FollowerParts, shutdown: CancellationToken) -> Self {
+        let (state_tx, state) = watch::channel(FollowState::Connecting);
+        let waiters = Waiters::default();
+        let task = tokio::spawn(run(parts, waiters.clone(), state_tx, shutdown));
+        Self {
+            state,
+            waiters,
+            task,
+        }
+    }
+}
+
+async fn run(
+    parts: FollowerParts,
+    waiters: Waiters,
+    state: watch::Sender<FollowState>,
+    shutdown: CancellationToken,
+) -> Result<(), ClusterError> {
+    let FollowerParts {
+        url,
+        node_id,
+        settings,
+        replica,
+        hub,
+        metrics,
+    } = parts;
+    let mut follow = Follow {
+        replica: Some(replica),
+        hub,
+        metrics,
+        waiters,
+        epoch: 0,
+    };
+    follow.epoch = follow.replica().epoch();
+    let mut backoff = FIRST_BACKOFF;
+    let result = loop {
+        if shutdown.is_cancelled() {
+            break Ok(());
+        }
+        let session = follow.session(&url, &node_id, &settings, &state, &shutdown);
+        match session.await {
+            Ok(()) => break Ok(()),
+            Err(fatal @ (ClusterError::StreamGone | ClusterError::EpochChanged { .. })) => {
+                break Err(fatal);
+            }
+            Err(error) => {
+                let _ = state.send(FollowState::Connecting);
+                warn!(%error, retry_in = ?backoff, "journal stream: reading failed; reconnecting");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => break Ok(()),
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    };
+    let _ = state.send(FollowState::Stopped);
+    result
+}
+
+/// The follower's state across sessions.
+struct Follow {
+    /// Taken while a batch is written on a blocking thread.
+    replica: Option<RedbJournal>,
+    hub: Hub,
+    metrics: Arc<Metrics>,
+    waiters: Waiters,
+    epoch: u64,
+}
+
+impl Follow {
+    fn replica(&self) -> &RedbJournal {
+        self.replica
+            .as_ref()
+            .expect("the replica is back between batches")
+    }
+
+    /// One connection: consume from the replica's head until shutdown or a failure.
+    async fn session(
+        &mut self,
+        url: &str,
+        node_id: &str,
+        settings: &StreamSettings,
+        state: &watch::Sender<FollowState>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ClusterError> {
+        let connection = connect(url, format!("notify-backbone {node_id} follower"))
+            .await
+            .map_err(ClusterError::Connect)?;
+        let result = self.consume(&connection, settings, state, shutdown).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            connection.close(200, "follower stopping".into()),
+        )
+        .await;
+        result
+    }
+
+    async fn consume(
+        &mut self,
+        connection: &Connection,
+        settings: &StreamSettings,
+        state: &watch::Sender<FollowState>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ClusterError> {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(ClusterError::Broker)?;
+        settings
+            .declare(&channel)
+            .await
+            .map_err(|source| ClusterError::Declare {
+                what: format!("stream {}", settings.name),
+                source,
+            })?;
+        // Position p is offset p - 1: the next offset to read is the head's position.
+        let head = self.replica().head().position;
+        let from = AMQPValue::LongLongInt(i64::try_from(head).unwrap_or(i64::MAX));
+        let mut consumer = consume_from(&channel, &settings.name, from, "follower")
+            .await
+            .map_err(ClusterError::Broker)?;
+        let _ = state.send(FollowState::Following);
+        info!(stream = %settings.name, from_position = head, "journal stream: following");
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let first = tokio::select! {
+                next = consumer.next() => next,
+                () = shutdown.cancelled() => return Ok(()),
+            };
+            let delivery = match first {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(error)) => return Err(ClusterError::Broker(error)),
+                // Cancelled by the broker without a connection error: the stream was deleted.
+                None => return Err(ClusterError::StreamGone),
+            };
+            batch.push(delivery);
+            // Whatever else is ready now joins the batch, without waiting for more.
+            while batch.len() < MAX_BATCH {
+                let ready = std::future::poll_fn(|cx| {
+                    std::task::Poll::Ready(std::pin::Pin::new(&mut consumer).poll_next(cx))
+                })
+                .await;
+                match ready {
+                    std::task::Poll::Ready(Some(Ok(delivery))) => batch.push(delivery),
+                    std::task::Poll::Ready(Some(Err(error))) => {
+                        return Err(ClusterError::Broker(error));
+                    }
+                    std::task::Poll::Ready(None) => return Err(ClusterError::StreamGone),
+                    std::task::Poll::Pending => break,
+                }
+            }
+            let last_tag = batch.last().map(|d| d.delivery_tag);
+            let entries = batch
+                .drain(..)
+                .map(|delivery| stream::parse(&delivery))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(ClusterError::Foreign)?;
+            self.apply(entries).await?;
+            if let Some(tag) = last_tag {
+                channel
+                    .basic_ack(tag, BasicAckOptions { multiple: true })
+                    .await
+                    .map_err(ClusterError::Broker)?;
+            }
+        }
+    }
+
+    /// Replicates a batch read from the stream, fans out its new events, and tells the waiters.
+    async fn apply(&mut self, entries: Vec<Entry>) -> Result<(), ClusterError> {
+        let received_at = Instant::now();
+        let head = self.replica().head().position;
+        // A first offset past the head: retention removed what lay between.
+        let skip_to = entries
+            .first()
+            .map(|first| first.offset)
+            .filter(|&offset| offset > head);
+        let mut events = Vec::with_capacity(entries.len());
+        let mut barriers = Vec::new();
+        for entry in entries {
+            if entry.kind == Kind::Event
+                && let Some(epoch) = entry.stream_epoch()
+                && epoch != self.epoch
+            {
+                return Err(ClusterError::EpochChanged {
+                    ours: self.epoch,
+                    stream: epoch,
+                });
+            }
+            let position = entry.position();
+            match entry.event {
+                Some(event) => events.push((position, event)),
+                None => barriers.push((entry.id, position)),
+            }
+        }
+        let mut replica = self
+            .replica
+            .take()
+            .expect("the replica is back between batches");
+        let last_position = barriers
+            .iter()
+            .map(|(_, position)| *position)
+            .chain(events.last().map(|(position, _)| *position))
+            .max();
+        let written = tokio::task::spawn_blocking(move || {
+            if let Some(offset) = skip_to {
+                replica.skip_to(offset)?;
+            }
+            // Barriers carry no event: the head still moves past them.
+            let outcomes = replica.replicate(&mut events, last_position.unwrap_or(0))?;
+            Ok::<_, crate::store::StoreError>((replica, events, outcomes))
+        })
+        .await
+        .map_err(|error| ClusterError::Replica(error.to_string()))?;
+        let (replica, events, outcomes) =
+            written.map_err(|error| ClusterError::Replica(error.to_string()))?;
+        self.replica = Some(replica);
+        let mut landed = Vec::with_capacity(events.len() + barriers.len());
+        for ((position, event), outcome) in events.iter().zip(outcomes) {
+            match outcome {
+                Replicated::Stored(frame) => {
+                    self.metrics.record_event_in(&event.r#type);
+                    self.hub.fan_out(Routed {
+                        event,
+                        frame,
+                        position: *position,
+                        published_at: received_at,
+                    });
+                    landed.push((
+                        event.id.clone(),
+                        Landed {
+                            position: *position,
+                            duplicate: false,
+                        },
+                    ));
+                }
+                Replicated::Duplicate(first) => {
+                    self.metrics.duplicates.inc();
+                    landed.push((
+                        event.id.clone(),
+                        Landed {
+                            position: first,
+                            duplicate: true,
+                        },
+                    ));
+                }
+                Replicated::AlreadyHave => {}
+            }
+        }
+        for (id, position) in barriers {
+            if !id.is_empty() {
+                landed.push((
+                    id,
+                    Landed {
+                        position,
+                        duplicate: false,
+                    },
+                ));
+            }
+        }
+        self.waiters.resolve(landed);
+        Ok(())
+    }
+}

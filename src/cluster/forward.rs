@@ -1,0 +1,281 @@
+//! `Publish` on any node of a cluster: the validated event goes to the shared ingest queue, so
+//! the one writer appends it like any producer's event, and the writer's answer (id, cursor,
+//! duplicate) comes back through RabbitMQ's direct reply-to.
+//!
+//! Owns: the forwarding channel, the correlation of answers to calls, and the answer's format
+//! (a `PublishResponse` in the body; on refusal, the reason in `x-notify-error*` headers and
+//! an empty body). Does not own: validation (the caller decoded the event) or writing
+//! (`writer`).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use lapin::{
+    BasicProperties, Channel, Confirmation,
+    options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions},
+    types::{FieldTable, ShortString},
+};
+use prost::Message as _;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::StreamExt as _;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::follower::connect;
+use crate::{
+    ingest, pb,
+    schema::Decoded,
+    sequencer::{Published, SequencerError},
+    store::{Cursor, StoreError},
+};
+
+/// RabbitMQ's pseudo-queue for direct replies.
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+/// Calls waiting for a connection (bounded: full, `Publish` callers wait).
+const QUEUE_LEN: usize = 1024;
+/// Above this many calls waiting for answers, those whose caller gave up are forgotten.
+const PRUNE_ABOVE: usize = 4096;
+/// The pause before reconnecting after a failure.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
+
+type Answer = oneshot::Sender<Result<Published, SequencerError>>;
+
+struct Call {
+    event: pb::Event,
+    answer: Answer,
+}
+
+/// Forwards `Publish` calls to the writer; cheap to clone.
+#[derive(Clone)]
+pub struct Forwarder {
+    tx: mpsc::Sender<Call>,
+}
+
+impl Forwarder {
+    /// Starts the forwarding task on its own connection, until `shutdown`.
+    pub fn spawn(
+        url: String,
+        node_id: String,
+        ingest_queue: String,
+        shutdown: CancellationToken,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE_LEN);
+        let task = tokio::spawn(run(url, node_id, ingest_queue, rx, shutdown));
+        (Self { tx }, task)
+    }
+
+    /// Publishes one decoded event through the writer; returns once it is in the stream. The
+    /// writer derives the admin notice again from the event.
+    pub async fn publish(&self, decoded: Decoded) -> Result<Published, SequencerError> {
+        let (answer, answered) = oneshot::channel();
+        self.tx
+            .send(Call {
+                event: decoded.event,
+                answer,
+            })
+            .await
+            .map_err(|_| SequencerError::Stopped)?;
+        answered.await.unwrap_or(Err(SequencerError::Stopped))
+    }
+}
+
+type Waiting = Arc<Mutex<HashMap<u64, Answer>>>;
+
+async fn run(
+    url: String,
+    node_id: String,
+    ingest_queue: String,
+    mut rx: mpsc::Receiver<Call>,
+    shutdown: CancellationToken,
+) {
+    let waiting: Waiting = Arc::default();
+    let mut next_id = 0_u64;
+    while !shutdown.is_cancelled() {
+        let session = session(
+            &url,
+            &node_id,
+            &ingest_queue,
+            &mut rx,
+            &waiting,
+            &mut next_id,
+            &shutdown,
+        )
+        .await;
+        // Calls waiting for an answer on the lost connection will not get one.
+        for (_, answer) in waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+        {
+            let _ = answer.send(Err(StoreError::Unavailable(
+                "the connection to the journal's writer was lost".into(),
+            )
+            .into()));
+        }
+        match session {
+            Ok(()) => break,
+            Err(error) => {
+                warn!(%error, "publish forwarding: broker connection lost; reconnecting");
+                tokio::select! {
+                    () = tokio::time::sleep(RECONNECT_PAUSE) => {}
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        }
+    }
+}
+
+async fn session(
+    url: &str,
+    node_id: &str,
+    ingest_queue: &str,
+    rx: &mut mpsc::Receiver<Call>,
+    waiting: &Waiting,
+    next_id: &mut u64,
+    shutdown: &CancellationToken,
+) -> lapin::Result<()> {
+    let connection = connect(url, format!("notify-backbone {node_id} publish")).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let mut replies = channel
+        .basic_consume(
+            DIRECT_REPLY_TO.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let result = loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break Ok(()),
+            call = rx.recv() => {
+                let Some(call) = call else { break Ok(()) };
+                *next_id += 1;
+                if let Err(error) = forward(&channel, ingest_queue, call, *next_id, waiting).await {
+                    break Err(error);
+                }
+            }
+            reply = replies.next() => match reply {
+                Some(Ok(delivery)) => answer(&delivery, waiting),
+                Some(Err(error)) => break Err(error),
+                None => break Ok(()),
+            },
+        }
+    };
+    let _ = connection
+        .close(200, "publish forwarding stopping".into())
+        .await;
+    result
+}
+
+async fn forward(
+    channel: &Channel,
+    ingest_queue: &str,
+    call: Call,
+    id: u64,
+    waiting: &Waiting,
+) -> lapin::Result<()> {
+    let Call { event, answer } = call;
+    {
+        let mut waiting = waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        if waiting.len() > PRUNE_ABOVE {
+            waiting.retain(|_, answer| !answer.is_closed());
+        }
+        waiting.insert(id, answer);
+    }
+    let properties = BasicProperties::default()
+        .with_content_type(ingest::FORWARDED_CONTENT_TYPE.into())
+        .with_type(ingest::FORWARDED_TYPE.into())
+        .with_delivery_mode(2)
+        .with_reply_to(DIRECT_REPLY_TO.into())
+        .with_correlation_id(ShortString::from(id.to_string()));
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            ingest_queue.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            &event.encode_to_vec(),
+            properties,
+        )
+        .await?;
+    // The broker's confirm comes before the writer's answer; a refusal is answered here.
+    let waiting = Arc::clone(waiting);
+    tokio::spawn(async move {
+        let refused = match confirm.await {
+            Ok(Confirmation::Ack(None)) => return,
+            Ok(Confirmation::Ack(Some(_))) => "the ingest queue does not exist (unroutable)",
+            Ok(_) => "the broker refused the event",
+            Err(_) => "the broker connection was lost",
+        };
+        let answer = waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        if let Some(answer) = answer {
+            let _ = answer.send(Err(StoreError::Unavailable(refused.into()).into()));
+        }
+    });
+    Ok(())
+}
+
+/// Hands the writer's answer to the call it belongs to.
+fn answer(delivery: &lapin::message::Delivery, waiting: &Waiting) {
+    let Some(id) = delivery
+        .properties
+        .correlation_id()
+        .as_ref()
+        .and_then(|id| id.as_str().parse::<u64>().ok())
+    else {
+        return;
+    };
+    let Some(answer) = waiting
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(&id)
+    else {
+        return;
+    };
+    let _ = answer.send(parse_answer(delivery));
+}
+
+/// The writer's answer: a `PublishResponse`, or the reason it refused the event.
+fn parse_answer(delivery: &lapin::message::Delivery) -> Result<Published, SequencerError> {
+    if let Some(headers) = delivery.properties.headers()
+        && let Some(detail) = crate::ingest::dead_letter::header_text(
+            headers,
+            crate::ingest::dead_letter::ERROR_DETAIL_HEADER,
+        )
+    {
+        return Err(StoreError::Unavailable(format!(
+            "the journal's writer refused the event: {}",
+            String::from_utf8_lossy(detail)
+        ))
+        .into());
+    }
+    let response = pb::PublishResponse::decode(delivery.data.as_slice()).map_err(|error| {
+        SequencerError::from(StoreError::Unavailable(format!(
+            "unreadable answer from the journal's writer: {error}"
+        )))
+    })?;
+    let cursor = Cursor::parse(&response.cursor).map_err(|error| {
+        SequencerError::from(StoreError::Unavailable(format!(
+            "unreadable cursor from the journal's writer: {error}"
+        )))
+    })?;
+    Ok(Published {
+        id: response.id,
+        cursor,
+        duplicate: response.duplicate,
+    })
+}

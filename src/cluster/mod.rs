@@ -1,0 +1,94 @@
+//! Cluster mode (`--journal rabbitmq-stream`): several nodes share one journal, a RabbitMQ
+//! stream; any node serves any cursor; a node can die.
+//!
+//! Owns: the journal stream and its messages ([`stream`]), every node's reading of it into its
+//! replica and hub ([`follower`]), the single writer ([`writer`]), and `Publish` on any node
+//! ([`forward`]). Does not own: consuming the shared ingest queue (`ingest`, with the writer
+//! as its downstream), routing (`hub`), or the replica's storage (`store`).
+//!
+//! ```text
+//!  producers ─▶ cloudphone.events ─▶ notify-backbone.ingest (quorum, single active consumer)
+//!  Publish on any node ─(forward)─────────────▲            │ the active consumer = the writer
+//!                                                          ▼
+//!                               notify-backbone.journal (stream) ◀─ append, confirm, then ack
+//!                                  │ every node (follower)
+//!                                  ▼
+//!                       replica (redb) ─▶ hub ─▶ subscribers of this node
+//! ```
+//!
+//! A cursor is the stream's epoch and an offset + 1, the same on every node. The replica is
+//! what replays and `ListEvents` read (as on one node, so they are as fast), and its id index is
+//! the writer's dedupe state: a node taking over as writer first appends a barrier and waits
+//! until its follower has read it back, so everything the previous writer appended is indexed
+//! before anything is written again.
+//!
+//! Why lapin (AMQP 0.9.1, `x-stream-offset`) and not RabbitMQ's stream-protocol client: the
+//! latter's current release does not talk to the RabbitMQ this project installs (3.10, Debian),
+//! its old one brings a second TLS stack; lapin adds no dependency, reports a deleted stream
+//! (its consumer ends) where the other goes silent, and needs one port. It costs more CPU per
+//! message (BENCHMARKS.md §7), which matters above ~20,000 events/s, not at the platform's rates.
+
+pub mod follower;
+pub mod forward;
+pub mod stream;
+pub mod writer;
+
+pub use follower::{FollowState, Follower, FollowerParts, Waiters, discover_epoch};
+pub use forward::Forwarder;
+pub use stream::{DEFAULT_INGEST_QUEUE, DEFAULT_STREAM, StreamSettings};
+pub use writer::{StreamWriter, WriterParts};
+
+/// Why cluster mode cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The broker could not be reached.
+    #[error("cannot connect to the broker: {0}")]
+    Connect(#[source] lapin::Error),
+    /// A channel or consumer failed.
+    #[error("broker connection lost: {0}")]
+    Broker(#[source] lapin::Error),
+    /// Declaring the stream failed.
+    #[error("cannot declare {what}: {source}")]
+    Declare {
+        /// What was declared.
+        what: String,
+        /// The broker's answer.
+        #[source]
+        source: lapin::Error,
+    },
+    /// The stream was deleted (its consumer was cancelled without a connection error).
+    #[error(
+        "the journal stream was deleted: this node stops; started again, it follows the new \
+         stream (a new epoch: clients' cursors then get a Gap)"
+    )]
+    StreamGone,
+    /// An event of another epoch: the stream was re-created under this node.
+    #[error(
+        "the journal stream holds epoch {stream:016x}, this node follows {ours:016x}: it was \
+         re-created; this node stops, and started again follows the new one"
+    )]
+    EpochChanged {
+        /// The epoch this node follows.
+        ours: u64,
+        /// The epoch read from the stream.
+        stream: u64,
+    },
+    /// A message in the stream that is not one of ours.
+    #[error("the journal stream holds a message that is not notify-backbone's: {0}")]
+    Foreign(#[source] stream::ParseError),
+    /// The replica could not be written or read.
+    #[error("the node's replica of the journal failed: {0}")]
+    Replica(String),
+    /// An appended message was not read back in time.
+    #[error("{0} was appended but not read back from the stream in time")]
+    ReadBack(String),
+    /// The broker refused an append.
+    #[error("the broker refused an append to the journal stream")]
+    Nacked,
+    /// An append reached no queue: the stream does not exist.
+    #[error("an append to the journal stream reached no queue (was the stream deleted?)")]
+    Unroutable,
+    /// Shutdown came first.
+    #[error("shutting down")]
+    ShuttingDown,
+}

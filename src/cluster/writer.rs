@@ -1,0 +1,372 @@
+//! Cluster mode's single writer: the downstream of the ingest on the shared queue. Only the
+//! queue's active consumer receives anything, so only one node writes the stream at a time.
+//!
+//! Owns: synchronising with the stream when this node takes over (a barrier read back by the
+//! node's own follower proves the replica holds everything written before, so its id index is
+//! complete for dedupe), dedupe, appending with publisher confirms, and answering each
+//! submission with where its event landed (read back by the follower). Does not own: consuming,
+//! acking or dead-lettering (`ingest`), or reading the stream (`follower`).
+//!
+//! A submission is answered only once its event is in the stream and has been read back: the
+//! ingest acks the delivery then, and a `Publish` forwarded from any node gets the cursor.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use lapin::{Channel, Confirmation, options::ConfirmSelectOptions};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{
+    ClusterError,
+    follower::{Landed, Waiters, connect},
+    stream::{self, Kind},
+};
+use crate::{
+    ingest::Downstream,
+    schema::Decoded,
+    sequencer::{Published, Receipt, SequencerError},
+    store::{Cursor, IdIndex, StoreError},
+    telemetry::Metrics,
+};
+
+/// The most submissions appended together.
+const MAX_BATCH: usize = 256;
+/// How long an appended event (or a barrier) may take to come back through the follower before
+/// its submission fails (and the ingest retries it; dedupe catches the copy if it did land).
+const READ_BACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Reply = oneshot::Sender<Result<Published, SequencerError>>;
+
+struct Submission {
+    decoded: Decoded,
+    reply: Reply,
+}
+
+/// Submits events to the writer task; cheap to clone.
+#[derive(Clone)]
+pub struct StreamWriter {
+    tx: mpsc::Sender<Submission>,
+    /// Set when a new ingest session starts: synchronise before the next append.
+    resync: Arc<AtomicBool>,
+}
+
+/// What the writer needs.
+pub struct WriterParts {
+    /// The broker.
+    pub url: String,
+    /// This node's id (connection names, barrier names).
+    pub node_id: String,
+    /// The stream's name.
+    pub stream: String,
+    /// The stream's epoch: every message carries it.
+    pub epoch: u64,
+    /// The follower's waiters, to learn where appended events landed.
+    pub waiters: Waiters,
+    /// The replica's id index: the dedupe state.
+    pub ids: IdIndex,
+    /// `notify_journal_writer`.
+    pub metrics: Arc<Metrics>,
+    /// Submissions waiting for the writer (`--publish-queue-len`): full, the ingest waits.
+    pub queue_len: usize,
+}
+
+impl StreamWriter {
+    /// Starts the writer task; it stops when `shutdown` is cancelled.
+    pub fn spawn(
+        parts: WriterParts,
+        shutdown: CancellationToken,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(parts.queue_len.max(1));
+        let resync = Arc::new(AtomicBool::new(true));
+        let task = tokio::spawn(run(parts, rx, Arc::clone(&resync), shutdown));
+        (Self { tx, resync }, task)
+    }
+}
+
+impl Downstream for StreamWriter {
+    type Receipt = Receipt;
+
+    async fn submit(&self, decoded: Decoded) -> Result<Receipt, SequencerError> {
+        let (reply, receipt) = Receipt::new();
+        self.tx
+            .send(Submission { decoded, reply })
+            .await
+            .map_err(|_| SequencerError::Stopped)?;
+        Ok(receipt)
+    }
+
+    fn session_started(&self) {
+        self.resync.store(true, Ordering::Relaxed);
+    }
+}
+
+async fn run(
+    parts: WriterParts,
+    mut rx: mpsc::Receiver<Submission>,
+    resync: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut channel: Option<(lapin::Connection, Channel)> = None;
+    loop {
+        let received = tokio::select! {
+            n = rx.recv_many(&mut batch, MAX_BATCH) => n,
+            () = shutdown.cancelled() => break,
+        };
+        if received == 0 {
+            break;
+        }
+        if channel.is_none() {
+            match open(&parts).await {
+                Ok(opened) => channel = Some(opened),
+                Err(error) => {
+                    warn!(%error, "journal writer: cannot reach the broker");
+                    fail(batch.drain(..), &error);
+                    continue;
+                }
+            }
+        }
+        let Some((_, ch)) = &channel else { continue };
+        if resync.swap(false, Ordering::Relaxed) {
+            parts.metrics.journal_writer.set(0);
+            if let Err(error) = sync(&parts, ch).await {
+                warn!(%error, "journal writer: cannot synchronise with the stream");
+                resync.store(true, Ordering::Relaxed);
+                fail(batch.drain(..), &error);
+                channel = None;
+                continue;
+            }
+            parts.metrics.journal_writer.set(1);
+            info!(stream = %parts.stream, "journal writer: this node writes the journal stream now");
+        }
+        if let Err(error) = write(&parts, ch, std::mem::take(&mut batch)).await {
+            warn!(%error, "journal writer: appending failed; reconnecting");
+            // The stream may have some of the batch: the retries are recognised by their ids
+            // once this node has synchronised again.
+            resync.store(true, Ordering::Relaxed);
+            channel = None;
+        }
+    }
+    parts.metrics.journal_writer.set(0);
+    if let Some((connection, _)) = channel {
+        let _ = connection.close(200, "writer stopping".into()).await;
+    }
+}
+
+async fn open(parts: &WriterParts) -> Result<(lapin::Connection, Channel), ClusterError> {
+    let connection = connect(
+        &parts.url,
+        format!("notify-backbone {} writer", parts.node_id),
+    )
+    .await
+    .map_err(ClusterError::Connect)?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(ClusterError::Broker)?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(ClusterError::Broker)?;
+    Ok((connection, channel))
+}
+
+/// Appends a barrier and waits until this node's follower read it back: from then on the
+/// replica holds everything written before (a previous writer's last appends included), so its
+/// id index is complete for dedupe.
+async fn sync(parts: &WriterParts, channel: &Channel) -> Result<(), ClusterError> {
+    let id = format!("barrier-{}-{:016x}", parts.node_id, rand::random::<u64>());
+    let landed = parts.waiters.wait(&id);
+    let confirm = stream::append(channel, &parts.stream, parts.epoch, Kind::Barrier, &id, &[])
+        .await
+        .map_err(ClusterError::Broker)?;
+    confirmed(confirm.await)?;
+    match tokio::time::timeout(READ_BACK_TIMEOUT, landed).await {
+        Ok(Ok(_)) => Ok(()),
+        _ => {
+            parts.waiters.forget(&id);
+            Err(ClusterError::ReadBack(id))
+        }
+    }
+}
+
+fn confirmed(confirmation: lapin::Result<Confirmation>) -> Result<(), ClusterError> {
+    match confirmation.map_err(ClusterError::Broker)? {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(ClusterError::Unroutable),
+        _ => Err(ClusterError::Nacked),
+    }
+}
+
+/// One event (or admin notice) of a batch, on its way.
+struct Pending {
+    id: String,
+    landed: oneshot::Receiver<Landed>,
+}
+
+/// Dedupes a batch, appends what is new, and answers every submission once its event was read
+/// back. An error means the connection is suspect (the caller reconnects and resynchronises);
+/// every submission of the batch has been answered either way.
+async fn write(
+    parts: &WriterParts,
+    channel: &Channel,
+    batch: Vec<Submission>,
+) -> Result<(), ClusterError> {
+    let epoch = parts.epoch;
+    let cursor = |position| Cursor { epoch, position };
+    // Known ids: stored before (the replica's index), or earlier in this batch.
+    let ids: Vec<String> = batch
+        .iter()
+        .flat_map(|s| std::iter::once(&s.decoded.event).chain(&s.decoded.admin_notice))
+        .map(|event| event.id.clone())
+        .collect();
+    let index = parts.ids.clone();
+    let known = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        index.positions_of(&refs)
+    })
+    .await
+    .map_err(|error| ClusterError::Replica(error.to_string()))?
+    .map_err(|error| ClusterError::Replica(error.to_string()))?;
+    let mut known = known.into_iter();
+    let mut in_batch: HashMap<String, usize> = HashMap::new();
+    let mut confirms = Vec::new();
+    // Per submission: its reply and how it is answered.
+    let mut plans: Vec<(Reply, String, Answer)> = Vec::with_capacity(batch.len());
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut failure = None;
+    for Submission { decoded, reply } in batch {
+        let mut answer = None;
+        for (n, event) in std::iter::once(&decoded.event)
+            .chain(&decoded.admin_notice)
+            .enumerate()
+        {
+            let stored_at = known.next().flatten();
+            let is_event = n == 0;
+            if let Some(position) = stored_at {
+                if is_event {
+                    answer = Some(Answer::Duplicate(position));
+                }
+                continue;
+            }
+            if let Some(&earlier) = in_batch.get(&event.id) {
+                if is_event {
+                    answer = Some(Answer::SameAs(earlier));
+                }
+                continue;
+            }
+            if failure.is_some() {
+                continue;
+            }
+            let landed = parts.waiters.wait(&event.id);
+            let body = stream::event_body(event);
+            match stream::append(channel, &parts.stream, epoch, Kind::Event, &event.id, &body).await
+            {
+                Ok(confirm) => confirms.push((event.id.clone(), confirm)),
+                Err(error) => {
+                    parts.waiters.forget(&event.id);
+                    failure = Some(ClusterError::Broker(error));
+                    continue;
+                }
+            }
+            in_batch.insert(event.id.clone(), pending.len());
+            if is_event {
+                answer = Some(Answer::Landing(pending.len()));
+            }
+            pending.push(Pending {
+                id: event.id.clone(),
+                landed,
+            });
+        }
+        let answer = match (answer, &failure) {
+            (Some(answer), _) => answer,
+            (None, Some(_)) => Answer::Failed,
+            (None, None) => Answer::Failed,
+        };
+        plans.push((reply, decoded.event.id, answer));
+    }
+    for (id, confirm) in confirms {
+        if let Err(error) = confirmed(confirm.await) {
+            parts.waiters.forget(&id);
+            failure.get_or_insert(error);
+        }
+    }
+    // Where each appended event landed, in batch order.
+    let mut landings = Vec::with_capacity(pending.len());
+    for Pending { id, landed } in pending {
+        let outcome = if failure.is_some() {
+            // The connection is suspect: a landing may still come, but the submission is
+            // answered now (and retried); dedupe recognises the copy if it did land.
+            parts.waiters.forget(&id);
+            None
+        } else {
+            match tokio::time::timeout(READ_BACK_TIMEOUT, landed).await {
+                Ok(Ok(landed)) => Some(landed),
+                _ => {
+                    parts.waiters.forget(&id);
+                    failure.get_or_insert(ClusterError::ReadBack(id));
+                    None
+                }
+            }
+        };
+        landings.push(outcome);
+    }
+    let failed = failure.as_ref().map(ToString::to_string);
+    for (reply, id, answer) in plans {
+        let landed = match answer {
+            Answer::Duplicate(position) => Some(Landed {
+                position,
+                duplicate: true,
+            }),
+            Answer::SameAs(index) => landings[index].map(|l| Landed {
+                duplicate: true,
+                ..l
+            }),
+            Answer::Landing(index) => landings[index],
+            Answer::Failed => None,
+        };
+        let outcome = match (landed, &failed) {
+            (Some(landed), _) => Ok(Published {
+                id,
+                cursor: cursor(landed.position),
+                duplicate: landed.duplicate,
+            }),
+            (None, Some(reason)) => Err(StoreError::Unavailable(reason.clone()).into()),
+            (None, None) => Err(StoreError::Unavailable("not appended".into()).into()),
+        };
+        let _ = reply.send(outcome);
+    }
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// How one submission is answered.
+enum Answer {
+    /// Its id was stored before, at this position.
+    Duplicate(u64),
+    /// Its id came earlier in the same batch: the answer of that one's landing, as a duplicate.
+    SameAs(usize),
+    /// Appended now: where it lands.
+    Landing(usize),
+    /// Not appended (the connection failed first).
+    Failed,
+}
+
+fn fail(batch: impl Iterator<Item = Submission>, error: &ClusterError) {
+    let reason = error.to_string();
+    for submission in batch {
+        let _ = submission
+            .reply
+            .send(Err(StoreError::Unavailable(reason.clone()).into()));
+    }
+}

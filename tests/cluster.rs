@@ -1,0 +1,206 @@
+//! Cluster mode (`--journal rabbitmq-stream`): nodes share one journal on a RabbitMQ stream. Any
+//! node serves any cursor, and an event published anywhere reaches subscribers everywhere, in
+//! the same order with the same cursors.
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
+
+mod support;
+
+use std::time::Duration;
+
+use lapin::options::QueueDeleteOptions;
+use notify_backbone::{
+    config::{JournalKind, ServeConfig},
+    pb::{self, subscribe_response::Kind},
+    store::Cursor,
+};
+use support::{
+    amqp::{Names, Producer},
+    *,
+};
+
+/// One cluster's broker names: a test's own exchange, dead letters, stream and ingest queue.
+struct Cluster {
+    names: Names,
+    stream: String,
+    ingest_queue: String,
+}
+
+impl Cluster {
+    fn unique(test: &str) -> Self {
+        let names = Names::unique(test);
+        Self {
+            stream: format!("{}.journal", names.exchange),
+            ingest_queue: format!("{}.ingest", names.exchange),
+            names,
+        }
+    }
+
+    /// Points `config` at this cluster as node `node`.
+    fn apply(&self, config: &mut ServeConfig, node: &str) {
+        self.names.apply(config);
+        config.node_id = Some(format!("{}-{node}", self.names.node_id));
+        config.journal = JournalKind::RabbitmqStream;
+        config.stream = self.stream.clone();
+        config.ingest_queue = self.ingest_queue.clone();
+    }
+
+    async fn node(&self, node: &str) -> TestServer {
+        let server = TestServer::start_with(|config| self.apply(config, node)).await;
+        server.wait_ready().await;
+        server
+    }
+
+    async fn clean_up(&self, producer: &Producer) {
+        for queue in [&self.stream, &self.ingest_queue] {
+            let channel = producer.connection.create_channel().await.unwrap();
+            let _ = channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        producer.clean_up(&[&self.names]).await;
+    }
+}
+
+/// The next event's id and cursor.
+async fn next_id_and_cursor(
+    stream: &mut tonic::Streaming<pb::SubscribeResponse>,
+) -> (String, String) {
+    let event = next_event(stream).await;
+    (event.id, event.cursor)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_published_anywhere_reach_every_node_in_the_same_order_with_the_same_cursors() {
+    let cluster = Cluster::unique("cluster-fanout");
+    let producer = Producer::connect().await;
+    let nodes = [
+        cluster.node("a").await,
+        cluster.node("b").await,
+        cluster.node("c").await,
+    ];
+    let mut firehoses = Vec::new();
+    for node in &nodes {
+        let mut client = node.client().await;
+        firehoses.push(subscribe(&mut client, request("*")).await);
+    }
+    // Through RabbitMQ, as the producers publish, and through Publish on node b.
+    producer
+        .publish(
+            &cluster.names.exchange,
+            "device.error",
+            device_error("via-amqp", "u1", "d1").as_bytes(),
+        )
+        .await;
+    let mut b = nodes[1].client().await;
+    let published = publish_json(&mut b, "device.error", &device_error("via-b", "u2", "d2"))
+        .await
+        .unwrap();
+    assert!(!published.duplicate);
+    let mut seen = Vec::new();
+    for firehose in &mut firehoses {
+        let first = next_id_and_cursor(firehose).await;
+        let second = next_id_and_cursor(firehose).await;
+        seen.push([first, second]);
+    }
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:#?}");
+    let ids: Vec<&str> = seen[0].iter().map(|(id, _)| id.as_str()).collect();
+    assert!(
+        ids.contains(&"via-amqp") && ids.contains(&"via-b"),
+        "{ids:?}"
+    );
+    // Publish answered with the cursor the subscribers got.
+    let via_b = seen[0].iter().find(|(id, _)| id == "via-b").unwrap();
+    assert_eq!(published.cursor, via_b.1);
+    // The same event again, on another node: a duplicate, with the first cursor, delivered once.
+    let mut c = nodes[2].client().await;
+    let again = publish_json(&mut c, "device.error", &device_error("via-b", "u2", "d2"))
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.cursor, published.cursor);
+    let sentinel = publish_json(
+        &mut c,
+        "device.error",
+        &device_error("sentinel", "u3", "d3"),
+    )
+    .await
+    .unwrap();
+    for firehose in &mut firehoses {
+        assert_next_is(firehose, &sentinel.id, "a node's firehose").await;
+    }
+    cluster.clean_up(&producer).await;
+}
+
+/// A subscriber reads some events on node a, disconnects, and resumes on node c with its
+/// cursor: exactly the rest, then CaughtUp, no gap, no duplicate; with a filter, as a user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_from_one_node_resumes_on_another() {
+    let cluster = Cluster::unique("cluster-resume");
+    let producer = Producer::connect().await;
+    let a = cluster.node("a").await;
+    let c = cluster.node("c").await;
+    let mut client_a = a.client().await;
+    let filtered = pb::SubscribeRequest {
+        user_id: "alice".into(),
+        event_types: vec!["device.*".into()],
+        ..Default::default()
+    };
+    let mut on_a = subscribe(&mut client_a, filtered.clone()).await;
+    let mut expected = Vec::new();
+    for i in 0..10 {
+        // Alice's device events, with others' and other types between them.
+        let mine = publish_json(
+            &mut client_a,
+            "device.error",
+            &device_error(&format!("mine-{i}"), "alice", "d1"),
+        )
+        .await
+        .unwrap();
+        expected.push(mine.id);
+        publish_json(
+            &mut client_a,
+            "device.error",
+            &device_error(&format!("bob-{i}"), "bob", "d9"),
+        )
+        .await
+        .unwrap();
+    }
+    let mut last = String::new();
+    for id in &expected[..4] {
+        let event = next_event(&mut on_a).await;
+        assert_eq!(&event.id, id);
+        last = event.cursor;
+    }
+    drop(on_a);
+    let mut client_c = c.client().await;
+    let resume = pb::SubscribeRequest {
+        resume_after: last,
+        ..filtered
+    };
+    let mut on_c = client_c
+        .subscribe(with_token(resume, &token("alice", &["user"])))
+        .await
+        .unwrap()
+        .into_inner();
+    for id in &expected[4..] {
+        assert_eq!(&next_event(&mut on_c).await.id, id);
+    }
+    match next_kind(&mut on_c).await {
+        Kind::CaughtUp(caught_up) => {
+            let head = Cursor::parse(&caught_up.cursor).unwrap();
+            assert!(head.position >= 20, "{caught_up:?}");
+        }
+        other => panic!("expected CaughtUp, got {other:?}"),
+    }
+    // Live from node c afterwards.
+    let after = publish_json(
+        &mut client_a,
+        "device.error",
+        &device_error("after", "alice", "d1"),
+    )
+    .await
+    .unwrap();
+    assert_next_is(&mut on_c, &after.id, "alice on node c").await;
+    tokio::time::sleep(Duration::ZERO).await;
+    cluster.clean_up(&producer).await;
+}
