@@ -9,10 +9,7 @@
 mod support;
 
 use std::{
-    collections::{HashMap, HashSet},
-    net::SocketAddr,
-    path::Path,
-    process::Stdio,
+    collections::HashSet,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -21,22 +18,17 @@ use std::{
 };
 
 use lapin::{BasicProperties, Confirmation, options::BasicPublishOptions};
-use notify_backbone::pb::{
-    self, notification_service_client::NotificationServiceClient, subscribe_response::Kind,
-};
+use notify_backbone::pb::{self, notification_service_client::NotificationServiceClient};
 use rand::Rng as _;
 use support::{
-    amqp::{Names, Producer, amqp_url, now_ms, queue_counts},
+    amqp::{Names, Producer, now_ms, queue_counts},
+    process::{Logs, Received, broker_args, first, follow_the_firehose, repeated, start_node},
     *,
 };
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    process::{Child, Command},
     sync::{oneshot, watch},
     task::JoinSet,
 };
-
-const BIN: &str = env!("CARGO_BIN_EXE_notify-backbone");
 
 /// Events published through the broker, one every [`PUBLISH_EVERY`] plus the bursts: at least
 /// this many, and more for as long as the kills go on (about 5,000 in 4 to 5 s in all).
@@ -95,172 +87,6 @@ async fn burst(pace: &Pace, into: usize) {
             "the burst did not get going"
         );
         tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
-/// Every line the server processes wrote to stderr, tagged with the run, for failure reports.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<String>>>);
-
-impl Logs {
-    fn push(&self, line: String) {
-        self.0.lock().unwrap().push(line);
-    }
-
-    /// The last `n` lines, for a failure message.
-    fn tail(&self, n: usize) -> String {
-        let lines = self.0.lock().unwrap();
-        let from = lines.len().saturating_sub(n);
-        lines[from..].join("\n")
-    }
-
-    /// The warnings and errors the servers logged.
-    fn trouble(&self) -> Vec<String> {
-        let lines = self.0.lock().unwrap();
-        lines
-            .iter()
-            .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
-            .cloned()
-            .collect()
-    }
-}
-
-/// One run of the real binary.
-struct Node {
-    child: Child,
-    run: usize,
-    url: String,
-    metrics: SocketAddr,
-}
-
-/// Starts `notify-backbone serve` on `data` as node `names`, with the flags `Names::apply`
-/// sets, and waits until it logged both of its addresses.
-async fn start_node(names: &Names, data: &Path, run: usize, logs: &Logs) -> Node {
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .args(["--amqp-url", &amqp_url()])
-        .args(["--node-id", &names.node_id])
-        .args(["--exchange", &names.exchange])
-        .args(["--dead-letter-exchange", &names.dead_letter_exchange])
-        .args(["--dead-letter-queue", &names.dead_letter_queue])
-        .args(["--queue-expires", "120s", "--reconnect-max-backoff", "1s"])
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--jwt-secret", TEST_SECRET])
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .env("RUST_BACKTRACE", "0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    // Drain stderr for the whole life of the process (a full pipe would block its logging),
-    // picking out where it listens.
-    let stderr = child.stderr.take().unwrap();
-    let (grpc_tx, grpc_rx) = oneshot::channel::<String>();
-    let (metrics_tx, metrics_rx) = oneshot::channel::<String>();
-    let log = logs.clone();
-    tokio::spawn(async move {
-        let (mut grpc_tx, mut metrics_tx) = (Some(grpc_tx), Some(metrics_tx));
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some((_, rest)) = line.split_once("serving gRPC and grpc-web on ")
-                && let Some(tx) = grpc_tx.take()
-            {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().into());
-            }
-            if let Some((_, rest)) = line.split_once("metrics on http://")
-                && let Some(tx) = metrics_tx.take()
-            {
-                let _ = tx.send(rest.split('/').next().unwrap_or_default().into());
-            }
-            log.push(format!("[run {run}] {line}"));
-        }
-    });
-    let addresses = async { (grpc_rx.await, metrics_rx.await) };
-    let (grpc, metrics) = match tokio::time::timeout(PATIENCE, addresses).await {
-        Ok((Ok(grpc), Ok(metrics))) => (grpc, metrics),
-        other => panic!(
-            "run {run} did not log where it listens ({other:?}); its log:\n{}",
-            logs.tail(40)
-        ),
-    };
-    Node {
-        child,
-        run,
-        url: format!("http://{grpc}"),
-        metrics: metrics.parse().unwrap(),
-    }
-}
-
-/// The whole HTTP response to `GET path` on a metrics port.
-async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
-    let mut socket = tokio::net::TcpStream::connect(addr).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    socket.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    socket.read_to_string(&mut response).await?;
-    Ok(response)
-}
-
-impl Node {
-    /// Waits until `/readyz` says the ingest is consuming.
-    async fn wait_ready(&self, logs: &Logs) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let response = http_get(self.metrics, "/readyz").await;
-            if response
-                .as_deref()
-                .is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
-            {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "run {} not ready in time: {response:?}; its log:\n{}",
-                self.run,
-                logs.tail(40)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// The value of an unlabelled sample on `/metrics` (0 when absent).
-    async fn metric(&self, name: &str) -> f64 {
-        let text = http_get(self.metrics, "/metrics").await.unwrap();
-        text.lines()
-            .find_map(|line| {
-                let (key, value) = line.rsplit_once(' ')?;
-                (key == name).then(|| value.parse().ok())?
-            })
-            .unwrap_or(0.0)
-    }
-
-    /// `kill -9`, after checking the process did not die by itself, and waits for it to go.
-    async fn kill(mut self, logs: &Logs) {
-        let exited = self.child.try_wait().unwrap();
-        assert!(
-            exited.is_none(),
-            "run {} exited by itself ({exited:?}) before it was killed; its log:\n{}",
-            self.run,
-            logs.tail(40)
-        );
-        // SIGKILL on unix: no shutdown path runs, nothing is flushed or acked.
-        self.child.start_kill().unwrap();
-        let status = tokio::time::timeout(PATIENCE, self.child.wait())
-            .await
-            .expect("a killed server goes at once")
-            .unwrap();
-        #[cfg(unix)]
-        {
-            use std::os::unix::process::ExitStatusExt as _;
-            assert_eq!(status.signal(), Some(9), "run {}: {status:?}", self.run);
-        }
-        #[cfg(not(unix))]
-        let _ = status;
     }
 }
 
@@ -347,83 +173,6 @@ struct Confirms {
     refused: Vec<(String, String)>,
 }
 
-/// What the subscriber has received, across all its streams.
-#[derive(Default)]
-struct Received {
-    /// Event ids, in the order they arrived.
-    ids: Vec<String>,
-    gaps: Vec<pb::Gap>,
-    /// The cursor of the last message processed: what the next stream resumes after.
-    last_cursor: String,
-    /// Streams opened.
-    streams: usize,
-    /// How each stream ended.
-    endings: Vec<String>,
-}
-
-/// A firehose subscriber with an admin token that follows the server wherever `urls` says it
-/// is now, and after any error or end resubscribes with `resume_after` = its last cursor.
-/// `caught_up` fires at its first `CaughtUp`.
-fn follow_the_firehose(
-    mut urls: watch::Receiver<Option<String>>,
-    received: Arc<Mutex<Received>>,
-    caught_up: oneshot::Sender<()>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let token = token("ops", &["admin"]);
-        let mut caught_up = Some(caught_up);
-        loop {
-            let url = urls
-                .wait_for(Option::is_some)
-                .await
-                .unwrap()
-                .clone()
-                .unwrap();
-            let Ok(mut client) = NotificationServiceClient::connect(url).await else {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            };
-            let request = pb::SubscribeRequest {
-                user_id: "*".into(),
-                resume_after: received.lock().unwrap().last_cursor.clone(),
-                ..Default::default()
-            };
-            let mut stream = match client.subscribe(with_token(request, &token)).await {
-                Ok(response) => response.into_inner(),
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            };
-            received.lock().unwrap().streams += 1;
-            let ending = loop {
-                let message = match stream.message().await {
-                    Ok(Some(message)) => message,
-                    Ok(None) => break "ended".to_owned(),
-                    Err(status) => break format!("{:?}: {}", status.code(), status.message()),
-                };
-                let mut received = received.lock().unwrap();
-                match message.kind {
-                    Some(Kind::Event(event)) => {
-                        received.ids.push(event.id);
-                        received.last_cursor = event.cursor;
-                    }
-                    Some(Kind::CaughtUp(at)) => {
-                        received.last_cursor = at.cursor;
-                        if let Some(tx) = caught_up.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                    Some(Kind::Heartbeat(at)) => received.last_cursor = at.cursor,
-                    Some(Kind::Gap(gap)) => received.gaps.push(gap),
-                    None => {}
-                }
-            };
-            received.lock().unwrap().endings.push(ending);
-        }
-    })
-}
-
 /// Every stored event's id, oldest first, through `ListEvents` pages of 1000 (admin, firehose),
 /// and the newest one's cursor.
 async fn journal_ids(url: &str) -> (Vec<String>, String) {
@@ -460,26 +209,6 @@ async fn journal_ids(url: &str) -> (Vec<String>, String) {
     );
 }
 
-/// Ids that occur more than once, with their counts.
-fn repeated(ids: &[String]) -> Vec<(&str, usize)> {
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for id in ids {
-        *counts.entry(id).or_default() += 1;
-    }
-    let mut twice: Vec<(&str, usize)> = counts.into_iter().filter(|&(_, n)| n > 1).collect();
-    twice.sort();
-    twice
-}
-
-/// The first `n` of `items`, for a readable failure message.
-fn first<T: std::fmt::Debug>(items: &[T], n: usize) -> String {
-    format!(
-        "{:?}{}",
-        &items[..items.len().min(n)],
-        if items.len() > n { " ..." } else { "" }
-    )
-}
-
 #[tokio::test]
 async fn kill_9_mid_ingest_loses_and_repeats_nothing_in_the_journal_or_for_resuming_subscribers() {
     let began = Instant::now();
@@ -489,7 +218,7 @@ async fn kill_9_mid_ingest_loses_and_repeats_nothing_in_the_journal_or_for_resum
     let data = DataDir::new();
     let logs = Logs::default();
 
-    let mut node = start_node(&names, &data.0, 0, &logs).await;
+    let mut node = start_node(&broker_args(&names), &data.0, 0, &logs).await;
     // Ready means the queue is declared and bound: nothing published from now on is unroutable.
     node.wait_ready(&logs).await;
     let (urls, urls_rx) = watch::channel(Some(node.url.clone()));
@@ -542,7 +271,7 @@ async fn kill_9_mid_ingest_loses_and_repeats_nothing_in_the_journal_or_for_resum
             // Down for a while: a backlog builds up for the next run.
             burst(&pace, BURST).await;
         }
-        node = start_node(&names, &data.0, run, &logs).await;
+        node = start_node(&broker_args(&names), &data.0, run, &logs).await;
         node.wait_ready(&logs).await;
         ready_at = Instant::now();
         urls.send_replace(Some(node.url.clone()));
