@@ -242,11 +242,11 @@ pub async fn run(
         });
     }
     writer_stop.cancel();
-    let writer_failed = match tokio::time::timeout(config.shutdown_grace, writer_task).await {
-        Ok(failed) => failed.unwrap_or(true),
+    let writer_failure = match tokio::time::timeout(config.shutdown_grace, writer_task).await {
+        Ok(failure) => failure.unwrap_or_else(|_| Some("its supervisor failed".into())),
         Err(_) => {
             warn!("the journal's writer did not finish within the grace period");
-            false
+            None
         }
     };
     let drained = async { while tasks.join_next().await.is_some() {} };
@@ -259,11 +259,10 @@ pub async fn run(
     info!("stopped");
     // The server's own error first, if it had one: it may be why everything stopped.
     served?;
-    anyhow::ensure!(
-        !writer_failed,
-        "the journal's writer side stopped while the server was running (see the log above)"
-    );
-    Ok(())
+    match writer_failure {
+        Some(failure) => Err(anyhow::anyhow!("{failure}")),
+        None => Ok(()),
+    }
 }
 
 /// The stages between the ingest and the hub, as the journal kind wants them.
@@ -277,8 +276,8 @@ struct Core {
     /// Cluster mode: whether the node reads the journal stream.
     journal_state: Option<watch::Receiver<FollowState>>,
     /// The supervised task that keeps the journal going (the sequencer, or the stream's
-    /// follower); resolves to whether it failed.
-    writer: tokio::task::JoinHandle<bool>,
+    /// follower); resolves to why it failed, if it did.
+    writer: tokio::task::JoinHandle<Option<String>>,
     /// Background tasks to join at shutdown.
     tasks: JoinSet<()>,
 }
@@ -477,14 +476,15 @@ fn spawn_heartbeats(
 /// be journaled or delivered any more: rather than keep reporting healthy while every `Publish`
 /// fails and the ingest retries forever, this cancels `shutdown`, so health turns NOT_SERVING,
 /// the server stops, and the process exits non-zero for its supervisor to restart it.
-/// `error_of` says whether the task's own result is a failure. Resolves to whether it failed.
+/// `error_of` says whether the task's own result is a failure. Resolves to why it failed (the
+/// server's exit reason), if it did.
 fn supervise<T: Send + 'static>(
     what: &'static str,
     task: tokio::task::JoinHandle<T>,
     error_of: fn(T) -> Option<String>,
     stopping: CancellationToken,
     shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<bool> {
+) -> tokio::task::JoinHandle<Option<String>> {
     tokio::spawn(async move {
         let outcome = task.await;
         // Once the server is stopping, the task ends normally: when told to, or (the sequencer)
@@ -492,11 +492,11 @@ fn supervise<T: Send + 'static>(
         let stopping = stopping.is_cancelled() || shutdown.is_cancelled();
         let reason = match outcome {
             Err(error) if error.is_panic() => "it panicked".to_owned(),
-            Err(_) if stopping => return false,
+            Err(_) if stopping => return None,
             Err(_) => "it was cancelled".to_owned(),
             Ok(result) => match error_of(result) {
                 Some(error) => error,
-                None if stopping => return false,
+                None if stopping => return None,
                 None => "it ended".to_owned(),
             },
         };
@@ -506,7 +506,7 @@ fn supervise<T: Send + 'static>(
              stopping the server"
         );
         shutdown.cancel();
-        true
+        Some(format!("{what} stopped: {reason}"))
     })
 }
 
@@ -867,7 +867,7 @@ mod tests {
         let (stopping, shutdown) = (CancellationToken::new(), CancellationToken::new());
         let dies = tokio::spawn(async { panic!("a commit panicked") });
         let failed = supervise("test", dies, |()| None, stopping.clone(), shutdown.clone());
-        assert!(failed.await.unwrap(), "reported as a failure");
+        assert!(failed.await.unwrap().is_some(), "reported as a failure");
         assert!(shutdown.is_cancelled(), "the server is told to stop");
 
         // Told to stop, or left without submitters once the server stops: a normal end.
@@ -888,13 +888,14 @@ mod tests {
             } else {
                 shutdown.cancel();
             }
-            assert!(!failed.await.unwrap());
+            assert!(failed.await.unwrap().is_none());
         }
         // A follower that ends with an error (a deleted stream) stops the server too.
         let (stopping, shutdown) = (CancellationToken::new(), CancellationToken::new());
         let gone = tokio::spawn(async { Err::<(), _>("the stream was deleted".to_owned()) });
         let failed = supervise("test", gone, Result::err, stopping, shutdown.clone());
-        assert!(failed.await.unwrap());
+        let reason = failed.await.unwrap().unwrap();
+        assert!(reason.contains("the stream was deleted"), "{reason}");
         assert!(shutdown.is_cancelled());
     }
 

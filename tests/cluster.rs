@@ -204,3 +204,163 @@ async fn a_cursor_from_one_node_resumes_on_another() {
     tokio::time::sleep(Duration::ZERO).await;
     cluster.clean_up(&producer).await;
 }
+
+/// Publishes `n` events for `user` through `Publish` on `node`; their ids.
+async fn publish_many(node: &TestServer, user: &str, prefix: &str, n: usize) -> Vec<String> {
+    let mut client = node.client().await;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id = format!("{prefix}-{i}");
+        publish_json(&mut client, "device.error", &device_error(&id, user, "d1"))
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    ids
+}
+
+/// The stream keeps what retention allows: a node that joins later holds only that, and a
+/// cursor from before it gets `Gap(RETENTION)`, then the oldest events it still has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_below_the_streams_retention_gets_a_gap() {
+    let cluster = Cluster::unique("cluster-retention");
+    let producer = Producer::connect().await;
+    let small = |config: &mut ServeConfig| {
+        // Segments of 4 KiB, at most 16 KiB kept: a few dozen events.
+        config.stream_segment_bytes = Some(4096);
+        config.retention_bytes = 16 * 1024;
+    };
+    let a = TestServer::start_with(|config| {
+        cluster.apply(config, "a");
+        small(config);
+    })
+    .await;
+    a.wait_ready().await;
+    let first = publish_many(&a, "u1", "old", 1).await;
+    let mut client = a.client().await;
+    let oldest = client
+        .list_events(with_token(
+            pb::ListEventsRequest {
+                user_id: "*".into(),
+                ..Default::default()
+            },
+            &token("ops", &["admin"]),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(oldest.events[0].id, first[0]);
+    let first_cursor = oldest.events[0].cursor.clone();
+    // Enough to fill many segments: the first ones go.
+    publish_many(&a, "u1", "more", 300).await;
+    // A node that joins now reads what the stream still has.
+    let d = TestServer::start_with(|config| {
+        cluster.apply(config, "d");
+        small(config);
+    })
+    .await;
+    d.wait_ready().await;
+    let mut on_d = d.client().await;
+    let mut live = subscribe(&mut on_d, request("u1")).await;
+    let sentinel = publish_many(&d, "u1", "sentinel", 1).await;
+    assert_next_is(&mut live, &sentinel[0], "u1 on the new node").await;
+    let resume = pb::SubscribeRequest {
+        resume_after: first_cursor.clone(),
+        ..Default::default()
+    };
+    let mut resumed = on_d
+        .subscribe(with_token(resume, &token("u1", &["user"])))
+        .await
+        .unwrap()
+        .into_inner();
+    match next_kind(&mut resumed).await {
+        Kind::Gap(gap) => {
+            assert_eq!(gap.reason, i32::from(pb::GapReason::Retention), "{gap:?}");
+            assert_eq!(gap.from_cursor, first_cursor);
+        }
+        other => panic!("expected a Gap, got {other:?}"),
+    }
+    let after_gap = next_event(&mut resumed).await;
+    assert!(after_gap.id.starts_with("more-"), "{after_gap:?}");
+    cluster.clean_up(&producer).await;
+}
+
+/// A stream deleted under a node stops it (rather than have it serve a journal that is gone);
+/// started again, it follows the re-created stream under a new epoch, and an old cursor gets
+/// `Gap(EPOCH_CHANGED)`, never a silent wrong replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_created_stream_is_a_new_epoch() {
+    let cluster = Cluster::unique("cluster-epoch");
+    let producer = Producer::connect().await;
+    let a = cluster.node("a").await;
+    publish_many(&a, "u1", "before", 3).await;
+    let mut client = a.client().await;
+    let mut stream = subscribe(&mut client, request("u1")).await;
+    let marker = publish_many(&a, "u1", "marker", 1).await;
+    let old = next_event(&mut stream).await;
+    assert_eq!(old.id, marker[0]);
+    let channel = producer.connection.create_channel().await.unwrap();
+    channel
+        .queue_delete(
+            cluster.stream.as_str().into(),
+            QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    // The node stops, with the reason.
+    let ended = tokio::time::timeout(PATIENCE, a.task)
+        .await
+        .expect("node a stopped");
+    let error = ended.unwrap().expect_err("it stops with an error");
+    assert!(format!("{error:#}").contains("deleted"), "{error:#}");
+    // Started again on the same data, it follows the new stream.
+    let again = TestServer::restart_on(&a.data, |config| cluster.apply(config, "a")).await;
+    again.wait_ready().await;
+    let fresh = publish_many(&again, "u1", "after", 1).await;
+    let mut client = again.client().await;
+    let resume = pb::SubscribeRequest {
+        resume_after: old.cursor.clone(),
+        ..Default::default()
+    };
+    let mut resumed = client
+        .subscribe(with_token(resume, &token("u1", &["user"])))
+        .await
+        .unwrap()
+        .into_inner();
+    match next_kind(&mut resumed).await {
+        Kind::Gap(gap) => {
+            assert_eq!(
+                gap.reason,
+                i32::from(pb::GapReason::EpochChanged),
+                "{gap:?}"
+            );
+        }
+        other => panic!("expected a Gap, got {other:?}"),
+    }
+    assert_eq!(next_event(&mut resumed).await.id, fresh[0]);
+    cluster.clean_up(&producer).await;
+}
+
+/// The broker closes the connection a node reads the stream on: the node's subscribers' streams
+/// stay open, and what was published meanwhile reaches them, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_stream_connection_costs_subscribers_nothing() {
+    let cluster = Cluster::unique("cluster-reconnect");
+    let producer = Producer::connect().await;
+    let a = cluster.node("a").await;
+    let b = cluster.node("b").await;
+    let mut on_b = b.client().await;
+    let mut stream = subscribe(&mut on_b, request("u1")).await;
+    let before = publish_many(&a, "u1", "before", 3).await;
+    for id in &before {
+        assert_eq!(&next_event(&mut stream).await.id, id);
+    }
+    let b_node = format!("{}-b", cluster.names.node_id);
+    let follower = format!("notify-backbone {b_node} follower");
+    support::amqp::close_connections(support::amqp::connection_pids_named(&follower).await).await;
+    let during = publish_many(&a, "u1", "during", 20).await;
+    for id in &during {
+        assert_eq!(&next_event(&mut stream).await.id, id, "in order, none lost");
+    }
+    cluster.clean_up(&producer).await;
+}

@@ -176,11 +176,13 @@ async fn discover_on(
     let mut consumer = consume_from(&channel, &settings.name, first, "epoch")
         .await
         .map_err(ClusterError::Broker)?;
-    let has_events = replica.head().position > 0;
+    // A replica with events waits longer before it concludes the stream is empty (deleted and
+    // re-created meanwhile) and proposes an epoch like a new node would.
+    let mut patient = replica.head().position > 0;
     let mut proposed = false;
     let started = Instant::now();
     let epoch = loop {
-        let wait = if has_events {
+        let wait = if patient {
             FIRST_MESSAGE_WAIT.saturating_sub(started.elapsed())
         } else {
             BOOTSTRAP_AFTER
@@ -201,14 +203,15 @@ async fn discover_on(
             }
             Ok(Some(Err(error))) => return Err(ClusterError::Broker(error)),
             Ok(None) => return Err(ClusterError::StreamGone),
-            Err(_) if has_events => {
-                // The stream said nothing in time: rebuild the replica from it, which is right
-                // whatever the reason (an empty, re-created stream, or a slow broker).
+            Err(_) if patient => {
+                // Nothing in time: an empty stream (re-created), or a slow broker. Either way
+                // the epoch is the one its first message states, as for a new node; the caller
+                // empties the replica if that is not the replica's.
                 warn!(
-                    "the journal stream's first message did not come within {FIRST_MESSAGE_WAIT:?}; \
-                     the replica will be rebuilt from the stream"
+                    "the journal stream's first message did not come within \
+                     {FIRST_MESSAGE_WAIT:?}: proposing an epoch as for an empty stream"
                 );
-                return Ok(0);
+                patient = false;
             }
             Err(_) if !proposed => {
                 proposed = true;

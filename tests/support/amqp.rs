@@ -238,9 +238,14 @@ pub async fn force_close_connection(node_id: &str) {
 /// The broker's ids of node `node_id`'s consuming connection (`rabbitmqctl` takes about a
 /// second per call: look them up before the moment the test wants to cut).
 pub async fn connection_pids(node_id: &str) -> Vec<String> {
-    // Quoted, as the listing prints it: exactly this node's consuming connection, not another
-    // node whose id starts the same, nor its dead-letter connection.
-    let wanted = format!("\"{}\"", notify_backbone::ingest::connection_name(node_id));
+    connection_pids_named(&notify_backbone::ingest::connection_name(node_id)).await
+}
+
+/// The broker's ids of the connections named exactly `name`.
+pub async fn connection_pids_named(name: &str) -> Vec<String> {
+    // Quoted, as the listing prints it: exactly this connection, not another whose name starts
+    // the same (another node, the node's dead-letter connection).
+    let wanted = format!("\"{name}\"");
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let listing = tokio::process::Command::new("rabbitmqctl")
