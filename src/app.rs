@@ -629,9 +629,18 @@ pub fn check(config: &ServeConfig) -> anyhow::Result<String> {
             );
         }
     }
-    let ingest = match &config.amqp_url {
-        Some(url) => format!("ingest from {}", crate::ingest::redacted(url)),
-        None => "embedded (Publish only)".to_owned(),
+    let ingest = match (&config.amqp_url, config.journal) {
+        (None, JournalKind::RabbitmqStream) => {
+            anyhow::bail!("--journal rabbitmq-stream needs --amqp-url (AMQP_URL)")
+        }
+        (Some(url), JournalKind::RabbitmqStream) => format!(
+            "cluster mode: journal stream {} and ingest queue {} on {}",
+            config.stream,
+            config.ingest_queue,
+            crate::ingest::redacted(url)
+        ),
+        (Some(url), JournalKind::Redb) => format!("ingest from {}", crate::ingest::redacted(url)),
+        (None, JournalKind::Redb) => "embedded (Publish only)".to_owned(),
     };
     Ok(format!(
         "configuration OK: gRPC on {}, metrics on {}, journal in {}, {ingest}, {tokens}",

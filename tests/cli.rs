@@ -372,6 +372,10 @@ async fn serve_check_validates_the_configuration_and_starts_nothing() {
             &["--jwt-secret", "s", "--max-event-bytes", "16MiB"][..],
             "max-event-bytes",
         ),
+        (
+            &["--jwt-secret", "s", "--journal", "rabbitmq-stream"][..],
+            "needs --amqp-url",
+        ),
     ] {
         let failed = check(extra);
         let stderr = String::from_utf8_lossy(&failed.stderr);
@@ -379,4 +383,37 @@ async fn serve_check_validates_the_configuration_and_starts_nothing() {
         assert!(stderr.contains(reason), "{extra:?}: {stderr}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// No container engine runs where the project is developed, so each node of
+/// `docker/compose.cluster.yaml` is checked here instead: its command line, with the
+/// environment the file gives it, passes `serve --check` as a cluster node.
+#[test]
+fn the_cluster_compose_files_node_commands_pass_serve_check() {
+    let compose = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/compose.cluster.yaml"),
+    )
+    .unwrap();
+    let commands: Vec<Vec<String>> = compose
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("command: "))
+        .map(|array| serde_json::from_str(array).unwrap())
+        .collect();
+    assert_eq!(commands.len(), 3, "three nodes");
+    for command in commands {
+        let output = std::process::Command::new(BIN)
+            .args(&command)
+            .arg("--check")
+            .env("JWT_SECRET", "compose-dev-secret-change-me")
+            .env_remove("AMQP_URL")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{command:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(stdout.contains("cluster mode"), "{stdout}");
+    }
 }
