@@ -142,6 +142,16 @@ pub struct LoadgenArgs {
     #[arg(long, env = "NOTIFY_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
 
+    /// More servers (the other nodes of a cluster): the subscriber connections are spread over
+    /// --server and these, round-robin, so each node serves its share of the streams. Repeat the
+    /// flag or separate with commas. Loopback only, like --server.
+    #[arg(
+        long = "also-server",
+        value_delimiter = ',',
+        env = "NOTIFY_LOADGEN_ALSO_SERVERS"
+    )]
+    pub also_servers: Vec<String>,
+
     /// What to measure: `per-user` (one stream per user, each event to one random user),
     /// `firehose` (every stream subscribes to `*` and sees every event) or `idle` (streams only,
     /// no publishing; reports server memory per stream, needs --server-pid).
@@ -449,7 +459,7 @@ pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
     let progress = tokio::spawn(report::progress(clock, live.clone(), args.subscribers));
 
     let connections = args.connections.min(args.subscribers);
-    let channels = connect_all(&args.server, connections, false)
+    let channels = connect_spread(&args, connections)
         .await
         .context("opening the subscriber connections")?;
     let open_started = clock.now_ns();
@@ -570,6 +580,9 @@ fn code_name(code: Code) -> String {
 /// Refuses arguments that cannot make a meaningful run.
 fn check_args(args: &LoadgenArgs) -> anyhow::Result<()> {
     check_loopback("--server", &args.server)?;
+    for server in &args.also_servers {
+        check_loopback("--also-server", server)?;
+    }
     if args.via == Via::Amqp {
         // A load test publishing into someone else's `cloudphone.events` would hand thousands
         // of fake device errors to every real consumer of that exchange.
@@ -632,6 +645,29 @@ fn check_loopback(flag: &str, url: &str) -> anyhow::Result<()> {
         "{flag} {shown}: loadgen only targets loopback addresses (127.0.0.0/8, ::1, localhost)"
     );
     Ok(())
+}
+
+/// Opens `count` subscriber connections spread round-robin over --server and --also-server.
+async fn connect_spread(args: &LoadgenArgs, count: usize) -> anyhow::Result<Vec<Channel>> {
+    let servers: Vec<&String> = std::iter::once(&args.server)
+        .chain(&args.also_servers)
+        .collect();
+    let mut per_server = vec![Vec::new(); servers.len()];
+    for (i, server) in servers.iter().enumerate() {
+        let share = count / servers.len() + usize::from(i < count % servers.len());
+        if share > 0 {
+            per_server[i] = connect_all(server, share, false).await?;
+        }
+    }
+    // Interleaved, so that consecutive subscribers land on different nodes.
+    let mut channels = Vec::with_capacity(count);
+    let mut iters: Vec<_> = per_server.into_iter().map(Vec::into_iter).collect();
+    while channels.len() < count {
+        for channel in iters.iter_mut().filter_map(Iterator::next) {
+            channels.push(channel);
+        }
+    }
+    Ok(channels)
 }
 
 /// Opens `count` separate HTTP/2 connections (a `Channel` is one connection).

@@ -56,6 +56,8 @@ pub struct StreamWriter {
     tx: mpsc::Sender<Submission>,
     /// Set when a new ingest session starts: synchronise before the next append.
     resync: Arc<AtomicBool>,
+    /// For `notify_journal_writer`, which drops to 0 as soon as a session ends.
+    metrics: Arc<Metrics>,
 }
 
 /// What the writer needs.
@@ -86,8 +88,16 @@ impl StreamWriter {
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(parts.queue_len.max(1));
         let resync = Arc::new(AtomicBool::new(true));
+        let metrics = Arc::clone(&parts.metrics);
         let task = tokio::spawn(run(parts, rx, Arc::clone(&resync), shutdown));
-        (Self { tx, resync }, task)
+        (
+            Self {
+                tx,
+                resync,
+                metrics,
+            },
+            task,
+        )
     }
 }
 
@@ -104,7 +114,13 @@ impl Downstream for StreamWriter {
     }
 
     fn session_started(&self) {
+        // A new session may or may not be the queue's active consumer: this node writes again
+        // only once a delivery says it is (and it has synchronised).
         self.resync.store(true, Ordering::Relaxed);
+        if self.metrics.journal_writer.get() == 1 {
+            info!("journal writer: the ingest session ended; this node no longer writes");
+        }
+        self.metrics.journal_writer.set(0);
     }
 }
 

@@ -341,6 +341,7 @@ impl Report {
         };
         let mut parameters = json!({
             "server": args.server,
+            "also_servers": args.also_servers,
             "via": args.via.name(),
             "subscribers": args.subscribers,
             "connections": args.connections.min(args.subscribers),
