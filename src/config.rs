@@ -35,7 +35,7 @@ pub enum Command {
     /// Publish one event (a producer's JSON body) and print its id and cursor.
     Publish(PublishArgs),
     /// Load generator: subscribers and publishers against a running server.
-    Loadgen(LoadgenArgs),
+    Loadgen(Box<LoadgenArgs>),
     /// Mint a platform-style HS256 token (for development and tests).
     Token(TokenArgs),
 }
