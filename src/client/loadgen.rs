@@ -152,6 +152,15 @@ pub struct LoadgenArgs {
     )]
     pub also_servers: Vec<String>,
 
+    /// PIDs of the --also-server nodes (or of any other process on this machine): the CPU time
+    /// of each over the measurement window is reported beside --server-pid's.
+    #[arg(
+        long = "also-server-pid",
+        value_delimiter = ',',
+        env = "NOTIFY_LOADGEN_ALSO_SERVER_PIDS"
+    )]
+    pub also_server_pids: Vec<u32>,
+
     /// What to measure: `per-user` (one stream per user, each event to one random user),
     /// `firehose` (every stream subscribes to `*` and sees every event) or `idle` (streams only,
     /// no publishing; reports server memory per stream, needs --server-pid).
@@ -483,6 +492,7 @@ pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
     let mut abandoned_publishers = 0;
     let mut publishing_ended_ns = None;
     let mut server_cpu = None;
+    let mut also_server_cpu = Vec::new();
     let mut storm_stats = None;
     let window = if args.scenario == Scenario::Idle {
         tokio::select! {
@@ -517,6 +527,7 @@ pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
         publisher_stats = published.stats;
         abandoned_publishers = published.abandoned;
         server_cpu = published.server_cpu;
+        also_server_cpu = published.also_server_cpu;
         publishing_ended_ns = Some(clock.now_ns());
         let window = published.window;
         tokio::select! {
@@ -558,6 +569,7 @@ pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
         rss_after,
         rss_peak,
         server_cpu,
+        also_server_cpu,
         storm: storm_stats,
     })?;
     report.print(args.json)?;
@@ -732,6 +744,8 @@ struct Published {
     abandoned: usize,
     /// The server's CPU time in the measurement window (with --server-pid).
     server_cpu: Option<cpu::CpuTime>,
+    /// The same for each `--also-server-pid`.
+    also_server_cpu: Vec<Option<cpu::CpuTime>>,
 }
 
 /// The publishing phase: warmup then measurement, on a fresh set of HTTP/2 connections or on the
@@ -777,6 +791,11 @@ async fn publish(
     let cpu = args
         .server_pid
         .map(|pid| cpu::measure(pid, clock, window, stop.clone()));
+    let also_cpu: Vec<_> = args
+        .also_server_pids
+        .iter()
+        .map(|&pid| cpu::measure(pid, clock, window, stop.clone()))
+        .collect();
     let mut tasks = JoinSet::new();
     for (index, transport) in transports.into_iter().enumerate() {
         tasks.spawn(publisher::run(
@@ -811,11 +830,16 @@ async fn publish(
         Some(task) => task.await.ok().flatten(),
         None => None,
     };
+    let mut also_server_cpu = Vec::with_capacity(also_cpu.len());
+    for task in also_cpu {
+        also_server_cpu.push(task.await.ok().flatten());
+    }
     Ok(Published {
         window,
         stats,
         abandoned,
         server_cpu,
+        also_server_cpu,
     })
 }
 

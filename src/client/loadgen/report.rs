@@ -99,6 +99,8 @@ pub(super) struct Inputs<'a> {
     pub rss_peak: Option<u64>,
     /// The server's CPU time in the measurement window.
     pub server_cpu: Option<CpuTime>,
+    /// The same for each `--also-server-pid`.
+    pub also_server_cpu: Vec<Option<CpuTime>>,
     /// `resume-storm`: what the storm did.
     pub storm: Option<StormStats>,
 }
@@ -276,6 +278,7 @@ pub(super) struct Report {
     rss_peak: Option<u64>,
     rss_per_stream: Option<f64>,
     server_cpu: Option<CpuTime>,
+    also_server_cpu: Vec<Option<CpuTime>>,
     storm: Option<StormStats>,
     p99_target_ms: Option<f64>,
     problems: Vec<String>,
@@ -384,6 +387,7 @@ impl Report {
             rss_peak,
             rss_per_stream,
             server_cpu: inputs.server_cpu,
+            also_server_cpu: inputs.also_server_cpu,
             storm: inputs.storm,
             p99_target_ms: args.p99_target_ms,
             problems: Vec::new(),
@@ -547,7 +551,11 @@ impl Report {
 
     /// The server's CPU time per event published in the window, µs.
     fn cpu_per_event_us(&self) -> Option<f64> {
-        let cpu = self.server_cpu?;
+        self.per_event_us(self.server_cpu?)
+    }
+
+    /// `cpu` per event published in the window, µs.
+    fn per_event_us(&self, cpu: CpuTime) -> Option<f64> {
         let events = self.publishing.as_ref()?.counts.ok_measured;
         (events > 0).then(|| cpu.seconds * 1e6 / events as f64)
     }
@@ -646,6 +654,11 @@ impl Report {
                 "per_event_us": self.cpu_per_event_us(),
                 "clock_ticks_per_s": cpu.ticks_per_second,
             })),
+            "also_server_cpu": self.also_server_cpu.iter().map(|cpu| cpu.map(|cpu| json!({
+                "seconds": cpu.seconds,
+                "cores": cpu.seconds / cpu.window_seconds.max(1e-9),
+                "per_event_us": self.per_event_us(cpu),
+            }))).collect::<Vec<_>>(),
             "storm": self.storm.as_ref().map(|storm| json!({
                 "resumes": self.parameters["resumes"],
                 "journal_events": self.parameters["journal_events"],
