@@ -98,9 +98,9 @@ impl Waiters {
 /// Whether the node reads the stream (readiness and gRPC health report it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FollowState {
-    /// Connecting, or reconnecting after a failure.
+    /// Connecting, reconnecting after a failure, or catching up on what the stream holds.
     Connecting,
-    /// Reading the stream.
+    /// Reading the stream, caught up with it.
     Following,
     /// Stopped (shutdown).
     Stopped,
@@ -147,12 +147,33 @@ pub async fn discover_epoch(
     replica: &RedbJournal,
     shutdown: &CancellationToken,
 ) -> Result<u64, ClusterError> {
-    let connection = connect(url, format!("notify-backbone {node_id} epoch"))
-        .await
-        .map_err(ClusterError::Connect)?;
-    let result = discover_on(&connection, settings, replica, shutdown).await;
-    let _ = connection.close(200, "epoch known".into()).await;
-    result
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let attempt = async {
+            let connection = connect(url, format!("notify-backbone {node_id} epoch"))
+                .await
+                .map_err(ClusterError::Connect)?;
+            let result = discover_on(&connection, settings, replica, shutdown).await;
+            let _ = connection.close(200, "epoch known".into()).await;
+            result
+        };
+        match attempt.await {
+            Ok(epoch) => return Ok(epoch),
+            Err(error @ (ClusterError::ShuttingDown | ClusterError::Foreign(_))) => {
+                return Err(error);
+            }
+            // The broker unreachable, or a stream another node just created that is not
+            // consumable yet (RabbitMQ answers `stream_not_found` for a moment): again, later.
+            Err(error) => {
+                warn!(%error, retry_in = ?backoff, "journal stream: cannot read its epoch yet");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => return Err(ClusterError::ShuttingDown),
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
 }
 
 async fn discover_on(
@@ -347,7 +368,9 @@ impl Follow {
         let connection = connect(url, format!("notify-backbone {node_id} follower"))
             .await
             .map_err(ClusterError::Connect)?;
-        let result = self.consume(&connection, settings, state, shutdown).await;
+        let result = self
+            .consume(&connection, node_id, settings, state, shutdown)
+            .await;
         let _ = tokio::time::timeout(
             Duration::from_secs(2),
             connection.close(200, "follower stopping".into()),
@@ -359,6 +382,7 @@ impl Follow {
     async fn consume(
         &mut self,
         connection: &Connection,
+        node_id: &str,
         settings: &StreamSettings,
         state: &watch::Sender<FollowState>,
         shutdown: &CancellationToken,
@@ -380,8 +404,22 @@ impl Follow {
         let mut consumer = consume_from(&channel, &settings.name, from, "follower")
             .await
             .map_err(ClusterError::Broker)?;
-        let _ = state.send(FollowState::Following);
-        info!(stream = %settings.name, from_position = head, "journal stream: following");
+        // Caught up once a mark appended now comes back: everything before it was read. Until
+        // then the node is not ready, so no client subscribes "from now" to a node that is
+        // still minutes behind.
+        let mark = format!("caught-up-{node_id}-{:016x}", rand::random::<u64>());
+        let mut caught_up = Some(self.waiters.wait(&mark));
+        stream::append(
+            &channel,
+            &settings.name,
+            self.epoch,
+            Kind::Barrier,
+            &mark,
+            &[],
+        )
+        .await
+        .map_err(ClusterError::Broker)?;
+        info!(stream = %settings.name, from_position = head, "journal stream: catching up");
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             let first = tokio::select! {
@@ -417,6 +455,17 @@ impl Follow {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(ClusterError::Foreign)?;
             self.apply(entries).await?;
+            if let Some(mark) = caught_up.as_mut()
+                && mark.try_recv().is_ok()
+            {
+                caught_up = None;
+                let _ = state.send(FollowState::Following);
+                info!(
+                    stream = %settings.name,
+                    head = self.replica().head().position,
+                    "journal stream: caught up; following"
+                );
+            }
             if let Some(tag) = last_tag {
                 channel
                     .basic_ack(tag, BasicAckOptions { multiple: true })

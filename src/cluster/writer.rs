@@ -11,9 +11,9 @@
 //! ingest acks the delivery then, and a `Publish` forwarded from any node gets the cursor.
 
 use std::{
-    collections::HashMap,
+    collections::HashSet,
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -132,6 +132,7 @@ async fn run(
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut channel: Option<(lapin::Connection, Channel)> = None;
+    let inflight = InFlight::default();
     loop {
         let received = tokio::select! {
             n = rx.recv_many(&mut batch, MAX_BATCH) => n,
@@ -163,7 +164,8 @@ async fn run(
             parts.metrics.journal_writer.set(1);
             info!(stream = %parts.stream, "journal writer: this node writes the journal stream now");
         }
-        if let Err(error) = write(&parts, ch, std::mem::take(&mut batch)).await {
+        if let Err(error) = write(&parts, ch, std::mem::take(&mut batch), &inflight, &resync).await
+        {
             warn!(%error, "journal writer: appending failed; reconnecting");
             // The stream may have some of the batch: the retries are recognised by their ids
             // once this node has synchronised again.
@@ -228,17 +230,25 @@ struct Pending {
     landed: oneshot::Receiver<Landed>,
 }
 
-/// Dedupes a batch, appends what is new, and answers every submission once its event was read
-/// back. An error means the connection is suspect (the caller reconnects and resynchronises);
-/// every submission of the batch has been answered either way.
+/// Ids appended and not read back yet, across the batches in flight: a later batch that holds
+/// one of them again waits for that landing instead of appending a copy. As many as the ingest
+/// has deliveries in flight (its prefetch).
+type InFlight = Arc<Mutex<HashSet<String>>>;
+
+/// Dedupes a batch and appends what is new, in order; then, in a task of its own, waits for the
+/// confirms and the read-backs and answers every submission, so the next batch is appended
+/// meanwhile (one batch's round trip to the stream and back no longer holds the next). An error
+/// here means the connection is suspect (the caller reconnects and resynchronises); an error of
+/// the waiting part sets `resync` for the next batch. Every submission is answered either way.
 async fn write(
     parts: &WriterParts,
     channel: &Channel,
     batch: Vec<Submission>,
+    inflight: &InFlight,
+    resync: &Arc<AtomicBool>,
 ) -> Result<(), ClusterError> {
     let epoch = parts.epoch;
-    let cursor = |position| Cursor { epoch, position };
-    // Known ids: stored before (the replica's index), or earlier in this batch.
+    // Known ids: stored before (the replica's index), or appended and not read back yet.
     let ids: Vec<String> = batch
         .iter()
         .flat_map(|s| std::iter::once(&s.decoded.event).chain(&s.decoded.admin_notice))
@@ -253,7 +263,6 @@ async fn write(
     .map_err(|error| ClusterError::Replica(error.to_string()))?
     .map_err(|error| ClusterError::Replica(error.to_string()))?;
     let mut known = known.into_iter();
-    let mut in_batch: HashMap<String, usize> = HashMap::new();
     let mut confirms = Vec::new();
     // Per submission: its reply and how it is answered.
     let mut plans: Vec<(Reply, String, Answer)> = Vec::with_capacity(batch.len());
@@ -273,9 +282,10 @@ async fn write(
                 }
                 continue;
             }
-            if let Some(&earlier) = in_batch.get(&event.id) {
+            if lock(inflight).contains(&event.id) {
+                // Appended already (earlier in this batch, or a batch still in flight).
                 if is_event {
-                    answer = Some(Answer::SameAs(earlier));
+                    answer = Some(Answer::Again(parts.waiters.wait(&event.id)));
                 }
                 continue;
             }
@@ -293,7 +303,7 @@ async fn write(
                     continue;
                 }
             }
-            in_batch.insert(event.id.clone(), pending.len());
+            lock(inflight).insert(event.id.clone());
             if is_event {
                 answer = Some(Answer::Landing(pending.len()));
             }
@@ -302,76 +312,98 @@ async fn write(
                 landed,
             });
         }
-        let answer = match (answer, &failure) {
-            (Some(answer), _) => answer,
-            (None, Some(_)) => Answer::Failed,
-            (None, None) => Answer::Failed,
-        };
-        plans.push((reply, decoded.event.id, answer));
+        plans.push((reply, decoded.event.id, answer.unwrap_or(Answer::Failed)));
     }
-    for (id, confirm) in confirms {
-        if let Err(error) = confirmed(confirm.await) {
-            parts.waiters.forget(&id);
-            failure.get_or_insert(error);
-        }
-    }
-    // Where each appended event landed, in batch order.
-    let mut landings = Vec::with_capacity(pending.len());
-    for Pending { id, landed } in pending {
-        let outcome = if failure.is_some() {
-            // The connection is suspect: a landing may still come, but the submission is
-            // answered now (and retried); dedupe recognises the copy if it did land.
-            parts.waiters.forget(&id);
-            None
-        } else {
-            match tokio::time::timeout(READ_BACK_TIMEOUT, landed).await {
-                Ok(Ok(landed)) => Some(landed),
-                _ => {
-                    parts.waiters.forget(&id);
-                    failure.get_or_insert(ClusterError::ReadBack(id));
-                    None
-                }
+    let appending_failed = failure.as_ref().map(ToString::to_string);
+    let (waiters, inflight, resync) = (
+        parts.waiters.clone(),
+        Arc::clone(inflight),
+        Arc::clone(resync),
+    );
+    tokio::spawn(async move {
+        let mut failure = appending_failed;
+        for (id, confirm) in confirms {
+            if let Err(error) = confirmed(confirm.await) {
+                waiters.forget(&id);
+                failure.get_or_insert(error.to_string());
             }
-        };
-        landings.push(outcome);
-    }
-    let failed = failure.as_ref().map(ToString::to_string);
-    for (reply, id, answer) in plans {
-        let landed = match answer {
-            Answer::Duplicate(position) => Some(Landed {
-                position,
-                duplicate: true,
-            }),
-            Answer::SameAs(index) => landings[index].map(|l| Landed {
-                duplicate: true,
-                ..l
-            }),
-            Answer::Landing(index) => landings[index],
-            Answer::Failed => None,
-        };
-        let outcome = match (landed, &failed) {
-            (Some(landed), _) => Ok(Published {
-                id,
-                cursor: cursor(landed.position),
-                duplicate: landed.duplicate,
-            }),
-            (None, Some(reason)) => Err(StoreError::Unavailable(reason.clone()).into()),
-            (None, None) => Err(StoreError::Unavailable("not appended".into()).into()),
-        };
-        let _ = reply.send(outcome);
-    }
+        }
+        // Where each appended event landed, in batch order.
+        let mut landings = Vec::with_capacity(pending.len());
+        for Pending { id, landed } in pending {
+            let outcome = if failure.is_some() {
+                // The connection is suspect: a landing may still come, but the submission is
+                // answered now (and retried); dedupe recognises the copy if it did land.
+                waiters.forget(&id);
+                None
+            } else {
+                match tokio::time::timeout(READ_BACK_TIMEOUT, landed).await {
+                    Ok(Ok(landed)) => Some(landed),
+                    _ => {
+                        waiters.forget(&id);
+                        failure.get_or_insert(ClusterError::ReadBack(id.clone()).to_string());
+                        None
+                    }
+                }
+            };
+            lock(&inflight).remove(&id);
+            landings.push(outcome);
+        }
+        for (reply, id, answer) in plans {
+            let landed = match answer {
+                Answer::Duplicate(position) => Some(Landed {
+                    position,
+                    duplicate: true,
+                }),
+                Answer::Again(landed) => {
+                    match tokio::time::timeout(READ_BACK_TIMEOUT, landed).await {
+                        Ok(Ok(landed)) => Some(Landed {
+                            duplicate: true,
+                            ..landed
+                        }),
+                        _ => None,
+                    }
+                }
+                Answer::Landing(index) => landings[index],
+                Answer::Failed => None,
+            };
+            let outcome = match (landed, &failure) {
+                (Some(landed), _) => Ok(Published {
+                    id,
+                    cursor: Cursor {
+                        epoch,
+                        position: landed.position,
+                    },
+                    duplicate: landed.duplicate,
+                }),
+                (None, Some(reason)) => Err(StoreError::Unavailable(reason.clone()).into()),
+                (None, None) => Err(StoreError::Unavailable(
+                    "not appended: an earlier copy was not read back".into(),
+                )
+                .into()),
+            };
+            let _ = reply.send(outcome);
+        }
+        if failure.is_some() {
+            resync.store(true, Ordering::Relaxed);
+        }
+    });
     match failure {
         Some(error) => Err(error),
         None => Ok(()),
     }
 }
 
+fn lock(inflight: &InFlight) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    inflight.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// How one submission is answered.
 enum Answer {
     /// Its id was stored before, at this position.
     Duplicate(u64),
-    /// Its id came earlier in the same batch: the answer of that one's landing, as a duplicate.
-    SameAs(usize),
+    /// Its id was appended already and is not read back yet: that landing, as a duplicate.
+    Again(oneshot::Receiver<Landed>),
     /// Appended now: where it lands.
     Landing(usize),
     /// Not appended (the connection failed first).
