@@ -12,14 +12,16 @@
 
 use std::{
     collections::HashSet,
+    pin::Pin,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
+    task::Poll,
     time::Duration,
 };
 
-use lapin::{Channel, Confirmation, options::ConfirmSelectOptions};
+use lapin::{Channel, Confirmation, PublisherConfirm, options::ConfirmSelectOptions};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -224,6 +226,14 @@ fn confirmed(confirmation: lapin::Result<Confirmation>) -> Result<(), ClusterErr
     }
 }
 
+/// An append whose frames are queued on the connection: written already, or not yet.
+type Appending<'a> = Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send + 'a>>;
+
+enum Appended<'a> {
+    Sent(lapin::Result<PublisherConfirm>),
+    Sending(Appending<'a>),
+}
+
 /// One event (or admin notice) of a batch, on its way.
 struct Pending {
     id: String,
@@ -267,6 +277,7 @@ async fn write(
     // Per submission: its reply and how it is answered.
     let mut plans: Vec<(Reply, String, Answer)> = Vec::with_capacity(batch.len());
     let mut pending: Vec<Pending> = Vec::new();
+    let mut appends: Vec<(String, Appended<'_>)> = Vec::new();
     let mut failure = None;
     for Submission { decoded, reply } in batch {
         let mut answer = None;
@@ -293,16 +304,21 @@ async fn write(
                 continue;
             }
             let landed = parts.waiters.wait(&event.id);
-            let body = stream::event_body(event);
-            match stream::append(channel, &parts.stream, epoch, Kind::Event, &event.id, &body).await
-            {
-                Ok(confirm) => confirms.push((event.id.clone(), confirm)),
-                Err(error) => {
-                    parts.waiters.forget(&event.id);
-                    failure = Some(ClusterError::Broker(error));
-                    continue;
-                }
-            }
+            let (id, body) = (event.id.clone(), stream::event_body(event));
+            let mut append: Appending<'_> = Box::pin(async move {
+                stream::append(channel, &parts.stream, epoch, Kind::Event, &id, &body).await
+            });
+            // The first poll queues the frames (in batch order, so the stream keeps the
+            // order of the submissions); the writes to the socket are awaited after the
+            // loop, so one batch costs one hand-off to the connection, not one per event.
+            let queued = std::future::poll_fn(|cx| Poll::Ready(append.as_mut().poll(cx))).await;
+            appends.push((
+                event.id.clone(),
+                match queued {
+                    Poll::Ready(sent) => Appended::Sent(sent),
+                    Poll::Pending => Appended::Sending(append),
+                },
+            ));
             lock(inflight).insert(event.id.clone());
             if is_event {
                 answer = Some(Answer::Landing(pending.len()));
@@ -313,6 +329,20 @@ async fn write(
             });
         }
         plans.push((reply, decoded.event.id, answer.unwrap_or(Answer::Failed)));
+    }
+    for (id, append) in appends {
+        let sent = match append {
+            Appended::Sent(sent) => sent,
+            Appended::Sending(sending) => sending.await,
+        };
+        match sent {
+            Ok(confirm) => confirms.push((id, confirm)),
+            Err(error) => {
+                // Answered as failed (with the rest of the batch, below) and retried by the
+                // ingest; what did land is recognised as a duplicate after resynchronising.
+                failure.get_or_insert(ClusterError::Broker(error));
+            }
+        }
     }
     let appending_failed = failure.as_ref().map(ToString::to_string);
     let (waiters, inflight, resync) = (
