@@ -18,8 +18,8 @@ use std::{
 };
 
 use lapin::{
-    BasicProperties, Confirmation,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions},
+    Confirmation,
+    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
     types::{AMQPValue, FieldTable},
 };
 use notify_backbone::pb::{
@@ -27,7 +27,7 @@ use notify_backbone::pb::{
 };
 use rand::Rng as _;
 use support::{
-    amqp::{Names, Producer, now_ms},
+    amqp::{Names, Producer},
     process::{
         Logs, Node, Received, broker_args, first, follow_the_firehose, repeated, start_node,
     },
@@ -219,23 +219,9 @@ fn publish_through_rabbitmq(
             let id = format!("failover-amqp-{n:05}");
             n += 1;
             let body = device_error(&id, "u-failover", "d1");
-            let properties = BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_timestamp(now_ms());
             let confirm = producer
-                .channel
-                .basic_publish(
-                    exchange.as_str().into(),
-                    "device.error".into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    body.as_bytes(),
-                    properties,
-                )
-                .await
-                .unwrap();
+                .start_publish(&exchange, "device.error", body.as_bytes())
+                .await;
             confirms.spawn(async move { (id, confirm.await) });
             tokio::time::sleep(PUBLISH_EVERY).await;
         }

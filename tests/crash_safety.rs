@@ -17,11 +17,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lapin::{BasicProperties, Confirmation, options::BasicPublishOptions};
+use lapin::Confirmation;
 use notify_backbone::pb::{self, notification_service_client::NotificationServiceClient};
 use rand::Rng as _;
 use support::{
-    amqp::{Names, Producer, now_ms, queue_counts},
+    amqp::{Names, Producer, queue_counts},
     process::{Logs, Received, broker_args, first, follow_the_firehose, repeated, start_node},
     *,
 };
@@ -131,23 +131,9 @@ fn publish_steadily(exchange: String, pace: Arc<Pace>) -> tokio::task::JoinHandl
             }
             let id = format!("crash-{n:05}");
             let body = device_error(&id, "u-crash", &format!("d{}", n % 16));
-            let properties = BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_timestamp(now_ms());
             let confirm = producer
-                .channel
-                .basic_publish(
-                    exchange.as_str().into(),
-                    "device.error".into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    body.as_bytes(),
-                    properties,
-                )
-                .await
-                .unwrap();
+                .start_publish(&exchange, "device.error", body.as_bytes())
+                .await;
             confirms.spawn(async move { (id, confirm.await) });
             pace.published.store(n + 1, Ordering::SeqCst);
         }

@@ -182,17 +182,7 @@ async fn discover_on(
     replica: &RedbJournal,
     shutdown: &CancellationToken,
 ) -> Result<u64, ClusterError> {
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(ClusterError::Broker)?;
-    settings
-        .declare(&channel)
-        .await
-        .map_err(|source| ClusterError::Declare {
-            what: format!("stream {}", settings.name),
-            source,
-        })?;
+    let channel = declared_channel(connection, settings).await?;
     let first = AMQPValue::LongString(LongString::from("first"));
     let mut consumer = consume_from(&channel, &settings.name, first, "epoch")
         .await
@@ -387,17 +377,7 @@ impl Follow {
         state: &watch::Sender<FollowState>,
         shutdown: &CancellationToken,
     ) -> Result<(), ClusterError> {
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(ClusterError::Broker)?;
-        settings
-            .declare(&channel)
-            .await
-            .map_err(|source| ClusterError::Declare {
-                what: format!("stream {}", settings.name),
-                source,
-            })?;
+        let channel = declared_channel(connection, settings).await?;
         // Position p is offset p - 1: the next offset to read is the head's position.
         let head = self.replica().head().position;
         let from = AMQPValue::LongLongInt(i64::try_from(head).unwrap_or(i64::MAX));
@@ -570,4 +550,23 @@ impl Follow {
         self.waiters.resolve(landed);
         Ok(())
     }
+}
+
+/// A channel on `connection` with the stream declared (a no-op when it exists as configured).
+async fn declared_channel(
+    connection: &lapin::Connection,
+    settings: &StreamSettings,
+) -> Result<lapin::Channel, ClusterError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(ClusterError::Broker)?;
+    settings
+        .declare(&channel)
+        .await
+        .map_err(|source| ClusterError::Declare {
+            what: format!("stream {}", settings.name),
+            source,
+        })?;
+    Ok(channel)
 }

@@ -223,12 +223,7 @@ impl RedbJournal {
         events: &mut [pb::Event],
         now: u64,
     ) -> Result<Vec<Appended>, redb::Error> {
-        let mut txn = self.db.begin_write()?;
-        // With an interval, a [`Syncer`] makes the commits durable in the background.
-        txn.set_durability(match self.settings.durability {
-            Durability::EveryCommit => RedbDurability::Immediate,
-            Durability::Interval(_) => RedbDurability::None,
-        })?;
+        let txn = self.begin_append()?;
         let mut head = self.head;
         let mut outcomes = Vec::with_capacity(events.len());
         let mut added_bytes = 0_u64;
@@ -462,17 +457,24 @@ impl RedbJournal {
         Ok(outcomes)
     }
 
+    /// A write transaction with the configured durability. With an interval, a [`Syncer`]
+    /// makes the commits durable in the background.
+    fn begin_append(&self) -> Result<redb::WriteTransaction, redb::Error> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(match self.settings.durability {
+            Durability::EveryCommit => RedbDurability::Immediate,
+            Durability::Interval(_) => RedbDurability::None,
+        })?;
+        Ok(txn)
+    }
+
     fn replicate_in(
         &mut self,
         events: &mut [(u64, pb::Event)],
         through: u64,
         now: u64,
     ) -> Result<Vec<Replicated>, redb::Error> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(match self.settings.durability {
-            Durability::EveryCommit => RedbDurability::Immediate,
-            Durability::Interval(_) => RedbDurability::None,
-        })?;
+        let txn = self.begin_append()?;
         let mut head = self.head;
         let mut outcomes = Vec::with_capacity(events.len());
         let mut added_bytes = 0_u64;

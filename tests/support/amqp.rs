@@ -116,6 +116,32 @@ impl Producer {
             .await;
     }
 
+    /// Publishes `body` like [`Producer::publish`] (mandatory too: unroutable comes back as a
+    /// return) without waiting: the confirm to await, for tests that keep many in flight.
+    pub async fn start_publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+    ) -> lapin::PublisherConfirm {
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_timestamp(now_ms());
+        self.channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                properties,
+            )
+            .await
+            .unwrap()
+    }
+
     /// Publishes `body` with `properties` as they are, and waits for the confirm.
     pub async fn publish_raw(
         &self,
