@@ -47,6 +47,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::grpc::codec::SubscribeCodec")
         .server_streaming()
         .build();
+    let publish_stream = tonic_build::manual::Method::builder()
+        .name("publish_stream")
+        .route_name("PublishStream")
+        .input_type("crate::pb::PublishRequest")
+        .output_type("crate::pb::PublishStreamResponse")
+        .codec_path("tonic_prost::ProstCodec")
+        .client_streaming()
+        .server_streaming()
+        .build();
     let list_events = tonic_build::manual::Method::builder()
         .name("list_events")
         .route_name("ListEvents")
@@ -59,6 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .package("cloudphone.notify.v1")
         .method(subscribe)
         .method(publish)
+        .method(publish_stream)
         .method(list_events)
         .build();
     tonic_build::manual::Builder::new()

@@ -156,6 +156,7 @@ pub async fn run(
         },
         streams: Arc::clone(&streams),
         publish_rate: Arc::new(RateLimiter::new(config.max_publish_rate)),
+        shutdown: shutdown.clone(),
     };
     let settings = ServerSettings {
         cors_origins: config.cors_origins.clone(),

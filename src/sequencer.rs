@@ -117,9 +117,16 @@ pub enum Publisher {
 impl Publisher {
     /// Publishes one decoded event; returns once it is journaled (and, on one node, routed).
     pub async fn publish(&self, decoded: Decoded) -> Result<Published, SequencerError> {
+        self.submit(decoded).await?.await
+    }
+
+    /// Hands one decoded event over without waiting for its outcome (as
+    /// [`Sequencer::submit`]): receipts of one caller resolve in its submission order, which is
+    /// also the order of the events in the journal.
+    pub async fn submit(&self, decoded: Decoded) -> Result<Receipt, SequencerError> {
         match self {
-            Publisher::Local(sequencer) => sequencer.publish(decoded).await,
-            Publisher::Cluster(forwarder) => forwarder.publish(decoded).await,
+            Publisher::Local(sequencer) => sequencer.submit(decoded).await,
+            Publisher::Cluster(forwarder) => forwarder.submit(decoded).await,
         }
     }
 }

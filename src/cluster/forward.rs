@@ -28,7 +28,7 @@ use super::follower::connect;
 use crate::{
     ingest, pb,
     schema::Decoded,
-    sequencer::{Published, SequencerError},
+    sequencer::{Published, Receipt, SequencerError},
     store::{Cursor, StoreError},
 };
 
@@ -70,7 +70,13 @@ impl Forwarder {
     /// Publishes one decoded event through the writer; returns once it is in the stream. The
     /// writer derives the admin notice again from the event.
     pub async fn publish(&self, decoded: Decoded) -> Result<Published, SequencerError> {
-        let (answer, answered) = oneshot::channel();
+        self.submit(decoded).await?.await
+    }
+
+    /// Queues one decoded event for the writer without waiting for its answer. Calls are
+    /// forwarded in the order they were queued, so one caller's events keep their order.
+    pub async fn submit(&self, decoded: Decoded) -> Result<Receipt, SequencerError> {
+        let (answer, receipt) = Receipt::new();
         self.tx
             .send(Call {
                 event: decoded.event,
@@ -78,7 +84,7 @@ impl Forwarder {
             })
             .await
             .map_err(|_| SequencerError::Stopped)?;
-        answered.await.unwrap_or(Err(SequencerError::Stopped))
+        Ok(receipt)
     }
 }
 

@@ -12,6 +12,7 @@ pub mod connections;
 pub mod error;
 pub mod limits;
 pub mod page;
+mod publish_stream;
 mod service;
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};

@@ -9,20 +9,22 @@ use std::{
 };
 
 use tokio_stream::Stream;
-use tonic::{Request, Response, Status};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
 
 use super::{
     codec::EncodedResponse,
     connections::Connection,
     error::ApiError,
     limits::{RateLimiter, StreamCounter, StreamPermit},
+    publish_stream::{self, PublishResponses},
 };
 use crate::{
     auth::{Authenticator, Principal, Wants},
     hub::{Filter, FilterLimits, Hub, Subscription, Users},
     pb::{self, notification_service_server::NotificationService, publish_request::Body},
-    schema::{self, DecodeOptions, Properties},
-    sequencer::Publisher,
+    schema::{self, DecodeOptions, Decoded, Properties},
+    sequencer::{Published, Publisher, Receipt},
     store::Cursor,
     telemetry::Metrics,
 };
@@ -44,8 +46,10 @@ pub struct NotifyService {
     pub filter_limits: FilterLimits,
     /// Open streams per connection and per principal.
     pub streams: Arc<StreamCounter>,
-    /// `Publish` calls per principal.
+    /// `Publish` calls (and `PublishStream` requests) per principal.
     pub publish_rate: Arc<RateLimiter>,
+    /// Cancelled at shutdown: open `PublishStream`s answer what they read and end.
+    pub shutdown: CancellationToken,
 }
 
 impl NotifyService {
@@ -154,11 +158,31 @@ impl NotifyService {
         &self,
         request: pb::PublishRequest,
     ) -> Result<pb::PublishResponse, ApiError> {
+        let decoded = self.decode_request(request)?;
+        let published = self.publisher.publish(decoded).await?;
+        Ok(published_response(published))
+    }
+
+    /// One request of a `PublishStream` from `principal`, checked like a `Publish` call (the
+    /// token was checked when the stream opened) and handed to the publisher: the receipt
+    /// resolves once the event is journaled. Waits only while the publisher's queue is full.
+    pub(super) async fn submit_one(
+        &self,
+        principal: &Principal,
+        request: pb::PublishRequest,
+    ) -> Result<Receipt, ApiError> {
+        self.publish_rate.check(&principal.user_id)?;
+        let decoded = self.decode_request(request)?;
+        Ok(self.publisher.submit(decoded).await?)
+    }
+
+    /// Validates and decodes a `PublishRequest` body, as a producer's JSON or a typed event.
+    fn decode_request(&self, request: pb::PublishRequest) -> Result<Decoded, ApiError> {
         let props = Properties {
             timestamp_ms: None,
             received_at: SystemTime::now(),
         };
-        let decoded = match request.body {
+        Ok(match request.body {
             None => return Err(ApiError::Missing("body (json or event)")),
             Some(Body::Json(json)) => {
                 if request.routing_key.is_empty() {
@@ -169,18 +193,21 @@ impl NotifyService {
             Some(Body::Event(event)) => {
                 schema::accept_typed(&request.routing_key, event, &props, self.decode)?
             }
-        };
-        let published = self.publisher.publish(decoded).await?;
-        Ok(pb::PublishResponse {
-            id: published.id,
-            cursor: published.cursor.to_string(),
-            duplicate: published.duplicate,
         })
     }
 
-    fn reject(&self, error: ApiError) -> Status {
+    pub(super) fn reject(&self, error: ApiError) -> Status {
         self.metrics.record_rejected(error.reason());
         error.into()
+    }
+}
+
+/// What `Publish` (and each answer of `PublishStream`) says of a published event.
+pub(super) fn published_response(published: Published) -> pb::PublishResponse {
+    pb::PublishResponse {
+        id: published.id,
+        cursor: published.cursor.to_string(),
+        duplicate: published.duplicate,
     }
 }
 
@@ -226,6 +253,31 @@ impl NotificationService for NotifyService {
         self.open(&principal, connection, request.into_inner())
             .map(Response::new)
             .map_err(|e| self.reject(e))
+    }
+
+    type PublishStreamStream = PublishResponses;
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<pb::PublishRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let principal = self.principal(&request).map_err(|e| self.reject(e))?;
+        self.auth
+            .policy
+            .may_publish(&principal)
+            .map_err(|e| self.reject(e.into()))?;
+        // A long-lived call like a subscription: it counts under the same stream limits.
+        let connection = Connection::of(request.extensions()).and_then(|c| c.remote);
+        let permit = self
+            .streams
+            .open(connection, &principal.user_id)
+            .map_err(|e| self.reject(e.into()))?;
+        Ok(Response::new(publish_stream::respond(
+            self.clone(),
+            principal,
+            permit,
+            request.into_inner(),
+        )))
     }
 
     async fn publish(
