@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cloudphone/notify/v1/service.proto.
  */
 export const file_cloudphone_notify_v1_service: GenFile = /*@__PURE__*/
-  fileDesc("CiJjbG91ZHBob25lL25vdGlmeS92MS9zZXJ2aWNlLnByb3RvEhRjbG91ZHBob25lLm5vdGlmeS52MSJ1ChBTdWJzY3JpYmVSZXF1ZXN0EhMKC2V2ZW50X3R5cGVzGAEgAygJEhEKCWRldmljZV9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEhIKCmFkbWluX2ZlZWQYBCABKAgSFAoMcmVzdW1lX2FmdGVyGAUgASgJIt4BChFTdWJzY3JpYmVSZXNwb25zZRIsCgVldmVudBgBIAEoCzIbLmNsb3VkcGhvbmUubm90aWZ5LnYxLkV2ZW50SAASMwoJY2F1Z2h0X3VwGAIgASgLMh4uY2xvdWRwaG9uZS5ub3RpZnkudjEuQ2F1Z2h0VXBIABIoCgNnYXAYAyABKAsyGS5jbG91ZHBob25lLm5vdGlmeS52MS5HYXBIABI0CgloZWFydGJlYXQYBCABKAsyHy5jbG91ZHBob25lLm5vdGlmeS52MS5IZWFydGJlYXRIAEIGCgRraW5kIhoKCENhdWdodFVwEg4KBmN1cnNvchgBIAEoCSJeCgNHYXASEwoLZnJvbV9jdXJzb3IYASABKAkSEQoJdG9fY3Vyc29yGAIgASgJEi8KBnJlYXNvbhgDIAEoDjIfLmNsb3VkcGhvbmUubm90aWZ5LnYxLkdhcFJlYXNvbiIbCglIZWFydGJlYXQSDgoGY3Vyc29yGAEgASgJImsKDlB1Ymxpc2hSZXF1ZXN0EhMKC3JvdXRpbmdfa2V5GAEgASgJEg4KBGpzb24YAiABKAxIABIsCgVldmVudBgDIAEoCzIbLmNsb3VkcGhvbmUubm90aWZ5LnYxLkV2ZW50SABCBgoEYm9keSJACg9QdWJsaXNoUmVzcG9uc2USCgoCaWQYASABKAkSDgoGY3Vyc29yGAIgASgJEhEKCWR1cGxpY2F0ZRgDIAEoCCJqChFMaXN0RXZlbnRzUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg0KBWFmdGVyGAIgASgJEg0KBWxpbWl0GAMgASgNEhMKC2V2ZW50X3R5cGVzGAQgAygJEhEKCWRldmljZV9pZBgFIAEoCSKLAQoSTGlzdEV2ZW50c1Jlc3BvbnNlEisKBmV2ZW50cxgBIAMoCzIbLmNsb3VkcGhvbmUubm90aWZ5LnYxLkV2ZW50EhMKC25leHRfY3Vyc29yGAIgASgJEgsKA2VuZBgDIAEoCBImCgNnYXAYBCABKAsyGS5jbG91ZHBob25lLm5vdGlmeS52MS5HYXAqXwoJR2FwUmVhc29uEhoKFkdBUF9SRUFTT05fVU5TUEVDSUZJRUQQABIYChRHQVBfUkVBU09OX1JFVEVOVElPThABEhwKGEdBUF9SRUFTT05fRVBPQ0hfQ0hBTkdFRBACMq4CChNOb3RpZmljYXRpb25TZXJ2aWNlEl4KCVN1YnNjcmliZRImLmNsb3VkcGhvbmUubm90aWZ5LnYxLlN1YnNjcmliZVJlcXVlc3QaJy5jbG91ZHBob25lLm5vdGlmeS52MS5TdWJzY3JpYmVSZXNwb25zZTABElYKB1B1Ymxpc2gSJC5jbG91ZHBob25lLm5vdGlmeS52MS5QdWJsaXNoUmVxdWVzdBolLmNsb3VkcGhvbmUubm90aWZ5LnYxLlB1Ymxpc2hSZXNwb25zZRJfCgpMaXN0RXZlbnRzEicuY2xvdWRwaG9uZS5ub3RpZnkudjEuTGlzdEV2ZW50c1JlcXVlc3QaKC5jbG91ZHBob25lLm5vdGlmeS52MS5MaXN0RXZlbnRzUmVzcG9uc2ViBnByb3RvMw", [file_cloudphone_notify_v1_events]);
+  fileDesc("CiJjbG91ZHBob25lL25vdGlmeS92MS9zZXJ2aWNlLnByb3RvEhRjbG91ZHBob25lLm5vdGlmeS52MSJ1ChBTdWJzY3JpYmVSZXF1ZXN0EhMKC2V2ZW50X3R5cGVzGAEgAygJEhEKCWRldmljZV9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEhIKCmFkbWluX2ZlZWQYBCABKAgSFAoMcmVzdW1lX2FmdGVyGAUgASgJIt4BChFTdWJzY3JpYmVSZXNwb25zZRIsCgVldmVudBgBIAEoCzIbLmNsb3VkcGhvbmUubm90aWZ5LnYxLkV2ZW50SAASMwoJY2F1Z2h0X3VwGAIgASgLMh4uY2xvdWRwaG9uZS5ub3RpZnkudjEuQ2F1Z2h0VXBIABIoCgNnYXAYAyABKAsyGS5jbG91ZHBob25lLm5vdGlmeS52MS5HYXBIABI0CgloZWFydGJlYXQYBCABKAsyHy5jbG91ZHBob25lLm5vdGlmeS52MS5IZWFydGJlYXRIAEIGCgRraW5kIhoKCENhdWdodFVwEg4KBmN1cnNvchgBIAEoCSJeCgNHYXASEwoLZnJvbV9jdXJzb3IYASABKAkSEQoJdG9fY3Vyc29yGAIgASgJEi8KBnJlYXNvbhgDIAEoDjIfLmNsb3VkcGhvbmUubm90aWZ5LnYxLkdhcFJlYXNvbiIbCglIZWFydGJlYXQSDgoGY3Vyc29yGAEgASgJImsKDlB1Ymxpc2hSZXF1ZXN0EhMKC3JvdXRpbmdfa2V5GAEgASgJEg4KBGpzb24YAiABKAxIABIsCgVldmVudBgDIAEoCzIbLmNsb3VkcGhvbmUubm90aWZ5LnYxLkV2ZW50SABCBgoEYm9keSJACg9QdWJsaXNoUmVzcG9uc2USCgoCaWQYASABKAkSDgoGY3Vyc29yGAIgASgJEhEKCWR1cGxpY2F0ZRgDIAEoCCKSAQoVUHVibGlzaFN0cmVhbVJlc3BvbnNlEjoKCXB1Ymxpc2hlZBgBIAEoCzIlLmNsb3VkcGhvbmUubm90aWZ5LnYxLlB1Ymxpc2hSZXNwb25zZUgAEjMKBWVycm9yGAIgASgLMiIuY2xvdWRwaG9uZS5ub3RpZnkudjEuUHVibGlzaEVycm9ySABCCAoGcmVzdWx0Ij0KDFB1Ymxpc2hFcnJvchIMCgRjb2RlGAEgASgFEg8KB21lc3NhZ2UYAiABKAkSDgoGcmVhc29uGAMgASgJImoKEUxpc3RFdmVudHNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSDQoFYWZ0ZXIYAiABKAkSDQoFbGltaXQYAyABKA0SEwoLZXZlbnRfdHlwZXMYBCADKAkSEQoJZGV2aWNlX2lkGAUgASgJIosBChJMaXN0RXZlbnRzUmVzcG9uc2USKwoGZXZlbnRzGAEgAygLMhsuY2xvdWRwaG9uZS5ub3RpZnkudjEuRXZlbnQSEwoLbmV4dF9jdXJzb3IYAiABKAkSCwoDZW5kGAMgASgIEiYKA2dhcBgEIAEoCzIZLmNsb3VkcGhvbmUubm90aWZ5LnYxLkdhcCpfCglHYXBSZWFzb24SGgoWR0FQX1JFQVNPTl9VTlNQRUNJRklFRBAAEhgKFEdBUF9SRUFTT05fUkVURU5USU9OEAESHAoYR0FQX1JFQVNPTl9FUE9DSF9DSEFOR0VEEAIylgMKE05vdGlmaWNhdGlvblNlcnZpY2USXgoJU3Vic2NyaWJlEiYuY2xvdWRwaG9uZS5ub3RpZnkudjEuU3Vic2NyaWJlUmVxdWVzdBonLmNsb3VkcGhvbmUubm90aWZ5LnYxLlN1YnNjcmliZVJlc3BvbnNlMAESVgoHUHVibGlzaBIkLmNsb3VkcGhvbmUubm90aWZ5LnYxLlB1Ymxpc2hSZXF1ZXN0GiUuY2xvdWRwaG9uZS5ub3RpZnkudjEuUHVibGlzaFJlc3BvbnNlEmYKDVB1Ymxpc2hTdHJlYW0SJC5jbG91ZHBob25lLm5vdGlmeS52MS5QdWJsaXNoUmVxdWVzdBorLmNsb3VkcGhvbmUubm90aWZ5LnYxLlB1Ymxpc2hTdHJlYW1SZXNwb25zZSgBMAESXwoKTGlzdEV2ZW50cxInLmNsb3VkcGhvbmUubm90aWZ5LnYxLkxpc3RFdmVudHNSZXF1ZXN0GiguY2xvdWRwaG9uZS5ub3RpZnkudjEuTGlzdEV2ZW50c1Jlc3BvbnNlYgZwcm90bzM", [file_cloudphone_notify_v1_events]);
 
 /**
  * What a subscriber wants to receive. Filters only ever narrow what the caller may see.
@@ -282,6 +282,81 @@ export const PublishResponseSchema: GenMessage<PublishResponse> = /*@__PURE__*/
   messageDesc(file_cloudphone_notify_v1_service, 6);
 
 /**
+ * The answer to one request of a `PublishStream`, in request order.
+ *
+ * @generated from message cloudphone.notify.v1.PublishStreamResponse
+ */
+export type PublishStreamResponse = Message<"cloudphone.notify.v1.PublishStreamResponse"> & {
+  /**
+   * The request's outcome.
+   *
+   * @generated from oneof cloudphone.notify.v1.PublishStreamResponse.result
+   */
+  result: {
+    /**
+     * Journaled (or recognised as a duplicate), as `Publish` answers.
+     *
+     * @generated from field: cloudphone.notify.v1.PublishResponse published = 1;
+     */
+    value: PublishResponse;
+    case: "published";
+  } | {
+    /**
+     * Refused or failed, with what `Publish` would have answered: the stream goes on.
+     *
+     * @generated from field: cloudphone.notify.v1.PublishError error = 2;
+     */
+    value: PublishError;
+    case: "error";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message cloudphone.notify.v1.PublishStreamResponse.
+ * Use `create(PublishStreamResponseSchema)` to create a new message.
+ */
+export const PublishStreamResponseSchema: GenMessage<PublishStreamResponse> = /*@__PURE__*/
+  messageDesc(file_cloudphone_notify_v1_service, 7);
+
+/**
+ * Why one request of a `PublishStream` was not published.
+ *
+ * @generated from message cloudphone.notify.v1.PublishError
+ */
+export type PublishError = Message<"cloudphone.notify.v1.PublishError"> & {
+  /**
+   * The gRPC status code `Publish` would have returned (`google.rpc.Code` numbering), e.g. 3
+   * INVALID_ARGUMENT for a bad body, 8 RESOURCE_EXHAUSTED over a limit, 14 UNAVAILABLE when
+   * the journal cannot be written (retry).
+   *
+   * @generated from field: int32 code = 1;
+   */
+  code: number;
+
+  /**
+   * The message `Publish` would have returned.
+   *
+   * @generated from field: string message = 2;
+   */
+  message: string;
+
+  /**
+   * A short machine-readable reason, the `reason` label of `notify_rejected_total`, e.g.
+   * `not_json`, `too_large`, `limit_publish_rate`, `unavailable`.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message cloudphone.notify.v1.PublishError.
+ * Use `create(PublishErrorSchema)` to create a new message.
+ */
+export const PublishErrorSchema: GenMessage<PublishError> = /*@__PURE__*/
+  messageDesc(file_cloudphone_notify_v1_service, 8);
+
+/**
  * A page of stored events.
  *
  * @generated from message cloudphone.notify.v1.ListEventsRequest
@@ -330,7 +405,7 @@ export type ListEventsRequest = Message<"cloudphone.notify.v1.ListEventsRequest"
  * Use `create(ListEventsRequestSchema)` to create a new message.
  */
 export const ListEventsRequestSchema: GenMessage<ListEventsRequest> = /*@__PURE__*/
-  messageDesc(file_cloudphone_notify_v1_service, 7);
+  messageDesc(file_cloudphone_notify_v1_service, 9);
 
 /**
  * One page of `ListEvents`.
@@ -375,7 +450,7 @@ export type ListEventsResponse = Message<"cloudphone.notify.v1.ListEventsRespons
  * Use `create(ListEventsResponseSchema)` to create a new message.
  */
 export const ListEventsResponseSchema: GenMessage<ListEventsResponse> = /*@__PURE__*/
-  messageDesc(file_cloudphone_notify_v1_service, 8);
+  messageDesc(file_cloudphone_notify_v1_service, 10);
 
 /**
  * Why a gap happened.
@@ -443,6 +518,22 @@ export const NotificationService: GenService<{
     methodKind: "unary";
     input: typeof PublishRequestSchema;
     output: typeof PublishResponseSchema;
+  },
+  /**
+   * Publishes many events on one call, for services that publish continuously: the token is
+   * checked once when the stream opens (and the stream ends with `UNAUTHENTICATED` when it
+   * expires), then each request is validated and published like a `Publish` call. One response
+   * per request, in request order, each sent once that event is journaled (or refused: a bad
+   * request gets an error response and the stream goes on). A request without a response when
+   * the stream ends was not published; send it again on a new stream (an event with an `eventId`
+   * is recognised as a duplicate if it was). HTTP/2 only: grpc-web has no client streaming.
+   *
+   * @generated from rpc cloudphone.notify.v1.NotificationService.PublishStream
+   */
+  publishStream: {
+    methodKind: "bidi_streaming";
+    input: typeof PublishRequestSchema;
+    output: typeof PublishStreamResponseSchema;
   },
   /**
    * Pages through stored history, oldest first, with the same authorization and filters as

@@ -1,0 +1,145 @@
+//! `PublishStream`: many `Publish` requests on one call, for services that publish continuously.
+//! The token is checked once, when the stream opens (by the service), instead of on every call.
+//!
+//! Owns: reading the requests in order, answering each one in the same order once its event is
+//! journaled or refused, keeping at most [`IN_FLIGHT`] requests unanswered, and ending the call
+//! when the client stops sending, the token expires or the server shuts down. Does not own: what
+//! makes a request valid or how it is published (the service's `submit_one`, the same path as
+//! `Publish`), or the status codes (`error`).
+//!
+//! Flow control: a reader task reads a request only when there is room among the unanswered
+//! ones. A client that sends faster than events are journaled, or does not read its answers,
+//! is held back by HTTP/2 flow control: the server never buffers more than [`IN_FLIGHT`]
+//! requests of one stream.
+
+use std::{pin::Pin, sync::Arc, time::SystemTime};
+
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
+use tonic::{Code, Status, Streaming};
+
+use super::{
+    error::ApiError,
+    limits::{LimitError, StreamPermit},
+    service::{NotifyService, published_response},
+};
+use crate::{
+    auth::Principal,
+    pb::{self, publish_stream_response::Result as Outcome},
+    sequencer::Receipt,
+};
+
+/// Requests of one stream read and not answered yet. Past it, the stream's requests wait in
+/// the client's HTTP/2 window. Large enough to keep the journal's batches full at the rates one
+/// service publishes (the sequencer journals up to its whole queue in one commit).
+pub const IN_FLIGHT: usize = 1024;
+
+/// The answers of one `PublishStream`.
+pub type PublishResponses =
+    Pin<Box<dyn Stream<Item = Result<pb::PublishStreamResponse, Status>> + Send>>;
+
+/// What the reader hands to the answering side, in request order.
+enum Pending {
+    /// A request: handed to the publisher (its receipt) or refused.
+    Request(Result<Receipt, ApiError>),
+    /// The stream ends with this status after everything before it was answered.
+    End(Status),
+}
+
+/// Starts reading `requests` and returns the stream of answers.
+pub fn respond(
+    service: NotifyService,
+    principal: Arc<Principal>,
+    permit: StreamPermit,
+    requests: Streaming<pb::PublishRequest>,
+) -> PublishResponses {
+    let (pending, answers) = mpsc::channel(IN_FLIGHT);
+    let metrics = Arc::clone(&service.metrics);
+    tokio::spawn(read(service, principal, permit, requests, pending));
+    Box::pin(ReceiverStream::new(answers).then(move |pending| {
+        let metrics = Arc::clone(&metrics);
+        async move {
+            let outcome = match pending {
+                Pending::Request(Ok(receipt)) => receipt.await.map_err(ApiError::from),
+                Pending::Request(Err(error)) => Err(error),
+                Pending::End(status) => return Err(status),
+            };
+            let result = match outcome {
+                Ok(published) => Outcome::Published(published_response(published)),
+                Err(error) => {
+                    metrics.record_rejected(error.reason());
+                    let reason = error.reason().to_owned();
+                    let status = Status::from(error);
+                    Outcome::Error(pb::PublishError {
+                        code: status.code() as i32,
+                        message: status.message().to_owned(),
+                        reason,
+                    })
+                }
+            };
+            Ok(pb::PublishStreamResponse {
+                result: Some(result),
+            })
+        }
+    }))
+}
+
+/// Reads the requests in order and hands each to the publisher, until the client has sent its
+/// last one, the stream breaks, the token expires or the server shuts down. The stream's place
+/// under the stream limits (`_permit`) is given back when this returns.
+async fn read(
+    service: NotifyService,
+    principal: Arc<Principal>,
+    _permit: StreamPermit,
+    mut requests: Streaming<pb::PublishRequest>,
+    pending: mpsc::Sender<Pending>,
+) {
+    let valid_for = principal
+        .expires_at
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    let expired = tokio::time::sleep(valid_for);
+    tokio::pin!(expired);
+    let end = loop {
+        // Room for one more answer first: this is what bounds the unanswered requests.
+        let permit = tokio::select! {
+            permit = pending.reserve() => match permit {
+                Ok(permit) => permit,
+                // The client is gone: nobody reads the answers.
+                Err(_) => return,
+            },
+            () = service.shutdown.cancelled() => return,
+        };
+        let request = tokio::select! {
+            biased;
+            () = service.shutdown.cancelled() => break Some(Status::unavailable(
+                "server is shutting down; requests without an answer were not published: \
+                 send them again on a new stream",
+            )),
+            () = &mut expired => break Some(Status::unauthenticated(
+                "token expired; requests without an answer were not published: open a new \
+                 stream with a fresh token and send them again",
+            )),
+            request = requests.message() => request,
+        };
+        match request {
+            Ok(Some(request)) => {
+                let submitted = service.submit_one(&principal, request).await;
+                permit.send(Pending::Request(submitted));
+            }
+            // The client has sent everything: the answers end once the last is sent.
+            Ok(None) => break None,
+            // A request message over the size the server reads at all: the stream cannot
+            // skip it (its bytes would have to be read), so it ends here.
+            Err(status) if status.code() == Code::OutOfRange => {
+                break Some(service.reject(ApiError::Limit(LimitError::MessageTooLarge)));
+            }
+            // The request stream broke (reset, bad frame): nobody to answer.
+            Err(_) => return,
+        }
+    };
+    if let Some(status) = end {
+        // After everything read so far is answered (the answers are in order).
+        let _ = pending.send(Pending::End(status)).await;
+    }
+}
