@@ -324,6 +324,51 @@ async fn loadgen_keeps_slow_subscribers_out_of_the_figures_and_the_server_keeps_
     assert_eq!(report["parameters"]["slow_subscribers"], 1, "{report}");
 }
 
+#[tokio::test]
+async fn loadgen_publishes_on_publish_streams() {
+    let server = TestServer::start().await;
+    let output = tokio::process::Command::new(BIN)
+        .args([
+            "loadgen",
+            "--server",
+            &server.url(),
+            "--jwt-secret",
+            TEST_SECRET,
+            "--scenario",
+            "per-user",
+            "--subscribers",
+            "20",
+            "--connections",
+            "2",
+            "--publishers",
+            "2",
+            "--publish-mode",
+            "stream",
+            "--rate",
+            "200",
+            "--duration",
+            "2s",
+            "--warmup",
+            "1s",
+            "--json",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {output:?}"));
+    assert_eq!(report["valid"], true, "{report}");
+    assert_eq!(report["parameters"]["publish_mode"], "stream", "{report}");
+    assert_eq!(report["publish"]["errors"], 0, "{report}");
+    let published = report["publish"]["ok"].as_u64().unwrap();
+    assert!(published >= 400, "{report}");
+    // Each published event was journaled and delivered: the server saw them as events in.
+    let events_in = server
+        .metric("notify_events_in_total{type=\"device.error\"}")
+        .await;
+    assert!(events_in >= published as f64, "{events_in} < {published}");
+}
+
 /// `serve --check` validates a deployment's configuration without starting anything: it says
 /// what would run, or why it would not, and creates nothing.
 #[tokio::test]

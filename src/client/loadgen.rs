@@ -135,6 +135,15 @@ impl Via {
     }
 }
 
+/// How `--via grpc` publishers call the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PublishMode {
+    /// One `Publish` call per event.
+    Unary,
+    /// One `PublishStream` per publisher, one request per event.
+    Stream,
+}
+
 /// Arguments of `loadgen`.
 #[derive(Debug, Args)]
 pub struct LoadgenArgs {
@@ -191,6 +200,11 @@ pub struct LoadgenArgs {
     /// RabbitMQ at --amqp-url, as the platform's producers do; the server must consume from it).
     #[arg(long, value_enum, default_value_t = Via::Grpc, env = "NOTIFY_LOADGEN_VIA")]
     pub via: Via,
+
+    /// `--via grpc`: `unary` (a `Publish` call per event) or `stream` (each publisher sends its
+    /// events on one `PublishStream`, the token checked once).
+    #[arg(long, value_enum, default_value_t = PublishMode::Unary, env = "NOTIFY_LOADGEN_PUBLISH_MODE")]
+    pub publish_mode: PublishMode,
 
     /// `--via amqp`: the RabbitMQ to publish to. Loopback only, like --server.
     #[arg(
@@ -601,6 +615,10 @@ fn check_args(args: &LoadgenArgs) -> anyhow::Result<()> {
         check_loopback("--amqp-url", &args.amqp_url)?;
         amqp::check_names(&args.exchange, &args.event_type)?;
     }
+    ensure!(
+        args.via == Via::Grpc || args.publish_mode == PublishMode::Unary,
+        "--publish-mode stream needs --via grpc (it is how publishers call the server)"
+    );
     ensure!(args.subscribers > 0, "--subscribers must be at least 1");
     ensure!(args.connections > 0, "--connections must be at least 1");
     ensure!(
@@ -769,7 +787,13 @@ async fn publish(
             .await
             .context("opening the publisher connections")?
             .into_iter()
-            .map(|channel| Transport::Grpc(NotificationServiceClient::new(channel)))
+            .map(|channel| {
+                let client = NotificationServiceClient::new(channel);
+                match args.publish_mode {
+                    PublishMode::Unary => Transport::Grpc(client),
+                    PublishMode::Stream => Transport::GrpcStream(client),
+                }
+            })
             .collect(),
     };
     let users = match args.scenario {

@@ -9,13 +9,15 @@
 //! publisher lag. Without a rate the loop is closed (a new call as soon as a window slot is free)
 //! and the stamp is the actual send instant.
 //!
-//! Both transports keep up to `--publish-window` events in flight per publisher: with gRPC,
-//! unary calls on one HTTP/2 connection; with AMQP, messages on one channel whose publisher
+//! Every transport keeps up to `--publish-window` events in flight per publisher: with gRPC,
+//! unary calls on one HTTP/2 connection (`--publish-mode unary`) or requests on one
+//! `PublishStream` (`--publish-mode stream`); with AMQP, messages on one channel whose publisher
 //! confirms have not arrived yet. An AMQP event counts as sent only once the broker confirmed it.
 
 use std::{
+    collections::VecDeque,
     fmt::Write as _,
-    sync::{Arc, atomic::Ordering::Relaxed},
+    sync::{Arc, Mutex, PoisonError, atomic::Ordering::Relaxed},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -23,13 +25,18 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use hdrhistogram::Histogram;
 use rand::{Rng as _, SeedableRng as _, rngs::SmallRng};
-use tokio::task::{JoinError, JoinSet};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::{JoinError, JoinSet},
+};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, transport::Channel};
 
 use super::{Live, LoadgenArgs, RunClock, Window, amqp, code_name, latency};
 use crate::pb::{
     self, notification_service_client::NotificationServiceClient, publish_request::Body,
+    publish_stream_response::Result as Outcome,
 };
 
 /// Distinct failure kinds kept per publisher with an example message each.
@@ -43,9 +50,87 @@ const LATE_SEND_GRACE_NS: u64 = 100_000_000;
 pub(super) enum Transport {
     /// `Publish` calls on the publisher's own HTTP/2 connection.
     Grpc(NotificationServiceClient<Channel>),
+    /// One `PublishStream` on the publisher's own HTTP/2 connection (opened when the
+    /// publisher starts, with its token).
+    GrpcStream(NotificationServiceClient<Channel>),
     /// Messages on the publisher's own confirm-mode AMQP channel (boxed: it carries a whole
     /// `BasicProperties`, several hundred bytes).
     Amqp(Box<amqp::Publisher>),
+}
+
+/// What one publish on a `PublishStream` comes to: `Ok(duplicate)` or why it failed.
+type StreamAnswer = oneshot::Sender<Result<bool, Failure>>;
+
+/// An open `PublishStream`: requests go out in order, and its answers, which come in the same
+/// order, resolve the oldest publish waiting.
+struct OpenStream {
+    requests: mpsc::Sender<pb::PublishRequest>,
+    waiting: Arc<Mutex<VecDeque<StreamAnswer>>>,
+}
+
+impl OpenStream {
+    async fn open(
+        client: &mut NotificationServiceClient<Channel>,
+        token: &str,
+        window: usize,
+    ) -> anyhow::Result<Self> {
+        let (requests, outbox) = mpsc::channel(window.max(1));
+        let request = crate::client::authorized(ReceiverStream::new(outbox), Some(token))?;
+        let mut answers = client
+            .publish_stream(request)
+            .await
+            .context("opening a PublishStream")?
+            .into_inner();
+        let waiting: Arc<Mutex<VecDeque<StreamAnswer>>> = Arc::default();
+        let answered = Arc::clone(&waiting);
+        tokio::spawn(async move {
+            let end = loop {
+                let result = match answers.message().await {
+                    Ok(Some(answer)) => match answer.result {
+                        Some(Outcome::Published(published)) => Ok(published.duplicate),
+                        Some(Outcome::Error(error)) => Err(Failure {
+                            code: code_name(Code::from(error.code)),
+                            message: error.message,
+                        }),
+                        None => Err(Failure {
+                            code: code_name(Code::Unknown),
+                            message: "an answer without a result".into(),
+                        }),
+                    },
+                    Ok(None) => break "the PublishStream ended".to_owned(),
+                    Err(status) => break format!("the PublishStream ended: {status}"),
+                };
+                let oldest = lock(&answered).pop_front();
+                if let Some(oldest) = oldest {
+                    let _ = oldest.send(result);
+                }
+            };
+            for waiting in lock(&answered).drain(..) {
+                let _ = waiting.send(Err(Failure {
+                    code: code_name(Code::Unavailable),
+                    message: end.clone(),
+                }));
+            }
+        });
+        Ok(Self { requests, waiting })
+    }
+
+    /// Sends one request; the receiver gets its answer. Waits while the stream's window is
+    /// full.
+    async fn send(&self, request: pb::PublishRequest) -> oneshot::Receiver<Result<bool, Failure>> {
+        let (answer, answered) = oneshot::channel();
+        lock(&self.waiting).push_back(answer);
+        if let Err(mpsc::error::SendError(_)) = self.requests.send(request).await {
+            // The stream is gone: this request was never sent, so it has no answer to wait
+            // for (dropping its sender says so to the receiver).
+            lock(&self.waiting).pop_back();
+        }
+        answered
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Whose events are published.
@@ -279,6 +364,12 @@ pub(super) async fn run(
     let mut bodies = BodyWriter::new(&plan, clock);
     let mut rng = SmallRng::from_rng(&mut rand::rng());
     let mut in_flight = JoinSet::new();
+    let stream = match &transport {
+        Transport::GrpcStream(client) => {
+            Some(OpenStream::open(&mut client.clone(), &token, plan.window).await?)
+        }
+        _ => None,
+    };
     let cancelled = stop.cancelled();
     tokio::pin!(cancelled);
 
@@ -365,6 +456,33 @@ pub(super) async fn run(
                     }
                 });
             }
+            Transport::GrpcStream(_) => {
+                let Some(stream) = &stream else {
+                    anyhow::bail!("the PublishStream is not open");
+                };
+                let request = pb::PublishRequest {
+                    routing_key: plan.routing_key.clone(),
+                    body: Some(Body::Json(body)),
+                };
+                let sent_ns = clock.now_ns();
+                let answered = stream.send(request).await;
+                in_flight.spawn(async move {
+                    let result = match tokio::time::timeout(timeout, answered).await {
+                        Ok(Ok(result)) => result,
+                        Ok(Err(_)) => Err(Failure {
+                            code: code_name(Code::Unavailable),
+                            message: "the PublishStream ended before the request was sent".into(),
+                        }),
+                        Err(_) => Err(too_late(timeout)),
+                    };
+                    Completion {
+                        stamp_ns,
+                        sent_ns,
+                        done_ns: clock.now_ns(),
+                        result,
+                    }
+                });
+            }
             Transport::Amqp(publisher) => {
                 let sent_ns = clock.now_ns();
                 let deadline = tokio::time::Instant::now() + timeout;
@@ -397,6 +515,8 @@ pub(super) async fn run(
             }
         }
     }
+    // The client's half of a stream ends here: the server answers what it read, then ends.
+    drop(stream);
     while let Some(joined) = in_flight.join_next().await {
         stats.complete(joined, &window, &live);
     }

@@ -365,6 +365,9 @@ impl Report {
             parameters["resumes"] = args.resumes.into();
             parameters["journal_events"] = args.journal_events.into();
         }
+        if args.via == Via::Grpc {
+            parameters["publish_mode"] = format!("{:?}", args.publish_mode).to_lowercase().into();
+        }
         if args.via == Via::Amqp {
             parameters["amqp_url"] = amqp::redact(&args.amqp_url).into();
             parameters["exchange"] = args.exchange.clone().into();
