@@ -27,7 +27,7 @@ use crate::{
     hub::{FilterLimits, Hub, HubConfig},
     ingest::{Ingest, IngestConfig, IngestState, Topology, topology},
     schema::DecodeOptions,
-    sequencer::{Publisher, Sequencer},
+    sequencer::{Publisher, Sequencer, SequencerSettings},
     store::{Durability, Journal, JournalSettings, Pruner, RedbJournal, Retention, Syncer},
     telemetry::{self, Metrics},
 };
@@ -327,7 +327,10 @@ fn single_node(
         journal,
         hub.clone(),
         metrics.clone(),
-        config.publish_queue_len,
+        SequencerSettings {
+            queue_len: config.publish_queue_len,
+            commit_delay: config.commit_delay,
+        },
         writer_stop.clone(),
     );
     let writer = supervise(

@@ -90,6 +90,13 @@ pub struct ServeConfig {
     #[arg(long, env = "NOTIFY_REPLAY_READERS", value_parser = at_least_one)]
     pub replay_readers: Option<usize>,
 
+    /// Group commit: when an event reaches an idle journal writer, it waits this long for more
+    /// before committing, so one commit (and one fsync) serves several events even at low
+    /// rates. Costs up to this much latency; saves most of the CPU a commit per event costs
+    /// (BENCHMARKS.md §9). 0 commits each event at once. At most 100ms.
+    #[arg(long, env = "NOTIFY_COMMIT_DELAY", default_value = "2ms", value_parser = commit_delay, help_heading = "Journal")]
+    pub commit_delay: Duration,
+
     /// Published events waiting for the sequencer. When full, `Publish` calls wait
     /// (backpressure) rather than fail or drop.
     #[arg(long, env = "NOTIFY_PUBLISH_QUEUE_LEN", default_value_t = 8192)]
@@ -493,6 +500,20 @@ fn at_least_one(text: &str) -> Result<usize, String> {
 }
 
 /// A duration greater than zero (`15s`, `500ms`).
+/// The most `--commit-delay` may be: beyond it the delay is a stall, not a batching window.
+pub const MAX_COMMIT_DELAY: Duration = Duration::from_millis(100);
+
+fn commit_delay(text: &str) -> Result<Duration, String> {
+    let delay = humantime::parse_duration(text).map_err(|error| error.to_string())?;
+    if delay > MAX_COMMIT_DELAY {
+        return Err(format!(
+            "at most {}",
+            humantime::format_duration(MAX_COMMIT_DELAY)
+        ));
+    }
+    Ok(delay)
+}
+
 fn positive_duration(text: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text) {
         Ok(duration) if duration.is_zero() => Err("must be greater than zero".into()),
@@ -512,6 +533,7 @@ mod tests {
         assert_eq!(config.metrics_listen.to_string(), "127.0.0.1:9464");
         assert_eq!(config.subscriber_queue_len, 1024);
         assert_eq!(config.heartbeat_interval, Duration::from_secs(15));
+        assert_eq!(config.commit_delay, Duration::from_millis(2));
         assert!(!config.strict_schema);
         assert_eq!(config.amqp_url, None);
         assert_eq!(config.exchange, "cloudphone.events");
@@ -593,6 +615,17 @@ mod tests {
             ServeConfig::default().max_event_bytes,
             crate::schema::DEFAULT_MAX_EVENT_BYTES
         );
+    }
+
+    #[test]
+    fn a_commit_delay_above_the_limit_is_refused() {
+        let parse = |delay: &str| Cli::try_parse_from(["notify-backbone", "--commit-delay", delay]);
+        assert_eq!(
+            parse("0").map(|cli| cli.serve.commit_delay).ok(),
+            Some(Duration::ZERO)
+        );
+        assert!(parse("100ms").is_ok());
+        assert!(parse("101ms").is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! One writer keeps ordering trivial (no two fan-outs interleave) and lets the journal commit a
 //! whole batch at once — the group commit the durable journal relies on.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -57,6 +57,17 @@ struct Submission {
     reply: Reply,
 }
 
+/// How the sequencer queues and commits.
+#[derive(Debug, Clone, Copy)]
+pub struct SequencerSettings {
+    /// Submissions waiting for the sequencer (`--publish-queue-len`): when full, submitters
+    /// wait.
+    pub queue_len: usize,
+    /// Group commit (`--commit-delay`): how long an event that finds the writer idle waits
+    /// for others to share its commit.
+    pub commit_delay: Duration,
+}
+
 /// Submits events to the sequencer; cheap to clone.
 #[derive(Clone)]
 pub struct Sequencer {
@@ -71,11 +82,18 @@ impl Sequencer {
         journal: impl Journal,
         hub: Hub,
         metrics: Arc<Metrics>,
-        queue_len: usize,
+        settings: SequencerSettings,
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(queue_len.max(1));
-        let task = tokio::spawn(run(journal, hub, metrics, rx, shutdown));
+        let (tx, rx) = mpsc::channel(settings.queue_len.max(1));
+        let task = tokio::spawn(run(
+            journal,
+            hub,
+            metrics,
+            rx,
+            settings.commit_delay,
+            shutdown,
+        ));
         (Self { tx }, task)
     }
 
@@ -161,6 +179,7 @@ async fn run<J: Journal>(
     hub: Hub,
     metrics: Arc<Metrics>,
     mut rx: mpsc::Receiver<Submission>,
+    commit_delay: Duration,
     shutdown: CancellationToken,
 ) {
     let mut journal = Some(journal);
@@ -194,6 +213,21 @@ async fn run<J: Journal>(
             };
             if received == 0 {
                 break;
+            }
+            // Group commit. The writer was idle, so this batch is what arrived since: at low
+            // rates a single event. Each commit costs a hand-off to a blocking thread, an
+            // fsync and the hand-off back, several times the CPU of routing the event, so the
+            // batch waits a moment for company. Under load this branch is rare: batches
+            // gather while the previous one commits (the pipelined branch above).
+            if !commit_delay.is_zero() && !draining && batch.len() < MAX_BATCH {
+                tokio::select! {
+                    () = tokio::time::sleep(commit_delay) => {}
+                    () = shutdown.cancelled() => {}
+                }
+                while batch.len() < MAX_BATCH {
+                    let Ok(submission) = rx.try_recv() else { break };
+                    batch.push(submission);
+                }
             }
         }
         let commit = if batch.is_empty() {
@@ -440,6 +474,62 @@ mod tests {
         }
     }
 
+    /// A sequencer on a journal that records its batches' sizes.
+    fn sequencer_with_delay(commit_delay: Duration) -> (Sequencer, Arc<Mutex<Vec<usize>>>) {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let journal = TestJournal {
+            stored: Arc::default(),
+            batches: Arc::clone(&batches),
+            fail_batch: usize::MAX,
+            head: 0,
+        };
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new(
+            HubConfig {
+                queue_len: 16,
+                replay_readers: 1,
+                heartbeat_interval: Duration::from_secs(15),
+            },
+            journal.head(),
+            Arc::clone(&metrics),
+            journal.reader(),
+        );
+        let settings = SequencerSettings {
+            queue_len: 64,
+            commit_delay,
+        };
+        let (sequencer, _task) =
+            Sequencer::spawn(journal, hub, metrics, settings, CancellationToken::new());
+        (sequencer, batches)
+    }
+
+    /// Group commit: an event that finds the writer idle waits `--commit-delay` for others to
+    /// share its commit; one that comes after the delay gets a commit of its own.
+    #[tokio::test(start_paused = true)]
+    async fn events_within_the_commit_delay_share_one_commit() {
+        let (sequencer, batches) = sequencer_with_delay(Duration::from_millis(2));
+        let first = sequencer.submit(decoded("a".into())).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let second = sequencer.submit(decoded("b".into())).await.unwrap();
+        assert_eq!(first.await.unwrap().cursor.position, 1);
+        assert_eq!(second.await.unwrap().cursor.position, 2);
+        assert_eq!(*batches.lock().unwrap(), [2]);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        sequencer.publish(decoded("c".into())).await.unwrap();
+        assert_eq!(*batches.lock().unwrap(), [2, 1]);
+    }
+
+    /// Without a delay, an event that finds the writer idle is committed at once, alone.
+    #[tokio::test(start_paused = true)]
+    async fn no_commit_delay_commits_each_event_at_once() {
+        let (sequencer, batches) = sequencer_with_delay(Duration::ZERO);
+        let first = sequencer.submit(decoded("a".into())).await.unwrap();
+        first.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        sequencer.publish(decoded("b".into())).await.unwrap();
+        assert_eq!(*batches.lock().unwrap(), [1, 1]);
+    }
+
     /// Many concurrent submitters, several (pipelined) batches, one of which the journal fails:
     /// the hub must see exactly the stored events, in journal order, and every submitter must
     /// get its own outcome.
@@ -467,7 +557,11 @@ mod tests {
         let filter = Filter::new(Users::All, false, &[], "", FilterLimits::default()).unwrap();
         let mut firehose = hub.subscribe(filter, Viewer::Admin, None).unwrap();
         let shutdown = CancellationToken::new();
-        let (sequencer, task) = Sequencer::spawn(journal, hub, metrics, 64, shutdown.clone());
+        let settings = SequencerSettings {
+            queue_len: 64,
+            commit_delay: Duration::ZERO,
+        };
+        let (sequencer, task) = Sequencer::spawn(journal, hub, metrics, settings, shutdown.clone());
 
         let mut submitters = Vec::new();
         for t in 0..8 {
