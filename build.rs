@@ -50,7 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let publish_stream = tonic_build::manual::Method::builder()
         .name("publish_stream")
         .route_name("PublishStream")
-        .input_type("crate::pb::PublishRequest")
+        .input_type("crate::pb::PublishStreamRequest")
         .output_type("crate::pb::PublishStreamResponse")
         .codec_path("tonic_prost::ProstCodec")
         .client_streaming()

@@ -14,10 +14,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Streaming, transport::Channel};
 
-fn json(routing_key: &str, body: &str) -> pb::PublishRequest {
-    pb::PublishRequest {
-        routing_key: routing_key.into(),
-        body: Some(Body::Json(body.as_bytes().to_vec())),
+fn json(routing_key: &str, body: &str) -> pb::PublishStreamRequest {
+    pb::PublishStreamRequest {
+        publish: Some(pb::PublishRequest {
+            routing_key: routing_key.into(),
+            body: Some(Body::Json(body.as_bytes().to_vec())),
+        }),
     }
 }
 
@@ -27,7 +29,7 @@ async fn open(
     token: &str,
 ) -> Result<
     (
-        mpsc::Sender<pb::PublishRequest>,
+        mpsc::Sender<pb::PublishStreamRequest>,
         Streaming<pb::PublishStreamResponse>,
     ),
     tonic::Status,
@@ -75,10 +77,13 @@ async fn answers_come_in_request_order_and_a_bad_request_does_not_end_the_stream
         json("device.error", "{not json"),
         json("device.error", &device_error("ps-2", "bob", "d2")),
         json("device.error", &device_error("ps-1", "alice", "d1")),
-        pb::PublishRequest {
-            routing_key: "device.error".into(),
-            body: None,
+        pb::PublishStreamRequest {
+            publish: Some(pb::PublishRequest {
+                routing_key: "device.error".into(),
+                body: None,
+            }),
         },
+        pb::PublishStreamRequest { publish: None },
         json("device.error", &device_error("ps-3", "alice", "d3")),
     ];
     for request in sent {
@@ -99,11 +104,14 @@ async fn answers_come_in_request_order_and_a_bad_request_does_not_end_the_stream
         again.cursor, first.cursor,
         "a duplicate answers the first one's cursor"
     );
-    let no_body = refused(next_answer(&mut answers).await);
-    assert_eq!(
-        (no_body.code, no_body.reason.as_str()),
-        (Code::InvalidArgument as i32, "missing_field")
-    );
+    for what in ["no body", "no publish"] {
+        let missing = refused(next_answer(&mut answers).await);
+        assert_eq!(
+            (missing.code, missing.reason.as_str()),
+            (Code::InvalidArgument as i32, "missing_field"),
+            "{what}"
+        );
+    }
     let third = published(next_answer(&mut answers).await);
     assert_eq!(third.id, "ps-3");
     // Every request answered, the stream ends OK.

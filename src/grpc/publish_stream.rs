@@ -51,7 +51,7 @@ pub fn respond(
     service: NotifyService,
     principal: Arc<Principal>,
     permit: StreamPermit,
-    requests: Streaming<pb::PublishRequest>,
+    requests: Streaming<pb::PublishStreamRequest>,
 ) -> PublishResponses {
     let (pending, answers) = mpsc::channel(IN_FLIGHT);
     let metrics = Arc::clone(&service.metrics);
@@ -91,7 +91,7 @@ async fn read(
     service: NotifyService,
     principal: Arc<Principal>,
     _permit: StreamPermit,
-    mut requests: Streaming<pb::PublishRequest>,
+    mut requests: Streaming<pb::PublishStreamRequest>,
     pending: mpsc::Sender<Pending>,
 ) {
     let valid_for = principal
@@ -124,6 +124,8 @@ async fn read(
         };
         match request {
             Ok(Some(request)) => {
+                // A request without its `publish` is refused like a `Publish` without a body.
+                let request = request.publish.unwrap_or_default();
                 let submitted = service.submit_one(&principal, request).await;
                 permit.send(Pending::Request(submitted));
             }

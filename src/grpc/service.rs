@@ -259,7 +259,7 @@ impl NotificationService for NotifyService {
 
     async fn publish_stream(
         &self,
-        request: Request<Streaming<pb::PublishRequest>>,
+        request: Request<Streaming<pb::PublishStreamRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
         let principal = self.principal(&request).map_err(|e| self.reject(e))?;
         self.auth

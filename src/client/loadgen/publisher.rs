@@ -64,7 +64,7 @@ type StreamAnswer = oneshot::Sender<Result<bool, Failure>>;
 /// An open `PublishStream`: requests go out in order, and its answers, which come in the same
 /// order, resolve the oldest publish waiting.
 struct OpenStream {
-    requests: mpsc::Sender<pb::PublishRequest>,
+    requests: mpsc::Sender<pb::PublishStreamRequest>,
     waiting: Arc<Mutex<VecDeque<StreamAnswer>>>,
 }
 
@@ -120,6 +120,9 @@ impl OpenStream {
     async fn send(&self, request: pb::PublishRequest) -> oneshot::Receiver<Result<bool, Failure>> {
         let (answer, answered) = oneshot::channel();
         lock(&self.waiting).push_back(answer);
+        let request = pb::PublishStreamRequest {
+            publish: Some(request),
+        };
         if let Err(mpsc::error::SendError(_)) = self.requests.send(request).await {
             // The stream is gone: this request was never sent, so it has no answer to wait
             // for (dropping its sender says so to the receiver).

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cloudphone/notify/v1/service.proto.
  */
 export const file_cloudphone_notify_v1_service: GenFile = /*@__PURE__*/
-  fileDesc("CiJjbG91ZHBob25lL25vdGlmeS92MS9zZXJ2aWNlLnByb3RvEhRjbG91ZHBob25lLm5vdGlmeS52MSJ1ChBTdWJzY3JpYmVSZXF1ZXN0EhMKC2V2ZW50X3R5cGVzGAEgAygJEhEKCWRldmljZV9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEhIKCmFkbWluX2ZlZWQYBCABKAgSFAoMcmVzdW1lX2FmdGVyGAUgASgJIt4BChFTdWJzY3JpYmVSZXNwb25zZRIsCgVldmVudBgBIAEoCzIbLmNsb3VkcGhvbmUubm90aWZ5LnYxLkV2ZW50SAASMwoJY2F1Z2h0X3VwGAIgASgLMh4uY2xvdWRwaG9uZS5ub3RpZnkudjEuQ2F1Z2h0VXBIABIoCgNnYXAYAyABKAsyGS5jbG91ZHBob25lLm5vdGlmeS52MS5HYXBIABI0CgloZWFydGJlYXQYBCABKAsyHy5jbG91ZHBob25lLm5vdGlmeS52MS5IZWFydGJlYXRIAEIGCgRraW5kIhoKCENhdWdodFVwEg4KBmN1cnNvchgBIAEoCSJeCgNHYXASEwoLZnJvbV9jdXJzb3IYASABKAkSEQoJdG9fY3Vyc29yGAIgASgJEi8KBnJlYXNvbhgDIAEoDjIfLmNsb3VkcGhvbmUubm90aWZ5LnYxLkdhcFJlYXNvbiIbCglIZWFydGJlYXQSDgoGY3Vyc29yGAEgASgJImsKDlB1Ymxpc2hSZXF1ZXN0EhMKC3JvdXRpbmdfa2V5GAEgASgJEg4KBGpzb24YAiABKAxIABIsCgVldmVudBgDIAEoCzIbLmNsb3VkcGhvbmUubm90aWZ5LnYxLkV2ZW50SABCBgoEYm9keSJACg9QdWJsaXNoUmVzcG9uc2USCgoCaWQYASABKAkSDgoGY3Vyc29yGAIgASgJEhEKCWR1cGxpY2F0ZRgDIAEoCCKSAQoVUHVibGlzaFN0cmVhbVJlc3BvbnNlEjoKCXB1Ymxpc2hlZBgBIAEoCzIlLmNsb3VkcGhvbmUubm90aWZ5LnYxLlB1Ymxpc2hSZXNwb25zZUgAEjMKBWVycm9yGAIgASgLMiIuY2xvdWRwaG9uZS5ub3RpZnkudjEuUHVibGlzaEVycm9ySABCCAoGcmVzdWx0Ij0KDFB1Ymxpc2hFcnJvchIMCgRjb2RlGAEgASgFEg8KB21lc3NhZ2UYAiABKAkSDgoGcmVhc29uGAMgASgJImoKEUxpc3RFdmVudHNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSDQoFYWZ0ZXIYAiABKAkSDQoFbGltaXQYAyABKA0SEwoLZXZlbnRfdHlwZXMYBCADKAkSEQoJZGV2aWNlX2lkGAUgASgJIosBChJMaXN0RXZlbnRzUmVzcG9uc2USKwoGZXZlbnRzGAEgAygLMhsuY2xvdWRwaG9uZS5ub3RpZnkudjEuRXZlbnQSEwoLbmV4dF9jdXJzb3IYAiABKAkSCwoDZW5kGAMgASgIEiYKA2dhcBgEIAEoCzIZLmNsb3VkcGhvbmUubm90aWZ5LnYxLkdhcCpfCglHYXBSZWFzb24SGgoWR0FQX1JFQVNPTl9VTlNQRUNJRklFRBAAEhgKFEdBUF9SRUFTT05fUkVURU5USU9OEAESHAoYR0FQX1JFQVNPTl9FUE9DSF9DSEFOR0VEEAIylgMKE05vdGlmaWNhdGlvblNlcnZpY2USXgoJU3Vic2NyaWJlEiYuY2xvdWRwaG9uZS5ub3RpZnkudjEuU3Vic2NyaWJlUmVxdWVzdBonLmNsb3VkcGhvbmUubm90aWZ5LnYxLlN1YnNjcmliZVJlc3BvbnNlMAESVgoHUHVibGlzaBIkLmNsb3VkcGhvbmUubm90aWZ5LnYxLlB1Ymxpc2hSZXF1ZXN0GiUuY2xvdWRwaG9uZS5ub3RpZnkudjEuUHVibGlzaFJlc3BvbnNlEmYKDVB1Ymxpc2hTdHJlYW0SJC5jbG91ZHBob25lLm5vdGlmeS52MS5QdWJsaXNoUmVxdWVzdBorLmNsb3VkcGhvbmUubm90aWZ5LnYxLlB1Ymxpc2hTdHJlYW1SZXNwb25zZSgBMAESXwoKTGlzdEV2ZW50cxInLmNsb3VkcGhvbmUubm90aWZ5LnYxLkxpc3RFdmVudHNSZXF1ZXN0GiguY2xvdWRwaG9uZS5ub3RpZnkudjEuTGlzdEV2ZW50c1Jlc3BvbnNlYgZwcm90bzM", [file_cloudphone_notify_v1_events]);
+  fileDesc("CiJjbG91ZHBob25lL25vdGlmeS92MS9zZXJ2aWNlLnByb3RvEhRjbG91ZHBob25lLm5vdGlmeS52MSJ1ChBTdWJzY3JpYmVSZXF1ZXN0EhMKC2V2ZW50X3R5cGVzGAEgAygJEhEKCWRldmljZV9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEhIKCmFkbWluX2ZlZWQYBCABKAgSFAoMcmVzdW1lX2FmdGVyGAUgASgJIt4BChFTdWJzY3JpYmVSZXNwb25zZRIsCgVldmVudBgBIAEoCzIbLmNsb3VkcGhvbmUubm90aWZ5LnYxLkV2ZW50SAASMwoJY2F1Z2h0X3VwGAIgASgLMh4uY2xvdWRwaG9uZS5ub3RpZnkudjEuQ2F1Z2h0VXBIABIoCgNnYXAYAyABKAsyGS5jbG91ZHBob25lLm5vdGlmeS52MS5HYXBIABI0CgloZWFydGJlYXQYBCABKAsyHy5jbG91ZHBob25lLm5vdGlmeS52MS5IZWFydGJlYXRIAEIGCgRraW5kIhoKCENhdWdodFVwEg4KBmN1cnNvchgBIAEoCSJeCgNHYXASEwoLZnJvbV9jdXJzb3IYASABKAkSEQoJdG9fY3Vyc29yGAIgASgJEi8KBnJlYXNvbhgDIAEoDjIfLmNsb3VkcGhvbmUubm90aWZ5LnYxLkdhcFJlYXNvbiIbCglIZWFydGJlYXQSDgoGY3Vyc29yGAEgASgJImsKDlB1Ymxpc2hSZXF1ZXN0EhMKC3JvdXRpbmdfa2V5GAEgASgJEg4KBGpzb24YAiABKAxIABIsCgVldmVudBgDIAEoCzIbLmNsb3VkcGhvbmUubm90aWZ5LnYxLkV2ZW50SABCBgoEYm9keSJACg9QdWJsaXNoUmVzcG9uc2USCgoCaWQYASABKAkSDgoGY3Vyc29yGAIgASgJEhEKCWR1cGxpY2F0ZRgDIAEoCCJNChRQdWJsaXNoU3RyZWFtUmVxdWVzdBI1CgdwdWJsaXNoGAEgASgLMiQuY2xvdWRwaG9uZS5ub3RpZnkudjEuUHVibGlzaFJlcXVlc3QikgEKFVB1Ymxpc2hTdHJlYW1SZXNwb25zZRI6CglwdWJsaXNoZWQYASABKAsyJS5jbG91ZHBob25lLm5vdGlmeS52MS5QdWJsaXNoUmVzcG9uc2VIABIzCgVlcnJvchgCIAEoCzIiLmNsb3VkcGhvbmUubm90aWZ5LnYxLlB1Ymxpc2hFcnJvckgAQggKBnJlc3VsdCI9CgxQdWJsaXNoRXJyb3ISDAoEY29kZRgBIAEoBRIPCgdtZXNzYWdlGAIgASgJEg4KBnJlYXNvbhgDIAEoCSJqChFMaXN0RXZlbnRzUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg0KBWFmdGVyGAIgASgJEg0KBWxpbWl0GAMgASgNEhMKC2V2ZW50X3R5cGVzGAQgAygJEhEKCWRldmljZV9pZBgFIAEoCSKLAQoSTGlzdEV2ZW50c1Jlc3BvbnNlEisKBmV2ZW50cxgBIAMoCzIbLmNsb3VkcGhvbmUubm90aWZ5LnYxLkV2ZW50EhMKC25leHRfY3Vyc29yGAIgASgJEgsKA2VuZBgDIAEoCBImCgNnYXAYBCABKAsyGS5jbG91ZHBob25lLm5vdGlmeS52MS5HYXAqXwoJR2FwUmVhc29uEhoKFkdBUF9SRUFTT05fVU5TUEVDSUZJRUQQABIYChRHQVBfUkVBU09OX1JFVEVOVElPThABEhwKGEdBUF9SRUFTT05fRVBPQ0hfQ0hBTkdFRBACMpwDChNOb3RpZmljYXRpb25TZXJ2aWNlEl4KCVN1YnNjcmliZRImLmNsb3VkcGhvbmUubm90aWZ5LnYxLlN1YnNjcmliZVJlcXVlc3QaJy5jbG91ZHBob25lLm5vdGlmeS52MS5TdWJzY3JpYmVSZXNwb25zZTABElYKB1B1Ymxpc2gSJC5jbG91ZHBob25lLm5vdGlmeS52MS5QdWJsaXNoUmVxdWVzdBolLmNsb3VkcGhvbmUubm90aWZ5LnYxLlB1Ymxpc2hSZXNwb25zZRJsCg1QdWJsaXNoU3RyZWFtEiouY2xvdWRwaG9uZS5ub3RpZnkudjEuUHVibGlzaFN0cmVhbVJlcXVlc3QaKy5jbG91ZHBob25lLm5vdGlmeS52MS5QdWJsaXNoU3RyZWFtUmVzcG9uc2UoATABEl8KCkxpc3RFdmVudHMSJy5jbG91ZHBob25lLm5vdGlmeS52MS5MaXN0RXZlbnRzUmVxdWVzdBooLmNsb3VkcGhvbmUubm90aWZ5LnYxLkxpc3RFdmVudHNSZXNwb25zZWIGcHJvdG8z", [file_cloudphone_notify_v1_events]);
 
 /**
  * What a subscriber wants to receive. Filters only ever narrow what the caller may see.
@@ -282,6 +282,27 @@ export const PublishResponseSchema: GenMessage<PublishResponse> = /*@__PURE__*/
   messageDesc(file_cloudphone_notify_v1_service, 6);
 
 /**
+ * One request of a `PublishStream`.
+ *
+ * @generated from message cloudphone.notify.v1.PublishStreamRequest
+ */
+export type PublishStreamRequest = Message<"cloudphone.notify.v1.PublishStreamRequest"> & {
+  /**
+   * The event, exactly as a `Publish` call would send it.
+   *
+   * @generated from field: cloudphone.notify.v1.PublishRequest publish = 1;
+   */
+  publish?: PublishRequest | undefined;
+};
+
+/**
+ * Describes the message cloudphone.notify.v1.PublishStreamRequest.
+ * Use `create(PublishStreamRequestSchema)` to create a new message.
+ */
+export const PublishStreamRequestSchema: GenMessage<PublishStreamRequest> = /*@__PURE__*/
+  messageDesc(file_cloudphone_notify_v1_service, 7);
+
+/**
  * The answer to one request of a `PublishStream`, in request order.
  *
  * @generated from message cloudphone.notify.v1.PublishStreamResponse
@@ -316,7 +337,7 @@ export type PublishStreamResponse = Message<"cloudphone.notify.v1.PublishStreamR
  * Use `create(PublishStreamResponseSchema)` to create a new message.
  */
 export const PublishStreamResponseSchema: GenMessage<PublishStreamResponse> = /*@__PURE__*/
-  messageDesc(file_cloudphone_notify_v1_service, 7);
+  messageDesc(file_cloudphone_notify_v1_service, 8);
 
 /**
  * Why one request of a `PublishStream` was not published.
@@ -354,7 +375,7 @@ export type PublishError = Message<"cloudphone.notify.v1.PublishError"> & {
  * Use `create(PublishErrorSchema)` to create a new message.
  */
 export const PublishErrorSchema: GenMessage<PublishError> = /*@__PURE__*/
-  messageDesc(file_cloudphone_notify_v1_service, 8);
+  messageDesc(file_cloudphone_notify_v1_service, 9);
 
 /**
  * A page of stored events.
@@ -405,7 +426,7 @@ export type ListEventsRequest = Message<"cloudphone.notify.v1.ListEventsRequest"
  * Use `create(ListEventsRequestSchema)` to create a new message.
  */
 export const ListEventsRequestSchema: GenMessage<ListEventsRequest> = /*@__PURE__*/
-  messageDesc(file_cloudphone_notify_v1_service, 9);
+  messageDesc(file_cloudphone_notify_v1_service, 10);
 
 /**
  * One page of `ListEvents`.
@@ -450,7 +471,7 @@ export type ListEventsResponse = Message<"cloudphone.notify.v1.ListEventsRespons
  * Use `create(ListEventsResponseSchema)` to create a new message.
  */
 export const ListEventsResponseSchema: GenMessage<ListEventsResponse> = /*@__PURE__*/
-  messageDesc(file_cloudphone_notify_v1_service, 10);
+  messageDesc(file_cloudphone_notify_v1_service, 11);
 
 /**
  * Why a gap happened.
@@ -532,7 +553,7 @@ export const NotificationService: GenService<{
    */
   publishStream: {
     methodKind: "bidi_streaming";
-    input: typeof PublishRequestSchema;
+    input: typeof PublishStreamRequestSchema;
     output: typeof PublishStreamResponseSchema;
   },
   /**
