@@ -7,7 +7,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::client::{LoadgenArgs, PublishArgs, SubscribeArgs, TokenArgs};
+use crate::client::{PublishArgs, SubscribeArgs, TokenArgs};
 
 /// notify-backbone: typed platform events, streamed over gRPC and grpc-web.
 #[derive(Debug, Parser)]
@@ -34,8 +34,6 @@ pub enum Command {
     Subscribe(SubscribeArgs),
     /// Publish one event (a producer's JSON body) and print its id and cursor.
     Publish(PublishArgs),
-    /// Load generator: subscribers and publishers against a running server.
-    Loadgen(Box<LoadgenArgs>),
     /// Mint a platform-style HS256 token (for development and tests).
     Token(TokenArgs),
 }

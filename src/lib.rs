@@ -20,7 +20,10 @@
 //! | [`telemetry`] | logging setup, Prometheus metrics and the `/metrics` endpoint             |
 //! | [`config`]    | every knob of `serve`: CLI flag + env var + documented default            |
 //! | [`app`]       | wires the stages together, owns shutdown and task tracking                |
-//! | [`client`]    | the command-line clients: `subscribe`, `publish`, `loadgen`, `token`      |
+//! | [`client`]    | the command-line clients: `subscribe`, `publish`, `token`                 |
+//!
+//! The load generator is not here: it is `bench/` (`notify-bench`), a crate of its own in this
+//! workspace that uses this library as any client would.
 
 pub mod app;
 pub mod auth;

@@ -16,7 +16,6 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Serve(config)) => serve(*config).await,
         Some(Command::Subscribe(args)) => client::subscribe(args).await,
         Some(Command::Publish(args)) => client::publish(args).await,
-        Some(Command::Loadgen(args)) => client::loadgen(*args).await,
         Some(Command::Token(args)) => client::token(args),
     }
 }

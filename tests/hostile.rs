@@ -206,7 +206,7 @@ async fn ids_longer_than_a_filter_can_name_are_refused() {
 /// stream's poll once read the journal on an async worker until something matched, so 60 of
 /// them held every live stream, `Publish` and health check for seconds. Now replays read on
 /// the journal readers in bounded steps. (That a live stream keeps its latency during such a
-/// storm is measured by `loadgen --scenario resume-storm`, BENCHMARKS.md; here: everyone gets
+/// storm is measured by `notify-bench --scenario resume-storm`, BENCHMARKS.md; here: everyone gets
 /// what they should while it runs.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_storm_completes_for_everyone_while_live_delivery_goes_on() {

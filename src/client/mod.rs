@@ -1,10 +1,11 @@
 //! The command-line clients: real gRPC clients on the generated stubs, for people (`subscribe`,
-//! `publish`) and for measuring (`loadgen`), and `token`, which mints development tokens.
+//! `publish`), and `token`, which mints development tokens. The load generator is a crate of its
+//! own (`bench/`, binary `notify-bench`) that uses [`authorized`], [`mint_with`] and
+//! [`secret_or_dev`] from here.
 //!
 //! Owns: argument parsing of the client subcommands and their output formats. Does not own
 //! anything of the server; these talk to it over the network like any other client.
 
-mod loadgen;
 mod token;
 
 use std::path::PathBuf;
@@ -15,8 +16,7 @@ use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use tonic::transport::{Channel, Endpoint};
 
-pub use loadgen::{LoadgenArgs, loadgen};
-pub use token::{TokenArgs, token};
+pub use token::{TokenArgs, mint_with, secret_or_dev, token};
 
 use crate::pb::{
     self, notification_service_client::NotificationServiceClient, publish_request::Body,
@@ -84,7 +84,7 @@ fn refused(status: tonic::Status) -> anyhow::Error {
 }
 
 /// `message` with `authorization: Bearer <token>` metadata when a token is given.
-pub(crate) fn authorized<T>(message: T, token: Option<&str>) -> anyhow::Result<tonic::Request<T>> {
+pub fn authorized<T>(message: T, token: Option<&str>) -> anyhow::Result<tonic::Request<T>> {
     let mut request = tonic::Request::new(message);
     if let Some(token) = token {
         let value = format!("Bearer {token}")

@@ -47,7 +47,7 @@ pub fn mint(args: &TokenArgs) -> anyhow::Result<String> {
 }
 
 /// `secret`, or else the secret of a server started with `--dev` in this directory.
-pub(crate) fn secret_or_dev(secret: Option<&str>) -> anyhow::Result<String> {
+pub fn secret_or_dev(secret: Option<&str>) -> anyhow::Result<String> {
     let secret = match secret {
         Some(secret) => secret.to_owned(),
         None => std::fs::read_to_string(auth::DEV_SECRET_FILE)
@@ -66,7 +66,7 @@ pub(crate) fn secret_or_dev(secret: Option<&str>) -> anyhow::Result<String> {
 }
 
 /// An HS256 token for `sub` with `roles`.
-pub(crate) fn mint_with(
+pub fn mint_with(
     secret: &str,
     sub: &str,
     roles: &[String],

@@ -27,7 +27,9 @@ use super::{
     token, with_token,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_notify-backbone");
+/// The server's binary. Known to the root package's tests only: `bench/`'s tests include this
+/// support code too, but never start a server process.
+const BIN: Option<&str> = option_env!("CARGO_BIN_EXE_notify-backbone");
 
 /// Every line the server processes wrote to stderr, tagged with the run, for failure reports.
 #[derive(Clone, Default)]
@@ -85,7 +87,7 @@ pub fn broker_args(names: &Names) -> Vec<String> {
 /// Starts `notify-backbone serve` with `args` (see [`broker_args`]) on `data`, and waits until
 /// it logged both of its addresses.
 pub async fn start_node(args: &[String], data: &Path, run: usize, logs: &Logs) -> Node {
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(BIN.expect("the server binary (the root package's tests)"))
         .arg("serve")
         .args(args)
         .arg("--data-dir")

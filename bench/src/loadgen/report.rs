@@ -677,11 +677,7 @@ impl Report {
         let mut out = String::new();
         let s = &self.streams;
         let p = &self.parameters;
-        writeln!(
-            out,
-            "== notify-backbone loadgen: {} ==",
-            self.scenario.name()
-        )?;
+        writeln!(out, "== notify-bench: {} ==", self.scenario.name())?;
         writeln!(out, "command      {}", self.command)?;
         write!(
             out,

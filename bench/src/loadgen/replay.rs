@@ -10,24 +10,24 @@ use anyhow::{Context as _, bail};
 use tonic::transport::Channel;
 
 use super::LoadgenArgs;
-use crate::pb::{
+use notify_backbone::pb::{
     self, notification_service_client::NotificationServiceClient, subscribe_response::Kind,
 };
 
 /// Runs the replay measurement and prints its result.
 pub(super) async fn run(args: &LoadgenArgs, channel: Channel) -> anyhow::Result<()> {
-    let secret = crate::client::token::secret_or_dev(args.jwt_secret.as_deref())?;
-    let token = crate::client::token::mint_with(
+    let secret = notify_backbone::client::secret_or_dev(args.jwt_secret.as_deref())?;
+    let token = notify_backbone::client::mint_with(
         &secret,
         "loadgen-replay",
         &["admin".to_owned()],
         std::time::Duration::from_secs(3600),
-        crate::auth::DEFAULT_ISSUER,
-        crate::auth::DEFAULT_AUDIENCE,
+        notify_backbone::auth::DEFAULT_ISSUER,
+        notify_backbone::auth::DEFAULT_AUDIENCE,
     )?;
     let mut client = NotificationServiceClient::new(channel).max_decoding_message_size(usize::MAX);
     let open = |resume_after: String| {
-        crate::client::authorized(
+        notify_backbone::client::authorized(
             pb::SubscribeRequest {
                 user_id: "*".into(),
                 resume_after,

@@ -19,7 +19,7 @@ use tokio::{
 use tonic::{Code, Status, transport::Channel};
 
 use super::{Live, RunClock, Scenario, SubscriberTotals, latency::Samples};
-use crate::pb::{
+use notify_backbone::pb::{
     self, notification_service_client::NotificationServiceClient, subscribe_response::Kind,
 };
 
@@ -192,15 +192,15 @@ fn authorized_request(
             (request.user_id.clone(), "user")
         }
     };
-    let token = crate::client::token::mint_with(
+    let token = notify_backbone::client::mint_with(
         &plan.secret,
         &sub,
         &[role.to_owned()],
         std::time::Duration::from_secs(24 * 3600),
-        crate::auth::DEFAULT_ISSUER,
-        crate::auth::DEFAULT_AUDIENCE,
+        notify_backbone::auth::DEFAULT_ISSUER,
+        notify_backbone::auth::DEFAULT_AUDIENCE,
     )?;
-    crate::client::authorized(request, Some(&token))
+    notify_backbone::client::authorized(request, Some(&token))
 }
 
 /// One stream, from opening to being stopped.
@@ -220,7 +220,7 @@ async fn subscribe(
         let _permit = permits
             .acquire_owned()
             .await
-            .map_err(|_| Status::cancelled("loadgen stopped opening streams"))?;
+            .map_err(|_| Status::cancelled("notify-bench stopped opening streams"))?;
         NotificationServiceClient::new(channel)
             .subscribe(
                 authorized_request(index, &plan).map_err(|e| Status::internal(e.to_string()))?,
@@ -229,7 +229,7 @@ async fn subscribe(
     };
     let opened = tokio::select! {
         opened = tokio::time::timeout_at(plan.deadline.into(), opening) => opened,
-        _ = &mut stop => Ok(Err(Status::cancelled("loadgen stopped before the stream opened"))),
+        _ = &mut stop => Ok(Err(Status::cancelled("notify-bench stopped before the stream opened"))),
     };
     let mut stream = match opened {
         Ok(Ok(response)) => response.into_inner(),

@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use super::LoadgenArgs;
-use crate::{
-    client::{authorized, token},
+use notify_backbone::{
+    client::{authorized, mint_with},
     pb::{
         self, notification_service_client::NotificationServiceClient, publish_request::Body,
         subscribe_response::Kind,
@@ -71,16 +71,16 @@ pub(super) async fn fill(
         return Ok(start);
     }
     eprintln!(
-        "loadgen: filling the journal: {missing} events to reach {events} (head {})",
+        "notify-bench: filling the journal: {missing} events to reach {events} (head {})",
         start.position
     );
-    let token = token::mint_with(
+    let token = mint_with(
         secret,
         "loadgen-storm-filler",
         &["service".to_owned()],
         TOKEN_TTL,
-        crate::auth::DEFAULT_ISSUER,
-        crate::auth::DEFAULT_AUDIENCE,
+        notify_backbone::auth::DEFAULT_ISSUER,
+        notify_backbone::auth::DEFAULT_AUDIENCE,
     )?;
     let next = Arc::new(AtomicU64::new(0));
     let began = Instant::now();
@@ -113,7 +113,7 @@ pub(super) async fn fill(
                     .context("filling the journal")?;
                 if seq > 0 && seq % 50_000 == 0 {
                     eprintln!(
-                        "loadgen: filled {seq} of {missing} ({:.0}/s)",
+                        "notify-bench: filled {seq} of {missing} ({:.0}/s)",
                         seq as f64 / began.elapsed().as_secs_f64()
                     );
                 }
@@ -125,7 +125,7 @@ pub(super) async fn fill(
     }
     let filled = head(channel, secret).await?;
     eprintln!(
-        "loadgen: journal filled to {} in {:.1} s",
+        "notify-bench: journal filled to {} in {:.1} s",
         filled.position,
         began.elapsed().as_secs_f64()
     );
@@ -133,13 +133,13 @@ pub(super) async fn fill(
 }
 
 fn admin_token(secret: &str) -> anyhow::Result<String> {
-    token::mint_with(
+    mint_with(
         secret,
         "loadgen-storm-admin",
         &["admin".to_owned()],
         TOKEN_TTL,
-        crate::auth::DEFAULT_ISSUER,
-        crate::auth::DEFAULT_AUDIENCE,
+        notify_backbone::auth::DEFAULT_ISSUER,
+        notify_backbone::auth::DEFAULT_AUDIENCE,
     )
 }
 
@@ -181,13 +181,13 @@ impl Storm {
         for index in 0..args.resumes {
             // A user of its own each: the per-principal stream limit does not cut the storm
             // short, and none of them owns a stored event.
-            let token = token::mint_with(
+            let token = mint_with(
                 secret,
                 &format!("lg-storm-{index}"),
                 &["user".to_owned()],
                 TOKEN_TTL,
-                crate::auth::DEFAULT_ISSUER,
-                crate::auth::DEFAULT_AUDIENCE,
+                notify_backbone::auth::DEFAULT_ISSUER,
+                notify_backbone::auth::DEFAULT_AUDIENCE,
             )?;
             let client = NotificationServiceClient::new(channels[index % channels.len()].clone());
             tasks.spawn(resume_repeatedly(

@@ -79,8 +79,7 @@ pub(super) async fn open(
     publishers: usize,
 ) -> anyhow::Result<(Session, Vec<Publisher>)> {
     let shown = redact(&target.url);
-    let properties =
-        || ConnectionProperties::default().with_connection_name("notify-backbone loadgen".into());
+    let properties = || ConnectionProperties::default().with_connection_name("notify-bench".into());
     let mut connections = Vec::with_capacity(CONNECTIONS);
     for _ in 0..CONNECTIONS.min(publishers).max(1) {
         let connection = within(

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, transport::Channel};
 
 use super::{Live, LoadgenArgs, RunClock, Window, amqp, code_name, latency};
-use crate::pb::{
+use notify_backbone::pb::{
     self, notification_service_client::NotificationServiceClient, publish_request::Body,
     publish_stream_response::Result as Outcome,
 };
@@ -75,7 +75,8 @@ impl OpenStream {
         window: usize,
     ) -> anyhow::Result<Self> {
         let (requests, outbox) = mpsc::channel(window.max(1));
-        let request = crate::client::authorized(ReceiverStream::new(outbox), Some(token))?;
+        let request =
+            notify_backbone::client::authorized(ReceiverStream::new(outbox), Some(token))?;
         let mut answers = client
             .publish_stream(request)
             .await
@@ -182,16 +183,16 @@ impl PublishPlan {
             run_prefix: run_prefix.to_owned(),
             users,
             service_tokens: {
-                let secret = crate::client::token::secret_or_dev(args.jwt_secret.as_deref())?;
+                let secret = notify_backbone::client::secret_or_dev(args.jwt_secret.as_deref())?;
                 (0..args.publishers)
                     .map(|index| {
-                        crate::client::token::mint_with(
+                        notify_backbone::client::mint_with(
                             &secret,
                             &format!("loadgen-publisher-{index}"),
                             &["service".to_owned()],
                             SERVICE_TOKEN_TTL,
-                            crate::auth::DEFAULT_ISSUER,
-                            crate::auth::DEFAULT_AUDIENCE,
+                            notify_backbone::auth::DEFAULT_ISSUER,
+                            notify_backbone::auth::DEFAULT_AUDIENCE,
                         )
                     })
                     .collect::<Result<_, _>>()?
@@ -439,7 +440,7 @@ pub(super) async fn run(
                     body: Some(Body::Json(body)),
                 };
                 let mut client = client.clone();
-                let request = crate::client::authorized(request, Some(&token))?;
+                let request = notify_backbone::client::authorized(request, Some(&token))?;
                 in_flight.spawn(async move {
                     let sent_ns = clock.now_ns();
                     let result = match tokio::time::timeout(timeout, client.publish(request)).await

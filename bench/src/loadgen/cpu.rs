@@ -52,7 +52,7 @@ pub(super) fn measure(
         let read = || match read_ticks(pid) {
             Ok(ticks) => Some(ticks),
             Err(error) => {
-                eprintln!("loadgen: cannot read the server's CPU time: {error:#}");
+                eprintln!("notify-bench: cannot read the server's CPU time: {error:#}");
                 None
             }
         };

@@ -1,4 +1,4 @@
-//! `loadgen`: the project's load generator, whose figures go into `BENCHMARKS.md`.
+//! The load generator (`notify-bench`), whose figures go into `BENCHMARKS.md`.
 //!
 //! Owns: the benchmark scenarios (`per-user`, `firehose`, `idle`), their timeline (open the
 //! streams → warm up → measure → drain → report) and what counts as a valid figure. It talks to
@@ -52,7 +52,7 @@ use tonic::{
     transport::{Channel, Endpoint, Uri},
 };
 
-use crate::pb::notification_service_client::NotificationServiceClient;
+use notify_backbone::pb::notification_service_client::NotificationServiceClient;
 
 use self::{
     latency::Recorder,
@@ -441,7 +441,7 @@ pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
         let interrupt = interrupt.clone();
         async move {
             if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("loadgen: interrupted; finishing up (report follows)");
+                eprintln!("notify-bench: interrupted; finishing up (report follows)");
                 interrupt.cancel();
             }
         }
@@ -462,7 +462,7 @@ pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
     };
     let (amqp_session, amqp_publishers) = amqp.unzip();
 
-    let secret = super::token::secret_or_dev(args.jwt_secret.as_deref())?;
+    let secret = notify_backbone::client::secret_or_dev(args.jwt_secret.as_deref())?;
     let storm_epoch = if args.scenario == Scenario::ResumeStorm {
         let channel = connect_all(&args.server, 1, true)
             .await?
@@ -517,7 +517,7 @@ pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
     } else if interrupt.is_cancelled() {
         None
     } else if Live::count(&live.first_messages) == 0 {
-        eprintln!("loadgen: no stream is open; not publishing");
+        eprintln!("notify-bench: no stream is open; not publishing");
         None
     } else {
         let storm = match storm_epoch {
@@ -555,7 +555,7 @@ pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
     let rss_after = args.server_pid.and_then(|pid| match rss::read_bytes(pid) {
         Ok(bytes) => Some(bytes),
         Err(error) => {
-            eprintln!("loadgen: cannot read the server's RSS at the end: {error:#}");
+            eprintln!("notify-bench: cannot read the server's RSS at the end: {error:#}");
             None
         }
     });
@@ -672,7 +672,7 @@ fn check_loopback(flag: &str, url: &str) -> anyhow::Result<()> {
         || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
     ensure!(
         loopback,
-        "{flag} {shown}: loadgen only targets loopback addresses (127.0.0.0/8, ::1, localhost)"
+        "{flag} {shown}: notify-bench only targets loopback addresses (127.0.0.0/8, ::1, localhost)"
     );
     Ok(())
 }
@@ -841,7 +841,7 @@ async fn publish(
             Ok(Some(joined)) => stats.push(joined.context("a publisher task failed")??),
             Ok(None) => break,
             Err(_) => {
-                eprintln!("loadgen: publishers did not finish in time; abandoning them");
+                eprintln!("notify-bench: publishers did not finish in time; abandoning them");
                 stop.cancel();
                 tasks.abort_all();
                 abandoned = args.publishers - stats.len();

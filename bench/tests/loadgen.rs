@@ -1,0 +1,127 @@
+//! `notify-bench` through its binary, against a server in the test process: each scenario's
+//! report says what the server really did.
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_notify-bench");
+
+#[tokio::test]
+async fn replay_counts_the_whole_backlog() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    for i in 0..50 {
+        publish_json(
+            &mut client,
+            "device.error",
+            &device_error(&format!("b{i}"), "u1", "d"),
+        )
+        .await
+        .unwrap();
+    }
+    let output = tokio::process::Command::new(BIN)
+        .args([
+            "--scenario",
+            "replay",
+            "--server",
+            &server.url(),
+            "--jwt-secret",
+            TEST_SECRET,
+            "--json",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["events"], 50, "{report}");
+    assert_eq!(report["gaps"], 0, "{report}");
+    assert!(report["events_per_s"].as_f64().unwrap() > 0.0, "{report}");
+}
+
+#[tokio::test]
+async fn keeps_slow_subscribers_out_of_the_figures_and_the_server_keeps_them_fed() {
+    // A tiny queue, so the slow stream lags and continues from the journal.
+    let server = TestServer::start_with(|c| c.subscriber_queue_len = 4).await;
+    let output = tokio::process::Command::new(BIN)
+        .args([
+            "--server",
+            &server.url(),
+            "--jwt-secret",
+            TEST_SECRET,
+            "--scenario",
+            "firehose",
+            "--subscribers",
+            "3",
+            "--connections",
+            "1",
+            "--slow-subscribers",
+            "1",
+            "--slow-read-delay",
+            "20ms",
+            "--rate",
+            "200",
+            "--duration",
+            "2s",
+            "--warmup",
+            "1s",
+            "--json",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {output:?}"));
+    assert_eq!(report["valid"], true, "{report}");
+    assert_eq!(report["streams"]["dropped"], 0, "{report}");
+    let slow = report["streams"]["slow_events_read"].as_u64().unwrap();
+    assert!(slow > 0, "{report}");
+    assert_eq!(report["parameters"]["slow_subscribers"], 1, "{report}");
+}
+
+#[tokio::test]
+async fn publishes_on_publish_streams() {
+    let server = TestServer::start().await;
+    let output = tokio::process::Command::new(BIN)
+        .args([
+            "--server",
+            &server.url(),
+            "--jwt-secret",
+            TEST_SECRET,
+            "--scenario",
+            "per-user",
+            "--subscribers",
+            "20",
+            "--connections",
+            "2",
+            "--publishers",
+            "2",
+            "--publish-mode",
+            "stream",
+            "--rate",
+            "200",
+            "--duration",
+            "2s",
+            "--warmup",
+            "1s",
+            "--json",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {output:?}"));
+    assert_eq!(report["valid"], true, "{report}");
+    assert_eq!(report["parameters"]["publish_mode"], "stream", "{report}");
+    assert_eq!(report["publish"]["errors"], 0, "{report}");
+    let published = report["publish"]["ok"].as_u64().unwrap();
+    assert!(published >= 400, "{report}");
+    // Each published event was journaled and delivered: the server saw them as events in.
+    let events_in = server
+        .metric("notify_events_in_total{type=\"device.error\"}")
+        .await;
+    assert!(events_in >= published as f64, "{events_in} < {published}");
+}
