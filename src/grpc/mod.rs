@@ -354,6 +354,7 @@ mod tests {
         let built_by_hand = vec![
             ("ListEvents".to_owned(), false, false),
             ("Publish".to_owned(), false, false),
+            ("PublishStream".to_owned(), true, true),
             ("Subscribe".to_owned(), false, true),
         ];
         assert_eq!(methods, built_by_hand, "update build.rs's manual service");
