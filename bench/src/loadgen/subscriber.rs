@@ -19,9 +19,44 @@ use tokio::{
 use tonic::{Code, Status, transport::Channel};
 
 use super::{Live, RunClock, Scenario, SubscriberTotals, latency::Samples};
-use notify_backbone::pb::{
-    self, notification_service_client::NotificationServiceClient, subscribe_response::Kind,
-};
+use notify_backbone::pb;
+
+/// The gRPC path of `Subscribe`, called with [`Delivery`] as the response type.
+const SUBSCRIBE_PATH: &str = "/cloudphone.notify.v1.NotificationService/Subscribe";
+
+/// What the load generator reads of a `SubscribeResponse` (`proto/`, same field numbers): which
+/// kind it is and, for an event, its id (the send stamp is in it). prost skips every other field
+/// unread, where `pb::SubscribeResponse` would allocate the whole event (strings, timestamps,
+/// payload): at a million deliveries a second that decoding was the load generator's largest
+/// cost, and it runs on the same cores as the server it measures.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Delivery {
+    #[prost(oneof = "Kind", tags = "1, 2, 3, 4")]
+    kind: Option<Kind>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+enum Kind {
+    #[prost(message, tag = "1")]
+    Event(EventId),
+    #[prost(message, tag = "2")]
+    CaughtUp(Unread),
+    #[prost(message, tag = "3")]
+    Gap(Unread),
+    #[prost(message, tag = "4")]
+    Heartbeat(Unread),
+}
+
+/// `Event.id` (field 1) and nothing else of the event.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EventId {
+    #[prost(string, tag = "1")]
+    id: String,
+}
+
+/// A message whose fields the load generator does not read.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Unread {}
 
 /// What every subscriber needs to know, shared.
 pub(super) struct SubscribePlan {
@@ -221,11 +256,15 @@ async fn subscribe(
             .acquire_owned()
             .await
             .map_err(|_| Status::cancelled("notify-bench stopped opening streams"))?;
-        NotificationServiceClient::new(channel)
-            .subscribe(
-                authorized_request(index, &plan).map_err(|e| Status::internal(e.to_string()))?,
-            )
+        let request =
+            authorized_request(index, &plan).map_err(|e| Status::internal(e.to_string()))?;
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready()
             .await
+            .map_err(|e| Status::unavailable(format!("connection not ready: {e}")))?;
+        let codec = tonic_prost::ProstCodec::<pb::SubscribeRequest, Delivery>::default();
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(SUBSCRIBE_PATH);
+        grpc.server_streaming(request, path, codec).await
     };
     let opened = tokio::select! {
         opened = tokio::time::timeout_at(plan.deadline.into(), opening) => opened,
@@ -325,6 +364,43 @@ fn send_stamp(id: &str, run_prefix: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message as _;
+
+    /// A [`Delivery`] decoded from the server's encoding of each kind: the field numbers match
+    /// `proto/`, and what it leaves unread does not disturb what it reads.
+    #[test]
+    fn a_delivery_reads_the_kind_and_the_event_id_of_a_subscribe_response() {
+        use pb::subscribe_response::Kind as Full;
+        let decode = |kind: Full| {
+            let bytes = pb::SubscribeResponse { kind: Some(kind) }.encode_to_vec();
+            Delivery::decode(bytes.as_slice()).expect("a SubscribeResponse decodes as a Delivery")
+        };
+        let event = pb::Event {
+            id: "lg-1-7-42".into(),
+            cursor: "c-9".into(),
+            r#type: "device.error".into(),
+            user_id: "lg-user-3".into(),
+            device_id: "d-1".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            decode(Full::Event(event)).kind,
+            Some(Kind::Event(EventId {
+                id: "lg-1-7-42".into()
+            }))
+        );
+        let caught_up = Full::CaughtUp(pb::CaughtUp {
+            cursor: "c-9".into(),
+        });
+        assert_eq!(decode(caught_up).kind, Some(Kind::CaughtUp(Unread {})));
+        let gap = Full::Gap(pb::Gap {
+            from_cursor: "a".into(),
+            ..Default::default()
+        });
+        assert_eq!(decode(gap).kind, Some(Kind::Gap(Unread {})));
+        let heartbeat = Full::Heartbeat(pb::Heartbeat::default());
+        assert_eq!(decode(heartbeat).kind, Some(Kind::Heartbeat(Unread {})));
+    }
 
     #[test]
     fn the_send_stamp_is_read_from_the_event_id() {
