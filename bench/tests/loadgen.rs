@@ -9,6 +9,20 @@ use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_notify-bench");
 
+/// Runs `notify-bench --server <server> --jwt-secret <test secret> <args> --json` and returns
+/// its report, failing the test if it exits unsuccessfully or prints no JSON.
+async fn bench_report(server: &TestServer, args: &[&str]) -> serde_json::Value {
+    let output = tokio::process::Command::new(BIN)
+        .args(["--server", &server.url(), "--jwt-secret", TEST_SECRET])
+        .args(args)
+        .arg("--json")
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {output:?}"))
+}
+
 #[tokio::test]
 async fn replay_counts_the_whole_backlog() {
     let server = TestServer::start().await;
@@ -22,21 +36,7 @@ async fn replay_counts_the_whole_backlog() {
         .await
         .unwrap();
     }
-    let output = tokio::process::Command::new(BIN)
-        .args([
-            "--scenario",
-            "replay",
-            "--server",
-            &server.url(),
-            "--jwt-secret",
-            TEST_SECRET,
-            "--json",
-        ])
-        .output()
-        .await
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = bench_report(&server, &["--scenario", "replay"]).await;
     assert_eq!(report["events"], 50, "{report}");
     assert_eq!(report["gaps"], 0, "{report}");
     assert!(report["events_per_s"].as_f64().unwrap() > 0.0, "{report}");
@@ -46,12 +46,9 @@ async fn replay_counts_the_whole_backlog() {
 async fn keeps_slow_subscribers_out_of_the_figures_and_the_server_keeps_them_fed() {
     // A tiny queue, so the slow stream lags and continues from the journal.
     let server = TestServer::start_with(|c| c.subscriber_queue_len = 4).await;
-    let output = tokio::process::Command::new(BIN)
-        .args([
-            "--server",
-            &server.url(),
-            "--jwt-secret",
-            TEST_SECRET,
+    let report = bench_report(
+        &server,
+        &[
             "--scenario",
             "firehose",
             "--subscribers",
@@ -68,13 +65,9 @@ async fn keeps_slow_subscribers_out_of_the_figures_and_the_server_keeps_them_fed
             "2s",
             "--warmup",
             "1s",
-            "--json",
-        ])
-        .output()
-        .await
-        .unwrap();
-    let report: serde_json::Value =
-        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {output:?}"));
+        ],
+    )
+    .await;
     assert_eq!(report["valid"], true, "{report}");
     assert_eq!(report["streams"]["dropped"], 0, "{report}");
     let slow = report["streams"]["slow_events_read"].as_u64().unwrap();
@@ -85,12 +78,9 @@ async fn keeps_slow_subscribers_out_of_the_figures_and_the_server_keeps_them_fed
 #[tokio::test]
 async fn publishes_on_publish_streams() {
     let server = TestServer::start().await;
-    let output = tokio::process::Command::new(BIN)
-        .args([
-            "--server",
-            &server.url(),
-            "--jwt-secret",
-            TEST_SECRET,
+    let report = bench_report(
+        &server,
+        &[
             "--scenario",
             "per-user",
             "--subscribers",
@@ -107,13 +97,9 @@ async fn publishes_on_publish_streams() {
             "2s",
             "--warmup",
             "1s",
-            "--json",
-        ])
-        .output()
-        .await
-        .unwrap();
-    let report: serde_json::Value =
-        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {output:?}"));
+        ],
+    )
+    .await;
     assert_eq!(report["valid"], true, "{report}");
     assert_eq!(report["parameters"]["publish_mode"], "stream", "{report}");
     assert_eq!(report["publish"]["errors"], 0, "{report}");
