@@ -415,6 +415,22 @@ mod tests {
                 select,
             ))
         }
+
+        fn scan_back(
+            &self,
+            before: u64,
+            limits: crate::store::BackLimits,
+            select: &dyn Fn(EventMeta<'_>) -> bool,
+        ) -> Result<crate::store::BackScan, StoreError> {
+            let stored = self.0.lock().unwrap();
+            Ok(crate::store::scan_slice_back(
+                stored.iter(),
+                0,
+                before,
+                limits,
+                select,
+            ))
+        }
     }
 
     impl Journal for TestJournal {

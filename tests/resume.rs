@@ -334,3 +334,91 @@ async fn list_events_pages_through_history_with_the_same_rules_as_subscribe() {
     assert_eq!(page.events.len(), 15);
     assert!(page.end);
 }
+
+#[tokio::test]
+async fn newest_first_history_then_live_from_its_head_has_no_gap_and_no_duplicate() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let mine = publish_alternating(&mut client, "n", 15).await;
+    let u1 = token("u1", &["user"]);
+
+    // First paint: the newest 3 of u1's events, newest first.
+    let first = list(
+        &mut client,
+        pb::ListEventsRequest {
+            newest_first: true,
+            limit: 3,
+            ..Default::default()
+        },
+        &u1,
+    )
+    .await
+    .unwrap();
+    let newest: Vec<String> = mine
+        .iter()
+        .rev()
+        .take(3)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let shown: Vec<String> = first.events.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(shown, newest);
+    assert!(!first.end && first.gap.is_none());
+    assert!(!first.head_cursor.is_empty());
+
+    // Older pages, with `before`, reach the oldest and end: every one of u1's events once.
+    let (mut ids, mut before) = (shown.clone(), first.next_cursor.clone());
+    for pages in 0.. {
+        assert!(pages < 20, "never reached the end");
+        let page = list(
+            &mut client,
+            pb::ListEventsRequest {
+                newest_first: true,
+                before: before.clone(),
+                limit: 3,
+                ..Default::default()
+            },
+            &u1,
+        )
+        .await
+        .unwrap();
+        assert!(page.events.iter().all(|e| e.user_id == "u1"));
+        ids.extend(page.events.into_iter().map(|e| e.id));
+        before = page.next_cursor;
+        if page.end {
+            break;
+        }
+    }
+    let mut expected: Vec<String> = mine.iter().map(|(id, _)| id.clone()).collect();
+    expected.reverse();
+    assert_eq!(ids, expected);
+
+    // An event published after the first page was read, before the console subscribes: live
+    // from the page's head, it arrives, and nothing of the history comes again.
+    publish_json(
+        &mut client,
+        "device.error",
+        &device_error("after-paint", "u1", "d1"),
+    )
+    .await
+    .unwrap();
+    let mut stream = open_stream(&mut client, resume("u1", &first.head_cursor)).await;
+    let (replayed, gaps, _) = until_caught_up(&mut stream).await;
+    assert!(gaps.is_empty());
+    assert_eq!(replayed, ["after-paint"]);
+
+    // The directions do not mix.
+    for request in [
+        pb::ListEventsRequest {
+            newest_first: true,
+            after: first.next_cursor.clone(),
+            ..Default::default()
+        },
+        pb::ListEventsRequest {
+            before: first.next_cursor.clone(),
+            ..Default::default()
+        },
+    ] {
+        let status = list(&mut client, request, &u1).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    }
+}

@@ -35,6 +35,9 @@ pub enum ApiError {
     /// A request field is missing.
     #[error("{0} is required")]
     Missing(&'static str),
+    /// Request fields that exclude each other were both set.
+    #[error("{0}")]
+    Conflicting(&'static str),
     /// No valid token.
     #[error(transparent)]
     Unauthenticated(#[from] AuthError),
@@ -61,6 +64,7 @@ impl ApiError {
                 "unavailable"
             }
             Self::Missing(_) => "missing_field",
+            Self::Conflicting(_) => "conflicting_fields",
             Self::Unauthenticated(_) => "unauthenticated",
             Self::Denied(_) => "permission_denied",
             Self::Limit(limit) => limit.reason(),
@@ -81,7 +85,8 @@ impl From<ApiError> for Status {
             | ApiError::Filter(_)
             | ApiError::Cursor(_)
             | ApiError::Hub(HubError::CursorAhead(_))
-            | ApiError::Missing(_) => Code::InvalidArgument,
+            | ApiError::Missing(_)
+            | ApiError::Conflicting(_) => Code::InvalidArgument,
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
             ApiError::Denied(_) => Code::PermissionDenied,
             ApiError::Hub(HubError::ShuttingDown)
@@ -149,6 +154,7 @@ mod tests {
                 "disk".into(),
             ))),
             ApiError::Missing("body"),
+            ApiError::Conflicting("after and before"),
             ApiError::Unauthenticated(AuthError::Expired),
             ApiError::Denied(Denied::Publish),
             ApiError::Limit(LimitError::MessageTooLarge),

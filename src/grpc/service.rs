@@ -100,10 +100,22 @@ impl NotifyService {
             &request.event_types,
             &request.device_id,
         )?;
-        let after = match request.after.as_str() {
-            "" => None,
-            text => Some(Cursor::parse(text)?),
+        let cursor = |text: &str| match text {
+            "" => Ok(None),
+            text => Cursor::parse(text).map(Some),
         };
+        let after = cursor(&request.after)?;
+        let before = cursor(&request.before)?;
+        if request.newest_first && after.is_some() {
+            return Err(ApiError::Conflicting(
+                "after pages oldest first: with newest_first, continue with before",
+            ));
+        }
+        if !request.newest_first && before.is_some() {
+            return Err(ApiError::Conflicting(
+                "before pages newest first: set newest_first, or continue with after",
+            ));
+        }
         let limit = match request.limit {
             0 => LIST_DEFAULT_LIMIT,
             n => usize::try_from(n)
@@ -111,12 +123,17 @@ impl NotifyService {
                 .min(LIST_MAX_LIMIT),
         };
         let viewer = self.auth.policy.viewer(principal);
-        let page = self.hub.list(filter, viewer, after, limit).await?;
+        let page = if request.newest_first {
+            self.hub.list_newest(filter, viewer, before, limit).await?
+        } else {
+            self.hub.list(filter, viewer, after, limit).await?
+        };
         Ok(pb::ListEventsResponse {
             events: page.events,
             next_cursor: page.next.to_string(),
             end: page.end,
             gap: page.gap,
+            head_cursor: page.head.to_string(),
         })
     }
 

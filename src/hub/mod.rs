@@ -44,7 +44,9 @@ pub use mailbox::{EndReason, Frame, Mailbox, Next, Push};
 use crate::{
     auth::Viewer,
     pb::{self, subscribe_response::Kind},
-    store::{Cursor, EventMeta, JournalReader, Scan, ScanLimits, StoreError},
+    store::{
+        BackLimits, Cursor, EventMeta, JournalReader, Scan, ScanLimits, StoreError, StoredEvent,
+    },
     telemetry::Metrics,
 };
 
@@ -412,18 +414,7 @@ impl Hub {
             .run(move || {
                 let scan = journal.scan(start, limits, &|meta| selects(&filter, &viewer, meta))?;
                 // Decoded here too: up to a page of events is CPU work for the reader's thread.
-                let events = scan
-                    .events
-                    .iter()
-                    .filter_map(|stored| {
-                        match pb::SubscribeResponse::decode(stored.frame.clone()) {
-                            Ok(pb::SubscribeResponse {
-                                kind: Some(Kind::Event(event)),
-                            }) => Some(event),
-                            _ => None,
-                        }
-                    })
-                    .collect();
+                let events = decode_events(&scan.events);
                 Ok((scan, events))
             })
             .await
@@ -445,6 +436,58 @@ impl Hub {
                 to_cursor: shared.cursor(scan.floor.min(scan.last)).to_string(),
                 reason: reason.into(),
             }),
+            head: shared.cursor(head),
+        })
+    }
+
+    /// One page of stored history, newest first: the newest events before `before` (from the
+    /// head when `None`) that `filter` selects and `viewer` may see, with the same bounds as
+    /// [`Hub::list`]. `Page::next` continues with older events; `Page::head` is the head the
+    /// page was read at, from which a subscription goes live with nothing missed or repeated.
+    /// A `before` from another journal epoch starts at the head, with a gap saying so.
+    pub async fn list_newest(
+        &self,
+        filter: Filter,
+        viewer: Viewer,
+        before: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Page, HubError> {
+        let shared = &*self.shared;
+        let head = shared.head.load(Ordering::Acquire);
+        let (start, other_epoch) = match before {
+            Some(before) if before.epoch != shared.epoch => (head + 1, Some(before)),
+            Some(before) if before.position > head => {
+                return Err(HubError::CursorAhead(before.to_string()));
+            }
+            Some(before) => (before.position, None),
+            None => (head + 1, None),
+        };
+        let journal = Arc::clone(&shared.journal);
+        let limits = BackLimits {
+            max_scanned: LIST_SCAN_LIMIT,
+            max_selected: limit,
+            max_bytes: LIST_PAGE_BYTES,
+        };
+        let (scan, events) = shared
+            .history
+            .run(move || {
+                let scan =
+                    journal.scan_back(start, limits, &|meta| selects(&filter, &viewer, meta))?;
+                let events = decode_events(&scan.events);
+                Ok((scan, events))
+            })
+            .await
+            .map_err(|e| HubError::Journal(e.to_string()))?;
+        Ok(Page {
+            events,
+            next: shared.cursor(scan.first),
+            end: scan.first <= scan.floor,
+            gap: other_epoch.map(|from| pb::Gap {
+                from_cursor: from.to_string(),
+                to_cursor: shared.cursor(head).to_string(),
+                reason: pb::GapReason::EpochChanged.into(),
+            }),
+            head: shared.cursor(head),
         })
     }
 
@@ -658,7 +701,22 @@ fn selects(filter: &Filter, viewer: &Viewer, event: EventMeta<'_>) -> bool {
         && viewer.may_see(event.user_id, audience == Audience::AdminOnly)
 }
 
-/// One page of stored history ([`Hub::list`]).
+/// The events of stored frames (a history page's), in the frames' order.
+fn decode_events(stored: &[StoredEvent]) -> Vec<pb::Event> {
+    stored
+        .iter()
+        .filter_map(
+            |stored| match pb::SubscribeResponse::decode(stored.frame.clone()) {
+                Ok(pb::SubscribeResponse {
+                    kind: Some(Kind::Event(event)),
+                }) => Some(event),
+                _ => None,
+            },
+        )
+        .collect()
+}
+
+/// One page of stored history ([`Hub::list`], [`Hub::list_newest`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page {
     /// The selected events, oldest first.
@@ -667,8 +725,12 @@ pub struct Page {
     pub next: Cursor,
     /// The page reached the newest stored event.
     pub end: bool,
-    /// Set when `after` was below retention or from another journal.
+    /// Set when `after` was below retention or from another journal (for
+    /// [`Hub::list_newest`]: when `before` was from another journal).
     pub gap: Option<pb::Gap>,
+    /// The head when the page was read: a subscription resuming after it misses nothing and
+    /// repeats nothing the page could have held.
+    pub head: Cursor,
 }
 
 /// The most stored events one [`Hub::list`] call examines, whatever it selects: bounds the cost

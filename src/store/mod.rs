@@ -116,6 +116,32 @@ pub struct ScanLimits {
     pub max_bytes: usize,
 }
 
+/// How much one [`JournalReader::scan_back`] may do: the bounds of [`ScanLimits`], without an
+/// end (a backward scan ends at the floor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackLimits {
+    /// Examine at most this many stored events, selected or not.
+    pub max_scanned: usize,
+    /// Return at most this many selected events.
+    pub max_selected: usize,
+    /// Return at most this many bytes of frames, but always at least one event.
+    pub max_bytes: usize,
+}
+
+/// The outcome of one [`JournalReader::scan_back`], all from one consistent view of the
+/// journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackScan {
+    /// The journal's floor in that view: events at or below it are gone.
+    pub floor: u64,
+    /// The selected events, newest first.
+    pub events: Vec<StoredEvent>,
+    /// Every event from this position up to the scan's start has been examined: the next
+    /// (older) scan continues before it. The floor when the scan reached it (nothing older is
+    /// left).
+    pub first: u64,
+}
+
 /// The outcome of one [`JournalReader::scan`], all from one consistent view of the journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scan {
@@ -145,6 +171,16 @@ pub trait JournalReader: Send + Sync {
         limits: ScanLimits,
         select: &dyn Fn(EventMeta<'_>) -> bool,
     ) -> Result<Scan, StoreError>;
+
+    /// Examines the events before `before` (and after the floor), newest first, and returns
+    /// those `select` picks, stopping at whichever limit comes first: the newest history of a
+    /// subscriber, for a console's first paint.
+    fn scan_back(
+        &self,
+        before: u64,
+        limits: BackLimits,
+        select: &dyn Fn(EventMeta<'_>) -> bool,
+    ) -> Result<BackScan, StoreError>;
 }
 
 /// [`JournalReader::scan`] over events already in memory, in order (the journals of tests).
@@ -189,6 +225,46 @@ pub fn scan_slice<'a>(
     if !stopped {
         scan.last = scan.last.max(limits.until);
     }
+    scan
+}
+
+/// [`JournalReader::scan_back`] over events already in memory, in order (the journals of
+/// tests).
+pub fn scan_slice_back<'a>(
+    events: impl DoubleEndedIterator<Item = &'a StoredEvent>,
+    floor: u64,
+    before: u64,
+    limits: BackLimits,
+    select: &dyn Fn(EventMeta<'_>) -> bool,
+) -> BackScan {
+    let mut scan = BackScan {
+        floor,
+        events: Vec::new(),
+        first: before.max(floor),
+    };
+    let mut scanned = 0;
+    let mut bytes = 0;
+    for event in events.rev() {
+        if event.position >= before {
+            continue;
+        }
+        if event.position <= floor {
+            break;
+        }
+        if scanned == limits.max_scanned || scan.events.len() == limits.max_selected {
+            return scan;
+        }
+        if select(event.meta()) {
+            if !scan.events.is_empty() && bytes + event.frame.len() > limits.max_bytes {
+                return scan;
+            }
+            bytes += event.frame.len();
+            scan.events.push(event.clone());
+        }
+        scanned += 1;
+        scan.first = event.position;
+    }
+    scan.first = floor;
     scan
 }
 

@@ -20,8 +20,8 @@ use redb::{
 };
 
 use super::{
-    Appended, Cursor, EventMeta, Journal, JournalReader, Scan, ScanLimits, StoreError, StoredEvent,
-    encode_event_frame,
+    Appended, BackLimits, BackScan, Cursor, EventMeta, Journal, JournalReader, Scan, ScanLimits,
+    StoreError, StoredEvent, encode_event_frame,
 };
 use crate::pb;
 
@@ -677,6 +677,59 @@ impl JournalReader for RedbReader {
         scan.last = limits.until;
         Ok(scan)
     }
+
+    fn scan_back(
+        &self,
+        before: u64,
+        limits: BackLimits,
+        select: &dyn Fn(EventMeta<'_>) -> bool,
+    ) -> Result<BackScan, StoreError> {
+        // One snapshot for the floor and the events, as in `scan`.
+        let txn = self.db.begin_read().map_err(storage)?;
+        let meta = txn.open_table(META).map_err(storage)?;
+        let floor = meta.get(FLOOR).map_err(storage)?.map_or(0, |v| v.value());
+        let table = txn.open_table(EVENTS).map_err(storage)?;
+        let mut scan = BackScan {
+            floor,
+            events: Vec::new(),
+            first: before.max(floor),
+        };
+        if before <= floor.saturating_add(1) {
+            scan.first = floor;
+            return Ok(scan);
+        }
+        let range = table.range(floor + 1..before).map_err(storage)?;
+        let mut bytes = 0;
+        for (scanned, entry) in range.rev().enumerate() {
+            if scanned == limits.max_scanned || scan.events.len() == limits.max_selected {
+                return Ok(scan);
+            }
+            let (position, record) = entry.map_err(storage)?;
+            let record = Record::decode(record.value());
+            let selected = select(EventMeta {
+                event_type: record.event_type,
+                user_id: record.user_id,
+                device_id: record.device_id,
+            });
+            if selected {
+                if !scan.events.is_empty() && bytes + record.frame.len() > limits.max_bytes {
+                    return Ok(scan);
+                }
+                bytes += record.frame.len();
+                scan.events.push(StoredEvent {
+                    position: position.value(),
+                    event_type: record.event_type.into(),
+                    user_id: record.user_id.into(),
+                    device_id: record.device_id.into(),
+                    frame: Bytes::copy_from_slice(record.frame),
+                });
+            }
+            scan.first = position.value();
+        }
+        // Exhausted: nothing older than the floor is left.
+        scan.first = floor;
+        Ok(scan)
+    }
 }
 
 /// One stored event: `appended_ms` (8 bytes), then id, type, user and device as
@@ -963,6 +1016,56 @@ mod tests {
         assert_eq!(&*read[0].device_id, "d1");
         assert_eq!(Some(&read[0].frame), out[2].frame.as_ref());
         assert!(read_after(&*reader, 5, 10).is_empty());
+    }
+
+    #[test]
+    fn a_backward_scan_reads_newest_first_within_its_limits_and_ends_at_the_floor() {
+        let dir = Dir::new("scan-back");
+        let mut journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
+        // Positions 1..=10; even ones are u2's.
+        let mut batch: Vec<_> = (1..=10)
+            .map(|i| event(&format!("e{i}"), if i % 2 == 0 { "u2" } else { "u1" }))
+            .collect();
+        journal.append(&mut batch).unwrap();
+        let reader = journal.reader();
+        let u2 = |meta: EventMeta<'_>| meta.user_id == "u2";
+        let limits = |max_scanned, max_selected| BackLimits {
+            max_scanned,
+            max_selected,
+            max_bytes: usize::MAX,
+        };
+        let positions =
+            |scan: &BackScan| scan.events.iter().map(|e| e.position).collect::<Vec<_>>();
+        // From the head (before 11): 10, 8, then stops at two selected; continues before 8.
+        let scan = reader.scan_back(11, limits(100, 2), &u2).unwrap();
+        assert_eq!((positions(&scan), scan.first), (vec![10, 8], 8));
+        // The next page: 6, 4, 2, then the floor: nothing older is left.
+        let scan = reader.scan_back(8, limits(100, 100), &u2).unwrap();
+        assert_eq!(
+            (positions(&scan), scan.first, scan.floor),
+            (vec![6, 4, 2], 0, 0)
+        );
+        // At most 3 examined: 7, 6, 5.
+        let scan = reader.scan_back(8, limits(3, 100), &u2).unwrap();
+        assert_eq!((positions(&scan), scan.first), (vec![6], 5));
+        // About two frames' worth of bytes: two events, and the next page starts with the third.
+        let frame_len = reader.scan_back(11, limits(1, 1), &u2).unwrap().events[0]
+            .frame
+            .len();
+        let scan = reader
+            .scan_back(
+                11,
+                BackLimits {
+                    max_bytes: 2 * frame_len + 1,
+                    ..limits(100, 100)
+                },
+                &u2,
+            )
+            .unwrap();
+        assert_eq!((positions(&scan), scan.first), (vec![10, 8], 7));
+        // Before the first event: nothing, at the floor.
+        let scan = reader.scan_back(1, limits(100, 100), &u2).unwrap();
+        assert_eq!((positions(&scan), scan.first), (vec![], 0));
     }
 
     #[test]

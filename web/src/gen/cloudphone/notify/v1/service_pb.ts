@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cloudphone/notify/v1/service.proto.
  */
 export const file_cloudphone_notify_v1_service: GenFile = /*@__PURE__*/
-  fileDesc("CiJjbG91ZHBob25lL25vdGlmeS92MS9zZXJ2aWNlLnByb3RvEhRjbG91ZHBob25lLm5vdGlmeS52MSJ1ChBTdWJzY3JpYmVSZXF1ZXN0EhMKC2V2ZW50X3R5cGVzGAEgAygJEhEKCWRldmljZV9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEhIKCmFkbWluX2ZlZWQYBCABKAgSFAoMcmVzdW1lX2FmdGVyGAUgASgJIt4BChFTdWJzY3JpYmVSZXNwb25zZRIsCgVldmVudBgBIAEoCzIbLmNsb3VkcGhvbmUubm90aWZ5LnYxLkV2ZW50SAASMwoJY2F1Z2h0X3VwGAIgASgLMh4uY2xvdWRwaG9uZS5ub3RpZnkudjEuQ2F1Z2h0VXBIABIoCgNnYXAYAyABKAsyGS5jbG91ZHBob25lLm5vdGlmeS52MS5HYXBIABI0CgloZWFydGJlYXQYBCABKAsyHy5jbG91ZHBob25lLm5vdGlmeS52MS5IZWFydGJlYXRIAEIGCgRraW5kIhoKCENhdWdodFVwEg4KBmN1cnNvchgBIAEoCSJeCgNHYXASEwoLZnJvbV9jdXJzb3IYASABKAkSEQoJdG9fY3Vyc29yGAIgASgJEi8KBnJlYXNvbhgDIAEoDjIfLmNsb3VkcGhvbmUubm90aWZ5LnYxLkdhcFJlYXNvbiIbCglIZWFydGJlYXQSDgoGY3Vyc29yGAEgASgJImsKDlB1Ymxpc2hSZXF1ZXN0EhMKC3JvdXRpbmdfa2V5GAEgASgJEg4KBGpzb24YAiABKAxIABIsCgVldmVudBgDIAEoCzIbLmNsb3VkcGhvbmUubm90aWZ5LnYxLkV2ZW50SABCBgoEYm9keSJACg9QdWJsaXNoUmVzcG9uc2USCgoCaWQYASABKAkSDgoGY3Vyc29yGAIgASgJEhEKCWR1cGxpY2F0ZRgDIAEoCCJNChRQdWJsaXNoU3RyZWFtUmVxdWVzdBI1CgdwdWJsaXNoGAEgASgLMiQuY2xvdWRwaG9uZS5ub3RpZnkudjEuUHVibGlzaFJlcXVlc3QikgEKFVB1Ymxpc2hTdHJlYW1SZXNwb25zZRI6CglwdWJsaXNoZWQYASABKAsyJS5jbG91ZHBob25lLm5vdGlmeS52MS5QdWJsaXNoUmVzcG9uc2VIABIzCgVlcnJvchgCIAEoCzIiLmNsb3VkcGhvbmUubm90aWZ5LnYxLlB1Ymxpc2hFcnJvckgAQggKBnJlc3VsdCI9CgxQdWJsaXNoRXJyb3ISDAoEY29kZRgBIAEoBRIPCgdtZXNzYWdlGAIgASgJEg4KBnJlYXNvbhgDIAEoCSJqChFMaXN0RXZlbnRzUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg0KBWFmdGVyGAIgASgJEg0KBWxpbWl0GAMgASgNEhMKC2V2ZW50X3R5cGVzGAQgAygJEhEKCWRldmljZV9pZBgFIAEoCSKLAQoSTGlzdEV2ZW50c1Jlc3BvbnNlEisKBmV2ZW50cxgBIAMoCzIbLmNsb3VkcGhvbmUubm90aWZ5LnYxLkV2ZW50EhMKC25leHRfY3Vyc29yGAIgASgJEgsKA2VuZBgDIAEoCBImCgNnYXAYBCABKAsyGS5jbG91ZHBob25lLm5vdGlmeS52MS5HYXAqXwoJR2FwUmVhc29uEhoKFkdBUF9SRUFTT05fVU5TUEVDSUZJRUQQABIYChRHQVBfUkVBU09OX1JFVEVOVElPThABEhwKGEdBUF9SRUFTT05fRVBPQ0hfQ0hBTkdFRBACMpwDChNOb3RpZmljYXRpb25TZXJ2aWNlEl4KCVN1YnNjcmliZRImLmNsb3VkcGhvbmUubm90aWZ5LnYxLlN1YnNjcmliZVJlcXVlc3QaJy5jbG91ZHBob25lLm5vdGlmeS52MS5TdWJzY3JpYmVSZXNwb25zZTABElYKB1B1Ymxpc2gSJC5jbG91ZHBob25lLm5vdGlmeS52MS5QdWJsaXNoUmVxdWVzdBolLmNsb3VkcGhvbmUubm90aWZ5LnYxLlB1Ymxpc2hSZXNwb25zZRJsCg1QdWJsaXNoU3RyZWFtEiouY2xvdWRwaG9uZS5ub3RpZnkudjEuUHVibGlzaFN0cmVhbVJlcXVlc3QaKy5jbG91ZHBob25lLm5vdGlmeS52MS5QdWJsaXNoU3RyZWFtUmVzcG9uc2UoATABEl8KCkxpc3RFdmVudHMSJy5jbG91ZHBob25lLm5vdGlmeS52MS5MaXN0RXZlbnRzUmVxdWVzdBooLmNsb3VkcGhvbmUubm90aWZ5LnYxLkxpc3RFdmVudHNSZXNwb25zZWIGcHJvdG8z", [file_cloudphone_notify_v1_events]);
+  fileDesc("CiJjbG91ZHBob25lL25vdGlmeS92MS9zZXJ2aWNlLnByb3RvEhRjbG91ZHBob25lLm5vdGlmeS52MSJ1ChBTdWJzY3JpYmVSZXF1ZXN0EhMKC2V2ZW50X3R5cGVzGAEgAygJEhEKCWRldmljZV9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEhIKCmFkbWluX2ZlZWQYBCABKAgSFAoMcmVzdW1lX2FmdGVyGAUgASgJIt4BChFTdWJzY3JpYmVSZXNwb25zZRIsCgVldmVudBgBIAEoCzIbLmNsb3VkcGhvbmUubm90aWZ5LnYxLkV2ZW50SAASMwoJY2F1Z2h0X3VwGAIgASgLMh4uY2xvdWRwaG9uZS5ub3RpZnkudjEuQ2F1Z2h0VXBIABIoCgNnYXAYAyABKAsyGS5jbG91ZHBob25lLm5vdGlmeS52MS5HYXBIABI0CgloZWFydGJlYXQYBCABKAsyHy5jbG91ZHBob25lLm5vdGlmeS52MS5IZWFydGJlYXRIAEIGCgRraW5kIhoKCENhdWdodFVwEg4KBmN1cnNvchgBIAEoCSJeCgNHYXASEwoLZnJvbV9jdXJzb3IYASABKAkSEQoJdG9fY3Vyc29yGAIgASgJEi8KBnJlYXNvbhgDIAEoDjIfLmNsb3VkcGhvbmUubm90aWZ5LnYxLkdhcFJlYXNvbiIbCglIZWFydGJlYXQSDgoGY3Vyc29yGAEgASgJImsKDlB1Ymxpc2hSZXF1ZXN0EhMKC3JvdXRpbmdfa2V5GAEgASgJEg4KBGpzb24YAiABKAxIABIsCgVldmVudBgDIAEoCzIbLmNsb3VkcGhvbmUubm90aWZ5LnYxLkV2ZW50SABCBgoEYm9keSJACg9QdWJsaXNoUmVzcG9uc2USCgoCaWQYASABKAkSDgoGY3Vyc29yGAIgASgJEhEKCWR1cGxpY2F0ZRgDIAEoCCJNChRQdWJsaXNoU3RyZWFtUmVxdWVzdBI1CgdwdWJsaXNoGAEgASgLMiQuY2xvdWRwaG9uZS5ub3RpZnkudjEuUHVibGlzaFJlcXVlc3QikgEKFVB1Ymxpc2hTdHJlYW1SZXNwb25zZRI6CglwdWJsaXNoZWQYASABKAsyJS5jbG91ZHBob25lLm5vdGlmeS52MS5QdWJsaXNoUmVzcG9uc2VIABIzCgVlcnJvchgCIAEoCzIiLmNsb3VkcGhvbmUubm90aWZ5LnYxLlB1Ymxpc2hFcnJvckgAQggKBnJlc3VsdCI9CgxQdWJsaXNoRXJyb3ISDAoEY29kZRgBIAEoBRIPCgdtZXNzYWdlGAIgASgJEg4KBnJlYXNvbhgDIAEoCSKQAQoRTGlzdEV2ZW50c1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRINCgVhZnRlchgCIAEoCRINCgVsaW1pdBgDIAEoDRITCgtldmVudF90eXBlcxgEIAMoCRIRCglkZXZpY2VfaWQYBSABKAkSFAoMbmV3ZXN0X2ZpcnN0GAYgASgIEg4KBmJlZm9yZRgHIAEoCSKgAQoSTGlzdEV2ZW50c1Jlc3BvbnNlEisKBmV2ZW50cxgBIAMoCzIbLmNsb3VkcGhvbmUubm90aWZ5LnYxLkV2ZW50EhMKC25leHRfY3Vyc29yGAIgASgJEgsKA2VuZBgDIAEoCBImCgNnYXAYBCABKAsyGS5jbG91ZHBob25lLm5vdGlmeS52MS5HYXASEwoLaGVhZF9jdXJzb3IYBSABKAkqXwoJR2FwUmVhc29uEhoKFkdBUF9SRUFTT05fVU5TUEVDSUZJRUQQABIYChRHQVBfUkVBU09OX1JFVEVOVElPThABEhwKGEdBUF9SRUFTT05fRVBPQ0hfQ0hBTkdFRBACMpwDChNOb3RpZmljYXRpb25TZXJ2aWNlEl4KCVN1YnNjcmliZRImLmNsb3VkcGhvbmUubm90aWZ5LnYxLlN1YnNjcmliZVJlcXVlc3QaJy5jbG91ZHBob25lLm5vdGlmeS52MS5TdWJzY3JpYmVSZXNwb25zZTABElYKB1B1Ymxpc2gSJC5jbG91ZHBob25lLm5vdGlmeS52MS5QdWJsaXNoUmVxdWVzdBolLmNsb3VkcGhvbmUubm90aWZ5LnYxLlB1Ymxpc2hSZXNwb25zZRJsCg1QdWJsaXNoU3RyZWFtEiouY2xvdWRwaG9uZS5ub3RpZnkudjEuUHVibGlzaFN0cmVhbVJlcXVlc3QaKy5jbG91ZHBob25lLm5vdGlmeS52MS5QdWJsaXNoU3RyZWFtUmVzcG9uc2UoATABEl8KCkxpc3RFdmVudHMSJy5jbG91ZHBob25lLm5vdGlmeS52MS5MaXN0RXZlbnRzUmVxdWVzdBooLmNsb3VkcGhvbmUubm90aWZ5LnYxLkxpc3RFdmVudHNSZXNwb25zZWIGcHJvdG8z", [file_cloudphone_notify_v1_events]);
 
 /**
  * What a subscriber wants to receive. Filters only ever narrow what the caller may see.
@@ -419,6 +419,24 @@ export type ListEventsRequest = Message<"cloudphone.notify.v1.ListEventsRequest"
    * @generated from field: string device_id = 5;
    */
   deviceId: string;
+
+  /**
+   * Newest first: the page holds the newest selected events, newest first, before `before` (or
+   * from the newest stored event when `before` is empty). A console's first paint asks for this,
+   * then subscribes with `resume_after = head_cursor`: no gap, no duplicate between the two.
+   * `after` must then be empty.
+   *
+   * @generated from field: bool newest_first = 6;
+   */
+  newestFirst: boolean;
+
+  /**
+   * With `newest_first`: continue with the events older than this cursor (`next_cursor` of the
+   * previous newest-first page). Empty starts at the newest stored event.
+   *
+   * @generated from field: string before = 7;
+   */
+  before: string;
 };
 
 /**
@@ -435,7 +453,7 @@ export const ListEventsRequestSchema: GenMessage<ListEventsRequest> = /*@__PURE_
  */
 export type ListEventsResponse = Message<"cloudphone.notify.v1.ListEventsResponse"> & {
   /**
-   * The events, oldest first.
+   * The events, oldest first (newest first with `newest_first`).
    *
    * @generated from field: repeated cloudphone.notify.v1.Event events = 1;
    */
@@ -443,15 +461,17 @@ export type ListEventsResponse = Message<"cloudphone.notify.v1.ListEventsRespons
 
   /**
    * Pass as `after` for the next page; also a valid `Subscribe.resume_after` to go live from
-   * here. A page may hold fewer than `limit` events while more follow: the server bounds how
-   * much history one call reads.
+   * here. With `newest_first`, pass it as `before` for the next, older page instead. A page may
+   * hold fewer than `limit` events while more follow: the server bounds how much history one
+   * call reads.
    *
    * @generated from field: string next_cursor = 2;
    */
   nextCursor: string;
 
   /**
-   * True when the page reached the newest stored event.
+   * True when the page reached the newest stored event (with `newest_first`: the oldest
+   * retained one; there is nothing older to ask for).
    *
    * @generated from field: bool end = 3;
    */
@@ -459,11 +479,22 @@ export type ListEventsResponse = Message<"cloudphone.notify.v1.ListEventsRespons
 
   /**
    * Set when `after` was older than what the server retains (or from another journal): events
-   * in between are gone.
+   * in between are gone. With `newest_first`, set when `before` is from another journal: the
+   * page then starts at the newest stored event.
    *
    * @generated from field: cloudphone.notify.v1.Gap gap = 4;
    */
   gap?: Gap | undefined;
+
+  /**
+   * The position of the newest stored event when the page was read: a valid
+   * `Subscribe.resume_after` that goes live right after everything this call could have
+   * returned. After a `newest_first` page, subscribing from here loses nothing and repeats
+   * nothing.
+   *
+   * @generated from field: string head_cursor = 5;
+   */
+  headCursor: string;
 };
 
 /**
