@@ -327,7 +327,9 @@ async fn the_live_page_shows_a_users_events_and_catches_up_after_a_restart() {
     // the drop, or a later one of that journal (a heartbeat's).
     let requests = browser.subscribe_requests().await;
     assert!(requests.len() >= 2, "{requests:?}");
-    assert_eq!(requests[0].resume_after, "");
+    // The first stream went live from where the page's history (an empty journal's) ended.
+    let first = Cursor::parse(&requests[0].resume_after).expect("the history's head");
+    assert_eq!(first.position, 0, "{requests:?}");
     for request in &requests[1..] {
         let resumed = Cursor::parse(&request.resume_after).expect("a reconnection resumes");
         assert_eq!(resumed.epoch, newest_shown.epoch);
@@ -350,6 +352,10 @@ async fn the_live_page_shows_a_users_events_and_catches_up_after_a_restart() {
     let before = browser.subscribe_requests().await.len();
     browser.select("#feed", "firehose").await;
     browser.wait_resubscribed(before).await;
+    // History on first paint: the firehose shows what the user received before, at once.
+    browser
+        .wait_for(&format!("li.event[data-id=\"{after}\"]"), None)
+        .await;
     let theirs = publish_fixture(&server, "device.started.outbox.json", &stranger).await;
     browser
         .wait_for(

@@ -63,7 +63,8 @@ const seen = new Set<string>();
 /** Why the page last went back to its own feed, kept in the status line until the next choice. */
 let notice = "";
 
-const feed = new Feed(client, { onState: showState, onEvent: addEvent, onGap: addGap });
+// The newest 50 events of the selection are shown at once, then the stream continues from there.
+const feed = new Feed(client, { onState: showState, onEvent: addEvent, onGap: addGap }, { history: 50 });
 
 // ---- status ---------------------------------------------------------------------------------
 

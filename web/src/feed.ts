@@ -87,6 +87,13 @@ export interface FeedOptions {
   setTimer?: SetTimer;
   /** Silence after which the current attempt is abandoned (default: IDLE_TIMEOUT_MS). */
   idleTimeoutMs?: number;
+  /**
+   * Events of history to show on a fresh start (default 0: none). The newest ones are read
+   * with `ListEvents { newestFirst }` and reported through `onEvent`, oldest first, then the
+   * stream starts at the page's `headCursor`: nothing between the two is missed or repeated.
+   * Not for the admin feed, which `ListEvents` does not serve.
+   */
+  history?: number;
 }
 
 const realTimer: SetTimer = (ms, onTimeout) => {
@@ -116,6 +123,7 @@ export class Feed {
   private readonly sleep: (ms: number, signal: AbortSignal) => Promise<void>;
   private readonly setTimer: SetTimer;
   private readonly idleTimeoutMs: number;
+  private readonly history: number;
 
   constructor(
     private readonly client: Client<typeof NotificationService>,
@@ -126,6 +134,7 @@ export class Feed {
     this.sleep = options.sleep ?? abortableSleep;
     this.setTimer = options.setTimer ?? realTimer;
     this.idleTimeoutMs = options.idleTimeoutMs ?? IDLE_TIMEOUT_MS;
+    this.history = options.history ?? 0;
   }
 
   /**
@@ -163,8 +172,41 @@ export class Feed {
     }
   }
 
+  /**
+   * Reports the newest `history` events, oldest first, and moves the cursor to the head they
+   * were read at. On failure the stream simply starts at the head, as without history: the
+   * history is a first paint, never a reason not to go live.
+   */
+  private async paintHistory(
+    selection: Selection,
+    headers: Record<string, string>,
+    signal: AbortSignal,
+  ): Promise<void> {
+    this.report("onState", { state: "connecting", attempt: 0 });
+    try {
+      const page = await this.client.listEvents(
+        {
+          userId: selection.userId,
+          eventTypes: selection.eventTypes,
+          deviceId: selection.deviceId,
+          newestFirst: true,
+          limit: this.history,
+        },
+        { signal, headers },
+      );
+      if (signal.aborted) return;
+      for (const event of [...page.events].reverse()) this.report("onEvent", event);
+      if (page.headCursor !== "") this.cursor = page.headCursor;
+    } catch (error) {
+      if (!signal.aborted) console.warn("notify-backbone: no history for the first paint", error);
+    }
+  }
+
   private async loop(token: string, selection: Selection, signal: AbortSignal): Promise<void> {
     const headers = { authorization: `Bearer ${token}` };
+    if (this.cursor === "" && this.history > 0 && !selection.adminFeed) {
+      await this.paintHistory(selection, headers, signal);
+    }
     let attempt = 0;
     while (!signal.aborted) {
       this.report("onState", { state: "connecting", attempt });

@@ -5,7 +5,9 @@ import { test } from "node:test";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import {
+  ListEventsResponseSchema,
   SubscribeResponseSchema,
+  type ListEventsRequest,
   type NotificationService,
   type SubscribeRequest,
   type SubscribeResponse,
@@ -280,4 +282,40 @@ test("a callback that throws is logged; the loop neither drops the next events n
   const last = states.at(-1);
   assert.equal(last?.state === "error" ? last.error.code : undefined, Code.Unauthenticated);
   assert.equal(logged.mock.callCount(), 3);
+});
+
+test("a fresh start paints the newest history oldest first, then streams from its head", async () => {
+  const { client: scripted, requests } = fakeClient([[response({ case: "caughtUp", value: { cursor: "c9" } })]]);
+  const listed: Partial<ListEventsRequest>[] = [];
+  let listFails = false;
+  const client = Object.assign(Object.create(scripted) as object, {
+    async listEvents(request: Partial<ListEventsRequest>) {
+      listed.push(request);
+      if (listFails) throw new ConnectError("down", Code.Unavailable);
+      return create(ListEventsResponseSchema, {
+        events: [
+          { id: "e3", cursor: "c3", type: "app.installed" },
+          { id: "e2", cursor: "c2", type: "app.installed" },
+        ],
+        headCursor: "c7",
+      });
+    },
+  }) as unknown as Client<typeof NotificationService>;
+  const shown: string[] = [];
+  const feed = new Feed(client, { onState: () => {}, onEvent: (e) => shown.push(e.id), onGap: () => {} }, { history: 20 });
+  const selection = { eventTypes: ["app.*"], deviceId: "d1", userId: "u1", adminFeed: false };
+  await feed.start("t", selection, false);
+  assert.deepEqual(shown, ["e2", "e3"]);
+  assert.equal(listed[0]?.newestFirst, true);
+  assert.equal(listed[0]?.limit, 20);
+  assert.deepEqual([listed[0]?.userId, listed[0]?.deviceId, listed[0]?.eventTypes], ["u1", "d1", ["app.*"]]);
+  assert.equal(requests[0]?.resumeAfter, "c7");
+  // Resuming does not paint again; the admin feed has no history; a failed read starts at the head.
+  await feed.start("t", selection, true);
+  await feed.start("t", { ...selection, adminFeed: true }, false);
+  assert.equal(listed.length, 1);
+  listFails = true;
+  await feed.start("t", selection, false);
+  assert.equal(listed.length, 2);
+  assert.equal(requests.at(-1)?.resumeAfter, "");
 });
