@@ -615,9 +615,7 @@ struct RedbReader {
 
 impl JournalReader for RedbReader {
     fn floor(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let meta = txn.open_table(META).map_err(storage)?;
-        Ok(meta.get(FLOOR).map_err(storage)?.map_or(0, |v| v.value()))
+        floor_in(&self.db.begin_read().map_err(storage)?)
     }
 
     fn scan(
@@ -629,8 +627,7 @@ impl JournalReader for RedbReader {
         // One read transaction: the floor and the events come from the same snapshot, so
         // retention running meanwhile cannot make them disagree.
         let txn = self.db.begin_read().map_err(storage)?;
-        let meta = txn.open_table(META).map_err(storage)?;
-        let floor = meta.get(FLOOR).map_err(storage)?.map_or(0, |v| v.value());
+        let floor = floor_in(&txn)?;
         let table = txn.open_table(EVENTS).map_err(storage)?;
         let start = after.max(floor);
         let mut scan = Scan {
@@ -642,39 +639,20 @@ impl JournalReader for RedbReader {
             return Ok(scan);
         }
         let range = table.range(start + 1..=limits.until).map_err(storage)?;
-        let mut bytes = 0;
-        for (scanned, entry) in range.enumerate() {
-            if scanned == limits.max_scanned || scan.events.len() == limits.max_selected {
-                return Ok(scan);
-            }
-            let (position, record) = entry.map_err(storage)?;
-            let record = Record::decode(record.value());
-            let meta = EventMeta {
-                event_type: record.event_type,
-                user_id: record.user_id,
-                device_id: record.device_id,
-            };
-            let selected = select(meta);
-            if selected {
-                if !scan.events.is_empty() && bytes + record.frame.len() > limits.max_bytes {
-                    // Not this one: the next scan starts with it.
-                    return Ok(scan);
-                }
-                bytes += record.frame.len();
-            }
-            scan.last = position.value();
-            if selected {
-                scan.events.push(StoredEvent {
-                    position: position.value(),
-                    event_type: record.event_type.into(),
-                    user_id: record.user_id.into(),
-                    device_id: record.device_id.into(),
-                    frame: Bytes::copy_from_slice(record.frame),
-                });
-            }
-        }
-        // The range is exhausted: everything up to `until` has been examined.
-        scan.last = limits.until;
+        let taken = take_selected(
+            range,
+            limits.max_scanned,
+            limits.max_selected,
+            limits.max_bytes,
+            select,
+        )?;
+        scan.events = taken.events;
+        scan.last = match (taken.exhausted, taken.examined) {
+            // The range is exhausted: everything up to `until` has been examined.
+            (true, _) => limits.until,
+            (false, Some(examined)) => examined,
+            (false, None) => scan.last,
+        };
         Ok(scan)
     }
 
@@ -686,8 +664,7 @@ impl JournalReader for RedbReader {
     ) -> Result<BackScan, StoreError> {
         // One snapshot for the floor and the events, as in `scan`.
         let txn = self.db.begin_read().map_err(storage)?;
-        let meta = txn.open_table(META).map_err(storage)?;
-        let floor = meta.get(FLOOR).map_err(storage)?.map_or(0, |v| v.value());
+        let floor = floor_in(&txn)?;
         let table = txn.open_table(EVENTS).map_err(storage)?;
         let mut scan = BackScan {
             floor,
@@ -699,37 +676,82 @@ impl JournalReader for RedbReader {
             return Ok(scan);
         }
         let range = table.range(floor + 1..before).map_err(storage)?;
-        let mut bytes = 0;
-        for (scanned, entry) in range.rev().enumerate() {
-            if scanned == limits.max_scanned || scan.events.len() == limits.max_selected {
-                return Ok(scan);
-            }
-            let (position, record) = entry.map_err(storage)?;
-            let record = Record::decode(record.value());
-            let selected = select(EventMeta {
-                event_type: record.event_type,
-                user_id: record.user_id,
-                device_id: record.device_id,
-            });
-            if selected {
-                if !scan.events.is_empty() && bytes + record.frame.len() > limits.max_bytes {
-                    return Ok(scan);
-                }
-                bytes += record.frame.len();
-                scan.events.push(StoredEvent {
-                    position: position.value(),
-                    event_type: record.event_type.into(),
-                    user_id: record.user_id.into(),
-                    device_id: record.device_id.into(),
-                    frame: Bytes::copy_from_slice(record.frame),
-                });
-            }
-            scan.first = position.value();
-        }
-        // Exhausted: nothing older than the floor is left.
-        scan.first = floor;
+        let taken = take_selected(
+            range.rev(),
+            limits.max_scanned,
+            limits.max_selected,
+            limits.max_bytes,
+            select,
+        )?;
+        scan.events = taken.events;
+        scan.first = match (taken.exhausted, taken.examined) {
+            // Exhausted: nothing older than the floor is left.
+            (true, _) => floor,
+            (false, Some(examined)) => examined,
+            (false, None) => scan.first,
+        };
         Ok(scan)
     }
+}
+
+/// What [`take_selected`] found, in the order it read.
+struct Taken {
+    /// The selected events.
+    events: Vec<StoredEvent>,
+    /// The last position examined (selected or not), if any.
+    examined: Option<u64>,
+    /// Whether the records ran out before a limit ended the pass.
+    exhausted: bool,
+}
+
+/// The events of `records` (a range of [`EVENTS`], either way round) that `select` picks:
+/// at most `max_scanned` examined, `max_selected` taken, and `max_bytes` of frames (but always
+/// one); an event that would go over the bytes ends the pass before it, unexamined, so the
+/// next pass starts with it. Only selected frames are copied out of the pages.
+fn take_selected<'a>(
+    records: impl Iterator<
+        Item = Result<
+            (
+                redb::AccessGuard<'a, u64>,
+                redb::AccessGuard<'a, &'static [u8]>,
+            ),
+            redb::StorageError,
+        >,
+    >,
+    max_scanned: usize,
+    max_selected: usize,
+    max_bytes: usize,
+    select: &dyn Fn(EventMeta<'_>) -> bool,
+) -> Result<Taken, StoreError> {
+    let mut taken = Taken {
+        events: Vec::new(),
+        examined: None,
+        exhausted: false,
+    };
+    let mut bytes = 0;
+    for (scanned, entry) in records.enumerate() {
+        if scanned == max_scanned || taken.events.len() == max_selected {
+            return Ok(taken);
+        }
+        let (position, record) = entry.map_err(storage)?;
+        let record = Record::decode(record.value());
+        if select(record.meta()) {
+            if !taken.events.is_empty() && bytes + record.frame.len() > max_bytes {
+                return Ok(taken);
+            }
+            bytes += record.frame.len();
+            taken.events.push(record.stored(position.value()));
+        }
+        taken.examined = Some(position.value());
+    }
+    taken.exhausted = true;
+    Ok(taken)
+}
+
+/// The journal's floor in `txn`'s snapshot.
+fn floor_in(txn: &redb::ReadTransaction) -> Result<u64, StoreError> {
+    let meta = txn.open_table(META).map_err(storage)?;
+    Ok(meta.get(FLOOR).map_err(storage)?.map_or(0, |v| v.value()))
 }
 
 /// One stored event: `appended_ms` (8 bytes), then id, type, user and device as
@@ -744,6 +766,26 @@ struct Record<'a> {
 }
 
 impl<'a> Record<'a> {
+    /// What a scan's selection looks at.
+    fn meta(&self) -> EventMeta<'a> {
+        EventMeta {
+            event_type: self.event_type,
+            user_id: self.user_id,
+            device_id: self.device_id,
+        }
+    }
+
+    /// The record as a scan returns it, at `position` (the frame copied out of the page).
+    fn stored(&self, position: u64) -> StoredEvent {
+        StoredEvent {
+            position,
+            event_type: self.event_type.into(),
+            user_id: self.user_id.into(),
+            device_id: self.device_id.into(),
+            frame: Bytes::copy_from_slice(self.frame),
+        }
+    }
+
     /// The strings [`Record::encode`] writes, each behind a 16-bit length.
     fn texts(event: &pb::Event) -> [&String; 4] {
         [&event.id, &event.r#type, &event.user_id, &event.device_id]
