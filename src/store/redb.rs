@@ -1060,16 +1060,22 @@ mod tests {
         assert!(read_after(&*reader, 5, 10).is_empty());
     }
 
-    #[test]
-    fn a_backward_scan_reads_newest_first_within_its_limits_and_ends_at_the_floor() {
-        let dir = Dir::new("scan-back");
+    /// A journal (in its own directory, kept while the returned `Dir` lives) holding positions
+    /// 1..=10, the even ones u2's and the odd ones u1's, and a reader of it.
+    fn ten_events_even_ones_for_u2(name: &str) -> (Dir, RedbJournal, Arc<dyn JournalReader>) {
+        let dir = Dir::new(name);
         let mut journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
-        // Positions 1..=10; even ones are u2's.
         let mut batch: Vec<_> = (1..=10)
             .map(|i| event(&format!("e{i}"), if i % 2 == 0 { "u2" } else { "u1" }))
             .collect();
         journal.append(&mut batch).unwrap();
         let reader = journal.reader();
+        (dir, journal, reader)
+    }
+
+    #[test]
+    fn a_backward_scan_reads_newest_first_within_its_limits_and_ends_at_the_floor() {
+        let (_dir, _journal, reader) = ten_events_even_ones_for_u2("scan-back");
         let u2 = |meta: EventMeta<'_>| meta.user_id == "u2";
         let limits = |max_scanned, max_selected| BackLimits {
             max_scanned,
@@ -1112,14 +1118,7 @@ mod tests {
 
     #[test]
     fn a_scan_selects_reads_only_what_it_selects_and_stops_at_its_limits() {
-        let dir = Dir::new("scan");
-        let mut journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
-        // Positions 1..=10; even ones are u2's.
-        let mut batch: Vec<_> = (1..=10)
-            .map(|i| event(&format!("e{i}"), if i % 2 == 0 { "u2" } else { "u1" }))
-            .collect();
-        journal.append(&mut batch).unwrap();
-        let reader = journal.reader();
+        let (_dir, journal, reader) = ten_events_even_ones_for_u2("scan");
         let u2 = |meta: EventMeta<'_>| meta.user_id == "u2";
         let limits = |until, max_scanned, max_selected| ScanLimits {
             until,
