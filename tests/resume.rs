@@ -421,4 +421,18 @@ async fn newest_first_history_then_live_from_its_head_has_no_gap_and_no_duplicat
         let status = list(&mut client, request, &u1).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     }
+    // A cursor that does not parse is named by its field.
+    let status = list(
+        &mut client,
+        pb::ListEventsRequest {
+            newest_first: true,
+            before: "garbage".into(),
+            ..Default::default()
+        },
+        &u1,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().starts_with("before: "), "{status:?}");
 }

@@ -23,9 +23,14 @@ pub enum ApiError {
     /// The subscription's filters are invalid.
     #[error(transparent)]
     Filter(#[from] FilterError),
-    /// `resume_after` is not a cursor.
-    #[error("resume_after: {0}")]
-    Cursor(#[from] CursorError),
+    /// A cursor field (`resume_after`, `after`, `before`) is not a cursor.
+    #[error("{field}: {source}")]
+    Cursor {
+        /// The request field.
+        field: &'static str,
+        /// Why it is not a cursor.
+        source: CursorError,
+    },
     /// The hub refused the subscription.
     #[error(transparent)]
     Hub(#[from] HubError),
@@ -58,7 +63,7 @@ impl ApiError {
                 FilterError::TooManyPatterns { .. } | FilterError::PatternTooLong { .. },
             ) => "limit_event_types",
             Self::Filter(_) => "bad_filter",
-            Self::Cursor(_) => "bad_cursor",
+            Self::Cursor { .. } => "bad_cursor",
             Self::Hub(HubError::CursorAhead(_)) => "bad_cursor",
             Self::Hub(HubError::ShuttingDown | HubError::Journal(_)) | Self::Sequencer(_) => {
                 "unavailable"
@@ -83,7 +88,7 @@ impl From<ApiError> for Status {
             ) => Code::ResourceExhausted,
             ApiError::Decode(_)
             | ApiError::Filter(_)
-            | ApiError::Cursor(_)
+            | ApiError::Cursor { .. }
             | ApiError::Hub(HubError::CursorAhead(_))
             | ApiError::Missing(_)
             | ApiError::Conflicting(_) => Code::InvalidArgument,
@@ -145,7 +150,10 @@ mod tests {
             }),
             ApiError::Filter(FilterError::SelectsNothing),
             ApiError::Filter(FilterError::TooManyPatterns { count: 2, limit: 1 }),
-            ApiError::Cursor(CursorError("x".into())),
+            ApiError::Cursor {
+                field: "after",
+                source: CursorError("x".into()),
+            },
             ApiError::Hub(HubError::ShuttingDown),
             ApiError::Hub(HubError::CursorAhead("c".into())),
             ApiError::Hub(HubError::Journal("disk".into())),

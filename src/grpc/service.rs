@@ -100,12 +100,8 @@ impl NotifyService {
             &request.event_types,
             &request.device_id,
         )?;
-        let cursor = |text: &str| match text {
-            "" => Ok(None),
-            text => Cursor::parse(text).map(Some),
-        };
-        let after = cursor(&request.after)?;
-        let before = cursor(&request.before)?;
+        let after = optional_cursor("after", &request.after)?;
+        let before = optional_cursor("before", &request.before)?;
         if request.newest_first && after.is_some() {
             return Err(ApiError::Conflicting(
                 "after pages oldest first: with newest_first, continue with before",
@@ -150,10 +146,7 @@ impl NotifyService {
             &request.event_types,
             &request.device_id,
         )?;
-        let resume_after = match request.resume_after.as_str() {
-            "" => None,
-            text => Some(Cursor::parse(text)?),
-        };
+        let resume_after = optional_cursor("resume_after", &request.resume_after)?;
         // Counted from here until the stream is dropped, however it ends.
         let permit = self.streams.open(connection, &principal.user_id)?;
         let viewer = self.auth.policy.viewer(principal);
@@ -353,6 +346,16 @@ impl Stream for SubscribeStream {
                 )
             }
         }
+    }
+}
+
+/// The cursor in request field `field`, `None` when it is empty.
+fn optional_cursor(field: &'static str, text: &str) -> Result<Option<Cursor>, ApiError> {
+    match text {
+        "" => Ok(None),
+        text => Cursor::parse(text)
+            .map(Some)
+            .map_err(|source| ApiError::Cursor { field, source }),
     }
 }
 
