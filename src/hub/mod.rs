@@ -45,7 +45,8 @@ use crate::{
     auth::Viewer,
     pb::{self, subscribe_response::Kind},
     store::{
-        BackLimits, Cursor, EventMeta, JournalReader, Scan, ScanLimits, StoreError, StoredEvent,
+        BackLimits, BackScan, Cursor, EventMeta, JournalReader, Scan, ScanLimits, StoreError,
+        StoredEvent,
     },
     telemetry::Metrics,
 };
@@ -402,23 +403,20 @@ impl Hub {
             Some(after) => after.position,
             None => 0,
         };
-        let journal = Arc::clone(&shared.journal);
         let limits = ScanLimits {
             until: head,
             max_scanned: LIST_SCAN_LIMIT,
             max_selected: limit,
             max_bytes: LIST_PAGE_BYTES,
         };
-        let (scan, events) = shared
-            .history
-            .run(move || {
-                let scan = journal.scan(start, limits, &|meta| selects(&filter, &viewer, meta))?;
-                // Decoded here too: up to a page of events is CPU work for the reader's thread.
-                let events = decode_events(&scan.events);
-                Ok((scan, events))
-            })
-            .await
-            .map_err(|e| HubError::Journal(e.to_string()))?;
+        let (scan, events) = self
+            .read_page(
+                filter,
+                viewer,
+                move |journal, select| journal.scan(start, limits, select),
+                |scan: &Scan| &scan.events,
+            )
+            .await?;
         let gap = match after {
             Some(after) if after.epoch != shared.epoch => {
                 Some((after, pb::GapReason::EpochChanged))
@@ -438,6 +436,30 @@ impl Hub {
             }),
             head: shared.cursor(head),
         })
+    }
+
+    /// Reads one history page on the `ListEvents` readers: `scan` reads the journal with the
+    /// page's selection, and the events it selected (`events_of`) are decoded there too, since
+    /// a page of them is CPU work for the reader's thread, not for an async worker.
+    async fn read_page<S: Send + 'static>(
+        &self,
+        filter: Filter,
+        viewer: Viewer,
+        scan: impl FnOnce(&dyn JournalReader, &dyn Fn(EventMeta<'_>) -> bool) -> Result<S, StoreError>
+        + Send
+        + 'static,
+        events_of: fn(&S) -> &[StoredEvent],
+    ) -> Result<(S, Vec<pb::Event>), HubError> {
+        let journal = Arc::clone(&self.shared.journal);
+        self.shared
+            .history
+            .run(move || {
+                let scanned = scan(&*journal, &|meta| selects(&filter, &viewer, meta))?;
+                let events = decode_events(events_of(&scanned));
+                Ok((scanned, events))
+            })
+            .await
+            .map_err(|e| HubError::Journal(e.to_string()))
     }
 
     /// One page of stored history, newest first: the newest events before `before` (from the
@@ -462,22 +484,19 @@ impl Hub {
             Some(before) => (before.position, None),
             None => (head + 1, None),
         };
-        let journal = Arc::clone(&shared.journal);
         let limits = BackLimits {
             max_scanned: LIST_SCAN_LIMIT,
             max_selected: limit,
             max_bytes: LIST_PAGE_BYTES,
         };
-        let (scan, events) = shared
-            .history
-            .run(move || {
-                let scan =
-                    journal.scan_back(start, limits, &|meta| selects(&filter, &viewer, meta))?;
-                let events = decode_events(&scan.events);
-                Ok((scan, events))
-            })
-            .await
-            .map_err(|e| HubError::Journal(e.to_string()))?;
+        let (scan, events) = self
+            .read_page(
+                filter,
+                viewer,
+                move |journal, select| journal.scan_back(start, limits, select),
+                |scan: &BackScan| &scan.events,
+            )
+            .await?;
         Ok(Page {
             events,
             next: shared.cursor(scan.first),
