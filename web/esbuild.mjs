@@ -8,6 +8,13 @@ import * as esbuild from "esbuild";
 const here = dirname(fileURLToPath(import.meta.url));
 const at = (...parts) => join(here, ...parts);
 
+// The packages' sources, not their built dist/: the page and the tests build without building
+// the packages first (tsconfig.json's `paths` say the same to the typecheck).
+const alias = {
+  "@notify-backbone/client": at("packages", "client", "src", "index.ts"),
+  "@notify-backbone/react": at("packages", "react", "src", "index.ts"),
+};
+
 const TEST_SETS = {
   unit: ["summary", "refresh", "feed", "token"],
   "node-client": ["node-client"],
@@ -24,6 +31,7 @@ async function buildPage() {
     legalComments: "none",
     charset: "utf8",
     logLevel: "warning",
+    alias,
   };
   await esbuild.build({
     ...common,
@@ -59,6 +67,7 @@ async function buildTests(set) {
     target: "node20",
     sourcemap: "inline",
     logLevel: "warning",
+    alias,
   });
 }
 

@@ -15,10 +15,16 @@
 import { Code, createClient } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import type { Event } from "./gen/cloudphone/notify/v1/events_pb";
-import { GapReason, NotificationService, type Gap } from "./gen/cloudphone/notify/v1/service_pb";
-import { Feed, type FeedState, type Selection } from "./feed";
-import { describeRefresh } from "./refresh";
+import {
+  Feed,
+  GapReason,
+  NotificationService,
+  describeRefresh,
+  type Event,
+  type FeedState,
+  type Gap,
+  type Selection,
+} from "@notify-backbone/client";
 import { summarize } from "./summary";
 import { isAdmin, readClaims, type TokenClaims } from "./token";
 

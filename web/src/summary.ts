@@ -11,7 +11,7 @@ import {
   QuotaStatus,
   type Decimal,
   type Event,
-} from "./gen/cloudphone/notify/v1/events_pb";
+} from "@notify-backbone/client";
 
 /** The first argument that is a non-empty string, else `""`. */
 function first(...values: (string | undefined)[]): string {

@@ -11,7 +11,7 @@ import {
   type NotificationService,
   type SubscribeRequest,
   type SubscribeResponse,
-} from "../src/gen/cloudphone/notify/v1/service_pb";
+} from "@notify-backbone/client";
 import {
   BACKOFF,
   Feed,
@@ -20,7 +20,7 @@ import {
   isTransient,
   type FeedState,
   type SetTimer,
-} from "../src/feed";
+} from "@notify-backbone/client";
 
 test("backoff doubles from 500 ms, caps at 10 s, jitters by ±20%", () => {
   const mid = () => 0.5;

@@ -12,11 +12,11 @@ import { randomUUID } from "node:crypto";
 import { test } from "node:test";
 import { createClient, type Client } from "@connectrpc/connect";
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
-import type { Event } from "../src/gen/cloudphone/notify/v1/events_pb";
+import type { Event } from "@notify-backbone/client";
 import {
   NotificationService,
   type SubscribeResponse,
-} from "../src/gen/cloudphone/notify/v1/service_pb";
+} from "@notify-backbone/client";
 
 /** Longest wait for any one message or call. */
 const WAIT_MS = 15_000;

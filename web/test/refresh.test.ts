@@ -10,7 +10,7 @@ import {
   deviceAction,
   refreshPlan,
   resourcesToRefresh,
-} from "../src/refresh";
+} from "@notify-backbone/client";
 
 // Copied from the table, one row per line, in its words.
 const EXPECTED: Record<string, string[]> = {

@@ -9,7 +9,7 @@ import {
   EventSchema,
   NoticeSeverity,
   QuotaStatus,
-} from "../src/gen/cloudphone/notify/v1/events_pb";
+} from "@notify-backbone/client";
 import { formatNumber, isoDate, summarize } from "../src/summary";
 
 type Init = MessageInitShape<typeof EventSchema>;

@@ -1,18 +1,20 @@
 // The subscription loop, without any DOM: subscribe, remember the last cursor, and on any end or
 // transient error reconnect with exponential backoff and `resumeAfter` set to that cursor, so
-// nothing is lost across a dropped connection. A bad token (or any other permanent error) stops
-// the loop instead of retrying it forever. A connection that goes silent for longer than
-// IDLE_TIMEOUT_MS counts as dropped (see there). The callbacks are the page's business: one that
-// throws is logged and the loop carries on, so only transport errors ever cause a reconnect.
+// nothing is lost across a dropped connection. A stream that ends UNAUTHENTICATED (the token
+// expired) continues at once with a token from `refreshToken`, when one is given; a bad token (or
+// any other permanent error) stops the loop instead of retrying it forever. A connection that goes
+// silent for longer than IDLE_TIMEOUT_MS counts as dropped (see there). The callbacks are the
+// caller's business: one that throws is logged and the loop carries on, so only transport errors
+// ever cause a reconnect.
 
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
-import type { Event } from "./gen/cloudphone/notify/v1/events_pb";
+import type { Event } from "./gen/cloudphone/notify/v1/events_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type {
   Gap,
   NotificationService,
   SubscribeRequestSchema,
-} from "./gen/cloudphone/notify/v1/service_pb";
+} from "./gen/cloudphone/notify/v1/service_pb.js";
 
 /** Backoff parameters: the first delay, the factor per failed attempt, the cap, the jitter. */
 export const BACKOFF = { initialMs: 500, factor: 2, maxMs: 10_000, jitter: 0.2 } as const;
@@ -68,10 +70,20 @@ export type FeedState =
   | { state: "reconnecting"; delayMs: number; error: ConnectError }
   | { state: "error"; error: ConnectError };
 
+/** Where a reported event comes from. */
+export interface EventOrigin {
+  /**
+   * True for the first paint's history (`FeedOptions.history`): events from before the feed
+   * started, which caches loaded after them already reflect. False for everything the stream
+   * sends, replayed after a reconnect included.
+   */
+  history: boolean;
+}
+
 /** What the loop reports. */
 export interface FeedCallbacks {
   onState(state: FeedState): void;
-  onEvent(event: Event): void;
+  onEvent(event: Event, origin: EventOrigin): void;
   onGap(gap: Gap): void;
 }
 
@@ -94,7 +106,17 @@ export interface FeedOptions {
    * Not for the admin feed, which `ListEvents` does not serve.
    */
   history?: number;
+  /**
+   * Called when the server ends the stream with UNAUTHENTICATED (at the token's expiry): the
+   * feed resumes at once after its cursor with the token this resolves to, so nothing is lost.
+   * A fresh token refused before the server sent anything, or a rejected promise, stops the feed
+   * with the `error` state. Without it, UNAUTHENTICATED stops the feed.
+   */
+  refreshToken?: () => Promise<string>;
 }
+
+const STREAM: EventOrigin = { history: false };
+const HISTORY: EventOrigin = { history: true };
 
 const realTimer: SetTimer = (ms, onTimeout) => {
   const timer = setTimeout(onTimeout, ms);
@@ -124,6 +146,7 @@ export class Feed {
   private readonly setTimer: SetTimer;
   private readonly idleTimeoutMs: number;
   private readonly history: number;
+  private readonly refreshToken: (() => Promise<string>) | undefined;
 
   constructor(
     private readonly client: Client<typeof NotificationService>,
@@ -135,6 +158,7 @@ export class Feed {
     this.setTimer = options.setTimer ?? realTimer;
     this.idleTimeoutMs = options.idleTimeoutMs ?? IDLE_TIMEOUT_MS;
     this.history = options.history ?? 0;
+    this.refreshToken = options.refreshToken;
   }
 
   /**
@@ -163,10 +187,14 @@ export class Feed {
    * Calls a callback, logging what it throws: a rendering bug must neither stop the loop nor pass
    * for a transport error (which would reconnect, and replay the same event into the same bug).
    */
-  private report<K extends keyof FeedCallbacks>(name: K, value: Parameters<FeedCallbacks[K]>[0]): void {
+  private report<K extends keyof FeedCallbacks>(
+    name: K,
+    value: Parameters<FeedCallbacks[K]>[0],
+    origin: EventOrigin = STREAM,
+  ): void {
     try {
-      const callback = this.callbacks[name] as (value: Parameters<FeedCallbacks[K]>[0]) => void;
-      callback.call(this.callbacks, value);
+      const callback = this.callbacks[name] as (value: Parameters<FeedCallbacks[K]>[0], origin: EventOrigin) => void;
+      callback.call(this.callbacks, value, origin);
     } catch (error) {
       console.error(`notify-backbone: the feed's ${name} callback threw`, error);
     }
@@ -195,7 +223,7 @@ export class Feed {
         { signal, headers },
       );
       if (signal.aborted) return;
-      for (const event of [...page.events].reverse()) this.report("onEvent", event);
+      for (const event of [...page.events].reverse()) this.report("onEvent", event, HISTORY);
       if (page.headCursor !== "") this.cursor = page.headCursor;
     } catch (error) {
       if (!signal.aborted) console.warn("notify-backbone: no history for the first paint", error);
@@ -208,6 +236,9 @@ export class Feed {
       await this.paintHistory(selection, headers, signal);
     }
     let attempt = 0;
+    // Whether the token was just refreshed and the server has not answered with it yet: a fresh
+    // token refused at once is not refreshed again (that would loop on a broken token source).
+    let refreshed = false;
     while (!signal.aborted) {
       this.report("onState", { state: "connecting", attempt });
       let failure: ConnectError;
@@ -232,6 +263,7 @@ export class Feed {
         const options = { signal: current.signal, headers };
         for await (const response of this.client.subscribe(request, options)) {
           rearm();
+          refreshed = false;
           const kind = response.kind;
           switch (kind.case) {
             case "event":
@@ -268,6 +300,23 @@ export class Feed {
         // it like a dropped one, resuming after the last cursor.
         const seconds = Math.round(this.idleTimeoutMs / 1000);
         failure = new ConnectError(`no message from the server for ${seconds} s`, Code.DeadlineExceeded);
+      }
+      if (failure.code === Code.Unauthenticated && this.refreshToken !== undefined && !refreshed) {
+        // The token expired (the server ends a stream at its `exp`): continue at once with a
+        // fresh one, after the same cursor. No backoff: nothing is wrong with the server.
+        let fresh: string | undefined;
+        try {
+          fresh = await this.refreshToken();
+        } catch (error) {
+          if (signal.aborted) return;
+          failure = new ConnectError(`the token could not be refreshed: ${String(error)}`, Code.Unauthenticated);
+        }
+        if (signal.aborted) return;
+        if (fresh !== undefined) {
+          headers.authorization = `Bearer ${fresh}`;
+          refreshed = true;
+          continue;
+        }
       }
       if (!isTransient(failure)) {
         this.report("onState", { state: "error", error: failure });

@@ -1,0 +1,71 @@
+// One connection per app: the provider creates a `Notifications` connection when it mounts,
+// starts it, and stops it when it unmounts; every hook below it shares that one stream.
+
+import {
+  createElement,
+  createContext,
+  useContext,
+  useEffect,
+  useRef,
+  useState,
+  type ReactNode,
+} from "react";
+import {
+  Notifications,
+  createNotificationClient,
+  type NotificationClient,
+  type NotificationsOptions,
+  type Selection,
+} from "@notify-backbone/client";
+
+const NotificationsContext = createContext<Notifications | null>(null);
+
+/** The provider's props: where the server is and how to get a token. */
+export interface NotificationsProviderProps {
+  /** The server's grpc-web address, e.g. `https://notify.example.com`. Ignored with `client`. */
+  baseUrl?: string;
+  /** A client of your own (another transport, interceptors). */
+  client?: NotificationClient;
+  /**
+   * Gives a valid token: at start and whenever the token expires mid-stream. The latest function
+   * passed is used; changing it does not reconnect.
+   */
+  getToken: () => Promise<string> | string;
+  /** What the server sends (default: everything the token may see). Read once, at mount. */
+  selection?: Partial<Selection>;
+  /** Events of history shown on first paint (default 50). Read once, at mount. */
+  history?: number;
+  /** Passed on to the connection (timers, how many recent events to keep). */
+  options?: Pick<NotificationsOptions, "keep" | "feed">;
+  children?: ReactNode;
+}
+
+/** Holds one notification connection for everything below it. */
+export function NotificationsProvider(props: NotificationsProviderProps): ReactNode {
+  const getToken = useRef(props.getToken);
+  getToken.current = props.getToken;
+  const [connection] = useState(() => {
+    const client = props.client ?? createNotificationClient(props.baseUrl ?? "");
+    return new Notifications({
+      client,
+      getToken: () => getToken.current(),
+      ...(props.selection === undefined ? {} : { selection: props.selection }),
+      ...(props.history === undefined ? {} : { history: props.history }),
+      ...props.options,
+    });
+  });
+  useEffect(() => {
+    connection.start();
+    return () => connection.stop();
+  }, [connection]);
+  return createElement(NotificationsContext.Provider, { value: connection }, props.children);
+}
+
+/** The provider's connection; throws outside a `NotificationsProvider`. */
+export function useNotificationsConnection(): Notifications {
+  const connection = useContext(NotificationsContext);
+  if (connection === null) {
+    throw new Error("notify-backbone: useNotifications* needs a <NotificationsProvider> above it");
+  }
+  return connection;
+}
