@@ -16,7 +16,7 @@ const alias = {
 };
 
 const TEST_SETS = {
-  unit: ["summary", "refresh", "feed", "token"],
+  unit: ["summary", "refresh", "feed", "token", "client", "react-queries"],
   "node-client": ["node-client"],
 };
 
