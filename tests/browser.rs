@@ -442,3 +442,326 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     socket.read_to_string(&mut response).await.unwrap();
     response
 }
+
+/// Where the React test console is served (by the driver's interception: nothing listens
+/// there). A localhost origin, so Chromium lets it call the server on 127.0.0.1.
+const CONSOLE_ORIGIN: &str = "http://localhost:9";
+
+impl Browser {
+    /// Builds the React test console (web/test/console/app.tsx) and serves it with `tokens` as
+    /// the answers of its token endpoint.
+    async fn serve_console(&mut self, tokens: &[String]) {
+        let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
+        let built = Command::new("node")
+            .arg("esbuild.mjs")
+            .arg("--console")
+            .current_dir(&web)
+            .status()
+            .await
+            .unwrap();
+        assert!(built.success(), "building the test console failed");
+        let script = web.join("build/console/app.js");
+        self.run(json!({"cmd": "serveConsole", "origin": CONSOLE_ORIGIN,
+                        "script": script, "tokens": tokens}))
+            .await;
+    }
+
+    /// How often the console called each endpoint of its API (`token`, `balance`, `devices`).
+    async fn api_calls(&mut self) -> std::collections::HashMap<String, u64> {
+        serde_json::from_value(self.run(json!({"cmd": "apiCalls"})).await).unwrap()
+    }
+
+    async fn api_call_count(&mut self, endpoint: &str) -> u64 {
+        self.api_calls().await.get(endpoint).copied().unwrap_or(0)
+    }
+
+    /// Waits until the console called `endpoint` `n` times.
+    async fn wait_api_calls(&mut self, endpoint: &str, n: u64) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let calls = self.api_call_count(endpoint).await;
+            if calls >= n {
+                assert_eq!(calls, n, "{endpoint} was called more often than expected");
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{endpoint}: {calls} calls, expected {n}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The status the console's device list shows for `device`.
+    async fn device_status(&mut self, device: &str) -> String {
+        let expression = format!(
+            "document.querySelector('li.device[data-device-id=\"{device}\"]').dataset.status"
+        );
+        self.evaluate(&expression)
+            .await
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+/// Publishes a `device.error` with id `id` for `user` through `Publish`; returns its cursor.
+async fn publish_device_error(server: &TestServer, id: &str, user: &str) -> String {
+    let mut client = server.client().await;
+    let answer = publish_json(
+        &mut client,
+        "device.error",
+        &device_error(id, user, "d-console-1"),
+    )
+    .await
+    .unwrap();
+    assert!(!answer.duplicate, "{id} was published before");
+    answer.cursor
+}
+
+/// A `billing.payment_success` for `user` with event id `id` (the platform's envelope).
+fn payment_success(id: &str, user: &str) -> Vec<u8> {
+    let (_, body) = fixture_for("billing.payment_success.envelope.json", user);
+    let mut json: Value = serde_json::from_str(&body).unwrap();
+    json["eventId"] = id.into();
+    json.to_string().into_bytes()
+}
+
+/// A device-service `device.started` or `device.stopped` (outbox shape, no event id: the content
+/// names it, so `at` makes each one new).
+fn device_status_event(routing_key: &str, user: &str, device: &str, at: u32) -> Vec<u8> {
+    let time = format!("2025-11-20T12:{:02}:{:02}.000Z", at / 60 % 60, at % 60);
+    let field = if routing_key == "device.started" {
+        "startedAt"
+    } else {
+        "stoppedAt"
+    };
+    json!({"deviceId": device, "userId": user, "providerType": "redroid", field: time})
+        .to_string()
+        .into_bytes()
+}
+
+/// The React test console against a real server and RabbitMQ: history on first paint and live
+/// events after it with no gap and no duplicate; `billing.payment_success` makes the
+/// `['balance', user]` query refetch; `device.started` patches the paged device list in place
+/// without a refetch; another user's events change nothing; a token that expires mid-stream is
+/// refreshed through the app's callback with nothing lost; a server restart is resumed and what
+/// was missed is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_react_console_keeps_react_query_fresh_and_loses_nothing() {
+    let names = Names::unique("console");
+    let producer = Producer::connect().await;
+    // No leeway: the short token's stream ends at its `exp`, not 30 s later.
+    let server = TestServer::start_amqp(&names, |c| {
+        c.cors_origins = vec![CONSOLE_ORIGIN.into()];
+        c.jwt_leeway = std::time::Duration::ZERO;
+    })
+    .await;
+    let addr = server.addr;
+    let user = format!("u-console-{}", std::process::id());
+    let stranger = format!("u-console-stranger-{}", std::process::id());
+    let tag = &names.node_id;
+
+    // History: three events before the console opens.
+    let mut expected = Vec::new();
+    let mut head = String::new();
+    for n in 0..3 {
+        let id = format!("{tag}-history-{n}");
+        head = publish_device_error(&server, &id, &user).await;
+        expected.push(id);
+    }
+    // The first token expires mid-test; the app's token endpoint then hands out fresh ones.
+    let short = token_for(&user, &[], std::time::Duration::from_secs(8));
+    let tokens = [short, token(&user, &[])];
+
+    let mut browser = Browser::launch().await;
+    browser.serve_console(&tokens).await;
+    browser
+        .goto(&format!(
+            "{CONSOLE_ORIGIN}/?server={}&user={user}",
+            server.url()
+        ))
+        .await;
+    browser.wait_for("#state[data-state=live]", None).await;
+
+    // 1. History on first paint, oldest first, then live from where it ended.
+    assert_eq!(browser.shown_ids().await, expected, "the first paint");
+    let requests = browser.subscribe_requests().await;
+    assert_eq!(requests.len(), 1, "one stream for the whole app");
+    assert_eq!(
+        requests[0].resume_after, head,
+        "live starts at the history's head"
+    );
+    let live = format!("{tag}-live-0");
+    publish_device_error(&server, &live, &user).await;
+    browser
+        .wait_for(&format!("li.event[data-id=\"{live}\"]"), None)
+        .await;
+    expected.push(live);
+    assert_eq!(browser.shown_ids().await, expected, "history, then live");
+    assert_eq!(browser.api_call_count("token").await, 1);
+    assert_eq!(browser.api_call_count("balance").await, 1);
+    assert_eq!(browser.api_call_count("devices").await, 1);
+
+    // 2. A payment through RabbitMQ refetches the balance.
+    let paid = format!("{tag}-paid-0");
+    producer
+        .publish(
+            &names.exchange,
+            "billing.payment_success",
+            &payment_success(&paid, &user),
+        )
+        .await;
+    browser.wait_api_calls("balance", 2).await;
+    browser
+        .wait_for(&format!("li.event[data-id=\"{paid}\"]"), None)
+        .await;
+    expected.push(paid);
+    browser.wait_for("#balance", Some("102.00")).await;
+
+    // 3. A device started: the paged list is patched in place, nothing refetched.
+    assert_eq!(browser.device_status("d-console-1").await, "stopped");
+    producer
+        .publish(
+            &names.exchange,
+            "device.started",
+            &device_status_event("device.started", &user, "d-console-1", 1),
+        )
+        .await;
+    browser
+        .wait_for(
+            "li.device[data-device-id=\"d-console-1\"][data-status=running]",
+            None,
+        )
+        .await;
+    expected.push(wait_for_id_in(&mut browser, "device.started").await);
+    assert_eq!(browser.device_status("d-console-2").await, "stopped");
+    let patched = browser
+        .evaluate("JSON.stringify(queryClient.getQueriesData({queryKey: ['devices']})[0][1].pages[0].items[0])")
+        .await;
+    let patched: Value = serde_json::from_str(patched.as_str().unwrap()).unwrap();
+    assert_eq!(patched["status"], "running");
+    assert_eq!(patched["updatedAt"], "2025-11-20T12:00:01.000Z");
+
+    // 4. Another user's events change nothing: a payment and a device stop of theirs, then a
+    // sentinel of the user's (the stream is in journal order: once it is shown, theirs came and
+    // went).
+    producer
+        .publish(
+            &names.exchange,
+            "billing.payment_success",
+            &payment_success(&format!("{tag}-theirs"), &stranger),
+        )
+        .await;
+    producer
+        .publish(
+            &names.exchange,
+            "device.stopped",
+            &device_status_event("device.stopped", &stranger, "d-console-1", 2),
+        )
+        .await;
+    let sentinel = format!("{tag}-sentinel-0");
+    producer
+        .publish(
+            &names.exchange,
+            "device.error",
+            device_error(&sentinel, &user, "d-console-1").as_bytes(),
+        )
+        .await;
+    browser
+        .wait_for(&format!("li.event[data-id=\"{sentinel}\"]"), None)
+        .await;
+    expected.push(sentinel);
+    assert_eq!(browser.shown_ids().await, expected, "nothing of theirs");
+    assert_eq!(browser.device_status("d-console-1").await, "running");
+    assert_eq!(browser.api_call_count("balance").await, 2);
+    assert_eq!(
+        browser.api_call_count("devices").await,
+        1,
+        "no refetch at all"
+    );
+
+    // 5. The first token expires mid-stream: the server ends the stream UNAUTHENTICATED, the
+    // feed asks the app for a fresh token and resumes after its cursor.
+    browser.wait_api_calls("token", 2).await;
+    let after_refresh = format!("{tag}-after-refresh");
+    publish_device_error(&server, &after_refresh, &user).await;
+    browser
+        .wait_for(&format!("li.event[data-id=\"{after_refresh}\"]"), None)
+        .await;
+    expected.push(after_refresh);
+    assert_eq!(
+        browser.shown_ids().await,
+        expected,
+        "nothing lost or repeated"
+    );
+    let requests = browser.subscribe_requests().await;
+    assert_eq!(
+        requests.len(),
+        2,
+        "one resubscription, with the fresh token"
+    );
+    assert!(
+        !requests[1].resume_after.is_empty(),
+        "the resubscription resumes"
+    );
+
+    // 6. The server restarts; what was published meanwhile reaches the console and its queries.
+    let data = server.stop_within(PATIENCE).await;
+    browser
+        .wait_for("#state[data-state=reconnecting]", None)
+        .await;
+    let missed_payment = format!("{tag}-paid-while-down");
+    producer
+        .publish(
+            &names.exchange,
+            "billing.payment_success",
+            &payment_success(&missed_payment, &user),
+        )
+        .await;
+    let missed = format!("{tag}-error-while-down");
+    producer
+        .publish(
+            &names.exchange,
+            "device.error",
+            device_error(&missed, &user, "d-console-1").as_bytes(),
+        )
+        .await;
+    let dir = data.0.clone();
+    let server = TestServer::start_at(addr, |c| {
+        names.apply(c);
+        c.cors_origins = vec![CONSOLE_ORIGIN.into()];
+        c.jwt_leeway = std::time::Duration::ZERO;
+        c.data_dir = dir;
+    })
+    .await;
+    server.wait_ready().await;
+    browser
+        .wait_for(&format!("li.event[data-id=\"{missed}\"]"), None)
+        .await;
+    expected.extend([missed_payment, missed]);
+    browser.wait_api_calls("balance", 3).await;
+    browser.wait_for("#state[data-state=live]", None).await;
+    assert_eq!(browser.shown_ids().await, expected, "after the restart");
+    assert_eq!(browser.api_call_count("devices").await, 1);
+    assert_eq!(browser.api_call_count("token").await, 2);
+    browser.screenshot("react-console.png").await;
+
+    browser.close().await;
+    server.stop_within(PATIENCE).await;
+    drop(data);
+    producer.clean_up(&[&names]).await;
+}
+
+/// The id of the newest event the console shows of type `event_type`.
+async fn wait_for_id_in(browser: &mut Browser, event_type: &str) -> String {
+    let selector = format!("li.event[data-type=\"{event_type}\"]");
+    browser.wait_for(&selector, None).await;
+    let expression = format!("[...document.querySelectorAll({selector:?})].at(-1).dataset.id");
+    browser
+        .evaluate(&expression)
+        .await
+        .as_str()
+        .unwrap()
+        .to_owned()
+}

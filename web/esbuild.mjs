@@ -1,5 +1,6 @@
 // Bundles the page into dist/ (index.html, app.js, app.css: nothing else, same bytes for the same
-// input), or with `--tests unit|node-client` the Node tests into build/*.mjs.
+// input), with `--tests unit|node-client` the Node tests into build/*.mjs, or with `--console`
+// the React test console into build/console/app.js.
 import { copyFile, mkdir, rm } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -71,9 +72,28 @@ async function buildTests(set) {
   });
 }
 
+// The React test console (test/console/app.tsx) for tests/browser.rs, into build/console/app.js.
+async function buildConsole() {
+  await esbuild.build({
+    entryPoints: [at("test", "console", "app.tsx")],
+    outfile: at("build", "console", "app.js"),
+    bundle: true,
+    format: "iife",
+    platform: "browser",
+    target: ["chrome100"],
+    jsx: "automatic",
+    define: { "process.env.NODE_ENV": '"development"' },
+    sourcemap: "inline",
+    logLevel: "warning",
+    alias,
+  });
+}
+
 const args = process.argv.slice(2);
 const testsAt = args.indexOf("--tests");
-if (testsAt >= 0) {
+if (args.includes("--console")) {
+  await buildConsole();
+} else if (testsAt >= 0) {
   await buildTests(args[testsAt + 1]);
 } else {
   await buildPage();

@@ -11,6 +11,11 @@
 //   {"cmd":"select","selector":S,"value":V}  choose an option of a <select>
 //   {"cmd":"subscribeRequests"}        the bodies (base64) of the page's Subscribe calls so far
 //   {"cmd":"log"}                      console messages and page errors seen so far
+//   {"cmd":"serveConsole","origin":O,"script":P,"tokens":[T...]}  serve the React test console at
+//       origin O (intercepted: nothing listens there) with the bundle at path P, and play its HTTP
+//       API: /api/token answers the tokens in turn (the last one again and again),
+//       /api/balance/<user> and /api/devices answer made-up data; every call is counted
+//   {"cmd":"apiCalls"}                 those counts, by endpoint: {"token":n,"balance":n,...}
 //   {"cmd":"close"}
 // playwright-core comes from web/node_modules (scripts/test installs it); Chromium is
 // Debian's (CHROMIUM, default /usr/bin/chromium).
@@ -22,7 +27,15 @@ const { chromium } = require("playwright-core");
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+  // The React test console is served on an intercepted localhost origin, which Chromium counts
+  // as a public page calling the loopback server: its local-network checks would refuse it.
+  args: [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-features=LocalNetworkAccessChecks,BlockInsecurePrivateNetworkRequests",
+  ],
 });
 const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
 // Both lists keep only their latest entries, so a long or chatty page cannot grow them forever.
@@ -41,6 +54,45 @@ page.on("request", (request) => {
     remember(subscribes, (request.postDataBuffer() ?? Buffer.alloc(0)).toString("base64"));
   }
 });
+
+// The React test console's origin and its API's call counts.
+const apiCalls = {};
+const count = (name) => (apiCalls[name] = (apiCalls[name] ?? 0) + 1);
+
+async function serveConsole({ origin, script, tokens }) {
+  const { readFile } = await import("node:fs/promises");
+  const bundle = await readFile(script);
+  const pending = [...tokens];
+  await page.route(`${origin}/**`, async (route) => {
+    const url = new URL(route.request().url());
+    const json = (body) => route.fulfill({ contentType: "application/json", body: JSON.stringify(body) });
+    if (url.pathname === "/") {
+      return route.fulfill({
+        contentType: "text/html",
+        body: '<!doctype html><meta charset="utf-8"><div id="root"></div><script src="/app.js"></script>',
+      });
+    }
+    if (url.pathname === "/app.js") return route.fulfill({ contentType: "text/javascript", body: bundle });
+    if (url.pathname === "/api/token") {
+      count("token");
+      return json({ token: pending.length > 1 ? pending.shift() : pending[0] });
+    }
+    if (url.pathname.startsWith("/api/balance/")) {
+      // The balance changes with every fetch, so a refetch shows.
+      return json({ balance: `${100 + count("balance")}.00` });
+    }
+    if (url.pathname === "/api/devices") {
+      count("devices");
+      return json({
+        items: [
+          { id: "d-console-1", name: "phone-1", status: "stopped" },
+          { id: "d-console-2", name: "phone-2", status: "stopped" },
+        ],
+      });
+    }
+    return route.fulfill({ status: 404, body: "not found" });
+  });
+}
 
 async function run(command) {
   switch (command.cmd) {
@@ -69,6 +121,11 @@ async function run(command) {
       return subscribes;
     case "log":
       return log;
+    case "serveConsole":
+      await serveConsole(command);
+      return null;
+    case "apiCalls":
+      return apiCalls;
     case "close":
       await browser.close();
       return null;

@@ -63,6 +63,8 @@ export class Notifications {
   private started = false;
   /** Counts starts, so a run that ends late does not mark a newer one as stopped. */
   private runs = 0;
+  /** The token `start` is waiting for, if any. */
+  private pendingToken: Promise<string> | undefined;
 
   constructor(private readonly options: NotificationsOptions) {
     this.keep = options.keep ?? 200;
@@ -126,17 +128,26 @@ export class Notifications {
     this.started = true;
     const run = ++this.runs;
     const resume = this.feed.cursor !== "";
-    void (async () => {
-      let token: string;
+    // A start right after a stop (React's StrictMode mounts, unmounts and mounts again) reuses
+    // the token being fetched rather than asking the app's session for another.
+    const token = (this.pendingToken ??= (async () => {
       try {
-        token = await this.options.getToken();
+        return await this.options.getToken();
+      } finally {
+        this.pendingToken = undefined;
+      }
+    })());
+    void (async () => {
+      let value: string;
+      try {
+        value = await token;
       } catch (error) {
         console.error("notify-backbone: no token to connect with", error);
         if (run === this.runs) this.started = false;
         return;
       }
       if (run !== this.runs || !this.started) return;
-      await this.feed.start(token, this.selection, resume);
+      await this.feed.start(value, this.selection, resume);
       if (run === this.runs) this.started = false;
     })();
   }
