@@ -415,7 +415,6 @@ async fn cluster_node(
     );
     let (writer, writer_task) = cluster::StreamWriter::spawn(
         cluster::WriterParts {
-            url: url.clone(),
             node_id: node_id.clone(),
             stream: settings.name.clone(),
             epoch,

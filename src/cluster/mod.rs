@@ -88,6 +88,10 @@ pub enum ClusterError {
     /// An append reached no queue: the stream does not exist.
     #[error("an append to the journal stream reached no queue (was the stream deleted?)")]
     Unroutable,
+    /// The submission's ingest session ended (or none has started): its delivery is the next
+    /// session's to append.
+    #[error("the ingest session this event came from ended; it is redelivered")]
+    NoSession,
     /// Shutdown came first.
     #[error("shutting down")]
     ShuttingDown,

@@ -9,13 +9,22 @@
 //!
 //! A submission is answered only once its event is in the stream and has been read back: the
 //! ingest acks the delivery then, and a `Publish` forwarded from any node gets the cursor.
+//!
+//! Appends go over the ingest session's own channel, the one that consumes the queue: that is
+//! the fence against a dead writer. The broker handles a channel's frames in order, so whatever
+//! a killed writer still had in flight is handed to the stream (or dropped) before its channel
+//! closes; only then does the queue pass its deliveries to the next consumer, whose barrier
+//! therefore lands after every append of its predecessor. With a connection of its own, a dead
+//! writer's last appends could reach the stream after its successor's barrier and be stored
+//! twice. It also means a node whose session ended cannot append at all: its submissions from
+//! that session fail (their deliveries were requeued to whoever consumes now).
 
 use std::{
     collections::HashSet,
     pin::Pin,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::Poll,
     time::Duration,
@@ -28,7 +37,7 @@ use tracing::{info, warn};
 
 use super::{
     ClusterError,
-    follower::{Landed, Waiters, connect},
+    follower::{Landed, Waiters},
     stream::{self, Kind},
 };
 use crate::{
@@ -50,23 +59,39 @@ type Reply = oneshot::Sender<Result<Published, SequencerError>>;
 struct Submission {
     decoded: Decoded,
     reply: Reply,
+    /// The ingest session it came from: appended only on that session's channel.
+    session: u64,
+}
+
+/// The current ingest session's channel, which the writer appends on.
+#[derive(Default)]
+struct SessionChannel {
+    /// Counts sessions; 0 before the first.
+    generation: AtomicU64,
+    channel: Mutex<Option<(u64, Channel)>>,
+}
+
+impl SessionChannel {
+    fn current(&self) -> Option<(u64, Channel)> {
+        self.channel
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// Submits events to the writer task; cheap to clone.
 #[derive(Clone)]
 pub struct StreamWriter {
     tx: mpsc::Sender<Submission>,
-    /// Set when a new ingest session starts: synchronise before the next append.
-    resync: Arc<AtomicBool>,
+    session: Arc<SessionChannel>,
     /// For `notify_journal_writer`, which drops to 0 as soon as a session ends.
     metrics: Arc<Metrics>,
 }
 
 /// What the writer needs.
 pub struct WriterParts {
-    /// The broker.
-    pub url: String,
-    /// This node's id (connection names, barrier names).
+    /// This node's id (barrier names).
     pub node_id: String,
     /// The stream's name.
     pub stream: String,
@@ -89,13 +114,13 @@ impl StreamWriter {
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(parts.queue_len.max(1));
-        let resync = Arc::new(AtomicBool::new(true));
+        let session = Arc::new(SessionChannel::default());
         let metrics = Arc::clone(&parts.metrics);
-        let task = tokio::spawn(run(parts, rx, Arc::clone(&resync), shutdown));
+        let task = tokio::spawn(run(parts, rx, Arc::clone(&session), shutdown));
         (
             Self {
                 tx,
-                resync,
+                session,
                 metrics,
             },
             task,
@@ -108,17 +133,27 @@ impl Downstream for StreamWriter {
 
     async fn submit(&self, decoded: Decoded) -> Result<Receipt, SequencerError> {
         let (reply, receipt) = Receipt::new();
+        let session = self.session.generation.load(Ordering::Acquire);
         self.tx
-            .send(Submission { decoded, reply })
+            .send(Submission {
+                decoded,
+                reply,
+                session,
+            })
             .await
             .map_err(|_| SequencerError::Stopped)?;
         Ok(receipt)
     }
 
-    fn session_started(&self) {
+    fn session_started(&self, channel: &Channel) {
         // A new session may or may not be the queue's active consumer: this node writes again
-        // only once a delivery says it is (and it has synchronised).
-        self.resync.store(true, Ordering::Relaxed);
+        // only once a delivery says it is, on this session's channel, after a barrier.
+        let generation = self.session.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        *self
+            .session
+            .channel
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((generation, channel.clone()));
         if self.metrics.journal_writer.get() == 1 {
             info!("journal writer: the ingest session ended; this node no longer writes");
         }
@@ -129,11 +164,14 @@ impl Downstream for StreamWriter {
 async fn run(
     parts: WriterParts,
     mut rx: mpsc::Receiver<Submission>,
-    resync: Arc<AtomicBool>,
+    session: Arc<SessionChannel>,
     shutdown: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut channel: Option<(lapin::Connection, Channel)> = None;
+    // The session whose channel is in confirm mode and synchronised (barrier read back).
+    let mut synced: Option<u64> = None;
+    // Set when an append failed: synchronise again before the next.
+    let resync = Arc::new(AtomicBool::new(false));
     let inflight = InFlight::default();
     loop {
         let received = tokio::select! {
@@ -143,60 +181,54 @@ async fn run(
         if received == 0 {
             break;
         }
-        if channel.is_none() {
-            match open(&parts).await {
-                Ok(opened) => channel = Some(opened),
-                Err(error) => {
-                    warn!(%error, "journal writer: cannot reach the broker");
-                    fail(batch.drain(..), &error);
-                    continue;
-                }
-            }
+        let Some((generation, channel)) = session.current() else {
+            fail(batch.drain(..), &ClusterError::NoSession);
+            continue;
+        };
+        // Deliveries of an ended session were requeued to whoever consumes now: appending them
+        // here would race that writer.
+        let (current, stale): (Vec<_>, Vec<_>) =
+            batch.drain(..).partition(|s| s.session == generation);
+        fail(stale.into_iter(), &ClusterError::NoSession);
+        if current.is_empty() {
+            continue;
         }
-        let Some((_, ch)) = &channel else { continue };
-        if resync.swap(false, Ordering::Relaxed) {
+        if synced != Some(generation) || resync.swap(false, Ordering::Relaxed) {
             parts.metrics.journal_writer.set(0);
-            if let Err(error) = sync(&parts, ch).await {
+            let first_use = synced != Some(generation);
+            synced = None;
+            if let Err(error) = take_over(&parts, &channel, first_use).await {
                 warn!(%error, "journal writer: cannot synchronise with the stream");
-                resync.store(true, Ordering::Relaxed);
-                fail(batch.drain(..), &error);
-                channel = None;
+                fail(current.into_iter(), &error);
                 continue;
             }
+            synced = Some(generation);
             parts.metrics.journal_writer.set(1);
             info!(stream = %parts.stream, "journal writer: this node writes the journal stream now");
         }
-        if let Err(error) = write(&parts, ch, std::mem::take(&mut batch), &inflight, &resync).await
-        {
-            warn!(%error, "journal writer: appending failed; reconnecting");
+        if let Err(error) = write(&parts, &channel, current, &inflight, &resync).await {
+            warn!(%error, "journal writer: appending failed; synchronising again before the next");
             // The stream may have some of the batch: the retries are recognised by their ids
             // once this node has synchronised again.
             resync.store(true, Ordering::Relaxed);
-            channel = None;
         }
     }
     parts.metrics.journal_writer.set(0);
-    if let Some((connection, _)) = channel {
-        let _ = connection.close(200, "writer stopping".into()).await;
-    }
 }
 
-async fn open(parts: &WriterParts) -> Result<(lapin::Connection, Channel), ClusterError> {
-    let connection = connect(
-        &parts.url,
-        format!("notify-backbone {} writer", parts.node_id),
-    )
-    .await
-    .map_err(ClusterError::Connect)?;
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(ClusterError::Broker)?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(ClusterError::Broker)?;
-    Ok((connection, channel))
+/// Puts a session's channel in confirm mode (`first_use`) and appends the barrier.
+async fn take_over(
+    parts: &WriterParts,
+    channel: &Channel,
+    first_use: bool,
+) -> Result<(), ClusterError> {
+    if first_use {
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(ClusterError::Broker)?;
+    }
+    sync(parts, channel).await
 }
 
 /// Appends a barrier and waits until this node's follower read it back: from then on the
@@ -279,7 +311,7 @@ async fn write(
     let mut pending: Vec<Pending> = Vec::new();
     let mut appends: Vec<(String, Appended<'_>)> = Vec::new();
     let mut failure = None;
-    for Submission { decoded, reply } in batch {
+    for Submission { decoded, reply, .. } in batch {
         let mut answer = None;
         for (n, event) in std::iter::once(&decoded.event)
             .chain(&decoded.admin_notice)
@@ -379,6 +411,11 @@ async fn write(
             lock(&inflight).remove(&id);
             landings.push(outcome);
         }
+        if failure.is_some() {
+            // Before the answers: a failed submission comes back as a redelivery, which must
+            // find the flag set (and the barrier first) rather than append a second copy.
+            resync.store(true, Ordering::Relaxed);
+        }
         for (reply, id, answer) in plans {
             let landed = match answer {
                 Answer::Duplicate(position) => Some(Landed {
@@ -413,9 +450,6 @@ async fn write(
                 .into()),
             };
             let _ = reply.send(outcome);
-        }
-        if failure.is_some() {
-            resync.store(true, Ordering::Relaxed);
         }
     });
     match failure {

@@ -106,9 +106,10 @@ pub trait Downstream: Send + Sync + 'static {
         decoded: Decoded,
     ) -> impl Future<Output = Result<Self::Receipt, SequencerError>> + Send;
 
-    /// A new broker session started consuming: what the downstream knew of the queue's state
-    /// may be stale (cluster mode's writer synchronises with the journal again).
-    fn session_started(&self) {}
+    /// A new broker session started consuming on `channel`: what the downstream knew of the
+    /// queue's state may be stale. Cluster mode's writer appends on that channel (so a dead
+    /// session's appends are fenced by the broker) and synchronises with the journal again.
+    fn session_started(&self, _channel: &lapin::Channel) {}
 }
 
 impl Downstream for Sequencer {

@@ -237,7 +237,7 @@ async fn consume<D: Downstream>(
         .await
         .map_err(|e| before(IngestError::Lost(e)))?;
     let _ = state.send(IngestState::Consuming);
-    downstream.session_started();
+    downstream.session_started(&channel);
     metrics.ingest.consuming.set(1);
     info!(queue = %config.topology.queue, prefetch = config.prefetch, "ingest: consuming");
 
