@@ -570,11 +570,11 @@ async fn the_react_console_keeps_react_query_fresh_and_loses_nothing() {
         head = publish_device_error(&server, &id, &user).await;
         expected.push(id);
     }
-    // The first token expires mid-test; the app's token endpoint then hands out fresh ones.
-    let short = token_for(&user, &[], std::time::Duration::from_secs(8));
-    let tokens = [short, token(&user, &[])];
-
     let mut browser = Browser::launch().await;
+    // The first token expires mid-test (minted once Chromium is up, so its life is the test's);
+    // the app's token endpoint then hands out fresh ones.
+    let short = token_for(&user, &[], std::time::Duration::from_secs(10));
+    let tokens = [short, token(&user, &[])];
     browser.serve_console(&tokens).await;
     browser
         .goto(&format!(

@@ -25,9 +25,13 @@ const event = (id: string, cursor: string): SubscribeResponse =>
 const caughtUp = (cursor: string): SubscribeResponse =>
   create(SubscribeResponseSchema, { kind: { case: "caughtUp", value: { cursor } } });
 
-/** A client whose n-th `subscribe` plays `scripts[n]`; it records each call's request and token. */
+/**
+ * A client whose n-th `subscribe` plays `scripts[n]`; it records each call's request and token.
+ * `listEvents` answers `history` (newest first), but refuses the token `stale` as expired.
+ */
 function scriptedClient(scripts: (SubscribeResponse | ConnectError)[][], history: Event[] = []) {
   const calls: { resumeAfter: string; authorization: string }[] = [];
+  const listCalls: string[] = [];
   const client = {
     subscribe(request: { resumeAfter?: string }, options?: { headers?: Record<string, string> }) {
       calls.push({ resumeAfter: request.resumeAfter ?? "", authorization: options?.headers?.authorization ?? "" });
@@ -39,11 +43,14 @@ function scriptedClient(scripts: (SubscribeResponse | ConnectError)[][], history
         }
       })();
     },
-    async listEvents() {
+    async listEvents(_request: unknown, options?: { headers?: Record<string, string> }) {
+      const authorization = options?.headers?.authorization ?? "";
+      listCalls.push(authorization);
+      if (authorization === "Bearer stale") throw new ConnectError("token expired", Code.Unauthenticated);
       return create(ListEventsResponseSchema, { events: [...history].reverse(), headCursor: "h0" });
     },
   };
-  return { client: client as unknown as NotificationClient, calls };
+  return { client: client as unknown as NotificationClient, calls, listCalls };
 }
 
 const expired = () => new ConnectError("token expired; last cursor sent: c2", Code.Unauthenticated);
@@ -90,6 +97,48 @@ test("a refreshed token refused at once stops the feed instead of refreshing for
   assert.equal(calls.length, 2);
   const last = states.at(-1);
   assert.ok(last?.state === "error" && last.error.code === Code.Unauthenticated);
+});
+
+test("every expiry is refreshed, the next one too, and one after an outage", async () => {
+  const { client, calls } = scriptedClient([
+    [caughtUp("c0"), event("e1", "c1"), expired()],
+    [caughtUp("c1"), event("e2", "c2"), expired()],
+    [new ConnectError("server restarting", Code.Unavailable)],
+    [expired()],
+    [caughtUp("c2"), event("e3", "c3"), new ConnectError("stop", Code.PermissionDenied)],
+  ]);
+  const seen: string[] = [];
+  let refreshes = 0;
+  const feed = new Feed(
+    client,
+    { onEvent: (e) => seen.push(e.id), onState: () => {}, onGap: () => {} },
+    { refreshToken: async () => `fresh-${++refreshes}`, sleep: async () => {} },
+  );
+  await feed.start("first", { eventTypes: [], deviceId: "", userId: "", adminFeed: false }, false);
+  assert.deepEqual(seen, ["e1", "e2", "e3"]);
+  assert.equal(refreshes, 3, "two expiries in a row, then one after an outage");
+  assert.deepEqual(
+    calls.map((call) => `${call.resumeAfter} ${call.authorization}`),
+    [" Bearer first", "c1 Bearer fresh-1", "c2 Bearer fresh-2", "c2 Bearer fresh-2", "c2 Bearer fresh-3"],
+  );
+});
+
+test("the first paint's history is read again with a fresh token when the first one expired", async () => {
+  const old = create(EventSchema, { id: "h1", cursor: "c-h1", type: "device.error" });
+  const { client, calls, listCalls } = scriptedClient(
+    [[caughtUp("h0"), new ConnectError("stop", Code.PermissionDenied)]],
+    [old],
+  );
+  const seen: string[] = [];
+  const feed = new Feed(
+    client,
+    { onEvent: (e) => seen.push(e.id), onState: () => {}, onGap: () => {} },
+    { history: 10, refreshToken: async () => "fresh" },
+  );
+  await feed.start("stale", { eventTypes: [], deviceId: "", userId: "", adminFeed: false }, false);
+  assert.deepEqual(listCalls, ["Bearer stale", "Bearer fresh"]);
+  assert.deepEqual(seen, ["h1"]);
+  assert.deepEqual(calls[0], { resumeAfter: "h0", authorization: "Bearer fresh" });
 });
 
 test("a token source that fails stops the feed with the reason", async () => {

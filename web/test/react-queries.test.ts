@@ -5,7 +5,13 @@ import { test } from "node:test";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { QueryClient, type QueryKey } from "@tanstack/react-query";
 import { EventSchema, type Event } from "@notify-backbone/client";
-import { applyEventToQueries, patchDeviceStatus, DEFAULT_QUERY_MAPPING } from "@notify-backbone/react";
+import {
+  DEFAULT_QUERY_MAPPING,
+  HISTORY_GRACE_MS,
+  applyEventToQueries,
+  patchDeviceStatus,
+  shouldApply,
+} from "@notify-backbone/react";
 
 const KEYS: QueryKey[] = [
   ["quotas"],
@@ -155,4 +161,25 @@ test("an app's mapping replaces or turns off a default, and adds types", () => {
   applyEventToQueries(ev({ type: "billing.low_balance" }), client, mapping);
   applyEventToQueries(ev({ type: "device.error", deviceId: "d2" }), client, mapping);
   assert.deepEqual(invalidated(client), keys(["billing"], ["device", "d2"]));
+});
+
+test("a status change restarts a device list fetch already under way, which would overwrite it", async () => {
+  const client = new QueryClient({ defaultOptions: { queries: { staleTime: Infinity } } });
+  void client.fetchQuery({ queryKey: ["devices", "loading"], queryFn: () => new Promise<never>(() => {}) });
+  client.setQueryData(["devices", "loaded"], [{ id: "d1", status: "stopped" }]);
+  applyEventToQueries(ev({ type: "device.started", deviceId: "d1" }), client);
+  assert.deepEqual(invalidated(client), keys(["devices", "loading"]));
+  assert.deepEqual(client.getQueryData(["devices", "loaded"]), [{ id: "d1", status: "running" }]);
+});
+
+test("history is applied only when it happened shortly before the hook mounted", () => {
+  const mountedAt = Date.UTC(2026, 0, 1, 12);
+  const at = (ms: number) => ev({ receivedAt: { seconds: BigInt(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1e6 } });
+  const history = { history: true };
+  assert.ok(shouldApply(at(mountedAt - 1_000), history, mountedAt), "just before the mount");
+  assert.ok(shouldApply(at(mountedAt + 5_000), history, mountedAt), "a server clock ahead");
+  assert.ok(shouldApply(at(mountedAt - HISTORY_GRACE_MS), history, mountedAt));
+  assert.ok(!shouldApply(at(mountedAt - HISTORY_GRACE_MS - 1_000), history, mountedAt), "older: loaded at mount");
+  assert.ok(!shouldApply(ev({}), history, mountedAt), "no time: treated as old");
+  assert.ok(shouldApply(at(0), { history: false }, mountedAt), "the stream's events always");
 });

@@ -58,9 +58,12 @@ export function asTyped(event: Event): TypedEvent | undefined {
   return { ...event, type } as unknown as TypedEvent;
 }
 
-/** Whether `event` is of type `type` (with its typed payload). */
+/**
+ * Whether `event` is of type `type` (with its typed payload). Exact: the server always sends the
+ * canonical spelling; use `asTyped` for events from elsewhere that may carry an older one.
+ */
 export function isEventOf<T extends KnownEventType>(event: Event, type: T): event is Event & EventOf<T> {
-  return canonicalEventType(event.type) === type && event.payload.case === PAYLOAD_CASE_BY_TYPE[type];
+  return event.type === type && event.payload.case === PAYLOAD_CASE_BY_TYPE[type];
 }
 
 /**

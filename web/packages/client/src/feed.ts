@@ -207,26 +207,48 @@ export class Feed {
    */
   private async paintHistory(
     selection: Selection,
-    headers: Record<string, string>,
+    headers: { authorization: string },
     signal: AbortSignal,
   ): Promise<void> {
     this.report("onState", { state: "connecting", attempt: 0 });
+    const request = {
+      userId: selection.userId,
+      eventTypes: selection.eventTypes,
+      deviceId: selection.deviceId,
+      newestFirst: true,
+      limit: this.history,
+    };
+    // A token that expired before the feed started gets one refresh, as on the stream.
+    for (let tries = 0; ; tries++) {
+      try {
+        const page = await this.client.listEvents(request, { signal, headers });
+        if (signal.aborted) return;
+        for (const event of [...page.events].reverse()) this.report("onEvent", event, HISTORY);
+        if (page.headCursor !== "") this.cursor = page.headCursor;
+        return;
+      } catch (error) {
+        if (signal.aborted) return;
+        const failure = ConnectError.from(error);
+        if (failure.code === Code.Unauthenticated && this.refreshToken !== undefined && tries === 0) {
+          if ((await this.refresh(headers)) === undefined && !signal.aborted) continue;
+        }
+        if (!signal.aborted) console.warn("notify-backbone: no history for the first paint", error);
+        return;
+      }
+    }
+  }
+
+  /**
+   * Puts a fresh token from `refreshToken` into `headers`; the error to stop with when there is
+   * none, `undefined` when it worked.
+   */
+  private async refresh(headers: { authorization: string }): Promise<ConnectError | undefined> {
+    if (this.refreshToken === undefined) return new ConnectError("the token expired", Code.Unauthenticated);
     try {
-      const page = await this.client.listEvents(
-        {
-          userId: selection.userId,
-          eventTypes: selection.eventTypes,
-          deviceId: selection.deviceId,
-          newestFirst: true,
-          limit: this.history,
-        },
-        { signal, headers },
-      );
-      if (signal.aborted) return;
-      for (const event of [...page.events].reverse()) this.report("onEvent", event, HISTORY);
-      if (page.headCursor !== "") this.cursor = page.headCursor;
+      headers.authorization = `Bearer ${await this.refreshToken()}`;
+      return undefined;
     } catch (error) {
-      if (!signal.aborted) console.warn("notify-backbone: no history for the first paint", error);
+      return new ConnectError(`the token could not be refreshed: ${String(error)}`, Code.Unauthenticated);
     }
   }
 
@@ -304,19 +326,19 @@ export class Feed {
       if (failure.code === Code.Unauthenticated && this.refreshToken !== undefined && !refreshed) {
         // The token expired (the server ends a stream at its `exp`): continue at once with a
         // fresh one, after the same cursor. No backoff: nothing is wrong with the server.
-        let fresh: string | undefined;
-        try {
-          fresh = await this.refreshToken();
-        } catch (error) {
-          if (signal.aborted) return;
-          failure = new ConnectError(`the token could not be refreshed: ${String(error)}`, Code.Unauthenticated);
-        }
+        this.report("onState", { state: "connecting", attempt });
+        const refused = await this.refresh(headers);
         if (signal.aborted) return;
-        if (fresh !== undefined) {
-          headers.authorization = `Bearer ${fresh}`;
+        if (refused === undefined) {
           refreshed = true;
           continue;
         }
+        failure = refused;
+      }
+      if (failure.code !== Code.Unauthenticated) {
+        // Only a fresh token refused at once stops the feed: after any other failure, the next
+        // expiry (a later token's, maybe during an outage) is refreshed again.
+        refreshed = false;
       }
       if (!isTransient(failure)) {
         this.report("onState", { state: "error", error: failure });

@@ -9,11 +9,13 @@ export {
 export { useNotifications, type NotificationFilter, type NotificationsView } from "./use-notifications.js";
 export {
   DEFAULT_QUERY_MAPPING,
+  HISTORY_GRACE_MS,
   applyDeviceStatus,
   applyEventToQueries,
   deviceStatusOf,
   patchDeviceStatus,
   queryActionFor,
+  shouldApply,
   useQueryRefresh,
   type DeviceStatusChange,
   type QueryAction,

@@ -22,9 +22,12 @@ const NotificationsContext = createContext<Notifications | null>(null);
 
 /** The provider's props: where the server is and how to get a token. */
 export interface NotificationsProviderProps {
-  /** The server's grpc-web address, e.g. `https://notify.example.com`. Ignored with `client`. */
+  /**
+   * The server's grpc-web address, e.g. `https://notify.example.com`. Ignored with `client`.
+   * Read once, at mount (to point at another server, remount the provider with a new `key`).
+   */
   baseUrl?: string;
-  /** A client of your own (another transport, interceptors). */
+  /** A client of your own (another transport, interceptors). Read once, at mount. */
   client?: NotificationClient;
   /**
    * Gives a valid token: at start and whenever the token expires mid-stream. The latest function
@@ -43,7 +46,10 @@ export interface NotificationsProviderProps {
 /** Holds one notification connection for everything below it. */
 export function NotificationsProvider(props: NotificationsProviderProps): ReactNode {
   const getToken = useRef(props.getToken);
-  getToken.current = props.getToken;
+  const latestGetToken = props.getToken;
+  useEffect(() => {
+    getToken.current = latestGetToken;
+  }, [latestGetToken]);
   const [connection] = useState(() => {
     const client = props.client ?? createNotificationClient(props.baseUrl ?? "");
     return new Notifications({

@@ -4,7 +4,7 @@
 
 import { useEffect, useRef } from "react";
 import { useQueryClient, type QueryClient, type QueryKey } from "@tanstack/react-query";
-import { canonicalEventType, type Event } from "@notify-backbone/client";
+import { canonicalEventType, type Event, type EventOrigin } from "@notify-backbone/client";
 import { useNotificationsConnection } from "./provider.js";
 
 /** What one event type does to the cache. Every part is optional. */
@@ -125,9 +125,21 @@ export function applyDeviceStatus(event: Event, queryClient: QueryClient): void 
   if (status === undefined || event.deviceId === "") return;
   const change: DeviceStatusChange = { deviceId: event.deviceId, status, at: occurredAt(event) };
   queryClient.setQueriesData({ queryKey: ["devices"] }, (data: unknown) => patchDeviceStatus(data, change));
-  queryClient.setQueriesData({ queryKey: ["device", event.deviceId] }, (data: unknown) =>
+  queryClient.setQueriesData({ queryKey: ["device", event.deviceId], exact: true }, (data: unknown) =>
     isRecord(data) ? patchDevice(data, change) : data,
   );
+  // A fetch already under way may have read the device before the change, and its result would
+  // overwrite the patch: start those again instead.
+  for (const query of queryClient.getQueryCache().findAll({ queryKey: ["devices"] })) {
+    if (query.state.fetchStatus === "fetching") {
+      void queryClient.invalidateQueries({ queryKey: query.queryKey, exact: true });
+    }
+  }
+  for (const query of queryClient.getQueryCache().findAll({ queryKey: ["device", event.deviceId], exact: true })) {
+    if (query.state.fetchStatus === "fetching") {
+      void queryClient.invalidateQueries({ queryKey: query.queryKey, exact: true });
+    }
+  }
 }
 
 const quotaAll: QueryAction = { invalidate: () => [["quotas"], ["quota-alerts"], ["quota-summary"]] };
@@ -200,6 +212,27 @@ export function applyEventToQueries(
   for (const queryKey of action.invalidate?.(event) ?? []) void queryClient.invalidateQueries({ queryKey });
 }
 
+/**
+ * How long before the hook mounted a history event may have happened and still be applied: the
+ * queries load at mount and the history is read a moment later, so an event in between is in
+ * the history but maybe not in what the queries loaded. The margin also absorbs a difference
+ * between the server's clock (`receivedAt`) and the browser's. Older history is left alone: the
+ * queries loaded after it.
+ */
+export const HISTORY_GRACE_MS = 30_000;
+
+/**
+ * Whether `useQueryRefresh` applies an event: every event of the stream (live, or replayed after
+ * a reconnect), and history events received at most `HISTORY_GRACE_MS` before `mountedAt` (ms
+ * since the epoch, the browser's clock).
+ */
+export function shouldApply(event: Event, origin: EventOrigin, mountedAt: number): boolean {
+  if (!origin.history) return true;
+  const at = event.receivedAt;
+  if (at === undefined) return false;
+  return Number(at.seconds) * 1000 + at.nanos / 1e6 >= mountedAt - HISTORY_GRACE_MS;
+}
+
 /** Options of `useQueryRefresh`. */
 export interface QueryRefreshOptions {
   /** Per event type, replaces the default (`null` turns it off); other types keep theirs. */
@@ -210,24 +243,26 @@ export interface QueryRefreshOptions {
 
 /**
  * Applies the mapping to the query cache for every event the provider's stream delivers (live
- * ones, and the ones replayed after a reconnect; not the first paint's history, which the
- * queries loaded at mount already reflect). Mount it once, near the root. Unmounting removes
- * this hook's listener only.
+ * ones, and the ones replayed after a reconnect), and for the first paint's history only what
+ * happened shortly before the hook mounted (`shouldApply`): older history the queries loaded at
+ * mount already show, and refetching for each of those events would only cost requests. Mount
+ * it once, near the root. Unmounting removes this hook's listener only.
  */
 export function useQueryRefresh(options: QueryRefreshOptions = {}): void {
   const connection = useNotificationsConnection();
   const queryClient = useQueryClient(options.queryClient);
   // The latest mapping without re-subscribing when an inline object changes identity.
   const mapping = useRef<QueryMapping>(DEFAULT_QUERY_MAPPING);
-  mapping.current =
-    options.mapping === undefined ? DEFAULT_QUERY_MAPPING : { ...DEFAULT_QUERY_MAPPING, ...options.mapping };
-  useEffect(
-    () =>
-      connection.listen({
-        onEvent: (event, origin) => {
-          if (!origin.history) applyEventToQueries(event, queryClient, mapping.current);
-        },
-      }),
-    [connection, queryClient],
-  );
+  const latest = options.mapping;
+  useEffect(() => {
+    mapping.current = latest === undefined ? DEFAULT_QUERY_MAPPING : { ...DEFAULT_QUERY_MAPPING, ...latest };
+  }, [latest]);
+  useEffect(() => {
+    const mountedAt = Date.now();
+    return connection.listen({
+      onEvent: (event, origin) => {
+        if (shouldApply(event, origin, mountedAt)) applyEventToQueries(event, queryClient, mapping.current);
+      },
+    });
+  }, [connection, queryClient]);
 }

@@ -3,7 +3,7 @@
 // connection.
 
 import { useCallback, useMemo, useRef, useSyncExternalStore } from "react";
-import type { Event, FeedState, Gap } from "@notify-backbone/client";
+import { canonicalEventType, type Event, type FeedState, type Gap } from "@notify-backbone/client";
 import { useNotificationsConnection } from "./provider.js";
 
 /** Which of the stream's events a view wants; an empty or missing field matches everything. */
@@ -55,10 +55,10 @@ export function useNotifications(filter: NotificationFilter = {}): Notifications
   const deviceId = filter.deviceId ?? "";
   const userId = filter.userId ?? "";
   const events = useMemo(() => {
-    const wanted = new Set(types === "" ? [] : types.split("\n"));
+    const wanted = new Set(types === "" ? [] : types.split("\n").map(canonicalEventType));
     return recent.filter(
       (event) =>
-        (wanted.size === 0 || wanted.has(event.type)) &&
+        (wanted.size === 0 || wanted.has(canonicalEventType(event.type))) &&
         (deviceId === "" || event.deviceId === deviceId) &&
         (userId === "" || event.userId === userId),
     );
