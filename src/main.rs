@@ -1,4 +1,11 @@
-//! The `notify-backbone` binary: parse the command line, start logging, hand over.
+//! The `notify-backbone` binary: parse the command line, start logging, hand over, and turn an
+//! error into one line on stderr and an exit code.
+//!
+//! Exit codes: 0 success; 1 an error (a refused configuration, an unreachable server, a failure
+//! while serving), its reason on stderr as `notify-backbone: error: <reason>: <cause>...`;
+//! 2 a usage error (unknown flag, bad value), reported by clap.
+
+use std::process::ExitCode;
 
 use clap::Parser;
 use notify_backbone::{
@@ -8,9 +15,21 @@ use notify_backbone::{
 };
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init_logging();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // The chain on one line, never anyhow's debug form: that one prints a backtrace
+            // whenever RUST_BACKTRACE is set, which turns every refusal into a page of frames.
+            eprintln!("notify-backbone: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => serve(cli.serve).await,
         Some(Command::Serve(config)) => serve(*config).await,

@@ -91,26 +91,31 @@ async fn every_wire_fixture_published_like_the_producers_arrives_typed() {
 }
 
 #[tokio::test]
-async fn the_amqp_timestamp_in_milliseconds_dates_an_event_without_one() {
+async fn the_amqp_timestamp_in_milliseconds_or_seconds_dates_an_event_without_one() {
     let names = Names::unique("timestamp");
     let producer = Producer::connect().await;
     let server = TestServer::start_amqp(&names, |_| {}).await;
     let mut client = server.client().await;
     let mut user = subscribe(&mut client, request("u-ts")).await;
-    // Outbox shape C: no `type`, no `timestamp`, no date of its own.
-    let body = br#"{"deviceId":"d1","userId":"u-ts","deviceName":"p","tenantId":null,"_trace":{}}"#;
-    producer
-        .publish_at(&names.exchange, "device.deleted", body, 1_732_096_800_123)
-        .await;
-    let event = next_event(&mut user).await;
-    assert_eq!(event.r#type, "device.deleted");
-    assert_eq!(event.user_id, "u-ts");
-    assert_eq!(event.device_id, "d1");
-    let occurred = event.occurred_at.unwrap();
-    assert_eq!(
-        (occurred.seconds, occurred.nanos),
-        (1_732_096_800, 123_000_000)
-    );
+    // Outbox shape C: no `type`, no `timestamp`, no date of its own. The platform's producers
+    // put milliseconds in the AMQP timestamp; the AMQP spec (and pika, amqplib ...) seconds.
+    for (device, sent, expected) in [
+        ("d1", 1_732_096_800_123, (1_732_096_800, 123_000_000)),
+        ("d2", 1_732_096_801, (1_732_096_801, 0)),
+    ] {
+        let body = format!(
+            r#"{{"deviceId":"{device}","userId":"u-ts","deviceName":"p","tenantId":null,"_trace":{{}}}}"#
+        );
+        producer
+            .publish_at(&names.exchange, "device.deleted", body.as_bytes(), sent)
+            .await;
+        let event = next_event(&mut user).await;
+        assert_eq!(event.r#type, "device.deleted");
+        assert_eq!(event.user_id, "u-ts");
+        assert_eq!(event.device_id, device);
+        let occurred = event.occurred_at.unwrap();
+        assert_eq!((occurred.seconds, occurred.nanos), expected, "sent {sent}");
+    }
     server.stop_within(PATIENCE).await;
     producer.clean_up(&[&names]).await;
 }

@@ -129,39 +129,8 @@ async fn the_server_refuses_to_start_without_a_key_unless_dev() {
 #[tokio::test]
 async fn dev_mode_and_the_token_command_work_together() {
     let dir = scratch_dir("dev");
-    let mut server = tokio::process::Command::new(BIN)
-        .args([
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .current_dir(&dir)
-        .env_remove("JWT_SECRET")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    // The log says it is in development mode and where it listens.
-    let mut log = BufReader::new(server.stderr.take().unwrap()).lines();
-    let (mut warned, mut url) = (false, None);
-    while url.is_none() {
-        let line = tokio::time::timeout(PATIENCE, log.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .expect("the server logs where it listens");
-        warned |= line.contains("DEVELOPMENT MODE");
-        if let Some((_, rest)) = line.split_once("serving gRPC and grpc-web on ") {
-            let addr = rest.split_whitespace().next().unwrap();
-            url = Some(format!("http://{addr}"));
-        }
-    }
+    let (_server, url, warned) = spawn_dev(&dir, &[]).await;
     assert!(warned, "no loud warning in --dev");
-    let url = url.unwrap();
     let secret = dir.join(".notify-backbone/dev-jwt-secret");
     #[cfg(unix)]
     {
@@ -245,7 +214,142 @@ async fn dev_mode_and_the_token_command_work_together() {
         String::from_utf8_lossy(&refused.stderr).contains("Unauthenticated"),
         "{refused:?}"
     );
-    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A `--dev` server in `dir` on free ports (plus `extra` flags): the process, its URL, and
+/// whether it warned loudly that it runs in development mode.
+async fn spawn_dev(dir: &std::path::Path, extra: &[&str]) -> (tokio::process::Child, String, bool) {
+    let mut server = tokio::process::Command::new(BIN)
+        .args([
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .current_dir(dir)
+        .env_remove("JWT_SECRET")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The log says it is in development mode and where it listens.
+    let mut log = BufReader::new(server.stderr.take().unwrap()).lines();
+    let (mut warned, mut url) = (false, None);
+    while url.is_none() {
+        let line = tokio::time::timeout(PATIENCE, log.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the server logs where it listens");
+        warned |= line.contains("DEVELOPMENT MODE");
+        if let Some((_, rest)) = line.split_once("serving gRPC and grpc-web on ") {
+            let addr = rest.split_whitespace().next().unwrap();
+            url = Some(format!("http://{addr}"));
+        }
+    }
+    // Keep reading the log, so a full pipe never blocks the server.
+    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+    (server, url.unwrap(), warned)
+}
+
+/// A second `--dev` server in the same directory (for the RabbitMQ part of the tour, say) reuses
+/// the first one's secret: tokens minted before it started work on both, and `token` mints for
+/// both.
+#[tokio::test]
+async fn two_dev_servers_in_one_directory_accept_the_same_tokens() {
+    let dir = scratch_dir("two-dev");
+    let (_first, first_url, _) = spawn_dev(&dir, &[]).await;
+    let secret = dir.join(".notify-backbone/dev-jwt-secret");
+    let before = std::fs::read_to_string(&secret).unwrap();
+    let mint = || {
+        let output = std::process::Command::new(BIN)
+            .args(["token", "--sub", "u1"])
+            .current_dir(&dir)
+            .env_remove("JWT_SECRET")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    };
+    let minted_before = mint();
+    let (_second, second_url, _) = spawn_dev(&dir, &["--data-dir", "second-journal"]).await;
+    assert_eq!(
+        std::fs::read_to_string(&secret).unwrap(),
+        before,
+        "the second server replaced the secret"
+    );
+    let minted_after = mint();
+    for url in [&first_url, &second_url] {
+        for token in [&minted_before, &minted_after] {
+            let mut client = notify_backbone::pb::notification_service_client::NotificationServiceClient::connect(url.clone())
+                .await
+                .unwrap();
+            let request = notify_backbone::pb::ListEventsRequest {
+                user_id: "u1".into(),
+                ..Default::default()
+            };
+            client
+                .list_events(with_token(request, token))
+                .await
+                .unwrap_or_else(|status| panic!("{url} refused a token: {status:?}"));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A refusal is one line on stderr and exit code 1, also with `RUST_BACKTRACE=1` (common among
+/// Rust developers), which must not turn it into a backtrace; a usage error is exit code 2.
+#[tokio::test]
+async fn errors_are_one_line_with_an_exit_code_even_with_rust_backtrace() {
+    let dir = scratch_dir("errors");
+    let run = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(args)
+            .current_dir(&dir)
+            .env_remove("JWT_SECRET")
+            .env_remove("NOTIFY_DEV")
+            .env("RUST_BACKTRACE", "1")
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap()
+    };
+    for (args, says) in [
+        (
+            &["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"][..],
+            "--jwt-secret",
+        ),
+        (&["token", "--sub", "u1"][..], "dev-jwt-secret"),
+        (
+            &[
+                "publish",
+                "--server",
+                "http://127.0.0.1:9",
+                "--token",
+                "t",
+                "device.started",
+                "{}",
+            ][..],
+            "127.0.0.1:9",
+        ),
+    ] {
+        let output = run(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line, got {stderr}");
+        assert!(
+            lines[0].starts_with("notify-backbone: error: ") && lines[0].contains(says),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.to_lowercase().contains("backtrace"), "{stderr}");
+    }
+    let usage = run(&["--no-such-flag"]);
+    assert_eq!(usage.status.code(), Some(2), "{usage:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -103,11 +103,9 @@ impl Message {
             && text(self.properties.kind()).as_deref() == Some(super::FORWARDED_TYPE)
     }
 
-    /// The AMQP `timestamp` property, which the producers fill with milliseconds.
+    /// The AMQP `timestamp` property in milliseconds (see [`amqp_timestamp_ms`]).
     fn timestamp_ms(&self) -> Option<i64> {
-        self.properties
-            .timestamp()
-            .and_then(|ms| i64::try_from(ms).ok())
+        self.properties.timestamp().and_then(amqp_timestamp_ms)
     }
 }
 
@@ -700,6 +698,22 @@ async fn oldest_outcome(inflight: &mut VecDeque<InFlight>) -> Outcome {
     }
 }
 
+/// Below this, an AMQP `timestamp` is taken for seconds: as seconds it is the year 5138, as
+/// milliseconds March 1973, so no real value of either kind falls on the wrong side.
+const SECONDS_BELOW: u64 = 100_000_000_000;
+
+/// An AMQP `timestamp` as milliseconds since the epoch. The platform's producers send
+/// milliseconds (`Date.now()`); the AMQP spec, and pika, amqplib and others by default, mean
+/// seconds. The magnitude tells them apart (see [`SECONDS_BELOW`]); `None` beyond `i64`.
+fn amqp_timestamp_ms(raw: u64) -> Option<i64> {
+    let ms = if raw < SECONDS_BELOW {
+        raw.checked_mul(1000)?
+    } else {
+        raw
+    };
+    i64::try_from(ms).ok()
+}
+
 /// Seconds from the producer's timestamp to now; zero if the producer's clock is ahead.
 fn lag_seconds(sent_ms: i64) -> f64 {
     let now_ms = SystemTime::now()
@@ -711,6 +725,23 @@ fn lag_seconds(sent_ms: i64) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn amqp_timestamps_in_seconds_and_in_milliseconds_are_both_read() {
+        use super::amqp_timestamp_ms;
+        // The platform's producers: milliseconds.
+        assert_eq!(
+            amqp_timestamp_ms(1_732_096_800_123),
+            Some(1_732_096_800_123)
+        );
+        // The AMQP spec (pika, amqplib, ...): seconds.
+        assert_eq!(amqp_timestamp_ms(1_732_096_800), Some(1_732_096_800_000));
+        // Either side of the line: the year 5138 in seconds, March 1973 in milliseconds.
+        assert_eq!(amqp_timestamp_ms(99_999_999_999), Some(99_999_999_999_000));
+        assert_eq!(amqp_timestamp_ms(100_000_000_000), Some(100_000_000_000));
+        assert_eq!(amqp_timestamp_ms(0), Some(0));
+        assert_eq!(amqp_timestamp_ms(u64::MAX), None);
+    }
+
     use super::*;
 
     fn message(routing_key: &str, body: &[u8]) -> Message {
