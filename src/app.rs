@@ -64,6 +64,7 @@ impl Listeners {
 
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    info!(version = crate::config::VERSION, "notify-backbone starting");
     if let Some(files) = connections::raise_fd_limit() {
         // Room for the connections plus the journal, the broker and the metrics port.
         let wanted = (config.max_connections as u64).saturating_add(256);

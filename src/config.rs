@@ -9,30 +9,67 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::client::{PublishArgs, SubscribeArgs, TokenArgs};
 
+/// The version and the commit it was built from, as `--version` and the start-up log show them.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("NOTIFY_GIT_COMMIT"),
+    ")"
+);
+
+/// What `--help` says about logging, after the flags.
+const LOGGING_HELP: &str = "Logging: to stderr. RUST_LOG sets the level and per-module filters \
+(default: info), e.g. RUST_LOG=debug or RUST_LOG=info,notify_backbone::ingest=debug. \
+--log-format json writes one JSON object per line for log collectors. Colours only when stderr \
+is a terminal, and never with NO_COLOR set.";
+
 /// notify-backbone: typed platform events, streamed over gRPC and grpc-web.
 #[derive(Debug, Parser)]
 #[command(
     name = "notify-backbone",
-    version,
-    args_conflicts_with_subcommands = true
+    version = VERSION,
+    args_conflicts_with_subcommands = true,
+    after_help = LOGGING_HELP
 )]
 pub struct Cli {
     /// What to do; `serve` when omitted.
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// How log lines are written: `text` for people, `json` (one object per line) for log
+    /// collectors.
+    #[arg(
+        long,
+        global = true,
+        env = "NOTIFY_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
     /// Server settings when no subcommand is given.
     #[command(flatten)]
     pub serve: ServeConfig,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (coloured on a terminal).
+    Text,
+    /// One JSON object per line: timestamp, level, target, fields, and the message.
+    Json,
 }
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (the default).
+    #[command(after_help = LOGGING_HELP)]
     Serve(Box<ServeConfig>),
     /// Subscribe to a server and print each message as one JSON line.
+    #[command(after_help = LOGGING_HELP)]
     Subscribe(SubscribeArgs),
     /// Publish one event (a producer's JSON body) and print its id and cursor.
+    #[command(after_help = LOGGING_HELP)]
     Publish(PublishArgs),
     /// Mint a platform-style HS256 token (for development and tests).
     Token(TokenArgs),

@@ -25,20 +25,32 @@ use tracing_subscriber::EnvFilter;
 
 use crate::schema;
 
-/// Starts logging to stderr; `RUST_LOG` overrides the default level (`info`).
+/// Starts logging to stderr in `format`; `RUST_LOG` overrides the default level (`info`).
 ///
 /// A log line that cannot be written is dropped silently. tracing-subscriber's default is to
 /// report the failure with `eprintln!`, which panics when stderr itself is the broken pipe (a
 /// log collector that died, `serve 2>&1 | head -1`): the panic then takes down whichever task
 /// was logging, the signal handler included, and SIGTERM is ignored from then on.
-pub fn init_logging() {
+pub fn init_logging(format: crate::config::LogFormat) {
+    use std::io::IsTerminal as _;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // A second call (tests start several servers in one process) keeps the first subscriber.
-    let _ = tracing_subscriber::fmt()
+    // Colour codes are noise in a file, a pipe or a collector; NO_COLOR (no-color.org) turns
+    // them off on a terminal too.
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
+    let ansi = std::io::stderr().is_terminal() && !no_color;
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .log_internal_errors(false)
-        .try_init();
+        .log_internal_errors(false);
+    // A second call (tests start several servers in one process) keeps the first subscriber.
+    let _ = match format {
+        crate::config::LogFormat::Text => builder.with_ansi(ansi).try_init(),
+        crate::config::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
 }
 
 /// Label: an event type, bounded to the known catalog (see [`type_label`]).

@@ -446,3 +446,125 @@ fn the_cluster_compose_files_node_commands_pass_serve_check() {
         assert!(stdout.contains("cluster mode"), "{stdout}");
     }
 }
+
+/// `--version` names the commit; `--help` names RUST_LOG; `--log-format json` writes one JSON
+/// object per line (the first says which version starts); and with stderr not a terminal there
+/// are no colour codes, `NO_COLOR` or not.
+#[tokio::test]
+async fn logs_are_for_machines_too_and_the_version_names_its_commit() {
+    let version = std::process::Command::new(BIN)
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8(version.stdout).unwrap();
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| String::from_utf8(output.stdout).unwrap().trim().to_owned());
+    let expected = format!(
+        "notify-backbone {} (commit {})",
+        env!("CARGO_PKG_VERSION"),
+        commit.as_deref().unwrap_or("unknown")
+    );
+    assert_eq!(version.trim(), expected);
+    let help = std::process::Command::new(BIN)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    assert!(
+        help.contains("RUST_LOG") && help.contains("--log-format") && help.contains("NO_COLOR"),
+        "{help}"
+    );
+
+    let dir = scratch_dir("json-logs");
+    let mut server = tokio::process::Command::new(BIN)
+        .args([
+            "--dev",
+            "--log-format",
+            "json",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir(&dir)
+        .env_remove("JWT_SECRET")
+        .env_remove("NO_COLOR")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(server.stderr.take().unwrap()).lines();
+    let mut lines = Vec::new();
+    loop {
+        let line = tokio::time::timeout(PATIENCE, log.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the server logs where it listens");
+        assert!(
+            !line.contains('\u{1b}'),
+            "a colour code in a pipe: {line:?}"
+        );
+        let object: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|error| panic!("not a JSON line ({error}): {line}"));
+        let serving = object["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("serving gRPC and grpc-web on "));
+        lines.push(object);
+        if serving {
+            break;
+        }
+    }
+    let first = &lines[0];
+    assert_eq!(first["message"], "notify-backbone starting", "{first}");
+    assert_eq!(first["level"], "INFO", "{first}");
+    assert_eq!(
+        first["version"],
+        expected.trim_start_matches("notify-backbone "),
+        "{first}"
+    );
+    assert!(first["timestamp"].is_string(), "{first}");
+    drop(server);
+
+    // Text logs into a pipe carry no colour codes either.
+    let mut server = tokio::process::Command::new(BIN)
+        .args([
+            "--dev",
+            "--data-dir",
+            "text-journal",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir(&dir)
+        .env_remove("JWT_SECRET")
+        .env_remove("NO_COLOR")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(server.stderr.take().unwrap()).lines();
+    loop {
+        let line = tokio::time::timeout(PATIENCE, log.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the server logs where it listens");
+        assert!(
+            !line.contains('\u{1b}'),
+            "a colour code in a pipe: {line:?}"
+        );
+        if line.contains("serving gRPC and grpc-web on ") {
+            break;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
