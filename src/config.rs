@@ -299,12 +299,24 @@ pub struct ServeConfig {
 
     /// Roles that see every user's events, the firehose and the admin feed (repeat, or
     /// comma-separated).
-    #[arg(long = "admin-role", env = "NOTIFY_ADMIN_ROLES", value_delimiter = ',', default_values_t = crate::auth::DEFAULT_ADMIN_ROLES.map(String::from), help_heading = "Authentication")]
+    #[arg(
+        long = "admin-role",
+        env = "NOTIFY_ADMIN_ROLES",
+        value_delimiter = ',',
+        default_value = "admin,super_admin",
+        help_heading = "Authentication"
+    )]
     pub admin_roles: Vec<String>,
 
     /// Roles that may call `Publish` (as may any token with the `notification.publish`
     /// permission).
-    #[arg(long = "publish-role", env = "NOTIFY_PUBLISH_ROLES", value_delimiter = ',', default_values_t = crate::auth::DEFAULT_PUBLISH_ROLES.map(String::from), help_heading = "Authentication")]
+    #[arg(
+        long = "publish-role",
+        env = "NOTIFY_PUBLISH_ROLES",
+        value_delimiter = ',',
+        default_value = "service,super_admin",
+        help_heading = "Authentication"
+    )]
     pub publish_roles: Vec<String>,
 
     /// Development mode: without a configured key, sign and verify tokens with the secret in
@@ -579,6 +591,18 @@ mod tests {
         );
         assert_eq!(config.prefetch, 256);
         assert!(!config.node_id().is_empty());
+        // Written comma-separated (as `--help` shows them and the README writes them), they are
+        // the policy's defaults.
+        assert_eq!(config.admin_roles, crate::auth::DEFAULT_ADMIN_ROLES);
+        assert_eq!(config.publish_roles, crate::auth::DEFAULT_PUBLISH_ROLES);
+    }
+
+    #[test]
+    fn help_shows_list_defaults_comma_separated() {
+        use clap::CommandFactory as _;
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("[default: admin,super_admin]"), "{help}");
+        assert!(help.contains("[default: service,super_admin]"), "{help}");
     }
 
     #[test]

@@ -170,9 +170,7 @@ pub struct LoadgenArgs {
     )]
     pub also_server_pids: Vec<u32>,
 
-    /// What to measure: `per-user` (one stream per user, each event to one random user),
-    /// `firehose` (every stream subscribes to `*` and sees every event) or `idle` (streams only,
-    /// no publishing; reports server memory per stream, needs --server-pid).
+    /// What to measure: one of the scenarios listed below (`idle` needs --server-pid).
     #[arg(long, value_enum, default_value_t = Scenario::PerUser, env = "NOTIFY_LOADGEN_SCENARIO")]
     pub scenario: Scenario,
 
