@@ -7,7 +7,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::client::{PublishArgs, SubscribeArgs, TokenArgs};
+use crate::client::{CompletionsArgs, HistoryArgs, PublishArgs, SubscribeArgs, TokenArgs};
 
 /// The version and the commit it was built from, as `--version` and the start-up log show them.
 pub const VERSION: &str = concat!(
@@ -71,8 +71,14 @@ pub enum Command {
     /// Publish one event (a producer's JSON body) and print its id and cursor.
     #[command(after_help = LOGGING_HELP)]
     Publish(PublishArgs),
+    /// Print stored events (`ListEvents`, page by page) as JSON lines.
+    #[command(after_help = LOGGING_HELP)]
+    History(HistoryArgs),
     /// Mint a platform-style HS256 token (for development and tests).
     Token(TokenArgs),
+    /// Print a shell completion script, e.g. `notify-backbone completions bash >
+    /// ~/.local/share/bash-completion/completions/notify-backbone`.
+    Completions(CompletionsArgs),
 }
 
 /// Everything `serve` can be told.

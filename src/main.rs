@@ -35,7 +35,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Serve(config)) => serve(*config).await,
         Some(Command::Subscribe(args)) => client::subscribe(args).await,
         Some(Command::Publish(args)) => client::publish(args).await,
+        Some(Command::History(args)) => client::history(args).await,
         Some(Command::Token(args)) => client::token(args),
+        Some(Command::Completions(args)) => {
+            client::completions(&args);
+            Ok(())
+        }
     }
 }
 

@@ -568,3 +568,179 @@ async fn logs_are_for_machines_too_and_the_version_names_its_commit() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `subscribe --follow` is what every client should do: when the server stops, it reconnects
+/// with backoff and resumes after its last cursor, so an event published after the restart
+/// comes next, once, with nothing repeated; `--hide-heartbeats` keeps heartbeats out of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_follow_reconnects_and_resumes_across_a_restart() {
+    let fast_heartbeats = |c: &mut notify_backbone::config::ServeConfig| {
+        c.heartbeat_interval = std::time::Duration::from_millis(50);
+    };
+    let server = TestServer::start_with(fast_heartbeats).await;
+    let addr = server.addr;
+    let mut subscriber = tokio::process::Command::new(BIN)
+        .args([
+            "subscribe",
+            "--follow",
+            "--hide-heartbeats",
+            "--server",
+            &server.url(),
+        ])
+        .env("NOTIFY_TOKEN", token("u-follow", &[]))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(subscriber.stdout.take().unwrap()).lines();
+    let mut errors = BufReader::new(subscriber.stderr.take().unwrap()).lines();
+    let next = async |lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>| {
+        let line = tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("subscribe keeps running");
+        serde_json::from_str::<serde_json::Value>(&line).unwrap()
+    };
+    assert!(next(&mut lines).await.get("caughtUp").is_some());
+    let mut client = server.client().await;
+    let before = publish_json(
+        &mut client,
+        "device.error",
+        &device_error("follow-1", "u-follow", "d1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(next(&mut lines).await["event"]["id"], "follow-1");
+
+    let data = server.stop_within(PATIENCE).await;
+    // It says what happened and that it goes on.
+    let said = tokio::time::timeout(PATIENCE, errors.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        said.starts_with("subscribe: ") && said.contains("reconnecting in"),
+        "{said}"
+    );
+    let dir = data.0.clone();
+    let server = TestServer::start_at(addr, |c| {
+        fast_heartbeats(c);
+        c.data_dir = dir;
+    })
+    .await;
+    let mut client = server.client().await;
+    publish_json(
+        &mut client,
+        "device.error",
+        &device_error("follow-2", "u-follow", "d1"),
+    )
+    .await
+    .unwrap();
+    // Resumed after follow-1: follow-2 and a CaughtUp (in either order: the reconnection may
+    // come before or after the publish), no heartbeat, follow-1 not again.
+    let (mut got_event, mut got_caught_up) = (false, false);
+    while !(got_event && got_caught_up) {
+        let line = next(&mut lines).await;
+        if let Some(cursor) = line["caughtUp"]["cursor"].as_str() {
+            assert!(
+                cursor >= before.cursor.as_str(),
+                "resumed before follow-1: {line}"
+            );
+            got_caught_up = true;
+        } else {
+            assert_eq!(line["event"]["id"], "follow-2", "{line}");
+            assert!(!got_event, "follow-2 twice");
+            got_event = true;
+        }
+    }
+    server.stop_within(PATIENCE).await;
+    drop(data);
+}
+
+/// `history` pages through `ListEvents`: oldest first by default, or newest first up to `--max`,
+/// and says on stderr where to continue.
+#[tokio::test]
+async fn history_pages_through_the_stored_events() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    for n in 0..5 {
+        publish_json(
+            &mut client,
+            "device.error",
+            &device_error(&format!("history-{n}"), "u-history", "d1"),
+        )
+        .await
+        .unwrap();
+    }
+    // tokio's process: a blocking wait would stall the in-process server on this runtime.
+    let url = server.url();
+    let history = async |args: &[&str]| {
+        tokio::process::Command::new(BIN)
+            .args(["history", "--server", &url, "--page", "2"])
+            .args(args)
+            .env("NOTIFY_TOKEN", token("u-history", &[]))
+            .output()
+            .await
+            .unwrap()
+    };
+    let ids = |output: &std::process::Output| -> Vec<String> {
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|line| {
+                let event: serde_json::Value = serde_json::from_str(line).unwrap();
+                event["id"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    };
+    let all = history(&[]).await;
+    assert_eq!(
+        ids(&all),
+        [
+            "history-0",
+            "history-1",
+            "history-2",
+            "history-3",
+            "history-4"
+        ]
+    );
+    let said = String::from_utf8_lossy(&all.stderr);
+    assert!(said.contains("5 events; the end"), "{said}");
+
+    let newest = history(&["--newest-first", "--max", "3"]).await;
+    assert_eq!(ids(&newest), ["history-4", "history-3", "history-2"]);
+    let said = String::from_utf8_lossy(&newest.stderr);
+    let from = said
+        .split("more with: history --newest-first --from ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no way to continue: {said}"))
+        .trim()
+        .to_owned();
+    let rest = history(&["--newest-first", "--from", &from]).await;
+    assert_eq!(ids(&rest), ["history-1", "history-0"]);
+    server.stop_within(PATIENCE).await;
+}
+
+/// `completions` prints a script for each shell that knows the subcommands.
+#[test]
+fn completions_cover_the_subcommands_in_every_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let output = std::process::Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{shell}: {output:?}");
+        let script = String::from_utf8(output.stdout).unwrap();
+        for word in ["notify-backbone", "subscribe", "history", "follow"] {
+            assert!(script.contains(word), "{shell}: no {word}");
+        }
+    }
+    let unknown = std::process::Command::new(BIN)
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(2));
+}

@@ -1,5 +1,6 @@
 //! The command-line clients: real gRPC clients on the generated stubs, for people (`subscribe`,
-//! `publish`), and `token`, which mints development tokens. The load generator is a crate of its
+//! with `--follow` the reference reconnect loop; `history`; `publish`), `token`, which mints
+//! development tokens, and `completions` for shells. The load generator is a crate of its
 //! own (`bench/`, binary `notify-bench`) that uses [`authorized`], [`mint_with`] and
 //! [`secret_or_dev`] from here.
 //!
@@ -48,6 +49,53 @@ pub struct SubscribeArgs {
     /// refuses a stream without one.
     #[arg(long, env = "NOTIFY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Keep going when the stream ends or the server cannot be reached: reconnect with backoff
+    /// (0.5 s doubling to 10 s, ±20 %) and resume after the last cursor, so nothing is missed.
+    /// A refusal (bad or expired token, forbidden selection) still ends it.
+    #[arg(long, env = "NOTIFY_FOLLOW")]
+    pub follow: bool,
+    /// Do not print heartbeat lines (their cursors still count for resuming).
+    #[arg(long, env = "NOTIFY_HIDE_HEARTBEATS")]
+    pub hide_heartbeats: bool,
+}
+
+/// Arguments of `history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The server's gRPC URL.
+    #[arg(long, env = "NOTIFY_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// Whose events: by default the token's own user; another user's id needs an admin token.
+    #[arg(long, env = "NOTIFY_USER")]
+    pub user: Option<String>,
+    /// Event types, exact or `family.*`, comma-separated (default: all).
+    #[arg(long, env = "NOTIFY_TYPES", value_delimiter = ',')]
+    pub types: Vec<String>,
+    /// Only events about this device.
+    #[arg(long, env = "NOTIFY_DEVICE")]
+    pub device: Option<String>,
+    /// Newest first (default: oldest first).
+    #[arg(long)]
+    pub newest_first: bool,
+    /// Start after this cursor (oldest first) or before it (`--newest-first`).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Stop after this many events (default: every retained one).
+    #[arg(long)]
+    pub max: Option<u64>,
+    /// Events per `ListEvents` call (the server returns at most 1000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub page: u32,
+    /// The bearer token sent as `authorization` metadata.
+    #[arg(long, env = "NOTIFY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// Arguments of `completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell: bash, zsh, fish, elvish or powershell.
+    pub shell: clap_complete::Shell,
 }
 
 /// Arguments of `publish`.
@@ -95,34 +143,240 @@ pub fn authorized<T>(message: T, token: Option<&str>) -> anyhow::Result<tonic::R
     Ok(request)
 }
 
-/// `subscribe`: prints every message of the stream as one line of canonical proto3 JSON.
-pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
-    let pool = DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET).context("descriptor set")?;
-    let descriptor = pool
-        .get_message_by_name("cloudphone.notify.v1.SubscribeResponse")
-        .context("SubscribeResponse descriptor")?;
-    let mut client = connect(&args.server).await?;
-    let request = pb::SubscribeRequest {
-        event_types: args.types,
-        device_id: args.device.unwrap_or_default(),
-        user_id: args.user.unwrap_or_default(),
-        admin_feed: args.admin_feed,
-        resume_after: args.resume_after.unwrap_or_default(),
-    };
-    let mut stream = client
-        .subscribe(authorized(request, args.token.as_deref())?)
-        .await
-        .map_err(refused)?
-        .into_inner();
-    let options = SerializeOptions::new();
-    while let Some(message) = stream.message().await.map_err(refused)? {
+/// Prints messages as lines of canonical proto3 JSON, by their protobuf descriptor.
+struct JsonLines {
+    descriptor: prost_reflect::MessageDescriptor,
+    options: SerializeOptions,
+}
+
+impl JsonLines {
+    fn new(message: &str) -> anyhow::Result<Self> {
+        let pool = DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET).context("descriptor set")?;
+        let descriptor = pool
+            .get_message_by_name(message)
+            .with_context(|| format!("{message} descriptor"))?;
+        Ok(Self {
+            descriptor,
+            options: SerializeOptions::new(),
+        })
+    }
+
+    fn print(&self, message: &impl Message) -> anyhow::Result<()> {
         let dynamic =
-            DynamicMessage::decode(descriptor.clone(), message.encode_to_vec().as_slice())?;
+            DynamicMessage::decode(self.descriptor.clone(), message.encode_to_vec().as_slice())?;
         let mut line = serde_json::Serializer::new(Vec::new());
-        dynamic.serialize_with_options(&mut line, &options)?;
+        dynamic.serialize_with_options(&mut line, &self.options)?;
         println!("{}", String::from_utf8_lossy(&line.into_inner()));
+        Ok(())
+    }
+}
+
+/// How a `subscribe --follow` attempt ended.
+enum Ended {
+    /// Worth trying again: the server or the network may recover.
+    Transient(String),
+    /// A refusal that retrying would only repeat.
+    Permanent(anyhow::Error),
+}
+
+/// Status codes `--follow` retries (the same as the browser feed's).
+fn is_transient(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::Internal
+            | Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::Aborted
+    )
+}
+
+/// The wait before reconnection attempt `attempt` (0 first): 500 ms × 2^attempt, at most 10 s,
+/// ±20 % jitter (`random` in [0, 1)), never above the cap.
+fn backoff(attempt: u32, random: f64) -> std::time::Duration {
+    let base = (500.0 * 2f64.powi(attempt.min(16) as i32)).min(10_000.0);
+    let jittered = (base * (0.8 + 0.4 * random)).min(10_000.0);
+    std::time::Duration::from_millis(jittered.round() as u64)
+}
+
+/// `subscribe`: prints every message of the stream as one line of canonical proto3 JSON; with
+/// `--follow`, reconnects and resumes until refused or interrupted.
+pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
+    use rand::Rng as _;
+    let lines = JsonLines::new("cloudphone.notify.v1.SubscribeResponse")?;
+    let mut cursor = args.resume_after.clone().unwrap_or_default();
+    let mut attempt = 0_u32;
+    loop {
+        let ended = subscribe_once(&args, &lines, &mut cursor, &mut attempt).await;
+        let reason = match ended {
+            Ended::Permanent(error) => return Err(error),
+            Ended::Transient(reason) if args.follow => reason,
+            Ended::Transient(reason) => {
+                if cursor.is_empty() {
+                    bail!("{reason}");
+                }
+                bail!("{reason} (continue with --resume-after {cursor}, or use --follow)");
+            }
+        };
+        let wait = backoff(attempt, rand::rng().random());
+        attempt = attempt.saturating_add(1);
+        eprintln!(
+            "subscribe: {reason}; reconnecting in {:.1} s{}",
+            wait.as_secs_f64(),
+            if cursor.is_empty() {
+                String::new()
+            } else {
+                format!(", after {cursor}")
+            }
+        );
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// One stream: prints its messages and keeps `cursor` at the last position seen.
+async fn subscribe_once(
+    args: &SubscribeArgs,
+    lines: &JsonLines,
+    cursor: &mut String,
+    attempt: &mut u32,
+) -> Ended {
+    use pb::subscribe_response::Kind;
+    let mut client = match connect(&args.server).await {
+        Ok(client) => client,
+        // The URL was already checked once this is not the first attempt; the server may be
+        // restarting.
+        Err(error) => return Ended::Transient(format!("{error:#}")),
+    };
+    let request = pb::SubscribeRequest {
+        event_types: args.types.clone(),
+        device_id: args.device.clone().unwrap_or_default(),
+        user_id: args.user.clone().unwrap_or_default(),
+        admin_feed: args.admin_feed,
+        resume_after: cursor.clone(),
+    };
+    let request = match authorized(request, args.token.as_deref()) {
+        Ok(request) => request,
+        Err(error) => return Ended::Permanent(error),
+    };
+    let ended = |status: tonic::Status| {
+        if is_transient(status.code()) {
+            Ended::Transient(format!("{:?}: {}", status.code(), status.message()))
+        } else {
+            Ended::Permanent(refused(status))
+        }
+    };
+    let mut stream = match client.subscribe(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return ended(status),
+    };
+    loop {
+        let message = match stream.message().await {
+            Ok(Some(message)) => message,
+            Ok(None) => return Ended::Transient("the server ended the stream".into()),
+            Err(status) => return ended(status),
+        };
+        let (position, heartbeat) = match &message.kind {
+            Some(Kind::Event(event)) => (event.cursor.as_str(), false),
+            Some(Kind::CaughtUp(caught_up)) => {
+                *attempt = 0;
+                (caught_up.cursor.as_str(), false)
+            }
+            Some(Kind::Heartbeat(heartbeat)) => (heartbeat.cursor.as_str(), true),
+            Some(Kind::Gap(gap)) => (gap.to_cursor.as_str(), false),
+            None => ("", false),
+        };
+        if !position.is_empty() {
+            position.clone_into(cursor);
+        }
+        if heartbeat && args.hide_heartbeats {
+            continue;
+        }
+        if let Err(error) = lines.print(&message) {
+            return Ended::Permanent(error);
+        }
+    }
+}
+
+/// `history`: pages through `ListEvents` and prints each event as one JSON line; a last line on
+/// stderr says how many and where to continue.
+pub async fn history(args: HistoryArgs) -> anyhow::Result<()> {
+    let lines = JsonLines::new("cloudphone.notify.v1.Event")?;
+    let mut client = connect(&args.server).await?;
+    let mut from = args.from.clone().unwrap_or_default();
+    let mut printed = 0_u64;
+    let max = args.max.unwrap_or(u64::MAX);
+    let end = loop {
+        let left = max - printed;
+        if left == 0 {
+            break false;
+        }
+        let request = pb::ListEventsRequest {
+            user_id: args.user.clone().unwrap_or_default(),
+            after: if args.newest_first {
+                String::new()
+            } else {
+                from.clone()
+            },
+            before: if args.newest_first {
+                from.clone()
+            } else {
+                String::new()
+            },
+            limit: u32::try_from(left).unwrap_or(u32::MAX).min(args.page),
+            event_types: args.types.clone(),
+            device_id: args.device.clone().unwrap_or_default(),
+            newest_first: args.newest_first,
+        };
+        let page = client
+            .list_events(authorized(request, args.token.as_deref())?)
+            .await
+            .map_err(refused)?
+            .into_inner();
+        if let Some(gap) = &page.gap {
+            eprintln!(
+                "history: a gap ({:?}): events before {} are no longer retained",
+                pb::GapReason::try_from(gap.reason).unwrap_or_default(),
+                gap.to_cursor
+            );
+        }
+        for event in &page.events {
+            lines.print(event)?;
+            printed += 1;
+        }
+        if !page.next_cursor.is_empty() {
+            from = page.next_cursor;
+        }
+        if page.end {
+            break true;
+        }
+    };
+    let flag = if args.newest_first {
+        "--newest-first --from"
+    } else {
+        "--from"
+    };
+    if end {
+        eprintln!(
+            "history: {printed} events; the end (go live with: subscribe --resume-after {from})"
+        );
+    } else {
+        eprintln!("history: {printed} events; more with: history {flag} {from}");
     }
     Ok(())
+}
+
+/// `completions`: the shell completion script on stdout.
+pub fn completions(args: &CompletionsArgs) {
+    use clap::CommandFactory as _;
+    let mut command = crate::config::Cli::command();
+    clap_complete::generate(
+        args.shell,
+        &mut command,
+        "notify-backbone",
+        &mut std::io::stdout(),
+    );
 }
 
 /// `publish`: sends one JSON body and prints `{"id","cursor","duplicate"}`.
