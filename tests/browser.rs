@@ -390,11 +390,18 @@ async fn the_live_page_shows_a_users_events_and_catches_up_after_a_restart() {
     producer.clean_up(&[&names]).await;
 }
 
-/// The id of the newest event the page shows of the type `routing_key` names.
+/// The id of the newest event the live page (newest first) shows of the type `routing_key`
+/// names.
 async fn wait_for_id(browser: &mut Browser, routing_key: &str) -> String {
-    let selector = format!("li.event[data-type=\"{routing_key}\"]");
+    newest_id_of(browser, routing_key, "[0]").await
+}
+
+/// The id of the newest event of type `event_type` a page shows, once there is one: `at` picks
+/// it from the page's list in order (`[0]` newest first, `.at(-1)` oldest first).
+async fn newest_id_of(browser: &mut Browser, event_type: &str, at: &str) -> String {
+    let selector = format!("li.event[data-type=\"{event_type}\"]");
     browser.wait_for(&selector, None).await;
-    let expression = format!("document.querySelector({selector:?}).dataset.id");
+    let expression = format!("[...document.querySelectorAll({selector:?})]{at}.dataset.id");
     browser
         .evaluate(&expression)
         .await
@@ -634,7 +641,8 @@ async fn the_react_console_keeps_react_query_fresh_and_loses_nothing() {
             None,
         )
         .await;
-    expected.push(wait_for_id_in(&mut browser, "device.started").await);
+    // The console lists oldest first.
+    expected.push(newest_id_of(&mut browser, "device.started", ".at(-1)").await);
     assert_eq!(browser.device_status("d-console-2").await, "stopped");
     let patched = browser
         .evaluate("JSON.stringify(queryClient.getQueriesData({queryKey: ['devices']})[0][1].pages[0].items[0])")
@@ -751,17 +759,4 @@ async fn the_react_console_keeps_react_query_fresh_and_loses_nothing() {
     server.stop_within(PATIENCE).await;
     drop(data);
     producer.clean_up(&[&names]).await;
-}
-
-/// The id of the newest event the console shows of type `event_type`.
-async fn wait_for_id_in(browser: &mut Browser, event_type: &str) -> String {
-    let selector = format!("li.event[data-type=\"{event_type}\"]");
-    browser.wait_for(&selector, None).await;
-    let expression = format!("[...document.querySelectorAll({selector:?})].at(-1).dataset.id");
-    browser
-        .evaluate(&expression)
-        .await
-        .as_str()
-        .unwrap()
-        .to_owned()
 }

@@ -129,7 +129,8 @@ async fn the_server_refuses_to_start_without_a_key_unless_dev() {
 #[tokio::test]
 async fn dev_mode_and_the_token_command_work_together() {
     let dir = scratch_dir("dev");
-    let (_server, url, warned) = spawn_dev(&dir, &[]).await;
+    let (_server, url, log) = spawn_dev(&dir, &[]).await;
+    let warned = log.iter().any(|line| line.contains("DEVELOPMENT MODE"));
     assert!(warned, "no loud warning in --dev");
     let secret = dir.join(".notify-backbone/dev-jwt-secret");
     #[cfg(unix)]
@@ -217,9 +218,12 @@ async fn dev_mode_and_the_token_command_work_together() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A `--dev` server in `dir` on free ports (plus `extra` flags): the process, its URL, and
-/// whether it warned loudly that it runs in development mode.
-async fn spawn_dev(dir: &std::path::Path, extra: &[&str]) -> (tokio::process::Child, String, bool) {
+/// A `--dev` server in `dir` on free ports (plus `extra` flags), logging at `info` into a pipe:
+/// the process, its URL, and its log lines up to the one that says where it listens.
+async fn spawn_dev(
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (tokio::process::Child, String, Vec<String>) {
     let mut server = tokio::process::Command::new(BIN)
         .args([
             "--dev",
@@ -231,30 +235,34 @@ async fn spawn_dev(dir: &std::path::Path, extra: &[&str]) -> (tokio::process::Ch
         .args(extra)
         .current_dir(dir)
         .env_remove("JWT_SECRET")
+        .env_remove("NO_COLOR")
         .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    // The log says it is in development mode and where it listens.
     let mut log = BufReader::new(server.stderr.take().unwrap()).lines();
-    let (mut warned, mut url) = (false, None);
+    let (mut lines, mut url) = (Vec::new(), None);
     while url.is_none() {
         let line = tokio::time::timeout(PATIENCE, log.next_line())
             .await
             .unwrap()
             .unwrap()
             .expect("the server logs where it listens");
-        warned |= line.contains("DEVELOPMENT MODE");
         if let Some((_, rest)) = line.split_once("serving gRPC and grpc-web on ") {
-            let addr = rest.split_whitespace().next().unwrap();
+            // Text or JSON: the address ends where its port's digits do.
+            let addr = rest
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_end_matches(|c: char| !c.is_ascii_digit());
             url = Some(format!("http://{addr}"));
         }
+        lines.push(line);
     }
     // Keep reading the log, so a full pipe never blocks the server.
     tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
-    (server, url.unwrap(), warned)
+    (server, url.unwrap(), lines)
 }
 
 /// A second `--dev` server in the same directory (for the RabbitMQ part of the tour, say) reuses
@@ -481,46 +489,20 @@ async fn logs_are_for_machines_too_and_the_version_names_its_commit() {
     );
 
     let dir = scratch_dir("json-logs");
-    let mut server = tokio::process::Command::new(BIN)
-        .args([
-            "--dev",
-            "--log-format",
-            "json",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .current_dir(&dir)
-        .env_remove("JWT_SECRET")
-        .env_remove("NO_COLOR")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut log = BufReader::new(server.stderr.take().unwrap()).lines();
-    let mut lines = Vec::new();
-    loop {
-        let line = tokio::time::timeout(PATIENCE, log.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .expect("the server logs where it listens");
+    let (server, _, log) = spawn_dev(&dir, &["--log-format", "json"]).await;
+    for line in &log {
         assert!(
             !line.contains('\u{1b}'),
             "a colour code in a pipe: {line:?}"
         );
-        let object: serde_json::Value = serde_json::from_str(&line)
-            .unwrap_or_else(|error| panic!("not a JSON line ({error}): {line}"));
-        let serving = object["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("serving gRPC and grpc-web on "));
-        lines.push(object);
-        if serving {
-            break;
-        }
     }
+    let lines: Vec<serde_json::Value> = log
+        .iter()
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|error| panic!("not a JSON line ({error}): {line}"))
+        })
+        .collect();
     let first = &lines[0];
     assert_eq!(first["message"], "notify-backbone starting", "{first}");
     assert_eq!(first["level"], "INFO", "{first}");
@@ -533,38 +515,12 @@ async fn logs_are_for_machines_too_and_the_version_names_its_commit() {
     drop(server);
 
     // Text logs into a pipe carry no colour codes either.
-    let mut server = tokio::process::Command::new(BIN)
-        .args([
-            "--dev",
-            "--data-dir",
-            "text-journal",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .current_dir(&dir)
-        .env_remove("JWT_SECRET")
-        .env_remove("NO_COLOR")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut log = BufReader::new(server.stderr.take().unwrap()).lines();
-    loop {
-        let line = tokio::time::timeout(PATIENCE, log.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .expect("the server logs where it listens");
+    let (_server, _, log) = spawn_dev(&dir, &["--data-dir", "text-journal"]).await;
+    for line in &log {
         assert!(
             !line.contains('\u{1b}'),
             "a colour code in a pipe: {line:?}"
         );
-        if line.contains("serving gRPC and grpc-web on ") {
-            break;
-        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

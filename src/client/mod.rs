@@ -29,16 +29,9 @@ pub struct SubscribeArgs {
     /// The server's gRPC URL.
     #[arg(long, env = "NOTIFY_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
-    /// Whose events: by default the token's own user; another user's id or `*` (every user,
-    /// the firehose) need an admin token.
-    #[arg(long, env = "NOTIFY_USER")]
-    pub user: Option<String>,
-    /// Event types, exact or `family.*`, comma-separated (default: all).
-    #[arg(long, env = "NOTIFY_TYPES", value_delimiter = ',')]
-    pub types: Vec<String>,
-    /// Only events about this device.
-    #[arg(long, env = "NOTIFY_DEVICE")]
-    pub device: Option<String>,
+    /// Whose events, which types, which device.
+    #[command(flatten)]
+    pub selection: SelectionArgs,
     /// Also receive the admin feed.
     #[arg(long, env = "NOTIFY_ADMIN_FEED")]
     pub admin_feed: bool,
@@ -59,13 +52,11 @@ pub struct SubscribeArgs {
     pub hide_heartbeats: bool,
 }
 
-/// Arguments of `history`.
+/// What `subscribe` and `history` select: the fields their requests share.
 #[derive(Debug, Args)]
-pub struct HistoryArgs {
-    /// The server's gRPC URL.
-    #[arg(long, env = "NOTIFY_SERVER", default_value = "http://127.0.0.1:50051")]
-    pub server: String,
-    /// Whose events: by default the token's own user; another user's id needs an admin token.
+pub struct SelectionArgs {
+    /// Whose events: by default the token's own user; another user's id or `*` (every user,
+    /// the firehose; `subscribe` only) need an admin token.
     #[arg(long, env = "NOTIFY_USER")]
     pub user: Option<String>,
     /// Event types, exact or `family.*`, comma-separated (default: all).
@@ -74,6 +65,17 @@ pub struct HistoryArgs {
     /// Only events about this device.
     #[arg(long, env = "NOTIFY_DEVICE")]
     pub device: Option<String>,
+}
+
+/// Arguments of `history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The server's gRPC URL.
+    #[arg(long, env = "NOTIFY_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// Whose events, which types, which device.
+    #[command(flatten)]
+    pub selection: SelectionArgs,
     /// Newest first (default: oldest first).
     #[arg(long)]
     pub newest_first: bool,
@@ -250,9 +252,9 @@ async fn subscribe_once(
         Err(error) => return Ended::Transient(format!("{error:#}")),
     };
     let request = pb::SubscribeRequest {
-        event_types: args.types.clone(),
-        device_id: args.device.clone().unwrap_or_default(),
-        user_id: args.user.clone().unwrap_or_default(),
+        event_types: args.selection.types.clone(),
+        device_id: args.selection.device.clone().unwrap_or_default(),
+        user_id: args.selection.user.clone().unwrap_or_default(),
         admin_feed: args.admin_feed,
         resume_after: cursor.clone(),
     };
@@ -313,7 +315,7 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<()> {
             break false;
         }
         let request = pb::ListEventsRequest {
-            user_id: args.user.clone().unwrap_or_default(),
+            user_id: args.selection.user.clone().unwrap_or_default(),
             after: if args.newest_first {
                 String::new()
             } else {
@@ -325,8 +327,8 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<()> {
                 String::new()
             },
             limit: u32::try_from(left).unwrap_or(u32::MAX).min(args.page),
-            event_types: args.types.clone(),
-            device_id: args.device.clone().unwrap_or_default(),
+            event_types: args.selection.types.clone(),
+            device_id: args.selection.device.clone().unwrap_or_default(),
             newest_first: args.newest_first,
         };
         let page = client
