@@ -7,7 +7,9 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::client::{CompletionsArgs, HistoryArgs, PublishArgs, SubscribeArgs, TokenArgs};
+use crate::client::{
+    CompletionsArgs, DeadLettersArgs, HistoryArgs, PublishArgs, SubscribeArgs, TokenArgs,
+};
 
 /// The version and the commit it was built from, as `--version` and the start-up log show them.
 pub const VERSION: &str = concat!(
@@ -74,6 +76,10 @@ pub enum Command {
     /// Print stored events (`ListEvents`, page by page) as JSON lines.
     #[command(after_help = LOGGING_HELP)]
     History(HistoryArgs),
+    /// List or replay the dead-letter queue's poison messages (talks to RabbitMQ, not to a
+    /// server).
+    #[command(subcommand_required = true, after_help = LOGGING_HELP)]
+    DeadLetters(DeadLettersArgs),
     /// Mint a platform-style HS256 token (for development and tests).
     Token(TokenArgs),
     /// Print a shell completion script, e.g. `notify-backbone completions bash >

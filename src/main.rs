@@ -17,7 +17,13 @@ use notify_backbone::{
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init_logging(cli.log_format);
+    // `dead-letters` reports the broker's refusals itself (a missing queue is an answer, not
+    // a fault); lapin would log each one as an error of its own.
+    let default_filter = match cli.command {
+        Some(Command::DeadLetters(_)) => "info,lapin=off",
+        _ => "info",
+    };
+    telemetry::init_logging(cli.log_format, default_filter);
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -36,6 +42,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Subscribe(args)) => client::subscribe(args).await,
         Some(Command::Publish(args)) => client::publish(args).await,
         Some(Command::History(args)) => client::history(args).await,
+        Some(Command::DeadLetters(args)) => client::dead_letters(args).await,
         Some(Command::Token(args)) => client::token(args),
         Some(Command::Completions(args)) => {
             client::completions(&args);

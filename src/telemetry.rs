@@ -25,15 +25,16 @@ use tracing_subscriber::EnvFilter;
 
 use crate::schema;
 
-/// Starts logging to stderr in `format`; `RUST_LOG` overrides the default level (`info`).
+/// Starts logging to stderr in `format`; `RUST_LOG` overrides `default_filter` (e.g. `info`).
 ///
 /// A log line that cannot be written is dropped silently. tracing-subscriber's default is to
 /// report the failure with `eprintln!`, which panics when stderr itself is the broken pipe (a
 /// log collector that died, `serve 2>&1 | head -1`): the panic then takes down whichever task
 /// was logging, the signal handler included, and SIGTERM is ignored from then on.
-pub fn init_logging(format: crate::config::LogFormat) {
+pub fn init_logging(format: crate::config::LogFormat, default_filter: &str) {
     use std::io::IsTerminal as _;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     // Colour codes are noise in a file, a pipe or a collector; NO_COLOR (no-color.org) turns
     // them off on a terminal too.
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());

@@ -1,12 +1,15 @@
 //! The command-line clients: real gRPC clients on the generated stubs, for people (`subscribe`,
 //! with `--follow` the reference reconnect loop; `history`; `publish`), `token`, which mints
-//! development tokens, and `completions` for shells. The load generator is a crate of its
+//! development tokens, `dead-letters`, which lists and replays the broker's dead-letter queue, and
+//! `completions` for shells. The load generator is a crate of its
 //! own (`bench/`, binary `notify-bench`) that uses [`authorized`], [`mint_with`] and
 //! [`secret_or_dev`] from here.
 //!
 //! Owns: argument parsing of the client subcommands and their output formats. Does not own
-//! anything of the server; these talk to it over the network like any other client.
+//! anything of the server; these talk to it over the network like any other client
+//! (`dead-letters` talks to the broker, through `ingest::dead_letter_queue`).
 
+mod dead_letters;
 mod token;
 
 use std::path::PathBuf;
@@ -17,6 +20,7 @@ use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use tonic::transport::{Channel, Endpoint};
 
+pub use dead_letters::{DeadLettersArgs, dead_letters};
 pub use token::{TokenArgs, mint_with, secret_or_dev, token};
 
 use crate::pb::{

@@ -14,6 +14,8 @@
 //! fit, [`copy_properties`] says so and the ingest rejects the original without requeue, so the
 //! queue's own dead-lettering takes it (without the reason headers).
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use lapin::{
     BasicProperties, Channel, PublisherConfirm,
     options::BasicPublishOptions,
@@ -38,6 +40,12 @@ pub const NODE_HEADER: &str = "x-notify-node";
 /// queue goes through the default exchange, which replaces the routing key with the queue's
 /// name; the ingest reads the event type from this header instead when it is present.
 pub const ROUTING_KEY_HEADER: &str = "x-notify-routing-key";
+
+/// When the node dead-lettered it: milliseconds since the epoch (a 64-bit integer).
+pub const DEAD_LETTERED_AT_HEADER: &str = "x-notify-dead-lettered-at";
+/// How often `dead-letters replay` has sent this message back (a 64-bit integer). A copy keeps
+/// the original's headers, so a message refused again carries its count with it.
+pub const REPLAYS_HEADER: &str = "x-notify-replays";
 
 /// Set on a copy that leaves the original headers out (they would not fit the frame): how many
 /// bytes of headers were left out.
@@ -142,6 +150,15 @@ fn reason_headers(message: &Message, node_id: &str, error: &DecodeError) -> Fiel
     text(ORIGINAL_EXCHANGE_HEADER, &message.exchange);
     text(ROUTING_KEY_HEADER, &message.routing_key);
     text(NODE_HEADER, node_id);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        });
+    headers.insert(
+        DEAD_LETTERED_AT_HEADER.into(),
+        AMQPValue::LongLongInt(now_ms),
+    );
     headers
 }
 
@@ -227,6 +244,10 @@ mod tests {
         assert_eq!(get(ROUTING_KEY_HEADER), Some(&b"device.error"[..]));
         assert_eq!(replayed_routing_key(&copy).as_deref(), Some("device.error"));
         assert!(get(ERROR_DETAIL_HEADER).is_some());
+        assert!(matches!(
+            headers.inner().get(DEAD_LETTERED_AT_HEADER),
+            Some(AMQPValue::LongLongInt(ms)) if *ms > 1_732_096_800_000
+        ));
     }
 
     #[test]

@@ -11,14 +11,16 @@
 //! downstream with backpressure, ack only after downstream accepted. Deliveries are settled in
 //! the order they arrived, so one `basic.ack` with `multiple` can acknowledge a whole run.
 //!
-//! | submodule       | owns                                                                |
-//! |-----------------|---------------------------------------------------------------------|
-//! | [`topology`]    | the names and arguments of the exchanges, queues and bindings       |
-//! | `session`       | one connection: consume, settle in order, ack, drain on shutdown     |
-//! | [`dead_letter`] | the dead-letter copy of a poison message and its reason headers     |
-//! | `events`        | each runtime failure as a small type that logs and counts itself     |
+//! | submodule             | owns                                                             |
+//! |-----------------------|------------------------------------------------------------------|
+//! | [`topology`]          | the names and arguments of the exchanges, queues and bindings    |
+//! | `session`             | one connection: consume, settle in order, ack, drain on shutdown |
+//! | [`dead_letter`]       | the dead-letter copy of a poison message and its reason headers  |
+//! | [`dead_letter_queue`] | the operator's tools: list the dead letters, replay chosen ones  |
+//! | `events`              | each runtime failure as a small type that logs and counts itself |
 
 pub mod dead_letter;
+pub mod dead_letter_queue;
 mod events;
 mod session;
 pub mod topology;

@@ -705,7 +705,7 @@ const SECONDS_BELOW: u64 = 100_000_000_000;
 /// An AMQP `timestamp` as milliseconds since the epoch. The platform's producers send
 /// milliseconds (`Date.now()`); the AMQP spec, and pika, amqplib and others by default, mean
 /// seconds. The magnitude tells them apart (see [`SECONDS_BELOW`]); `None` beyond `i64`.
-fn amqp_timestamp_ms(raw: u64) -> Option<i64> {
+pub(super) fn amqp_timestamp_ms(raw: u64) -> Option<i64> {
     let ms = if raw < SECONDS_BELOW {
         raw.checked_mul(1000)?
     } else {

@@ -1,0 +1,739 @@
+//! The dead-letter queue as an operator uses it: list what is in it without removing anything,
+//! and replay chosen messages, each once.
+//!
+//! Owns: reading a dead letter's story back out of its headers (ours, `x-notify-*`, or the
+//! broker's own `x-death` for a message the broker dead-lettered), choosing messages by reason
+//! and routing key, and moving them back with publisher confirms. Does not own: making the
+//! copies ([`super::dead_letter`]), flags and printing (`client::dead_letters`).
+//!
+//! Both walk the queue with `basic.get` and hold what they read unacknowledged. The broker keeps
+//! a message until it is acknowledged, so nothing is removed but a replayed message, and that
+//! only once the broker confirmed its replay. At the end the held messages go back to their
+//! places (`basic.nack` with requeue; a connection that dies does the same), marked
+//! `redelivered`. A walk reads at most as many messages as the queue held when it began: a
+//! replayed message that is refused again is queued behind them, so one run never replays it
+//! twice, and a steady trickle of new dead letters cannot keep a walk going forever.
+//!
+//! A replay is at least once: if the tool dies between the broker's confirm of the replay and
+//! the acknowledgement of the dead letter, the dead letter stays and a later replay sends it
+//! again. The ingest drops a re-sent event id within `--dedupe-window`, so that costs nothing.
+
+use std::collections::BTreeMap;
+
+use lapin::{
+    BasicProperties, Confirmation, Connection, ConnectionProperties,
+    options::{
+        BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+        ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions,
+    },
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+
+use tracing::info;
+
+use super::dead_letter::{
+    DEAD_LETTERED_AT_HEADER, ERROR_DETAIL_HEADER, ERROR_FIELD_HEADER, ERROR_HEADER,
+    HEADERS_DROPPED_HEADER, NODE_HEADER, ORIGINAL_EXCHANGE_HEADER, REPLAYS_HEADER,
+    ROUTING_KEY_HEADER, header_text,
+};
+
+/// A long walk logs how far it got every this many messages.
+const PROGRESS_EVERY: u64 = 10_000;
+
+/// What went wrong talking to the broker about the dead-letter queue.
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterQueueError {
+    /// The broker could not be reached or refused the login.
+    #[error("cannot connect to the broker: {0}")]
+    Connect(#[source] lapin::Error),
+    /// The queue (to read, or to replay into) does not exist.
+    #[error("queue {0:?} does not exist")]
+    NoQueue(String),
+    /// The exchange to replay into does not exist.
+    #[error("exchange {0:?} does not exist")]
+    NoExchange(String),
+    /// The connection or a channel broke, or the broker refused an operation.
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+}
+
+/// Who refused a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefusedBy {
+    /// A notify-backbone node (`x-notify-node`).
+    Node(String),
+    /// The broker itself (`x-death`): a reject without requeue, an expiry, a length limit, a
+    /// delivery limit, in this queue.
+    Broker {
+        /// The queue the message died in.
+        queue: String,
+    },
+    /// Nobody said: the message carries neither header (published here by hand?).
+    Unknown,
+}
+
+/// One dead letter as read from the queue.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// Its place in this walk, from 1 (the head of the queue).
+    pub position: u64,
+    /// The stable reason code (`missing_field`, `too_large`, ...), or the broker's (`rejected`,
+    /// `expired`, `maxlen`, `delivery_limit`).
+    pub reason: Option<String>,
+    /// Who refused it.
+    pub refused_by: RefusedBy,
+    /// The field at fault, where there is one.
+    pub field: Option<String>,
+    /// The full reason, for people.
+    pub detail: Option<String>,
+    /// The event type it was published under.
+    pub routing_key: String,
+    /// The exchange it was first published to, where known.
+    pub exchange: Option<String>,
+    /// When it was dead-lettered (ms since the epoch), where known.
+    pub dead_lettered_at_ms: Option<i64>,
+    /// The producer's AMQP `timestamp` (ms since the epoch; seconds are converted).
+    pub published_at_ms: Option<i64>,
+    /// How often it was replayed before.
+    pub replays: u64,
+    /// Bytes of the original headers its copy had to leave out, if any.
+    pub headers_dropped: Option<u64>,
+    /// The body as the producer sent it.
+    pub body: Vec<u8>,
+}
+
+/// Which dead letters a command acts on: every one whose reason is one of `reasons` (any, if
+/// empty) and whose routing key matches one of `routing_keys` (any, if empty).
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// Reason codes, compared exactly.
+    pub reasons: Vec<String>,
+    /// AMQP topic patterns: `*` is one word, `#` zero or more, words separated by dots.
+    pub routing_keys: Vec<String>,
+}
+
+impl Selection {
+    /// Whether `letter` is chosen.
+    pub fn selects(&self, letter: &DeadLetter) -> bool {
+        let reason_ok = self.reasons.is_empty()
+            || letter
+                .reason
+                .as_deref()
+                .is_some_and(|reason| self.reasons.iter().any(|r| r == reason));
+        let key_ok = self.routing_keys.is_empty()
+            || self
+                .routing_keys
+                .iter()
+                .any(|pattern| topic_matches(pattern, &letter.routing_key));
+        reason_ok && key_ok
+    }
+}
+
+/// Where `replay` sends what it chose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayTarget {
+    /// Each back to the exchange it was first published to, under its routing key; to
+    /// `fallback` when the dead letter does not say.
+    OriginalExchange {
+        /// The producers' exchange.
+        fallback: String,
+    },
+    /// All to this exchange, each under its routing key.
+    Exchange(String),
+    /// All straight into this queue (through the default exchange). The event type travels in
+    /// `x-notify-routing-key`, which the ingest reads.
+    Queue(String),
+}
+
+/// What became of one chosen dead letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replayed {
+    /// Confirmed by the broker and removed from the dead-letter queue; `to` names where.
+    Sent {
+        /// `exchange X` or `queue Y`.
+        to: String,
+    },
+    /// Kept: no queue is bound to take it there (the broker returned it).
+    Unroutable {
+        /// `exchange X`.
+        to: String,
+    },
+    /// Kept: the exchange it came from no longer exists.
+    NoExchange {
+        /// The exchange's name.
+        exchange: String,
+    },
+    /// Kept: the broker refused it (a negative confirm).
+    Refused {
+        /// Where it was sent.
+        to: String,
+    },
+}
+
+/// How a walk went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Walk {
+    /// Messages in the queue when the walk began.
+    pub in_queue: u64,
+    /// Messages read.
+    pub read: u64,
+    /// Messages chosen (and listed, or tried).
+    pub chosen: u64,
+    /// Chosen messages replayed and removed (replay only).
+    pub replayed: u64,
+    /// Whether it stopped at `--max` with more left to read.
+    pub stopped_at_max: bool,
+}
+
+/// One open dead-letter queue.
+pub struct DeadLetterQueue {
+    connection: Connection,
+    queue: String,
+}
+
+impl DeadLetterQueue {
+    /// Connects to `url` and checks that `queue` exists.
+    pub async fn open(url: &str, queue: &str) -> Result<Self, DeadLetterQueueError> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(LongString::from("notify-backbone dead-letters"));
+        let connection = Connection::connect(url, properties)
+            .await
+            .map_err(DeadLetterQueueError::Connect)?;
+        let this = Self {
+            connection,
+            queue: queue.to_owned(),
+        };
+        this.message_count(queue).await?;
+        Ok(this)
+    }
+
+    /// Calls `each` with up to `max` chosen dead letters, in queue order, removing nothing.
+    pub async fn list(
+        &self,
+        selection: &Selection,
+        max: u64,
+        mut each: impl FnMut(&DeadLetter),
+    ) -> Result<Walk, DeadLetterQueueError> {
+        self.walk(selection, max, async |letter, _| {
+            each(letter);
+            Ok(false)
+        })
+        .await
+    }
+
+    /// Replays up to `max` chosen dead letters to `target`, each once, calling `each` with what
+    /// became of it. Only confirmed replays are removed from the queue.
+    pub async fn replay(
+        &self,
+        selection: &Selection,
+        target: &ReplayTarget,
+        max: u64,
+        mut each: impl FnMut(&DeadLetter, &Replayed),
+    ) -> Result<Walk, DeadLetterQueueError> {
+        if let ReplayTarget::Queue(queue) = target {
+            self.message_count(queue).await?;
+        }
+        if let ReplayTarget::Exchange(exchange) = target
+            && !self.exchange_exists(exchange).await?
+        {
+            return Err(DeadLetterQueueError::NoExchange(exchange.clone()));
+        }
+        let publishing = self.connection.create_channel().await?;
+        publishing
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        // Exchanges named by the dead letters themselves, checked once each.
+        let mut exchanges: BTreeMap<String, bool> = BTreeMap::new();
+        self.walk(selection, max, async |letter, properties| {
+            let (exchange, routing_key) = match target {
+                ReplayTarget::OriginalExchange { fallback } => {
+                    let exchange = letter.exchange.clone().unwrap_or_else(|| fallback.clone());
+                    let exists = match exchanges.get(&exchange) {
+                        Some(&known) => known,
+                        None => {
+                            let known = self.exchange_exists(&exchange).await?;
+                            exchanges.insert(exchange.clone(), known);
+                            known
+                        }
+                    };
+                    if !exists {
+                        each(letter, &Replayed::NoExchange { exchange });
+                        return Ok(false);
+                    }
+                    (exchange, letter.routing_key.clone())
+                }
+                ReplayTarget::Exchange(exchange) => (exchange.clone(), letter.routing_key.clone()),
+                ReplayTarget::Queue(queue) => (String::new(), queue.clone()),
+            };
+            let to = if exchange.is_empty() {
+                format!("queue {routing_key}")
+            } else {
+                format!("exchange {exchange}")
+            };
+            let confirmation = publishing
+                .basic_publish(
+                    exchange.as_str().into(),
+                    routing_key.as_str().into(),
+                    // Mandatory: a replay that no queue takes comes back, and the dead letter is
+                    // kept rather than lost.
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &letter.body,
+                    replay_properties(properties, letter),
+                )
+                .await?
+                .await?;
+            let outcome = match confirmation {
+                Confirmation::Ack(None) | Confirmation::NotRequested => Replayed::Sent { to },
+                Confirmation::Ack(Some(_)) => Replayed::Unroutable { to },
+                Confirmation::Nack(_) => Replayed::Refused { to },
+            };
+            let sent = matches!(outcome, Replayed::Sent { .. });
+            each(letter, &outcome);
+            Ok(sent)
+        })
+        .await
+    }
+
+    /// Reads the queue from its head: `act` is given each chosen message (until `max` were
+    /// chosen) and says whether to remove it. Every other message read is put back at the end.
+    async fn walk(
+        &self,
+        selection: &Selection,
+        max: u64,
+        mut act: impl AsyncFnMut(&DeadLetter, &BasicProperties) -> Result<bool, DeadLetterQueueError>,
+    ) -> Result<Walk, DeadLetterQueueError> {
+        let channel = self.connection.create_channel().await?;
+        let mut walk = Walk {
+            in_queue: self.message_count(&self.queue).await?,
+            ..Walk::default()
+        };
+        let mut last_held = None;
+        let result = async {
+            while walk.read < walk.in_queue {
+                if walk.chosen >= max {
+                    walk.stopped_at_max = true;
+                    break;
+                }
+                let got = channel
+                    .basic_get(
+                        self.queue.as_str().into(),
+                        BasicGetOptions { no_ack: false },
+                    )
+                    .await?;
+                let Some(got) = got else { break };
+                let delivery = got.delivery;
+                walk.read += 1;
+                if walk.read % PROGRESS_EVERY == 0 {
+                    info!(
+                        read = walk.read,
+                        of = walk.in_queue,
+                        chosen = walk.chosen,
+                        "dead letters read"
+                    );
+                }
+                let letter = read_letter(
+                    walk.read,
+                    delivery.routing_key.as_str(),
+                    &delivery.properties,
+                    delivery.data,
+                );
+                let remove = if selection.selects(&letter) {
+                    walk.chosen += 1;
+                    act(&letter, &delivery.properties).await?
+                } else {
+                    false
+                };
+                if remove {
+                    walk.replayed += 1;
+                    channel
+                        .basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: false })
+                        .await?;
+                } else {
+                    last_held = Some(delivery.delivery_tag);
+                }
+            }
+            Ok::<_, DeadLetterQueueError>(())
+        }
+        .await;
+        // Everything read and not removed goes back (a broken channel does that by itself).
+        if let Some(tag) = last_held
+            && channel.status().connected()
+        {
+            channel
+                .basic_nack(
+                    tag,
+                    BasicNackOptions {
+                        multiple: true,
+                        requeue: true,
+                    },
+                )
+                .await?;
+        }
+        if channel.status().connected() {
+            let _ = channel.close(200, "done".into()).await;
+        }
+        result.map(|()| walk)
+    }
+
+    /// The messages ready in `queue`; [`DeadLetterQueueError::NoQueue`] if there is none.
+    async fn message_count(&self, queue: &str) -> Result<u64, DeadLetterQueueError> {
+        // A passive declare of a missing queue closes its channel: use one of its own.
+        let channel = self.connection.create_channel().await?;
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(queue) => {
+                let _ = channel.close(200, "".into()).await;
+                Ok(u64::from(queue.message_count()))
+            }
+            Err(error) if is_not_found(&error) => {
+                Err(DeadLetterQueueError::NoQueue(queue.to_owned()))
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    async fn exchange_exists(&self, exchange: &str) -> Result<bool, DeadLetterQueueError> {
+        if exchange.is_empty() {
+            return Ok(true); // the default exchange always exists and cannot be declared
+        }
+        let channel = self.connection.create_channel().await?;
+        let declared = channel
+            .exchange_declare(
+                exchange.into(),
+                lapin::ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(()) => {
+                let _ = channel.close(200, "".into()).await;
+                Ok(true)
+            }
+            Err(error) if is_not_found(&error) => Ok(false),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Closes the connection.
+    pub async fn close(self) {
+        let _ = self.connection.close(200, "done".into()).await;
+    }
+}
+
+fn is_not_found(error: &lapin::Error) -> bool {
+    error.to_string().contains("NOT_FOUND")
+}
+
+/// The broker's own dead-lettering headers: dropped from a replay, which starts afresh.
+const BROKER_HEADERS: [&str; 4] = [
+    "x-death",
+    "x-first-death-reason",
+    "x-first-death-queue",
+    "x-first-death-exchange",
+];
+
+/// A dead letter's properties as replayed: the reason headers of its last refusal removed (a
+/// refusal next time writes its own), the event type in `x-notify-routing-key` (a replay
+/// into a queue loses the routing key), and the replay counted.
+fn replay_properties(original: &BasicProperties, letter: &DeadLetter) -> BasicProperties {
+    const DROPPED: [&str; 7] = [
+        ERROR_HEADER,
+        ERROR_FIELD_HEADER,
+        ERROR_DETAIL_HEADER,
+        ORIGINAL_EXCHANGE_HEADER,
+        NODE_HEADER,
+        DEAD_LETTERED_AT_HEADER,
+        HEADERS_DROPPED_HEADER,
+    ];
+    let mut kept: BTreeMap<ShortString, AMQPValue> = original
+        .headers()
+        .as_ref()
+        .map(|headers| headers.inner().clone())
+        .unwrap_or_default();
+    kept.retain(|key, _| {
+        !DROPPED.contains(&key.as_str()) && !BROKER_HEADERS.contains(&key.as_str())
+    });
+    kept.insert(
+        ROUTING_KEY_HEADER.into(),
+        AMQPValue::LongString(LongString::from(letter.routing_key.as_str())),
+    );
+    kept.insert(
+        REPLAYS_HEADER.into(),
+        AMQPValue::LongLongInt(i64::try_from(letter.replays + 1).unwrap_or(i64::MAX)),
+    );
+    original.clone().with_headers(FieldTable::from(kept))
+}
+
+/// Reads what the headers say about a message.
+fn read_letter(
+    position: u64,
+    routing_key: &str,
+    properties: &BasicProperties,
+    body: Vec<u8>,
+) -> DeadLetter {
+    let empty = FieldTable::default();
+    let headers = properties.headers().as_ref().unwrap_or(&empty);
+    let text = |key: &str| {
+        header_text(headers, key).map(|value| String::from_utf8_lossy(value).into_owned())
+    };
+    let death = first_death(headers);
+    let refused_by = match (text(NODE_HEADER), &death) {
+        (Some(node), _) => RefusedBy::Node(node),
+        (None, Some(death)) => RefusedBy::Broker {
+            queue: death.queue.clone().unwrap_or_default(),
+        },
+        (None, None) => RefusedBy::Unknown,
+    };
+    // Ours first: a message a node refused and the broker later expired keeps our reason.
+    let reason = text(ERROR_HEADER).or_else(|| death.as_ref().and_then(|d| d.reason.clone()));
+    let exchange =
+        text(ORIGINAL_EXCHANGE_HEADER).or_else(|| death.as_ref().and_then(|d| d.exchange.clone()));
+    let dead_lettered_at_ms = integer(headers, DEAD_LETTERED_AT_HEADER)
+        .or_else(|| death.as_ref().and_then(|d| d.time_ms));
+    DeadLetter {
+        position,
+        reason,
+        refused_by,
+        field: text(ERROR_FIELD_HEADER),
+        detail: text(ERROR_DETAIL_HEADER),
+        routing_key: text(ROUTING_KEY_HEADER)
+            .or_else(|| death.as_ref().and_then(|d| d.routing_key.clone()))
+            .unwrap_or_else(|| routing_key.to_owned()),
+        exchange,
+        dead_lettered_at_ms,
+        published_at_ms: (*properties.timestamp()).and_then(super::session::amqp_timestamp_ms),
+        replays: integer(headers, REPLAYS_HEADER)
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0),
+        headers_dropped: integer(headers, HEADERS_DROPPED_HEADER)
+            .and_then(|n| u64::try_from(n).ok()),
+        body,
+    }
+}
+
+/// The newest entry of the broker's `x-death` list.
+struct Death {
+    reason: Option<String>,
+    queue: Option<String>,
+    exchange: Option<String>,
+    routing_key: Option<String>,
+    time_ms: Option<i64>,
+}
+
+fn first_death(headers: &FieldTable) -> Option<Death> {
+    let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else {
+        return None;
+    };
+    let Some(AMQPValue::FieldTable(death)) = deaths.as_slice().first() else {
+        return None;
+    };
+    let text = |key: &str| match death.inner().get(key) {
+        Some(AMQPValue::LongString(value)) => {
+            Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
+        }
+        Some(AMQPValue::ShortString(value)) => Some(value.as_str().to_owned()),
+        _ => None,
+    };
+    let routing_key = match death.inner().get("routing-keys") {
+        Some(AMQPValue::FieldArray(keys)) => keys.as_slice().iter().find_map(|key| match key {
+            AMQPValue::LongString(key) => {
+                Some(String::from_utf8_lossy(key.as_bytes()).into_owned())
+            }
+            _ => None,
+        }),
+        _ => None,
+    };
+    let time_ms = match death.inner().get("time") {
+        // AMQP timestamps are seconds.
+        Some(AMQPValue::Timestamp(seconds)) => seconds
+            .checked_mul(1000)
+            .and_then(|ms| i64::try_from(ms).ok()),
+        _ => None,
+    };
+    Some(Death {
+        reason: text("reason"),
+        queue: text("queue"),
+        exchange: text("exchange").filter(|exchange| !exchange.is_empty()),
+        routing_key,
+        time_ms,
+    })
+}
+
+fn integer(headers: &FieldTable, key: &str) -> Option<i64> {
+    match headers.inner().get(key)? {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::Timestamp(n) => i64::try_from(*n).ok(),
+        _ => None,
+    }
+}
+
+/// Whether `key` matches the AMQP topic `pattern` (`*` one word, `#` zero or more words).
+pub fn topic_matches(pattern: &str, key: &str) -> bool {
+    fn words(pattern: &[&str], key: &[&str]) -> bool {
+        match (pattern.split_first(), key.split_first()) {
+            (None, None) => true,
+            (Some((&"#", rest)), _) => {
+                // `#` takes zero words, or one and stays.
+                words(rest, key) || (!key.is_empty() && words(pattern, &key[1..]))
+            }
+            (Some((&word, rest)), Some((&first, key_rest))) => {
+                (word == "*" || word == first) && words(rest, key_rest)
+            }
+            _ => false,
+        }
+    }
+    let pattern: Vec<&str> = pattern.split('.').collect();
+    let key: Vec<&str> = key.split('.').collect();
+    words(&pattern, &key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_patterns_match_as_rabbitmq_does() {
+        assert!(topic_matches("billing.#", "billing.payment_success"));
+        assert!(topic_matches("billing.#", "billing"));
+        assert!(topic_matches("#", "device.started"));
+        assert!(topic_matches("*.started", "device.started"));
+        assert!(topic_matches("device.*", "device.started"));
+        assert!(topic_matches("#.started", "a.b.started"));
+        assert!(topic_matches(
+            "billing.payment_success",
+            "billing.payment_success"
+        ));
+        assert!(!topic_matches("device.*", "device.status.changed"));
+        assert!(!topic_matches("billing.*", "billing"));
+        assert!(!topic_matches("quota.#", "billing.payment_success"));
+        assert!(!topic_matches("billing.payment", "billing.payment_success"));
+    }
+
+    fn letter(reason: Option<&str>, routing_key: &str) -> DeadLetter {
+        DeadLetter {
+            position: 1,
+            reason: reason.map(str::to_owned),
+            refused_by: RefusedBy::Unknown,
+            field: None,
+            detail: None,
+            routing_key: routing_key.into(),
+            exchange: None,
+            dead_lettered_at_ms: None,
+            published_at_ms: None,
+            replays: 0,
+            headers_dropped: None,
+            body: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_selection_ands_its_kinds_and_ors_within_one() {
+        let any = Selection::default();
+        assert!(any.selects(&letter(None, "x")));
+        let by_reason = Selection {
+            reasons: vec!["too_large".into(), "missing_field".into()],
+            routing_keys: vec![],
+        };
+        assert!(by_reason.selects(&letter(Some("missing_field"), "x")));
+        assert!(!by_reason.selects(&letter(Some("not_json"), "x")));
+        assert!(!by_reason.selects(&letter(None, "x")));
+        let both = Selection {
+            reasons: vec!["too_large".into()],
+            routing_keys: vec!["billing.#".into()],
+        };
+        assert!(both.selects(&letter(Some("too_large"), "billing.refund_issued")));
+        assert!(!both.selects(&letter(Some("too_large"), "device.started")));
+        assert!(!both.selects(&letter(Some("not_json"), "billing.refund_issued")));
+    }
+
+    #[test]
+    fn the_broker_s_own_dead_letters_are_read_from_x_death() {
+        let mut death = FieldTable::default();
+        death.insert("reason".into(), AMQPValue::LongString("rejected".into()));
+        death.insert(
+            "queue".into(),
+            AMQPValue::LongString("notify-backbone.a".into()),
+        );
+        death.insert(
+            "exchange".into(),
+            AMQPValue::LongString("cloudphone.events".into()),
+        );
+        death.insert("time".into(), AMQPValue::Timestamp(1_764_000_000));
+        death.insert(
+            "routing-keys".into(),
+            AMQPValue::FieldArray(vec![AMQPValue::LongString("device.started".into())].into()),
+        );
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(vec![AMQPValue::FieldTable(death)].into()),
+        );
+        let properties = BasicProperties::default().with_headers(headers);
+        let letter = read_letter(1, "ignored", &properties, b"{}".to_vec());
+        assert_eq!(letter.reason.as_deref(), Some("rejected"));
+        assert_eq!(
+            letter.refused_by,
+            RefusedBy::Broker {
+                queue: "notify-backbone.a".into()
+            }
+        );
+        assert_eq!(letter.exchange.as_deref(), Some("cloudphone.events"));
+        assert_eq!(letter.routing_key, "device.started");
+        assert_eq!(letter.dead_lettered_at_ms, Some(1_764_000_000_000));
+    }
+
+    #[test]
+    fn a_replay_drops_the_last_refusal_keeps_the_rest_and_counts() {
+        let mut headers = FieldTable::default();
+        for (key, value) in [
+            (ERROR_HEADER, "missing_field"),
+            (ERROR_FIELD_HEADER, "payload.userId"),
+            (NODE_HEADER, "a"),
+            (ORIGINAL_EXCHANGE_HEADER, "cloudphone.events"),
+            ("x-producer", "svc"),
+        ] {
+            headers.insert(key.into(), AMQPValue::LongString(value.into()));
+        }
+        headers.insert(REPLAYS_HEADER.into(), AMQPValue::LongLongInt(2));
+        let properties = BasicProperties::default()
+            .with_headers(headers)
+            .with_timestamp(1_732_096_800_000);
+        let letter = read_letter(1, "device.error", &properties, Vec::new());
+        assert_eq!(letter.replays, 2);
+        assert_eq!(letter.published_at_ms, Some(1_732_096_800_000));
+        let replayed = replay_properties(&properties, &letter);
+        let headers = replayed.headers().clone().unwrap_or_default();
+        assert_eq!(header_text(&headers, ERROR_HEADER), None);
+        assert_eq!(header_text(&headers, ERROR_FIELD_HEADER), None);
+        assert_eq!(header_text(&headers, NODE_HEADER), None);
+        assert_eq!(header_text(&headers, "x-producer"), Some(&b"svc"[..]));
+        assert_eq!(
+            header_text(&headers, ROUTING_KEY_HEADER),
+            Some(&b"device.error"[..])
+        );
+        assert_eq!(
+            headers.inner().get(REPLAYS_HEADER),
+            Some(&AMQPValue::LongLongInt(3))
+        );
+        assert_eq!(replayed.timestamp(), &Some(1_732_096_800_000));
+    }
+}

@@ -1,0 +1,325 @@
+//! `notify-backbone dead-letters list` and `replay` through the binary, against the real broker:
+//! poison dead-lettered by a real node, listed without being removed, replayed once each to
+//! where it came from or into a node's queue, and kept when it cannot go.
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
+
+mod support;
+
+use std::time::Duration;
+
+use lapin::{
+    BasicProperties, ExchangeKind,
+    options::{ExchangeDeclareOptions, QueueDeclareOptions, QueueDeleteOptions},
+    types::{AMQPValue, FieldTable, LongString},
+};
+use support::{amqp::*, *};
+
+const BIN: &str = env!("CARGO_BIN_EXE_notify-backbone");
+
+/// What a run of the binary printed, and how it ended.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json_lines(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+            .collect()
+    }
+}
+
+async fn dead_letters(names: &Names, args: &[&str]) -> Run {
+    let output = tokio::process::Command::new(BIN)
+        .arg("dead-letters")
+        .args(args)
+        .args([
+            "--amqp-url",
+            &amqp_url(),
+            "--queue",
+            &names.dead_letter_queue,
+        ])
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8(output.stderr).unwrap(),
+    }
+}
+
+/// Waits until `queue` holds exactly `n` ready messages.
+async fn wait_ready(producer: &Producer, queue: &str, n: u32) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let ready = producer.ready(queue).await;
+        if ready == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{queue} holds {ready}, expected {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn list_shows_why_each_was_refused_and_removes_nothing() {
+    let names = Names::unique("dl-list");
+    let producer = Producer::connect().await;
+    let server = TestServer::start_amqp(&names, |_| {}).await;
+    let missing_user = br#"{"eventId":"e1","eventType":"device.error","payload":{"deviceId":"d1","errorType":"x","errorMessage":"y"},"_trace":{}}"#;
+    producer
+        .publish(&names.exchange, "device.error", missing_user)
+        .await;
+    producer
+        .publish(&names.exchange, "billing.payment_success", b"{not json\n")
+        .await;
+    // One the broker dead-letters by itself (an expired message, as a queue with a TTL would):
+    // its story is in `x-death`, not in our headers.
+    let expiring = format!("{}.expiring", names.exchange);
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(0));
+    arguments.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(LongString::from(names.dead_letter_exchange.as_str())),
+    );
+    producer
+        .channel
+        .queue_declare(
+            expiring.as_str().into(),
+            QueueDeclareOptions::default(),
+            arguments,
+        )
+        .await
+        .unwrap();
+    producer
+        .publish_raw(
+            "",
+            &expiring,
+            b"{}",
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await;
+    wait_ready(&producer, &names.dead_letter_queue, 3).await;
+
+    let run = dead_letters(&names, &["list", "--json"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let letters = run.json_lines();
+    assert_eq!(letters.len(), 3, "{}", run.stdout);
+    let node = format!("node {}", names.node_id);
+    assert_eq!(letters[0]["position"], 1);
+    assert_eq!(letters[0]["reason"], "missing_field");
+    assert_eq!(letters[0]["field"], "payload.userId");
+    assert_eq!(letters[0]["routingKey"], "device.error");
+    assert_eq!(letters[0]["exchange"], names.exchange.as_str());
+    assert_eq!(letters[0]["refusedBy"], node.as_str());
+    assert!(letters[0]["detail"].as_str().unwrap().contains("userId"));
+    assert!(
+        letters[0]["deadLetteredAt"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    assert!(letters[0]["publishedAt"].is_string());
+    assert_eq!(letters[0]["replays"], 0);
+    assert_eq!(letters[0]["bodyBytes"], missing_user.len());
+    assert_eq!(
+        letters[0]["bodyPreview"],
+        std::str::from_utf8(missing_user).unwrap()
+    );
+    assert_eq!(letters[1]["reason"], "not_json");
+    assert_eq!(letters[1]["routingKey"], "billing.payment_success");
+    assert_eq!(letters[1]["bodyPreview"], "{not json\\n");
+    assert_eq!(letters[2]["reason"], "expired");
+    assert_eq!(letters[2]["routingKey"], expiring.as_str());
+    assert_eq!(
+        letters[2]["refusedBy"],
+        format!("the broker, in queue {expiring}").as_str()
+    );
+    assert!(run.stderr.contains("3 shown (all) of 3"), "{}", run.stderr);
+    assert!(run.stderr.contains("nothing removed"), "{}", run.stderr);
+    wait_ready(&producer, &names.dead_letter_queue, 3).await;
+
+    // Text for people, filtered; a second look sees the same queue, in the same order.
+    let run = dead_letters(
+        &names,
+        &["list", "--reason", "missing_field,not_json", "--max", "1"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout
+            .starts_with("#1 missing_field device.error at 20"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("  field     payload.userId\n"));
+    assert!(run.stdout.contains(&format!("  refused   {node}\n")));
+    assert!(!run.stdout.contains("not_json"), "{}", run.stdout);
+    assert!(run.stderr.contains("stopped at --max"), "{}", run.stderr);
+    let run = dead_letters(&names, &["list", "--routing-key", "billing.#"]).await;
+    assert!(
+        run.stdout
+            .starts_with("#2 not_json billing.payment_success")
+    );
+    assert!(run.stderr.contains("1 shown (routing key billing.#) of 3"));
+    wait_ready(&producer, &names.dead_letter_queue, 3).await;
+
+    let missing = tokio::process::Command::new(BIN)
+        .args(["dead-letters", "list", "--amqp-url", &amqp_url()])
+        .args(["--queue", &format!("{}.nothing", names.dead_letter_queue)])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    let stderr = String::from_utf8(missing.stderr).unwrap();
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    server.stop_within(PATIENCE).await;
+    let _ = producer
+        .channel
+        .queue_delete(expiring.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    producer.clean_up(&[&names]).await;
+}
+
+#[tokio::test]
+async fn replay_sends_the_chosen_back_once_each_and_keeps_what_cannot_go() {
+    let names = Names::unique("dl-replay");
+    let producer = Producer::connect().await;
+    // Refused under --strict-schema: an event type with no typed schema yet.
+    let strict = TestServer::start_amqp(&names, |config| config.strict_schema = true).await;
+    for refund in ["r1", "r2"] {
+        let body = format!(r#"{{"userId":"u-replay","refundId":"{refund}","_trace":{{}}}}"#);
+        producer
+            .publish(&names.exchange, "billing.refund_issued", body.as_bytes())
+            .await;
+    }
+    producer
+        .publish(&names.exchange, "device.started", b"{not json")
+        .await;
+    wait_ready(&producer, &names.dead_letter_queue, 3).await;
+    strict.stop_within(PATIENCE).await;
+
+    // The cause fixed (strict schema off).
+    let fixed = TestServer::start_amqp(&names, |_| {}).await;
+    let mut client = fixed.client().await;
+    let mut user = subscribe(&mut client, request("u-replay")).await;
+
+    // An exchange nothing is bound to: the replay comes back, and the dead letter stays.
+    let nowhere = format!("{}.nowhere", names.exchange);
+    producer
+        .channel
+        .exchange_declare(
+            nowhere.as_str().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                auto_delete: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let run = dead_letters(&names, &["replay", "--all", "--to-exchange", &nowhere]).await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        run.stdout.matches("kept (no queue takes it there)").count(),
+        3
+    );
+    assert!(
+        run.stderr
+            .contains("3 chosen dead letters could not be replayed")
+    );
+    wait_ready(&producer, &names.dead_letter_queue, 3).await;
+    let run = dead_letters(
+        &names,
+        &["replay", "--all", "--to-exchange", "no-such-exchange-here"],
+    )
+    .await;
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("does not exist"), "{}", run.stderr);
+    // Choosing is required: a bare replay is a usage error, and moves nothing.
+    let run = dead_letters(&names, &["replay"]).await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    wait_ready(&producer, &names.dead_letter_queue, 3).await;
+
+    // The first by reason, back to the exchange it came from (its header says which).
+    let run = dead_letters(
+        &names,
+        &["replay", "--reason", "untyped_strict", "--max", "1"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stdout,
+        format!(
+            "replayed: #1 billing.refund_issued (untyped_strict) to exchange {}\n",
+            names.exchange
+        )
+    );
+    let event = next_event(&mut user).await;
+    assert_eq!(event.r#type, "billing.refund_issued");
+    assert!(format!("{event:?}").contains("\"r1\""), "{event:?}");
+
+    // The second straight into the node's queue: it keeps its event type.
+    let run = dead_letters(
+        &names,
+        &[
+            "replay",
+            "--reason",
+            "untyped_strict",
+            "--routing-key",
+            "billing.#",
+            "--to-node",
+            &names.node_id,
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout
+            .ends_with(&format!("to queue {}\n", names.queue())),
+        "{}",
+        run.stdout
+    );
+    let event = next_event(&mut user).await;
+    assert_eq!(event.r#type, "billing.refund_issued");
+    assert!(format!("{event:?}").contains("\"r2\""), "{event:?}");
+    wait_ready(&producer, &names.dead_letter_queue, 1).await;
+    // Nothing left to choose: nothing happens.
+    let run = dead_letters(&names, &["replay", "--reason", "untyped_strict"]).await;
+    assert_eq!(run.code, 0);
+    assert_eq!(run.stdout, "");
+    assert!(run.stderr.contains("0 replayed"), "{}", run.stderr);
+
+    // Still poison: refused again and dead-lettered again, behind where the walk started, so
+    // this run replays it once and ends; it says how often it was replayed.
+    let run = dead_letters(&names, &["replay", "--all"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout.lines().count(), 1, "{}", run.stdout);
+    wait_ready(&producer, &names.dead_letter_queue, 1).await;
+    let run = dead_letters(&names, &["list", "--json"]).await;
+    let letters = run.json_lines();
+    assert_eq!(letters.len(), 1, "{}", run.stdout);
+    assert_eq!(letters[0]["reason"], "not_json");
+    assert_eq!(letters[0]["replays"], 1);
+    assert_eq!(letters[0]["routingKey"], "device.started");
+
+    // The subscriber saw exactly the two replayed events: the next one is this sentinel.
+    let sentinel = device_error("dl-sentinel", "u-replay", "d-sentinel");
+    producer
+        .publish(&names.exchange, "device.error", sentinel.as_bytes())
+        .await;
+    assert_next_is(&mut user, "dl-sentinel", "u-replay").await;
+    fixed.stop_within(PATIENCE).await;
+    producer.clean_up(&[&names]).await;
+}
