@@ -7,7 +7,8 @@
 //! |---------------|---------------------------------------------------------------------------|
 //! | [`pb`]        | the generated protobuf types of `proto/` (the public contract)            |
 //! | [`schema`]    | producer JSON (every wire shape) or a typed event → validated `pb::Event`  |
-//! | [`ingest`]    | AMQP: topology, consume, ack after acceptance, dead letters, reconnect    |
+//! | [`ingest`]    | AMQP: topology, consume, ack after acceptance, dead letters, reconnect;   |
+//! |               | listing and replaying the dead-letter queue                               |
 //! | [`store`]     | the journal: positions, cursors, dedupe by event id                       |
 //! | [`sequencer`] | the single writer: journal append in batches, then hand-off to the hub    |
 //! | [`cluster`]   | cluster mode: the journal on a RabbitMQ stream, every node's replica and   |
@@ -20,7 +21,8 @@
 //! | [`telemetry`] | logging setup, Prometheus metrics and the `/metrics` endpoint             |
 //! | [`config`]    | every knob of `serve`: CLI flag + env var + documented default            |
 //! | [`app`]       | wires the stages together, owns shutdown and task tracking                |
-//! | [`client`]    | the command-line clients: `subscribe`, `publish`, `token`                 |
+//! | [`client`]    | the command-line clients: `subscribe`, `history`, `publish`, `token`,     |
+//! |               | `dead-letters`, `completions`                                             |
 //!
 //! The load generator is not here: it is `bench/` (`notify-bench`), a crate of its own in this
 //! workspace that uses this library as any client would.
