@@ -301,18 +301,44 @@ async fn replay_sends_the_chosen_back_once_each_and_keeps_what_cannot_go() {
     assert_eq!(run.stdout, "");
     assert!(run.stderr.contains("0 replayed"), "{}", run.stderr);
 
-    // Still poison: refused again and dead-lettered again, behind where the walk started, so
-    // this run replays it once and ends; it says how often it was replayed.
-    let run = dead_letters(&names, &["replay", "--all"]).await;
+    // Each once per run: replayed into a queue that dead-letters at once (a TTL of 0), the
+    // message is back in the dead-letter queue before the run could read on, and the run still
+    // replays it once and ends.
+    let bounce = format!("{}.bounce", names.exchange);
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(0));
+    arguments.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(LongString::from(names.dead_letter_exchange.as_str())),
+    );
+    producer
+        .channel
+        .queue_declare(
+            bounce.as_str().into(),
+            QueueDeclareOptions::default(),
+            arguments,
+        )
+        .await
+        .unwrap();
+    let run = dead_letters(
+        &names,
+        &["replay", "--all", "--to-queue", &bounce, "--max", "50"],
+    )
+    .await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.stdout.lines().count(), 1, "{}", run.stdout);
     wait_ready(&producer, &names.dead_letter_queue, 1).await;
     let run = dead_letters(&names, &["list", "--json"]).await;
     let letters = run.json_lines();
     assert_eq!(letters.len(), 1, "{}", run.stdout);
-    assert_eq!(letters[0]["reason"], "not_json");
+    assert_eq!(letters[0]["reason"], "expired");
     assert_eq!(letters[0]["replays"], 1);
+    // The event type survived the trip through a queue: it is in x-notify-routing-key.
     assert_eq!(letters[0]["routingKey"], "device.started");
+    let _ = producer
+        .channel
+        .queue_delete(bounce.as_str().into(), QueueDeleteOptions::default())
+        .await;
 
     // The subscriber saw exactly the two replayed events: the next one is this sentinel.
     let sentinel = device_error("dl-sentinel", "u-replay", "d-sentinel");

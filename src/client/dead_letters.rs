@@ -125,7 +125,7 @@ pub struct ReplayArgs {
     /// Every dead letter (instead of --reason or --routing-key).
     #[arg(long, conflicts_with_all = ["reasons", "routing_keys"])]
     pub all: bool,
-    /// Replay at most this many.
+    /// Try at most this many chosen ones (those kept count too).
     #[arg(long)]
     pub max: Option<u64>,
     /// Where to send those that do not say which exchange they came from.
@@ -338,8 +338,8 @@ fn rfc3339(ms: i64) -> String {
     )
 }
 
-/// The first `max` bytes of `body` as one line of text: invalid UTF-8 and control characters
-/// escaped, `…` when cut.
+/// The first `max` bytes of `body` as one line of text: invalid UTF-8 replaced (U+FFFD),
+/// control characters escaped, `…` when cut.
 fn body_preview(body: &[u8], max: usize) -> String {
     let cut = body.len() > max;
     let text = String::from_utf8_lossy(&body[..body.len().min(max)]);

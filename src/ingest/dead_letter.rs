@@ -112,6 +112,14 @@ pub(super) fn copy_properties(
         encoded_len(&BasicProperties::default().with_headers(h.clone()))
     });
     let mut headers = reasons;
+    // The replay count is the operator's, not the producer's: it stays.
+    if let Some(replays) = original
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(REPLAYS_HEADER))
+    {
+        headers.insert(REPLAYS_HEADER.into(), replays.clone());
+    }
     headers.insert(
         HEADERS_DROPPED_HEADER.into(),
         AMQPValue::LongLongInt(i64::try_from(dropped).unwrap_or(i64::MAX)),
@@ -302,6 +310,21 @@ mod tests {
         let headers = copy.headers().clone().unwrap_or_default();
         assert_eq!(header_text(&headers, "x-producer"), Some(&b"svc"[..]));
         assert!(headers.inner().get(HEADERS_DROPPED_HEADER).is_none());
+    }
+
+    #[test]
+    fn a_trimmed_copy_keeps_its_replay_count() {
+        let mut original = with_padding(130_900);
+        let mut headers = original.properties.headers().clone().unwrap_or_default();
+        headers.insert(REPLAYS_HEADER.into(), AMQPValue::LongLongInt(2));
+        original.properties = original.properties.clone().with_headers(headers);
+        let copy = copy_properties(&original, "n", &DecodeError::NotUtf8, 131_072).unwrap();
+        let headers = copy.headers().clone().unwrap_or_default();
+        assert!(headers.inner().get(HEADERS_DROPPED_HEADER).is_some());
+        assert_eq!(
+            headers.inner().get(REPLAYS_HEADER),
+            Some(&AMQPValue::LongLongInt(2))
+        );
     }
 
     #[test]

@@ -155,7 +155,7 @@ pub enum Replayed {
     },
     /// Kept: no queue is bound to take it there (the broker returned it).
     Unroutable {
-        /// `exchange X`.
+        /// `exchange X` or `queue Y`.
         to: String,
     },
     /// Kept: the exchange it came from no longer exists.
@@ -298,7 +298,8 @@ impl DeadLetterQueue {
     }
 
     /// Reads the queue from its head: `act` is given each chosen message (until `max` were
-    /// chosen) and says whether to remove it. Every other message read is put back at the end.
+    /// chosen) and says whether to remove it. Every other message read is put back in its
+    /// place when the walk ends.
     async fn walk(
         &self,
         selection: &Selection,
@@ -362,7 +363,7 @@ impl DeadLetterQueue {
         if let Some(tag) = last_held
             && channel.status().connected()
         {
-            channel
+            let requeued = channel
                 .basic_nack(
                     tag,
                     BasicNackOptions {
@@ -370,7 +371,12 @@ impl DeadLetterQueue {
                         requeue: true,
                     },
                 )
-                .await?;
+                .await;
+            // A walk that failed reports why; the requeue's own failure would hide it (and the
+            // broker requeues them anyway when the channel goes).
+            if result.is_ok() {
+                requeued?;
+            }
         }
         if channel.status().connected() {
             let _ = channel.close(200, "done".into()).await;
@@ -441,11 +447,14 @@ fn is_not_found(error: &lapin::Error) -> bool {
 }
 
 /// The broker's own dead-lettering headers: dropped from a replay, which starts afresh.
-const BROKER_HEADERS: [&str; 4] = [
+const BROKER_HEADERS: [&str; 7] = [
     "x-death",
     "x-first-death-reason",
     "x-first-death-queue",
     "x-first-death-exchange",
+    "x-last-death-reason",
+    "x-last-death-queue",
+    "x-last-death-exchange",
 ];
 
 /// A dead letter's properties as replayed: the reason headers of its last refusal removed (a
@@ -492,7 +501,7 @@ fn read_letter(
     let text = |key: &str| {
         header_text(headers, key).map(|value| String::from_utf8_lossy(value).into_owned())
     };
-    let death = first_death(headers);
+    let death = newest_death(headers);
     let refused_by = match (text(NODE_HEADER), &death) {
         (Some(node), _) => RefusedBy::Node(node),
         (None, Some(death)) => RefusedBy::Broker {
@@ -502,8 +511,11 @@ fn read_letter(
     };
     // Ours first: a message a node refused and the broker later expired keeps our reason.
     let reason = text(ERROR_HEADER).or_else(|| death.as_ref().and_then(|d| d.reason.clone()));
-    let exchange =
-        text(ORIGINAL_EXCHANGE_HEADER).or_else(|| death.as_ref().and_then(|d| d.exchange.clone()));
+    // Empty: it came through the default exchange (a replay into a node's queue), which names
+    // no exchange to go back to; the producers' exchange is the fallback then.
+    let exchange = text(ORIGINAL_EXCHANGE_HEADER)
+        .filter(|exchange| !exchange.is_empty())
+        .or_else(|| death.as_ref().and_then(|d| d.exchange.clone()));
     let dead_lettered_at_ms = integer(headers, DEAD_LETTERED_AT_HEADER)
         .or_else(|| death.as_ref().and_then(|d| d.time_ms));
     DeadLetter {
@@ -536,7 +548,7 @@ struct Death {
     time_ms: Option<i64>,
 }
 
-fn first_death(headers: &FieldTable) -> Option<Death> {
+fn newest_death(headers: &FieldTable) -> Option<Death> {
     let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else {
         return None;
     };
@@ -735,5 +747,18 @@ mod tests {
             Some(&AMQPValue::LongLongInt(3))
         );
         assert_eq!(replayed.timestamp(), &Some(1_732_096_800_000));
+    }
+
+    /// A message replayed into a queue came through the default exchange: refused again, its
+    /// copy names the exchange `""`, which is no place to replay it to.
+    #[test]
+    fn an_empty_original_exchange_is_no_exchange() {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            ORIGINAL_EXCHANGE_HEADER.into(),
+            AMQPValue::LongString("".into()),
+        );
+        let properties = BasicProperties::default().with_headers(headers);
+        assert_eq!(read_letter(1, "k", &properties, Vec::new()).exchange, None);
     }
 }
