@@ -26,6 +26,7 @@ use crate::{
     },
     hub::{FilterLimits, Hub, HubConfig},
     ingest::{Ingest, IngestConfig, IngestState, Topology, topology},
+    otel::Tracing,
     schema::DecodeOptions,
     sequencer::{Publisher, Sequencer, SequencerSettings},
     store::{Durability, Journal, JournalSettings, Pruner, RedbJournal, Retention, Syncer},
@@ -95,6 +96,7 @@ pub async fn run(
     // Refuse to start without a way to check tokens before anything else runs.
     let authenticator = authenticator(&config)?;
     let metrics = Arc::new(Metrics::new());
+    let tracing = start_tracing(&config)?;
     // A journal that cannot be opened stops start-up here, with the reason.
     let journal = RedbJournal::open(journal_settings(&config))?;
     info!(dir = %config.data_dir.display(), head = %journal.head(), "journal open");
@@ -114,9 +116,24 @@ pub async fn run(
         writer: writer_task,
         mut tasks,
     } = match config.journal {
-        JournalKind::Redb => single_node(&config, journal, &metrics, &shutdown, &writer_stop),
+        JournalKind::Redb => single_node(
+            &config,
+            journal,
+            &metrics,
+            &tracing,
+            &shutdown,
+            &writer_stop,
+        ),
         JournalKind::RabbitmqStream => {
-            cluster_node(&config, journal, &metrics, &shutdown, &writer_stop).await?
+            cluster_node(
+                &config,
+                journal,
+                &metrics,
+                &tracing,
+                &shutdown,
+                &writer_stop,
+            )
+            .await?
         }
     };
     tasks.spawn(prune_journal(
@@ -158,6 +175,7 @@ pub async fn run(
         streams: Arc::clone(&streams),
         publish_rate: Arc::new(RateLimiter::new(config.max_publish_rate)),
         shutdown: shutdown.clone(),
+        tracing: tracing.clone(),
     };
     let settings = ServerSettings {
         cors_origins: config.cors_origins.clone(),
@@ -179,6 +197,7 @@ pub async fn run(
             handshake_timeout: config.handshake_timeout,
         },
         metrics: metrics.clone(),
+        tracing: tracing.clone(),
     };
     info!(addr = %telemetry::local_addr(&listeners.metrics), "metrics on http://{}/metrics", telemetry::local_addr(&listeners.metrics));
     tasks.spawn({
@@ -258,6 +277,8 @@ pub async fn run(
     {
         warn!("background tasks did not stop within the grace period");
     }
+    // Last: the spans of everything above are exported before the process ends.
+    tracing.shutdown().await;
     info!("stopped");
     // The server's own error first, if it had one: it may be why everything stopped.
     served?;
@@ -315,6 +336,7 @@ fn single_node(
     config: &ServeConfig,
     journal: RedbJournal,
     metrics: &Arc<Metrics>,
+    tracing: &Tracing,
     shutdown: &CancellationToken,
     writer_stop: &CancellationToken,
 ) -> Core {
@@ -323,6 +345,7 @@ fn single_node(
         journal.head(),
         metrics.clone(),
         journal.reader(),
+        tracing.clone(),
     );
     let (sequencer, task) = Sequencer::spawn(
         journal,
@@ -343,7 +366,7 @@ fn single_node(
     );
     let ingest = config.amqp_url.as_ref().map(|url| {
         Ingest::spawn(
-            ingest_config(config, url),
+            ingest_config(config, url, tracing),
             sequencer.clone(),
             metrics.clone(),
             shutdown.clone(),
@@ -368,6 +391,7 @@ async fn cluster_node(
     config: &ServeConfig,
     mut journal: RedbJournal,
     metrics: &Arc<Metrics>,
+    tracing: &Tracing,
     shutdown: &CancellationToken,
     writer_stop: &CancellationToken,
 ) -> anyhow::Result<Core> {
@@ -401,6 +425,7 @@ async fn cluster_node(
         journal.head(),
         metrics.clone(),
         journal.reader(),
+        tracing.clone(),
     );
     let ids = journal.id_index();
     let follower = cluster::Follower::spawn(
@@ -426,7 +451,7 @@ async fn cluster_node(
         },
         writer_stop.clone(),
     );
-    let mut ingest_settings = ingest_config(config, &url);
+    let mut ingest_settings = ingest_config(config, &url, tracing);
     ingest_settings.topology.queue = config.ingest_queue.clone();
     ingest_settings.topology.queue_kind = topology::QueueKind::Shared;
     let ingest = Ingest::spawn(ingest_settings, writer, metrics.clone(), shutdown.clone());
@@ -727,8 +752,22 @@ fn decode_options(config: &ServeConfig) -> DecodeOptions {
     }
 }
 
+/// Tracing as configured: an OTLP exporter, or off.
+fn start_tracing(config: &ServeConfig) -> anyhow::Result<Tracing> {
+    let Some(endpoint) = config.otlp_traces_endpoint() else {
+        return Ok(Tracing::off());
+    };
+    let tracing = Tracing::start(&endpoint, &config.node_id(), crate::config::VERSION)?;
+    info!(
+        %endpoint,
+        sampler = std::env::var("OTEL_TRACES_SAMPLER").as_deref().unwrap_or("parentbased_always_on"),
+        "tracing: exporting spans over OTLP/gRPC to {endpoint}"
+    );
+    Ok(tracing)
+}
+
 /// The ingest's settings from the server's.
-fn ingest_config(config: &ServeConfig, url: &str) -> IngestConfig {
+fn ingest_config(config: &ServeConfig, url: &str, tracing: &Tracing) -> IngestConfig {
     let node_id = config.node_id();
     IngestConfig {
         url: url.to_owned(),
@@ -748,6 +787,7 @@ fn ingest_config(config: &ServeConfig, url: &str) -> IngestConfig {
         decode: decode_options(config),
         // Half the grace: the streams still need the other half to flush what it acked.
         drain_timeout: config.shutdown_grace / 2,
+        tracing: tracing.clone(),
     }
 }
 

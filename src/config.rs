@@ -358,6 +358,16 @@ pub struct ServeConfig {
     )]
     pub tls_key: Option<std::path::PathBuf>,
 
+    /// Export OpenTelemetry traces over OTLP/gRPC to this collector, e.g.
+    /// `http://otel-collector:4317`; off when unset (no cost then).
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, if set, wins over it. The other standard variables
+    /// apply: OTEL_SERVICE_NAME (default notify-backbone), OTEL_RESOURCE_ATTRIBUTES,
+    /// OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG (default: follow the producer's sampling
+    /// decision, sample events without one), OTEL_BSP_* (the export queue); OTEL_SDK_DISABLED=true
+    /// or OTEL_TRACES_EXPORTER=none turn it off.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", help_heading = "Tracing")]
+    pub otlp_endpoint: Option<String>,
+
     /// AMQP ingest: the RabbitMQ broker to consume the platform's events from, e.g.
     /// `amqp://guest:guest@127.0.0.1:5672/%2f` (the vhost is URL-encoded: `%2f` is `/`). Without
     /// it the server runs embedded, with `Publish` as its only ingest.
@@ -466,6 +476,28 @@ impl ServeConfig {
     pub fn replay_readers(&self) -> usize {
         self.replay_readers.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+        })
+    }
+
+    /// Where traces are exported, if anywhere: `--otlp-endpoint` (or
+    /// OTEL_EXPORTER_OTLP_ENDPOINT), overridden by OTEL_EXPORTER_OTLP_TRACES_ENDPOINT; `None`
+    /// when OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none.
+    pub fn otlp_traces_endpoint(&self) -> Option<String> {
+        let var = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .map(|value| value.trim().to_owned())
+                .filter(|value| !value.is_empty())
+        };
+        if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+            || var("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"))
+        {
+            return None;
+        }
+        var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| {
+            self.otlp_endpoint
+                .clone()
+                .filter(|endpoint| !endpoint.trim().is_empty())
         })
     }
 

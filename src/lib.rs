@@ -19,6 +19,7 @@
 //! |               | the port's connections ([`grpc::connections`]), the live notification     |
 //! |               | page served at `/` (`--web`, [`grpc::page`])                              |
 //! | [`telemetry`] | logging setup, Prometheus metrics and the `/metrics` endpoint             |
+//! | [`otel`]      | OpenTelemetry tracing: OTLP export, an event's spans in its trace         |
 //! | [`config`]    | every knob of `serve`: CLI flag + env var + documented default            |
 //! | [`app`]       | wires the stages together, owns shutdown and task tracking                |
 //! | [`client`]    | the command-line clients: `subscribe`, `history`, `publish`, `token`,     |
@@ -35,6 +36,7 @@ pub mod config;
 pub mod grpc;
 pub mod hub;
 pub mod ingest;
+pub mod otel;
 pub mod pb;
 pub mod schema;
 pub mod sequencer;

@@ -9,7 +9,7 @@
 //! One writer keeps ordering trivial (no two fan-outs interleave) and lets the journal commit a
 //! whole batch at once — the group commit the durable journal relies on.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -17,6 +17,7 @@ use tracing::{debug, error, warn};
 
 use crate::{
     hub::{Hub, Routed},
+    otel::EventTrace,
     pb,
     schema::Decoded,
     store::{Appended, Cursor, Journal, StoreError},
@@ -54,6 +55,8 @@ type Reply = oneshot::Sender<Result<Published, SequencerError>>;
 struct Submission {
     decoded: Decoded,
     published_at: Instant,
+    /// The event's trace, when it is sampled: its journal and fan-out spans go there.
+    trace: Option<EventTrace>,
     reply: Reply,
 }
 
@@ -108,10 +111,21 @@ impl Sequencer {
     /// full (backpressure). Receipts resolve in submission order, so an ingest can keep many
     /// events in flight and still acknowledge them in order.
     pub async fn submit(&self, decoded: Decoded) -> Result<Receipt, SequencerError> {
+        self.submit_traced(decoded, None).await
+    }
+
+    /// [`Sequencer::submit`] for a sampled event: its journal append and fan-out are recorded
+    /// as spans in `trace`.
+    pub async fn submit_traced(
+        &self,
+        decoded: Decoded,
+        trace: Option<EventTrace>,
+    ) -> Result<Receipt, SequencerError> {
         let (reply, response) = oneshot::channel();
         let submission = Submission {
             decoded,
             published_at: Instant::now(),
+            trace,
             reply,
         };
         self.tx
@@ -134,16 +148,30 @@ pub enum Publisher {
 
 impl Publisher {
     /// Publishes one decoded event; returns once it is journaled (and, on one node, routed).
-    pub async fn publish(&self, decoded: Decoded) -> Result<Published, SequencerError> {
-        self.submit(decoded).await?.await
+    pub async fn publish(
+        &self,
+        decoded: Decoded,
+        trace: Option<EventTrace>,
+    ) -> Result<Published, SequencerError> {
+        self.submit_traced(decoded, trace).await?.await
     }
 
     /// Hands one decoded event over without waiting for its outcome (as
     /// [`Sequencer::submit`]): receipts of one caller resolve in its submission order, which is
     /// also the order of the events in the journal.
     pub async fn submit(&self, decoded: Decoded) -> Result<Receipt, SequencerError> {
+        self.submit_traced(decoded, None).await
+    }
+
+    /// [`Publisher::submit`] with the event's trace. In cluster mode the event is journaled by
+    /// another node, which records its own spans: the trace ends here.
+    pub async fn submit_traced(
+        &self,
+        decoded: Decoded,
+        trace: Option<EventTrace>,
+    ) -> Result<Receipt, SequencerError> {
         match self {
-            Publisher::Local(sequencer) => sequencer.submit(decoded).await,
+            Publisher::Local(sequencer) => sequencer.submit_traced(decoded, trace).await,
             Publisher::Cluster(forwarder) => forwarder.submit(decoded).await,
         }
     }
@@ -263,6 +291,10 @@ struct Committed {
     events: Vec<pb::Event>,
     /// Per submission: where to answer, when it was published, whether an admin notice follows.
     replies: Vec<(Reply, Instant, bool)>,
+    /// Per submission: its trace, if sampled (empty if none is, the common case).
+    traces: Vec<Option<EventTrace>>,
+    /// When the commit started and ended, for the traces' journal spans.
+    commit_times: (SystemTime, SystemTime),
     result: Result<Vec<Appended>, StoreError>,
 }
 
@@ -275,22 +307,42 @@ fn commit_batch<J: Journal>(
     // Each submission is its event followed by its admin notice, if any.
     let mut events = Vec::with_capacity(batch.len() * 2);
     let mut replies = Vec::with_capacity(batch.len());
-    for submission in batch.drain(..) {
+    let mut traces = Vec::new();
+    let submissions = batch.len();
+    for (n, submission) in batch.drain(..).enumerate() {
         let Submission {
             decoded,
             published_at,
+            trace,
             reply,
         } = submission;
         let has_notice = decoded.admin_notice.is_some();
         events.push(decoded.event);
         events.extend(decoded.admin_notice);
         replies.push((reply, published_at, has_notice));
+        if trace.is_some() {
+            // Allocated only when some event of the batch is sampled.
+            traces.resize(submissions, None);
+            traces[n] = trace;
+        }
     }
     tokio::task::spawn_blocking(move || {
+        let started = if traces.is_empty() {
+            SystemTime::UNIX_EPOCH
+        } else {
+            SystemTime::now()
+        };
         let result = journal.append(&mut events);
+        let ended = if traces.is_empty() {
+            started
+        } else {
+            SystemTime::now()
+        };
         let committed = Committed {
             events,
             replies,
+            traces,
+            commit_times: (started, ended),
             result,
         };
         (journal, committed)
@@ -303,8 +355,11 @@ impl Committed {
         let Self {
             events,
             replies,
+            mut traces,
+            commit_times: (started, ended),
             result,
         } = self;
+        let batch = events.len();
         let outcomes = match result {
             Ok(outcomes) => outcomes,
             Err(error) => {
@@ -318,7 +373,8 @@ impl Committed {
             }
         };
         let mut stored = events.into_iter().zip(outcomes);
-        for (reply, published_at, has_notice) in replies {
+        for (n, (reply, published_at, has_notice)) in replies.into_iter().enumerate() {
+            let trace = traces.get_mut(n).and_then(Option::take);
             let Some((event, appended)) = stored.next() else {
                 let _ = reply.send(Err(StoreError::Unavailable(
                     "journal returned too few outcomes".into(),
@@ -327,15 +383,25 @@ impl Committed {
                 continue;
             };
             let notice = if has_notice { stored.next() } else { None };
+            if let Some(trace) = &trace {
+                trace.journaled(started, ended, batch, appended.duplicate);
+            }
             if appended.duplicate {
                 metrics.duplicates.inc();
             } else {
-                deliver(hub, metrics, &event, &appended, published_at);
+                deliver(
+                    hub,
+                    metrics,
+                    &event,
+                    &appended,
+                    published_at,
+                    trace.as_ref(),
+                );
             }
             if let Some((notice, notice_appended)) = notice
                 && !notice_appended.duplicate
             {
-                deliver(hub, metrics, &notice, &notice_appended, published_at);
+                deliver(hub, metrics, &notice, &notice_appended, published_at, None);
             }
             let _ = reply.send(Ok(Published {
                 id: event.id,
@@ -353,17 +419,23 @@ fn deliver(
     event: &pb::Event,
     appended: &Appended,
     published_at: Instant,
+    trace: Option<&EventTrace>,
 ) {
     let Some(frame) = &appended.frame else {
         return;
     };
     metrics.record_event_in(&event.r#type);
-    hub.fan_out(Routed {
+    let started = trace.map(|_| SystemTime::now());
+    let subscribers = hub.fan_out(Routed {
         event,
         frame: frame.clone(),
         position: appended.cursor.position,
         published_at,
+        trace: trace.cloned(),
     });
+    if let (Some(trace), Some(started)) = (trace, started) {
+        trace.fanned_out(started, SystemTime::now(), subscribers);
+    }
 }
 
 #[cfg(test)]
@@ -509,6 +581,7 @@ mod tests {
             journal.head(),
             Arc::clone(&metrics),
             journal.reader(),
+            crate::otel::Tracing::off(),
         );
         let settings = SequencerSettings {
             queue_len: 64,
@@ -569,6 +642,7 @@ mod tests {
             journal.head(),
             Arc::clone(&metrics),
             journal.reader(),
+            crate::otel::Tracing::off(),
         );
         let filter = Filter::new(Users::All, false, &[], "", FilterLimits::default()).unwrap();
         let mut firehose = hub.subscribe(filter, Viewer::Admin, None).unwrap();

@@ -91,6 +91,7 @@ fn config(names: &Names, prefetch: u16) -> IngestConfig {
         reconnect_max_backoff: Duration::from_secs(1),
         decode: DecodeOptions::default(),
         drain_timeout: Duration::from_secs(1),
+        tracing: notify_backbone::otel::Tracing::off(),
     }
 }
 

@@ -509,11 +509,13 @@ impl Follow {
             match outcome {
                 Replicated::Stored(frame) => {
                     self.metrics.record_event_in(&event.r#type);
-                    self.hub.fan_out(Routed {
+                    let _ = self.hub.fan_out(Routed {
                         event,
                         frame,
                         position: *position,
                         published_at: received_at,
+                        // Cluster mode records no spans past the writer's ingest (yet).
+                        trace: None,
                     });
                     landed.push((
                         event.id.clone(),

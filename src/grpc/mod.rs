@@ -13,6 +13,7 @@ pub mod error;
 pub mod limits;
 pub mod page;
 mod publish_stream;
+pub mod rpc_span;
 mod service;
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
@@ -61,6 +62,8 @@ pub struct ServerSettings {
     pub connections: connections::ConnectionLimits,
     /// Where the connection counts go.
     pub metrics: Arc<Metrics>,
+    /// RPC server spans, when tracing is on.
+    pub tracing: crate::otel::Tracing,
 }
 
 /// HTTP/2 streams a connection may open beyond `--max-streams-per-connection`: room for unary
@@ -192,6 +195,9 @@ pub async fn serve(
         // Outside grpc-web, which refuses any HTTP/1.1 request that is not grpc-web.
         .layer(page::PageLayer::new(settings.web))
         .layer(tonic_web::GrpcWebLayer::new())
+        // Inside grpc-web (browsers' calls get spans too), outside the shedding, so its
+        // refusals are in the spans.
+        .layer(rpc_span::RpcSpanLayer::new(settings.tracing.clone()))
         // Inside grpc-web, so its refusals are translated for browsers like any answer.
         .layer(settings.shed.clone())
         .add_service(health_service)

@@ -47,15 +47,17 @@ enum Pending {
 }
 
 /// Starts reading `requests` and returns the stream of answers.
+/// `call` is the stream's span (tracing on): the parent of its events' ingest spans.
 pub fn respond(
     service: NotifyService,
     principal: Arc<Principal>,
     permit: StreamPermit,
     requests: Streaming<pb::PublishStreamRequest>,
+    call: Option<opentelemetry::Context>,
 ) -> PublishResponses {
     let (pending, answers) = mpsc::channel(IN_FLIGHT);
     let metrics = Arc::clone(&service.metrics);
-    tokio::spawn(read(service, principal, permit, requests, pending));
+    tokio::spawn(read(service, principal, permit, requests, pending, call));
     Box::pin(ReceiverStream::new(answers).then(move |pending| {
         let metrics = Arc::clone(&metrics);
         async move {
@@ -93,6 +95,7 @@ async fn read(
     _permit: StreamPermit,
     mut requests: Streaming<pb::PublishStreamRequest>,
     pending: mpsc::Sender<Pending>,
+    call: Option<opentelemetry::Context>,
 ) {
     let valid_for = principal
         .expires_at
@@ -126,7 +129,7 @@ async fn read(
             Ok(Some(request)) => {
                 // A request without its `publish` is refused like a `Publish` without a body.
                 let request = request.publish.unwrap_or_default();
-                let submitted = service.submit_one(&principal, request).await;
+                let submitted = service.submit_one(&principal, request, call.as_ref()).await;
                 permit.send(Pending::Request(submitted));
             }
             // The client has sent everything: the answers end once the last is sent.

@@ -12,16 +12,20 @@ use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use opentelemetry::{Context as TraceContext, KeyValue, trace::TraceContextExt as _};
+
 use super::{
     codec::EncodedResponse,
     connections::Connection,
     error::ApiError,
     limits::{RateLimiter, StreamCounter, StreamPermit},
     publish_stream::{self, PublishResponses},
+    rpc_span::CallSpan,
 };
 use crate::{
     auth::{Authenticator, Principal, Wants},
     hub::{Filter, FilterLimits, Hub, Subscription, Users},
+    otel::{self, EventTrace, Tracing},
     pb::{self, notification_service_server::NotificationService, publish_request::Body},
     schema::{self, DecodeOptions, Decoded, Properties},
     sequencer::{Published, Publisher, Receipt},
@@ -50,6 +54,8 @@ pub struct NotifyService {
     pub publish_rate: Arc<RateLimiter>,
     /// Cancelled at shutdown: open `PublishStream`s answer what they read and end.
     pub shutdown: CancellationToken,
+    /// Ingest spans of published events, when tracing is on.
+    pub tracing: Tracing,
 }
 
 impl NotifyService {
@@ -138,6 +144,7 @@ impl NotifyService {
         principal: &Principal,
         connection: Option<SocketAddr>,
         request: pb::SubscribeRequest,
+        call: Option<TraceContext>,
     ) -> Result<SubscribeStream, ApiError> {
         let filter = self.authorized_filter(
             principal,
@@ -161,15 +168,17 @@ impl NotifyService {
             expires: Box::pin(tokio::time::sleep(valid_for)),
             _permit: permit,
             finished: false,
+            call,
         })
     }
 
     async fn publish_one(
         &self,
         request: pb::PublishRequest,
+        call: Option<&TraceContext>,
     ) -> Result<pb::PublishResponse, ApiError> {
-        let decoded = self.decode_request(request)?;
-        let published = self.publisher.publish(decoded).await?;
+        let (decoded, trace) = self.decode_request(request, call)?;
+        let published = self.publisher.publish(decoded, trace).await?;
         Ok(published_response(published))
     }
 
@@ -180,30 +189,69 @@ impl NotifyService {
         &self,
         principal: &Principal,
         request: pb::PublishRequest,
+        call: Option<&TraceContext>,
     ) -> Result<Receipt, ApiError> {
         self.publish_rate.check(&principal.user_id)?;
-        let decoded = self.decode_request(request)?;
-        Ok(self.publisher.submit(decoded).await?)
+        let (decoded, trace) = self.decode_request(request, call)?;
+        Ok(self.publisher.submit_traced(decoded, trace).await?)
     }
 
-    /// Validates and decodes a `PublishRequest` body, as a producer's JSON or a typed event.
-    fn decode_request(&self, request: pb::PublishRequest) -> Result<Decoded, ApiError> {
+    /// Validates and decodes a `PublishRequest` body, as a producer's JSON or a typed event;
+    /// with tracing on, records its ingest span under `call` (the RPC's span).
+    fn decode_request(
+        &self,
+        request: pb::PublishRequest,
+        call: Option<&TraceContext>,
+    ) -> Result<(Decoded, Option<EventTrace>), ApiError> {
         let props = Properties {
             timestamp_ms: None,
             received_at: SystemTime::now(),
         };
-        Ok(match request.body {
-            None => return Err(ApiError::Missing("body (json or event)")),
+        let body_len = match &request.body {
+            Some(Body::Json(json)) => json.len(),
+            Some(Body::Event(event)) => prost::Message::encoded_len(event),
+            None => 0,
+        };
+        let decoded = match request.body {
+            None => Err(ApiError::Missing("body (json or event)")),
             Some(Body::Json(json)) => {
                 if request.routing_key.is_empty() {
                     return Err(ApiError::Missing("routing_key"));
                 }
-                schema::decode(&request.routing_key, &json, &props, self.decode)?
+                schema::decode(&request.routing_key, &json, &props, self.decode)
+                    .map_err(ApiError::from)
             }
             Some(Body::Event(event)) => {
-                schema::accept_typed(&request.routing_key, event, &props, self.decode)?
+                schema::accept_typed(&request.routing_key, event, &props, self.decode)
+                    .map_err(ApiError::from)
             }
-        })
+        };
+        if !self.tracing.is_on() {
+            return Ok((decoded?, None));
+        }
+        let source = otel::Source::Rpc {
+            routing_key: &request.routing_key,
+            body_len,
+            call,
+        };
+        match decoded {
+            Ok(mut decoded) => {
+                let trace = self
+                    .tracing
+                    .ingested(&source, props.received_at, &mut decoded);
+                Ok((decoded, trace))
+            }
+            Err(error) => {
+                self.tracing.refused(
+                    &source,
+                    props.received_at,
+                    &[],
+                    error.reason(),
+                    &error.to_string(),
+                );
+                Err(error)
+            }
+        }
     }
 
     pub(super) fn reject(&self, error: ApiError) -> Status {
@@ -260,7 +308,8 @@ impl NotificationService for NotifyService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let principal = self.principal(&request).map_err(|e| self.reject(e))?;
         let connection = Connection::of(request.extensions()).and_then(|c| c.remote);
-        self.open(&principal, connection, request.into_inner())
+        let call = CallSpan::of(request.extensions()).cloned();
+        self.open(&principal, connection, request.into_inner(), call)
             .map(Response::new)
             .map_err(|e| self.reject(e))
     }
@@ -282,11 +331,13 @@ impl NotificationService for NotifyService {
             .streams
             .open(connection, &principal.user_id)
             .map_err(|e| self.reject(e.into()))?;
+        let call = CallSpan::of(request.extensions()).cloned();
         Ok(Response::new(publish_stream::respond(
             self.clone(),
             principal,
             permit,
             request.into_inner(),
+            call,
         )))
     }
 
@@ -302,7 +353,8 @@ impl NotificationService for NotifyService {
         self.publish_rate
             .check(&principal.user_id)
             .map_err(|e| self.reject(e.into()))?;
-        self.publish_one(request.into_inner())
+        let call = CallSpan::of(request.extensions()).cloned();
+        self.publish_one(request.into_inner(), call.as_ref())
             .await
             .map(Response::new)
             .map_err(|e| self.reject(e))
@@ -318,6 +370,8 @@ pub struct SubscribeStream {
     /// This stream's place under the stream limits, given back when the stream is dropped.
     _permit: StreamPermit,
     finished: bool,
+    /// The call's span (tracing on): sampled events it delivers become its span events.
+    call: Option<TraceContext>,
 }
 
 impl Stream for SubscribeStream {
@@ -334,7 +388,18 @@ impl Stream for SubscribeStream {
             return Poll::Ready(Some(Err(status)));
         }
         match Pin::new(&mut this.subscription).poll_next(cx) {
-            Poll::Ready(Some(frame)) => Poll::Ready(Some(Ok(EncodedResponse(frame.bytes)))),
+            Poll::Ready(Some(frame)) => {
+                if let (Some(call), Some(trace)) = (&this.call, &frame.trace) {
+                    call.span().add_event(
+                        "notify.event",
+                        vec![
+                            KeyValue::new("notify.event.trace_id", trace.event.trace_id()),
+                            KeyValue::new("notify.delivery", trace.delivery.as_str()),
+                        ],
+                    );
+                }
+                Poll::Ready(Some(Ok(EncodedResponse(frame.bytes))))
+            }
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
                 this.finished = true;

@@ -22,6 +22,8 @@ use std::{
 
 use bytes::Bytes;
 
+use crate::otel::FrameTrace;
+
 /// One encoded `SubscribeResponse`, ready to be written to the wire.
 #[derive(Debug, Clone)]
 pub struct Frame {
@@ -32,6 +34,8 @@ pub struct Frame {
     /// When the event entered the server, for the publish→send latency metric; `None` for
     /// control frames (caught-up, gap, heartbeat).
     pub published_at: Option<Instant>,
+    /// A sampled event's trace (tracing on): its hand-off is recorded when the stream takes it.
+    pub trace: Option<FrameTrace>,
 }
 
 /// Why a subscription ended (when the server ended it).
@@ -210,6 +214,7 @@ mod tests {
             bytes: Bytes::from_static(b"x"),
             position,
             published_at: None,
+            trace: None,
         }
     }
 

@@ -29,7 +29,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
-    time::Instant,
+    time::{Instant, SystemTime},
 };
 
 use bytes::Bytes;
@@ -43,6 +43,7 @@ pub use mailbox::{EndReason, Frame, Mailbox, Next, Push};
 
 use crate::{
     auth::Viewer,
+    otel::{Delivery, EventTrace, FrameTrace, MAX_HANDOFF_SPANS, Tracing},
     pb::{self, subscribe_response::Kind},
     store::{
         BackLimits, BackScan, Cursor, EventMeta, JournalReader, Scan, ScanLimits, StoreError,
@@ -157,6 +158,8 @@ struct Shared {
     /// Where history (`ListEvents`) reads run: readers of their own, so a page is not queued
     /// behind a storm of replays.
     history: Reads,
+    /// Hand-off spans of sampled replayed events, when tracing is on.
+    tracing: Tracing,
 }
 
 impl Shared {
@@ -198,21 +201,32 @@ pub struct Routed<'a> {
     pub position: u64,
     /// When it entered the server.
     pub published_at: Instant,
+    /// Its trace, if sampled.
+    pub trace: Option<EventTrace>,
 }
 
 impl Hub {
     /// A hub with no subscribers whose head is `head` (the journal's head at start-up).
+    /// `tracing` records the hand-offs of sampled replayed events.
     pub fn new(
         config: HubConfig,
         head: Cursor,
         metrics: Arc<Metrics>,
         journal: Arc<dyn JournalReader>,
+        tracing: Tracing,
     ) -> Self {
         let readers = || {
             let permits = config.replay_readers.clamp(1, Semaphore::MAX_PERMITS);
             Reads::Pool(Arc::new(Semaphore::new(permits)))
         };
-        Self::with_reads(config, head, metrics, journal, (readers(), readers()))
+        Self::with_reads(
+            config,
+            head,
+            metrics,
+            journal,
+            (readers(), readers()),
+            tracing,
+        )
     }
 
     fn with_reads(
@@ -221,6 +235,7 @@ impl Hub {
         metrics: Arc<Metrics>,
         journal: Arc<dyn JournalReader>,
         (reads, history): (Reads, Reads),
+        tracing: Tracing,
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
@@ -233,6 +248,7 @@ impl Hub {
                 journal,
                 reads,
                 history,
+                tracing,
             }),
         }
     }
@@ -250,12 +266,18 @@ impl Hub {
     /// Hands one event to every subscriber that selects it and whose filters pass it. Never
     /// waits: a subscriber whose mailbox is full lags, and continues from the journal (see
     /// [`Mailbox`]). Must be called in journal order, by one caller at a time (the sequencer).
-    pub fn fan_out(&self, routed: Routed<'_>) {
+    /// Returns how many subscribers' queues took it.
+    pub fn fan_out(&self, routed: Routed<'_>) -> u64 {
         let event = routed.event;
         let frame = Frame {
             bytes: routed.frame,
             position: routed.position,
             published_at: Some(routed.published_at),
+            trace: routed.trace.map(|event| FrameTrace {
+                event,
+                delivery: Delivery::Live,
+                queued_at: SystemTime::now(),
+            }),
         };
         let shared = &*self.shared;
         let index = shared.read();
@@ -300,6 +322,7 @@ impl Hub {
         shared.head.store(routed.position, Ordering::Release);
         drop(index);
         shared.metrics.record_fan_out(&event.r#type, delivered);
+        delivered
     }
 
     /// Opens a subscription.
@@ -374,6 +397,7 @@ impl Hub {
             replay,
             reading: None,
             waiting: None,
+            replay_spans_left: MAX_HANDOFF_SPANS,
         })
     }
 
@@ -588,6 +612,7 @@ fn control_frame(kind: Kind, position: u64) -> Frame {
             .into(),
         position,
         published_at: None,
+        trace: None,
     }
 }
 
@@ -702,6 +727,8 @@ pub struct Subscription {
     reading: Option<PendingRead<Scan>>,
     /// While reads keep the stream waiting with nothing to send: when it gets a heartbeat.
     waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Hand-off spans this stream may still record for replayed events (tracing on).
+    replay_spans_left: u32,
 }
 
 /// Whether a subscription with `filter`, seen by `viewer`, gets the stored event: the routing of
@@ -780,6 +807,9 @@ impl Subscription {
                 .delivery_latency
                 .observe(at.elapsed().as_secs_f64());
         }
+        if let Some(trace) = &frame.trace {
+            trace.handed_off(self.subscriber.id, frame.published_at);
+        }
     }
 
     /// Starts reading the next batch of `replay` on the journal readers.
@@ -816,11 +846,31 @@ impl Subscription {
             ));
             replay.read_after = to;
         }
+        let tracing = &self.hub.tracing;
         for event in scan.events {
+            // Tracing on: a sampled stored event's hand-off is recorded too, a bounded number
+            // per stream (a resume may replay thousands).
+            let trace = if tracing.is_on() && self.replay_spans_left > 0 {
+                tracing.replayed(&event.frame).map(|event| {
+                    self.replay_spans_left -= 1;
+                    FrameTrace {
+                        event,
+                        delivery: if replay.caught_up {
+                            Delivery::Resume
+                        } else {
+                            Delivery::CatchUp
+                        },
+                        queued_at: SystemTime::now(),
+                    }
+                })
+            } else {
+                None
+            };
             self.pending.push_back(Frame {
                 bytes: event.frame,
                 position: event.position,
                 published_at: None,
+                trace,
             });
         }
         replay.read_after = replay.read_after.max(scan.last);
@@ -883,6 +933,9 @@ impl tokio_stream::Stream for Subscription {
         loop {
             if let Some(frame) = this.pending.pop_front() {
                 this.last_position = frame.position;
+                if let Some(trace) = &frame.trace {
+                    trace.handed_off(this.subscriber.id, None);
+                }
                 return Poll::Ready(Some(frame));
             }
             // One bounded read's result per turn of this loop, and a new read runs on the

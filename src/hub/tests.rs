@@ -104,6 +104,7 @@ fn hub_with_journal(queue_len: usize) -> (Hub, Arc<TestJournal>) {
         Arc::new(Metrics::new()),
         journal.clone(),
         (Reads::Inline, Reads::Inline),
+        crate::otel::Tracing::off(),
     );
     (hub, journal)
 }
@@ -161,6 +162,7 @@ impl Publisher {
             frame,
             position: self.position,
             published_at: Instant::now(),
+            trace: None,
         });
         id
     }
@@ -605,6 +607,7 @@ fn pooled_hub(stored: u64) -> (Hub, Arc<TestJournal>) {
         },
         Arc::new(Metrics::new()),
         journal.clone(),
+        crate::otel::Tracing::off(),
     );
     let mut publisher = Publisher::new(&hub, &journal);
     for _ in 0..stored {

@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::{
+    otel::{EventTrace, Tracing},
     schema::{DecodeOptions, Decoded},
     sequencer::{Published, Receipt, Sequencer, SequencerError},
     telemetry::Metrics,
@@ -69,6 +70,8 @@ pub struct IngestConfig {
     /// On shutdown, how long in-flight deliveries get to settle; the rest go back to the queue
     /// unacknowledged.
     pub drain_timeout: Duration,
+    /// Ingest spans (and the trace each sampled event carries on), when tracing is on.
+    pub tracing: Tracing,
 }
 
 /// Where the ingest stands; `/readyz` and gRPC health report it.
@@ -108,6 +111,16 @@ pub trait Downstream: Send + Sync + 'static {
         decoded: Decoded,
     ) -> impl Future<Output = Result<Self::Receipt, SequencerError>> + Send;
 
+    /// [`Downstream::submit`] for an event whose trace is sampled. A downstream that records no
+    /// spans of its own (cluster mode's writer, tests' stand-ins) ignores the trace.
+    fn submit_traced(
+        &self,
+        decoded: Decoded,
+        _trace: Option<EventTrace>,
+    ) -> impl Future<Output = Result<Self::Receipt, SequencerError>> + Send {
+        self.submit(decoded)
+    }
+
     /// A new broker session started consuming on `channel`: what the downstream knew of the
     /// queue's state may be stale. Cluster mode's writer appends on that channel (so a dead
     /// session's appends are fenced by the broker) and synchronises with the journal again.
@@ -122,6 +135,14 @@ impl Downstream for Sequencer {
         decoded: Decoded,
     ) -> impl Future<Output = Result<Receipt, SequencerError>> + Send {
         Sequencer::submit(self, decoded)
+    }
+
+    fn submit_traced(
+        &self,
+        decoded: Decoded,
+        trace: Option<EventTrace>,
+    ) -> impl Future<Output = Result<Receipt, SequencerError>> + Send {
+        Sequencer::submit_traced(self, decoded, trace)
     }
 }
 

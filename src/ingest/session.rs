@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::{
+    otel,
     schema::{self, DecodeError, Properties},
     sequencer::{Published, SequencerError},
     telemetry::Metrics,
@@ -539,17 +540,36 @@ impl<D: Downstream> Start<'_, D> {
                 self.config.decode,
             )
         };
+        let tracing = &self.config.tracing;
         match decoded {
-            Ok(decoded) => Ok(match self.downstream.submit(decoded).await {
-                Ok(receipt) => Box::pin(async move {
-                    match receipt.await {
-                        Ok(published) => Outcome::Accepted(published),
-                        Err(error) => Outcome::Refused(error),
-                    }
-                }),
-                Err(error) => Box::pin(std::future::ready(Outcome::Refused(error))),
-            }),
-            Err(error) => self.dead_letter(message, error).await,
+            Ok(mut decoded) => {
+                let trace = if tracing.is_on() {
+                    tracing.ingested(&trace_source(message), props.received_at, &mut decoded)
+                } else {
+                    None
+                };
+                Ok(match self.downstream.submit_traced(decoded, trace).await {
+                    Ok(receipt) => Box::pin(async move {
+                        match receipt.await {
+                            Ok(published) => Outcome::Accepted(published),
+                            Err(error) => Outcome::Refused(error),
+                        }
+                    }),
+                    Err(error) => Box::pin(std::future::ready(Outcome::Refused(error))),
+                })
+            }
+            Err(error) => {
+                if tracing.is_on() {
+                    tracing.refused(
+                        &trace_source(message),
+                        props.received_at,
+                        &message.body,
+                        error.reason(),
+                        &error.to_string(),
+                    );
+                }
+                self.dead_letter(message, error).await
+            }
         }
     }
 
@@ -630,6 +650,28 @@ impl<D: Downstream> Start<'_, D> {
                 }
             }
         }))
+    }
+}
+
+/// What the ingest span says of a delivery, with the W3C context of its AMQP headers (the
+/// `traceparent` and `tracestate` headers OpenTelemetry's messaging instrumentations write),
+/// which win over the body's `_trace`.
+fn trace_source(message: &Message) -> otel::Source<'_> {
+    let header = |key| {
+        message
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|headers| dead_letter::header_text(headers, key))
+            .and_then(|value| std::str::from_utf8(value).ok())
+    };
+    otel::Source::Amqp {
+        exchange: &message.exchange,
+        routing_key: &message.routing_key,
+        body_len: message.body.len(),
+        redelivered: message.redelivered,
+        traceparent: header("traceparent"),
+        tracestate: header("tracestate"),
     }
 }
 

@@ -2,6 +2,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod amqp;
+pub mod otlp;
 pub mod process;
 
 use std::{net::SocketAddr, time::Duration};
