@@ -8,6 +8,7 @@
 
 mod support;
 
+use notify_backbone::pb::subscribe_response::Kind;
 use support::{amqp::*, otlp::*, process::*, *};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -45,6 +46,27 @@ async fn an_event_from_rabbitmq_is_traced_from_the_producers_span_to_the_subscri
     assert_eq!(event.id, "traced-1");
     // Subscribers keep the producer's context.
     assert_eq!(event.traceparent, traceparent(TRACE, PRODUCER_SPAN));
+
+    // A `traceparent` AMQP header (what OpenTelemetry's messaging instrumentations write) wins
+    // over the body's.
+    let header_trace = "7bf92f3577b34da6a3ce929d0e0e4738";
+    let header_span = "10f067aa0ba902b8";
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(
+        "traceparent".into(),
+        lapin::types::AMQPValue::LongString(traceparent(header_trace, header_span).into()),
+    );
+    producer
+        .publish_raw(
+            &names.exchange,
+            "device.error",
+            traced_device_error("traced-2", "u-trace", TRACE).as_bytes(),
+            lapin::BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_headers(headers),
+        )
+        .await;
+    assert_eq!(next_event(&mut user).await.id, "traced-2");
 
     // A poison message in a trace of its own: its span says why it was refused.
     let poison_trace = "0af7651916cd43dd8448eb211c80319c";
@@ -117,6 +139,11 @@ async fn an_event_from_rabbitmq_is_traced_from_the_producers_span_to_the_subscri
         "{subscribe:#?}"
     );
 
+    let by_header = collector.trace(header_trace);
+    let ingest = one(&by_header, "notify.ingest");
+    assert_eq!(ingest.parent_span_id, header_span);
+    assert_eq!(ingest.attr("notify.event.id"), "traced-2");
+
     let refused = collector.trace(poison_trace);
     let refused = one(&refused, "notify.ingest");
     assert_eq!(refused.parent_span_id, PRODUCER_SPAN);
@@ -137,7 +164,10 @@ async fn a_publish_call_with_traceparent_metadata_is_traced_through_its_event() 
     })
     .await;
     let mut client = server.client().await;
-    let mut user = subscribe(&mut client, request("u-pub")).await;
+    let mut user = open_stream(&mut client, request("u-pub")).await;
+    let Kind::CaughtUp(before) = next_kind(&mut user).await else {
+        panic!("CaughtUp first");
+    };
     let trace = "5bf92f3577b34da6a3ce929d0e0e4737";
     let mut call = with_token(
         pb_publish("device.error", &device_error("pub-1", "u-pub", "d1")),
@@ -155,7 +185,18 @@ async fn a_publish_call_with_traceparent_metadata_is_traced_through_its_event() 
         "{}",
         event.traceparent
     );
-    drop(user);
+    // A second subscriber resumes from before it: the replayed event's hand-off is traced too.
+    let mut resumed = open_stream(
+        &mut client,
+        notify_backbone::pb::SubscribeRequest {
+            resume_after: before.cursor,
+            ..request("u-pub")
+        },
+    )
+    .await;
+    assert_eq!(next_event(&mut resumed).await.id, "pub-1");
+    assert!(matches!(next_kind(&mut resumed).await, Kind::CaughtUp(_)));
+    drop((user, resumed));
     server.stop_within(PATIENCE).await;
 
     let spans = collector.trace(trace);
@@ -166,9 +207,19 @@ async fn a_publish_call_with_traceparent_metadata_is_traced_through_its_event() 
     let ingest = one(&spans, "notify.ingest");
     assert_eq!(ingest.parent_span_id, rpc.span_id);
     assert_eq!(ingest.attr("notify.event.id"), "pub-1");
-    for stage in ["notify.journal.append", "notify.fanout", "notify.deliver"] {
+    for stage in ["notify.journal.append", "notify.fanout"] {
         assert_eq!(one(&spans, stage).parent_span_id, ingest.span_id, "{stage}");
     }
+    let mut deliveries: Vec<_> = spans
+        .iter()
+        .filter(|span| span.name == "notify.deliver")
+        .map(|span| {
+            assert_eq!(span.parent_span_id, ingest.span_id);
+            span.attr("notify.delivery").to_owned()
+        })
+        .collect();
+    deliveries.sort();
+    assert_eq!(deliveries, ["live", "resume"]);
     assert_eq!(
         event.traceparent,
         format!("00-{trace}-{}-01", ingest.span_id),
