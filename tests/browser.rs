@@ -266,6 +266,14 @@ async fn the_live_page_shows_a_users_events_and_catches_up_after_a_restart() {
             "{id}: {summary:?} should say {says:?}"
         );
     }
+    // Hovering an event shows its trace id (the fixtures carry the producer's traceparent).
+    let (first, _) = &expected[0];
+    let hover = browser
+        .evaluate(&format!(
+            "document.querySelector('li.event[data-id=\"{first}\"]').title"
+        ))
+        .await;
+    assert_eq!(hover, "trace 4bf92f3577b34da6a3ce929d0e0e4736", "{first}");
     let shown = browser.shown_ids().await;
     assert_eq!(
         shown.len(),

@@ -1,6 +1,6 @@
 //! The gRPC edge: `NotificationService`, grpc-web with CORS, health and reflection, optional
 //! TLS, and the live notification [`page`], all on one port, behind the port's resource
-//! [`limits`].
+//! [`limits`], with an OpenTelemetry server span per call ([`rpc_span`]) when tracing is on.
 //!
 //! Owns: everything that touches `tonic` — requests, statuses, codecs, the server builder, the
 //! token's extraction from metadata. Does not own: any decision about events or access (the

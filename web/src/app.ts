@@ -173,6 +173,12 @@ function familyOf(type: string): string {
   return type.split(".", 1)[0] ?? "";
 }
 
+/** The trace id of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`), or "". */
+function traceIdOf(traceparent: string): string {
+  const traceId = traceparent.split("-")[1] ?? "";
+  return /^[0-9a-f]{32}$/.test(traceId) && !/^0+$/.test(traceId) ? traceId : "";
+}
+
 function addEvent(event: Event): void {
   if (event.id !== "" && seen.has(event.id)) return;
 
@@ -184,6 +190,12 @@ function addEvent(event: Event): void {
   item.dataset["device"] = event.deviceId;
   item.dataset["cursor"] = event.cursor;
   item.dataset["family"] = familyOf(event.type);
+  // On hover: the trace to look up in the tracing backend when a user reports this event.
+  const traceId = traceIdOf(event.traceparent);
+  if (traceId !== "") {
+    item.dataset["trace"] = traceId;
+    item.title = `trace ${traceId}`;
+  }
 
   const when = event.occurredAt ?? event.receivedAt;
   const time = document.createElement("time");
