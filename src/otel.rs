@@ -205,19 +205,20 @@ impl Tracing {
         let pipeline = self.0.as_ref()?;
         let event = &mut decoded.event;
         let parent = parent_context(source, &event.traceparent, &event.tracestate);
-        let mut attributes = source_attributes(source);
-        attributes.push(KeyValue::new("notify.event.id", event.id.clone()));
-        attributes.push(KeyValue::new("notify.event.type", event.r#type.clone()));
+        // Sampled first, attributes after: an unsampled event allocates none of them.
         let mut span = pipeline
             .tracer
             .span_builder("notify.ingest")
             .with_kind(span_kind(source))
             .with_start_time(started)
-            .with_attributes(attributes)
             .start_with_context(&pipeline.tracer, &parent);
         if !span.span_context().is_sampled() {
             return None;
         }
+        let mut attributes = source_attributes(source);
+        attributes.push(KeyValue::new("notify.event.id", event.id.clone()));
+        attributes.push(KeyValue::new("notify.event.type", event.r#type.clone()));
+        span.set_attributes(attributes);
         if event.traceparent.is_empty() {
             event.traceparent = traceparent_of(span.span_context());
         }
