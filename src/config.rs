@@ -359,13 +359,13 @@ pub struct ServeConfig {
     pub tls_key: Option<std::path::PathBuf>,
 
     /// Export OpenTelemetry traces over OTLP/gRPC to this collector, e.g.
-    /// `http://otel-collector:4317`; off when unset (no cost then).
-    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, if set, wins over it. The other standard variables
-    /// apply: OTEL_SERVICE_NAME (default notify-backbone), OTEL_RESOURCE_ATTRIBUTES,
+    /// `http://otel-collector:4317`; off when unset (no cost then). Without the flag,
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT. The other standard
+    /// variables apply: OTEL_SERVICE_NAME (default notify-backbone), OTEL_RESOURCE_ATTRIBUTES,
     /// OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG (default: follow the producer's sampling
     /// decision, sample events without one), OTEL_BSP_* (the export queue); OTEL_SDK_DISABLED=true
     /// or OTEL_TRACES_EXPORTER=none turn it off.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", help_heading = "Tracing")]
+    #[arg(long, help_heading = "Tracing")]
     pub otlp_endpoint: Option<String>,
 
     /// AMQP ingest: the RabbitMQ broker to consume the platform's events from, e.g.
@@ -479,9 +479,10 @@ impl ServeConfig {
         })
     }
 
-    /// Where traces are exported, if anywhere: `--otlp-endpoint` (or
-    /// OTEL_EXPORTER_OTLP_ENDPOINT), overridden by OTEL_EXPORTER_OTLP_TRACES_ENDPOINT; `None`
-    /// when OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none.
+    /// Where traces are exported, if anywhere: `--otlp-endpoint`, else
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT (the specification's
+    /// order, an explicit flag first); `None` when OTEL_SDK_DISABLED=true or
+    /// OTEL_TRACES_EXPORTER=none.
     pub fn otlp_traces_endpoint(&self) -> Option<String> {
         let var = |name: &str| {
             std::env::var(name)
@@ -494,11 +495,11 @@ impl ServeConfig {
         {
             return None;
         }
-        var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| {
-            self.otlp_endpoint
-                .clone()
-                .filter(|endpoint| !endpoint.trim().is_empty())
-        })
+        self.otlp_endpoint
+            .clone()
+            .filter(|endpoint| !endpoint.trim().is_empty())
+            .or_else(|| var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+            .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
     }
 
     /// The node id: `--node-id`, else the host name, else `local`.

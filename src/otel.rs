@@ -28,8 +28,8 @@
 
 use std::{
     sync::{
-        Arc,
-        atomic::{AtomicU32, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::{Instant, SystemTime},
 };
@@ -37,14 +37,20 @@ use std::{
 use opentelemetry::{
     Context, KeyValue,
     propagation::{Extractor, TextMapPropagator as _},
-    trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _, TracerProvider as _},
+    trace::{
+        Span as _, SpanKind, Status, TraceContextExt as _, TraceId, Tracer as _,
+        TracerProvider as _,
+    },
 };
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::{
     Resource,
     error::OTelSdkResult,
     propagation::TraceContextPropagator,
-    trace::{BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanData, SpanExporter},
+    trace::{
+        BatchSpanProcessor, SamplingDecision, SdkTracer, SdkTracerProvider, ShouldSample, SpanData,
+        SpanExporter,
+    },
 };
 use prost::Message as _;
 
@@ -53,6 +59,14 @@ use crate::schema::Decoded;
 /// The most `notify.deliver` spans one sampled event records (the first subscribers to take
 /// it); the rest are left out. Also the most one replaying stream records.
 pub const MAX_HANDOFF_SPANS: u32 = 64;
+
+/// The most hand-off spans of replayed events recorded per second, all streams together (and
+/// at most [`MAX_HANDOFF_SPANS`] per stream).
+pub const MAX_REPLAY_SPANS_PER_SECOND: u64 = 512;
+
+/// How long one export may take, retries included: less than the SDK's shutdown timeout (5 s),
+/// so a collector that swallows packets cannot keep the exporter thread past shutdown.
+const EXPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The instrumentation scope's name.
 const SCOPE: &str = "notify-backbone";
@@ -77,6 +91,34 @@ pub struct Tracing(Option<Arc<Pipeline>>);
 struct Pipeline {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
+    /// The provider's sampler (from `OTEL_TRACES_SAMPLER`), asked before a replayed event's
+    /// hand-off span is started, so an unsampled one costs no span and no budget.
+    sampler: Box<dyn ShouldSample>,
+    /// Replayed hand-off spans recorded in the current second: `second << 32 | count`.
+    replay_budget: AtomicU64,
+}
+
+impl Pipeline {
+    /// One replayed hand-off span more this second, if fewer than
+    /// [`MAX_REPLAY_SPANS_PER_SECOND`] were recorded: a storm of resumes after a restart
+    /// must not crowd the live events' spans out of the export queue.
+    fn take_replay_budget(&self) -> bool {
+        let second = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs() & 0xffff_ffff);
+        self.replay_budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |packed| {
+                let (at, used) = (packed >> 32, packed & 0xffff_ffff);
+                if at != second {
+                    Some(second << 32 | 1)
+                } else if used < MAX_REPLAY_SPANS_PER_SECOND {
+                    Some(packed + 1)
+                } else {
+                    None
+                }
+            })
+            .is_ok()
+    }
 }
 
 impl std::fmt::Debug for Tracing {
@@ -113,8 +155,11 @@ pub enum Source<'a> {
         routing_key: &'a str,
         /// Body bytes.
         body_len: usize,
-        /// The call's server span (see `grpc::rpc_span`), the parent.
+        /// The call's server span (see `grpc::rpc_span`).
         call: Option<&'a Context>,
+        /// Whether the call continued its caller's trace (`traceparent` metadata): then the
+        /// call's span is the event's parent, else the body's `_trace` is, if it has one.
+        continued: bool,
     },
 }
 
@@ -155,6 +200,7 @@ impl Tracing {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(endpoint)
+            .with_timeout(EXPORT_TIMEOUT)
             .build()
             .map_err(|source| OtelError::Exporter {
                 endpoint: endpoint.to_owned(),
@@ -174,12 +220,20 @@ impl Tracing {
                 KeyValue::new("service.instance.id", node_id.to_owned()),
             ])
             .build();
+        // The SDK's default configuration reads OTEL_TRACES_SAMPLER(_ARG).
+        let sampler = opentelemetry_sdk::trace::Config::default().sampler;
         let provider = SdkTracerProvider::builder()
             .with_span_processor(BatchSpanProcessor::builder(exporter).build())
+            .with_sampler(sampler.clone())
             .with_resource(resource)
             .build();
         let tracer = provider.tracer(SCOPE);
-        Ok(Self(Some(Arc::new(Pipeline { provider, tracer }))))
+        Ok(Self(Some(Arc::new(Pipeline {
+            provider,
+            tracer,
+            sampler,
+            replay_budget: AtomicU64::new(0),
+        }))))
     }
 
     /// Whether spans are recorded and exported.
@@ -194,8 +248,9 @@ impl Tracing {
 
     /// Records the ingest span of an accepted event (started at `started`, when the message
     /// arrived) as a child of its producer's context, and returns what the later stages need
-    /// if the event is sampled. A sampled event without a `traceparent` of its own gets the
-    /// ingest span's, so subscribers (and a replay later) can follow it to this trace.
+    /// if the event is sampled. A sampled event whose own `traceparent` is missing, or names
+    /// another trace than its ingest span's (the AMQP header or the call won), gets the ingest
+    /// span's: subscribers, the live page and a replay later then lead to where its spans are.
     pub fn ingested(
         &self,
         source: &Source<'_>,
@@ -219,8 +274,13 @@ impl Tracing {
         attributes.push(KeyValue::new("notify.event.id", event.id.clone()));
         attributes.push(KeyValue::new("notify.event.type", event.r#type.clone()));
         span.set_attributes(attributes);
-        if event.traceparent.is_empty() {
+        let own_trace = extract(&event.traceparent, &event.tracestate)
+            .span()
+            .span_context()
+            .trace_id();
+        if own_trace != span.span_context().trace_id() {
             event.traceparent = traceparent_of(span.span_context());
+            event.tracestate = span.span_context().trace_state().header();
         }
         span.end();
         let cx = Context::new().with_span(span);
@@ -246,39 +306,63 @@ impl Tracing {
         };
         let (traceparent, tracestate) = trace_fields_of_body(body);
         let parent = parent_context(source, &traceparent, &tracestate);
-        let mut attributes = source_attributes(source);
-        attributes.push(KeyValue::new("error.type", reason.to_owned()));
-        attributes.push(KeyValue::new("notify.refused.reason", reason.to_owned()));
-        attributes.push(KeyValue::new("notify.refused.detail", detail.to_owned()));
         let mut span = pipeline
             .tracer
             .span_builder("notify.ingest")
             .with_kind(span_kind(source))
             .with_start_time(started)
-            .with_attributes(attributes)
             .start_with_context(&pipeline.tracer, &parent);
+        if !span.is_recording() {
+            return;
+        }
+        let mut attributes = source_attributes(source);
+        attributes.push(KeyValue::new("error.type", reason.to_owned()));
+        attributes.push(KeyValue::new("notify.refused.reason", reason.to_owned()));
+        attributes.push(KeyValue::new("notify.refused.detail", detail.to_owned()));
+        span.set_attributes(attributes);
         span.set_status(Status::error(format!("{reason}: {detail}")));
         span.end();
     }
 
-    /// For a replayed frame (an encoded `SubscribeResponse` from the journal): its event's
-    /// trace, if it has a `traceparent` and the sampler keeps it.
-    pub fn replayed(&self, frame: &[u8]) -> Option<EventTrace> {
+    /// For a replayed frame (an encoded `SubscribeResponse` from the journal), queued now for
+    /// a stream: its hand-off span, started now, if its event has a `traceparent`, the sampler
+    /// keeps it, and this second's budget ([`MAX_REPLAY_SPANS_PER_SECOND`]) has room. The span
+    /// is a child of that `traceparent` (the ingest span for an event traced when it came in).
+    pub fn replayed(&self, frame: &[u8], delivery: Delivery) -> Option<Arc<FrameTrace>> {
         let pipeline = self.0.as_ref()?;
         let traced = TracedResponse::decode(frame).ok()?.event?;
         if traced.traceparent.is_empty() {
             return None;
         }
         let parent = extract(&traced.traceparent, &traced.tracestate);
-        let span_context = parent.span().span_context().clone();
-        if !span_context.is_valid() || !span_context.is_sampled() {
+        let trace_id = parent.span().span_context().trace_id();
+        if !parent.span().span_context().is_valid() {
             return None;
         }
-        Some(EventTrace(Arc::new(Traced {
-            tracer: pipeline.tracer.clone(),
-            cx: parent,
-            handoffs_left: AtomicU32::new(1),
-        })))
+        let decision = pipeline
+            .sampler
+            .should_sample(
+                Some(&parent),
+                trace_id,
+                "notify.deliver",
+                &SpanKind::Internal,
+                &[],
+                &[],
+            )
+            .decision;
+        if decision != SamplingDecision::RecordAndSample || !pipeline.take_replay_budget() {
+            return None;
+        }
+        let span = pipeline
+            .tracer
+            .span_builder("notify.deliver")
+            .with_kind(SpanKind::Internal)
+            .start_with_context(&pipeline.tracer, &parent);
+        Some(Arc::new(FrameTrace {
+            delivery,
+            trace_id,
+            kind: FrameKind::Replayed(Box::new(Mutex::new(Some(span)))),
+        }))
     }
 
     /// Exports what is still queued and stops the exporter thread; waits at most the SDK's
@@ -295,22 +379,100 @@ impl Tracing {
     }
 }
 
-/// A frame of a sampled event on its way to one subscriber's stream.
-#[derive(Debug, Clone)]
+/// A frame of a sampled event on its way to one subscriber's stream (or, live, to all of
+/// them: one shared `Arc`).
+#[derive(Debug)]
 pub struct FrameTrace {
-    /// The event's trace.
-    pub event: EventTrace,
-    /// Live, or replayed from the journal.
-    pub delivery: Delivery,
-    /// When the frame was queued for the stream (fan-out, or the journal read).
-    pub queued_at: SystemTime,
+    delivery: Delivery,
+    trace_id: TraceId,
+    kind: FrameKind,
+}
+
+#[derive(Debug)]
+enum FrameKind {
+    /// From the live feed: the event's trace, and when fan-out queued it.
+    Live {
+        event: EventTrace,
+        queued_at: SystemTime,
+    },
+    /// From the journal: its hand-off span, started when it was read, ended when the stream
+    /// takes the frame (or, never taken, when the frame is dropped).
+    Replayed(Box<Mutex<Option<opentelemetry_sdk::trace::Span>>>),
 }
 
 impl FrameTrace {
-    /// The frame left for subscriber `subscriber`'s stream (see [`EventTrace::handed_off`]).
-    pub fn handed_off(&self, subscriber: u64, published_at: Option<Instant>) {
-        self.event
-            .handed_off(subscriber, self.delivery, self.queued_at, published_at);
+    /// A live frame of `event`, queued now.
+    pub fn live(event: EventTrace) -> Arc<Self> {
+        Arc::new(Self {
+            delivery: Delivery::Live,
+            trace_id: event.0.cx.span().span_context().trace_id(),
+            kind: FrameKind::Live {
+                event,
+                queued_at: SystemTime::now(),
+            },
+        })
+    }
+
+    /// Live, or replayed.
+    pub fn delivery(&self) -> Delivery {
+        self.delivery
+    }
+
+    /// The event's trace id (32 hex digits).
+    pub fn trace_id(&self) -> String {
+        self.trace_id.to_string()
+    }
+
+    /// The frame left for subscriber `subscriber`'s stream, `lag` events behind the newest
+    /// (`published_at`: when a live event entered the server). Live: at most
+    /// [`MAX_HANDOFF_SPANS`] spans per event.
+    pub fn handed_off(&self, subscriber: u64, lag: u64, published_at: Option<Instant>) {
+        let mut attributes = vec![
+            KeyValue::new(
+                "notify.subscriber.id",
+                i64::try_from(subscriber).unwrap_or(i64::MAX),
+            ),
+            KeyValue::new("notify.delivery", self.delivery.as_str()),
+            KeyValue::new(
+                "notify.delivery.lag",
+                i64::try_from(lag).unwrap_or(i64::MAX),
+            ),
+        ];
+        if let Some(at) = published_at {
+            attributes.push(KeyValue::new(
+                "notify.delivery.latency_ms",
+                at.elapsed().as_secs_f64() * 1000.0,
+            ));
+        }
+        match &self.kind {
+            FrameKind::Live { event, queued_at } => event.handed_off(*queued_at, attributes),
+            FrameKind::Replayed(span) => {
+                let span = span
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .take();
+                if let Some(mut span) = span {
+                    span.set_attributes(attributes);
+                    span.end();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for FrameTrace {
+    fn drop(&mut self) {
+        if let FrameKind::Replayed(span) = &mut self.kind {
+            let span = span
+                .get_mut()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take();
+            if let Some(mut span) = span {
+                // The stream ended before it sent this frame.
+                span.set_attribute(KeyValue::new("notify.delivered", false));
+                span.end();
+            }
+        }
     }
 }
 
@@ -320,7 +482,7 @@ pub struct EventTrace(Arc<Traced>);
 
 struct Traced {
     tracer: SdkTracer,
-    /// The ingest span (or, for a replay, the stored `traceparent`): the parent of the rest.
+    /// The ingest span: the parent of the rest.
     cx: Context,
     handoffs_left: AtomicU32,
 }
@@ -356,37 +518,28 @@ impl EventTrace {
         self.record("notify.fanout", started, ended, attributes);
     }
 
-    /// The event left for subscriber `subscriber`'s stream (`published_at`: when it entered
-    /// the server, for a live one). At most [`MAX_HANDOFF_SPANS`] per event.
-    fn handed_off(
-        &self,
-        subscriber: u64,
-        delivery: Delivery,
-        queued_at: SystemTime,
-        published_at: Option<Instant>,
-    ) {
+    /// A hand-off span of the live feed, if this event has not recorded
+    /// [`MAX_HANDOFF_SPANS`] yet.
+    fn handed_off(&self, queued_at: SystemTime, attributes: Vec<KeyValue>) {
         let left = self
             .0
             .handoffs_left
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-        if left.is_err() {
-            return;
+        if left.is_ok() {
+            self.record("notify.deliver", queued_at, SystemTime::now(), attributes);
         }
-        let started = queued_at;
-        let mut attributes = vec![
-            KeyValue::new(
-                "notify.subscriber.id",
-                i64::try_from(subscriber).unwrap_or(i64::MAX),
-            ),
-            KeyValue::new("notify.delivery", delivery.as_str()),
-        ];
-        if let Some(at) = published_at {
-            attributes.push(KeyValue::new(
-                "notify.delivery.latency_ms",
-                at.elapsed().as_secs_f64() * 1000.0,
-            ));
-        }
-        self.record("notify.deliver", started, SystemTime::now(), attributes);
+    }
+
+    /// The journal refused the batch that held the event: an error span, and the trace ends.
+    pub fn journal_failed(&self, started: SystemTime, ended: SystemTime, error: &str) {
+        let tracer = &self.0.tracer;
+        let mut span = tracer
+            .span_builder("notify.journal.append")
+            .with_kind(SpanKind::Internal)
+            .with_start_time(started)
+            .start_with_context(tracer, &self.0.cx);
+        span.set_status(Status::error(error.to_owned()));
+        span.end_with_timestamp(ended.max(started));
     }
 
     fn record(
@@ -419,7 +572,14 @@ struct OnRuntime {
 
 impl SpanExporter for OnRuntime {
     fn export(&self, batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
-        let result = self.runtime.block_on(self.inner.export(batch));
+        // Bounded here too: the exporter's own timeout applies per attempt, not to its retries.
+        let result = self.runtime.block_on(async {
+            tokio::time::timeout(EXPORT_TIMEOUT, self.inner.export(batch))
+                .await
+                .unwrap_or(Err(opentelemetry_sdk::error::OTelSdkError::Timeout(
+                    EXPORT_TIMEOUT,
+                )))
+        });
         std::future::ready(result)
     }
 
@@ -502,11 +662,20 @@ fn parent_context(source: &Source<'_>, traceparent: &str, tracestate: &str) -> C
             }
         }
         Source::Rpc {
-            call: Some(call), ..
-        } if call.span().span_context().is_valid() => return (*call).clone(),
+            call: Some(call),
+            continued: true,
+            ..
+        } => return (*call).clone(),
         _ => {}
     }
-    extract(traceparent, tracestate)
+    let own = extract(traceparent, tracestate);
+    match source {
+        // A call that started a trace of its own is the parent only of events with no context.
+        Source::Rpc {
+            call: Some(call), ..
+        } if !own.span().span_context().is_valid() => (*call).clone(),
+        _ => own,
+    }
 }
 
 /// A W3C `traceparent`/`tracestate` pair as a parent context (empty if malformed).
@@ -651,6 +820,7 @@ mod tests {
             routing_key: "device.started",
             body_len: 2,
             call: None,
+            continued: false,
         };
         assert!(
             tracing

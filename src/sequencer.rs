@@ -164,7 +164,7 @@ impl Publisher {
     }
 
     /// [`Publisher::submit`] with the event's trace. In cluster mode the event is journaled by
-    /// another node, which records its own spans: the trace ends here.
+    /// the writer node, which records no spans of its own for it yet: the trace ends here.
     pub async fn submit_traced(
         &self,
         decoded: Decoded,
@@ -365,6 +365,9 @@ impl Committed {
             Err(error) => {
                 warn!(%error, events = events.len(), "journal append failed");
                 let message = error.to_string();
+                for trace in traces.iter().flatten() {
+                    trace.journal_failed(started, ended, &message);
+                }
                 for (reply, _, _) in replies {
                     let error = StoreError::Unavailable(message.clone());
                     let _ = reply.send(Err(error.into()));

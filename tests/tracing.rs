@@ -66,7 +66,34 @@ async fn an_event_from_rabbitmq_is_traced_from_the_producers_span_to_the_subscri
                 .with_headers(headers),
         )
         .await;
-    assert_eq!(next_event(&mut user).await.id, "traced-2");
+    let by_header_event = next_event(&mut user).await;
+    assert_eq!(by_header_event.id, "traced-2");
+    // Its spans are in the header's trace, so that is the trace subscribers are pointed at.
+    assert!(
+        by_header_event
+            .traceparent
+            .starts_with(&format!("00-{header_trace}-")),
+        "{}",
+        by_header_event.traceparent
+    );
+
+    // A producer that did not sample its span (flags 00): the default sampler follows it, so
+    // the event is not traced, and it keeps the producer's traceparent as it was.
+    let unsampled_trace = "8bf92f3577b34da6a3ce929d0e0e4739";
+    let mut unsampled: serde_json::Value =
+        serde_json::from_str(&device_error("untraced-1", "u-trace", "d1")).unwrap();
+    let unsampled_parent = format!("00-{unsampled_trace}-{PRODUCER_SPAN}-00");
+    unsampled["_trace"] = serde_json::json!({ "traceparent": unsampled_parent });
+    producer
+        .publish(
+            &names.exchange,
+            "device.error",
+            unsampled.to_string().as_bytes(),
+        )
+        .await;
+    let untraced = next_event(&mut user).await;
+    assert_eq!(untraced.id, "untraced-1");
+    assert_eq!(untraced.traceparent, unsampled_parent);
 
     // A poison message in a trace of its own: its span says why it was refused.
     let poison_trace = "0af7651916cd43dd8448eb211c80319c";
@@ -139,6 +166,11 @@ async fn an_event_from_rabbitmq_is_traced_from_the_producers_span_to_the_subscri
         "{subscribe:#?}"
     );
 
+    assert!(
+        collector.trace(unsampled_trace).is_empty(),
+        "{:#?}",
+        collector.trace(unsampled_trace)
+    );
     let by_header = collector.trace(header_trace);
     let ingest = one(&by_header, "notify.ingest");
     assert_eq!(ingest.parent_span_id, header_span);
@@ -185,6 +217,18 @@ async fn a_publish_call_with_traceparent_metadata_is_traced_through_its_event() 
         "{}",
         event.traceparent
     );
+    // Without metadata, a body's `_trace` is the parent: the call started a trace of its own.
+    let body_trace = "9bf92f3577b34da6a3ce929d0e0e473a";
+    let call = with_token(
+        pb_publish(
+            "device.error",
+            &traced_device_error("pub-2", "u-pub", body_trace),
+        ),
+        &service_token(),
+    );
+    client.publish(call).await.unwrap();
+    assert_eq!(next_event(&mut user).await.id, "pub-2");
+
     // A second subscriber resumes from before it: the replayed event's hand-off is traced too.
     let mut resumed = open_stream(
         &mut client,
@@ -195,6 +239,7 @@ async fn a_publish_call_with_traceparent_metadata_is_traced_through_its_event() 
     )
     .await;
     assert_eq!(next_event(&mut resumed).await.id, "pub-1");
+    assert_eq!(next_event(&mut resumed).await.id, "pub-2");
     assert!(matches!(next_kind(&mut resumed).await, Kind::CaughtUp(_)));
     drop((user, resumed));
     server.stop_within(PATIENCE).await;
@@ -225,6 +270,10 @@ async fn a_publish_call_with_traceparent_metadata_is_traced_through_its_event() 
         format!("00-{trace}-{}-01", ingest.span_id),
         "the event points at its ingest span"
     );
+    let from_body = collector.trace(body_trace);
+    let ingest = one(&from_body, "notify.ingest");
+    assert_eq!(ingest.parent_span_id, PRODUCER_SPAN, "{from_body:#?}");
+    assert_eq!(ingest.attr("notify.event.id"), "pub-2");
 }
 
 fn pb_publish(routing_key: &str, json: &str) -> notify_backbone::pb::PublishRequest {

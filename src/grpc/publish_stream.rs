@@ -21,6 +21,7 @@ use tonic::{Code, Status, Streaming};
 use super::{
     error::ApiError,
     limits::{LimitError, StreamPermit},
+    rpc_span::CallSpan,
     service::{NotifyService, published_response},
 };
 use crate::{
@@ -53,7 +54,7 @@ pub fn respond(
     principal: Arc<Principal>,
     permit: StreamPermit,
     requests: Streaming<pb::PublishStreamRequest>,
-    call: Option<opentelemetry::Context>,
+    call: Option<CallSpan>,
 ) -> PublishResponses {
     let (pending, answers) = mpsc::channel(IN_FLIGHT);
     let metrics = Arc::clone(&service.metrics);
@@ -95,8 +96,12 @@ async fn read(
     _permit: StreamPermit,
     mut requests: Streaming<pb::PublishStreamRequest>,
     pending: mpsc::Sender<Pending>,
-    call: Option<opentelemetry::Context>,
+    call: Option<CallSpan>,
 ) {
+    // A long-lived stream's events are children of its span only if the caller continued a
+    // trace: otherwise each starts its own (or continues its body's `_trace`), rather than all
+    // landing in one ever-growing trace.
+    let call = call.filter(|call| call.continued);
     let valid_for = principal
         .expires_at
         .duration_since(SystemTime::now())

@@ -31,12 +31,17 @@ const SERVICE: &str = "cloudphone.notify.v1.NotificationService";
 
 /// A call's server span, in its request's extensions when tracing is on.
 #[derive(Clone, Debug)]
-pub struct CallSpan(pub TraceContext);
+pub struct CallSpan {
+    /// The span, as a context to be the parent of others.
+    pub cx: TraceContext,
+    /// Whether the caller sent a trace context (`traceparent` metadata) that it continues.
+    pub continued: bool,
+}
 
 impl CallSpan {
     /// The span of the call whose extensions these are.
-    pub fn of(extensions: &http::Extensions) -> Option<&TraceContext> {
-        extensions.get::<CallSpan>().map(|call| &call.0)
+    pub fn of(extensions: &http::Extensions) -> Option<&CallSpan> {
+        extensions.get::<CallSpan>()
     }
 }
 
@@ -86,14 +91,30 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
-        let span = self.start(&request);
-        let Some(span) = span else {
+        let Some(call) = self.start(&request) else {
             return Box::pin(self.inner.call(request));
         };
-        request.extensions_mut().insert(CallSpan(span.clone()));
+        let span = call.cx.clone();
+        request.extensions_mut().insert(call);
         let answer = self.inner.call(request);
         Box::pin(async move {
-            let response = answer.await?;
+            // Ends the span as CANCELLED if this future is dropped before an answer (a client
+            // that gave up on a `Publish` still waiting for the journal).
+            let mut unanswered = Spanned {
+                body: Body::empty(),
+                span,
+                ended: false,
+            };
+            let response = answer.await;
+            unanswered.ended = true;
+            let span = unanswered.span.clone();
+            let response = match response {
+                Ok(response) => response,
+                Err(error) => {
+                    end(&span, tonic::Code::Unknown as i32);
+                    return Err(error);
+                }
+            };
             // A call refused before its body (trailers-only) carries its status in the headers.
             if let Some(code) = grpc_status(response.headers()) {
                 end(&span, code);
@@ -112,7 +133,7 @@ where
 
 impl<S> RpcSpans<S> {
     /// The call's span, if tracing is on and the call is one of the service's.
-    fn start<B>(&self, request: &http::Request<B>) -> Option<TraceContext> {
+    fn start<B>(&self, request: &http::Request<B>) -> Option<CallSpan> {
         let tracer = self.tracing.tracer()?;
         let path = request.uri().path();
         let method = path
@@ -134,7 +155,11 @@ impl<S> RpcSpans<S> {
             .with_kind(SpanKind::Server)
             .with_attributes(attributes)
             .start_with_context(tracer, &parent);
-        Some(parent.with_span(span))
+        let continued = parent.span().span_context().is_valid();
+        Some(CallSpan {
+            cx: parent.with_span(span),
+            continued,
+        })
     }
 }
 

@@ -144,7 +144,7 @@ impl NotifyService {
         principal: &Principal,
         connection: Option<SocketAddr>,
         request: pb::SubscribeRequest,
-        call: Option<TraceContext>,
+        call: Option<CallSpan>,
     ) -> Result<SubscribeStream, ApiError> {
         let filter = self.authorized_filter(
             principal,
@@ -168,14 +168,14 @@ impl NotifyService {
             expires: Box::pin(tokio::time::sleep(valid_for)),
             _permit: permit,
             finished: false,
-            call,
+            call: call.map(|call| call.cx),
         })
     }
 
     async fn publish_one(
         &self,
         request: pb::PublishRequest,
-        call: Option<&TraceContext>,
+        call: Option<&CallSpan>,
     ) -> Result<pb::PublishResponse, ApiError> {
         let (decoded, trace) = self.decode_request(request, call)?;
         let published = self.publisher.publish(decoded, trace).await?;
@@ -189,7 +189,7 @@ impl NotifyService {
         &self,
         principal: &Principal,
         request: pb::PublishRequest,
-        call: Option<&TraceContext>,
+        call: Option<&CallSpan>,
     ) -> Result<Receipt, ApiError> {
         self.publish_rate.check(&principal.user_id)?;
         let (decoded, trace) = self.decode_request(request, call)?;
@@ -201,23 +201,25 @@ impl NotifyService {
     fn decode_request(
         &self,
         request: pb::PublishRequest,
-        call: Option<&TraceContext>,
+        call: Option<&CallSpan>,
     ) -> Result<(Decoded, Option<EventTrace>), ApiError> {
         let props = Properties {
             timestamp_ms: None,
             received_at: SystemTime::now(),
         };
+        // Measured only for the ingest span.
         let body_len = match &request.body {
+            _ if !self.tracing.is_on() => 0,
             Some(Body::Json(json)) => json.len(),
             Some(Body::Event(event)) => prost::Message::encoded_len(event),
             None => 0,
         };
         let decoded = match request.body {
             None => Err(ApiError::Missing("body (json or event)")),
+            Some(Body::Json(_)) if request.routing_key.is_empty() => {
+                Err(ApiError::Missing("routing_key"))
+            }
             Some(Body::Json(json)) => {
-                if request.routing_key.is_empty() {
-                    return Err(ApiError::Missing("routing_key"));
-                }
                 schema::decode(&request.routing_key, &json, &props, self.decode)
                     .map_err(ApiError::from)
             }
@@ -232,7 +234,8 @@ impl NotifyService {
         let source = otel::Source::Rpc {
             routing_key: &request.routing_key,
             body_len,
-            call,
+            call: call.map(|call| &call.cx),
+            continued: call.is_some_and(|call| call.continued),
         };
         match decoded {
             Ok(mut decoded) => {
@@ -389,12 +392,14 @@ impl Stream for SubscribeStream {
         }
         match Pin::new(&mut this.subscription).poll_next(cx) {
             Poll::Ready(Some(frame)) => {
-                if let (Some(call), Some(trace)) = (&this.call, &frame.trace) {
+                if let (Some(call), Some(trace)) = (&this.call, &frame.trace)
+                    && call.span().is_recording()
+                {
                     call.span().add_event(
                         "notify.event",
                         vec![
-                            KeyValue::new("notify.event.trace_id", trace.event.trace_id()),
-                            KeyValue::new("notify.delivery", trace.delivery.as_str()),
+                            KeyValue::new("notify.event.trace_id", trace.trace_id()),
+                            KeyValue::new("notify.delivery", trace.delivery().as_str()),
                         ],
                     );
                 }

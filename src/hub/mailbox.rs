@@ -13,7 +13,7 @@
 use std::{
     collections::VecDeque,
     sync::{
-        Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
     },
     task::{Context, Poll, Waker},
@@ -35,7 +35,7 @@ pub struct Frame {
     /// control frames (caught-up, gap, heartbeat).
     pub published_at: Option<Instant>,
     /// A sampled event's trace (tracing on): its hand-off is recorded when the stream takes it.
-    pub trace: Option<FrameTrace>,
+    pub trace: Option<Arc<FrameTrace>>,
 }
 
 /// Why a subscription ended (when the server ended it).

@@ -29,7 +29,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
-    time::{Instant, SystemTime},
+    time::Instant,
 };
 
 use bytes::Bytes;
@@ -273,11 +273,7 @@ impl Hub {
             bytes: routed.frame,
             position: routed.position,
             published_at: Some(routed.published_at),
-            trace: routed.trace.map(|event| FrameTrace {
-                event,
-                delivery: Delivery::Live,
-                queued_at: SystemTime::now(),
-            }),
+            trace: routed.trace.map(FrameTrace::live),
         };
         let shared = &*self.shared;
         let index = shared.read();
@@ -808,8 +804,16 @@ impl Subscription {
                 .observe(at.elapsed().as_secs_f64());
         }
         if let Some(trace) = &frame.trace {
-            trace.handed_off(self.subscriber.id, frame.published_at);
+            trace.handed_off(self.subscriber.id, self.lag(frame), frame.published_at);
         }
+    }
+
+    /// How many events the hub has fanned out beyond `frame` (for a traced hand-off).
+    fn lag(&self, frame: &Frame) -> u64 {
+        self.hub
+            .head
+            .load(Ordering::Acquire)
+            .saturating_sub(frame.position)
     }
 
     /// Starts reading the next batch of `replay` on the journal readers.
@@ -851,18 +855,16 @@ impl Subscription {
             // Tracing on: a sampled stored event's hand-off is recorded too, a bounded number
             // per stream (a resume may replay thousands).
             let trace = if tracing.is_on() && self.replay_spans_left > 0 {
-                tracing.replayed(&event.frame).map(|event| {
+                let delivery = if replay.caught_up {
+                    Delivery::Resume
+                } else {
+                    Delivery::CatchUp
+                };
+                let trace = tracing.replayed(&event.frame, delivery);
+                if trace.is_some() {
                     self.replay_spans_left -= 1;
-                    FrameTrace {
-                        event,
-                        delivery: if replay.caught_up {
-                            Delivery::Resume
-                        } else {
-                            Delivery::CatchUp
-                        },
-                        queued_at: SystemTime::now(),
-                    }
-                })
+                }
+                trace
             } else {
                 None
             };
@@ -934,7 +936,7 @@ impl tokio_stream::Stream for Subscription {
             if let Some(frame) = this.pending.pop_front() {
                 this.last_position = frame.position;
                 if let Some(trace) = &frame.trace {
-                    trace.handed_off(this.subscriber.id, None);
+                    trace.handed_off(this.subscriber.id, this.lag(&frame), None);
                 }
                 return Poll::Ready(Some(frame));
             }
