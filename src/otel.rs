@@ -68,6 +68,9 @@ pub const MAX_REPLAY_SPANS_PER_SECOND: u64 = 512;
 /// so a collector that swallows packets cannot keep the exporter thread past shutdown.
 const EXPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// Span events a `Subscribe` span keeps (the first ones; the SDK counts the rest as dropped).
+pub const MAX_STREAM_SPAN_EVENTS: u32 = 32;
+
 /// The instrumentation scope's name.
 const SCOPE: &str = "notify-backbone";
 
@@ -225,6 +228,9 @@ impl Tracing {
         let provider = SdkTracerProvider::builder()
             .with_span_processor(BatchSpanProcessor::builder(exporter).build())
             .with_sampler(sampler.clone())
+            // Only a `Subscribe` span has events (the sampled events it delivered), and it lives
+            // as long as its stream: this bounds what each open stream's span holds.
+            .with_max_events_per_span(MAX_STREAM_SPAN_EVENTS)
             .with_resource(resource)
             .build();
         let tracer = provider.tracer(SCOPE);
