@@ -102,6 +102,26 @@ struct Pipeline {
 }
 
 impl Pipeline {
+    /// A `notify.ingest` span started at `started` under the parent `source` and the event's
+    /// own context name, if the sampler keeps it. Sampled first, attributes after: an
+    /// unsampled event allocates none of them.
+    fn ingest_span(
+        &self,
+        source: &Source<'_>,
+        started: SystemTime,
+        traceparent: &str,
+        tracestate: &str,
+    ) -> Option<opentelemetry_sdk::trace::Span> {
+        let parent = parent_context(source, traceparent, tracestate);
+        let span = self
+            .tracer
+            .span_builder("notify.ingest")
+            .with_kind(span_kind(source))
+            .with_start_time(started)
+            .start_with_context(&self.tracer, &parent);
+        span.span_context().is_sampled().then_some(span)
+    }
+
     /// One replayed hand-off span more this second, if fewer than
     /// [`MAX_REPLAY_SPANS_PER_SECOND`] were recorded: a storm of resumes after a restart
     /// must not crowd the live events' spans out of the export queue.
@@ -265,17 +285,8 @@ impl Tracing {
     ) -> Option<EventTrace> {
         let pipeline = self.0.as_ref()?;
         let event = &mut decoded.event;
-        let parent = parent_context(source, &event.traceparent, &event.tracestate);
-        // Sampled first, attributes after: an unsampled event allocates none of them.
-        let mut span = pipeline
-            .tracer
-            .span_builder("notify.ingest")
-            .with_kind(span_kind(source))
-            .with_start_time(started)
-            .start_with_context(&pipeline.tracer, &parent);
-        if !span.span_context().is_sampled() {
-            return None;
-        }
+        let mut span =
+            pipeline.ingest_span(source, started, &event.traceparent, &event.tracestate)?;
         let mut attributes = source_attributes(source);
         attributes.push(KeyValue::new("notify.event.id", event.id.clone()));
         attributes.push(KeyValue::new("notify.event.type", event.r#type.clone()));
@@ -311,16 +322,10 @@ impl Tracing {
             return;
         };
         let (traceparent, tracestate) = trace_fields_of_body(body);
-        let parent = parent_context(source, &traceparent, &tracestate);
-        let mut span = pipeline
-            .tracer
-            .span_builder("notify.ingest")
-            .with_kind(span_kind(source))
-            .with_start_time(started)
-            .start_with_context(&pipeline.tracer, &parent);
-        if !span.is_recording() {
+        let Some(mut span) = pipeline.ingest_span(source, started, &traceparent, &tracestate)
+        else {
             return;
-        }
+        };
         let mut attributes = source_attributes(source);
         attributes.push(KeyValue::new("error.type", reason.to_owned()));
         attributes.push(KeyValue::new("notify.refused.reason", reason.to_owned()));

@@ -69,6 +69,28 @@ async fn wait_ready(producer: &Producer, queue: &str, n: u32) {
     }
 }
 
+/// A queue whose messages expire at once into the test's dead-letter exchange: the broker
+/// dead-letters what arrives there by itself (with `x-death`).
+async fn expiring_queue(producer: &Producer, names: &Names, suffix: &str) -> String {
+    let queue = format!("{}.{suffix}", names.exchange);
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(0));
+    arguments.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(LongString::from(names.dead_letter_exchange.as_str())),
+    );
+    producer
+        .channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::default(),
+            arguments,
+        )
+        .await
+        .unwrap();
+    queue
+}
+
 #[tokio::test]
 async fn list_shows_why_each_was_refused_and_removes_nothing() {
     let names = Names::unique("dl-list");
@@ -83,22 +105,7 @@ async fn list_shows_why_each_was_refused_and_removes_nothing() {
         .await;
     // One the broker dead-letters by itself (an expired message, as a queue with a TTL would):
     // its story is in `x-death`, not in our headers.
-    let expiring = format!("{}.expiring", names.exchange);
-    let mut arguments = FieldTable::default();
-    arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(0));
-    arguments.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString(LongString::from(names.dead_letter_exchange.as_str())),
-    );
-    producer
-        .channel
-        .queue_declare(
-            expiring.as_str().into(),
-            QueueDeclareOptions::default(),
-            arguments,
-        )
-        .await
-        .unwrap();
+    let expiring = expiring_queue(&producer, &names, "expiring").await;
     producer
         .publish_raw(
             "",
@@ -304,22 +311,7 @@ async fn replay_sends_the_chosen_back_once_each_and_keeps_what_cannot_go() {
     // Each once per run: replayed into a queue that dead-letters at once (a TTL of 0), the
     // message is back in the dead-letter queue before the run could read on, and the run still
     // replays it once and ends.
-    let bounce = format!("{}.bounce", names.exchange);
-    let mut arguments = FieldTable::default();
-    arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(0));
-    arguments.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString(LongString::from(names.dead_letter_exchange.as_str())),
-    );
-    producer
-        .channel
-        .queue_declare(
-            bounce.as_str().into(),
-            QueueDeclareOptions::default(),
-            arguments,
-        )
-        .await
-        .unwrap();
+    let bounce = expiring_queue(&producer, &names, "bounce").await;
     let run = dead_letters(
         &names,
         &["replay", "--all", "--to-queue", &bounce, "--max", "50"],
