@@ -321,7 +321,7 @@ impl Tracing {
         let Some(pipeline) = self.0.as_ref() else {
             return;
         };
-        let (traceparent, tracestate) = trace_fields_of_body(body);
+        let (traceparent, tracestate) = crate::schema::trace_context(body);
         let Some(mut span) = pipeline.ingest_span(source, started, &traceparent, &tracestate)
         else {
             return;
@@ -720,31 +720,6 @@ fn traceparent_of(span: &opentelemetry::trace::SpanContext) -> String {
     )
 }
 
-/// `_trace.traceparent`/`tracestate` of a body that could not be decoded, if it is JSON
-/// enough to have them. Only called with tracing on, for refused messages.
-fn trace_fields_of_body(body: &[u8]) -> (String, String) {
-    #[derive(serde::Deserialize)]
-    struct Body {
-        #[serde(rename = "_trace")]
-        trace: Option<Fields>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Fields {
-        traceparent: Option<String>,
-        tracestate: Option<String>,
-    }
-    serde_json::from_slice::<Body>(body)
-        .ok()
-        .and_then(|body| body.trace)
-        .map(|fields| {
-            (
-                fields.traceparent.unwrap_or_default(),
-                fields.tracestate.unwrap_or_default(),
-            )
-        })
-        .unwrap_or_default()
-}
-
 /// Just enough of a stored `SubscribeResponse { event }` to find its trace: prost skips the
 /// other fields without decoding them.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -810,11 +785,12 @@ mod tests {
 
     #[test]
     fn a_refused_body_still_names_its_trace_when_it_is_json() {
-        let (parent, state) =
-            trace_fields_of_body(br#"{"a":1,"_trace":{"traceparent":"00-x","tracestate":"s"}}"#);
+        let (parent, state) = crate::schema::trace_context(
+            br#"{"a":1,"_trace":{"traceparent":"00-x","tracestate":"s"}}"#,
+        );
         assert_eq!((parent.as_str(), state.as_str()), ("00-x", "s"));
         assert_eq!(
-            trace_fields_of_body(b"{not json"),
+            crate::schema::trace_context(b"{not json"),
             (String::new(), String::new())
         );
     }

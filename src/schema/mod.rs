@@ -85,6 +85,23 @@ const MAX_TRACESTATE_BYTES: usize = 1024;
 /// subscription may carry, so every stored type can be named by one.
 pub const MAX_ROUTING_KEY_BYTES: usize = 128;
 
+/// The `_trace` context (`traceparent`, `tracestate`) of a body, read as [`decode`] reads it,
+/// bounds included: for the span of a message that could not be decoded. Empty when the body is
+/// not a JSON object or has none.
+pub fn trace_context(body: &[u8]) -> (String, String) {
+    let Ok(root) = body::parse(body) else {
+        return (String::new(), String::new());
+    };
+    let (mut traceparent, mut tracestate) = body::Body::new(&root).trace();
+    if traceparent.len() > MAX_TRACEPARENT_BYTES {
+        traceparent.clear();
+    }
+    if tracestate.len() > MAX_TRACESTATE_BYTES {
+        tracestate.clear();
+    }
+    (traceparent, tracestate)
+}
+
 /// A decoded event and the admin notice derived from it, if any.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decoded {
