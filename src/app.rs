@@ -29,7 +29,10 @@ use crate::{
     otel::Tracing,
     schema::DecodeOptions,
     sequencer::{Publisher, Sequencer, SequencerSettings},
-    store::{Durability, Journal, JournalSettings, Pruner, RedbJournal, Retention, Syncer},
+    store::{
+        Durability, Journal, JournalHealth, JournalMonitor, JournalSettings, Pruner, RedbJournal,
+        Retention, Syncer,
+    },
     telemetry::{self, Metrics},
 };
 
@@ -101,6 +104,8 @@ pub async fn run(
     let journal = RedbJournal::open(journal_settings(&config))?;
     info!(dir = %config.data_dir.display(), head = %journal.head(), "journal open");
     let syncer = journal.syncer();
+    let journal_health = journal.health();
+    let journal_monitor = journal.monitor();
     let pruner = journal.pruner(Retention {
         max_age: config.retention_age,
         max_bytes: config.retention_bytes,
@@ -144,8 +149,17 @@ pub async fn run(
     if let Some((syncer, every)) = syncer {
         tasks.spawn(sync_journal(syncer, every, shutdown.clone()));
     }
+    tasks.spawn(probe_journal(journal_monitor, shutdown.clone()));
     let (health, health_service) = grpc::health(shutdown.clone());
     health.serving().await;
+    tasks.spawn(report_journal_writable(
+        journal_health.clone(),
+        health.clone(),
+        metrics.clone(),
+        // In cluster mode the `journal` health service says whether the node follows the stream.
+        journal_state.is_none(),
+        shutdown.clone(),
+    ));
     if let Some(ingest) = &ingest {
         tasks.spawn(report_ingest_health(ingest.state(), health.clone()));
     }
@@ -154,6 +168,7 @@ pub async fn run(
     }
     let readiness = readiness(
         shutdown.clone(),
+        journal_health.clone(),
         ingest.as_ref().map(Ingest::state),
         journal_state,
     );
@@ -282,10 +297,16 @@ pub async fn run(
     info!("stopped");
     // The server's own error first, if it had one: it may be why everything stopped.
     served?;
-    match writer_failure {
-        Some(failure) => Err(anyhow::anyhow!("{failure}")),
-        None => Ok(()),
+    if let Some(failure) = writer_failure {
+        anyhow::bail!("{failure}");
     }
+    // A node stopped while its journal refused writes did not do its job: its supervisor
+    // should know, whatever stopped it.
+    let journal_health = journal_health.borrow().clone();
+    if journal_health != JournalHealth::Writable {
+        anyhow::bail!("stopped while the journal refused writes ({journal_health})");
+    }
+    Ok(())
 }
 
 /// The stages between the ingest and the hub, as the journal kind wants them.
@@ -316,6 +337,7 @@ fn journal_settings(config: &ServeConfig) -> JournalSettings {
         },
         dedupe_window: config.dedupe_window,
         cache_bytes: usize::try_from(config.journal_cache).unwrap_or(usize::MAX),
+        min_free_bytes: config.journal_min_free,
     }
 }
 
@@ -803,10 +825,11 @@ async fn report_ingest_health(mut state: watch::Receiver<IngestState>, health: g
     }
 }
 
-/// Ready while not shutting down, with AMQP ingest while consuming, and in cluster mode while
-/// reading the journal stream.
+/// Ready while not shutting down, while the journal takes writes, with AMQP ingest while
+/// consuming, and in cluster mode while reading the journal stream.
 fn readiness(
     shutdown: CancellationToken,
+    store: watch::Receiver<JournalHealth>,
     ingest: Option<watch::Receiver<IngestState>>,
     journal: Option<watch::Receiver<FollowState>>,
 ) -> telemetry::Readiness {
@@ -814,6 +837,11 @@ fn readiness(
         if shutdown.is_cancelled() {
             return Err("shutting down".into());
         }
+        let store = store.borrow();
+        if *store != JournalHealth::Writable {
+            return Err(format!("journal refuses writes: {}", *store));
+        }
+        drop(store);
         if let Some(state) = journal.as_ref().map(|state| *state.borrow())
             && state != FollowState::Following
         {
@@ -834,6 +862,76 @@ async fn report_journal_health(mut state: watch::Receiver<FollowState>, health: 
         if state.changed().await.is_err() {
             health.journal_following(false).await;
             break;
+        }
+    }
+}
+
+/// How often the journal's file is looked at off the write path (a `statvfs`, and a reopen
+/// after a storage failure): how soon a node whose disk got room again says it is ready, with
+/// no write to find out.
+const JOURNAL_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Probes the journal every [`JOURNAL_PROBE_INTERVAL`] until shutdown, off the async workers.
+async fn probe_journal(monitor: JournalMonitor, shutdown: CancellationToken) {
+    let monitor = Arc::new(monitor);
+    let mut ticker = tokio::time::interval(JOURNAL_PROBE_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shutdown.cancelled() => break,
+        }
+        let monitor = Arc::clone(&monitor);
+        if let Err(error) = tokio::task::spawn_blocking(move || monitor.probe()).await {
+            warn!(%error, "the journal probe failed");
+        }
+    }
+}
+
+/// Mirrors whether the journal takes writes into the log (one line per change), the metrics and
+/// gRPC health: the server (and, with `journal_service`, the `journal` service) is NOT_SERVING
+/// while writes are refused. Ends at shutdown, which owns health from then on.
+async fn report_journal_writable(
+    mut state: watch::Receiver<JournalHealth>,
+    health: grpc::Health,
+    metrics: Arc<Metrics>,
+    journal_service: bool,
+    shutdown: CancellationToken,
+) {
+    let mut was_writable = true;
+    loop {
+        let now = state.borrow_and_update().clone();
+        let writable = now == JournalHealth::Writable;
+        if writable != was_writable && !shutdown.is_cancelled() {
+            if writable {
+                info!("journal: writable again; taking events");
+            } else {
+                warn!(
+                    state = %now,
+                    "journal: refusing writes (reads and open streams go on); not ready                      until it recovers by itself"
+                );
+                metrics
+                    .journal
+                    .unwritable
+                    .get_or_create(&telemetry::ReasonLabel {
+                        reason: now.reason_code().into(),
+                    })
+                    .inc();
+            }
+            metrics.journal.writable.set(i64::from(writable));
+            if writable {
+                health.serving().await;
+            } else {
+                health.not_serving().await;
+            }
+            was_writable = writable;
+        }
+        if journal_service && !shutdown.is_cancelled() {
+            health.journal_writable(writable).await;
+        }
+        tokio::select! {
+            changed = state.changed() => if changed.is_err() { break },
+            () = shutdown.cancelled() => break,
         }
     }
 }
@@ -982,10 +1080,11 @@ mod tests {
     }
 
     #[test]
-    fn readiness_follows_the_ingest_and_shutdown() {
+    fn readiness_follows_the_journal_the_ingest_and_shutdown() {
         let shutdown = CancellationToken::new();
+        let (store, writable) = watch::channel(JournalHealth::Writable);
         let (state, watched) = watch::channel(IngestState::Connecting);
-        let ready = readiness(shutdown.clone(), Some(watched), None);
+        let ready = readiness(shutdown.clone(), writable.clone(), Some(watched), None);
         assert_eq!(ready(), Err("ingest: connecting".into()));
         state.send_replace(IngestState::Consuming);
         assert_eq!(ready(), Ok(()));
@@ -993,14 +1092,26 @@ mod tests {
         state.send_replace(IngestState::Connecting);
         assert_eq!(ready(), Err("ingest: connecting".into()));
         state.send_replace(IngestState::Consuming);
+        // A full disk: not ready until the journal takes writes again.
+        store.send_replace(JournalHealth::DiskFull {
+            free_bytes: 1,
+            min_free_bytes: 2,
+        });
+        let refused = ready().unwrap_err();
+        assert!(
+            refused.contains("journal refuses writes: disk full"),
+            "{refused}"
+        );
+        store.send_replace(JournalHealth::Writable);
+        assert_eq!(ready(), Ok(()));
         shutdown.cancel();
         assert_eq!(ready(), Err("shutting down".into()));
         // Without AMQP ingest, ready until shutdown.
-        let embedded = readiness(CancellationToken::new(), None, None);
+        let embedded = readiness(CancellationToken::new(), writable.clone(), None, None);
         assert_eq!(embedded(), Ok(()));
         // Cluster mode: not ready while not reading the journal stream.
         let (journal, watched) = watch::channel(FollowState::Connecting);
-        let cluster = readiness(CancellationToken::new(), None, Some(watched));
+        let cluster = readiness(CancellationToken::new(), writable, None, Some(watched));
         assert!(cluster().is_err());
         journal.send_replace(FollowState::Following);
         assert_eq!(cluster(), Ok(()));

@@ -185,6 +185,15 @@ pub struct ServeConfig {
     #[arg(long, env = "NOTIFY_JOURNAL_CACHE", default_value = "64MiB", value_parser = byte_size, help_heading = "Journal")]
     pub journal_cache: u64,
 
+    /// Space kept free on the journal's disk (`64MiB`, or bytes; 0: none). While less is
+    /// available, new events are refused before they reach the file (`Publish` answers
+    /// UNAVAILABLE, the AMQP ingest leaves its messages in the queue), the node reports not ready,
+    /// and reads and open streams go on; writes resume by themselves once there is room. It must
+    /// hold one commit (a batch of events): a disk that still fills up mid-commit makes the
+    /// journal reopen its file, and it recovers the same way.
+    #[arg(long, env = "NOTIFY_JOURNAL_MIN_FREE", default_value = "64MiB", value_parser = byte_size_or_zero, help_heading = "Journal")]
+    pub journal_min_free: u64,
+
     /// How long an event id is remembered to recognise re-sent events (the outbox's re-sends,
     /// AMQP redeliveries). A re-send older than this is stored again.
     #[arg(long, env = "NOTIFY_DEDUPE_WINDOW", default_value = "24h", value_parser = positive_duration, help_heading = "Journal")]
@@ -556,6 +565,18 @@ fn byte_size(text: &str) -> Result<u64, String> {
         .checked_mul(factor)
         .filter(|&bytes| bytes > 0)
         .ok_or_else(|| "must be greater than zero and fit in 64 bits".into())
+}
+
+/// A size as [`byte_size`] reads it, where 0 is allowed (it turns the bound off).
+fn byte_size_or_zero(text: &str) -> Result<u64, String> {
+    if text
+        .trim()
+        .trim_end_matches(|c: char| c.is_ascii_alphabetic())
+        == "0"
+    {
+        return Ok(0);
+    }
+    byte_size(text)
 }
 
 /// `fsync`, or an interval between syncs.

@@ -363,14 +363,18 @@ impl Committed {
         let outcomes = match result {
             Ok(outcomes) => outcomes,
             Err(error) => {
-                warn!(%error, events = events.len(), "journal append failed");
+                if error.is_health_refusal() {
+                    // The journal's health reports these once per change, not once per batch.
+                    debug!(%error, events = events.len(), "journal append refused");
+                } else {
+                    warn!(%error, events = events.len(), "journal append failed");
+                }
                 let message = error.to_string();
                 for trace in traces.iter().flatten() {
                     trace.journal_failed(started, ended, &message);
                 }
                 for (reply, _, _) in replies {
-                    let error = StoreError::Unavailable(message.clone());
-                    let _ = reply.send(Err(error.into()));
+                    let _ = reply.send(Err(error.clone().into()));
                 }
                 return;
             }

@@ -93,11 +93,45 @@ pub struct Metrics {
     pub connections: ConnectionMetrics,
     /// `notify_journal_writer`: 1 while this node writes the cluster's journal stream.
     pub journal_writer: Gauge,
+    /// `notify_journal_writable`, `notify_journal_unwritable_total`: the journal's health.
+    pub journal: JournalMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// Whether the journal takes writes.
+pub struct JournalMetrics {
+    /// `notify_journal_writable`: 1 while the journal takes writes, 0 while it refuses them
+    /// (a full disk, a storage failure).
+    pub writable: Gauge,
+    /// `notify_journal_unwritable_total{reason}`: times the journal stopped taking writes, by
+    /// reason (`disk_full`, `storage_failed`).
+    pub unwritable: Family<ReasonLabel, Counter>,
+}
+
+impl JournalMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            writable: Gauge::default(),
+            unwritable: Family::default(),
+        };
+        metrics.writable.set(1);
+        let registry = registry.sub_registry_with_prefix("journal");
+        registry.register(
+            "writable",
+            "1 while the journal takes writes, 0 while it refuses them (disk full, storage failure)",
+            metrics.writable.clone(),
+        );
+        registry.register(
+            "unwritable",
+            "Times the journal stopped taking writes, by reason",
+            metrics.unwritable.clone(),
+        );
+        metrics
     }
 }
 
@@ -290,6 +324,7 @@ impl Metrics {
         );
         let ingest = IngestMetrics::register(&mut registry);
         let connections = ConnectionMetrics::register(&mut registry);
+        let journal = JournalMetrics::register(&mut registry);
         let journal_writer = Gauge::default();
         registry.register(
             "journal_writer",
@@ -298,6 +333,7 @@ impl Metrics {
         );
         Self {
             journal_writer,
+            journal,
             ingest,
             connections,
             registry: Mutex::new(registry),

@@ -18,11 +18,12 @@ use std::{
 };
 
 use lapin::Confirmation;
-use notify_backbone::pb::{self, notification_service_client::NotificationServiceClient};
 use rand::Rng as _;
 use support::{
     amqp::{Names, Producer, queue_counts},
-    process::{Logs, Received, broker_args, first, follow_the_firehose, repeated, start_node},
+    process::{
+        Logs, Received, broker_args, first, follow_the_firehose, journal_ids, repeated, start_node,
+    },
     *,
 };
 use tokio::{
@@ -157,42 +158,6 @@ struct Confirms {
     confirmed: Vec<String>,
     /// Those it did not, with its answer.
     refused: Vec<(String, String)>,
-}
-
-/// Every stored event's id, oldest first, through `ListEvents` pages of 1000 (admin, firehose),
-/// and the newest one's cursor.
-async fn journal_ids(url: &str) -> (Vec<String>, String) {
-    let mut client = NotificationServiceClient::connect(url.to_owned())
-        .await
-        .unwrap();
-    let token = token("ops", &["admin"]);
-    let (mut ids, mut after, mut newest) = (Vec::new(), String::new(), String::new());
-    for _ in 0..100 {
-        let request = pb::ListEventsRequest {
-            user_id: "*".into(),
-            after: after.clone(),
-            limit: 1000,
-            ..Default::default()
-        };
-        let page = client
-            .list_events(with_token(request, &token))
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(page.gap.is_none(), "ListEvents reported a gap: {page:?}");
-        if let Some(last) = page.events.last() {
-            newest.clone_from(&last.cursor);
-        }
-        ids.extend(page.events.into_iter().map(|event| event.id));
-        after = page.next_cursor;
-        if page.end {
-            return (ids, newest);
-        }
-    }
-    panic!(
-        "ListEvents never reached the end ({} ids so far)",
-        ids.len()
-    );
 }
 
 #[tokio::test]

@@ -219,6 +219,7 @@ async fn a_resume_storm_completes_for_everyone_while_live_delivery_goes_on() {
             durability: Durability::Interval(Duration::from_secs(60)),
             dedupe_window: Duration::from_secs(3600),
             cache_bytes: 16 << 20,
+            min_free_bytes: 0,
         })
         .unwrap();
         for batch in 0..STORED / 1000 {
@@ -539,6 +540,7 @@ async fn a_truncated_journal_stops_start_up_with_the_reason() {
             durability: Durability::EveryCommit,
             dedupe_window: Duration::from_secs(60),
             cache_bytes: 1 << 20,
+            min_free_bytes: 0,
         })
         .unwrap();
         let mut events: Vec<pb::Event> = (0..500)

@@ -25,7 +25,7 @@ use lapin::{
 use tokio::sync::{oneshot, watch};
 use tokio_stream::{Stream as _, StreamExt as _};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     ClusterError,
@@ -33,7 +33,7 @@ use super::{
 };
 use crate::{
     hub::{Hub, Routed},
-    store::{Journal as _, RedbJournal, Replicated},
+    store::{Journal as _, JournalHealth, RedbJournal, Replicated},
     telemetry::Metrics,
 };
 
@@ -314,6 +314,17 @@ async fn run(
             Err(fatal @ (ClusterError::StreamGone | ClusterError::EpochChanged { .. })) => {
                 break Err(fatal);
             }
+            Err(ClusterError::ReplicaRefused(error)) => {
+                // The journal's health reports the refusal (once); read on when it is over.
+                let _ = state.send(FollowState::Connecting);
+                debug!(%error, "journal stream: the replica refuses writes; waiting");
+                let mut health = follow.replica().health();
+                let writable = health.wait_for(|health| *health == JournalHealth::Writable);
+                tokio::select! {
+                    _ = writable => {}
+                    () = shutdown.cancelled() => break Ok(()),
+                }
+            }
             Err(error) => {
                 let _ = state.send(FollowState::Connecting);
                 warn!(%error, retry_in = ?backoff, "journal stream: reading failed; reconnecting");
@@ -501,8 +512,13 @@ impl Follow {
         })
         .await
         .map_err(|error| ClusterError::Replica(error.to_string()))?;
-        let (replica, events, outcomes) =
-            written.map_err(|error| ClusterError::Replica(error.to_string()))?;
+        let (replica, events, outcomes) = written.map_err(|error| {
+            if error.is_health_refusal() {
+                ClusterError::ReplicaRefused(error)
+            } else {
+                ClusterError::Replica(error.to_string())
+            }
+        })?;
         self.replica = Some(replica);
         let mut landed = Vec::with_capacity(events.len() + barriers.len());
         for ((position, event), outcome) in events.iter().zip(outcomes) {

@@ -79,6 +79,10 @@ pub enum ClusterError {
     /// The replica could not be written or read.
     #[error("the node's replica of the journal failed: {0}")]
     Replica(String),
+    /// The replica refuses writes for now (its disk is full, its file is being reopened): the
+    /// follower waits until it is writable again and reads on from its head.
+    #[error("the node's replica of the journal refuses writes")]
+    ReplicaRefused(#[source] crate::store::StoreError),
     /// An appended message was not read back in time.
     #[error("{0} was appended but not read back from the stream in time")]
     ReadBack(String),

@@ -11,7 +11,7 @@ use crate::{
     hub::{EndReason, FilterError, HubError},
     schema::DecodeError,
     sequencer::SequencerError,
-    store::{Cursor, CursorError},
+    store::{Cursor, CursorError, StoreError},
 };
 
 /// Anything a `NotificationService` call can fail with.
@@ -101,9 +101,21 @@ impl From<ApiError> for Status {
                 tracing::error!(error = %detail, "reading the journal failed");
                 return Status::unavailable("the journal is unavailable; retry later");
             }
+            ApiError::Sequencer(SequencerError::Store(StoreError::DiskFull { .. })) => {
+                // Reported once by the journal's health (log, metrics, readiness), not here.
+                return Status::unavailable(
+                    "the server's journal disk is full: new events are refused until space is \
+                     freed (reads and open streams go on); retry later",
+                );
+            }
             ApiError::Sequencer(SequencerError::Store(store)) => {
-                // The details are for the operator's log, not for clients.
-                tracing::error!(error = %store, "publish failed: journal unavailable");
+                // The details are for the operator's log, not for clients. Refusals the
+                // journal's health reports already are logged quietly.
+                if store.is_health_refusal() {
+                    tracing::debug!(error = %store, "publish refused: journal unavailable");
+                } else {
+                    tracing::error!(error = %store, "publish failed: journal unavailable");
+                }
                 return Status::unavailable("the journal is unavailable; retry later");
             }
         };

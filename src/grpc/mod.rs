@@ -114,7 +114,7 @@ impl Health {
     }
 
     /// Reports whether the node reads the cluster's journal stream, as the health service
-    /// [`JOURNAL_HEALTH_SERVICE`]. Outside cluster mode that name stays unknown (NOT_FOUND).
+    /// [`JOURNAL_HEALTH_SERVICE`].
     pub async fn journal_following(&self, following: bool) {
         let status = if following {
             tonic_health::ServingStatus::Serving
@@ -124,6 +124,13 @@ impl Health {
         self.0
             .set_service_status(JOURNAL_HEALTH_SERVICE, status)
             .await;
+    }
+
+    /// Reports whether the journal takes writes, as the health service
+    /// [`JOURNAL_HEALTH_SERVICE`] (one node; in cluster mode that name says whether the node
+    /// follows the stream, see [`Health::journal_following`]).
+    pub async fn journal_writable(&self, writable: bool) {
+        self.journal_following(writable).await;
     }
 
     /// Reports whether the AMQP ingest is connected and consuming, as the health service
@@ -143,8 +150,9 @@ impl Health {
 /// The gRPC health service name that reports the AMQP ingest (`grpc_health_probe -service=ingest`).
 pub const INGEST_HEALTH_SERVICE: &str = "ingest";
 
-/// The gRPC health service name that reports, in cluster mode, whether the node reads the
-/// journal stream (`grpc_health_probe -service=journal`).
+/// The gRPC health service name that reports whether the journal works: on one node, whether
+/// it takes writes; in cluster mode, whether the node reads the journal stream
+/// (`grpc_health_probe -service=journal`).
 pub const JOURNAL_HEALTH_SERVICE: &str = "journal";
 
 /// Serves gRPC and grpc-web on `listener` until `signal` completes, then drains open calls.

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::{schema::DecodeError, sequencer::SequencerError, telemetry::Metrics};
 
@@ -76,16 +76,27 @@ impl Rejected<'_> {
 pub(super) struct DownstreamRefused<'a> {
     pub error: &'a SequencerError,
     pub retry_in: Duration,
+    /// The first refusal since the last event was accepted: later ones of the same streak are
+    /// logged at debug (the retries are counted; the journal's health says why, once).
+    pub first: bool,
 }
 
 impl DownstreamRefused<'_> {
     pub fn emit(self, metrics: &Metrics) {
         metrics.ingest.downstream_retries.inc();
-        warn!(
-            error = %self.error,
-            retry_in = ?self.retry_in,
-            "ingest: event not accepted downstream; consumption paused, will retry"
-        );
+        if self.first {
+            warn!(
+                error = %self.error,
+                retry_in = ?self.retry_in,
+                "ingest: event not accepted downstream; consumption paused, will retry"
+            );
+        } else {
+            debug!(
+                error = %self.error,
+                retry_in = ?self.retry_in,
+                "ingest: event still not accepted downstream; will retry"
+            );
+        }
     }
 }
 

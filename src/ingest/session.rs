@@ -135,6 +135,8 @@ type PendingOutcome = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 struct InFlight {
     message: Message,
     outcome: PendingOutcome,
+    /// Submitted again after a refusal (not the delivery's first submission).
+    resubmitted: bool,
 }
 
 /// Runs one session until shutdown (`Ok`) or until a connection fails.
@@ -257,6 +259,8 @@ async fn consume<D: Downstream>(
         ack_due: None,
         retry_pause: FIRST_RETRY_PAUSE,
         blocked: false,
+        holding: false,
+        recovered: false,
     };
     let started = tokio::time::Instant::now();
     let consuming = |error| SessionFailure {
@@ -307,6 +311,14 @@ struct Session<'a, D> {
     /// Shutdown came while the oldest delivery was waiting for a retry: nothing after it may be
     /// acked (a `multiple` ack would cover it too).
     blocked: bool,
+    /// A delivery was refused downstream: no new delivery starts until every one in flight is
+    /// settled. The ones behind the refused one were submitted already and are refused too (or
+    /// accepted, if the cause went away); each is retried in order, and nothing that arrives
+    /// later may be journaled ahead of them.
+    holding: bool,
+    /// While holding, a resubmitted delivery was accepted: the refusals of first submissions
+    /// still in flight were answered before that and are stale, so they are retried at once.
+    recovered: bool,
 }
 
 impl<D: Downstream> Session<'_, D> {
@@ -328,7 +340,7 @@ impl<D: Downstream> Session<'_, D> {
                     }
                 }
                 () = ack_timer(self.ack_due) => self.flush_acks().await?,
-                delivery = consumer.next() => match delivery {
+                delivery = consumer.next(), if !self.holding => match delivery {
                     Some(Ok(delivery)) => {
                         self.metrics.ingest.consumed.inc();
                         let message = Message::from(delivery);
@@ -339,7 +351,11 @@ impl<D: Downstream> Session<'_, D> {
                             outcome = self.start.begin(&message) => outcome?,
                             () = shutdown.cancelled() => return Ok(()),
                         };
-                        self.inflight.push_back(InFlight { message, outcome });
+                        self.inflight.push_back(InFlight {
+                            message,
+                            outcome,
+                            resubmitted: false,
+                        });
                     }
                     Some(Err(error)) => return Err(IngestError::Lost(error)),
                     None => return Err(IngestError::Cancelled),
@@ -411,8 +427,13 @@ impl<D: Downstream> Session<'_, D> {
         let Some(oldest) = self.inflight.pop_front() else {
             return Ok(());
         };
+        if self.inflight.is_empty() && !matches!(outcome, Outcome::Refused(_)) {
+            self.holding = false;
+            self.recovered = false;
+        }
         match outcome {
             Outcome::Accepted(published) => {
+                self.recovered |= self.holding && oldest.resubmitted;
                 if !published.duplicate
                     && let Some(sent_ms) = oldest.message.timestamp_ms()
                 {
@@ -432,12 +453,20 @@ impl<D: Downstream> Session<'_, D> {
                 self.settled(oldest.message.tag);
             }
             Outcome::Refused(error) => {
-                events::DownstreamRefused {
-                    error: &error,
-                    retry_in: self.retry_pause,
+                self.holding = true;
+                if self.recovered && !oldest.resubmitted {
+                    // Answered before the downstream took a retry: stale, so again at once.
+                    self.resubmit(oldest.message).await?;
+                } else {
+                    self.recovered = false;
+                    events::DownstreamRefused {
+                        error: &error,
+                        retry_in: self.retry_pause,
+                        first: self.retry_pause == FIRST_RETRY_PAUSE,
+                    }
+                    .emit(self.metrics);
+                    self.retry(oldest.message, shutdown).await?;
                 }
-                .emit(self.metrics);
-                self.retry(oldest.message, shutdown).await?;
             }
             Outcome::DeadLetterRefused => {
                 events::DeadLetterRefused {
@@ -494,8 +523,17 @@ impl<D: Downstream> Session<'_, D> {
                 return Ok(());
             }
         }
+        self.resubmit(message).await
+    }
+
+    /// Submits `message` again, at the head of what is in flight.
+    async fn resubmit(&mut self, message: Message) -> Result<(), IngestError> {
         let outcome = self.start.begin(&message).await?;
-        self.inflight.push_front(InFlight { message, outcome });
+        self.inflight.push_front(InFlight {
+            message,
+            outcome,
+            resubmitted: true,
+        });
         Ok(())
     }
 

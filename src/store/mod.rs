@@ -11,12 +11,14 @@
 //! multi-node deployments) can replace it without touching hub or grpc.
 
 mod cursor;
+mod file;
 mod redb;
 
 pub use cursor::{Cursor, CursorError};
+pub use file::JournalHealth;
 pub use redb::{
-    Durability, IdIndex, JournalSettings, OpenError, Pruner, RedbJournal, Replicated, Retention,
-    Syncer,
+    Durability, IdIndex, JournalMonitor, JournalSettings, OpenError, Pruner, RedbJournal,
+    Replicated, Retention, Syncer,
 };
 
 use std::sync::Arc;
@@ -37,12 +39,43 @@ pub struct Appended {
     pub frame: Option<Bytes>,
 }
 
-/// Why an append or a read failed.
-#[derive(Debug, thiserror::Error)]
+/// Why an append or a read failed. Callers must not ack what an error answered.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// The journal cannot take writes or be read (e.g. storage failure); callers must not ack.
+    /// The journal cannot take writes or be read, for the reason given.
     #[error("journal unavailable: {0}")]
     Unavailable(String),
+    /// The disk holding the journal has less than the reserve available: the write was refused
+    /// before it reached the file (nothing of it is stored). Reads go on; writes resume by
+    /// themselves once there is room.
+    #[error(
+        "the journal's disk is full: {free_bytes} bytes available, writes resume at \
+         {min_free_bytes} (--journal-min-free)"
+    )]
+    DiskFull {
+        /// Bytes available when the write was refused.
+        free_bytes: u64,
+        /// Writes resume once at least this much is available.
+        min_free_bytes: u64,
+    },
+    /// The storage engine failed (an I/O error, a full disk it met first); nothing of the
+    /// transaction is stored. The file is reopened, so the journal recovers by itself.
+    #[error("journal storage failed")]
+    Storage(#[source] Arc<::redb::Error>),
+    /// The journal's file is being opened again after a storage failure.
+    #[error("the journal is being reopened after a storage failure")]
+    Reopening,
+}
+
+impl StoreError {
+    /// Whether this is the journal's own refusal while it is unhealthy (a full disk, a storage
+    /// failure, a reopen): the journal's health reports it once, so callers log it quietly.
+    pub fn is_health_refusal(&self) -> bool {
+        matches!(
+            self,
+            StoreError::DiskFull { .. } | StoreError::Storage(_) | StoreError::Reopening
+        )
+    }
 }
 
 /// One event read back from the journal: what routing and authorization need, and its frame.

@@ -18,10 +18,12 @@ use bytes::Bytes;
 use redb::{
     Database, Durability as RedbDurability, ReadableDatabase, ReadableTable, TableDefinition,
 };
+use tokio::sync::watch;
 
 use super::{
     Appended, BackLimits, BackScan, Cursor, EventMeta, Journal, JournalReader, Scan, ScanLimits,
     StoreError, StoredEvent, encode_event_frame,
+    file::{JournalFile, JournalHealth},
 };
 use crate::pb;
 
@@ -62,11 +64,14 @@ pub struct JournalSettings {
     pub dedupe_window: Duration,
     /// Memory for redb's page cache (reads and writes); the OS page cache comes on top.
     pub cache_bytes: usize,
+    /// Writes are refused while the disk has less than this available (`--journal-min-free`;
+    /// 0: never refused before the disk itself says so).
+    pub min_free_bytes: u64,
 }
 
 /// The journal file and the writer's view of it.
 pub struct RedbJournal {
-    db: Arc<Database>,
+    file: Arc<JournalFile>,
     epoch: u64,
     head: u64,
     settings: JournalSettings,
@@ -132,9 +137,8 @@ impl RedbJournal {
             reason,
         };
         std::fs::create_dir_all(&settings.dir).map_err(|e| fail(e.to_string()))?;
-        let db = Database::builder()
-            .set_cache_size(settings.cache_bytes)
-            .create(settings.dir.join("journal.redb"))
+        let path = settings.dir.join("journal.redb");
+        let db = JournalFile::open_database(&path, settings.cache_bytes)
             .map_err(|e| fail(e.to_string()))?;
         let txn = db.begin_write().map_err(|e| fail(e.to_string()))?;
         let (epoch, head) = {
@@ -169,8 +173,9 @@ impl RedbJournal {
             (epoch, head)
         };
         txn.commit().map_err(|e| fail(e.to_string()))?;
+        let file = JournalFile::new(db, path, settings.cache_bytes, settings.min_free_bytes);
         Ok(Self {
-            db: Arc::new(db),
+            file: Arc::new(file),
             epoch,
             head,
             settings,
@@ -217,13 +222,29 @@ impl RedbJournal {
     }
 
     /// Appends `events` as of `now` (milliseconds since the epoch: the append time kept for
-    /// the dedupe window).
-    fn append_in(
+    /// the dedupe window), through the file's checks: refused while the disk is full, reopened
+    /// after a storage failure.
+    fn append_at(
         &mut self,
         events: &mut [pb::Event],
         now: u64,
+    ) -> Result<Vec<Appended>, StoreError> {
+        let before = self.head;
+        let file = Arc::clone(&self.file);
+        file.write(true, |db| self.append_in(db, events, now))
+            .inspect_err(|_| {
+                // Nothing of the batch was committed: positions start again where they were.
+                self.head = before;
+            })
+    }
+
+    fn append_in(
+        &mut self,
+        db: &Database,
+        events: &mut [pb::Event],
+        now: u64,
     ) -> Result<Vec<Appended>, redb::Error> {
-        let txn = self.begin_append()?;
+        let txn = self.begin_append(db)?;
         let mut head = self.head;
         let mut outcomes = Vec::with_capacity(events.len());
         let mut added_bytes = 0_u64;
@@ -280,7 +301,7 @@ pub struct Retention {
 /// Removes what retention no longer keeps; runs beside the writer (redb serialises the two
 /// write transactions).
 pub struct Pruner {
-    db: Arc<Database>,
+    file: Arc<JournalFile>,
     retention: Retention,
 }
 
@@ -295,13 +316,15 @@ impl Pruner {
     ///
     /// Storage failures.
     pub fn prune_once(&self, now_ms: u64) -> Result<usize, StoreError> {
-        self.prune_in(now_ms).map_err(storage)
+        // Retention runs while the disk is full too: the pages it frees are what the next
+        // events are written into. A failure reopens the file, as the writer's does.
+        self.file.write(true, |db| self.prune_in(db, now_ms))
     }
 
-    fn prune_in(&self, now_ms: u64) -> Result<usize, redb::Error> {
+    fn prune_in(&self, db: &Database, now_ms: u64) -> Result<usize, redb::Error> {
         let max_age = u64::try_from(self.retention.max_age.as_millis()).unwrap_or(u64::MAX);
         let cutoff = now_ms.saturating_sub(max_age);
-        let txn = self.db.begin_write()?;
+        let txn = db.begin_write()?;
         let mut removed = 0;
         {
             let mut meta = txn.open_table(META)?;
@@ -350,7 +373,7 @@ impl Pruner {
 /// Makes the commits of a `--durability <interval>` journal durable: an empty commit with
 /// fsync persists every commit before it.
 pub struct Syncer {
-    db: Arc<Database>,
+    file: Arc<JournalFile>,
 }
 
 impl Syncer {
@@ -360,10 +383,11 @@ impl Syncer {
     ///
     /// Storage failures.
     pub fn sync(&self) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(storage)?;
-        txn.set_durability(RedbDurability::Immediate)
-            .map_err(storage)?;
-        txn.commit().map_err(storage)
+        self.file.write(true, |db| {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(RedbDurability::Immediate)?;
+            Ok(txn.commit()?)
+        })
     }
 }
 
@@ -374,7 +398,7 @@ impl RedbJournal {
             Durability::EveryCommit => None,
             Durability::Interval(every) => Some((
                 Syncer {
-                    db: Arc::clone(&self.db),
+                    file: Arc::clone(&self.file),
                 },
                 every,
             )),
@@ -384,9 +408,37 @@ impl RedbJournal {
     /// The pruner for `retention`, to run in the background.
     pub fn pruner(&self, retention: Retention) -> Pruner {
         Pruner {
-            db: Arc::clone(&self.db),
+            file: Arc::clone(&self.file),
             retention,
         }
+    }
+
+    /// The journal's health, watched by readiness, gRPC health and the metrics.
+    pub fn health(&self) -> watch::Receiver<JournalHealth> {
+        self.file.health()
+    }
+
+    /// The monitor that looks at the journal's file off the write path: see
+    /// [`JournalMonitor::probe`].
+    pub fn monitor(&self) -> JournalMonitor {
+        JournalMonitor {
+            file: Arc::clone(&self.file),
+        }
+    }
+}
+
+/// Looks at the journal's file every so often, so that it recovers without traffic: a file given
+/// up after a storage failure is reopened, a full disk that has room again is writable again (and
+/// a disk that fills up is reported before a write fails).
+pub struct JournalMonitor {
+    file: Arc<JournalFile>,
+}
+
+impl JournalMonitor {
+    /// One look; returns the health now. A blocking call (a `statvfs`, maybe a reopen): call it
+    /// off the async workers.
+    pub fn probe(&self) -> JournalHealth {
+        self.file.probe()
     }
 }
 
@@ -418,19 +470,21 @@ impl RedbJournal {
         if self.epoch == epoch {
             return Ok(false);
         }
-        let txn = self.db.begin_write().map_err(storage)?;
-        {
-            txn.delete_table(EVENTS).map_err(storage)?;
-            txn.delete_table(IDS).map_err(storage)?;
-            txn.open_table(EVENTS).map_err(storage)?;
-            txn.open_table(IDS).map_err(storage)?;
-            let mut meta = txn.open_table(META).map_err(storage)?;
-            for key in [FLOOR, DEDUPE_FLOOR, BYTES] {
-                meta.remove(key).map_err(storage)?;
+        self.file.write(true, |db| {
+            let txn = db.begin_write()?;
+            {
+                txn.delete_table(EVENTS)?;
+                txn.delete_table(IDS)?;
+                txn.open_table(EVENTS)?;
+                txn.open_table(IDS)?;
+                let mut meta = txn.open_table(META)?;
+                for key in [FLOOR, DEDUPE_FLOOR, BYTES] {
+                    meta.remove(key)?;
+                }
+                meta.insert(EPOCH, epoch)?;
             }
-            meta.insert(EPOCH, epoch).map_err(storage)?;
-        }
-        txn.commit().map_err(storage)?;
+            Ok(txn.commit()?)
+        })?;
         self.epoch = epoch;
         self.head = 0;
         Ok(true)
@@ -453,14 +507,16 @@ impl RedbJournal {
             )));
         }
         let now = super::unix_millis();
-        let outcomes = self.replicate_in(events, through, now).map_err(storage)?;
-        Ok(outcomes)
+        let file = Arc::clone(&self.file);
+        let before = self.head;
+        file.write(true, |db| self.replicate_in(db, events, through, now))
+            .inspect_err(|_| self.head = before)
     }
 
     /// A write transaction with the configured durability. With an interval, a [`Syncer`]
     /// makes the commits durable in the background.
-    fn begin_append(&self) -> Result<redb::WriteTransaction, redb::Error> {
-        let mut txn = self.db.begin_write()?;
+    fn begin_append(&self, db: &Database) -> Result<redb::WriteTransaction, redb::Error> {
+        let mut txn = db.begin_write()?;
         txn.set_durability(match self.settings.durability {
             Durability::EveryCommit => RedbDurability::Immediate,
             Durability::Interval(_) => RedbDurability::None,
@@ -470,11 +526,12 @@ impl RedbJournal {
 
     fn replicate_in(
         &mut self,
+        db: &Database,
         events: &mut [(u64, pb::Event)],
         through: u64,
         now: u64,
     ) -> Result<Vec<Replicated>, redb::Error> {
-        let txn = self.begin_append()?;
+        let txn = self.begin_append(db)?;
         let mut head = self.head;
         let mut outcomes = Vec::with_capacity(events.len());
         let mut added_bytes = 0_u64;
@@ -525,16 +582,18 @@ impl RedbJournal {
         if position <= self.head {
             return Ok(());
         }
-        let txn = self.db.begin_write().map_err(storage)?;
-        {
-            let mut meta = txn.open_table(META).map_err(storage)?;
-            let floor = meta.get(FLOOR).map_err(storage)?.map_or(0, |v| v.value());
-            if floor < position {
-                meta.insert(FLOOR, position).map_err(storage)?;
+        self.file.write(true, |db| {
+            let txn = db.begin_write()?;
+            {
+                let mut meta = txn.open_table(META)?;
+                let floor = meta.get(FLOOR)?.map_or(0, |v| v.value());
+                if floor < position {
+                    meta.insert(FLOOR, position)?;
+                }
+                meta.insert(REPLICA_HEAD, position)?;
             }
-            meta.insert(REPLICA_HEAD, position).map_err(storage)?;
-        }
-        txn.commit().map_err(storage)?;
+            Ok(txn.commit()?)
+        })?;
         self.head = position;
         Ok(())
     }
@@ -548,7 +607,7 @@ impl RedbJournal {
     /// A handle on the replica's id index, usable from any thread while it is written.
     pub fn id_index(&self) -> IdIndex {
         IdIndex {
-            db: Arc::clone(&self.db),
+            file: Arc::clone(&self.file),
         }
     }
 }
@@ -556,14 +615,15 @@ impl RedbJournal {
 /// The id index of a journal: where each remembered event id was stored.
 #[derive(Clone)]
 pub struct IdIndex {
-    db: Arc<Database>,
+    file: Arc<JournalFile>,
 }
 
 impl IdIndex {
     /// Where each id was stored, if it was (and is still remembered). A blocking read: call it
     /// off the async workers.
     pub fn positions_of(&self, ids: &[&str]) -> Result<Vec<Option<u64>>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let db = self.file.db()?;
+        let txn = db.begin_read().map_err(storage)?;
         let table = txn.open_table(IDS).map_err(storage)?;
         ids.iter()
             .map(|id| {
@@ -588,13 +648,7 @@ impl Journal for RedbJournal {
                 u16::MAX
             )));
         }
-        let before = self.head;
-        self.append_in(events, super::unix_millis())
-            .map_err(|error| {
-                // Nothing of the batch was committed: positions start again where they were.
-                self.head = before;
-                storage(error)
-            })
+        self.append_at(events, super::unix_millis())
     }
 
     fn head(&self) -> Cursor {
@@ -603,19 +657,19 @@ impl Journal for RedbJournal {
 
     fn reader(&self) -> Arc<dyn JournalReader> {
         Arc::new(RedbReader {
-            db: Arc::clone(&self.db),
+            file: Arc::clone(&self.file),
         })
     }
 }
 
 /// Reads the journal for replay; any number at once, each on its own snapshot.
 struct RedbReader {
-    db: Arc<Database>,
+    file: Arc<JournalFile>,
 }
 
 impl JournalReader for RedbReader {
     fn floor(&self) -> Result<u64, StoreError> {
-        floor_in(&self.db.begin_read().map_err(storage)?)
+        floor_in(&self.file.db()?.begin_read().map_err(storage)?)
     }
 
     fn scan(
@@ -626,7 +680,8 @@ impl JournalReader for RedbReader {
     ) -> Result<Scan, StoreError> {
         // One read transaction: the floor and the events come from the same snapshot, so
         // retention running meanwhile cannot make them disagree.
-        let txn = self.db.begin_read().map_err(storage)?;
+        let db = self.file.db()?;
+        let txn = db.begin_read().map_err(storage)?;
         let floor = floor_in(&txn)?;
         let table = txn.open_table(EVENTS).map_err(storage)?;
         let start = after.max(floor);
@@ -663,7 +718,8 @@ impl JournalReader for RedbReader {
         select: &dyn Fn(EventMeta<'_>) -> bool,
     ) -> Result<BackScan, StoreError> {
         // One snapshot for the floor and the events, as in `scan`.
-        let txn = self.db.begin_read().map_err(storage)?;
+        let db = self.file.db()?;
+        let txn = db.begin_read().map_err(storage)?;
         let floor = floor_in(&txn)?;
         let table = txn.open_table(EVENTS).map_err(storage)?;
         let mut scan = BackScan {
@@ -861,6 +917,7 @@ mod tests {
                 durability: Durability::EveryCommit,
                 dedupe_window,
                 cache_bytes: 1 << 20,
+                min_free_bytes: 0,
             }
         }
     }
@@ -1191,12 +1248,12 @@ mod tests {
         let dir = Dir::new("window");
         let mut journal = RedbJournal::open(dir.settings(Duration::from_millis(1))).unwrap();
         let t0 = crate::store::unix_millis();
-        journal.append_in(&mut [event("a", "u1")], t0).unwrap();
+        journal.append_at(&mut [event("a", "u1")], t0).unwrap();
         // Within the window, "a" is a duplicate.
-        assert!(journal.append_in(&mut [event("a", "u1")], t0).unwrap()[0].duplicate);
+        assert!(journal.append_at(&mut [event("a", "u1")], t0).unwrap()[0].duplicate);
         // This commit, 5 ms later, forgets "a" (older than the window) after storing "b".
-        journal.append_in(&mut [event("b", "u1")], t0 + 5).unwrap();
-        let out = journal.append_in(&mut [event("a", "u1")], t0 + 5).unwrap();
+        journal.append_at(&mut [event("b", "u1")], t0 + 5).unwrap();
+        let out = journal.append_at(&mut [event("a", "u1")], t0 + 5).unwrap();
         assert!(
             !out[0].duplicate,
             "a re-send past the window is stored again"
@@ -1210,10 +1267,10 @@ mod tests {
         let mut journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
         let t0 = crate::store::unix_millis();
         journal
-            .append_in(&mut [event("a", "u1"), event("b", "u1")], t0)
+            .append_at(&mut [event("a", "u1"), event("b", "u1")], t0)
             .unwrap();
         journal
-            .append_in(&mut [event("c", "u1"), event("d", "u1")], t0 + 10_000)
+            .append_at(&mut [event("c", "u1"), event("d", "u1")], t0 + 10_000)
             .unwrap();
         let reader = journal.reader();
         // By age: 5 s of retention at t0 + 12 s removes a and b only.
@@ -1233,7 +1290,7 @@ mod tests {
         );
         // A pruned id is forgotten: a re-send is stored again.
         let out = journal
-            .append_in(&mut [event("a", "u1")], t0 + 12_000)
+            .append_at(&mut [event("a", "u1")], t0 + 12_000)
             .unwrap();
         assert!(!out[0].duplicate);
         // By size: keep at most about one record.

@@ -1,0 +1,393 @@
+//! The journal's file: the one open redb database that the writer, the readers, retention and
+//! the background sync share; the free space the journal keeps on its disk; the journal's
+//! health ([`JournalHealth`]); and reopening the file in place after a storage failure.
+//!
+//! Owns: the database handle and when it is swapped, the `--journal-min-free` reserve, the
+//! health watch. Does not own: what is in the file (`redb.rs`), or what the server does with
+//! the health (readiness, gRPC health and metrics are wired in `app`).
+//!
+//! Why reopening: redb latches its first I/O error. A commit that hits `ENOSPC` leaves every
+//! later write *and read* on the same handle failing with "Previous I/O error occurred. Please
+//! close and re-open the database", even after space returns (checked against redb 3.1: the
+//! failed commit is not stored, a reopen succeeds while the disk is still full and serves the
+//! last committed state, and writes work again once there is room). So a write that fails hands
+//! the handle back ([`JournalFile::failed`]) and the file is opened again at once: reads and
+//! replays go on within milliseconds, writes as soon as the cause is gone, with no restart.
+//!
+//! Why a reserve: better than reopening is never latching. While the disk holding the journal
+//! has less than `--journal-min-free` available, writes are refused before they reach redb
+//! ([`StoreError::DiskFull`]): nothing latches, every read and live stream goes on, and the
+//! ingest keeps its messages in the queue until [`JournalFile::probe`] sees room again. The
+//! reserve must cover one commit (a batch of events and the B-tree pages it rewrites); a disk
+//! filled by someone else between the check and the commit still ends in a reopen.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError, RwLock},
+    time::{Duration, Instant},
+};
+
+use redb::{Database, ReadableDatabase as _};
+use tokio::sync::watch;
+
+use super::StoreError;
+
+/// Whether the journal can take writes, as readiness, gRPC health and the metrics report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JournalHealth {
+    /// Writes are taken.
+    Writable,
+    /// Writes are refused: the disk has less than the reserve available. Reads go on.
+    DiskFull {
+        /// Bytes available on the journal's file system when last looked.
+        free_bytes: u64,
+        /// Writes resume once at least this much is available.
+        min_free_bytes: u64,
+    },
+    /// A storage failure other than a full disk; the file is reopened (reads go on once it is)
+    /// and writes are tried again.
+    Failed {
+        /// What failed, for the log and `/readyz`.
+        reason: String,
+    },
+}
+
+impl JournalHealth {
+    /// A short, stable name for metrics labels.
+    pub fn reason_code(&self) -> &'static str {
+        match self {
+            JournalHealth::Writable => "writable",
+            JournalHealth::DiskFull { .. } => "disk_full",
+            JournalHealth::Failed { .. } => "storage_failed",
+        }
+    }
+}
+
+impl std::fmt::Display for JournalHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JournalHealth::Writable => f.write_str("writable"),
+            JournalHealth::DiskFull {
+                free_bytes,
+                min_free_bytes,
+            } => write!(
+                f,
+                "disk full: {free_bytes} bytes available, writes resume at {min_free_bytes} \
+                 (--journal-min-free)"
+            ),
+            JournalHealth::Failed { reason } => write!(f, "storage failed: {reason}"),
+        }
+    }
+}
+
+/// After a write failed for lack of space, writes resume only once at least this much is free
+/// (or the reserve, if larger): with no reserve configured, the next commit would otherwise fail
+/// the same way at once.
+const MIN_FREE_AFTER_ENOSPC: u64 = 4 * 1024 * 1024;
+
+/// How long a reopen waits for the readers still holding the failed handle (each holds it for
+/// one scan, and a latched file fails them at once).
+const READERS_RELEASE_WAIT: Duration = Duration::from_secs(2);
+
+/// The open journal file, shared by everything that reads or writes it.
+pub(super) struct JournalFile {
+    /// `journal.redb`.
+    path: PathBuf,
+    /// redb's page cache for each open.
+    cache_bytes: usize,
+    /// `--journal-min-free`: writes are refused while less is available.
+    min_free_bytes: u64,
+    /// The open database; `None` between a failure and the reopen.
+    db: RwLock<Option<Arc<Database>>>,
+    /// A failed handle waiting for its last readers before the file is opened again.
+    closing: Mutex<Option<Arc<Database>>>,
+    /// Whether the latest failure was a full disk: then writes wait for more room.
+    last_failed_for_space: Mutex<bool>,
+    /// The journal's health; every change is published once.
+    health: watch::Sender<JournalHealth>,
+}
+
+impl JournalFile {
+    /// Wraps a database just opened from `path`.
+    pub(super) fn new(
+        db: Database,
+        path: PathBuf,
+        cache_bytes: usize,
+        min_free_bytes: u64,
+    ) -> Self {
+        Self {
+            path,
+            cache_bytes,
+            min_free_bytes,
+            db: RwLock::new(Some(Arc::new(db))),
+            closing: Mutex::new(None),
+            last_failed_for_space: Mutex::new(false),
+            health: watch::Sender::new(JournalHealth::Writable),
+        }
+    }
+
+    /// Opens `path` with the configured cache (a file left by a failed commit is repaired by
+    /// redb on open).
+    pub(super) fn open_database(
+        path: &Path,
+        cache_bytes: usize,
+    ) -> Result<Database, redb::DatabaseError> {
+        Database::builder().set_cache_size(cache_bytes).create(path)
+    }
+
+    /// The open database, for one read or one write transaction. Hold it no longer: a reopen
+    /// waits for every holder.
+    pub(super) fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or(StoreError::Reopening)
+    }
+
+    /// The health, to watch.
+    pub(super) fn health(&self) -> watch::Receiver<JournalHealth> {
+        self.health.subscribe()
+    }
+
+    /// Before a write: refused while the disk has less than the reserve available (or, after a
+    /// full disk, until there is room for a commit again).
+    pub(super) fn check_space(&self) -> Result<(), StoreError> {
+        let needed = self.needed_free_bytes();
+        if needed == 0 {
+            return Ok(());
+        }
+        let Some(free_bytes) = available_bytes(&self.path) else {
+            // Cannot tell (an unusual file system): let the write find out.
+            return Ok(());
+        };
+        if free_bytes >= needed {
+            return Ok(());
+        }
+        let full = JournalHealth::DiskFull {
+            free_bytes,
+            min_free_bytes: needed,
+        };
+        self.set_health(full);
+        Err(StoreError::DiskFull {
+            free_bytes,
+            min_free_bytes: needed,
+        })
+    }
+
+    /// A write succeeded: the journal is writable (again).
+    pub(super) fn wrote(&self) {
+        if !matches!(*self.health.borrow(), JournalHealth::Writable) {
+            *self
+                .last_failed_for_space
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = false;
+            self.set_health(JournalHealth::Writable);
+        }
+    }
+
+    /// A transaction on `db` failed with `error`. Storage failures latch inside redb, so the
+    /// handle is given up and the file opened again (now, when `reopen_now`; else at the next
+    /// write or [`JournalFile::probe`], which readers use, as they must not wait). Returns the
+    /// error to report.
+    pub(super) fn failed(
+        &self,
+        db: Arc<Database>,
+        error: redb::Error,
+        reopen_now: bool,
+    ) -> StoreError {
+        let for_space = is_out_of_space(&error);
+        if !latches(&error) {
+            // A logical error (a table's type, a full value): the handle is fine.
+            return StoreError::Storage(Arc::new(error));
+        }
+        *self
+            .last_failed_for_space
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = for_space;
+        {
+            let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+            if slot.as_ref().is_some_and(|open| Arc::ptr_eq(open, &db)) {
+                *slot = None;
+                *self.closing.lock().unwrap_or_else(PoisonError::into_inner) = Some(db);
+            }
+        }
+        let error = Arc::new(error);
+        if for_space {
+            let free_bytes = available_bytes(&self.path).unwrap_or(0);
+            self.set_health(JournalHealth::DiskFull {
+                free_bytes,
+                min_free_bytes: self.needed_free_bytes(),
+            });
+        } else {
+            self.set_health(JournalHealth::Failed {
+                reason: error.to_string(),
+            });
+        }
+        if reopen_now {
+            let _ = self.reopen();
+        }
+        StoreError::Storage(error)
+    }
+
+    /// Runs `work` (one write transaction) on the open file: refused while the disk is full; a
+    /// storage failure gives the handle up and reopens the file (at once when `reopen_now`).
+    pub(super) fn write<T>(
+        &self,
+        reopen_now: bool,
+        work: impl FnOnce(&Database) -> Result<T, redb::Error>,
+    ) -> Result<T, StoreError> {
+        self.check_space()?;
+        let db = match self.db() {
+            Ok(db) => db,
+            Err(_) => {
+                self.reopen()?;
+                self.db()?
+            }
+        };
+        match work(&db) {
+            Ok(done) => {
+                self.wrote();
+                Ok(done)
+            }
+            Err(error) => Err(self.failed(db, error, reopen_now)),
+        }
+    }
+
+    /// Looks again, off the write path (every second, from the server): reopens a file given up
+    /// after a failure, and turns a full disk back into a writable journal once there is room —
+    /// or a writable one into a full one before a write fails. Returns the health now.
+    pub(super) fn probe(&self) -> JournalHealth {
+        // A read that met an I/O error latched the handle too; readers do not reopen (they
+        // must not wait), so it is found here.
+        if let Ok(db) = self.db()
+            && let Err(error) = db.begin_read()
+        {
+            let _ = self.failed(db, error.into(), false);
+        }
+        if self.reopen().is_ok() && self.check_space().is_ok() {
+            if matches!(*self.health.borrow(), JournalHealth::Failed { .. }) {
+                // A storage failure is over when a write succeeds: an empty commit tries one.
+                if let Ok(db) = self.db() {
+                    match db
+                        .begin_write()
+                        .map_err(redb::Error::from)
+                        .and_then(|txn| txn.commit().map_err(redb::Error::from))
+                    {
+                        Ok(()) => self.wrote(),
+                        Err(error) => {
+                            let _ = self.failed(db, error, false);
+                        }
+                    }
+                }
+            } else {
+                self.wrote();
+            }
+        }
+        self.health.borrow().clone()
+    }
+
+    /// Opens the file again if it was given up. `Ok` when it is open.
+    fn reopen(&self) -> Result<(), StoreError> {
+        if self
+            .db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+        {
+            return Ok(());
+        }
+        let mut closing = self.closing.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(mut old) = closing.take() {
+            // The file stays locked until the last holder of the failed handle lets go.
+            let deadline = Instant::now() + READERS_RELEASE_WAIT;
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(shared) if Instant::now() < deadline => {
+                        old = shared;
+                        #[expect(
+                            clippy::disallowed_methods,
+                            reason = "a reopen runs on the journal's blocking threads, never on \
+                                      an async worker"
+                        )]
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(shared) => {
+                        *closing = Some(shared);
+                        return Err(StoreError::Reopening);
+                    }
+                }
+            }
+        }
+        match Self::open_database(&self.path, self.cache_bytes) {
+            Ok(db) => {
+                *self.db.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(db));
+                tracing::info!(path = %self.path.display(), "journal reopened after a storage failure");
+                Ok(())
+            }
+            Err(error) => {
+                self.set_health(JournalHealth::Failed {
+                    reason: format!("reopening the journal failed: {error}"),
+                });
+                Err(StoreError::Reopening)
+            }
+        }
+    }
+
+    fn needed_free_bytes(&self) -> u64 {
+        if *self
+            .last_failed_for_space
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            self.min_free_bytes.max(MIN_FREE_AFTER_ENOSPC)
+        } else {
+            self.min_free_bytes
+        }
+    }
+
+    /// Publishes `health` if it differs in kind from the current one (a full disk whose free
+    /// bytes changed is the same state: watchers log state changes, not every look).
+    fn set_health(&self, health: JournalHealth) {
+        self.health.send_if_modified(|current| {
+            let changed = std::mem::discriminant(current) != std::mem::discriminant(&health);
+            if changed {
+                *current = health;
+            }
+            changed
+        });
+    }
+}
+
+/// Whether redb latched `error`: an I/O failure (or the latch itself) makes the handle useless
+/// until it is reopened.
+fn latches(error: &redb::Error) -> bool {
+    matches!(error, redb::Error::Io(_) | redb::Error::PreviousIo)
+}
+
+/// Whether `error` is the file system saying it has no room (or the quota is used up).
+fn is_out_of_space(error: &redb::Error) -> bool {
+    match error {
+        redb::Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        ),
+        _ => false,
+    }
+}
+
+/// Bytes available to this process on the file system holding `path` (its directory while the
+/// file does not exist yet).
+fn available_bytes(path: &Path) -> Option<u64> {
+    let at = if path.exists() {
+        path
+    } else {
+        path.parent().unwrap_or(path)
+    };
+    let stats = rustix::fs::statvfs(at).ok()?;
+    Some(stats.f_bavail.saturating_mul(stats.f_frsize))
+}
