@@ -364,3 +364,66 @@ async fn a_lost_stream_connection_costs_subscribers_nothing() {
     }
     cluster.clean_up(&producer).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_disk_fills_up_stops_being_ready_and_catches_up_by_itself() {
+    let Some(tmpfs) = support::tmpfs::Tmpfs::mount("cluster", 16) else {
+        return;
+    };
+    let cluster = Cluster::unique("cluster-disk-full");
+    let producer = Producer::connect().await;
+    // Node a first: it becomes the writer (the ingest queue's first, single active consumer),
+    // so the stream takes events while b's replica cannot.
+    let a = cluster.node("a").await;
+    let replica = tmpfs.dir.join("data");
+    let b = TestServer::start_with(|config| {
+        cluster.apply(config, "b");
+        config.data_dir = replica;
+        config.journal_min_free = 1 << 20;
+    })
+    .await;
+    b.wait_ready().await;
+    let mut client = b.client().await;
+    let mut live = subscribe(&mut client, request("*")).await;
+    let mut on_a = subscribe(&mut a.client().await, request("*")).await;
+    let filler = tmpfs.fill_leaving(2 << 20);
+
+    let published: Vec<String> = (0..300).map(|n| format!("replica-{n}")).collect();
+    for id in &published {
+        let body = support::tmpfs::padded_event(id, 8000);
+        producer
+            .publish(&cluster.names.exchange, "billing.padding", body.as_bytes())
+            .await;
+    }
+    // b cannot keep its replica: not ready, while a has every event.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while b.http_get("/readyz").await.starts_with("HTTP/1.1 200") {
+        assert!(tokio::time::Instant::now() < deadline, "b stayed ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for id in &published {
+        assert_eq!(&next_event(&mut on_a).await.id, id);
+    }
+
+    // Room again: b reads on from its replica's head, by itself.
+    std::fs::remove_file(filler).unwrap();
+    b.wait_ready().await;
+    let sentinel = support::tmpfs::padded_event("replica-sentinel", 10);
+    producer
+        .publish(
+            &cluster.names.exchange,
+            "billing.padding",
+            sentinel.as_bytes(),
+        )
+        .await;
+    let mut received = Vec::new();
+    loop {
+        let event = next_event(&mut live).await;
+        if event.id == "replica-sentinel" {
+            break;
+        }
+        received.push(event.id);
+    }
+    assert_eq!(received, published, "b's subscriber: each once, in order");
+    cluster.clean_up(&producer).await;
+}

@@ -9,82 +9,17 @@
 
 mod support;
 
-use std::{io::Write as _, path::PathBuf, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use notify_backbone::pb;
 use support::{
     amqp::{Names, Producer, queue_counts},
     process::{Logs, broker_args, http_get, journal_ids, repeated, start_node},
+    tmpfs::{Tmpfs, padded_event},
     *,
 };
 use tonic::Code;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client};
-
-/// A tmpfs of its own for one test, unmounted when dropped.
-struct Tmpfs {
-    dir: PathBuf,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `mib` MiB; `None` where this process may not mount (not root), which
-    /// fails the test in CI.
-    fn mount(name: &str, mib: u32) -> Option<Self> {
-        let dir =
-            std::env::temp_dir().join(format!("notify-disk-full-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(&dir)
-            .status()
-            .is_ok_and(|status| status.success());
-        if !mounted {
-            let _ = std::fs::remove_dir(&dir);
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must be able to mount a tmpfs (run as root) for the full-disk tests"
-            );
-            eprintln!("skipped: cannot mount a tmpfs here (not root)");
-            return None;
-        }
-        Some(Self { dir })
-    }
-
-    /// Fills the file system, then gives back `free` bytes; returns the filler file.
-    fn fill_leaving(&self, free: u64) -> PathBuf {
-        let path = self.dir.join("filler");
-        let mut file = std::fs::File::create(&path).unwrap();
-        let chunk = vec![0xA5_u8; 64 * 1024];
-        loop {
-            match file.write_all(&chunk) {
-                Ok(()) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::StorageFull => break,
-                Err(error) => panic!("filling the tmpfs: {error}"),
-            }
-        }
-        // Whatever part of the last chunk did not fit: the file's length is what it holds.
-        let _ = file.flush();
-        let len = std::fs::metadata(&path).unwrap().len();
-        file.set_len(len.saturating_sub(free)).unwrap();
-        path
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
-/// An untyped billing event (accepted without `--strict-schema`) of about `pad` bytes.
-fn padded_event(id: &str, pad: usize) -> String {
-    serde_json::json!({
-        "eventId": id,
-        "userId": "u-disk",
-        "pad": "x".repeat(pad),
-    })
-    .to_string()
-}
 
 async fn health_of(url: &str, service: &str) -> i32 {
     let channel = tonic::transport::Channel::from_shared(url.to_owned())
@@ -134,10 +69,6 @@ async fn terminate(mut node: support::process::Node) -> Option<i32> {
         .code()
 }
 
-fn data_dir(tmpfs: &Tmpfs) -> PathBuf {
-    tmpfs.dir.join("data")
-}
-
 fn count(logs: &Logs, needle: &str) -> usize {
     logs.tail(usize::MAX)
         .lines()
@@ -152,7 +83,7 @@ async fn a_full_disk_refuses_publishes_reports_not_ready_keeps_reads_and_recover
     };
     let logs = Logs::default();
     let args = ["--journal-min-free", "1MiB"].map(String::from);
-    let node = start_node(&args, &data_dir(&tmpfs), 0, &logs).await;
+    let node = start_node(&args, &tmpfs.dir.join("data"), 0, &logs).await;
     let mut client =
         pb::notification_service_client::NotificationServiceClient::connect(node.url.clone())
             .await
@@ -261,7 +192,7 @@ async fn a_disk_that_fills_mid_commit_reopens_the_journal_and_every_confirmed_ev
     // on its file handle; the journal must reopen its file to read or write again.
     let mut args = broker_args(&names);
     args.extend(["--journal-min-free", "0"].map(String::from));
-    let node = start_node(&args, &data_dir(&tmpfs), 0, &logs).await;
+    let node = start_node(&args, &tmpfs.dir.join("data"), 0, &logs).await;
     node.wait_ready(&logs).await;
     let mut client =
         pb::notification_service_client::NotificationServiceClient::connect(node.url.clone())
@@ -307,7 +238,16 @@ async fn a_disk_that_fills_mid_commit_reopens_the_journal_and_every_confirmed_ev
         }
         received.push(event.id);
     }
-    assert_eq!(received, published, "the live stream: each once, in order");
+    let diverges = received.iter().zip(&published).position(|(a, b)| a != b);
+    assert!(
+        received == published,
+        "the live stream: each once, in order; {} received of {}, first difference at {diverges:?}: \
+         {:?}; log:\n{}",
+        received.len(),
+        published.len(),
+        diverges.map(|at| &received[at.saturating_sub(2)..(at + 3).min(received.len())]),
+        logs.tail(30)
+    );
     let (stored, _) = journal_ids(&node.url).await;
     assert!(repeated(&stored).is_empty(), "{:?}", repeated(&stored));
     let mut expected = published.clone();

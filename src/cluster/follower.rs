@@ -502,24 +502,28 @@ impl Follow {
             .map(|(_, position)| *position)
             .chain(events.last().map(|(position, _)| *position))
             .max();
-        let written = tokio::task::spawn_blocking(move || {
-            if let Some(offset) = skip_to {
-                replica.skip_to(offset)?;
-            }
-            // Barriers carry no event: the head still moves past them.
-            let outcomes = replica.replicate(&mut events, last_position.unwrap_or(0))?;
-            Ok::<_, crate::store::StoreError>((replica, events, outcomes))
+        // The replica comes back whatever the outcome: a refused batch is read again from the
+        // stream once the replica takes writes.
+        let (replica, written) = tokio::task::spawn_blocking(move || {
+            let written = (|| {
+                if let Some(offset) = skip_to {
+                    replica.skip_to(offset)?;
+                }
+                // Barriers carry no event: the head still moves past them.
+                replica.replicate(&mut events, last_position.unwrap_or(0))
+            })();
+            (replica, written.map(|outcomes| (events, outcomes)))
         })
         .await
         .map_err(|error| ClusterError::Replica(error.to_string()))?;
-        let (replica, events, outcomes) = written.map_err(|error| {
+        self.replica = Some(replica);
+        let (events, outcomes) = written.map_err(|error| {
             if error.is_health_refusal() {
                 ClusterError::ReplicaRefused(error)
             } else {
                 ClusterError::Replica(error.to_string())
             }
         })?;
-        self.replica = Some(replica);
         let mut landed = Vec::with_capacity(events.len() + barriers.len());
         for ((position, event), outcome) in events.iter().zip(outcomes) {
             match outcome {

@@ -12,7 +12,7 @@
 //! `meta` holds the epoch and the retention floor. One batch from the sequencer is one write
 //! transaction: the group commit.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::BTreeSet, path::PathBuf, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use redb::{
@@ -75,7 +75,19 @@ pub struct RedbJournal {
     epoch: u64,
     head: u64,
     settings: JournalSettings,
+    /// Positions written by commits that reported failure. Such a commit may still have reached
+    /// the file (its failure came after its pages did, e.g. in the last fsync), so the events
+    /// there are neither known stored nor known lost; their submitters were told it failed, so
+    /// nobody was given them. One found stored when it comes again (the ingest's retry, the
+    /// stream read again) is delivered as new, from the stored record, not as a duplicate.
+    in_doubt: BTreeSet<u64>,
+    /// A commit failed: the head is read again from the file before the next write.
+    head_in_doubt: bool,
 }
+
+/// The most positions kept in doubt (see `RedbJournal::in_doubt`): a few failed batches. One
+/// never sent again stays until this many are.
+const MAX_IN_DOUBT: usize = 64 * 1024;
 
 impl std::fmt::Debug for RedbJournal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -179,7 +191,50 @@ impl RedbJournal {
             epoch,
             head,
             settings,
+            in_doubt: BTreeSet::new(),
+            head_in_doubt: false,
         })
+    }
+
+    /// Before a write after a failed commit: the head as the file has it (the failed commit's
+    /// events may be there); positions beyond it are not in doubt any more (they were lost).
+    fn settle_doubt(&mut self, txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+        if !self.head_in_doubt {
+            return Ok(());
+        }
+        let events = txn.open_table(EVENTS)?;
+        let meta = txn.open_table(META)?;
+        let stored = events.last()?.map_or(0, |(k, _)| k.value());
+        let floor = meta.get(FLOOR)?.map_or(0, |v| v.value());
+        let replica_head = meta.get(REPLICA_HEAD)?.map_or(0, |v| v.value());
+        self.head = stored.max(floor).max(replica_head);
+        let head = self.head;
+        self.in_doubt.retain(|&position| position <= head);
+        self.head_in_doubt = false;
+        Ok(())
+    }
+
+    /// After a failed commit that wrote `positions`.
+    fn commit_failed(&mut self, positions: impl IntoIterator<Item = u64>) {
+        self.in_doubt.extend(positions);
+        while self.in_doubt.len() > MAX_IN_DOUBT {
+            self.in_doubt.pop_first();
+        }
+        self.head_in_doubt = true;
+    }
+
+    /// The stored frame at `position`, if it is in doubt (see `in_doubt`): it is delivered now.
+    fn take_in_doubt(
+        &mut self,
+        table: &redb::Table<'_, u64, &[u8]>,
+        position: u64,
+    ) -> Result<Option<Bytes>, redb::Error> {
+        if !self.in_doubt.remove(&position) {
+            return Ok(None);
+        }
+        Ok(table
+            .get(position)?
+            .map(|record| Record::decode(record.value()).stored(position).frame))
     }
 
     fn cursor(&self, position: u64) -> Cursor {
@@ -245,6 +300,8 @@ impl RedbJournal {
         now: u64,
     ) -> Result<Vec<Appended>, redb::Error> {
         let txn = self.begin_append(db)?;
+        self.settle_doubt(&txn)?;
+        let first_new = self.head + 1;
         let mut head = self.head;
         let mut outcomes = Vec::with_capacity(events.len());
         let mut added_bytes = 0_u64;
@@ -253,15 +310,22 @@ impl RedbJournal {
             let mut ids = txn.open_table(IDS)?;
             let mut record = Vec::new();
             for event in events.iter_mut() {
-                if let Some(known) = ids.get(event.id.as_str())? {
+                let known = ids.get(event.id.as_str())?.map(|v| v.value().0);
+                if let Some(position) = known {
+                    let cursor = self.cursor(position);
+                    let frame = self.take_in_doubt(&table, position)?;
+                    if frame.is_some() {
+                        event.cursor = cursor.to_string();
+                    }
                     outcomes.push(Appended {
-                        cursor: self.cursor(known.value().0),
-                        duplicate: true,
-                        frame: None,
+                        cursor,
+                        duplicate: frame.is_none(),
+                        frame,
                     });
                     continue;
                 }
                 head += 1;
+                self.in_doubt.remove(&head);
                 let cursor = self.cursor(head);
                 event.cursor = cursor.to_string();
                 let frame = encode_event_frame(event);
@@ -283,7 +347,10 @@ impl RedbJournal {
             meta.insert(BYTES, stored + added_bytes)?;
         }
         self.forget_old_ids(&txn, now)?;
-        txn.commit()?;
+        if let Err(error) = txn.commit() {
+            self.commit_failed(first_new..=head);
+            return Err(error.into());
+        }
         self.head = head;
         Ok(outcomes)
     }
@@ -532,6 +599,8 @@ impl RedbJournal {
         now: u64,
     ) -> Result<Vec<Replicated>, redb::Error> {
         let txn = self.begin_append(db)?;
+        self.settle_doubt(&txn)?;
+        let first_new = self.head + 1;
         let mut head = self.head;
         let mut outcomes = Vec::with_capacity(events.len());
         let mut added_bytes = 0_u64;
@@ -542,10 +611,14 @@ impl RedbJournal {
             for (position, event) in events.iter_mut() {
                 let position = *position;
                 if position <= head {
-                    outcomes.push(Replicated::AlreadyHave);
+                    outcomes.push(match self.take_in_doubt(&table, position)? {
+                        Some(frame) => Replicated::Stored(frame),
+                        None => Replicated::AlreadyHave,
+                    });
                     continue;
                 }
                 head = position;
+                self.in_doubt.remove(&position);
                 if let Some(known) = ids.get(event.id.as_str())? {
                     outcomes.push(Replicated::Duplicate(known.value().0));
                     continue;
@@ -571,7 +644,10 @@ impl RedbJournal {
         meta.insert(REPLICA_HEAD, head)?;
         drop(meta);
         self.forget_old_ids(&txn, now)?;
-        txn.commit()?;
+        if let Err(error) = txn.commit() {
+            self.commit_failed(first_new..=head);
+            return Err(error.into());
+        }
         self.head = head;
         Ok(outcomes)
     }
@@ -978,6 +1054,52 @@ mod tests {
             .unwrap();
         assert_eq!((out[0].cursor.position, out[0].duplicate), (2, true));
         assert_eq!((out[1].cursor.position, out[1].duplicate), (3, false));
+    }
+
+    #[test]
+    fn a_batch_whose_failed_commit_reached_the_file_is_delivered_when_sent_again() {
+        let dir = Dir::new("in-doubt");
+        let mut journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
+        journal.append(&mut [event("a", "u1")]).unwrap();
+        // A commit that reported failure after its pages reached the file: stored, but its
+        // submitters were told it failed, and the writer's head went back.
+        let landed = journal
+            .append(&mut [event("b", "u1"), event("c", "u1")])
+            .unwrap();
+        journal.head = 1;
+        journal.commit_failed(2..=3);
+        // Sent again (the ingest's retry): delivered as new, at the positions it has, from the
+        // stored records; then a new event goes after them, overwriting nothing.
+        let mut again = [event("b", "u1"), event("c", "u1"), event("d", "u1")];
+        let out = journal.append(&mut again).unwrap();
+        assert_eq!(
+            out.iter()
+                .map(|a| (a.cursor.position, a.duplicate))
+                .collect::<Vec<_>>(),
+            [(2, false), (3, false), (4, false)]
+        );
+        assert_eq!(out[0].frame, landed[0].frame);
+        assert_eq!(again[1].cursor, landed[1].cursor.to_string());
+        // Once delivered, a re-send is a duplicate as usual.
+        let out = journal.append(&mut [event("b", "u1")]).unwrap();
+        assert!(out[0].duplicate);
+        let stored = read_after(journal.reader().as_ref(), 0, 10);
+        assert_eq!(
+            stored.iter().map(|e| e.position).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+    }
+
+    #[test]
+    fn positions_of_a_failed_commit_that_did_not_reach_the_file_are_given_again() {
+        let dir = Dir::new("in-doubt-lost");
+        let mut journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
+        journal.append(&mut [event("a", "u1")]).unwrap();
+        // Positions 2 and 3 were written by a failed commit that did not land.
+        journal.commit_failed(2..=3);
+        let out = journal.append(&mut [event("x", "u1")]).unwrap();
+        assert_eq!((out[0].cursor.position, out[0].duplicate), (2, false));
+        assert!(journal.in_doubt.is_empty(), "{:?}", journal.in_doubt);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod amqp;
 pub mod otlp;
 pub mod process;
+pub mod tmpfs;
 
 use std::{net::SocketAddr, time::Duration};
 
