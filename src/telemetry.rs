@@ -93,6 +93,10 @@ pub struct Metrics {
     pub connections: ConnectionMetrics,
     /// `notify_journal_writer`: 1 while this node writes the cluster's journal stream.
     pub journal_writer: Gauge,
+    /// `notify_unreadable_events_total`: stored events a read (a history page, a replay) could
+    /// not decode, counted at each read (each is served without its payload, its position
+    /// logged).
+    pub unreadable_events: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -296,8 +300,15 @@ impl Metrics {
             "1 while this node writes the cluster's journal stream (cluster mode)",
             journal_writer.clone(),
         );
+        let unreadable_events = Counter::default();
+        registry.register(
+            "unreadable_events",
+            "Stored events a read could not decode (served without their payload)",
+            unreadable_events.clone(),
+        );
         Self {
             journal_writer,
+            unreadable_events,
             ingest,
             connections,
             registry: Mutex::new(registry),
