@@ -95,6 +95,10 @@ pub struct Metrics {
     pub journal_writer: Gauge,
     /// `notify_journal_writable`, `notify_journal_unwritable_total`: the journal's health.
     pub journal: JournalMetrics,
+    /// `notify_unreadable_events_total`: stored events a read (a history page, a replay) could
+    /// not decode, counted at each read (each is served without its payload, its position
+    /// logged).
+    pub unreadable_events: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -331,9 +335,16 @@ impl Metrics {
             "1 while this node writes the cluster's journal stream (cluster mode)",
             journal_writer.clone(),
         );
+        let unreadable_events = Counter::default();
+        registry.register(
+            "unreadable_events",
+            "Stored events a read could not decode (served without their payload)",
+            unreadable_events.clone(),
+        );
         Self {
             journal_writer,
             journal,
+            unreadable_events,
             ingest,
             connections,
             registry: Mutex::new(registry),

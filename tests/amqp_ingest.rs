@@ -224,6 +224,73 @@ async fn poison_is_dead_lettered_with_its_reason_and_the_next_good_message_flows
     producer.clean_up(&[&names]).await;
 }
 
+/// The hardening issue's reproduction: an untyped event nested 61 levels deep was accepted,
+/// became a frame no protobuf decoder takes (level 123), and broke every stream it reached, the
+/// admin firehose first, at every resume. And an event for the user `*`, the firehose's
+/// selector, was accepted too. Both are dead-lettered now, each with its reason and the field at
+/// fault, and the admin's stream goes on: the sentinel behind them is the next event it gets.
+#[tokio::test]
+async fn a_body_nested_too_deep_and_an_event_for_user_star_are_dead_lettered() {
+    let names = Names::unique("too-deep");
+    let producer = Producer::connect().await;
+    let server = TestServer::start_amqp(&names, |_| {}).await;
+    let mut client = server.client().await;
+    let mut admin = subscribe(&mut client, request("*")).await;
+
+    let deep = format!(
+        r#"{{"userId":"u1","x":{}{}}}"#,
+        "[".repeat(60),
+        "]".repeat(60)
+    );
+    // `x` is at level 2; the first array past the 24 levels allowed is 23 arrays below it.
+    let deep_field = format!("x{}", "[0]".repeat(schema::MAX_BODY_DEPTH - 1));
+    let poison: [(&str, Vec<u8>, &str, &str); 3] = [
+        (
+            "billing.anything",
+            deep.into_bytes(),
+            "too_deep",
+            &deep_field,
+        ),
+        (
+            "device.error",
+            device_error("for-star", "*", "d1").into_bytes(),
+            "invalid_field",
+            "payload.userId",
+        ),
+        (
+            "app.anything",
+            br#"{"userId":"*"}"#.to_vec(),
+            "invalid_field",
+            "userId",
+        ),
+    ];
+    for (routing_key, body, _, _) in &poison {
+        producer.publish(&names.exchange, routing_key, body).await;
+    }
+    let sentinel = device_error("after-poison", "u1", "d1");
+    producer
+        .publish(&names.exchange, "device.error", sentinel.as_bytes())
+        .await;
+    assert_next_is(&mut admin, "after-poison", "the admin firehose").await;
+
+    let dead = producer.take(&names.dead_letter_queue, poison.len()).await;
+    assert_eq!(dead.len(), poison.len());
+    for ((routing_key, body, reason, field), letter) in poison.iter().zip(&dead) {
+        assert_eq!(&letter.routing_key, routing_key);
+        assert_eq!(letter.reason.as_deref(), Some(*reason), "{letter:?}");
+        assert_eq!(letter.field.as_deref(), Some(*field), "{letter:?}");
+        assert_eq!(&letter.body, body);
+    }
+    assert_eq!(
+        server
+            .metric("notify_ingest_dead_lettered_total{reason=\"too_deep\"}")
+            .await,
+        1.0
+    );
+    server.stop_within(PATIENCE).await;
+    producer.clean_up(&[&names]).await;
+}
+
 #[tokio::test]
 async fn two_nodes_on_one_broker_each_receive_every_event() {
     let names_a = Names::unique("two-nodes");

@@ -173,3 +173,80 @@ async fn bad_subscriptions_are_refused_with_the_field_at_fault() {
         );
     }
 }
+
+/// A body nested deeper than clients' protobuf decoders take once it is a `Struct`, and an event
+/// for the user `*` (the firehose's selector), were accepted and delivered: the first broke
+/// every stream it reached. Both are refused with the field at fault, JSON or typed, and nothing
+/// of them reaches the admin firehose (the sentinel behind them is the next event there).
+#[tokio::test]
+async fn a_body_nested_too_deep_and_an_event_for_user_star_are_refused_naming_the_field() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let mut firehose = subscribe(&mut client, request("*")).await;
+
+    let deep = format!(
+        r#"{{"userId":"u1","x":{}{}}}"#,
+        "[".repeat(60),
+        "]".repeat(60)
+    );
+    let deep_field = format!(
+        "x{}",
+        "[0]".repeat(notify_backbone::schema::MAX_BODY_DEPTH - 1)
+    );
+    expect_invalid(&mut client, json("billing.anything", &deep), &deep_field).await;
+    expect_invalid(
+        &mut client,
+        json("device.error", &device_error("for-star", "*", "d1")),
+        "payload.userId",
+    )
+    .await;
+    let typed_for_star = pb::PublishRequest {
+        routing_key: "device.started".into(),
+        body: Some(Body::Event(pb::Event {
+            user_id: "*".into(),
+            device_id: "d1".into(),
+            payload: Some(pb::event::Payload::DeviceStarted(Default::default())),
+            ..Default::default()
+        })),
+    };
+    expect_invalid(&mut client, typed_for_star, "user_id").await;
+    // A typed `Struct` as deep as the JSON above: bounded in protobuf levels.
+    let mut value = prost_types::Value {
+        kind: Some(prost_types::value::Kind::ListValue(Default::default())),
+    };
+    for _ in 1..45 {
+        value = prost_types::Value {
+            kind: Some(prost_types::value::Kind::ListValue(
+                prost_types::ListValue {
+                    values: vec![value],
+                },
+            )),
+        };
+    }
+    let typed_deep = pb::PublishRequest {
+        routing_key: "billing.anything".into(),
+        body: Some(Body::Event(pb::Event {
+            user_id: "u1".into(),
+            payload: Some(pb::event::Payload::Untyped(prost_types::Struct {
+                fields: [("x".to_owned(), value)].into(),
+            })),
+            ..Default::default()
+        })),
+    };
+    expect_invalid(&mut client, typed_deep, "untyped").await;
+
+    publish_json(
+        &mut client,
+        "device.error",
+        &device_error("after-refusals", "u1", "d1"),
+    )
+    .await
+    .unwrap();
+    assert_next_is(&mut firehose, "after-refusals", "the admin firehose").await;
+    assert_eq!(
+        server
+            .metric("notify_rejected_total{reason=\"too_deep\"}")
+            .await,
+        2.0
+    );
+}

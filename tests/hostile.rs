@@ -492,12 +492,14 @@ async fn a_token_that_expires_after_the_end_of_time_is_no_panic() {
 }
 
 /// A token whose subject is `*` was put in the firehose's routing list, and only the final
-/// visibility check kept other users' events from it (so this test held before the fix too;
-/// the routing itself is checked by `grpc::service`'s unit test): it is the user `*`, nothing
-/// more.
+/// visibility check kept other users' events from it (the routing itself is checked by
+/// `grpc::service`'s unit test): it is the user `*`, nothing more. And no event can be for that
+/// "user": producers could publish for `*`, the firehose's selector, on both paths; now both
+/// refuse it (the AMQP path: `tests/amqp_ingest.rs`).
 #[tokio::test]
-async fn a_subject_named_like_a_wildcard_sees_only_its_own_events() {
-    let server = TestServer::start().await;
+async fn a_subject_named_like_a_wildcard_sees_no_one_elses_events_and_none_is_published_for_it() {
+    let server =
+        TestServer::start_with(|c| c.heartbeat_interval = Duration::from_millis(200)).await;
     let mut client = server.client().await;
     let star = token("*", &["user"]);
     let mut stream = client
@@ -506,17 +508,28 @@ async fn a_subject_named_like_a_wildcard_sees_only_its_own_events() {
         .unwrap()
         .into_inner();
     assert!(matches!(next_kind(&mut stream).await, Kind::CaughtUp(_)));
-    publish_json(
+    let others = publish_json(
         &mut client,
         "device.error",
         &device_error("others", "u1", "d1"),
     )
     .await
     .unwrap();
-    publish_json(&mut client, "device.error", &device_error("own", "*", "d1"))
+    let status = publish_json(&mut client, "device.error", &device_error("own", "*", "d1"))
         .await
-        .unwrap();
-    assert_next_is(&mut stream, "own", "the user `*`").await;
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("payload.userId"), "{status:?}");
+    // The sentinel: a heartbeat at or past the other user's event means the stream went past it
+    // (a heartbeat goes only to a stream with nothing queued, at the head it has reached).
+    let others = Cursor::parse(&others.cursor).unwrap();
+    loop {
+        match next_kind(&mut stream).await {
+            Kind::Heartbeat(beat) if Cursor::parse(&beat.cursor).unwrap() >= others => break,
+            Kind::Heartbeat(_) => continue,
+            other => panic!("the user `*` got {other:?}"),
+        }
+    }
     // And it cannot ask for the firehose by name.
     let status = client
         .subscribe(with_token(request("*"), &star))
@@ -581,6 +594,119 @@ async fn a_truncated_journal_stops_start_up_with_the_reason() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("--data-dir"), "{stderr}");
     assert!(stderr.contains("damaged"), "{stderr}");
+}
+
+/// An untyped event an older server stored with its body nested too deep for protobuf decoders
+/// (60 nested arrays: level 123 in its `SubscribeResponse`) was left out of every history page
+/// without a word, and stopped every stream resuming over it, at every resume. Now the page
+/// holds it without its payload and goes on, the replay sends it the same way, and each read is
+/// counted in `notify_unreadable_events_total` (and logged).
+#[tokio::test]
+async fn a_stored_event_too_deep_to_decode_is_served_without_its_payload_on_every_read_path() {
+    let data = DataDir::new();
+    let epoch = {
+        let mut journal = RedbJournal::open(JournalSettings {
+            dir: data.0.clone(),
+            durability: Durability::EveryCommit,
+            dedupe_window: Duration::from_secs(60),
+            cache_bytes: 1 << 20,
+        })
+        .unwrap();
+        let mut value = prost_types::Value {
+            kind: Some(prost_types::value::Kind::ListValue(Default::default())),
+        };
+        for _ in 1..60 {
+            value = prost_types::Value {
+                kind: Some(prost_types::value::Kind::ListValue(
+                    prost_types::ListValue {
+                        values: vec![value],
+                    },
+                )),
+            };
+        }
+        let event = |id: &str, r#type: &str, payload| pb::Event {
+            id: id.into(),
+            r#type: r#type.into(),
+            user_id: "u1".into(),
+            payload: Some(payload),
+            ..Default::default()
+        };
+        let mut events = vec![
+            event(
+                "before",
+                "device.started",
+                pb::event::Payload::DeviceStarted(Default::default()),
+            ),
+            event(
+                "deep",
+                "billing.anything",
+                pb::event::Payload::Untyped(prost_types::Struct {
+                    fields: [("x".to_owned(), value)].into(),
+                }),
+            ),
+            event(
+                "after",
+                "device.started",
+                pb::event::Payload::DeviceStarted(Default::default()),
+            ),
+        ];
+        journal.append(&mut events).unwrap();
+        journal.head().epoch
+    };
+    let server = TestServer::restart_on(&data, |_| {}).await;
+    let mut client = server.client().await;
+    let u1 = token("u1", &["user"]);
+    let list = |after: String| pb::ListEventsRequest {
+        after,
+        limit: 2,
+        ..Default::default()
+    };
+    let page = client
+        .list_events(with_token(list(String::new()), &u1))
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<_> = page.events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["before", "deep"]);
+    let deep = &page.events[1];
+    assert_eq!(
+        (deep.payload.as_ref(), deep.r#type.as_str()),
+        (None, "billing.anything")
+    );
+    let page = client
+        .list_events(with_token(list(page.next_cursor), &u1))
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<_> = page.events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["after"]);
+    assert!(page.end);
+    assert_eq!(server.metric("notify_unreadable_events_total").await, 1.0);
+
+    let resume = pb::SubscribeRequest {
+        resume_after: Cursor { epoch, position: 0 }.to_string(),
+        ..Default::default()
+    };
+    let mut stream = client
+        .subscribe(with_token(resume, &u1))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let event = next_event(&mut stream).await;
+        ids.push((event.id, event.payload.is_some()));
+    }
+    assert_eq!(
+        ids,
+        [
+            ("before".to_owned(), true),
+            ("deep".to_owned(), false),
+            ("after".to_owned(), true)
+        ]
+    );
+    assert!(matches!(next_kind(&mut stream).await, Kind::CaughtUp(_)));
+    assert_eq!(server.metric("notify_unreadable_events_total").await, 2.0);
 }
 
 /// With stderr a closed pipe (`serve 2>&1 | head -1`, a log collector that died), the first

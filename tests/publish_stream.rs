@@ -232,3 +232,40 @@ async fn the_stream_ends_unauthenticated_when_its_token_expires() {
     );
     drop(requests);
 }
+
+/// On a `PublishStream` too: a body nested too deep and an event for the user `*` are each
+/// answered with `INVALID_ARGUMENT`, their reason and the field at fault, and the stream goes on.
+#[tokio::test]
+async fn a_body_nested_too_deep_and_an_event_for_user_star_are_refused_and_the_stream_goes_on() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let (requests, mut answers) = open(&mut client, &service_token()).await.unwrap();
+    let deep = format!(
+        r#"{{"userId":"u1","x":{}{}}}"#,
+        "[".repeat(60),
+        "]".repeat(60)
+    );
+    for request in [
+        json("billing.anything", &deep),
+        json("device.error", &device_error("for-star", "*", "d1")),
+        json("device.error", &device_error("fine", "u1", "d1")),
+    ] {
+        requests.send(request).await.unwrap();
+    }
+    drop(requests);
+    let too_deep = refused(next_answer(&mut answers).await);
+    assert_eq!(
+        (too_deep.code, too_deep.reason.as_str()),
+        (Code::InvalidArgument as i32, "too_deep"),
+        "{too_deep:?}"
+    );
+    assert!(too_deep.message.contains("x[0][0]"), "{too_deep:?}");
+    let for_star = refused(next_answer(&mut answers).await);
+    assert_eq!(
+        (for_star.code, for_star.reason.as_str()),
+        (Code::InvalidArgument as i32, "invalid_field"),
+        "{for_star:?}"
+    );
+    assert!(for_star.message.contains("payload.userId"), "{for_star:?}");
+    assert_eq!(published(next_answer(&mut answers).await).id, "fine");
+}

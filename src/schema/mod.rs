@@ -3,7 +3,8 @@
 //!
 //! Owns: routing-key and field aliases, body shapes A–D, exact money, timestamps, event ids,
 //! deriving admin notices, and the bounds every accepted event keeps (the grammar of event types,
-//! the length of ids, `--max-event-bytes`), so that every ingest path applies the same ones.
+//! the length of ids, no user `*`, the nesting clients can decode, `--max-event-bytes`), so
+//! that every ingest path applies the same ones.
 //! Does not own: I/O of any kind, cursors (the journal assigns them), or who may see an event
 //! (`auth`).
 //! Everything here is a pure function, so it is unit tested from fixtures and fuzzable.
@@ -16,6 +17,7 @@ mod fields;
 mod id;
 mod json_struct;
 mod money;
+mod nesting;
 mod routing;
 mod typed;
 
@@ -74,6 +76,11 @@ pub const MAX_EVENT_BYTES_CEILING: usize = 4 * 1024 * 1024 - 64 * 1024;
 /// The longest event id, user id and device id accepted, in bytes: the same bound a
 /// subscription's filter has, so every stored id can be asked for.
 pub const MAX_ID_BYTES: usize = 256;
+
+/// The word a subscription's `user_id` uses for every user's events (the firehose). It is never
+/// an event's user: an event stored for it could not be asked for by its user id, and would
+/// reach a token whose subject is `*` as if it were its own.
+pub const FIREHOSE_SELECTOR: &str = "*";
 
 /// W3C trace context: a version-00 `traceparent` is 55 characters (later versions may append
 /// fields), and systems need pass on no more than 512 characters of `tracestate`. These bounds
@@ -168,6 +175,21 @@ pub enum DecodeError {
         /// What is wrong, e.g. `expected a number, got an object`.
         problem: String,
     },
+    /// The body's objects and arrays nest deeper than [`MAX_BODY_DEPTH`], or a typed event's
+    /// `Struct` reaches deeper than [`MAX_EVENT_NESTING`] in its `SubscribeResponse`: clients'
+    /// protobuf decoders would refuse it (see `nesting`).
+    #[error("{field:?} nests {depth} levels deep ({what}); at most {limit} are allowed")]
+    TooDeep {
+        /// The path of the first value past the limit (`x[0][0]`, `payload.extra`), or the
+        /// typed event's field (`untyped`).
+        field: String,
+        /// What the levels count.
+        what: &'static str,
+        /// How deep it nests.
+        depth: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// A typed event whose payload does not match its type.
     #[error("payload does not match event type {event_type:?}")]
     PayloadMismatch {
@@ -193,15 +215,16 @@ impl DecodeError {
             DecodeError::MissingField { .. } => "missing_field",
             DecodeError::InvalidField { .. } => "invalid_field",
             DecodeError::PayloadMismatch { .. } => "payload_mismatch",
+            DecodeError::TooDeep { .. } => "too_deep",
         }
     }
 
     /// The field at fault, where there is one.
     pub fn field(&self) -> Option<&str> {
         match self {
-            DecodeError::MissingField { field } | DecodeError::InvalidField { field, .. } => {
-                Some(field)
-            }
+            DecodeError::MissingField { field }
+            | DecodeError::InvalidField { field, .. }
+            | DecodeError::TooDeep { field, .. } => Some(field),
             _ => None,
         }
     }
@@ -222,6 +245,7 @@ impl DecodeError {
     }
 }
 
+pub use nesting::{DECODER_NESTING_LIMIT, MAX_BODY_DEPTH, MAX_EVENT_NESTING};
 pub use routing::{is_event_type, is_segment};
 
 /// Whether a canonical event type has a typed payload message (`docs/wire-format.md` "Event
@@ -259,6 +283,7 @@ pub fn decode(
     let event_type = routing::canonical(routing_key);
     check_size("body", body.len(), opts)?;
     let root = body::parse(body)?;
+    nesting::check_body(&root)?;
     let body = Body::new(&root);
     let (user_id, device_id) = subject(event_type, route, &body)?;
     let content = match route {
@@ -375,8 +400,10 @@ fn check_size(what: &'static str, size: usize, opts: DecodeOptions) -> Result<()
 }
 
 /// The last checks on an accepted event, then the admin notice it implies. The event's ids
-/// must fit what the journal and a subscriber's filter can hold, and the event, encoded, must
-/// fit the limit too: a protobuf `Struct` can be twice the size of the JSON it came from.
+/// must fit what the journal and a subscriber's filter can hold, its user must not be the
+/// firehose's selector, its `Struct`s must nest within what clients decode, and the event,
+/// encoded, must fit the limit too: a protobuf `Struct` can be twice the size of the JSON it
+/// came from.
 /// `names` are the id, user and device fields as the caller wrote them (`eventId`,
 /// `payload.userId`, or the proto's names for a typed event).
 fn finish(
@@ -397,6 +424,13 @@ fn finish(
             ));
         }
     }
+    if event.user_id == FIREHOSE_SELECTOR {
+        return Err(DecodeError::invalid(
+            user,
+            format!("{FIREHOSE_SELECTOR:?} selects every user's events; it is not a user id"),
+        ));
+    }
+    nesting::check_event(&event)?;
     // Trace context is best effort (a bad one never costs the event): values longer than W3C
     // trace context allows are dropped, not stored and sent to every subscriber.
     if event.traceparent.len() > MAX_TRACEPARENT_BYTES {

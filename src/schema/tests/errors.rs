@@ -168,6 +168,46 @@ fn ids_longer_than_a_filter_can_name_are_invalid() {
     );
 }
 
+/// `*` is the firehose's word in a subscription: an event for that "user" could not be asked
+/// for by its user id, and would reach a token whose subject is `*`. Every shape, every family,
+/// untyped events and `app.*` (where a user is optional) alike.
+#[test]
+fn the_firehose_selector_is_not_a_user_id() {
+    for (key, body, field) in [
+        (
+            "device.started",
+            r#"{"deviceId":"d","userId":"*"}"#,
+            "userId",
+        ),
+        (
+            "device.error",
+            r#"{"payload":{"deviceId":"d","userId":"*","errorType":"x"}}"#,
+            "payload.userId",
+        ),
+        ("billing.anything", r#"{"userId":"*"}"#, "userId"),
+        (
+            "app.installed",
+            r#"{"userId":"*","deviceId":"d","appId":"a"}"#,
+            "userId",
+        ),
+        (
+            "quota.exceeded",
+            r#"{"userId":"*","quotaId":"q"}"#,
+            "userId",
+        ),
+    ] {
+        let error = json_error(key, body);
+        assert_eq!(error.reason(), "invalid_field", "{key}: {error:?}");
+        assert_eq!(error.field(), Some(field), "{key}: {error:?}");
+        assert!(error.to_string().contains("not a user id"), "{error}");
+    }
+    // Only the whole word: ids that merely contain it are ids.
+    for user in ["**", "u*", " *"] {
+        let body = format!(r#"{{"deviceId":"d","userId":"{user}"}}"#);
+        assert!(decode_json("device.started", &body).is_ok(), "{user:?}");
+    }
+}
+
 #[test]
 fn strict_untyped_has_its_reason() {
     let strict = DecodeOptions {
@@ -419,6 +459,12 @@ fn reason_codes_are_distinct_and_snake_case() {
         DecodeError::PayloadMismatch {
             event_type: String::new(),
         },
+        DecodeError::TooDeep {
+            field: "h".into(),
+            what: "levels",
+            depth: 2,
+            limit: 1,
+        },
     ];
     let reasons: std::collections::BTreeSet<&str> =
         errors.iter().map(DecodeError::reason).collect();
@@ -431,6 +477,6 @@ fn reason_codes_are_distinct_and_snake_case() {
     let fields: Vec<Option<&str>> = errors.iter().map(DecodeError::field).collect();
     assert_eq!(
         fields.iter().flatten().copied().collect::<Vec<_>>(),
-        ["f", "g"]
+        ["f", "g", "h"]
     );
 }

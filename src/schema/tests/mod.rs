@@ -6,6 +6,7 @@ mod admin;
 mod decode;
 mod errors;
 mod fixtures;
+mod nesting;
 mod typed;
 
 use std::path::PathBuf;

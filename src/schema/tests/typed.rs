@@ -206,6 +206,17 @@ fn untyped_payloads_only_for_keys_without_a_message_and_not_when_strict() {
     );
 }
 
+/// The firehose's selector is refused as a typed event's user too, and so derives no admin
+/// notice about "user `*`".
+#[test]
+fn a_typed_event_for_the_firehose_selector_is_refused() {
+    let mut event = quota_exceeded();
+    event.user_id = "*".into();
+    let error = accept("", event).expect_err("refused");
+    assert_eq!(error.reason(), "invalid_field");
+    assert_eq!(error.field(), Some("user_id"));
+}
+
 #[test]
 fn per_user_and_per_device_events_need_their_ids() {
     let mut no_user = quota_exceeded();
