@@ -1,11 +1,12 @@
 //! The command-line clients: real gRPC clients on the generated stubs, for people (`subscribe`,
 //! with `--follow` the reference reconnect loop; `history`; `publish`), `token`, which mints
-//! development tokens, `dead-letters`, which lists and replays the broker's dead-letter queue, and
-//! `completions` for shells. The load generator is a crate of its
-//! own (`bench/`, binary `notify-bench`) that uses [`authorized`], [`mint_with`] and
-//! [`secret_or_dev`] from here.
+//! development tokens, `dead-letters`, which lists, replays and drops the broker's dead
+//! letters, and `completions` for shells. The load generator is a crate of its own (`bench/`,
+//! binary `notify-bench`) that uses [`authorized`], [`mint_with`] and [`secret_or_dev`] from
+//! here.
 //!
-//! Owns: argument parsing of the client subcommands and their output formats. Does not own
+//! Owns: argument parsing of the client subcommands, their output formats and how their
+//! failures read (`failure`: a closed connection said plainly, each cause once). Does not own
 //! anything of the server; these talk to it over the network like any other client
 //! (`dead-letters` talks to the broker, through `ingest::dead_letter_queue`).
 
