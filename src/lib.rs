@@ -8,7 +8,7 @@
 //! | [`pb`]        | the generated protobuf types of `proto/` (the public contract)            |
 //! | [`schema`]    | producer JSON (every wire shape) or a typed event → validated `pb::Event`  |
 //! | [`ingest`]    | AMQP: topology, consume, ack after acceptance, dead letters, reconnect;   |
-//! |               | listing and replaying the dead-letter queue                               |
+//! |               | listing, replaying and dropping dead letters                              |
 //! | [`store`]     | the journal: positions, cursors, dedupe by event id                       |
 //! | [`sequencer`] | the single writer: journal append in batches, then hand-off to the hub    |
 //! | [`cluster`]   | cluster mode: the journal on a RabbitMQ stream, every node's replica and   |

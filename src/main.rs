@@ -29,9 +29,10 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            // The chain on one line, never anyhow's debug form: that one prints a backtrace
-            // whenever RUST_BACKTRACE is set, which turns every refusal into a page of frames.
-            eprintln!("notify-backbone: error: {error:#}");
+            // The chain on one line, each cause once, never anyhow's debug form: that one
+            // prints a backtrace whenever RUST_BACKTRACE is set, which turns every refusal into
+            // a page of frames.
+            eprintln!("notify-backbone: error: {}", client::one_line(&error));
             ExitCode::FAILURE
         }
     }

@@ -617,7 +617,9 @@ async fn subscribe_follow_reconnects_and_resumes_across_a_restart() {
 }
 
 /// `history` pages through `ListEvents`: oldest first by default, or newest first up to `--max`,
-/// and says on stderr where to continue.
+/// and says on stderr where to continue, and where to go live from: the journal's head (the
+/// newest event here), in both orders, never the journal's start (following that would replay
+/// everything again).
 #[tokio::test]
 async fn history_pages_through_the_stored_events() {
     let server = TestServer::start().await;
@@ -642,16 +644,17 @@ async fn history_pages_through_the_stored_events() {
             .await
             .unwrap()
     };
-    let ids = |output: &std::process::Output| -> Vec<String> {
+    let field = |output: &std::process::Output, name: &str| -> Vec<String> {
         assert!(output.status.success(), "{output:?}");
         String::from_utf8_lossy(&output.stdout)
             .lines()
             .map(|line| {
                 let event: serde_json::Value = serde_json::from_str(line).unwrap();
-                event["id"].as_str().unwrap().to_owned()
+                event[name].as_str().unwrap().to_owned()
             })
             .collect()
     };
+    let ids = |output: &std::process::Output| field(output, "id");
     let all = history(&[]).await;
     assert_eq!(
         ids(&all),
@@ -663,8 +666,18 @@ async fn history_pages_through_the_stored_events() {
             "history-4"
         ]
     );
+    let newest_cursor = field(&all, "cursor").pop().unwrap();
+    let go_live = format!("go live with: subscribe --resume-after {newest_cursor})");
     let said = String::from_utf8_lossy(&all.stderr);
     assert!(said.contains("5 events; the end"), "{said}");
+    assert!(said.contains(&go_live), "{said}");
+
+    // Newest first to the end (three pages): the first page's head, not the oldest event.
+    let everything = history(&["--newest-first"]).await;
+    assert_eq!(ids(&everything).len(), 5);
+    let said = String::from_utf8_lossy(&everything.stderr);
+    assert!(said.contains("5 events; the end"), "{said}");
+    assert!(said.contains(&go_live), "{said}");
 
     let newest = history(&["--newest-first", "--max", "3"]).await;
     assert_eq!(ids(&newest), ["history-4", "history-3", "history-2"]);
@@ -672,11 +685,24 @@ async fn history_pages_through_the_stored_events() {
     let from = said
         .split("more with: history --newest-first --from ")
         .nth(1)
+        .and_then(|rest| rest.split(';').next())
         .unwrap_or_else(|| panic!("no way to continue: {said}"))
         .trim()
         .to_owned();
+    assert!(
+        said.contains(&format!(
+            "; or go live with: subscribe --resume-after {newest_cursor}\n"
+        )),
+        "{said}"
+    );
     let rest = history(&["--newest-first", "--from", &from]).await;
     assert_eq!(ids(&rest), ["history-1", "history-0"]);
+    // A continuation does not know where the first run's head was: it names none.
+    let said = String::from_utf8_lossy(&rest.stderr);
+    assert!(
+        said.contains("2 events; the end") && !said.contains("go live"),
+        "{said}"
+    );
     server.stop_within(PATIENCE).await;
 }
 
@@ -699,4 +725,106 @@ fn completions_cover_the_subcommands_in_every_shell() {
         .output()
         .unwrap();
     assert_eq!(unknown.status.code(), Some(2));
+}
+
+/// A server over its `--max-connections` accepts a connection and closes it at once: the clients
+/// say that the server closed the connection, not `Unknown: transport error` (or `Cancelled`),
+/// and `subscribe --follow` takes it for a reason to try again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_server_closes_at_its_cap_is_said_to_be_closed() {
+    let server = TestServer::start_with(|c| c.max_connections = 1).await;
+    // The one connection the cap allows, held open (and past its handshake) for the whole test.
+    let mut held = server.client().await;
+    let request = notify_backbone::pb::ListEventsRequest::default();
+    held.list_events(with_token(request, &token("u-cap", &[])))
+        .await
+        .unwrap();
+    let url = server.url();
+    let run = async |args: &[&str]| {
+        tokio::process::Command::new(BIN)
+            .args(args)
+            .args(["--server", &url])
+            .env("NOTIFY_TOKEN", token("u-cap", &[]))
+            .env("RUST_LOG", "off")
+            .output()
+            .await
+            .unwrap()
+    };
+    let publish = ["publish", "device.error", "{}"];
+    for args in [&["history"][..], &["subscribe"][..], &publish[..]] {
+        let output = run(args).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("notify-backbone: error: the server closed the connection before answering (likely at its connection limit)"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("transport error") && !stderr.contains("Cancelled"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // --follow tries again (a closed connection is worth another try) and says why.
+    let mut follower = tokio::process::Command::new(BIN)
+        .args(["subscribe", "--follow", "--server", &url])
+        .env("NOTIFY_TOKEN", token("u-cap", &[]))
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut errors = BufReader::new(follower.stderr.take().unwrap()).lines();
+    let said = tokio::time::timeout(PATIENCE, errors.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        said.starts_with("subscribe: the server closed the connection before answering")
+            && said.contains("reconnecting in"),
+        "{said}"
+    );
+    drop(held);
+    server.stop_within(PATIENCE).await;
+}
+
+/// An unreachable server is said once per cause: `cannot connect to …: transport error: tcp
+/// connect error: Connection refused`, not `tcp connect error: tcp connect error: …` (tonic's
+/// connect error shows its source's message and returns it as its source too).
+#[tokio::test]
+async fn subscribe_follow_says_each_cause_of_an_unreachable_server_once() {
+    // A port nothing listens on: bound, then let go.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let mut follower = tokio::process::Command::new(BIN)
+        .args(["subscribe", "--follow", "--server", &url])
+        .env("NOTIFY_TOKEN", token("u-closed", &[]))
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut errors = BufReader::new(follower.stderr.take().unwrap()).lines();
+    let said = tokio::time::timeout(PATIENCE, errors.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let reason = said
+        .strip_prefix("subscribe: ")
+        .and_then(|rest| rest.split("; reconnecting in").next())
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(
+        reason.starts_with(&format!("cannot connect to {url}: ")),
+        "{said}"
+    );
+    let causes: Vec<&str> = reason.split(": ").collect();
+    for pair in causes.windows(2) {
+        assert_ne!(pair[0], pair[1], "a cause said twice: {said}");
+    }
+    let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused).to_string();
+    assert!(
+        said.to_lowercase().contains(&refused.to_lowercase()),
+        "{said}"
+    );
 }

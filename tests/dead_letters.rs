@@ -1,6 +1,7 @@
-//! `notify-backbone dead-letters list` and `replay` through the binary, against the real broker:
-//! poison dead-lettered by a real node, listed without being removed, replayed once each to
-//! where it came from or into a node's queue, and kept when it cannot go.
+//! `notify-backbone dead-letters list`, `replay` and `drop` through the binary, against the real
+//! broker: poison dead-lettered by a real node, listed without being removed, replayed once each
+//! to where it came from or into a node's queue, and kept when it cannot go; chosen by reason,
+//! routing key or refusing node; dropped only at the expected count.
 #![allow(clippy::unwrap_used)] // a panic is how a test reports failure
 
 mod support;
@@ -190,6 +191,17 @@ async fn list_shows_why_each_was_refused_and_removes_nothing() {
     assert!(stderr.contains("does not exist"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 
+    // The queue named the way `serve` names it: one command line's words work for both.
+    let serve_spelling = tokio::process::Command::new(BIN)
+        .args(["dead-letters", "list", "--amqp-url", &amqp_url()])
+        .args(["--dead-letter-queue", &names.dead_letter_queue])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8(serve_spelling.stderr).unwrap();
+    assert_eq!(serve_spelling.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("3 shown (all) of 3"), "{stderr}");
+
     server.stop_within(PATIENCE).await;
     let _ = producer
         .channel
@@ -339,5 +351,208 @@ async fn replay_sends_the_chosen_back_once_each_and_keeps_what_cannot_go() {
         .await;
     assert_next_is(&mut user, "dl-sentinel", "u-replay").await;
     fixed.stop_within(PATIENCE).await;
+    producer.clean_up(&[&names]).await;
+}
+
+/// `drop` discards what can never be fixed, choosing as `replay` does, and only when `--expect`
+/// says how many the selection matches: any other count removes nothing and says how many
+/// match. The queue can be named as `serve` names it (`--dead-letter-queue`) as well as
+/// `--queue`.
+#[tokio::test]
+async fn drop_discards_the_chosen_only_at_the_expected_count() {
+    let names = Names::unique("dl-drop");
+    let producer = Producer::connect().await;
+    let server = TestServer::start_amqp(&names, |_| {}).await;
+    producer
+        .publish(&names.exchange, "device.started", b"{not json")
+        .await;
+    let missing_user = br#"{"eventId":"e1","eventType":"device.error","payload":{"deviceId":"d1","errorType":"x","errorMessage":"y"},"_trace":{}}"#;
+    producer
+        .publish(&names.exchange, "device.error", missing_user)
+        .await;
+    producer
+        .publish(&names.exchange, "billing.payment_success", b"{nope")
+        .await;
+    wait_ready(&producer, &names.dead_letter_queue, 3).await;
+    let reasons = |run: &Run| -> Vec<String> {
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        run.json_lines()
+            .iter()
+            .map(|letter| letter["reason"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // A count that is not the selection's: nothing goes, and it says how many would have.
+    let run = dead_letters(&names, &["drop", "--reason", "not_json", "--expect", "1"]).await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr
+            .contains("nothing dropped: 2 match (reason not_json) of 3"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stdout.lines().count(), 2, "{}", run.stdout);
+    assert!(
+        run.stdout
+            .starts_with("chosen: #1 device.started (not_json), refused by node "),
+        "{}",
+        run.stdout
+    );
+    wait_ready(&producer, &names.dead_letter_queue, 3).await;
+    let run = dead_letters(&names, &["list", "--json"]).await;
+    assert_eq!(reasons(&run), ["not_json", "missing_field", "not_json"]);
+    // Choosing is required, and so is the count: usage errors, nothing moves.
+    for args in [&["drop", "--expect", "3"][..], &["drop", "--all"][..]] {
+        let run = dead_letters(&names, args).await;
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+    }
+
+    // The right count, the queue named the way `serve` names it.
+    let output = tokio::process::Command::new(BIN)
+        .args([
+            "dead-letters",
+            "drop",
+            "--reason",
+            "not_json",
+            "--expect",
+            "2",
+        ])
+        .args(["--amqp-url", &amqp_url()])
+        .args(["--dead-letter-queue", &names.dead_letter_queue])
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("2 dropped (reason not_json) of 3"),
+        "{stderr}"
+    );
+    wait_ready(&producer, &names.dead_letter_queue, 1).await;
+    let run = dead_letters(&names, &["list", "--json"]).await;
+    assert_eq!(reasons(&run), ["missing_field"]);
+
+    server.stop_within(PATIENCE).await;
+    producer.clean_up(&[&names]).await;
+}
+
+/// `--node` chooses by the node that refused a message (`x-notify-node`), for `list`, `replay`
+/// and `drop` alike; a message the broker dead-lettered by itself names no node. Two nodes
+/// consume the same exchange here, so each poison message is refused twice, once by each.
+#[tokio::test]
+async fn node_chooses_what_one_node_refused() {
+    let names = Names::unique("dl-node");
+    let other = names.other_node("b");
+    let producer = Producer::connect().await;
+    let first = TestServer::start_amqp(&names, |_| {}).await;
+    let second = TestServer::start_amqp(&other, |_| {}).await;
+    producer
+        .publish(&names.exchange, "device.started", b"{not json")
+        .await;
+    wait_ready(&producer, &names.dead_letter_queue, 2).await;
+    let refused_by = |run: &Run| -> Vec<String> {
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        run.json_lines()
+            .iter()
+            .map(|letter| letter["refusedBy"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let by = |names: &Names| format!("node {}", names.node_id);
+
+    let run = dead_letters(&names, &["list", "--json", "--node", &other.node_id]).await;
+    assert_eq!(refused_by(&run), [by(&other)]);
+    assert!(
+        run.stderr
+            .contains(&format!("1 shown (node {}) of 2", other.node_id)),
+        "{}",
+        run.stderr
+    );
+    let both = format!("{},{}", names.node_id, other.node_id);
+    let run = dead_letters(&names, &["list", "--json", "--node", &both]).await;
+    assert_eq!(refused_by(&run).len(), 2, "{}", run.stdout);
+
+    // The first node's copy replayed into a queue that dead-letters at once: it comes back as
+    // the broker's, which no node selects.
+    let bounce = expiring_queue(&producer, &names, "bounce").await;
+    let run = dead_letters(
+        &names,
+        &["replay", "--node", &names.node_id, "--to-queue", &bounce],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout.lines().count(), 1, "{}", run.stdout);
+    wait_ready(&producer, &names.dead_letter_queue, 2).await;
+    let run = dead_letters(&names, &["list", "--json"]).await;
+    assert_eq!(
+        refused_by(&run),
+        [by(&other), format!("the broker, in queue {bounce}")]
+    );
+    let run = dead_letters(&names, &["list", "--node", &names.node_id]).await;
+    assert_eq!(run.stdout, "");
+    assert!(run.stderr.contains("0 shown"), "{}", run.stderr);
+
+    let run = dead_letters(&names, &["drop", "--node", &other.node_id, "--expect", "1"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("1 dropped (node {}) of 2", other.node_id)),
+        "{}",
+        run.stderr
+    );
+    wait_ready(&producer, &names.dead_letter_queue, 1).await;
+    let run = dead_letters(&names, &["list", "--json"]).await;
+    assert_eq!(refused_by(&run), [format!("the broker, in queue {bounce}")]);
+
+    first.stop_within(PATIENCE).await;
+    second.stop_within(PATIENCE).await;
+    let _ = producer
+        .channel
+        .queue_delete(bounce.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    producer.clean_up(&[&names, &other]).await;
+}
+
+/// A dead letter replayed straight into a node's queue arrives through the default exchange,
+/// which names none. Refused again, it still says where it came from: `list` shows the
+/// producers' exchange, and a later replay goes back there.
+#[tokio::test]
+async fn a_dead_letter_replayed_into_a_node_and_refused_again_keeps_its_exchange() {
+    let names = Names::unique("dl-home");
+    let producer = Producer::connect().await;
+    // Still refused after the replay: --strict-schema stays on.
+    let strict = TestServer::start_amqp(&names, |config| config.strict_schema = true).await;
+    let body = r#"{"userId":"u-home","refundId":"r1","_trace":{}}"#;
+    producer
+        .publish(&names.exchange, "billing.refund_issued", body.as_bytes())
+        .await;
+    wait_ready(&producer, &names.dead_letter_queue, 1).await;
+
+    let run = dead_letters(&names, &["replay", "--all", "--to-node", &names.node_id]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // The replayed one was removed before the run ended: this is the node's new copy.
+    wait_ready(&producer, &names.dead_letter_queue, 1).await;
+    let run = dead_letters(&names, &["list", "--json"]).await;
+    let letters = run.json_lines();
+    assert_eq!(letters.len(), 1, "{}", run.stdout);
+    assert_eq!(letters[0]["replays"], 1, "{}", letters[0]);
+    assert_eq!(letters[0]["reason"], "untyped_strict");
+    assert_eq!(letters[0]["routingKey"], "billing.refund_issued");
+    assert_eq!(
+        letters[0]["refusedBy"],
+        format!("node {}", names.node_id).as_str()
+    );
+    assert_eq!(letters[0]["exchange"], names.exchange.as_str());
+
+    let run = dead_letters(&names, &["replay", "--reason", "untyped_strict"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stdout,
+        format!(
+            "replayed: #1 billing.refund_issued (untyped_strict) to exchange {}\n",
+            names.exchange
+        )
+    );
+    strict.stop_within(PATIENCE).await;
     producer.clean_up(&[&names]).await;
 }

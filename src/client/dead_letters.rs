@@ -1,8 +1,9 @@
-//! `dead-letters list` and `dead-letters replay`: the dead-letter queue for operators, with no
+//! `dead-letters list`, `replay` and `drop`: the dead-letter queue for operators, with no
 //! management plugin needed.
 //!
 //! Owns: the flags and the output. The broker work (reading the reason headers, holding and
-//! requeueing, replaying with confirms, each once) is `ingest::dead_letter_queue`'s.
+//! requeueing, replaying with confirms, each once, discarding all or none) is
+//! `ingest::dead_letter_queue`'s.
 
 use std::io::Write as _;
 
@@ -33,9 +34,13 @@ pub enum DeadLettersCommand {
     List(ListArgs),
     /// Send chosen dead letters back to where they were first published (or into one node's
     /// queue), each once; only those the broker confirmed are removed. Choose them with
-    /// --reason and/or --routing-key, or --all. `list` with the same filters shows what would
-    /// go.
+    /// --reason, --routing-key and/or --node, or --all. `list` with the same filters shows
+    /// what would go.
     Replay(ReplayArgs),
+    /// Discard chosen dead letters that can never be fixed: removed for good, and only if
+    /// --expect says how many the selection matches (`list` with the same filters counts
+    /// them); otherwise nothing is removed. Choose them as for `replay`.
+    Drop(DropArgs),
 }
 
 /// Where the dead letters are.
@@ -49,8 +54,13 @@ pub struct QueueArgs {
         hide_env_values = true
     )]
     pub amqp_url: String,
-    /// The dead-letter queue (the server's --dead-letter-queue).
-    #[arg(long, env = "NOTIFY_DEAD_LETTER_QUEUE", default_value = DEFAULT_DEAD_LETTER_QUEUE)]
+    /// The dead-letter queue; `--dead-letter-queue`, as `serve` spells it, works too.
+    #[arg(
+        long,
+        visible_alias = "dead-letter-queue",
+        env = "NOTIFY_DEAD_LETTER_QUEUE",
+        default_value = DEFAULT_DEAD_LETTER_QUEUE
+    )]
     pub queue: String,
 }
 
@@ -65,6 +75,11 @@ pub struct FilterArgs {
     /// the flag or separate with commas. With --reason too: both must match.
     #[arg(long = "routing-key", value_delimiter = ',')]
     pub routing_keys: Vec<String>,
+    /// Only those these nodes refused (their --node-id, `x-notify-node`); none the broker
+    /// dead-lettered by itself. Repeat the flag or separate with commas. With the others too:
+    /// all must match.
+    #[arg(long = "node", value_delimiter = ',')]
+    pub nodes: Vec<String>,
 }
 
 impl FilterArgs {
@@ -72,6 +87,7 @@ impl FilterArgs {
         Selection {
             reasons: self.reasons.clone(),
             routing_keys: self.routing_keys.clone(),
+            nodes: self.nodes.clone(),
         }
     }
 
@@ -82,6 +98,9 @@ impl FilterArgs {
         }
         if !self.routing_keys.is_empty() {
             parts.push(format!("routing key {}", self.routing_keys.join("|")));
+        }
+        if !self.nodes.is_empty() {
+            parts.push(format!("node {}", self.nodes.join("|")));
         }
         if parts.is_empty() {
             "all".into()
@@ -113,7 +132,7 @@ pub struct ListArgs {
 
 /// Arguments of `dead-letters replay`.
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("which").args(["reasons", "routing_keys", "all"]).required(true).multiple(true)))]
+#[command(group(ArgGroup::new("which").args(["reasons", "routing_keys", "nodes", "all"]).required(true).multiple(true)))]
 #[command(group(ArgGroup::new("target").args(["to_exchange", "to_queue", "to_node"])))]
 pub struct ReplayArgs {
     /// The broker and the queue.
@@ -122,8 +141,8 @@ pub struct ReplayArgs {
     /// Which ones.
     #[command(flatten)]
     pub filter: FilterArgs,
-    /// Every dead letter (instead of --reason or --routing-key).
-    #[arg(long, conflicts_with_all = ["reasons", "routing_keys"])]
+    /// Every dead letter (instead of --reason, --routing-key or --node).
+    #[arg(long, conflicts_with_all = ["reasons", "routing_keys", "nodes"])]
     pub all: bool,
     /// Try at most this many chosen ones (those kept count too).
     #[arg(long)]
@@ -143,11 +162,31 @@ pub struct ReplayArgs {
     pub to_node: Option<String>,
 }
 
+/// Arguments of `dead-letters drop`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("which").args(["reasons", "routing_keys", "nodes", "all"]).required(true).multiple(true)))]
+pub struct DropArgs {
+    /// The broker and the queue.
+    #[command(flatten)]
+    pub queue: QueueArgs,
+    /// Which ones.
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Every dead letter (instead of --reason, --routing-key or --node).
+    #[arg(long, conflicts_with_all = ["reasons", "routing_keys", "nodes"])]
+    pub all: bool,
+    /// How many the selection matches, as `list` with the same filters counted them: any other
+    /// number drops nothing (and says how many match).
+    #[arg(long, value_name = "N")]
+    pub expect: u64,
+}
+
 /// Runs a `dead-letters` subcommand.
 pub async fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<()> {
     match args.command {
         DeadLettersCommand::List(args) => list(args).await,
         DeadLettersCommand::Replay(args) => replay(args).await,
+        DeadLettersCommand::Drop(args) => drop_chosen(args).await,
     }
 }
 
@@ -225,7 +264,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let walk = walk?;
     eprintln!(
         "dead-letters: {} replayed, {kept} kept ({}) of {} in {}{}",
-        walk.replayed,
+        walk.removed,
         args.filter.describe(),
         walk.in_queue,
         args.queue.queue,
@@ -234,6 +273,43 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     if kept > 0 {
         anyhow::bail!("{kept} chosen dead letters could not be replayed and are still queued");
     }
+    Ok(())
+}
+
+async fn drop_chosen(args: DropArgs) -> anyhow::Result<()> {
+    let queue = open(&args.queue).await?;
+    // Each chosen one as it is read, before it is known whether they go: what is dropped, or
+    // what would have been.
+    let walk = queue
+        .discard(&args.filter.selection(), args.expect, |letter| {
+            println!(
+                "chosen: #{} {} ({}), refused by {}",
+                letter.position,
+                letter.routing_key,
+                letter.reason.as_deref().unwrap_or("no reason"),
+                refused_by(&letter.refused_by)
+            );
+        })
+        .await;
+    queue.close().await;
+    let walk = walk?;
+    if walk.chosen != args.expect {
+        anyhow::bail!(
+            "nothing dropped: {} match ({}) of {} in {}, not --expect {}",
+            walk.chosen,
+            args.filter.describe(),
+            walk.in_queue,
+            args.queue.queue,
+            args.expect
+        );
+    }
+    eprintln!(
+        "dead-letters: {} dropped ({}) of {} in {}",
+        walk.removed,
+        args.filter.describe(),
+        walk.in_queue,
+        args.queue.queue
+    );
     Ok(())
 }
 

@@ -1,15 +1,17 @@
 //! The command-line clients: real gRPC clients on the generated stubs, for people (`subscribe`,
 //! with `--follow` the reference reconnect loop; `history`; `publish`), `token`, which mints
-//! development tokens, `dead-letters`, which lists and replays the broker's dead-letter queue, and
-//! `completions` for shells. The load generator is a crate of its
-//! own (`bench/`, binary `notify-bench`) that uses [`authorized`], [`mint_with`] and
-//! [`secret_or_dev`] from here.
+//! development tokens, `dead-letters`, which lists, replays and drops the broker's dead
+//! letters, and `completions` for shells. The load generator is a crate of its own (`bench/`,
+//! binary `notify-bench`) that uses [`authorized`], [`mint_with`] and [`secret_or_dev`] from
+//! here.
 //!
-//! Owns: argument parsing of the client subcommands and their output formats. Does not own
+//! Owns: argument parsing of the client subcommands, their output formats and how their
+//! failures read (`failure`: a closed connection said plainly, each cause once). Does not own
 //! anything of the server; these talk to it over the network like any other client
 //! (`dead-letters` talks to the broker, through `ingest::dead_letter_queue`).
 
 mod dead_letters;
+mod failure;
 mod token;
 
 use std::path::PathBuf;
@@ -21,6 +23,7 @@ use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use tonic::transport::{Channel, Endpoint};
 
 pub use dead_letters::{DeadLettersArgs, dead_letters};
+pub use failure::{CallError, one_line};
 pub use token::{TokenArgs, mint_with, secret_or_dev, token};
 
 use crate::pb::{
@@ -122,19 +125,25 @@ pub struct PublishArgs {
 
 /// Connects to a server's gRPC URL.
 pub async fn connect(server: &str) -> anyhow::Result<NotificationServiceClient<Channel>> {
-    let channel = Endpoint::from_shared(server.to_owned())
+    let endpoint = Endpoint::from_shared(server.to_owned())
         .with_context(|| format!("bad server URL {server:?}"))?
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {server}"))?;
+        .tcp_nodelay(true);
+    let channel = match endpoint.connect().await {
+        Ok(channel) => channel,
+        // Closed as soon as it was opened: a server over its connection cap does that.
+        Err(error) if failure::closes(Some(&error)) => {
+            let cause =
+                anyhow::Error::new(error).context(CallError::ClosedBeforeAnswer { cause: None });
+            return Err(cause.context(format!("cannot connect to {server}")));
+        }
+        Err(error) => return Err(error).with_context(|| format!("cannot connect to {server}")),
+    };
     Ok(NotificationServiceClient::new(channel))
 }
 
-/// A refusal or a stream's end as one line: the code's name and the server's reason
-/// (`PermissionDenied: may only subscribe to your own events`).
+/// A unary call's failure: the server's refusal, or the connection it closed.
 fn refused(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+    CallError::of(status, false).into()
 }
 
 /// `message` with `authorization: Bearer <token>` metadata when a token is given.
@@ -180,7 +189,7 @@ impl JsonLines {
 /// How a `subscribe --follow` attempt ended.
 enum Ended {
     /// Worth trying again: the server or the network may recover.
-    Transient(String),
+    Transient(anyhow::Error),
     /// A refusal that retrying would only repeat.
     Permanent(anyhow::Error),
 }
@@ -221,15 +230,19 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
             Ended::Transient(reason) if args.follow => reason,
             Ended::Transient(reason) => {
                 if cursor.is_empty() {
-                    bail!("{reason}");
+                    return Err(reason);
                 }
-                bail!("{reason} (continue with --resume-after {cursor}, or use --follow)");
+                bail!(
+                    "{} (continue with --resume-after {cursor}, or use --follow)",
+                    one_line(&reason)
+                );
             }
         };
         let wait = backoff(attempt, rand::rng().random());
         attempt = attempt.saturating_add(1);
         eprintln!(
-            "subscribe: {reason}; reconnecting in {:.1} s{}",
+            "subscribe: {}; reconnecting in {:.1} s{}",
+            one_line(&reason),
             wait.as_secs_f64(),
             if cursor.is_empty() {
                 String::new()
@@ -253,7 +266,7 @@ async fn subscribe_once(
         Ok(client) => client,
         // The URL was already checked once this is not the first attempt; the server may be
         // restarting.
-        Err(error) => return Ended::Transient(format!("{error:#}")),
+        Err(error) => return Ended::Transient(error),
     };
     let request = pb::SubscribeRequest {
         event_types: args.selection.types.clone(),
@@ -266,22 +279,28 @@ async fn subscribe_once(
         Ok(request) => request,
         Err(error) => return Ended::Permanent(error),
     };
-    let ended = |status: tonic::Status| {
-        if is_transient(status.code()) {
-            Ended::Transient(format!("{:?}: {}", status.code(), status.message()))
+    // A closed connection is worth another try whatever its code (hyper's "canceled, the
+    // connection closed" is `Cancelled`, which a server's own answer never means here).
+    let ended = |status: tonic::Status, answered: bool| {
+        let code = status.code();
+        let error = CallError::of(status, answered);
+        if error.is_closed() || is_transient(code) {
+            Ended::Transient(error.into())
         } else {
-            Ended::Permanent(refused(status))
+            Ended::Permanent(error.into())
         }
     };
     let mut stream = match client.subscribe(request).await {
         Ok(response) => response.into_inner(),
-        Err(status) => return ended(status),
+        Err(status) => return ended(status, false),
     };
+    // The server answered the call (its response headers arrived): a failure from here on is
+    // the stream's.
     loop {
         let message = match stream.message().await {
             Ok(Some(message)) => message,
-            Ok(None) => return Ended::Transient("the server ended the stream".into()),
-            Err(status) => return ended(status),
+            Ok(None) => return Ended::Transient(anyhow::anyhow!("the server ended the stream")),
+            Err(status) => return ended(status, true),
         };
         let (position, heartbeat) = match &message.kind {
             Some(Kind::Event(event)) => (event.cursor.as_str(), false),
@@ -306,11 +325,19 @@ async fn subscribe_once(
 }
 
 /// `history`: pages through `ListEvents` and prints each event as one JSON line; a last line on
-/// stderr says how many and where to continue.
+/// stderr says how many and where to continue, and where to go live from.
+///
+/// Going live is `subscribe --resume-after` a page's `head_cursor`, the journal's head when the
+/// page was read. Oldest first, the last page's: it read up to that head. Newest first, the first
+/// page's: everything up to it was printed from the top down, and an event stored while the
+/// older pages were read comes after it. (The last newest-first page's `next_cursor` is the
+/// oldest event's: following it would replay everything again.) A newest-first run that
+/// continues `--from` an earlier one does not know that run's head, so it names none.
 pub async fn history(args: HistoryArgs) -> anyhow::Result<()> {
     let lines = JsonLines::new("cloudphone.notify.v1.Event")?;
     let mut client = connect(&args.server).await?;
     let mut from = args.from.clone().unwrap_or_default();
+    let mut live_from = String::new();
     let mut printed = 0_u64;
     let max = args.max.unwrap_or(u64::MAX);
     let end = loop {
@@ -347,6 +374,9 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<()> {
                 gap.to_cursor
             );
         }
+        if !args.newest_first || (live_from.is_empty() && args.from.is_none()) {
+            live_from.clone_from(&page.head_cursor);
+        }
         for event in &page.events {
             lines.print(event)?;
             printed += 1;
@@ -363,12 +393,18 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<()> {
     } else {
         "--from"
     };
-    if end {
-        eprintln!(
-            "history: {printed} events; the end (go live with: subscribe --resume-after {from})"
-        );
+    let live = if live_from.is_empty() {
+        String::new()
     } else {
-        eprintln!("history: {printed} events; more with: history {flag} {from}");
+        format!("go live with: subscribe --resume-after {live_from}")
+    };
+    match (end, live.is_empty()) {
+        (true, true) => eprintln!("history: {printed} events; the end"),
+        (true, false) => eprintln!("history: {printed} events; the end ({live})"),
+        (false, _) if args.newest_first && !live.is_empty() => {
+            eprintln!("history: {printed} events; more with: history {flag} {from}; or {live}");
+        }
+        (false, _) => eprintln!("history: {printed} events; more with: history {flag} {from}"),
     }
     Ok(())
 }

@@ -4,7 +4,10 @@
 //! dead-lettering (`basic.reject` without requeue) cannot add headers, so notify-backbone
 //! publishes the copy itself, with publisher confirms, to the dead-letter exchange, and acks the
 //! original only once the broker confirmed the copy. The copy keeps the original body, routing
-//! key and properties, so replaying it to the producers' exchange is a plain move.
+//! key and properties, so replaying it to the producers' exchange is a plain move. A message
+//! replayed straight into a node's queue came through the default exchange, which names no
+//! exchange; its replay says in [`ORIGINAL_EXCHANGE_HEADER`] which one it belongs to, and a copy
+//! of it keeps that, so it can still go back there.
 //!
 //! A message's properties travel in one content-header frame, which must fit the connection's
 //! negotiated `frame_max`. The original fitted, but the copy adds the reason headers: a copy that
@@ -32,7 +35,8 @@ pub const ERROR_HEADER: &str = "x-notify-error";
 pub const ERROR_FIELD_HEADER: &str = "x-notify-error-field";
 /// The header with the full, human-readable reason.
 pub const ERROR_DETAIL_HEADER: &str = "x-notify-error-detail";
-/// The exchange the message was first published to.
+/// The exchange the message was first published to. On a replay into a queue (`dead-letters
+/// replay --to-node`), the exchange it came from, which the node's copy keeps.
 pub const ORIGINAL_EXCHANGE_HEADER: &str = "x-notify-original-exchange";
 /// The node that refused it.
 pub const NODE_HEADER: &str = "x-notify-node";
@@ -155,9 +159,13 @@ fn reason_headers(message: &Message, node_id: &str, error: &DecodeError) -> Fiel
     let mut text = |key: &str, value: &str| {
         headers.insert(key.into(), AMQPValue::LongString(LongString::from(value)));
     };
-    text(ORIGINAL_EXCHANGE_HEADER, &message.exchange);
     text(ROUTING_KEY_HEADER, &message.routing_key);
     text(NODE_HEADER, node_id);
+    let exchange = original_exchange(message).unwrap_or(message.exchange.as_bytes());
+    headers.insert(
+        ORIGINAL_EXCHANGE_HEADER.into(),
+        AMQPValue::LongString(LongString::from(exchange.to_vec())),
+    );
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| {
@@ -168,6 +176,19 @@ fn reason_headers(message: &Message, node_id: &str, error: &DecodeError) -> Fiel
         AMQPValue::LongLongInt(now_ms),
     );
     headers
+}
+
+/// The exchange a message that came through the default exchange (a replay into this node's
+/// queue) belongs to, as its replay said; `None` when it came through an exchange of its own,
+/// which then is the one. Longer than an exchange name can be (255 bytes): not ours, ignored.
+fn original_exchange(message: &Message) -> Option<&[u8]> {
+    const MAX_EXCHANGE_NAME: usize = 255;
+    if !message.exchange.is_empty() {
+        return None;
+    }
+    let headers = message.properties.headers().as_ref()?;
+    header_text(headers, ORIGINAL_EXCHANGE_HEADER)
+        .filter(|exchange| !exchange.is_empty() && exchange.len() <= MAX_EXCHANGE_NAME)
 }
 
 /// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
@@ -256,6 +277,36 @@ mod tests {
             headers.inner().get(DEAD_LETTERED_AT_HEADER),
             Some(AMQPValue::LongLongInt(ms)) if *ms > 1_732_096_800_000
         ));
+    }
+
+    /// A replay into a node's queue came through the default exchange (`""`) and says where it
+    /// belongs: refused again, its copy still names that exchange, so `list` shows it and a
+    /// later replay goes back there. A message through an exchange of its own names that one,
+    /// whatever its headers say.
+    #[test]
+    fn a_copy_of_a_replay_into_a_queue_keeps_the_exchange_it_came_from() {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            ORIGINAL_EXCHANGE_HEADER.into(),
+            AMQPValue::LongString("cloudphone.events".into()),
+        );
+        let properties = BasicProperties::default().with_headers(headers);
+        let exchange_of = |exchange: &str| {
+            let message = Message::for_test(exchange, "device.error", properties.clone());
+            let copy = copy_properties(&message, "n", &DecodeError::NotUtf8, 0).unwrap();
+            let headers = copy.headers().clone().unwrap_or_default();
+            header_text(&headers, ORIGINAL_EXCHANGE_HEADER).map(<[u8]>::to_vec)
+        };
+        assert_eq!(exchange_of(""), Some(b"cloudphone.events".to_vec()));
+        assert_eq!(exchange_of("other.events"), Some(b"other.events".to_vec()));
+        // Without the header, the default exchange is all it can say.
+        let message = Message::for_test("", "device.error", BasicProperties::default());
+        let copy = copy_properties(&message, "n", &DecodeError::NotUtf8, 0).unwrap();
+        let headers = copy.headers().clone().unwrap_or_default();
+        assert_eq!(
+            header_text(&headers, ORIGINAL_EXCHANGE_HEADER),
+            Some(&b""[..])
+        );
     }
 
     #[test]

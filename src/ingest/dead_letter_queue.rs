@@ -1,15 +1,17 @@
 //! The dead-letter queue as an operator uses it: list what is in it without removing anything,
-//! and replay chosen messages, each once.
+//! replay chosen messages, each once, and discard chosen ones that can never be fixed.
 //!
 //! Owns: reading a dead letter's story back out of its headers (ours, `x-notify-*`, or the
-//! broker's own `x-death` for a message the broker dead-lettered), choosing messages by reason
-//! and routing key, and moving them back with publisher confirms. Does not own: making the
-//! copies ([`super::dead_letter`]), flags and printing (`client::dead_letters`).
+//! broker's own `x-death` for a message the broker dead-lettered), choosing messages by reason,
+//! routing key and refusing node, moving them back with publisher confirms, and discarding them
+//! all or none. Does not own: making the copies ([`super::dead_letter`]), flags and printing
+//! (`client::dead_letters`).
 //!
-//! Both walk the queue with `basic.get` and hold what they read unacknowledged. The broker keeps
-//! a message until it is acknowledged, so nothing is removed but a replayed message, and that
-//! only once the broker confirmed its replay. At the end the held messages go back to their
-//! places (`basic.nack` with requeue; a connection that dies does the same), marked
+//! All three walk the queue with `basic.get` and hold what they read unacknowledged. The broker
+//! keeps a message until it is acknowledged, so nothing is removed but a replayed message, and
+//! that only once the broker confirmed its replay, or a discarded one, and those only if the
+//! walk chose exactly as many as the operator said it would. At the end the held messages go
+//! back to their places (`basic.nack` with requeue; a connection that dies does the same), marked
 //! `redelivered`. A walk reads at most as many messages as the queue held when it began: a
 //! replayed message that is refused again is queued behind them, so one run never replays it
 //! twice, and a steady trickle of new dead letters cannot keep a walk going forever.
@@ -103,13 +105,17 @@ pub struct DeadLetter {
 }
 
 /// Which dead letters a command acts on: every one whose reason is one of `reasons` (any, if
-/// empty) and whose routing key matches one of `routing_keys` (any, if empty).
+/// empty), whose routing key matches one of `routing_keys` (any, if empty) and that one of
+/// `nodes` refused (any, if empty).
 #[derive(Debug, Clone, Default)]
 pub struct Selection {
     /// Reason codes, compared exactly.
     pub reasons: Vec<String>,
     /// AMQP topic patterns: `*` is one word, `#` zero or more, words separated by dots.
     pub routing_keys: Vec<String>,
+    /// Node ids (`x-notify-node`), compared exactly. A message the broker dead-lettered by
+    /// itself names no node, so no node selects it.
+    pub nodes: Vec<String>,
 }
 
 impl Selection {
@@ -125,7 +131,9 @@ impl Selection {
                 .routing_keys
                 .iter()
                 .any(|pattern| topic_matches(pattern, &letter.routing_key));
-        reason_ok && key_ok
+        let node_ok = self.nodes.is_empty()
+            || matches!(&letter.refused_by, RefusedBy::Node(node) if self.nodes.contains(node));
+        reason_ok && key_ok && node_ok
     }
 }
 
@@ -177,10 +185,10 @@ pub struct Walk {
     pub in_queue: u64,
     /// Messages read.
     pub read: u64,
-    /// Messages chosen (and listed, or tried).
+    /// Messages chosen (and listed, tried or to be discarded).
     pub chosen: u64,
-    /// Chosen messages replayed and removed (replay only).
-    pub replayed: u64,
+    /// Chosen messages removed: replayed (and confirmed), or discarded.
+    pub removed: u64,
     /// Whether it stopped at `--max` with more left to read.
     pub stopped_at_max: bool,
 }
@@ -214,10 +222,37 @@ impl DeadLetterQueue {
         max: u64,
         mut each: impl FnMut(&DeadLetter),
     ) -> Result<Walk, DeadLetterQueueError> {
-        self.walk(selection, max, async |letter, _| {
+        self.walk(selection, max, Settle::AsChosen, async |letter, _| {
             each(letter);
             Ok(false)
         })
+        .await
+    }
+
+    /// Discards every chosen dead letter, but only if there are exactly `expect` of them: the
+    /// operator's count of what the selection matches, so a selection wider than they thought
+    /// (a typo in a pattern, new dead letters since they looked) removes nothing. `each` is
+    /// called with every chosen one as it is read, before that is known. The walk's `removed`
+    /// says which it was: `chosen` of them, or 0.
+    ///
+    /// The chosen ones are held unacknowledged until the end of the walk, like every message it
+    /// reads; only their delivery tags are kept here (8 bytes each, at most as many as the queue
+    /// held when the walk began).
+    pub async fn discard(
+        &self,
+        selection: &Selection,
+        expect: u64,
+        mut each: impl FnMut(&DeadLetter),
+    ) -> Result<Walk, DeadLetterQueueError> {
+        self.walk(
+            selection,
+            u64::MAX,
+            Settle::AllOrNone { expect },
+            async |letter, _| {
+                each(letter);
+                Ok(true)
+            },
+        )
         .await
     }
 
@@ -244,66 +279,76 @@ impl DeadLetterQueue {
             .await?;
         // Exchanges named by the dead letters themselves, checked once each.
         let mut exchanges: BTreeMap<String, bool> = BTreeMap::new();
-        self.walk(selection, max, async |letter, properties| {
-            let (exchange, routing_key) = match target {
-                ReplayTarget::OriginalExchange { fallback } => {
-                    let exchange = letter.exchange.clone().unwrap_or_else(|| fallback.clone());
-                    let exists = match exchanges.get(&exchange) {
-                        Some(&known) => known,
-                        None => {
-                            let known = self.exchange_exists(&exchange).await?;
-                            exchanges.insert(exchange.clone(), known);
-                            known
+        self.walk(
+            selection,
+            max,
+            Settle::AsChosen,
+            async |letter, properties| {
+                let (exchange, routing_key) = match target {
+                    ReplayTarget::OriginalExchange { fallback } => {
+                        let exchange = letter.exchange.clone().unwrap_or_else(|| fallback.clone());
+                        let exists = match exchanges.get(&exchange) {
+                            Some(&known) => known,
+                            None => {
+                                let known = self.exchange_exists(&exchange).await?;
+                                exchanges.insert(exchange.clone(), known);
+                                known
+                            }
+                        };
+                        if !exists {
+                            each(letter, &Replayed::NoExchange { exchange });
+                            return Ok(false);
                         }
-                    };
-                    if !exists {
-                        each(letter, &Replayed::NoExchange { exchange });
-                        return Ok(false);
+                        (exchange, letter.routing_key.clone())
                     }
-                    (exchange, letter.routing_key.clone())
-                }
-                ReplayTarget::Exchange(exchange) => (exchange.clone(), letter.routing_key.clone()),
-                ReplayTarget::Queue(queue) => (String::new(), queue.clone()),
-            };
-            let to = if exchange.is_empty() {
-                format!("queue {routing_key}")
-            } else {
-                format!("exchange {exchange}")
-            };
-            let confirmation = publishing
-                .basic_publish(
-                    exchange.as_str().into(),
-                    routing_key.as_str().into(),
-                    // Mandatory: a replay that no queue takes comes back, and the dead letter is
-                    // kept rather than lost.
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    &letter.body,
-                    replay_properties(properties, letter),
-                )
-                .await?
-                .await?;
-            let outcome = match confirmation {
-                Confirmation::Ack(None) | Confirmation::NotRequested => Replayed::Sent { to },
-                Confirmation::Ack(Some(_)) => Replayed::Unroutable { to },
-                Confirmation::Nack(_) => Replayed::Refused { to },
-            };
-            let sent = matches!(outcome, Replayed::Sent { .. });
-            each(letter, &outcome);
-            Ok(sent)
-        })
+                    ReplayTarget::Exchange(exchange) => {
+                        (exchange.clone(), letter.routing_key.clone())
+                    }
+                    ReplayTarget::Queue(queue) => (String::new(), queue.clone()),
+                };
+                let (to, home) = if exchange.is_empty() {
+                    // Into a queue, through the default exchange, which names none: the message
+                    // still belongs to the exchange it came from.
+                    (format!("queue {routing_key}"), letter.exchange.as_deref())
+                } else {
+                    (format!("exchange {exchange}"), Some(exchange.as_str()))
+                };
+                let confirmation = publishing
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        routing_key.as_str().into(),
+                        // Mandatory: a replay that no queue takes comes back, and the dead letter is
+                        // kept rather than lost.
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..BasicPublishOptions::default()
+                        },
+                        &letter.body,
+                        replay_properties(properties, letter, home),
+                    )
+                    .await?
+                    .await?;
+                let outcome = match confirmation {
+                    Confirmation::Ack(None) | Confirmation::NotRequested => Replayed::Sent { to },
+                    Confirmation::Ack(Some(_)) => Replayed::Unroutable { to },
+                    Confirmation::Nack(_) => Replayed::Refused { to },
+                };
+                let sent = matches!(outcome, Replayed::Sent { .. });
+                each(letter, &outcome);
+                Ok(sent)
+            },
+        )
         .await
     }
 
     /// Reads the queue from its head: `act` is given each chosen message (until `max` were
-    /// chosen) and says whether to remove it. Every other message read is put back in its
-    /// place when the walk ends.
+    /// chosen) and says whether to remove it; `settle` says when that happens. Every other
+    /// message read is put back in its place when the walk ends.
     async fn walk(
         &self,
         selection: &Selection,
         max: u64,
+        settle: Settle,
         mut act: impl AsyncFnMut(&DeadLetter, &BasicProperties) -> Result<bool, DeadLetterQueueError>,
     ) -> Result<Walk, DeadLetterQueueError> {
         let channel = self.connection.create_channel().await?;
@@ -311,7 +356,11 @@ impl DeadLetterQueue {
             in_queue: self.message_count(&self.queue).await?,
             ..Walk::default()
         };
+        // The newest delivery tag kept: the requeue at the end covers it and every older one
+        // still held (it must name a tag still held).
         let mut last_held = None;
+        // Removals waiting for the walk's end (`Settle::AllOrNone`), oldest first.
+        let mut pending: Vec<u64> = Vec::new();
         let result = async {
             while walk.read < walk.in_queue {
                 if walk.chosen >= max {
@@ -347,18 +396,33 @@ impl DeadLetterQueue {
                 } else {
                     false
                 };
-                if remove {
-                    walk.replayed += 1;
-                    channel
-                        .basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: false })
-                        .await?;
-                } else {
-                    last_held = Some(delivery.delivery_tag);
+                match (remove, settle) {
+                    (true, Settle::AsChosen) => {
+                        walk.removed += 1;
+                        channel
+                            .basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: false })
+                            .await?;
+                    }
+                    (true, Settle::AllOrNone { .. }) => pending.push(delivery.delivery_tag),
+                    (false, _) => last_held = Some(delivery.delivery_tag),
                 }
+            }
+            if let Settle::AllOrNone { expect } = settle
+                && walk.chosen == expect
+            {
+                for &tag in &pending {
+                    channel
+                        .basic_ack(tag, BasicAckOptions { multiple: false })
+                        .await?;
+                    walk.removed += 1;
+                }
+                pending.clear();
             }
             Ok::<_, DeadLetterQueueError>(())
         }
         .await;
+        // Removals that did not happen are held too.
+        last_held = last_held.max(pending.last().copied());
         // Everything read and not removed goes back (a broken channel does that by itself).
         if let Some(tag) = last_held
             && channel.status().connected()
@@ -446,6 +510,18 @@ fn is_not_found(error: &lapin::Error) -> bool {
     error.to_string().contains("NOT_FOUND")
 }
 
+/// When a walk removes what `act` chose to remove.
+#[derive(Debug, Clone, Copy)]
+enum Settle {
+    /// At once, each on its own (a replay the broker confirmed).
+    AsChosen,
+    /// At the end of the walk: all of them if exactly `expect` were chosen, else none.
+    AllOrNone {
+        /// How many the operator said the selection matches.
+        expect: u64,
+    },
+}
+
 /// The broker's own dead-lettering headers: dropped from a replay, which starts afresh.
 const BROKER_HEADERS: [&str; 7] = [
     "x-death",
@@ -458,9 +534,15 @@ const BROKER_HEADERS: [&str; 7] = [
 ];
 
 /// A dead letter's properties as replayed: the reason headers of its last refusal removed (a
-/// refusal next time writes its own), the event type in `x-notify-routing-key` (a replay
-/// into a queue loses the routing key), and the replay counted.
-fn replay_properties(original: &BasicProperties, letter: &DeadLetter) -> BasicProperties {
+/// refusal next time writes its own), the event type in `x-notify-routing-key` and the exchange
+/// it belongs to (`home`: where it is sent, or for a replay into a queue, the one it came from)
+/// in `x-notify-original-exchange` (a replay into a queue loses both; a node that refuses it
+/// again keeps them), and the replay counted.
+fn replay_properties(
+    original: &BasicProperties,
+    letter: &DeadLetter,
+    home: Option<&str>,
+) -> BasicProperties {
     const DROPPED: [&str; 7] = [
         ERROR_HEADER,
         ERROR_FIELD_HEADER,
@@ -482,6 +564,12 @@ fn replay_properties(original: &BasicProperties, letter: &DeadLetter) -> BasicPr
         ROUTING_KEY_HEADER.into(),
         AMQPValue::LongString(LongString::from(letter.routing_key.as_str())),
     );
+    if let Some(home) = home.filter(|home| !home.is_empty()) {
+        kept.insert(
+            ORIGINAL_EXCHANGE_HEADER.into(),
+            AMQPValue::LongString(LongString::from(home)),
+        );
+    }
     kept.insert(
         REPLAYS_HEADER.into(),
         AMQPValue::LongLongInt(i64::try_from(letter.replays + 1).unwrap_or(i64::MAX)),
@@ -663,7 +751,7 @@ mod tests {
         assert!(any.selects(&letter(None, "x")));
         let by_reason = Selection {
             reasons: vec!["too_large".into(), "missing_field".into()],
-            routing_keys: vec![],
+            ..Selection::default()
         };
         assert!(by_reason.selects(&letter(Some("missing_field"), "x")));
         assert!(!by_reason.selects(&letter(Some("not_json"), "x")));
@@ -671,10 +759,32 @@ mod tests {
         let both = Selection {
             reasons: vec!["too_large".into()],
             routing_keys: vec!["billing.#".into()],
+            ..Selection::default()
         };
         assert!(both.selects(&letter(Some("too_large"), "billing.refund_issued")));
         assert!(!both.selects(&letter(Some("too_large"), "device.started")));
         assert!(!both.selects(&letter(Some("not_json"), "billing.refund_issued")));
+    }
+
+    #[test]
+    fn a_node_selects_what_that_node_refused_and_nothing_the_broker_did() {
+        let by_node = Selection {
+            nodes: vec!["a".into(), "b".into()],
+            ..Selection::default()
+        };
+        let refused_by = |by: RefusedBy| DeadLetter {
+            refused_by: by,
+            ..letter(Some("not_json"), "x")
+        };
+        assert!(by_node.selects(&refused_by(RefusedBy::Node("b".into()))));
+        assert!(!by_node.selects(&refused_by(RefusedBy::Node("c".into()))));
+        assert!(!by_node.selects(&refused_by(RefusedBy::Broker { queue: "a".into() })));
+        assert!(!by_node.selects(&refused_by(RefusedBy::Unknown)));
+        let node_and_reason = Selection {
+            reasons: vec!["too_large".into()],
+            ..by_node
+        };
+        assert!(!node_and_reason.selects(&refused_by(RefusedBy::Node("a".into()))));
     }
 
     #[test]
@@ -732,11 +842,12 @@ mod tests {
         let letter = read_letter(1, "device.error", &properties, Vec::new());
         assert_eq!(letter.replays, 2);
         assert_eq!(letter.published_at_ms, Some(1_732_096_800_000));
-        let replayed = replay_properties(&properties, &letter);
+        let replayed = replay_properties(&properties, &letter, None);
         let headers = replayed.headers().clone().unwrap_or_default();
         assert_eq!(header_text(&headers, ERROR_HEADER), None);
         assert_eq!(header_text(&headers, ERROR_FIELD_HEADER), None);
         assert_eq!(header_text(&headers, NODE_HEADER), None);
+        assert_eq!(header_text(&headers, ORIGINAL_EXCHANGE_HEADER), None);
         assert_eq!(header_text(&headers, "x-producer"), Some(&b"svc"[..]));
         assert_eq!(
             header_text(&headers, ROUTING_KEY_HEADER),
@@ -747,6 +858,13 @@ mod tests {
             Some(&AMQPValue::LongLongInt(3))
         );
         assert_eq!(replayed.timestamp(), &Some(1_732_096_800_000));
+        // The exchange it belongs to travels with it (a replay into a queue names none).
+        let replayed = replay_properties(&properties, &letter, Some("cloudphone.events"));
+        let headers = replayed.headers().clone().unwrap_or_default();
+        assert_eq!(
+            header_text(&headers, ORIGINAL_EXCHANGE_HEADER),
+            Some(&b"cloudphone.events"[..])
+        );
     }
 
     /// A message replayed into a queue came through the default exchange: refused again, its
