@@ -182,7 +182,7 @@ pub async fn serve(
         settings.connections,
         Arc::clone(&settings.metrics),
     );
-    builder
+    let server = builder
         .accept_http1(true)
         .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(settings.http2_keepalive_timeout))
@@ -204,8 +204,15 @@ pub async fn serve(
         .add_service(notify)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming, signal)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, signal);
+    // The port's refusals and the HTTP/2 stack's complaints about peers are logged a few a
+    // kind per interval; the count of the rest is reported beside the server, while it runs.
+    let served = tokio::select! {
+        served = server => served,
+        never = crate::telemetry::report_suppressed_warnings() => match never {},
+    };
+    crate::telemetry::WARNINGS.report();
+    served?;
     Ok(())
 }
 
