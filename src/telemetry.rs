@@ -259,9 +259,15 @@ pub struct ConnectionMetrics {
     /// `notify_connections_refused_total`: connections closed at once because
     /// `--max-connections` were open.
     pub refused: Counter,
+    /// `notify_connections_refused_per_peer_total`: connections closed at once because their
+    /// peer address had `--max-connections-per-peer` open.
+    pub refused_per_peer: Counter,
     /// `notify_connections_handshake_timeouts_total`: connections closed because no request
     /// arrived within `--handshake-timeout`.
     pub handshake_timeouts: Counter,
+    /// `notify_connections_idle_timeouts_total`: connections closed because they had no call
+    /// in flight (no open stream either) for `--connection-idle-timeout`.
+    pub idle_timeouts: Counter,
     /// `notify_connections_accept_errors_total`: failed accepts (e.g. out of file descriptors).
     pub accept_errors: Counter,
 }
@@ -271,7 +277,9 @@ impl ConnectionMetrics {
         let metrics = Self {
             open: Gauge::default(),
             refused: Counter::default(),
+            refused_per_peer: Counter::default(),
             handshake_timeouts: Counter::default(),
+            idle_timeouts: Counter::default(),
             accept_errors: Counter::default(),
         };
         registry.register(
@@ -286,9 +294,19 @@ impl ConnectionMetrics {
             metrics.refused.clone(),
         );
         registry.register(
+            "refused_per_peer",
+            "Connections closed at once because their peer had --max-connections-per-peer open",
+            metrics.refused_per_peer.clone(),
+        );
+        registry.register(
             "handshake_timeouts",
             "Connections closed because no request arrived within --handshake-timeout",
             metrics.handshake_timeouts.clone(),
+        );
+        registry.register(
+            "idle_timeouts",
+            "Connections closed after --connection-idle-timeout with no call in flight",
+            metrics.idle_timeouts.clone(),
         );
         registry.register(
             "accept_errors",

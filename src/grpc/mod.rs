@@ -189,8 +189,9 @@ pub async fn serve(
         .max_concurrent_streams(u32::try_from(
             settings.max_streams_per_connection + UNARY_STREAM_HEADROOM,
         )?)
-        // Outermost: any request at all completes a connection's handshake.
-        .layer(connections::GreetLayer)
+        // Outermost: any request at all completes a connection's handshake, and keeps it from
+        // being idle until answered.
+        .layer(connections::ActivityLayer)
         .layer(cors_layer(&settings.cors_origins, settings.cors_localhost))
         // Outside grpc-web, which refuses any HTTP/1.1 request that is not grpc-web.
         .layer(page::PageLayer::new(settings.web))
