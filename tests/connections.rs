@@ -29,6 +29,31 @@ async fn checked_channel(server: &TestServer) -> Result<Channel, tonic::Status> 
     Ok(channel)
 }
 
+/// Like [`checked_channel`], from the loopback address `source` (Linux answers on all of
+/// 127.0.0.0/8): a second peer on one machine.
+#[cfg(target_os = "linux")]
+async fn checked_channel_from(
+    server: &TestServer,
+    source: std::net::Ipv4Addr,
+) -> Result<Channel, tonic::Status> {
+    let addr = server.addr;
+    let connector = tower::service_fn(move |_: http::Uri| async move {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from((source, 0)))?;
+        let stream = socket.connect(addr).await?;
+        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+    });
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
+        .unwrap()
+        .connect_with_connector(connector)
+        .await
+        .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+    HealthClient::new(channel.clone())
+        .check(HealthCheckRequest::default())
+        .await?;
+    Ok(channel)
+}
+
 /// Whether the server closes a connection it has just accepted (end of stream, or a reset),
 /// rather than waiting for it to speak.
 async fn is_closed_at_once(addr: SocketAddr) -> bool {
@@ -43,9 +68,10 @@ async fn is_closed_at_once(addr: SocketAddr) -> bool {
 /// One process opening `--max-connections` connections that each made one health check locked
 /// every other client out (`Unknown: transport error`) for as long as it liked. Every test
 /// client is 127.0.0.1, so here that process is the test: over its cap it is refused, and a
-/// place it frees is a place it can take again.
+/// place it frees is a place it can take again. On Linux a second peer, 127.0.0.2, has its own
+/// share.
 #[tokio::test]
-async fn a_peer_over_its_cap_is_refused_and_a_freed_place_is_taken_again() {
+async fn a_peer_over_its_cap_is_refused_while_another_peer_is_served() {
     let server = TestServer::start_with(|config| {
         config.max_connections = 200;
         config.max_connections_per_peer = Some(3);
@@ -71,11 +97,20 @@ async fn a_peer_over_its_cap_is_refused_and_a_freed_place_is_taken_again() {
     );
     // The port's own cap was not what refused them.
     assert_eq!(server.metric("notify_connections_refused_total").await, 0.0);
-    // The connections held are served as before.
+    // The connections held are served as before, and another peer is not held back.
     HealthClient::new(held[0].clone())
         .check(HealthCheckRequest::default())
         .await
         .unwrap();
+    #[cfg(target_os = "linux")]
+    {
+        let other = [127, 0, 0, 2].into();
+        let mut others = Vec::new();
+        for _ in 0..3 {
+            others.push(checked_channel_from(&server, other).await.unwrap());
+        }
+        assert!(checked_channel_from(&server, other).await.is_err());
+    }
 
     // Close one: its place is freed once the server sees it go.
     drop(held.pop());
