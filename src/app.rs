@@ -209,7 +209,9 @@ pub async fn run(
         ),
         connections: ConnectionLimits {
             max_connections: config.max_connections,
+            max_connections_per_peer: config.max_connections_per_peer(),
             handshake_timeout: config.handshake_timeout,
+            idle_timeout: config.connection_idle_timeout(),
         },
         metrics: metrics.clone(),
         tracing: tracing.clone(),

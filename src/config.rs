@@ -231,6 +231,22 @@ pub struct ServeConfig {
     #[arg(long, env = "NOTIFY_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = at_least_one, help_heading = "Limits")]
     pub max_connections: usize,
 
+    /// Connections one peer address (its IP, any port) may hold open on the gRPC port at once,
+    /// so one client cannot take every place under --max-connections. One more is closed as
+    /// soon as it is accepted (counted in `notify_connections_refused_per_peer_total`).
+    /// Default: a tenth of --max-connections, at least 16 (1,000 with its default). Behind a
+    /// proxy or load balancer every connection comes from the proxy's address: raise this
+    /// there, or turn it off with 0, and cap connections per client at the proxy.
+    #[arg(long, env = "NOTIFY_MAX_CONNECTIONS_PER_PEER", help_heading = "Limits")]
+    pub max_connections_per_peer: Option<usize>,
+
+    /// A connection with no call in flight for this long is closed (counted in
+    /// `notify_connections_idle_timeouts_total`). A call is in flight until its response is
+    /// done, so an open stream (`Subscribe`, health `Watch`) keeps its connection however long
+    /// it lasts; HTTP/2 pings do not count. 0 turns it off.
+    #[arg(long, env = "NOTIFY_CONNECTION_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration, help_heading = "Limits")]
+    pub connection_idle_timeout: Duration,
+
     /// How long a new connection may take to send the headers of its first request (TLS and
     /// the HTTP/2 preface included). One that sends nothing, or half a preface or request line,
     /// is closed then.
@@ -488,6 +504,21 @@ impl ServeConfig {
         })
     }
 
+    /// `--max-connections-per-peer`, or its default (a tenth of `--max-connections`, at least
+    /// [`MIN_DEFAULT_CONNECTIONS_PER_PEER`]); `None` when 0 turned it off.
+    pub fn max_connections_per_peer(&self) -> Option<usize> {
+        match self.max_connections_per_peer {
+            Some(0) => None,
+            Some(limit) => Some(limit),
+            None => Some((self.max_connections / 10).max(MIN_DEFAULT_CONNECTIONS_PER_PEER)),
+        }
+    }
+
+    /// `--connection-idle-timeout`; `None` when 0 turned it off.
+    pub fn connection_idle_timeout(&self) -> Option<Duration> {
+        Some(self.connection_idle_timeout).filter(|timeout| !timeout.is_zero())
+    }
+
     /// Where traces are exported, if anywhere: `--otlp-endpoint`, else
     /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT (the specification's
     /// order, an explicit flag first); `None` when OTEL_SDK_DISABLED=true or
@@ -545,6 +576,10 @@ impl Default for ServeConfig {
             .serve
     }
 }
+
+/// The least default of `--max-connections-per-peer`, however small `--max-connections` is:
+/// room for a browser's handful of connections and a few more clients behind one NAT address.
+pub const MIN_DEFAULT_CONNECTIONS_PER_PEER: usize = 16;
 
 /// A size: bytes, or a number with `KiB`, `MiB` or `GiB`.
 fn byte_size(text: &str) -> Result<u64, String> {
@@ -752,6 +787,33 @@ mod tests {
         );
         assert!(parse("100ms").is_ok());
         assert!(parse("101ms").is_err());
+    }
+
+    #[test]
+    fn the_per_peer_cap_defaults_to_a_tenth_of_the_connections_and_0_turns_it_off() {
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["notify-backbone"], args].concat()).unwrap();
+            cli.serve.max_connections_per_peer()
+        };
+        assert_eq!(
+            ServeConfig::default().max_connections_per_peer(),
+            Some(1000)
+        );
+        assert_eq!(parse(&["--max-connections", "200"]), Some(20));
+        assert_eq!(parse(&["--max-connections", "50"]), Some(16));
+        assert_eq!(parse(&["--max-connections-per-peer", "3"]), Some(3));
+        assert_eq!(parse(&["--max-connections-per-peer", "0"]), None);
+    }
+
+    #[test]
+    fn the_idle_timeout_defaults_to_five_minutes_and_0_turns_it_off() {
+        assert_eq!(
+            ServeConfig::default().connection_idle_timeout(),
+            Some(Duration::from_secs(300))
+        );
+        let cli =
+            Cli::try_parse_from(["notify-backbone", "--connection-idle-timeout", "0"]).unwrap();
+        assert_eq!(cli.serve.connection_idle_timeout(), None);
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! Logging set-up, the Prometheus metrics every stage records, and the `/metrics` endpoint.
 //!
-//! Owns: metric names and labels (one place, so dashboards have one reference) and the HTTP
-//! listener that serves them. Does not own: deciding what to count — each stage calls the
-//! recorder at the moment its event happens.
+//! Owns: metric names and labels (one place, so dashboards have one reference), the HTTP
+//! listener that serves them, and the bound on warnings whose rate a client controls
+//! ([`LogLimiter`], [`WARNINGS`]). Does not own: deciding what to count or log — each stage
+//! calls the recorder at the moment its event happens.
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
 };
 
 use prometheus_client::{
@@ -19,9 +22,9 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, time::Instant};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
 
 use crate::schema;
 
@@ -43,15 +46,163 @@ pub fn init_logging(format: crate::config::LogFormat, default_filter: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .log_internal_errors(false);
+    let http2 = Http2WarningLimit::new(&WARNINGS);
     // A second call (tests start several servers in one process) keeps the first subscriber.
     let _ = match format {
-        crate::config::LogFormat::Text => builder.with_ansi(ansi).try_init(),
+        crate::config::LogFormat::Text => builder.with_ansi(ansi).finish().with(http2).try_init(),
         crate::config::LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(false)
+            .finish()
+            .with(http2)
             .try_init(),
     };
+}
+
+/// Lines of one kind of warning logged per [`WARNING_INTERVAL`] at most, by [`WARNINGS`].
+pub const WARNING_BURST: u32 = 5;
+/// The window of [`WARNING_BURST`], and how often [`report_suppressed_warnings`] reports.
+pub const WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The process's bound on warnings whose rate a client controls: one per refused connection
+/// (`grpc::connections`), one per connection the HTTP/2 stack closes for misbehaving (h2's own
+/// lines, through [`Http2WarningLimit`]). A flood of connections would otherwise turn into a
+/// flood of identical lines (a rapid-reset attack once logged 486 in 10 s), drowning the rest
+/// of the log and costing the disk what the attacker pleases. The metrics still count every
+/// one.
+pub static WARNINGS: LogLimiter = LogLimiter::new(WARNING_BURST, WARNING_INTERVAL);
+
+/// At most `burst` lines of each kind of warning per `interval`; the others are counted, and
+/// [`LogLimiter::report`] logs one line per kind saying how many it suppressed.
+///
+/// A kind is a `&'static str` named at the call site (or a dependency's log target), so the
+/// kinds are a fixed set and the map never grows past it.
+#[derive(Debug)]
+pub struct LogLimiter {
+    burst: u32,
+    interval: Duration,
+    kinds: Mutex<BTreeMap<&'static str, Window>>,
+}
+
+/// One kind's current window.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    started: Instant,
+    logged: u32,
+    /// Suppressed since the last report (not reset with the window).
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    /// A limiter allowing `burst` lines of each kind per `interval`.
+    pub const fn new(burst: u32, interval: Duration) -> Self {
+        Self {
+            burst,
+            interval,
+            kinds: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Whether a line of `kind` may be logged now; if not, it is counted as suppressed.
+    pub fn admit(&self, kind: &'static str) -> bool {
+        let now = Instant::now();
+        // A panic while counting leaves nothing half-updated (plain integer fields): go on.
+        let mut kinds = self.kinds.lock().unwrap_or_else(PoisonError::into_inner);
+        let window = kinds.entry(kind).or_insert(Window {
+            started: now,
+            logged: 0,
+            suppressed: 0,
+        });
+        if now.saturating_duration_since(window.started) >= self.interval {
+            window.started = now;
+            window.logged = 0;
+        }
+        if window.logged < self.burst {
+            window.logged += 1;
+            true
+        } else {
+            window.suppressed += 1;
+            false
+        }
+    }
+
+    /// The kinds with lines suppressed since the last call, and how many; their counts start
+    /// again from zero.
+    pub fn take_suppressed(&self) -> Vec<(&'static str, u64)> {
+        let mut kinds = self.kinds.lock().unwrap_or_else(PoisonError::into_inner);
+        kinds
+            .iter_mut()
+            .filter(|(_, window)| window.suppressed > 0)
+            .map(|(kind, window)| (*kind, std::mem::take(&mut window.suppressed)))
+            .collect()
+    }
+
+    /// Logs one warning per kind with lines suppressed since the last report, with the count.
+    pub fn report(&self) {
+        for (kind, suppressed) in self.take_suppressed() {
+            tracing::warn!(
+                kind,
+                suppressed,
+                "{suppressed} more warnings like the last ({kind}) were not logged, at most \
+                 {} a kind per {:?}",
+                self.burst,
+                self.interval
+            );
+        }
+    }
+}
+
+/// Reports [`WARNINGS`]' suppressed lines every [`WARNING_INTERVAL`]; never returns (drop it to
+/// stop, e.g. with the server it runs beside).
+pub async fn report_suppressed_warnings() -> std::convert::Infallible {
+    let mut tick = tokio::time::interval(WARNING_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        WARNINGS.report();
+    }
+}
+
+/// A tracing layer that holds the HTTP/2 stack's own warnings (and errors) to a
+/// [`LogLimiter`], one kind per h2 module.
+///
+/// h2 logs one line for each connection it closes because the peer misbehaved: too many
+/// streams reset before they were served (`recv_reset; remotely-reset pending-accept streams
+/// reached limit`, the CVE-2023-44487 "rapid reset" mitigation), too many streams it had to
+/// reset itself, or a PING answer it never asked for. An attacker decides how many such
+/// connections there are. h2 offers no other way to learn of these closes (tonic drops the
+/// connection's error at debug level), so its lines are kept rather than filtered out by a
+/// default directive: the first few of each kind per interval show h2's own words, and the
+/// report says how many more there were. Events are told apart by target and level only,
+/// never by their text.
+#[derive(Debug, Clone, Copy)]
+pub struct Http2WarningLimit {
+    limiter: &'static LogLimiter,
+}
+
+impl Http2WarningLimit {
+    /// The layer, counting into `limiter`.
+    pub fn new(limiter: &'static LogLimiter) -> Self {
+        Self { limiter }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Http2WarningLimit {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        let metadata = event.metadata();
+        let target = metadata.target();
+        let from_h2 = target == "h2" || target.starts_with("h2::");
+        // Levels order by verbosity: WARN and ERROR are the ones at or below WARN.
+        if !from_h2 || *metadata.level() > tracing::Level::WARN {
+            return true;
+        }
+        self.limiter.admit(target)
+    }
 }
 
 /// Label: an event type, bounded to the known catalog (see [`type_label`]).
@@ -146,9 +297,15 @@ pub struct ConnectionMetrics {
     /// `notify_connections_refused_total`: connections closed at once because
     /// `--max-connections` were open.
     pub refused: Counter,
+    /// `notify_connections_refused_per_peer_total`: connections closed at once because their
+    /// peer address had `--max-connections-per-peer` open.
+    pub refused_per_peer: Counter,
     /// `notify_connections_handshake_timeouts_total`: connections closed because no request
     /// arrived within `--handshake-timeout`.
     pub handshake_timeouts: Counter,
+    /// `notify_connections_idle_timeouts_total`: connections closed because they had no call
+    /// in flight (no open stream either) for `--connection-idle-timeout`.
+    pub idle_timeouts: Counter,
     /// `notify_connections_accept_errors_total`: failed accepts (e.g. out of file descriptors).
     pub accept_errors: Counter,
 }
@@ -158,7 +315,9 @@ impl ConnectionMetrics {
         let metrics = Self {
             open: Gauge::default(),
             refused: Counter::default(),
+            refused_per_peer: Counter::default(),
             handshake_timeouts: Counter::default(),
+            idle_timeouts: Counter::default(),
             accept_errors: Counter::default(),
         };
         registry.register(
@@ -173,9 +332,19 @@ impl ConnectionMetrics {
             metrics.refused.clone(),
         );
         registry.register(
+            "refused_per_peer",
+            "Connections closed at once because their peer had --max-connections-per-peer open",
+            metrics.refused_per_peer.clone(),
+        );
+        registry.register(
             "handshake_timeouts",
             "Connections closed because no request arrived within --handshake-timeout",
             metrics.handshake_timeouts.clone(),
+        );
+        registry.register(
+            "idle_timeouts",
+            "Connections closed after --connection-idle-timeout with no call in flight",
+            metrics.idle_timeouts.clone(),
         );
         registry.register(
             "accept_errors",
@@ -480,6 +649,116 @@ mod tests {
         assert_eq!(type_label("quota.updated").r#type, "quota.updated");
         assert_eq!(type_label("quota.brand_new").r#type, "quota.other");
         assert_eq!(type_label("zzz.yyy").r#type, "other");
+    }
+
+    /// Log lines written to memory, for the tests of what gets logged.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn lines(&self) -> Vec<String> {
+            let bytes = self.0.lock().unwrap();
+            String::from_utf8_lossy(&bytes)
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        }
+    }
+
+    /// A rapid-reset attack made h2 log one warning per connection it closed (486 in 10 s).
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_http2_warnings_logs_a_few_lines_and_then_a_count() {
+        let limiter: &'static LogLimiter =
+            Box::leak(Box::new(LogLimiter::new(3, Duration::from_secs(10))));
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer({
+                let captured = captured.clone();
+                move || captured.clone()
+            })
+            .with_ansi(false)
+            .finish()
+            .with(Http2WarningLimit::new(limiter));
+        let reset = || {
+            tracing::warn!(
+                target: "h2::proto::streams::recv",
+                "recv_reset; remotely-reset pending-accept streams reached limit (20)"
+            );
+        };
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..100 {
+                reset();
+            }
+            // Other modules of h2 are kinds of their own; other crates' lines are untouched.
+            tracing::warn!(target: "h2::proto::ping_pong", "recv PING ack that we never sent");
+            for _ in 0..10 {
+                tracing::warn!("our own warning");
+                tracing::debug!(target: "h2::codec", "h2's own debug lines are not counted");
+            }
+            limiter.report();
+        });
+        let lines = captured.lines();
+        let resets = lines.iter().filter(|l| l.contains("recv_reset")).count();
+        assert_eq!(resets, 3, "{lines:#?}");
+        assert_eq!(lines.iter().filter(|l| l.contains("PING ack")).count(), 1);
+        assert_eq!(lines.iter().filter(|l| l.contains("our own")).count(), 10);
+        let reports: Vec<_> = lines
+            .iter()
+            .filter(|l| l.contains("were not logged"))
+            .collect();
+        assert_eq!(reports.len(), 1, "{lines:#?}");
+        assert!(
+            reports[0].contains("97 more") && reports[0].contains("h2::proto::streams::recv"),
+            "{reports:?}"
+        );
+
+        // Nothing suppressed since: no report. A new window: lines again.
+        assert!(limiter.take_suppressed().is_empty());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        tracing::subscriber::with_default(
+            tracing_subscriber::fmt()
+                .with_writer({
+                    let captured = captured.clone();
+                    move || captured.clone()
+                })
+                .finish()
+                .with(Http2WarningLimit::new(limiter)),
+            reset,
+        );
+        let resets = captured
+            .lines()
+            .iter()
+            .filter(|l| l.contains("recv_reset"))
+            .count();
+        assert_eq!(resets, 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_kind_of_warning_is_admitted_a_burst_per_interval() {
+        let limiter = LogLimiter::new(2, Duration::from_secs(10));
+        let admitted = |kind| (0..5).filter(|_| limiter.admit(kind)).count();
+        assert_eq!(admitted("refused"), 2);
+        assert_eq!(admitted("refused_per_peer"), 2);
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert_eq!(admitted("refused"), 0);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(admitted("refused"), 2);
+        assert_eq!(
+            limiter.take_suppressed(),
+            vec![("refused", 11), ("refused_per_peer", 3)]
+        );
+        assert!(limiter.take_suppressed().is_empty());
     }
 
     #[test]

@@ -610,6 +610,7 @@ async fn a_stored_event_too_deep_to_decode_is_served_without_its_payload_on_ever
             durability: Durability::EveryCommit,
             dedupe_window: Duration::from_secs(60),
             cache_bytes: 1 << 20,
+            min_free_bytes: 0,
         })
         .unwrap();
         let mut value = prost_types::Value {

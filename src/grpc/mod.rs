@@ -190,15 +190,16 @@ pub async fn serve(
         settings.connections,
         Arc::clone(&settings.metrics),
     );
-    builder
+    let server = builder
         .accept_http1(true)
         .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(settings.http2_keepalive_timeout))
         .max_concurrent_streams(u32::try_from(
             settings.max_streams_per_connection + UNARY_STREAM_HEADROOM,
         )?)
-        // Outermost: any request at all completes a connection's handshake.
-        .layer(connections::GreetLayer)
+        // Outermost: any request at all completes a connection's handshake, and keeps it from
+        // being idle until answered.
+        .layer(connections::ActivityLayer)
         .layer(cors_layer(&settings.cors_origins, settings.cors_localhost))
         // Outside grpc-web, which refuses any HTTP/1.1 request that is not grpc-web.
         .layer(page::PageLayer::new(settings.web))
@@ -212,8 +213,15 @@ pub async fn serve(
         .add_service(notify)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming, signal)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, signal);
+    // The port's refusals and the HTTP/2 stack's complaints about peers are logged a few a
+    // kind per interval; the count of the rest is reported beside the server, while it runs.
+    let served = tokio::select! {
+        served = server => served,
+        never = crate::telemetry::report_suppressed_warnings() => match never {},
+    };
+    crate::telemetry::WARNINGS.report();
+    served?;
     Ok(())
 }
 
