@@ -246,8 +246,9 @@ def manifest_problems(mode: str, docs: list[dict]) -> list[str]:
             )
         elif "httpGet" in probe:
             expect(
-                probe_port(probe["httpGet"].get("port")) == port_of("metrics-listen"),
-                f"{name}: HTTP on the metrics port",
+                probe["httpGet"].get("path") == "/healthz"
+                and probe_port(probe["httpGet"].get("port")) == port_of("metrics-listen"),
+                f"{name}: GET /healthz on the metrics port",
             )
         else:
             problems.append(f"{name} missing")
@@ -730,9 +731,12 @@ def run_defaults(engine: Engine, binary: Path, tag: str) -> None:
             status == 200 and "# TYPE notify_subscribers gauge" in body,
             f"HTTP {status}",
         )
-        status, _ = box.get("/healthz")
-        # Not a check: the server has no /healthz (the manifests' liveness probe is gRPC health).
-        print(f"check-deploy: note: /healthz answers HTTP {status}", flush=True)
+        status, body = box.get("/healthz")
+        record(
+            "image defaults: /healthz (the liveness probe's call) answers from outside",
+            status == 200 and body == "alive\n",
+            f"HTTP {status}",
+        )
         health = grpc_health(box.grpc)
         record("image defaults: gRPC health Check from outside", health == "SERVING", health)
         token = cli(
@@ -1007,9 +1011,15 @@ def run_manifest(
             )
         health = grpc_health(boxes[0].grpc)
         record(
-            f"{mode}.yaml: gRPC health Check (the liveness probe's call)",
+            f"{mode}.yaml: gRPC health Check",
             health == "SERVING",
             health,
+        )
+        status, body = boxes[0].get("/healthz")
+        record(
+            f"{mode}.yaml: /healthz (the liveness probe's call)",
+            status == 200 and body == "alive\n",
+            f"HTTP {status}",
         )
         if mode == "cluster":
             payment = f"p-{tag}"

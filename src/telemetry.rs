@@ -587,10 +587,13 @@ fn type_label(event_type: &str) -> TypeLabel {
 /// Answers `/readyz`: `Ok` when the server should get traffic, else why not.
 pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
-/// Serves `GET /metrics` and `GET /readyz` on `listener` until `shutdown` is cancelled.
+/// Serves `GET /metrics`, `GET /readyz` and `GET /healthz` on `listener` until `shutdown` is
+/// cancelled.
 ///
 /// `/readyz` answers 200 `ready` or 503 with the reason (e.g. `ingest: connecting`), for load
-/// balancers and orchestrators.
+/// balancers and orchestrators. `/healthz` (liveness) answers 200 `alive` while the process
+/// serves this port: a node that is not ready because it waits for its broker or for disk space
+/// recovers by itself, and restarting it would not help.
 pub async fn serve_metrics(
     listener: TcpListener,
     metrics: Arc<Metrics>,
@@ -617,6 +620,7 @@ pub async fn serve_metrics(
                 }
             }),
         )
+        .route("/healthz", get(|| std::future::ready("alive\n")))
         .route(
             "/readyz",
             get(move || {

@@ -119,6 +119,10 @@ async fn a_full_disk_refuses_publishes_reports_not_ready_keeps_reads_and_recover
         readyz.contains("journal refuses writes: disk full"),
         "{readyz}"
     );
+    // Alive all the same: it recovers by itself, a restart would not help.
+    let healthz = http_get(node.metrics, "/healthz").await.unwrap();
+    assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz}");
+    assert!(healthz.ends_with("alive\n"), "{healthz}");
     assert_eq!(
         health_of(&node.url, "").await,
         ServingStatus::NotServing as i32
