@@ -543,7 +543,7 @@ async fn a_subject_named_like_a_wildcard_sees_no_one_elses_events_and_none_is_pu
 // ---------------------------------------------------------------------------------------------
 
 /// A truncated `journal.redb` tripped an assertion inside the storage engine: exit 101 with a
-/// panic, instead of the reason.
+/// panic, instead of the reason; then the reason, after the panic's own line.
 #[tokio::test]
 async fn a_truncated_journal_stops_start_up_with_the_reason() {
     let data = DataDir::new();
@@ -594,6 +594,8 @@ async fn a_truncated_journal_stops_start_up_with_the_reason() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("--data-dir"), "{stderr}");
     assert!(stderr.contains("damaged"), "{stderr}");
+    // Only the reason: the panic it came from was caught, and is not printed as well.
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 /// An untyped event an older server stored with its body nested too deep for protobuf decoders

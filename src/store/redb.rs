@@ -107,6 +107,31 @@ pub struct OpenError {
     reason: String,
 }
 
+thread_local! {
+    /// Set while this thread runs [`catch_quietly`]: its panic is caught and reported as an
+    /// error, so the panic hook must not print it too.
+    static PANIC_CAUGHT_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `work`, turning a panic into `Err` without the panic hook's message on stderr (the
+/// caller reports the reason itself: the user would otherwise read both). The hook is wrapped
+/// once per process; panics on other threads, or outside this call, print as they always did.
+fn catch_quietly<T>(work: impl FnOnce() -> T) -> std::thread::Result<T> {
+    static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
+    QUIET_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !PANIC_CAUGHT_HERE.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    PANIC_CAUGHT_HERE.with(|caught| caught.set(true));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+    PANIC_CAUGHT_HERE.with(|caught| caught.set(false));
+    outcome
+}
+
 fn storage(error: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(error.to_string())
 }
@@ -123,7 +148,7 @@ impl RedbJournal {
         // inside it: caught here, so a damaged file stops start-up with the reason like any
         // other, instead of a panic. Nothing of the half-opened database outlives the attempt.
         let dir = settings.dir.display().to_string();
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::try_open(settings))) {
+        match catch_quietly(|| Self::try_open(settings)) {
             Ok(opened) => opened,
             Err(panic) => {
                 let what = panic
