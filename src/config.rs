@@ -21,7 +21,8 @@ pub const VERSION: &str = concat!(
 
 /// What `--help` says about logging, after the flags.
 const LOGGING_HELP: &str = "Logging: to stderr. RUST_LOG sets the level and per-module filters \
-(default: info), e.g. RUST_LOG=debug or RUST_LOG=info,notify_backbone::ingest=debug. \
+(default: info,lapin=off,opentelemetry=warn: the AMQP client's own error lines repeat what the \
+server logs once itself), e.g. RUST_LOG=debug or RUST_LOG=info,notify_backbone::ingest=debug. \
 --log-format json writes one JSON object per line for log collectors. Colours only when stderr \
 is a terminal, and never with NO_COLOR set.";
 

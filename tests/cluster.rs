@@ -14,7 +14,8 @@ use notify_backbone::{
     store::Cursor,
 };
 use support::{
-    amqp::{Names, Producer},
+    amqp::{Names, Producer, close_connections, connection_pids_named},
+    process::{Logs, Node, broker_args, start_node_logging},
     *,
 };
 
@@ -42,6 +43,23 @@ impl Cluster {
         config.journal = JournalKind::RabbitmqStream;
         config.stream = self.stream.clone();
         config.ingest_queue = self.ingest_queue.clone();
+    }
+
+    /// The command line of node `node` of this cluster, for a node process.
+    fn args(&self, node: &str) -> Vec<String> {
+        let mut args = broker_args(&self.names.other_node(node));
+        args.extend(
+            [
+                "--journal",
+                "rabbitmq-stream",
+                "--stream",
+                &self.stream,
+                "--ingest-queue",
+                &self.ingest_queue,
+            ]
+            .map(String::from),
+        );
+        args
     }
 
     async fn node(&self, node: &str) -> TestServer {
@@ -362,5 +380,137 @@ async fn a_lost_stream_connection_costs_subscribers_nothing() {
     for id in &during {
         assert_eq!(&next_event(&mut stream).await.id, id, "in order, none lost");
     }
+    cluster.clean_up(&producer).await;
+}
+
+/// A client of a node process.
+async fn client_of(
+    node: &Node,
+) -> pb::notification_service_client::NotificationServiceClient<tonic::transport::Channel> {
+    pb::notification_service_client::NotificationServiceClient::connect(node.url.clone())
+        .await
+        .unwrap()
+}
+
+/// Three nodes start (two at the same moment, as a deployment starts them), one event goes
+/// through the writer, and they stop: nothing in any log an operator would be paged for,
+/// neither with the server's default log filter (nodes a and b) nor with lapin's own lines
+/// shown (node c: our code gives it no cause for an error either).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_cluster_start_and_stop_logs_no_warning_and_no_error() {
+    let cluster = Cluster::unique("cluster-quiet");
+    let producer = Producer::connect().await;
+    let logs = Logs::default();
+    let data: Vec<DataDir> = (0..3).map(|_| DataDir::new()).collect();
+    let (args_a, args_b) = (cluster.args("a"), cluster.args("b"));
+    let (a, b) = tokio::join!(
+        start_node_logging(&args_a, &data[0].0, 0, &logs, None),
+        start_node_logging(&args_b, &data[1].0, 1, &logs, None),
+    );
+    a.wait_ready(&logs).await;
+    b.wait_ready(&logs).await;
+    let c = start_node_logging(
+        &cluster.args("c"),
+        &data[2].0,
+        2,
+        &logs,
+        Some("info,lapin=warn"),
+    )
+    .await;
+    c.wait_ready(&logs).await;
+    let mut on_a = client_of(&a).await;
+    let mut firehose = subscribe(&mut on_a, request("*")).await;
+    let mut on_c = client_of(&c).await;
+    let published = publish_json(
+        &mut on_c,
+        "device.error",
+        &device_error("quiet", "u1", "d1"),
+    )
+    .await
+    .unwrap();
+    assert_next_is(&mut firehose, &published.id, "node a's firehose").await;
+    drop(firehose);
+    for node in [c, b, a] {
+        node.stop(&logs).await;
+    }
+    let trouble = logs.trouble();
+    assert!(trouble.is_empty(), "{trouble:#?}");
+    cluster.clean_up(&producer).await;
+}
+
+/// The broker closes the connection a node reads the stream on: the node says so once, as a
+/// warning with the broker's reason, and reconnects; lapin's own account of the same closing
+/// (an ERROR of its own) does not reach the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_broker_closes_is_one_warning_and_no_error() {
+    let cluster = Cluster::unique("cluster-forced");
+    let producer = Producer::connect().await;
+    let logs = Logs::default();
+    let data = DataDir::new();
+    let a = start_node_logging(&cluster.args("a"), &data.0, 0, &logs, None).await;
+    a.wait_ready(&logs).await;
+    let follower = format!("notify-backbone {}-a follower", cluster.names.node_id);
+    close_connections(connection_pids_named(&follower).await).await;
+    // Publish answers once the event was read back from the stream: the follower is back.
+    let mut client = client_of(&a).await;
+    let mut firehose = subscribe(&mut client, request("*")).await;
+    let published = publish_json(
+        &mut client,
+        "device.error",
+        &device_error("after", "u1", "d1"),
+    )
+    .await
+    .unwrap();
+    assert_next_is(&mut firehose, &published.id, "the firehose").await;
+    drop(firehose);
+    a.stop(&logs).await;
+    let trouble = logs.trouble();
+    assert!(
+        trouble.iter().all(|line| !line.contains(" ERROR ")),
+        "{trouble:#?}"
+    );
+    assert_eq!(trouble.len(), 1, "{trouble:#?}");
+    assert!(
+        trouble[0].contains("notify_backbone::cluster::follower")
+            && trouble[0].contains("CONNECTION_FORCED"),
+        "{trouble:#?}"
+    );
+    cluster.clean_up(&producer).await;
+}
+
+/// A stream of that name exists already with other arguments (another deployment's, or this
+/// cluster's before its retention flags changed): the node stops with the reason instead of
+/// retrying for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_declared_with_other_arguments_stops_the_node_with_the_reason() {
+    let cluster = Cluster::unique("cluster-conflict");
+    let producer = Producer::connect().await;
+    let channel = producer.connection.create_channel().await.unwrap();
+    let mut arguments = lapin::types::FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("stream".into()),
+    );
+    arguments.insert(
+        "x-max-age".into(),
+        lapin::types::AMQPValue::LongString("1h".into()),
+    );
+    channel
+        .queue_declare(
+            cluster.stream.as_str().into(),
+            lapin::options::QueueDeclareOptions::durable(),
+            arguments,
+        )
+        .await
+        .unwrap();
+    let node = TestServer::start_with(|config| cluster.apply(config, "a")).await;
+    let ended = tokio::time::timeout(PATIENCE, node.task)
+        .await
+        .expect("the node stops");
+    let error = format!("{:#}", ended.unwrap().expect_err("with an error"));
+    assert!(
+        error.contains("exists with other arguments") && error.contains("inequivalent arg"),
+        "{error}"
+    );
     cluster.clean_up(&producer).await;
 }

@@ -50,6 +50,12 @@ const FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(5);
 /// The first pause after a failed connection; it doubles up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long after a node starts a broker's refusal to consume the stream is taken for the
+/// moment after another node created it (logged as INFO, not as a warning).
+const STREAM_SETTLING: Duration = Duration::from_secs(3);
+/// Closing a channel or a connection the broker no longer answers on can hang until a
+/// heartbeat timeout; past this we stop waiting.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where an event landed in the stream, as its writer or `Publish` caller learns it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +118,38 @@ pub(super) async fn connect(url: &str, name: String) -> lapin::Result<Connection
     Connection::connect(url, properties).await
 }
 
+/// Closes `channel` (unless the broker closed it already), then `connection`, each bounded by
+/// [`CLOSE_TIMEOUT`].
+///
+/// In this order, always: lapin closes a channel whose last handle is dropped in the
+/// background, and when the connection starts closing before that close has run, the close
+/// fails and lapin takes it for a connection error: an ERROR line (`invalid channel state:
+/// Closing`), and the TCP connection dropped without the closing handshake (the broker logs
+/// "client unexpectedly closed TCP connection"). A channel closed first is not closed again
+/// when it is dropped.
+pub(super) async fn close(connection: &Connection, channel: Option<&Channel>, reason: &str) {
+    if let Some(channel) = channel
+        && channel.status().connected()
+    {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, reason.into())).await;
+    }
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, reason.into())).await;
+}
+
+/// Whether a broker's refusal is one it gives for a moment after another node declared the
+/// stream: a consumer on a stream whose replica is not up yet is refused (`PRECONDITION_FAILED`,
+/// "does not have a replica on the local node"), or its channel crashes in the broker, which
+/// closes the connection (`INTERNAL_ERROR`).
+fn is_stream_settling(error: &ClusterError) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPHardError};
+    let ClusterError::Broker(error) = error else {
+        return false;
+    };
+    is_precondition_failed(error)
+        || matches!(error.kind(), lapin::ErrorKind::ProtocolError(error)
+            if error.kind() == &AMQPErrorKind::Hard(AMQPHardError::INTERNALERROR))
+}
+
 async fn consume_from(
     channel: &Channel,
     stream: &str,
@@ -148,24 +186,46 @@ pub async fn discover_epoch(
     shutdown: &CancellationToken,
 ) -> Result<u64, ClusterError> {
     let mut backoff = FIRST_BACKOFF;
+    let started = Instant::now();
     loop {
         let attempt = async {
             let connection = connect(url, format!("notify-backbone {node_id} epoch"))
                 .await
                 .map_err(ClusterError::Connect)?;
-            let result = discover_on(&connection, settings, replica, shutdown).await;
-            let _ = connection.close(200, "epoch known".into()).await;
+            // A channel the declaration failed on was closed by the broker.
+            let channel = match declared_channel(&connection, settings).await {
+                Ok(channel) => channel,
+                Err(error) => {
+                    close(&connection, None, "no stream").await;
+                    return Err(error);
+                }
+            };
+            let result = discover_on(&channel, settings, replica, shutdown).await;
+            close(&connection, Some(&channel), "epoch known").await;
             result
         };
         match attempt.await {
             Ok(epoch) => return Ok(epoch),
-            Err(error @ (ClusterError::ShuttingDown | ClusterError::Foreign(_))) => {
+            Err(
+                error @ (ClusterError::ShuttingDown
+                | ClusterError::Foreign(_)
+                | ClusterError::StreamConflict { .. }),
+            ) => {
                 return Err(error);
             }
-            // The broker unreachable, or a stream another node just created that is not
-            // consumable yet (RabbitMQ answers `stream_not_found` for a moment): again, later.
+            // The broker unreachable, or a stream not consumable yet: again, later.
             Err(error) => {
-                warn!(%error, retry_in = ?backoff, "journal stream: cannot read its epoch yet");
+                if is_stream_settling(&error) && started.elapsed() < STREAM_SETTLING {
+                    // Expected when nodes start together: not a warning unless it lasts.
+                    info!(
+                        %error,
+                        retry_in = ?backoff,
+                        "journal stream: not consumable yet (just created by another node?); \
+                         retrying"
+                    );
+                } else {
+                    warn!(%error, retry_in = ?backoff, "journal stream: cannot read its epoch yet");
+                }
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
                     () = shutdown.cancelled() => return Err(ClusterError::ShuttingDown),
@@ -177,14 +237,13 @@ pub async fn discover_epoch(
 }
 
 async fn discover_on(
-    connection: &Connection,
+    channel: &Channel,
     settings: &StreamSettings,
     replica: &RedbJournal,
     shutdown: &CancellationToken,
 ) -> Result<u64, ClusterError> {
-    let channel = declared_channel(connection, settings).await?;
     let first = AMQPValue::LongString(LongString::from("first"));
-    let mut consumer = consume_from(&channel, &settings.name, first, "epoch")
+    let mut consumer = consume_from(channel, &settings.name, first, "epoch")
         .await
         .map_err(ClusterError::Broker)?;
     // A replica with events waits longer before it concludes the stream is empty (deleted and
@@ -228,7 +287,7 @@ async fn discover_on(
                 proposed = true;
                 let epoch: u64 = rand::random::<u64>() | 1;
                 info!(epoch = %format!("{epoch:016x}"), "the journal stream is empty: proposing its epoch");
-                stream::append(&channel, &settings.name, epoch, Kind::Bootstrap, "", &[])
+                stream::append(channel, &settings.name, epoch, Kind::Bootstrap, "", &[])
                     .await
                     .map_err(ClusterError::Broker)?;
             }
@@ -311,7 +370,11 @@ async fn run(
         let session = follow.session(&url, &node_id, &settings, &state, &shutdown);
         match session.await {
             Ok(()) => break Ok(()),
-            Err(fatal @ (ClusterError::StreamGone | ClusterError::EpochChanged { .. })) => {
+            Err(
+                fatal @ (ClusterError::StreamGone
+                | ClusterError::EpochChanged { .. }
+                | ClusterError::StreamConflict { .. }),
+            ) => {
                 break Err(fatal);
             }
             Err(error) => {
@@ -358,30 +421,32 @@ impl Follow {
         let connection = connect(url, format!("notify-backbone {node_id} follower"))
             .await
             .map_err(ClusterError::Connect)?;
+        let channel = match declared_channel(&connection, settings).await {
+            Ok(channel) => channel,
+            Err(error) => {
+                close(&connection, None, "no stream").await;
+                return Err(error);
+            }
+        };
         let result = self
-            .consume(&connection, node_id, settings, state, shutdown)
+            .consume(&channel, node_id, settings, state, shutdown)
             .await;
-        let _ = tokio::time::timeout(
-            Duration::from_secs(2),
-            connection.close(200, "follower stopping".into()),
-        )
-        .await;
+        close(&connection, Some(&channel), "follower stopping").await;
         result
     }
 
     async fn consume(
         &mut self,
-        connection: &Connection,
+        channel: &Channel,
         node_id: &str,
         settings: &StreamSettings,
         state: &watch::Sender<FollowState>,
         shutdown: &CancellationToken,
     ) -> Result<(), ClusterError> {
-        let channel = declared_channel(connection, settings).await?;
         // Position p is offset p - 1: the next offset to read is the head's position.
         let head = self.replica().head().position;
         let from = AMQPValue::LongLongInt(i64::try_from(head).unwrap_or(i64::MAX));
-        let mut consumer = consume_from(&channel, &settings.name, from, "follower")
+        let mut consumer = consume_from(channel, &settings.name, from, "follower")
             .await
             .map_err(ClusterError::Broker)?;
         // Caught up once a mark appended now comes back: everything before it was read. Until
@@ -390,7 +455,7 @@ impl Follow {
         let mark = format!("caught-up-{node_id}-{:016x}", rand::random::<u64>());
         let mut caught_up = Some(self.waiters.wait(&mark));
         stream::append(
-            &channel,
+            channel,
             &settings.name,
             self.epoch,
             Kind::Barrier,
@@ -563,12 +628,25 @@ async fn declared_channel(
         .create_channel()
         .await
         .map_err(ClusterError::Broker)?;
-    settings
-        .declare(&channel)
-        .await
-        .map_err(|source| ClusterError::Declare {
-            what: format!("stream {}", settings.name),
-            source,
-        })?;
+    settings.declare(&channel).await.map_err(|source| {
+        if is_precondition_failed(&source) {
+            ClusterError::StreamConflict {
+                stream: settings.name.clone(),
+                source,
+            }
+        } else {
+            ClusterError::Declare {
+                what: format!("stream {}", settings.name),
+                source,
+            }
+        }
+    })?;
     Ok(channel)
+}
+
+/// A declaration the broker refused because the queue exists with other arguments.
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(error)
+        if error.kind() == &AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED))
 }

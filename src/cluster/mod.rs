@@ -56,6 +56,20 @@ pub enum ClusterError {
         #[source]
         source: lapin::Error,
     },
+    /// The stream exists with other arguments than this node declares it with: nothing this
+    /// node can wait out.
+    #[error(
+        "the journal stream {stream} exists with other arguments than this node's (another \
+         deployment's queue of that name, or changed --retention-* / --stream-segment-bytes \
+         flags: change a stream's retention with a RabbitMQ policy)"
+    )]
+    StreamConflict {
+        /// The stream's name.
+        stream: String,
+        /// The broker's refusal.
+        #[source]
+        source: lapin::Error,
+    },
     /// The stream was deleted (its consumer was cancelled without a connection error).
     #[error(
         "the journal stream was deleted: this node stops; started again, it follows the new \
