@@ -443,6 +443,7 @@ async fn cluster_node(
         cluster::WriterParts {
             node_id: node_id.clone(),
             stream: settings.name.clone(),
+            ingest_queue: config.ingest_queue.clone(),
             epoch,
             waiters: follower.waiters.clone(),
             ids,

@@ -514,3 +514,55 @@ async fn a_stream_declared_with_other_arguments_stops_the_node_with_the_reason()
     );
     cluster.clean_up(&producer).await;
 }
+
+/// Waits until `node`'s `notify_journal_writer` is `value`.
+async fn wait_for_writer_gauge(node: &Node, value: f64, logs: &Logs) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while node.metric("notify_journal_writer").await != value {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "run {}: notify_journal_writer never became {value}; log:\n{}",
+            node.run,
+            logs.tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// No event is published at all: the node that became the ingest queue's active consumer says
+/// it is the cluster's writer (the gauge and one log line) at once, and when it stops, the node
+/// that takes over says so too, while the stopped one said it no longer is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_says_so_before_any_event_and_again_after_a_hand_over() {
+    let cluster = Cluster::unique("cluster-writer");
+    let producer = Producer::connect().await;
+    let logs = Logs::default();
+    let data: Vec<DataDir> = (0..2).map(|_| DataDir::new()).collect();
+    let a = start_node_logging(&cluster.args("a"), &data[0].0, 0, &logs, None).await;
+    a.wait_ready(&logs).await;
+    wait_for_writer_gauge(&a, 1.0, &logs).await;
+    let b = start_node_logging(&cluster.args("b"), &data[1].0, 1, &logs, None).await;
+    b.wait_ready(&logs).await;
+    let is_writer = "this node is the cluster's writer";
+    let said = logs.containing(is_writer);
+    assert!(
+        said.len() == 1 && said[0].starts_with("[run 0]"),
+        "{said:#?}"
+    );
+    // b is ready, and its probe went to a: b is not the writer.
+    assert_eq!(b.metric("notify_journal_writer").await, 0.0);
+    a.stop(&logs).await;
+    wait_for_writer_gauge(&b, 1.0, &logs).await;
+    let said = logs.containing(is_writer);
+    assert!(
+        said.len() == 2 && said[1].starts_with("[run 1]"),
+        "{said:#?}"
+    );
+    let no_longer = logs.containing("no longer the cluster's writer");
+    assert!(
+        no_longer.len() == 1 && no_longer[0].starts_with("[run 0]"),
+        "{no_longer:#?}"
+    );
+    b.stop(&logs).await;
+    cluster.clean_up(&producer).await;
+}

@@ -47,6 +47,16 @@ impl Logs {
         lines[from..].join("\n")
     }
 
+    /// The lines that contain `text`.
+    pub fn containing(&self, text: &str) -> Vec<String> {
+        let lines = self.0.lock().unwrap();
+        lines
+            .iter()
+            .filter(|line| line.contains(text))
+            .cloned()
+            .collect()
+    }
+
     /// The warnings and errors the servers logged.
     pub fn trouble(&self) -> Vec<String> {
         let lines = self.0.lock().unwrap();
