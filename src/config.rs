@@ -93,7 +93,11 @@ pub enum Command {
 pub struct ServeConfig {
     /// Validate the configuration (flags, key and TLS files, the broker URL's syntax, the
     /// journal directory) and exit: 0 and a one-line summary if `serve` would start with it, 1
-    /// and the reason if not. Nothing is started, bound, created or connected to.
+    /// and the reason if not. Nothing is started, bound or created. In cluster mode it also
+    /// asks the broker (at most 5 s) what `--stream` and `--ingest-queue` hold: whether they
+    /// exist, their message and consumer counts, the stream's epoch and offsets, so names in use
+    /// by another deployment show before a node joins them; a broker it cannot reach is
+    /// reported, not a failure.
     #[arg(long)]
     pub check: bool,
 

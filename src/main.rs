@@ -48,7 +48,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// `serve`, or with `--check` only the validation of its configuration.
 async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     if config.check {
-        println!("{}", app::check(&config)?);
+        println!("{}", app::check(&config).await?);
         return Ok(());
     }
     app::serve(config).await

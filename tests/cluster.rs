@@ -566,3 +566,121 @@ async fn the_writer_says_so_before_any_event_and_again_after_a_hand_over() {
     b.stop(&logs).await;
     cluster.clean_up(&producer).await;
 }
+
+/// The value of `field=` in a log line.
+fn field<'a>(line: &'a str, field: &str) -> &'a str {
+    let (_, rest) = line
+        .split_once(&format!(" {field}="))
+        .unwrap_or_else(|| panic!("no {field} in {line}"));
+    rest.split_whitespace().next().unwrap()
+}
+
+/// A node says at start which journal it joins: a new one on an empty stream; the one the
+/// stream holds (its epoch, first and last offsets) when another node wrote it already, so a
+/// node started on names another deployment uses does not join that journal without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_says_at_start_which_journal_it_joins() {
+    let cluster = Cluster::unique("cluster-joins");
+    let producer = Producer::connect().await;
+    let logs = Logs::default();
+    let data: Vec<DataDir> = (0..2).map(|_| DataDir::new()).collect();
+    let a = start_node_logging(&cluster.args("a"), &data[0].0, 0, &logs, None).await;
+    a.wait_ready(&logs).await;
+    let new = logs.containing("a new journal begins");
+    assert!(new.len() == 1 && new[0].starts_with("[run 0]"), "{new:#?}");
+    assert!(
+        new[0].contains(&format!("stream={}", cluster.stream)),
+        "{new:?}"
+    );
+    let mut client = client_of(&a).await;
+    let mut last = None;
+    for i in 0..3 {
+        let event = device_error(&format!("joins-{i}"), "u1", "d1");
+        last = Some(
+            publish_json(&mut client, "device.error", &event)
+                .await
+                .unwrap(),
+        );
+    }
+    let last = Cursor::parse(&last.unwrap().cursor).unwrap();
+    let b = start_node_logging(&cluster.args("b"), &data[1].0, 1, &logs, None).await;
+    b.wait_ready(&logs).await;
+    let joins = logs.containing("joining the journal the stream holds");
+    assert!(
+        joins.len() == 1 && joins[0].starts_with("[run 1]"),
+        "{joins:#?}"
+    );
+    assert_eq!(field(&joins[0], "epoch"), format!("{:016x}", last.epoch));
+    assert_eq!(field(&joins[0], "first_offset"), "0");
+    // The last event's offset is its position - 1; node a's stream holds no more after it.
+    let last_offset: u64 = field(&joins[0], "last_offset").parse().unwrap();
+    assert_eq!(last_offset, last.position - 1, "{joins:?}");
+    b.stop(&logs).await;
+    a.stop(&logs).await;
+    cluster.clean_up(&producer).await;
+}
+
+/// `serve --check` of a cluster node with its broker given says what the broker holds under its
+/// names: nothing yet, then (a node running) the stream's epoch and offsets and the ingest
+/// queue's consumer; a broker it cannot reach is reported, not a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_check_says_whether_the_cluster_names_are_in_use() {
+    let cluster = Cluster::unique("cluster-check");
+    let producer = Producer::connect().await;
+    let data = DataDir::new();
+    let check = |url: String| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_notify-backbone"));
+        command
+            .args(["serve", "--check", "--jwt-secret", "s", "--data-dir"])
+            .arg(&data.0)
+            .args(["--journal", "rabbitmq-stream", "--amqp-url", &url])
+            .args(["--stream", &cluster.stream])
+            .args(["--ingest-queue", &cluster.ingest_queue])
+            .env_remove("RUST_LOG");
+        async move {
+            let output = command.output().await.unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            assert!(
+                output.status.success(),
+                "{stdout}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            stdout
+        }
+    };
+    let before = check(support::amqp::amqp_url()).await;
+    for expected in [
+        format!("journal stream {}: does not exist", cluster.stream),
+        format!("ingest queue {}: does not exist", cluster.ingest_queue),
+        "these names are not in use".to_owned(),
+    ] {
+        assert!(before.contains(&expected), "{expected:?} in {before}");
+    }
+    let a = cluster.node("a").await;
+    let mut client = a.client().await;
+    let published = publish_json(&mut client, "device.error", &device_error("c1", "u1", "d1"))
+        .await
+        .unwrap();
+    let cursor = Cursor::parse(&published.cursor).unwrap();
+    let after = check(support::amqp::amqp_url()).await;
+    for expected in [
+        format!("journal stream {}: exists", cluster.stream),
+        format!(
+            "epoch {:016x}, offsets 0 to {}",
+            cursor.epoch,
+            cursor.position - 1
+        ),
+        format!("ingest queue {}: exists", cluster.ingest_queue),
+        "1 consumers (nodes running on it)".to_owned(),
+        "these names are in use".to_owned(),
+    ] {
+        assert!(after.contains(&expected), "{expected:?} in {after}");
+    }
+    assert!(!data.0.exists(), "--check creates nothing");
+    let unreachable = check("amqp://guest:guest@127.0.0.1:1/%2f".into()).await;
+    assert!(
+        unreachable.starts_with("configuration OK") && unreachable.contains("unreachable"),
+        "{unreachable}"
+    );
+    cluster.clean_up(&producer).await;
+}

@@ -29,6 +29,7 @@ use tracing::{info, warn};
 
 use super::{
     ClusterError,
+    inspect::{self, JoinedStream, QueueCounts},
     stream::{self, Entry, Kind, StreamSettings},
 };
 use crate::{
@@ -150,7 +151,7 @@ fn is_stream_settling(error: &ClusterError) -> bool {
             if error.kind() == &AMQPErrorKind::Hard(AMQPHardError::INTERNALERROR))
 }
 
-async fn consume_from(
+pub(super) async fn consume_from(
     channel: &Channel,
     stream: &str,
     from: AMQPValue,
@@ -171,8 +172,9 @@ async fn consume_from(
         .await
 }
 
-/// The stream's epoch, learned before the node serves anything, and whether the replica must be
-/// emptied first (it belongs to another epoch: the stream was deleted and re-created).
+/// The stream's epoch, learned before the node serves anything (with the stream's first and last
+/// offsets and the broker's count of its messages, for the start log), and whether the replica
+/// must be emptied first (it belongs to another epoch: the stream was deleted and re-created).
 ///
 /// A replica that holds events checks the stream's first message: same epoch, and the replica
 /// goes on from its head. Otherwise (and for an empty replica) the epoch is read off the first
@@ -184,7 +186,7 @@ pub async fn discover_epoch(
     settings: &StreamSettings,
     replica: &RedbJournal,
     shutdown: &CancellationToken,
-) -> Result<u64, ClusterError> {
+) -> Result<JoinedStream, ClusterError> {
     let mut backoff = FIRST_BACKOFF;
     let started = Instant::now();
     loop {
@@ -193,14 +195,14 @@ pub async fn discover_epoch(
                 .await
                 .map_err(ClusterError::Connect)?;
             // A channel the declaration failed on was closed by the broker.
-            let channel = match declared_channel(&connection, settings).await {
-                Ok(channel) => channel,
+            let (channel, counts) = match declared_channel(&connection, settings).await {
+                Ok(declared) => declared,
                 Err(error) => {
                     close(&connection, None, "no stream").await;
                     return Err(error);
                 }
             };
-            let result = discover_on(&channel, settings, replica, shutdown).await;
+            let result = discover_on(&channel, counts, settings, replica, shutdown).await;
             close(&connection, Some(&channel), "epoch known").await;
             result
         };
@@ -238,10 +240,11 @@ pub async fn discover_epoch(
 
 async fn discover_on(
     channel: &Channel,
+    counts: QueueCounts,
     settings: &StreamSettings,
     replica: &RedbJournal,
     shutdown: &CancellationToken,
-) -> Result<u64, ClusterError> {
+) -> Result<JoinedStream, ClusterError> {
     let first = AMQPValue::LongString(LongString::from("first"));
     let mut consumer = consume_from(channel, &settings.name, first, "epoch")
         .await
@@ -251,6 +254,7 @@ async fn discover_on(
     let mut patient = replica.head().position > 0;
     let mut proposed = false;
     let started = Instant::now();
+    let mut first_offset = None;
     let epoch = loop {
         let wait = if patient {
             FIRST_MESSAGE_WAIT.saturating_sub(started.elapsed())
@@ -267,6 +271,7 @@ async fn discover_on(
                 let _ = channel
                     .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
                     .await;
+                first_offset.get_or_insert(entry.offset);
                 if let Some(epoch) = entry.stream_epoch() {
                     break epoch;
                 }
@@ -297,7 +302,17 @@ async fn discover_on(
     let _ = channel
         .basic_cancel(consumer.tag(), BasicCancelOptions::default())
         .await;
-    Ok(epoch)
+    let first_offset = first_offset.unwrap_or_default();
+    let last_offset = inspect::last_offset(channel, &settings.name)
+        .await?
+        .unwrap_or(first_offset);
+    Ok(JoinedStream {
+        epoch,
+        first_offset,
+        last_offset,
+        messages: counts.messages,
+        was_empty: proposed,
+    })
 }
 
 /// The follower's running task and what it shares.
@@ -422,7 +437,7 @@ impl Follow {
             .await
             .map_err(ClusterError::Connect)?;
         let channel = match declared_channel(&connection, settings).await {
-            Ok(channel) => channel,
+            Ok((channel, _)) => channel,
             Err(error) => {
                 close(&connection, None, "no stream").await;
                 return Err(error);
@@ -623,12 +638,12 @@ impl Follow {
 async fn declared_channel(
     connection: &lapin::Connection,
     settings: &StreamSettings,
-) -> Result<lapin::Channel, ClusterError> {
+) -> Result<(lapin::Channel, QueueCounts), ClusterError> {
     let channel = connection
         .create_channel()
         .await
         .map_err(ClusterError::Broker)?;
-    settings.declare(&channel).await.map_err(|source| {
+    let counts = settings.declare(&channel).await.map_err(|source| {
         if is_precondition_failed(&source) {
             ClusterError::StreamConflict {
                 stream: settings.name.clone(),
@@ -641,12 +656,21 @@ async fn declared_channel(
             }
         }
     })?;
-    Ok(channel)
+    Ok((channel, counts))
 }
 
 /// A declaration the broker refused because the queue exists with other arguments.
-fn is_precondition_failed(error: &lapin::Error) -> bool {
-    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+pub(super) fn is_precondition_failed(error: &lapin::Error) -> bool {
+    is_soft_error(error, lapin::protocol::AMQPSoftError::PRECONDITIONFAILED)
+}
+
+/// A passive declaration of a queue that does not exist.
+pub(super) fn is_not_found(error: &lapin::Error) -> bool {
+    is_soft_error(error, lapin::protocol::AMQPSoftError::NOTFOUND)
+}
+
+fn is_soft_error(error: &lapin::Error, code: lapin::protocol::AMQPSoftError) -> bool {
+    use lapin::protocol::AMQPErrorKind;
     matches!(error.kind(), lapin::ErrorKind::ProtocolError(error)
-        if error.kind() == &AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED))
+        if error.kind() == &AMQPErrorKind::Soft(code))
 }
