@@ -424,20 +424,31 @@ async fn cluster_node(
         .clone()
         .context("--journal rabbitmq-stream needs --amqp-url (AMQP_URL)")?;
     let node_id = config.node_id();
-    let settings = cluster::StreamSettings {
-        name: config.stream.clone(),
-        max_age: config.retention_age,
-        max_bytes: config.retention_bytes,
-        segment_bytes: config.stream_segment_bytes,
-    };
+    let settings = stream_settings(config);
     info!(
         stream = %settings.name,
         broker = %crate::ingest::redacted(&url),
         "cluster mode: learning the journal stream's epoch"
     );
-    let epoch = cluster::discover_epoch(&url, &node_id, &settings, &journal, shutdown)
+    let joined = cluster::discover_epoch(&url, &node_id, &settings, &journal, shutdown)
         .await
         .context("cluster mode: the journal stream")?;
+    let epoch = joined.epoch;
+    // Which journal this node joins, so one started on names another deployment uses says so.
+    info!(
+        stream = %settings.name,
+        epoch = %format!("{epoch:016x}"),
+        first_offset = joined.first_offset,
+        last_offset = joined.last_offset,
+        broker_message_count = joined.messages,
+        "cluster mode: {}",
+        if joined.was_empty {
+            "the journal stream was empty: a new journal begins"
+        } else {
+            "joining the journal the stream holds (this cluster's, or another deployment's if \
+             the names are shared by mistake: `serve --check` shows what they hold)"
+        }
+    );
     if journal.adopt_epoch(epoch)? {
         info!(
             epoch = %format!("{epoch:016x}"),
@@ -467,6 +478,7 @@ async fn cluster_node(
         cluster::WriterParts {
             node_id: node_id.clone(),
             stream: settings.name.clone(),
+            ingest_queue: config.ingest_queue.clone(),
             epoch,
             waiters: follower.waiters.clone(),
             ids,
@@ -633,10 +645,16 @@ fn configured_verifier(config: &ServeConfig) -> anyhow::Result<Option<Verifier>>
     }))
 }
 
+/// How long `serve --check` waits for the broker's account of the cluster's names.
+const BROKER_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// `serve --check`: validates the configuration as `serve` would read it (the key and TLS
-/// files, the broker URL's syntax, the journal directory) without starting, binding, creating
-/// or connecting to anything. Returns a one-line summary of what would run.
-pub fn check(config: &ServeConfig) -> anyhow::Result<String> {
+/// files, the broker URL's syntax, the journal directory) without starting, binding or
+/// creating anything. Returns a one-line summary of what would run; in cluster mode, then what
+/// the broker holds under the stream and ingest queue names (read, never written; an
+/// unreachable broker is reported, not a failure), so names already in use show before a node
+/// joins them.
+pub async fn check(config: &ServeConfig) -> anyhow::Result<String> {
     let tokens = match configured_verifier(config)? {
         Some(_) => "tokens checked with the configured key",
         None => "DEVELOPMENT MODE: tokens signed with a generated secret",
@@ -696,12 +714,45 @@ pub fn check(config: &ServeConfig) -> anyhow::Result<String> {
         (Some(url), JournalKind::Redb) => format!("ingest from {}", crate::ingest::redacted(url)),
         (None, JournalKind::Redb) => "embedded (Publish only)".to_owned(),
     };
-    Ok(format!(
+    let summary = format!(
         "configuration OK: gRPC on {}, metrics on {}, journal in {}, {ingest}, {tokens}",
         config.listen,
         config.metrics_listen,
         config.data_dir.display()
-    ))
+    );
+    Ok(match (&config.amqp_url, config.journal) {
+        (Some(url), JournalKind::RabbitmqStream) => {
+            format!("{summary}\n{}", check_cluster_names(config, url).await)
+        }
+        _ => summary,
+    })
+}
+
+/// What the broker holds under the cluster's names, or why that is not known.
+async fn check_cluster_names(config: &ServeConfig, url: &str) -> String {
+    let broker = crate::ingest::redacted(url);
+    let (node_id, settings) = (config.node_id(), stream_settings(config));
+    let inspected = cluster::inspect(url, &node_id, &settings, &config.ingest_queue);
+    match tokio::time::timeout(BROKER_CHECK_TIMEOUT, inspected).await {
+        Ok(Ok(report)) => format!("broker {broker}:\n{report}"),
+        Ok(Err(error @ cluster::ClusterError::Connect(_))) => {
+            format!("broker {broker}: unreachable ({error}); the names are not checked")
+        }
+        Ok(Err(error)) => format!("broker {broker}: the names could not be checked: {error}"),
+        Err(_) => format!(
+            "broker {broker}: no answer within {BROKER_CHECK_TIMEOUT:?}; the names are not checked"
+        ),
+    }
+}
+
+/// The journal stream as `serve` declares it.
+fn stream_settings(config: &ServeConfig) -> cluster::StreamSettings {
+    cluster::StreamSettings {
+        name: config.stream.clone(),
+        max_age: config.retention_age,
+        max_bytes: config.retention_bytes,
+        segment_bytes: config.stream_segment_bytes,
+    }
 }
 
 /// The `--dev` secret: the one a server started here before left in `DEV_SECRET_FILE`, or a

@@ -21,7 +21,8 @@ pub const VERSION: &str = concat!(
 
 /// What `--help` says about logging, after the flags.
 const LOGGING_HELP: &str = "Logging: to stderr. RUST_LOG sets the level and per-module filters \
-(default: info), e.g. RUST_LOG=debug or RUST_LOG=info,notify_backbone::ingest=debug. \
+(default: info,lapin=off,opentelemetry=warn: the AMQP client's own error lines repeat what the \
+server logs once itself), e.g. RUST_LOG=debug or RUST_LOG=info,notify_backbone::ingest=debug. \
 --log-format json writes one JSON object per line for log collectors. Colours only when stderr \
 is a terminal, and never with NO_COLOR set.";
 
@@ -92,7 +93,11 @@ pub enum Command {
 pub struct ServeConfig {
     /// Validate the configuration (flags, key and TLS files, the broker URL's syntax, the
     /// journal directory) and exit: 0 and a one-line summary if `serve` would start with it, 1
-    /// and the reason if not. Nothing is started, bound, created or connected to.
+    /// and the reason if not. Nothing is started, bound or created. In cluster mode it also
+    /// asks the broker (at most 5 s) what `--stream` and `--ingest-queue` hold: whether they
+    /// exist, their message and consumer counts, the stream's epoch and offsets, so names in use
+    /// by another deployment show before a node joins them; a broker it cannot reach is
+    /// reported, not a failure.
     #[arg(long)]
     pub check: bool,
 

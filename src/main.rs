@@ -17,15 +17,7 @@ use notify_backbone::{
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    // `dead-letters` reports the broker's refusals itself (a missing queue is an answer, not
-    // a fault); lapin would log each one as an error of its own.
-    // The OpenTelemetry SDK reports its own trouble (a collector that cannot be reached,
-    // spans dropped) as warnings; its info and debug lines are for its developers.
-    let default_filter = match cli.command {
-        Some(Command::DeadLetters(_)) => "info,lapin=off",
-        _ => "info,opentelemetry=warn",
-    };
-    telemetry::init_logging(cli.log_format, default_filter);
+    telemetry::init_logging(cli.log_format, telemetry::DEFAULT_LOG_FILTER);
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -57,7 +49,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// `serve`, or with `--check` only the validation of its configuration.
 async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     if config.check {
-        println!("{}", app::check(&config)?);
+        println!("{}", app::check(&config).await?);
         return Ok(());
     }
     app::serve(config).await

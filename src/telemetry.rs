@@ -28,7 +28,23 @@ use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberI
 
 use crate::schema;
 
-/// Starts logging to stderr in `format`; `RUST_LOG` overrides `default_filter` (e.g. `info`).
+/// What is logged when `RUST_LOG` is not set (`RUST_LOG` replaces all of it).
+///
+/// - `lapin=off`: the AMQP client logs, at ERROR, every failure it also returns to its caller
+///   (a channel or connection the broker closed, a connection that broke, a refused
+///   declaration), and that caller is our code, which logs each once with what it means for
+///   the node: a warning when it reconnects or retries, an error when it cannot go on.
+///   Left on, a broker restart, `dead-letters` asking for a queue that does not exist, or the
+///   moment a just-created stream is not consumable yet (cluster nodes starting together)
+///   would page an operator for something already handled. `RUST_LOG=info,lapin=debug` shows
+///   lapin's own account.
+/// - `opentelemetry=warn`: the OpenTelemetry SDK reports its own trouble (a collector that
+///   cannot be reached, spans dropped) as warnings; its info and debug lines are for its
+///   developers.
+pub const DEFAULT_LOG_FILTER: &str = "info,lapin=off,opentelemetry=warn";
+
+/// Starts logging to stderr in `format`; `RUST_LOG` overrides `default_filter` (e.g.
+/// [`DEFAULT_LOG_FILTER`]).
 ///
 /// A log line that cannot be written is dropped silently. tracing-subscriber's default is to
 /// report the failure with `eprintln!`, which panics when stderr itself is the broken pipe (a

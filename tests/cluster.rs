@@ -14,7 +14,8 @@ use notify_backbone::{
     store::Cursor,
 };
 use support::{
-    amqp::{Names, Producer},
+    amqp::{Names, Producer, close_connections, connection_pids_named},
+    process::{Logs, Node, broker_args, start_node_logging},
     *,
 };
 
@@ -42,6 +43,23 @@ impl Cluster {
         config.journal = JournalKind::RabbitmqStream;
         config.stream = self.stream.clone();
         config.ingest_queue = self.ingest_queue.clone();
+    }
+
+    /// The command line of node `node` of this cluster, for a node process.
+    fn args(&self, node: &str) -> Vec<String> {
+        let mut args = broker_args(&self.names.other_node(node));
+        args.extend(
+            [
+                "--journal",
+                "rabbitmq-stream",
+                "--stream",
+                &self.stream,
+                "--ingest-queue",
+                &self.ingest_queue,
+            ]
+            .map(String::from),
+        );
+        args
     }
 
     async fn node(&self, node: &str) -> TestServer {
@@ -425,5 +443,307 @@ async fn a_follower_whose_disk_fills_up_stops_being_ready_and_catches_up_by_itse
         received.push(event.id);
     }
     assert_eq!(received, published, "b's subscriber: each once, in order");
+    cluster.clean_up(&producer).await;
+}
+
+/// A client of a node process.
+async fn client_of(
+    node: &Node,
+) -> pb::notification_service_client::NotificationServiceClient<tonic::transport::Channel> {
+    pb::notification_service_client::NotificationServiceClient::connect(node.url.clone())
+        .await
+        .unwrap()
+}
+
+/// Three nodes start (two at the same moment, as a deployment starts them), one event goes
+/// through the writer, and they stop: nothing in any log an operator would be paged for,
+/// neither with the server's default log filter (nodes a and b) nor with lapin's own lines
+/// shown (node c: our code gives it no cause for an error either).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_cluster_start_and_stop_logs_no_warning_and_no_error() {
+    let cluster = Cluster::unique("cluster-quiet");
+    let producer = Producer::connect().await;
+    let logs = Logs::default();
+    let data: Vec<DataDir> = (0..3).map(|_| DataDir::new()).collect();
+    let (args_a, args_b) = (cluster.args("a"), cluster.args("b"));
+    let (a, b) = tokio::join!(
+        start_node_logging(&args_a, &data[0].0, 0, &logs, None),
+        start_node_logging(&args_b, &data[1].0, 1, &logs, None),
+    );
+    a.wait_ready(&logs).await;
+    b.wait_ready(&logs).await;
+    let c = start_node_logging(
+        &cluster.args("c"),
+        &data[2].0,
+        2,
+        &logs,
+        Some("info,lapin=warn"),
+    )
+    .await;
+    c.wait_ready(&logs).await;
+    let mut on_a = client_of(&a).await;
+    let mut firehose = subscribe(&mut on_a, request("*")).await;
+    let mut on_c = client_of(&c).await;
+    let published = publish_json(
+        &mut on_c,
+        "device.error",
+        &device_error("quiet", "u1", "d1"),
+    )
+    .await
+    .unwrap();
+    assert_next_is(&mut firehose, &published.id, "node a's firehose").await;
+    drop(firehose);
+    for node in [c, b, a] {
+        node.stop(&logs).await;
+    }
+    let trouble = logs.trouble();
+    assert!(trouble.is_empty(), "{trouble:#?}");
+    cluster.clean_up(&producer).await;
+}
+
+/// The broker closes the connection a node reads the stream on: the node says so once, as a
+/// warning with the broker's reason, and reconnects; lapin's own account of the same closing
+/// (an ERROR of its own) does not reach the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_broker_closes_is_one_warning_and_no_error() {
+    let cluster = Cluster::unique("cluster-forced");
+    let producer = Producer::connect().await;
+    let logs = Logs::default();
+    let data = DataDir::new();
+    let a = start_node_logging(&cluster.args("a"), &data.0, 0, &logs, None).await;
+    a.wait_ready(&logs).await;
+    let follower = format!("notify-backbone {}-a follower", cluster.names.node_id);
+    close_connections(connection_pids_named(&follower).await).await;
+    // Publish answers once the event was read back from the stream: the follower is back.
+    let mut client = client_of(&a).await;
+    let mut firehose = subscribe(&mut client, request("*")).await;
+    let published = publish_json(
+        &mut client,
+        "device.error",
+        &device_error("after", "u1", "d1"),
+    )
+    .await
+    .unwrap();
+    assert_next_is(&mut firehose, &published.id, "the firehose").await;
+    drop(firehose);
+    a.stop(&logs).await;
+    let trouble = logs.trouble();
+    assert!(
+        trouble.iter().all(|line| !line.contains(" ERROR ")),
+        "{trouble:#?}"
+    );
+    assert_eq!(trouble.len(), 1, "{trouble:#?}");
+    assert!(
+        trouble[0].contains("notify_backbone::cluster::follower")
+            && trouble[0].contains("CONNECTION_FORCED"),
+        "{trouble:#?}"
+    );
+    cluster.clean_up(&producer).await;
+}
+
+/// A stream of that name exists already with other arguments (another deployment's, or this
+/// cluster's before its retention flags changed): the node stops with the reason instead of
+/// retrying for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_declared_with_other_arguments_stops_the_node_with_the_reason() {
+    let cluster = Cluster::unique("cluster-conflict");
+    let producer = Producer::connect().await;
+    let channel = producer.connection.create_channel().await.unwrap();
+    let mut arguments = lapin::types::FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("stream".into()),
+    );
+    arguments.insert(
+        "x-max-age".into(),
+        lapin::types::AMQPValue::LongString("1h".into()),
+    );
+    channel
+        .queue_declare(
+            cluster.stream.as_str().into(),
+            lapin::options::QueueDeclareOptions::durable(),
+            arguments,
+        )
+        .await
+        .unwrap();
+    let node = TestServer::start_with(|config| cluster.apply(config, "a")).await;
+    let ended = tokio::time::timeout(PATIENCE, node.task)
+        .await
+        .expect("the node stops");
+    let error = format!("{:#}", ended.unwrap().expect_err("with an error"));
+    assert!(
+        error.contains("exists with other arguments") && error.contains("inequivalent arg"),
+        "{error}"
+    );
+    cluster.clean_up(&producer).await;
+}
+
+/// Waits until `node`'s `notify_journal_writer` is `value`.
+async fn wait_for_writer_gauge(node: &Node, value: f64, logs: &Logs) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while node.metric("notify_journal_writer").await != value {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "run {}: notify_journal_writer never became {value}; log:\n{}",
+            node.run,
+            logs.tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// No event is published at all: the node that became the ingest queue's active consumer says
+/// it is the cluster's writer (the gauge and one log line) at once, and when it stops, the node
+/// that takes over says so too, while the stopped one said it no longer is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_says_so_before_any_event_and_again_after_a_hand_over() {
+    let cluster = Cluster::unique("cluster-writer");
+    let producer = Producer::connect().await;
+    let logs = Logs::default();
+    let data: Vec<DataDir> = (0..2).map(|_| DataDir::new()).collect();
+    let a = start_node_logging(&cluster.args("a"), &data[0].0, 0, &logs, None).await;
+    a.wait_ready(&logs).await;
+    wait_for_writer_gauge(&a, 1.0, &logs).await;
+    let b = start_node_logging(&cluster.args("b"), &data[1].0, 1, &logs, None).await;
+    b.wait_ready(&logs).await;
+    let is_writer = "this node is the cluster's writer";
+    let said = logs.containing(is_writer);
+    assert!(
+        said.len() == 1 && said[0].starts_with("[run 0]"),
+        "{said:#?}"
+    );
+    // b is ready, and its probe went to a: b is not the writer.
+    assert_eq!(b.metric("notify_journal_writer").await, 0.0);
+    a.stop(&logs).await;
+    wait_for_writer_gauge(&b, 1.0, &logs).await;
+    let said = logs.containing(is_writer);
+    assert!(
+        said.len() == 2 && said[1].starts_with("[run 1]"),
+        "{said:#?}"
+    );
+    let no_longer = logs.containing("no longer the cluster's writer");
+    assert!(
+        no_longer.len() == 1 && no_longer[0].starts_with("[run 0]"),
+        "{no_longer:#?}"
+    );
+    b.stop(&logs).await;
+    cluster.clean_up(&producer).await;
+}
+
+/// The value of `field=` in a log line.
+fn field<'a>(line: &'a str, field: &str) -> &'a str {
+    let (_, rest) = line
+        .split_once(&format!(" {field}="))
+        .unwrap_or_else(|| panic!("no {field} in {line}"));
+    rest.split_whitespace().next().unwrap()
+}
+
+/// A node says at start which journal it joins: a new one on an empty stream; the one the
+/// stream holds (its epoch, first and last offsets) when another node wrote it already, so a
+/// node started on names another deployment uses does not join that journal without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_says_at_start_which_journal_it_joins() {
+    let cluster = Cluster::unique("cluster-joins");
+    let producer = Producer::connect().await;
+    let logs = Logs::default();
+    let data: Vec<DataDir> = (0..2).map(|_| DataDir::new()).collect();
+    let a = start_node_logging(&cluster.args("a"), &data[0].0, 0, &logs, None).await;
+    a.wait_ready(&logs).await;
+    let new = logs.containing("a new journal begins");
+    assert!(new.len() == 1 && new[0].starts_with("[run 0]"), "{new:#?}");
+    assert!(
+        new[0].contains(&format!("stream={}", cluster.stream)),
+        "{new:?}"
+    );
+    let mut client = client_of(&a).await;
+    let mut last = None;
+    for i in 0..3 {
+        let event = device_error(&format!("joins-{i}"), "u1", "d1");
+        last = Some(
+            publish_json(&mut client, "device.error", &event)
+                .await
+                .unwrap(),
+        );
+    }
+    let last = Cursor::parse(&last.unwrap().cursor).unwrap();
+    let b = start_node_logging(&cluster.args("b"), &data[1].0, 1, &logs, None).await;
+    b.wait_ready(&logs).await;
+    let joins = logs.containing("joining the journal the stream holds");
+    assert!(
+        joins.len() == 1 && joins[0].starts_with("[run 1]"),
+        "{joins:#?}"
+    );
+    assert_eq!(field(&joins[0], "epoch"), format!("{:016x}", last.epoch));
+    assert_eq!(field(&joins[0], "first_offset"), "0");
+    // The last event's offset is its position - 1; node a's stream holds no more after it.
+    let last_offset: u64 = field(&joins[0], "last_offset").parse().unwrap();
+    assert_eq!(last_offset, last.position - 1, "{joins:?}");
+    b.stop(&logs).await;
+    a.stop(&logs).await;
+    cluster.clean_up(&producer).await;
+}
+
+/// `serve --check` of a cluster node with its broker given says what the broker holds under its
+/// names: nothing yet, then (a node running) the stream's epoch and offsets and the ingest
+/// queue's consumer; a broker it cannot reach is reported, not a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_check_says_whether_the_cluster_names_are_in_use() {
+    let cluster = Cluster::unique("cluster-check");
+    let producer = Producer::connect().await;
+    let data = DataDir::new();
+    let check = |url: String| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_notify-backbone"));
+        command
+            .args(["serve", "--check", "--jwt-secret", "s", "--data-dir"])
+            .arg(&data.0)
+            .args(["--journal", "rabbitmq-stream", "--amqp-url", &url])
+            .args(["--stream", &cluster.stream])
+            .args(["--ingest-queue", &cluster.ingest_queue])
+            .env_remove("RUST_LOG");
+        async move {
+            let output = command.output().await.unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            assert!(
+                output.status.success(),
+                "{stdout}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            stdout
+        }
+    };
+    let before = check(support::amqp::amqp_url()).await;
+    for expected in [
+        format!("journal stream {}: does not exist", cluster.stream),
+        format!("ingest queue {}: does not exist", cluster.ingest_queue),
+        "these names are not in use".to_owned(),
+    ] {
+        assert!(before.contains(&expected), "{expected:?} in {before}");
+    }
+    let a = cluster.node("a").await;
+    let mut client = a.client().await;
+    let published = publish_json(&mut client, "device.error", &device_error("c1", "u1", "d1"))
+        .await
+        .unwrap();
+    let cursor = Cursor::parse(&published.cursor).unwrap();
+    let after = check(support::amqp::amqp_url()).await;
+    for expected in [
+        format!("journal stream {}: exists", cluster.stream),
+        format!(
+            "epoch {:016x}, offsets 0 to {}",
+            cursor.epoch,
+            cursor.position - 1
+        ),
+        format!("ingest queue {}: exists", cluster.ingest_queue),
+        "1 consumers (nodes running on it)".to_owned(),
+        "these names are in use".to_owned(),
+    ] {
+        assert!(after.contains(&expected), "{expected:?} in {after}");
+    }
+    assert!(!data.0.exists(), "--check creates nothing");
+    let unreachable = check("amqp://guest:guest@127.0.0.1:1/%2f".into()).await;
+    assert!(
+        unreachable.starts_with("configuration OK") && unreachable.contains("unreachable"),
+        "{unreachable}"
+    );
     cluster.clean_up(&producer).await;
 }

@@ -342,7 +342,7 @@ async fn with_the_exporter_off_nothing_is_exported_and_no_exporter_runs() {
         client.publish(call).await.unwrap();
     }
     for node in [on, off] {
-        stop(node).await;
+        node.stop(&logs).await;
     }
     let spans = collector.spans();
     assert!(
@@ -357,20 +357,4 @@ async fn with_the_exporter_off_nothing_is_exported_and_no_exporter_runs() {
         ),
         "{spans:#?}"
     );
-}
-
-/// SIGTERM, and waits for the process to exit (it exports its last spans first).
-async fn stop(mut node: Node) {
-    let pid = node.child.id().unwrap();
-    let status = tokio::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success());
-    let exited = tokio::time::timeout(PATIENCE, node.child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(exited.success(), "{exited:?}");
 }

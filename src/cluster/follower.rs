@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     ClusterError,
+    inspect::{self, JoinedStream, QueueCounts},
     stream::{self, Entry, Kind, StreamSettings},
 };
 use crate::{
@@ -50,6 +51,12 @@ const FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(5);
 /// The first pause after a failed connection; it doubles up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long after a node starts a broker's refusal to consume the stream is taken for the
+/// moment after another node created it (logged as INFO, not as a warning).
+const STREAM_SETTLING: Duration = Duration::from_secs(3);
+/// Closing a channel or a connection the broker no longer answers on can hang until a
+/// heartbeat timeout; past this we stop waiting.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where an event landed in the stream, as its writer or `Publish` caller learns it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,7 +119,39 @@ pub(super) async fn connect(url: &str, name: String) -> lapin::Result<Connection
     Connection::connect(url, properties).await
 }
 
-async fn consume_from(
+/// Closes `channel` (unless the broker closed it already), then `connection`, each bounded by
+/// [`CLOSE_TIMEOUT`].
+///
+/// In this order, always: lapin closes a channel whose last handle is dropped in the
+/// background, and when the connection starts closing before that close has run, the close
+/// fails and lapin takes it for a connection error: an ERROR line (`invalid channel state:
+/// Closing`), and the TCP connection dropped without the closing handshake (the broker logs
+/// "client unexpectedly closed TCP connection"). A channel closed first is not closed again
+/// when it is dropped.
+pub(super) async fn close(connection: &Connection, channel: Option<&Channel>, reason: &str) {
+    if let Some(channel) = channel
+        && channel.status().connected()
+    {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, reason.into())).await;
+    }
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, reason.into())).await;
+}
+
+/// Whether a broker's refusal is one it gives for a moment after another node declared the
+/// stream: a consumer on a stream whose replica is not up yet is refused (`PRECONDITION_FAILED`,
+/// "does not have a replica on the local node"), or its channel crashes in the broker, which
+/// closes the connection (`INTERNAL_ERROR`).
+fn is_stream_settling(error: &ClusterError) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPHardError};
+    let ClusterError::Broker(error) = error else {
+        return false;
+    };
+    is_precondition_failed(error)
+        || matches!(error.kind(), lapin::ErrorKind::ProtocolError(error)
+            if error.kind() == &AMQPErrorKind::Hard(AMQPHardError::INTERNALERROR))
+}
+
+pub(super) async fn consume_from(
     channel: &Channel,
     stream: &str,
     from: AMQPValue,
@@ -133,8 +172,9 @@ async fn consume_from(
         .await
 }
 
-/// The stream's epoch, learned before the node serves anything, and whether the replica must be
-/// emptied first (it belongs to another epoch: the stream was deleted and re-created).
+/// The stream's epoch, learned before the node serves anything (with the stream's first and last
+/// offsets and the broker's count of its messages, for the start log), and whether the replica
+/// must be emptied first (it belongs to another epoch: the stream was deleted and re-created).
 ///
 /// A replica that holds events checks the stream's first message: same epoch, and the replica
 /// goes on from its head. Otherwise (and for an empty replica) the epoch is read off the first
@@ -146,26 +186,48 @@ pub async fn discover_epoch(
     settings: &StreamSettings,
     replica: &RedbJournal,
     shutdown: &CancellationToken,
-) -> Result<u64, ClusterError> {
+) -> Result<JoinedStream, ClusterError> {
     let mut backoff = FIRST_BACKOFF;
+    let started = Instant::now();
     loop {
         let attempt = async {
             let connection = connect(url, format!("notify-backbone {node_id} epoch"))
                 .await
                 .map_err(ClusterError::Connect)?;
-            let result = discover_on(&connection, settings, replica, shutdown).await;
-            let _ = connection.close(200, "epoch known".into()).await;
+            // A channel the declaration failed on was closed by the broker.
+            let (channel, counts) = match declared_channel(&connection, settings).await {
+                Ok(declared) => declared,
+                Err(error) => {
+                    close(&connection, None, "no stream").await;
+                    return Err(error);
+                }
+            };
+            let result = discover_on(&channel, counts, settings, replica, shutdown).await;
+            close(&connection, Some(&channel), "epoch known").await;
             result
         };
         match attempt.await {
             Ok(epoch) => return Ok(epoch),
-            Err(error @ (ClusterError::ShuttingDown | ClusterError::Foreign(_))) => {
+            Err(
+                error @ (ClusterError::ShuttingDown
+                | ClusterError::Foreign(_)
+                | ClusterError::StreamConflict { .. }),
+            ) => {
                 return Err(error);
             }
-            // The broker unreachable, or a stream another node just created that is not
-            // consumable yet (RabbitMQ answers `stream_not_found` for a moment): again, later.
+            // The broker unreachable, or a stream not consumable yet: again, later.
             Err(error) => {
-                warn!(%error, retry_in = ?backoff, "journal stream: cannot read its epoch yet");
+                if is_stream_settling(&error) && started.elapsed() < STREAM_SETTLING {
+                    // Expected when nodes start together: not a warning unless it lasts.
+                    info!(
+                        %error,
+                        retry_in = ?backoff,
+                        "journal stream: not consumable yet (just created by another node?); \
+                         retrying"
+                    );
+                } else {
+                    warn!(%error, retry_in = ?backoff, "journal stream: cannot read its epoch yet");
+                }
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
                     () = shutdown.cancelled() => return Err(ClusterError::ShuttingDown),
@@ -177,14 +239,14 @@ pub async fn discover_epoch(
 }
 
 async fn discover_on(
-    connection: &Connection,
+    channel: &Channel,
+    counts: QueueCounts,
     settings: &StreamSettings,
     replica: &RedbJournal,
     shutdown: &CancellationToken,
-) -> Result<u64, ClusterError> {
-    let channel = declared_channel(connection, settings).await?;
+) -> Result<JoinedStream, ClusterError> {
     let first = AMQPValue::LongString(LongString::from("first"));
-    let mut consumer = consume_from(&channel, &settings.name, first, "epoch")
+    let mut consumer = consume_from(channel, &settings.name, first, "epoch")
         .await
         .map_err(ClusterError::Broker)?;
     // A replica with events waits longer before it concludes the stream is empty (deleted and
@@ -192,6 +254,7 @@ async fn discover_on(
     let mut patient = replica.head().position > 0;
     let mut proposed = false;
     let started = Instant::now();
+    let mut first_offset = None;
     let epoch = loop {
         let wait = if patient {
             FIRST_MESSAGE_WAIT.saturating_sub(started.elapsed())
@@ -208,6 +271,7 @@ async fn discover_on(
                 let _ = channel
                     .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
                     .await;
+                first_offset.get_or_insert(entry.offset);
                 if let Some(epoch) = entry.stream_epoch() {
                     break epoch;
                 }
@@ -228,7 +292,7 @@ async fn discover_on(
                 proposed = true;
                 let epoch: u64 = rand::random::<u64>() | 1;
                 info!(epoch = %format!("{epoch:016x}"), "the journal stream is empty: proposing its epoch");
-                stream::append(&channel, &settings.name, epoch, Kind::Bootstrap, "", &[])
+                stream::append(channel, &settings.name, epoch, Kind::Bootstrap, "", &[])
                     .await
                     .map_err(ClusterError::Broker)?;
             }
@@ -238,7 +302,17 @@ async fn discover_on(
     let _ = channel
         .basic_cancel(consumer.tag(), BasicCancelOptions::default())
         .await;
-    Ok(epoch)
+    let first_offset = first_offset.unwrap_or_default();
+    let last_offset = inspect::last_offset(channel, &settings.name)
+        .await?
+        .unwrap_or(first_offset);
+    Ok(JoinedStream {
+        epoch,
+        first_offset,
+        last_offset,
+        messages: counts.messages,
+        was_empty: proposed,
+    })
 }
 
 /// The follower's running task and what it shares.
@@ -311,7 +385,11 @@ async fn run(
         let session = follow.session(&url, &node_id, &settings, &state, &shutdown);
         match session.await {
             Ok(()) => break Ok(()),
-            Err(fatal @ (ClusterError::StreamGone | ClusterError::EpochChanged { .. })) => {
+            Err(
+                fatal @ (ClusterError::StreamGone
+                | ClusterError::EpochChanged { .. }
+                | ClusterError::StreamConflict { .. }),
+            ) => {
                 break Err(fatal);
             }
             Err(ClusterError::ReplicaRefused(error)) => {
@@ -369,30 +447,32 @@ impl Follow {
         let connection = connect(url, format!("notify-backbone {node_id} follower"))
             .await
             .map_err(ClusterError::Connect)?;
+        let channel = match declared_channel(&connection, settings).await {
+            Ok((channel, _)) => channel,
+            Err(error) => {
+                close(&connection, None, "no stream").await;
+                return Err(error);
+            }
+        };
         let result = self
-            .consume(&connection, node_id, settings, state, shutdown)
+            .consume(&channel, node_id, settings, state, shutdown)
             .await;
-        let _ = tokio::time::timeout(
-            Duration::from_secs(2),
-            connection.close(200, "follower stopping".into()),
-        )
-        .await;
+        close(&connection, Some(&channel), "follower stopping").await;
         result
     }
 
     async fn consume(
         &mut self,
-        connection: &Connection,
+        channel: &Channel,
         node_id: &str,
         settings: &StreamSettings,
         state: &watch::Sender<FollowState>,
         shutdown: &CancellationToken,
     ) -> Result<(), ClusterError> {
-        let channel = declared_channel(connection, settings).await?;
         // Position p is offset p - 1: the next offset to read is the head's position.
         let head = self.replica().head().position;
         let from = AMQPValue::LongLongInt(i64::try_from(head).unwrap_or(i64::MAX));
-        let mut consumer = consume_from(&channel, &settings.name, from, "follower")
+        let mut consumer = consume_from(channel, &settings.name, from, "follower")
             .await
             .map_err(ClusterError::Broker)?;
         // Caught up once a mark appended now comes back: everything before it was read. Until
@@ -401,7 +481,7 @@ impl Follow {
         let mark = format!("caught-up-{node_id}-{:016x}", rand::random::<u64>());
         let mut caught_up = Some(self.waiters.wait(&mark));
         stream::append(
-            &channel,
+            channel,
             &settings.name,
             self.epoch,
             Kind::Barrier,
@@ -578,17 +658,39 @@ impl Follow {
 async fn declared_channel(
     connection: &lapin::Connection,
     settings: &StreamSettings,
-) -> Result<lapin::Channel, ClusterError> {
+) -> Result<(lapin::Channel, QueueCounts), ClusterError> {
     let channel = connection
         .create_channel()
         .await
         .map_err(ClusterError::Broker)?;
-    settings
-        .declare(&channel)
-        .await
-        .map_err(|source| ClusterError::Declare {
-            what: format!("stream {}", settings.name),
-            source,
-        })?;
-    Ok(channel)
+    let counts = settings.declare(&channel).await.map_err(|source| {
+        if is_precondition_failed(&source) {
+            ClusterError::StreamConflict {
+                stream: settings.name.clone(),
+                source,
+            }
+        } else {
+            ClusterError::Declare {
+                what: format!("stream {}", settings.name),
+                source,
+            }
+        }
+    })?;
+    Ok((channel, counts))
+}
+
+/// A declaration the broker refused because the queue exists with other arguments.
+pub(super) fn is_precondition_failed(error: &lapin::Error) -> bool {
+    is_soft_error(error, lapin::protocol::AMQPSoftError::PRECONDITIONFAILED)
+}
+
+/// A passive declaration of a queue that does not exist.
+pub(super) fn is_not_found(error: &lapin::Error) -> bool {
+    is_soft_error(error, lapin::protocol::AMQPSoftError::NOTFOUND)
+}
+
+fn is_soft_error(error: &lapin::Error, code: lapin::protocol::AMQPSoftError) -> bool {
+    use lapin::protocol::AMQPErrorKind;
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(error)
+        if error.kind() == &AMQPErrorKind::Soft(code))
 }

@@ -24,7 +24,7 @@ use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::follower::connect;
+use super::follower::{close, connect};
 use crate::{
     ingest, pb,
     schema::Decoded,
@@ -176,9 +176,7 @@ async fn session(
             },
         }
     };
-    let _ = connection
-        .close(200, "publish forwarding stopping".into())
-        .await;
+    close(&connection, Some(&channel), "publish forwarding stopping").await;
     result
 }
 

@@ -2,8 +2,8 @@
 //! stream; any node serves any cursor; a node can die.
 //!
 //! Owns: the journal stream and its messages ([`stream`]), every node's reading of it into its
-//! replica and hub ([`follower`]), the single writer ([`writer`]), and `Publish` on any node
-//! ([`forward`]). Does not own: consuming the shared ingest queue (`ingest`, with the writer
+//! replica and hub ([`follower`]), the single writer ([`writer`]), `Publish` on any node
+//! ([`forward`]), and reading what the broker holds under the cluster's names ([`inspect`]). Does not own: consuming the shared ingest queue (`ingest`, with the writer
 //! as its downstream), routing (`hub`), or the replica's storage (`store`).
 //!
 //! ```text
@@ -30,11 +30,13 @@
 
 pub mod follower;
 pub mod forward;
+pub mod inspect;
 pub mod stream;
 pub mod writer;
 
 pub use follower::{FollowState, Follower, FollowerParts, Waiters, discover_epoch};
 pub use forward::Forwarder;
+pub use inspect::{BrokerReport, JoinedStream, inspect};
 pub use stream::{DEFAULT_INGEST_QUEUE, DEFAULT_STREAM, StreamSettings};
 pub use writer::{StreamWriter, WriterParts};
 
@@ -53,6 +55,20 @@ pub enum ClusterError {
         /// What was declared.
         what: String,
         /// The broker's answer.
+        #[source]
+        source: lapin::Error,
+    },
+    /// The stream exists with other arguments than this node declares it with: nothing this
+    /// node can wait out.
+    #[error(
+        "the journal stream {stream} exists with other arguments than this node's (another \
+         deployment's queue of that name, or changed --retention-* / --stream-segment-bytes \
+         flags: change a stream's retention with a RabbitMQ policy)"
+    )]
+    StreamConflict {
+        /// The stream's name.
+        stream: String,
+        /// The broker's refusal.
         #[source]
         source: lapin::Error,
     },

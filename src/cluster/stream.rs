@@ -24,6 +24,7 @@ use lapin::{
 };
 use prost::Message as _;
 
+use super::inspect::QueueCounts;
 use crate::pb;
 
 /// The stream's default name (`--stream`).
@@ -71,8 +72,9 @@ impl StreamSettings {
         arguments
     }
 
-    /// Declares the stream (durable; a no-op when it exists with these arguments).
-    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+    /// Declares the stream (durable; a no-op when it exists with these arguments); what the
+    /// broker counts in it.
+    pub async fn declare(&self, channel: &Channel) -> lapin::Result<QueueCounts> {
         channel
             .queue_declare(
                 self.name.as_str().into(),
@@ -80,7 +82,10 @@ impl StreamSettings {
                 self.arguments(),
             )
             .await
-            .map(drop)
+            .map(|declared| QueueCounts {
+                messages: declared.message_count(),
+                consumers: declared.consumer_count(),
+            })
     }
 }
 
@@ -163,16 +168,21 @@ pub enum ParseError {
     },
 }
 
+/// The offset of a delivery from a stream, whatever the message.
+pub fn offset(delivery: &Delivery) -> Option<u64> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers.inner().get(OFFSET_HEADER)? {
+        AMQPValue::LongLongInt(offset) => u64::try_from(*offset).ok(),
+        AMQPValue::LongUInt(offset) => Some(u64::from(*offset)),
+        _ => None,
+    }
+}
+
 /// Reads a delivery from the stream.
 pub fn parse(delivery: &Delivery) -> Result<Entry, ParseError> {
     let headers = delivery.properties.headers().as_ref();
     let get = |key: &str| headers.and_then(|h| h.inner().get(key));
-    let offset = match get(OFFSET_HEADER) {
-        Some(AMQPValue::LongLongInt(offset)) => u64::try_from(*offset).ok(),
-        Some(AMQPValue::LongUInt(offset)) => Some(u64::from(*offset)),
-        _ => None,
-    }
-    .ok_or(ParseError::NoOffset)?;
+    let offset = offset(delivery).ok_or(ParseError::NoOffset)?;
     let kind = match get(KIND_HEADER) {
         Some(AMQPValue::LongString(kind)) => Kind::parse(kind.as_bytes()),
         _ => None,

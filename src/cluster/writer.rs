@@ -10,6 +10,14 @@
 //! A submission is answered only once its event is in the stream and has been read back: the
 //! ingest acks the delivery then, and a `Publish` forwarded from any node gets the cursor.
 //!
+//! When it takes over is the first delivery of an ingest session: an event, or the probe
+//! (`ingest::PROBE_TYPE`) that every node's ingest publishes to the shared queue when it starts
+//! consuming and when it stops, which only the active consumer receives. So the writer
+//! synchronises and says "this node is the cluster's writer" (`notify_journal_writer` 1) when
+//! the cluster starts, and when a writer hands over on shutdown, without waiting for an event;
+//! after a writer was killed, its successor says it at the next event or probe (any node's
+//! restart). It says it no longer is as soon as its ingest session ends.
+//!
 //! Appends go over the ingest session's own channel, the one that consumes the queue: that is
 //! the fence against a dead writer. The broker handles a channel's frames in order, so whatever
 //! a killed writer still had in flight is handed to the stream (or dropped) before its channel
@@ -21,6 +29,7 @@
 
 use std::{
     collections::HashSet,
+    future::Future,
     pin::Pin,
     sync::{
         Arc, Mutex, PoisonError,
@@ -50,6 +59,9 @@ use crate::{
 
 /// The most submissions appended together.
 const MAX_BATCH: usize = 256;
+/// Probes waiting for the writer (one per ingest session start or stop anywhere in the cluster,
+/// so rarely more than one): full, the ingest waits.
+const PROBE_QUEUE_LEN: usize = 8;
 /// How long an appended event (or a barrier) may take to come back through the follower before
 /// its submission fails (and the ingest retries it; dedupe catches the copy if it did land).
 const READ_BACK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -61,6 +73,13 @@ struct Submission {
     reply: Reply,
     /// The ingest session it came from: appended only on that session's channel.
     session: u64,
+}
+
+/// A probe reached the ingest session `session`: it is the shared queue's active consumer.
+struct Probe {
+    session: u64,
+    /// Answered once the writer acted on it (the probe is acked then).
+    done: oneshot::Sender<()>,
 }
 
 /// The current ingest session's channel, which the writer appends on.
@@ -84,6 +103,7 @@ impl SessionChannel {
 #[derive(Clone)]
 pub struct StreamWriter {
     tx: mpsc::Sender<Submission>,
+    probes: mpsc::Sender<Probe>,
     session: Arc<SessionChannel>,
     /// For `notify_journal_writer`, which drops to 0 as soon as a session ends.
     metrics: Arc<Metrics>,
@@ -95,6 +115,8 @@ pub struct WriterParts {
     pub node_id: String,
     /// The stream's name.
     pub stream: String,
+    /// The shared ingest queue's name (for the log).
+    pub ingest_queue: String,
     /// The stream's epoch: every message carries it.
     pub epoch: u64,
     /// The follower's waiters, to learn where appended events landed.
@@ -114,12 +136,14 @@ impl StreamWriter {
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(parts.queue_len.max(1));
+        let (probes, probes_rx) = mpsc::channel(PROBE_QUEUE_LEN);
         let session = Arc::new(SessionChannel::default());
         let metrics = Arc::clone(&parts.metrics);
-        let task = tokio::spawn(run(parts, rx, Arc::clone(&session), shutdown));
+        let task = tokio::spawn(run(parts, rx, probes_rx, Arc::clone(&session), shutdown));
         (
             Self {
                 tx,
+                probes,
                 session,
                 metrics,
             },
@@ -154,28 +178,57 @@ impl Downstream for StreamWriter {
             .channel
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some((generation, channel.clone()));
-        if self.metrics.journal_writer.get() == 1 {
-            info!("journal writer: the ingest session ended; this node no longer writes");
+        self.session_ended();
+    }
+
+    fn session_active(&self) -> impl Future<Output = ()> + Send + 'static {
+        let probes = self.probes.clone();
+        let session = self.session.generation.load(Ordering::Acquire);
+        async move {
+            let (done, acted) = oneshot::channel();
+            if probes.send(Probe { session, done }).await.is_ok() {
+                let _ = acted.await;
+            }
         }
-        self.metrics.journal_writer.set(0);
+    }
+
+    fn session_ended(&self) {
+        if self.metrics.journal_writer.set(0) == 1 {
+            info!(
+                "journal writer: the ingest session ended; this node is no longer the cluster's \
+                 writer"
+            );
+        }
     }
 }
 
 async fn run(
     parts: WriterParts,
     mut rx: mpsc::Receiver<Submission>,
+    mut probes: mpsc::Receiver<Probe>,
     session: Arc<SessionChannel>,
     shutdown: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    // The session whose channel is in confirm mode and synchronised (barrier read back).
-    let mut synced: Option<u64> = None;
+    let mut state = Synced::default();
     // Set when an append failed: synchronise again before the next.
     let resync = Arc::new(AtomicBool::new(false));
     let inflight = InFlight::default();
     loop {
         let received = tokio::select! {
             n = rx.recv_many(&mut batch, MAX_BATCH) => n,
+            Some(Probe { session: probed, done }) = probes.recv() => {
+                // The queue's active consumer: the writer from now on, said now rather than at
+                // the next event.
+                if let Some((generation, channel)) = session.current()
+                    && generation == probed
+                    && let Err(error) = state.ensure(&parts, generation, &channel, &resync).await
+                {
+                    warn!(%error, "journal writer: cannot synchronise with the stream");
+                }
+                let _ = done.send(());
+                continue;
+            }
             () = shutdown.cancelled() => break,
         };
         if received == 0 {
@@ -193,18 +246,10 @@ async fn run(
         if current.is_empty() {
             continue;
         }
-        if synced != Some(generation) || resync.swap(false, Ordering::Relaxed) {
-            parts.metrics.journal_writer.set(0);
-            let first_use = synced != Some(generation);
-            synced = None;
-            if let Err(error) = take_over(&parts, &channel, first_use).await {
-                warn!(%error, "journal writer: cannot synchronise with the stream");
-                fail(current.into_iter(), &error);
-                continue;
-            }
-            synced = Some(generation);
-            parts.metrics.journal_writer.set(1);
-            info!(stream = %parts.stream, "journal writer: this node writes the journal stream now");
+        if let Err(error) = state.ensure(&parts, generation, &channel, &resync).await {
+            warn!(%error, "journal writer: cannot synchronise with the stream");
+            fail(current.into_iter(), &error);
+            continue;
         }
         if let Err(error) = write(&parts, &channel, current, &inflight, &resync).await {
             warn!(%error, "journal writer: appending failed; synchronising again before the next");
@@ -213,7 +258,55 @@ async fn run(
             resync.store(true, Ordering::Relaxed);
         }
     }
-    parts.metrics.journal_writer.set(0);
+    if parts.metrics.journal_writer.set(0) == 1 {
+        info!("journal writer: stopped; this node is no longer the cluster's writer");
+    }
+}
+
+/// Which ingest session the writer is synchronised on.
+#[derive(Default)]
+struct Synced {
+    /// The session whose channel is in confirm mode and synchronised (barrier read back).
+    session: Option<u64>,
+    /// The session this node last said it writes on.
+    announced: Option<u64>,
+}
+
+impl Synced {
+    /// Synchronises with the stream on session `generation`'s channel unless that is done (and
+    /// no append failed since): confirm mode the first time, then a barrier read back. Says
+    /// once per session that this node is the cluster's writer.
+    async fn ensure(
+        &mut self,
+        parts: &WriterParts,
+        generation: u64,
+        channel: &Channel,
+        resync: &AtomicBool,
+    ) -> Result<(), ClusterError> {
+        if self.session == Some(generation) && !resync.swap(false, Ordering::Relaxed) {
+            return Ok(());
+        }
+        // The barrier below covers every failure so far.
+        resync.store(false, Ordering::Relaxed);
+        parts.metrics.journal_writer.set(0);
+        let first_use = self.session != Some(generation);
+        self.session = None;
+        take_over(parts, channel, first_use).await?;
+        self.session = Some(generation);
+        parts.metrics.journal_writer.set(1);
+        if self.announced != Some(generation) {
+            self.announced = Some(generation);
+            info!(
+                stream = %parts.stream,
+                ingest_queue = %parts.ingest_queue,
+                "journal writer: this node is the cluster's writer (the ingest queue's active \
+                 consumer); it appends to the journal stream"
+            );
+        } else {
+            info!(stream = %parts.stream, "journal writer: synchronised with the stream again");
+        }
+        Ok(())
+    }
 }
 
 /// Puts a session's channel in confirm mode (`first_use`) and appends the barrier.

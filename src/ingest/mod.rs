@@ -3,7 +3,8 @@
 //! Owns: the broker connection and its lifecycle (connect, declare the topology, consume,
 //! reconnect with backoff and jitter, clean shutdown), acknowledgements (sent only once the
 //! downstream accepted the event, batched with `multiple`), dead-lettering of poison input with
-//! the reason in headers, and the ingest metrics and readiness state. Does not own: decoding
+//! the reason in headers, the ingest metrics and readiness state, and, on cluster mode's shared
+//! queue, the probe that tells its active consumer that it is ([`PROBE_TYPE`]). Does not own: decoding
 //! (`schema`), dedupe and ordering (`store` via the sequencer), routing (`hub`). Only this
 //! module touches lapin types.
 //!
@@ -48,6 +49,13 @@ pub use topology::Topology;
 pub const FORWARDED_CONTENT_TYPE: &str = "application/x-protobuf";
 /// `type` of such a message: the message its body is.
 pub const FORWARDED_TYPE: &str = "cloudphone.notify.v1.Event";
+
+/// `type` of a probe: an empty message an ingest publishes to cluster mode's shared queue when
+/// its session starts consuming, and once more when it stops. The queue has a single active
+/// consumer, so the node that receives a probe learns that it is that consumer (cluster mode's
+/// writer) at once, not only when the next event comes; the probe is acked, never decoded.
+/// RabbitMQ tells an AMQP 0.9.1 consumer nothing when it becomes active.
+pub const PROBE_TYPE: &str = "notify-backbone.active-consumer-probe";
 
 /// The first pause after a failed connection; it doubles up to `reconnect_max_backoff`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -125,6 +133,16 @@ pub trait Downstream: Send + Sync + 'static {
     /// queue's state may be stale. Cluster mode's writer appends on that channel (so a dead
     /// session's appends are fenced by the broker) and synchronises with the journal again.
     fn session_started(&self, _channel: &lapin::Channel) {}
+
+    /// A probe reached the session that started last: it is the queue's active consumer. The
+    /// probe is acked once the returned future resolves (cluster mode's writer synchronises
+    /// with the journal first).
+    fn session_active(&self) -> impl Future<Output = ()> + Send + 'static {
+        std::future::ready(())
+    }
+
+    /// The session that started last ended (shutdown or a failure): it consumes no more.
+    fn session_ended(&self) {}
 }
 
 impl Downstream for Sequencer {
@@ -206,6 +224,7 @@ async fn run<D: Downstream>(
         let outcome =
             session::run(&config, &downstream, &metrics, &state, &shutdown, &suspects).await;
         metrics.ingest.consuming.set(0);
+        downstream.session_ended();
         match outcome {
             Ok(()) => break,
             Err(failure) => {

@@ -2,7 +2,8 @@
 //! shutdown drain what is in flight.
 //!
 //! Every delivery becomes an in-flight entry whose outcome is either the downstream's receipt
-//! (the event is stored and routed) or the broker's confirm of its dead-letter copy. Entries
+//! (the event is stored and routed), the broker's confirm of its dead-letter copy, or, for a
+//! probe, the downstream having acted on it. Entries
 //! settle strictly in arrival order, so acking the newest settled tag with `multiple` covers
 //! exactly the settled ones. The number in flight is bounded by the prefetch: the broker sends
 //! no more than that many unacknowledged deliveries.
@@ -37,6 +38,7 @@ use crate::{
 
 use super::{
     Downstream, IngestConfig, IngestError, IngestState, SessionFailure, dead_letter, events,
+    topology::QueueKind,
 };
 
 /// Closing a connection the broker already dropped can hang until a heartbeat timeout; past
@@ -95,6 +97,14 @@ impl Message {
         }
     }
 
+    /// A probe ([`super::PROBE_TYPE`]), not an event.
+    fn is_probe(&self) -> bool {
+        self.properties
+            .kind()
+            .as_ref()
+            .is_some_and(|kind| kind.as_str() == super::PROBE_TYPE)
+    }
+
     /// An event forwarded by another node's `Publish` (cluster mode), not a producer's JSON.
     fn is_forwarded(&self) -> bool {
         let text = |value: &Option<lapin::types::ShortString>| {
@@ -114,6 +124,8 @@ impl Message {
 enum Outcome {
     /// Stored (or recognised as a duplicate) and routed.
     Accepted(Published),
+    /// A probe, which the downstream has acted on.
+    Probed,
     /// The broker confirmed the dead-letter copy.
     DeadLettered(DecodeError),
     /// Our own failure: the downstream did not take a good event. Retried, never rejected.
@@ -137,6 +149,21 @@ struct InFlight {
     outcome: PendingOutcome,
     /// Submitted again after a refusal (not the delivery's first submission).
     resubmitted: bool,
+}
+
+/// Publishes a probe ([`super::PROBE_TYPE`]) to `queue`; its confirm is not waited for (a
+/// probe lost costs only an announcement that comes with the next event instead).
+async fn publish_probe(channel: &Channel, queue: &str) -> lapin::Result<()> {
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            &[],
+            BasicProperties::default().with_type(super::PROBE_TYPE.into()),
+        )
+        .await
+        .map(drop)
 }
 
 /// Runs one session until shutdown (`Ok`) or until a connection fails.
@@ -241,6 +268,12 @@ async fn consume<D: Downstream>(
     downstream.session_started(&channel);
     metrics.ingest.consuming.set(1);
     info!(queue = %config.topology.queue, prefetch = config.prefetch, "ingest: consuming");
+    if config.topology.queue_kind == QueueKind::Shared {
+        // Whoever consumes the queue now learns it from this, this session or another node's.
+        publish_probe(&dead_letters, &config.topology.queue)
+            .await
+            .map_err(|e| before(IngestError::Lost(e)))?;
+    }
 
     let mut session = Session {
         metrics,
@@ -391,7 +424,10 @@ impl<D: Downstream> Session<'_, D> {
                 .emit(self.metrics);
                 break;
             };
-            if !matches!(outcome, Outcome::Accepted(_) | Outcome::DeadLettered(_)) {
+            if !matches!(
+                outcome,
+                Outcome::Accepted(_) | Outcome::Probed | Outcome::DeadLettered(_)
+            ) {
                 // No retries during shutdown: it stays unacked and the broker redelivers it.
                 break;
             }
@@ -409,9 +445,16 @@ impl<D: Downstream> Session<'_, D> {
             returned = self.inflight.len(),
             "ingest: drained in-flight deliveries"
         );
+        let config = self.start.config;
         let closes = async {
-            let _ = self.start.dead_letters.close(200, "shutdown".into()).await;
             let _ = self.channel.close(200, "shutdown".into()).await;
+            if config.topology.queue_kind == QueueKind::Shared {
+                // Only now that this session's channel is closed (so whatever it appended is in
+                // the stream, see `cluster::writer`): the consumer that is active next learns
+                // it at once, not at the next event.
+                let _ = publish_probe(&self.start.dead_letters, &config.topology.queue).await;
+            }
+            let _ = self.start.dead_letters.close(200, "shutdown".into()).await;
         };
         let _ = tokio::time::timeout_at(deadline, closes).await;
         Ok(())
@@ -442,6 +485,7 @@ impl<D: Downstream> Session<'_, D> {
                 self.start.answer(&oldest.message, Ok(&published)).await;
                 self.settled(oldest.message.tag);
             }
+            Outcome::Probed => self.settled(oldest.message.tag),
             Outcome::DeadLettered(error) => {
                 events::DeadLettered {
                     routing_key: &oldest.message.routing_key,
@@ -564,6 +608,13 @@ impl<D: Downstream> Session<'_, D> {
 impl<D: Downstream> Start<'_, D> {
     /// Decodes a delivery and starts its way: into the downstream, or to the dead letters.
     async fn begin(&self, message: &Message) -> Result<PendingOutcome, IngestError> {
+        if message.is_probe() {
+            let acted = self.downstream.session_active();
+            return Ok(Box::pin(async move {
+                acted.await;
+                Outcome::Probed
+            }));
+        }
         let props = Properties {
             timestamp_ms: message.timestamp_ms(),
             received_at: SystemTime::now(),

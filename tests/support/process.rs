@@ -47,6 +47,16 @@ impl Logs {
         lines[from..].join("\n")
     }
 
+    /// The lines that contain `text`.
+    pub fn containing(&self, text: &str) -> Vec<String> {
+        let lines = self.0.lock().unwrap();
+        lines
+            .iter()
+            .filter(|line| line.contains(text))
+            .cloned()
+            .collect()
+    }
+
     /// The warnings and errors the servers logged.
     pub fn trouble(&self) -> Vec<String> {
         let lines = self.0.lock().unwrap();
@@ -87,14 +97,30 @@ pub fn broker_args(names: &Names) -> Vec<String> {
 /// Starts `notify-backbone serve` with `args` (see [`broker_args`]) on `data`, and waits until
 /// it logged both of its addresses.
 pub async fn start_node(args: &[String], data: &Path, run: usize, logs: &Logs) -> Node {
-    let mut child = Command::new(BIN.expect("the server binary (the root package's tests)"))
+    start_node_logging(args, data, run, logs, Some("info")).await
+}
+
+/// [`start_node`] with `RUST_LOG` set to `rust_log`, or, with `None`, unset: the server's own
+/// default filter, what an operator who sets nothing sees.
+pub async fn start_node_logging(
+    args: &[String],
+    data: &Path,
+    run: usize,
+    logs: &Logs,
+    rust_log: Option<&str>,
+) -> Node {
+    let mut command = Command::new(BIN.expect("the server binary (the root package's tests)"));
+    match rust_log {
+        Some(filter) => command.env("RUST_LOG", filter),
+        None => command.env_remove("RUST_LOG"),
+    };
+    let mut child = command
         .arg("serve")
         .args(args)
         .arg("--data-dir")
         .arg(data)
         .args(["--jwt-secret", TEST_SECRET])
         .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .env("RUST_BACKTRACE", "0")
         .stdin(Stdio::null())
@@ -183,6 +209,28 @@ impl Node {
                 (key == name).then(|| value.parse().ok())?
             })
             .unwrap_or(0.0)
+    }
+
+    /// SIGTERM, and waits for the process to exit; it must exit successfully (a clean
+    /// shutdown).
+    pub async fn stop(mut self, logs: &Logs) {
+        let pid = self.child.id().unwrap();
+        let sent = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .unwrap();
+        assert!(sent.success());
+        let exited = tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .expect("SIGTERM stops a server")
+            .unwrap();
+        assert!(
+            exited.success(),
+            "run {} exited with {exited:?}; its log:\n{}",
+            self.run,
+            logs.tail(40)
+        );
     }
 
     /// `kill -9`, after checking the process did not die by itself, and waits for it to go.
