@@ -48,6 +48,16 @@ pub enum SequencerError {
     /// The journal refused the batch.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The event's id is stored already for another event (another type, user, device or
+    /// payload): this one is not stored, and the stored one's position is not given out.
+    #[error(
+        "event id {id:?} was already used for a different event; a re-send must be the same \
+         event, a new event needs a new id"
+    )]
+    ConflictingId {
+        /// The id.
+        id: String,
+    },
 }
 
 type Reply = oneshot::Sender<Result<Published, SequencerError>>;
@@ -393,6 +403,11 @@ impl Committed {
             if let Some(trace) = &trace {
                 trace.journaled(started, ended, batch, appended.duplicate);
             }
+            if appended.conflict {
+                conflicting_id(metrics, &event);
+                let _ = reply.send(Err(SequencerError::ConflictingId { id: event.id }));
+                continue;
+            }
             if appended.duplicate {
                 metrics.duplicates.inc();
             } else {
@@ -416,6 +431,20 @@ impl Committed {
                 duplicate: appended.duplicate,
             }));
         }
+    }
+}
+
+/// Counts and logs (rate-limited: a producer decides how many) an event refused because its id
+/// names another stored event.
+pub(crate) fn conflicting_id(metrics: &Metrics, event: &pb::Event) {
+    metrics.conflicting_ids.inc();
+    if crate::telemetry::WARNINGS.admit("conflicting event id") {
+        warn!(
+            id = %event.id,
+            r#type = %event.r#type,
+            user = %event.user_id,
+            "an event reuses the id of a different stored event; refused (not stored)"
+        );
     }
 }
 
@@ -539,6 +568,7 @@ mod tests {
                 out.push(Appended {
                     cursor,
                     duplicate: false,
+                    conflict: false,
                     frame: Some(frame),
                 });
             }

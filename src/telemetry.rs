@@ -244,6 +244,9 @@ pub struct Metrics {
     pub events_out: Family<TypeLabel, Counter>,
     /// `notify_duplicates_total`: events recognised as already accepted.
     pub duplicates: Counter,
+    /// `notify_conflicting_ids_total`: events refused because their id names a different stored
+    /// event (another type, user, device or payload).
+    pub conflicting_ids: Counter,
     /// `notify_rejected_total{reason}`: published events refused as bad input.
     pub rejected: Family<ReasonLabel, Counter>,
     /// `notify_subscribers`: open subscriptions.
@@ -475,6 +478,7 @@ impl Metrics {
         let events_in = Family::<TypeLabel, Counter>::default();
         let events_out = Family::<TypeLabel, Counter>::default();
         let duplicates = Counter::default();
+        let conflicting_ids = Counter::default();
         let rejected = Family::<ReasonLabel, Counter>::default();
         let subscribers = Gauge::default();
         let queue_overflows = Counter::default();
@@ -494,6 +498,11 @@ impl Metrics {
             "duplicates",
             "Events recognised as already accepted",
             duplicates.clone(),
+        );
+        registry.register(
+            "conflicting_ids",
+            "Events refused because their id names a different stored event",
+            conflicting_ids.clone(),
         );
         registry.register(
             "rejected",
@@ -536,6 +545,7 @@ impl Metrics {
             events_in,
             events_out,
             duplicates,
+            conflicting_ids,
             rejected,
             subscribers,
             queue_overflows,

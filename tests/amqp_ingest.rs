@@ -446,3 +446,50 @@ async fn a_poison_message_is_not_acked_while_its_dead_letter_copy_has_nowhere_to
     server.stop_within(PATIENCE).await;
     producer.clean_up(&[&names]).await;
 }
+
+/// The same `eventId` for another event (here: another user) was dropped as a harmless re-send,
+/// without a word, and the producer was answered with the other user's event position. Now it
+/// is dead-lettered (`conflicting_id`), counted and logged; a true re-send is still a duplicate.
+#[tokio::test]
+async fn an_event_reusing_the_id_of_a_different_event_is_dead_lettered_not_taken_for_a_re_send() {
+    let names = Names::unique("conflicting-id");
+    let producer = Producer::connect().await;
+    let server = TestServer::start_amqp(&names, |_| {}).await;
+    let mut client = server.client().await;
+    let mut admin = subscribe(&mut client, request("*")).await;
+
+    let first = device_error("shared-id", "u1", "d1");
+    producer
+        .publish(&names.exchange, "device.error", first.as_bytes())
+        .await;
+    assert_next_is(&mut admin, "shared-id", "the admin firehose").await;
+    // A re-send (the same event) and another event under the same id.
+    producer
+        .publish(&names.exchange, "device.error", first.as_bytes())
+        .await;
+    let other = device_error("shared-id", "u2", "d9");
+    producer
+        .publish(&names.exchange, "device.error", other.as_bytes())
+        .await;
+    let sentinel = device_error("after-conflict", "u1", "d1");
+    producer
+        .publish(&names.exchange, "device.error", sentinel.as_bytes())
+        .await;
+    // Neither the re-send nor the other event reaches anyone.
+    assert_next_is(&mut admin, "after-conflict", "the admin firehose").await;
+
+    let dead = producer.take(&names.dead_letter_queue, 1).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].reason.as_deref(),
+        Some("conflicting_id"),
+        "{:?}",
+        dead[0]
+    );
+    assert_eq!(dead[0].field.as_deref(), Some("eventId"));
+    assert_eq!(dead[0].body, other.as_bytes());
+    assert_eq!(server.metric("notify_conflicting_ids_total").await, 1.0);
+    assert_eq!(server.metric("notify_duplicates_total").await, 1.0);
+    server.stop_within(PATIENCE).await;
+    producer.clean_up(&[&names]).await;
+}

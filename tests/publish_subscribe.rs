@@ -215,3 +215,53 @@ async fn metrics_count_what_flowed() {
         "{text}"
     );
 }
+
+/// An id reused for another event (another user) was answered as a duplicate with the first
+/// event's cursor: another user's event position, handed to the producer. Now ALREADY_EXISTS,
+/// counted; the stored event stays as it was, and a true re-send is still a duplicate.
+#[tokio::test]
+async fn an_id_reused_for_a_different_event_is_refused_with_already_exists() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let mut stream = subscribe(&mut client, request("u2")).await;
+    let first = publish_json(
+        &mut client,
+        "device.error",
+        &device_error("reused", "u1", "d1"),
+    )
+    .await
+    .unwrap();
+    let refused = publish_json(
+        &mut client,
+        "device.error",
+        &device_error("reused", "u2", "d2"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("already used for a different event")
+    );
+    assert!(!refused.message().contains(&first.cursor), "{refused:?}");
+    let again = publish_json(
+        &mut client,
+        "device.error",
+        &device_error("reused", "u1", "d1"),
+    )
+    .await
+    .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.cursor, first.cursor);
+    assert_eq!(server.metric("notify_conflicting_ids_total").await, 1.0);
+    // u2 got nothing under that id: the next event u2 sees is the sentinel.
+    publish_json(
+        &mut client,
+        "device.error",
+        &device_error("for-u2", "u2", "d2"),
+    )
+    .await
+    .unwrap();
+    assert_next_is(&mut stream, "for-u2", "u2").await;
+}

@@ -88,7 +88,8 @@ impl Forwarder {
     }
 }
 
-type Waiting = Arc<Mutex<HashMap<u64, Answer>>>;
+/// Calls waiting for the writer's answer, by correlation id, with their event's id.
+type Waiting = Arc<Mutex<HashMap<u64, (Answer, String)>>>;
 
 async fn run(
     url: String,
@@ -111,7 +112,7 @@ async fn run(
         )
         .await;
         // Calls waiting for an answer on the lost connection will not get one.
-        for (_, answer) in waiting
+        for (_, (answer, _)) in waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .drain()
@@ -191,9 +192,9 @@ async fn forward(
     {
         let mut waiting = waiting.lock().unwrap_or_else(PoisonError::into_inner);
         if waiting.len() > PRUNE_ABOVE {
-            waiting.retain(|_, answer| !answer.is_closed());
+            waiting.retain(|_, (answer, _)| !answer.is_closed());
         }
-        waiting.insert(id, answer);
+        waiting.insert(id, (answer, event.id.clone()));
     }
     let properties = BasicProperties::default()
         .with_content_type(ingest::FORWARDED_CONTENT_TYPE.into())
@@ -226,7 +227,7 @@ async fn forward(
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
-        if let Some(answer) = answer {
+        if let Some((answer, _)) = answer {
             let _ = answer.send(Err(StoreError::Unavailable(refused.into()).into()));
         }
     });
@@ -243,24 +244,36 @@ fn answer(delivery: &lapin::message::Delivery, waiting: &Waiting) {
     else {
         return;
     };
-    let Some(answer) = waiting
+    let Some((answer, event_id)) = waiting
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .remove(&id)
     else {
         return;
     };
-    let _ = answer.send(parse_answer(delivery));
+    let _ = answer.send(parse_answer(delivery, event_id));
 }
 
 /// The writer's answer: a `PublishResponse`, or the reason it refused the event.
-fn parse_answer(delivery: &lapin::message::Delivery) -> Result<Published, SequencerError> {
+fn parse_answer(
+    delivery: &lapin::message::Delivery,
+    event_id: String,
+) -> Result<Published, SequencerError> {
     if let Some(headers) = delivery.properties.headers()
         && let Some(detail) = crate::ingest::dead_letter::header_text(
             headers,
             crate::ingest::dead_letter::ERROR_DETAIL_HEADER,
         )
     {
+        let reason = crate::ingest::dead_letter::header_text(
+            headers,
+            crate::ingest::dead_letter::ERROR_HEADER,
+        );
+        if reason == Some(b"conflicting_id".as_slice()) {
+            // Not the writer's trouble: the caller's id names another event. Said as on one
+            // node (ALREADY_EXISTS), not as a refusal worth retrying.
+            return Err(SequencerError::ConflictingId { id: event_id });
+        }
         return Err(StoreError::Unavailable(format!(
             "the journal's writer refused the event: {}",
             String::from_utf8_lossy(detail)

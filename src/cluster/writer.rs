@@ -384,15 +384,15 @@ async fn write(
 ) -> Result<(), ClusterError> {
     let epoch = parts.epoch;
     // Known ids: stored before (the replica's index), or appended and not read back yet.
-    let ids: Vec<String> = batch
+    let events: Vec<crate::pb::Event> = batch
         .iter()
         .flat_map(|s| std::iter::once(&s.decoded.event).chain(&s.decoded.admin_notice))
-        .map(|event| event.id.clone())
+        .cloned()
         .collect();
     let index = parts.ids.clone();
     let known = tokio::task::spawn_blocking(move || {
-        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        index.positions_of(&refs)
+        let refs: Vec<&crate::pb::Event> = events.iter().collect();
+        index.known(&refs)
     })
     .await
     .map_err(|error| ClusterError::Replica(error.to_string()))?
@@ -412,9 +412,14 @@ async fn write(
         {
             let stored_at = known.next().flatten();
             let is_event = n == 0;
-            if let Some(position) = stored_at {
+            if let Some(stored) = stored_at {
                 if is_event {
-                    answer = Some(Answer::Duplicate(position));
+                    answer = Some(if stored.conflict {
+                        crate::sequencer::conflicting_id(&parts.metrics, event);
+                        Answer::Conflicting
+                    } else {
+                        Answer::Duplicate(stored.position)
+                    });
                 }
                 continue;
             }
@@ -510,7 +515,12 @@ async fn write(
             resync.store(true, Ordering::Relaxed);
         }
         for (reply, id, answer) in plans {
+            if matches!(answer, Answer::Conflicting) {
+                let _ = reply.send(Err(SequencerError::ConflictingId { id }));
+                continue;
+            }
             let landed = match answer {
+                Answer::Conflicting => None,
                 Answer::Duplicate(position) => Some(Landed {
                     position,
                     duplicate: true,
@@ -565,6 +575,8 @@ enum Answer {
     Landing(usize),
     /// Not appended (the connection failed first).
     Failed,
+    /// Its id was stored before for a different event: refused.
+    Conflicting,
 }
 
 fn fail(batch: impl Iterator<Item = Submission>, error: &ClusterError) {

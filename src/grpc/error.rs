@@ -92,6 +92,7 @@ impl From<ApiError> for Status {
             | ApiError::Hub(HubError::CursorAhead(_))
             | ApiError::Missing(_)
             | ApiError::Conflicting(_) => Code::InvalidArgument,
+            ApiError::Sequencer(SequencerError::ConflictingId { .. }) => Code::AlreadyExists,
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
             ApiError::Denied(_) => Code::PermissionDenied,
             ApiError::Hub(HubError::ShuttingDown)

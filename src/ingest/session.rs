@@ -130,6 +130,9 @@ enum Outcome {
     DeadLettered(DecodeError),
     /// Our own failure: the downstream did not take a good event. Retried, never rejected.
     Refused(SequencerError),
+    /// The journal found the event's id stored for a different event: it is dead-lettered
+    /// next, as bad input is.
+    Conflicting(DecodeError),
     /// The broker refused the dead-letter copy (nack). Retried.
     DeadLetterRefused,
     /// The dead-letter copy reached no queue (the dead-letter queue was deleted or unbound):
@@ -486,6 +489,15 @@ impl<D: Downstream> Session<'_, D> {
                 self.settled(oldest.message.tag);
             }
             Outcome::Probed => self.settled(oldest.message.tag),
+            Outcome::Conflicting(error) => {
+                // Its dead-lettering takes its place at the head: it settles when confirmed.
+                let outcome = self.start.dead_letter(&oldest.message, error).await?;
+                self.inflight.push_front(InFlight {
+                    message: oldest.message,
+                    outcome,
+                    resubmitted: oldest.resubmitted,
+                });
+            }
             Outcome::DeadLettered(error) => {
                 events::DeadLettered {
                     routing_key: &oldest.message.routing_key,
@@ -641,6 +653,9 @@ impl<D: Downstream> Start<'_, D> {
                     Ok(receipt) => Box::pin(async move {
                         match receipt.await {
                             Ok(published) => Outcome::Accepted(published),
+                            Err(SequencerError::ConflictingId { id }) => {
+                                Outcome::Conflicting(DecodeError::ConflictingId { id })
+                            }
                             Err(error) => Outcome::Refused(error),
                         }
                     }),

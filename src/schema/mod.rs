@@ -196,6 +196,17 @@ pub enum DecodeError {
         /// The canonical event type.
         event_type: String,
     },
+    /// Not found by decoding but by the journal: the event's id is stored already for a
+    /// different event (another type, user, device or payload). Dead-lettered like bad input,
+    /// so the producer's mistake is seen, not dropped as a re-send.
+    #[error(
+        "event id {id:?} was already used for a different event; a re-send must be the same \
+         event, a new event needs a new id"
+    )]
+    ConflictingId {
+        /// The id.
+        id: String,
+    },
 }
 
 impl DecodeError {
@@ -216,6 +227,7 @@ impl DecodeError {
             DecodeError::InvalidField { .. } => "invalid_field",
             DecodeError::PayloadMismatch { .. } => "payload_mismatch",
             DecodeError::TooDeep { .. } => "too_deep",
+            DecodeError::ConflictingId { .. } => "conflicting_id",
         }
     }
 
@@ -225,6 +237,7 @@ impl DecodeError {
             DecodeError::MissingField { field }
             | DecodeError::InvalidField { field, .. }
             | DecodeError::TooDeep { field, .. } => Some(field),
+            DecodeError::ConflictingId { .. } => Some("eventId"),
             _ => None,
         }
     }

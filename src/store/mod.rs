@@ -17,7 +17,7 @@ mod redb;
 pub use cursor::{Cursor, CursorError};
 pub use file::JournalHealth;
 pub use redb::{
-    Durability, IdIndex, JournalMonitor, JournalSettings, OpenError, Pruner, RedbJournal,
+    Durability, IdIndex, JournalMonitor, JournalSettings, Known, OpenError, Pruner, RedbJournal,
     Replicated, Retention, Syncer,
 };
 
@@ -34,6 +34,10 @@ pub struct Appended {
     pub cursor: Cursor,
     /// The id was already in the journal; the event was not stored again.
     pub duplicate: bool,
+    /// With `duplicate`: the stored event of that id is another event (its type, user, device
+    /// or payload differ), not a re-send of this one. `cursor` is then the stored one's, which
+    /// is not this event's position: callers must not hand it to the producer.
+    pub conflict: bool,
     /// For a new event: `SubscribeResponse { event }` encoded, cursor included, exactly as
     /// stored — the hub sends these bytes, so live and replayed events are the same bytes.
     pub frame: Option<Bytes>,

@@ -342,9 +342,11 @@ impl RedbJournal {
                     if frame.is_some() {
                         event.cursor = cursor.to_string();
                     }
+                    let conflict = frame.is_none() && !stored_is_same(&table, position, event)?;
                     outcomes.push(Appended {
                         cursor,
                         duplicate: frame.is_none(),
+                        conflict,
                         frame,
                     });
                     continue;
@@ -362,6 +364,7 @@ impl RedbJournal {
                 outcomes.push(Appended {
                     cursor,
                     duplicate: false,
+                    conflict: false,
                     frame: Some(frame),
                 });
             }
@@ -713,6 +716,46 @@ impl RedbJournal {
     }
 }
 
+/// An event id the journal has stored: see [`IdIndex::known`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Known {
+    /// Where.
+    pub position: u64,
+    /// The stored event is another one than the event asked about.
+    pub conflict: bool,
+}
+
+/// Whether the event stored at `position` is `event` again (a re-send), as opposed to another
+/// event under the same id: the same type, user, device and payload. Times, cursor and trace
+/// may differ between re-sends (`received_at` always does). Read only for duplicates.
+fn stored_is_same(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+    position: u64,
+    event: &pb::Event,
+) -> Result<bool, redb::Error> {
+    let Some(stored) = table.get(position)? else {
+        // Pruned meanwhile: nothing to tell it from.
+        return Ok(true);
+    };
+    let record = Record::decode(stored.value());
+    if (record.event_type, record.user_id, record.device_id)
+        != (
+            event.r#type.as_str(),
+            event.user_id.as_str(),
+            event.device_id.as_str(),
+        )
+    {
+        return Ok(false);
+    }
+    let decoded = <pb::SubscribeResponse as prost::Message>::decode(record.frame);
+    Ok(match decoded.ok().and_then(|frame| frame.kind) {
+        Some(pb::subscribe_response::Kind::Event(stored)) => stored.payload == event.payload,
+        // A frame that does not decode (see the hub's unreadable events): the routing facts
+        // agreed, which is all that can be told.
+        _ => true,
+    })
+}
+
 /// The id index of a journal: where each remembered event id was stored.
 #[derive(Clone)]
 pub struct IdIndex {
@@ -720,6 +763,30 @@ pub struct IdIndex {
 }
 
 impl IdIndex {
+    /// Per event, if its id was stored (and is still remembered): where, and whether the stored
+    /// event is another one (see [`Appended::conflict`]). A blocking read: call it off the async
+    /// workers.
+    pub fn known(&self, events: &[&pb::Event]) -> Result<Vec<Option<Known>>, StoreError> {
+        let db = self.file.db()?;
+        let txn = db.begin_read().map_err(storage)?;
+        let ids = txn.open_table(IDS).map_err(storage)?;
+        let table = txn.open_table(EVENTS).map_err(storage)?;
+        events
+            .iter()
+            .map(|event| {
+                let Some(position) = ids
+                    .get(event.id.as_str())
+                    .map_err(storage)?
+                    .map(|v| v.value().0)
+                else {
+                    return Ok(None);
+                };
+                let conflict = !stored_is_same(&table, position, event).map_err(storage)?;
+                Ok(Some(Known { position, conflict }))
+            })
+            .collect()
+    }
+
     /// Where each id was stored, if it was (and is still remembered). A blocking read: call it
     /// off the async workers.
     pub fn positions_of(&self, ids: &[&str]) -> Result<Vec<Option<u64>>, StoreError> {
@@ -1079,6 +1146,44 @@ mod tests {
             .unwrap();
         assert_eq!((out[0].cursor.position, out[0].duplicate), (2, true));
         assert_eq!((out[1].cursor.position, out[1].duplicate), (3, false));
+    }
+
+    #[test]
+    fn a_duplicate_id_of_another_event_is_a_conflict_and_a_re_send_is_not() {
+        let dir = Dir::new("conflict");
+        let mut journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
+        journal.append(&mut [event("a", "u1")]).unwrap();
+        let mut resent = event("a", "u1");
+        resent.received_at = Some(prost_types::Timestamp {
+            seconds: 99,
+            nanos: 0,
+        });
+        let out = journal
+            .append(&mut [resent, event("a", "u2"), event("a", "u1")])
+            .unwrap();
+        assert_eq!(
+            out.iter()
+                .map(|a| (a.cursor.position, a.duplicate, a.conflict))
+                .collect::<Vec<_>>(),
+            [(1, true, false), (1, true, true), (1, true, false)]
+        );
+        let index = journal.id_index();
+        let other = event("a", "u2");
+        let same = event("a", "u1");
+        assert_eq!(
+            index.known(&[&same, &other, &event("b", "u1")]).unwrap(),
+            [
+                Some(Known {
+                    position: 1,
+                    conflict: false
+                }),
+                Some(Known {
+                    position: 1,
+                    conflict: true
+                }),
+                None
+            ]
+        );
     }
 
     #[test]
