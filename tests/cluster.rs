@@ -755,21 +755,33 @@ async fn an_id_reused_for_a_different_event_is_refused_on_any_node() {
     let a = cluster.node("a").await;
     let b = cluster.node("b").await;
     let mut on_b = b.client().await;
-    let first = publish_json(&mut on_b, "device.error", &device_error("reused", "u1", "d1"))
-        .await
-        .unwrap();
+    let first = publish_json(
+        &mut on_b,
+        "device.error",
+        &device_error("reused", "u1", "d1"),
+    )
+    .await
+    .unwrap();
     // Through the other node, another user's event under the same id: refused by the writer,
     // said as on one node, without the stored event's cursor.
     let mut on_a = a.client().await;
-    let refused = publish_json(&mut on_a, "device.error", &device_error("reused", "u2", "d2"))
-        .await
-        .unwrap_err();
+    let refused = publish_json(
+        &mut on_a,
+        "device.error",
+        &device_error("reused", "u2", "d2"),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused:?}");
     assert!(!refused.message().contains(&first.cursor), "{refused:?}");
     // A true re-send is still a duplicate at the first cursor.
-    let again = publish_json(&mut on_a, "device.error", &device_error("reused", "u1", "d1"))
-        .await
-        .unwrap();
+    let again = publish_json(
+        &mut on_a,
+        "device.error",
+        &device_error("reused", "u1", "d1"),
+    )
+    .await
+    .unwrap();
     assert!(again.duplicate);
     assert_eq!(again.cursor, first.cursor);
     cluster.clean_up(&producer).await;

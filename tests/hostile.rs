@@ -542,20 +542,26 @@ async fn a_subject_named_like_a_wildcard_sees_no_one_elses_events_and_none_is_pu
 // The process: a damaged file, a dead log pipe
 // ---------------------------------------------------------------------------------------------
 
+/// A small journal with fsync at every commit in `data`, written directly as an older server
+/// would have.
+fn small_journal(data: &DataDir) -> RedbJournal {
+    RedbJournal::open(JournalSettings {
+        dir: data.0.clone(),
+        durability: Durability::EveryCommit,
+        dedupe_window: Duration::from_secs(60),
+        cache_bytes: 1 << 20,
+        min_free_bytes: 0,
+    })
+    .unwrap()
+}
+
 /// A truncated `journal.redb` tripped an assertion inside the storage engine: exit 101 with a
 /// panic, instead of the reason; then the reason, after the panic's own line.
 #[tokio::test]
 async fn a_truncated_journal_stops_start_up_with_the_reason() {
     let data = DataDir::new();
     {
-        let mut journal = RedbJournal::open(JournalSettings {
-            dir: data.0.clone(),
-            durability: Durability::EveryCommit,
-            dedupe_window: Duration::from_secs(60),
-            cache_bytes: 1 << 20,
-            min_free_bytes: 0,
-        })
-        .unwrap();
+        let mut journal = small_journal(&data);
         let mut events: Vec<pb::Event> = (0..500)
             .map(|i| pb::Event {
                 id: format!("e{i}"),
@@ -607,14 +613,7 @@ async fn a_truncated_journal_stops_start_up_with_the_reason() {
 async fn a_stored_event_too_deep_to_decode_is_served_without_its_payload_on_every_read_path() {
     let data = DataDir::new();
     let epoch = {
-        let mut journal = RedbJournal::open(JournalSettings {
-            dir: data.0.clone(),
-            durability: Durability::EveryCommit,
-            dedupe_window: Duration::from_secs(60),
-            cache_bytes: 1 << 20,
-            min_free_bytes: 0,
-        })
-        .unwrap();
+        let mut journal = small_journal(&data);
         let mut value = prost_types::Value {
             kind: Some(prost_types::value::Kind::ListValue(Default::default())),
         };
