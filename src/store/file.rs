@@ -238,6 +238,21 @@ impl JournalFile {
         work: impl FnOnce(&Database) -> Result<T, redb::Error>,
     ) -> Result<T, StoreError> {
         self.check_space()?;
+        let done = self.write_into_reserve(reopen_now, work)?;
+        // A checked write that went through: writable (again). Writes into the reserve say
+        // nothing about that: the disk may still be below it.
+        self.wrote();
+        Ok(done)
+    }
+
+    /// [`JournalFile::write`] without the reserve check, for writes that make room or make
+    /// what is stored durable (retention, the background sync): refusing them on a full disk
+    /// would keep it full, or leave acknowledged events unsynced. A failure still reopens.
+    pub(super) fn write_into_reserve<T>(
+        &self,
+        reopen_now: bool,
+        work: impl FnOnce(&Database) -> Result<T, redb::Error>,
+    ) -> Result<T, StoreError> {
         let db = match self.db() {
             Ok(db) => db,
             Err(_) => {
@@ -245,13 +260,7 @@ impl JournalFile {
                 self.db()?
             }
         };
-        match work(&db) {
-            Ok(done) => {
-                self.wrote();
-                Ok(done)
-            }
-            Err(error) => Err(self.failed(db, error, reopen_now)),
-        }
+        work(&db).map_err(|error| self.failed(db, error, reopen_now))
     }
 
     /// Looks again, off the write path (every second, from the server): reopens a file given up

@@ -413,7 +413,8 @@ impl Pruner {
     pub fn prune_once(&self, now_ms: u64) -> Result<usize, StoreError> {
         // Retention runs while the disk is full too: the pages it frees are what the next
         // events are written into. A failure reopens the file, as the writer's does.
-        self.file.write(true, |db| self.prune_in(db, now_ms))
+        self.file
+            .write_into_reserve(true, |db| self.prune_in(db, now_ms))
     }
 
     fn prune_in(&self, db: &Database, now_ms: u64) -> Result<usize, redb::Error> {
@@ -460,6 +461,11 @@ impl Pruner {
                 }
             }
         }
+        if removed == 0 {
+            // Nothing to write: no commit, which on a full disk could only fail.
+            txn.abort()?;
+            return Ok(0);
+        }
         txn.commit()?;
         Ok(removed)
     }
@@ -478,7 +484,7 @@ impl Syncer {
     ///
     /// Storage failures.
     pub fn sync(&self) -> Result<(), StoreError> {
-        self.file.write(true, |db| {
+        self.file.write_into_reserve(true, |db| {
             let mut txn = db.begin_write()?;
             txn.set_durability(RedbDurability::Immediate)?;
             Ok(txn.commit()?)
