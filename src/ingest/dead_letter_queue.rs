@@ -376,7 +376,7 @@ impl DeadLetterQueue {
                 let Some(got) = got else { break };
                 let delivery = got.delivery;
                 walk.read += 1;
-                if walk.read % PROGRESS_EVERY == 0 {
+                if walk.read.is_multiple_of(PROGRESS_EVERY) {
                     info!(
                         read = walk.read,
                         of = walk.in_queue,
