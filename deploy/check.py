@@ -22,7 +22,7 @@
    Broker names are made unique per run and removed afterwards (RabbitMQ is shared).
 
 Nothing here needs a Kubernetes cluster, and nothing Kubernetes itself does (scheduling, the
-kubelet's probes, volumes, the PodDisruptionBudget's effect) is exercised: the README says which
+kubelet's probes, volumes, the PodDisruptionBudget's effect) is exercised: docs/operating.md says which
 parts ran and which were only validated.
 """
 

@@ -1,8 +1,13 @@
 // Builds the two packages and checks what `npm pack` would publish: each tarball holds its
 // README and its ESM build with type declarations, and the built entry points import under Node
 // (so the emitted import paths resolve). Run by `.ci/run` through `npm run pack:check`.
+//
+// With `--write` (`npm run pack:tarballs`) it then packs them for real into web/dist-packages/
+// (ignored by git), not into web/ itself where `npm pack` would leave them untracked: the two
+// tarballs a console installs together (docs/consoles.md says how, and why both).
 import { execFileSync } from "node:child_process";
-import { dirname, join } from "node:path";
+import { mkdir, rm } from "node:fs/promises";
+import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const web = join(dirname(fileURLToPath(import.meta.url)), "..");
@@ -24,4 +29,16 @@ for (const name of PACKAGES) {
     `pack-check: ${name} ${tarball.version}: ${tarball.entryCount} files, ${tarball.size} bytes; ` +
       `${exported.length} exports`,
   );
+}
+
+if (process.argv.includes("--write")) {
+  const destination = join(web, "dist-packages");
+  await rm(destination, { recursive: true, force: true });
+  await mkdir(destination, { recursive: true });
+  const written = JSON.parse(
+    npm("pack", "--json", "--pack-destination", destination, ...PACKAGES.flatMap((name) => ["--workspace", name])),
+  );
+  for (const tarball of written) {
+    console.log(`pack-check: wrote ${relative(process.cwd(), join(destination, tarball.filename))}`);
+  }
 }
