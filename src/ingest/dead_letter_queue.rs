@@ -617,7 +617,7 @@ fn read_letter(
             .unwrap_or_else(|| routing_key.to_owned()),
         exchange,
         dead_lettered_at_ms,
-        published_at_ms: (*properties.timestamp()).and_then(super::session::amqp_timestamp_ms),
+        published_at_ms: (*properties.timestamp()).and_then(super::message::amqp_timestamp_ms),
         replays: integer(headers, REPLAYS_HEADER)
             .and_then(|n| u64::try_from(n).ok())
             .unwrap_or(0),

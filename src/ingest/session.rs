@@ -1,9 +1,9 @@
 //! One broker session: connect, declare, consume, settle deliveries in order, ack, and on
 //! shutdown drain what is in flight.
 //!
-//! Every delivery becomes an in-flight entry whose outcome is either the downstream's receipt
+//! Every delivery becomes an in-flight entry whose outcome is either the writer's receipt
 //! (the event is stored and routed), the broker's confirm of its dead-letter copy, or, for a
-//! probe, the downstream having acted on it. Entries
+//! probe, the writer having acted on it. Entries
 //! settle strictly in arrival order, so acking the newest settled tag with `multiple` covers
 //! exactly the settled ones. The number in flight is bounded by the prefetch: the broker sends
 //! no more than that many unacknowledged deliveries.
@@ -32,19 +32,19 @@ use tracing::{debug, info};
 use crate::{
     otel,
     schema::{self, DecodeError, Properties},
-    sequencer::{Published, SequencerError},
     telemetry::Metrics,
+    write::{Published, WriteError, Writer},
 };
 
 use super::{
-    Downstream, IngestConfig, IngestError, IngestState, SessionFailure, dead_letter, events,
+    IngestConfig, IngestError, IngestState, SessionFailure, dead_letter, events, message::Message,
     topology::QueueKind,
 };
 
 /// Closing a connection the broker already dropped can hang until a heartbeat timeout; past
 /// this we stop waiting.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// First pause before retrying an event the downstream did not accept; doubles up to the max.
+/// First pause before retrying an event the writer did not accept; doubles up to the max.
 const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(50);
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
 /// The longest a settled delivery waits for its ack. Short against any redelivery concern (an
@@ -56,67 +56,19 @@ const ACK_DELAY: Duration = Duration::from_millis(20);
 /// doubling, so many nodes do not hammer the broker every 100 ms together.
 const STABLE_SESSION: Duration = Duration::from_secs(30);
 
-/// One delivery, kept until it is acked so it can be re-decoded and resubmitted if the
-/// downstream fails (the body is in memory anyway; the prefetch bounds how many there are).
-pub(super) struct Message {
-    tag: u64,
-    pub exchange: String,
-    pub routing_key: String,
-    pub body: Vec<u8>,
-    pub properties: BasicProperties,
-    redelivered: bool,
-}
-
-impl From<Delivery> for Message {
-    fn from(delivery: Delivery) -> Self {
-        // A dead letter replayed into our queue carries its event type in a header (the
-        // default exchange it came through replaced the routing key with the queue's name).
-        let routing_key = dead_letter::replayed_routing_key(&delivery.properties)
-            .unwrap_or_else(|| delivery.routing_key.to_string());
-        Self {
-            tag: delivery.delivery_tag,
-            exchange: delivery.exchange.to_string(),
-            routing_key,
-            body: delivery.data,
-            properties: delivery.properties,
-            redelivered: delivery.redelivered,
-        }
-    }
-}
-
-impl Message {
-    #[cfg(test)]
-    pub(super) fn for_test(exchange: &str, routing_key: &str, properties: BasicProperties) -> Self {
-        Self {
-            tag: 1,
-            exchange: exchange.into(),
-            routing_key: routing_key.into(),
-            body: Vec::new(),
-            properties,
-            redelivered: false,
-        }
-    }
-
-    /// A probe ([`super::PROBE_TYPE`]), not an event.
-    fn is_probe(&self) -> bool {
-        self.properties
-            .kind()
-            .as_ref()
-            .is_some_and(|kind| kind.as_str() == super::PROBE_TYPE)
-    }
-
-    /// An event forwarded by another node's `Publish` (cluster mode), not a producer's JSON.
-    fn is_forwarded(&self) -> bool {
-        let text = |value: &Option<lapin::types::ShortString>| {
-            value.as_ref().map(|v| v.as_str().to_owned())
-        };
-        text(self.properties.content_type()).as_deref() == Some(super::FORWARDED_CONTENT_TYPE)
-            && text(self.properties.kind()).as_deref() == Some(super::FORWARDED_TYPE)
-    }
-
-    /// The AMQP `timestamp` property in milliseconds (see [`amqp_timestamp_ms`]).
-    fn timestamp_ms(&self) -> Option<i64> {
-        self.properties.timestamp().and_then(amqp_timestamp_ms)
+/// A delivery as the session keeps it. A dead letter replayed into our queue carries its event
+/// type in a header (the default exchange it came through replaced the routing key with the
+/// queue's name).
+fn keep(delivery: Delivery) -> Message {
+    let routing_key = dead_letter::replayed_routing_key(&delivery.properties)
+        .unwrap_or_else(|| delivery.routing_key.to_string());
+    Message {
+        tag: delivery.delivery_tag,
+        exchange: delivery.exchange.to_string(),
+        routing_key,
+        body: delivery.data,
+        properties: delivery.properties,
+        redelivered: delivery.redelivered,
     }
 }
 
@@ -124,12 +76,12 @@ impl Message {
 enum Outcome {
     /// Stored (or recognised as a duplicate) and routed.
     Accepted(Published),
-    /// A probe, which the downstream has acted on.
+    /// A probe, which the writer has acted on.
     Probed,
     /// The broker confirmed the dead-letter copy.
     DeadLettered(DecodeError),
-    /// Our own failure: the downstream did not take a good event. Retried, never rejected.
-    Refused(SequencerError),
+    /// Our own failure: the writer did not take a good event. Retried, never rejected.
+    Refused(WriteError),
     /// The journal found the event's id stored for a different event: it is dead-lettered
     /// next, as bad input is.
     Conflicting(DecodeError),
@@ -174,9 +126,9 @@ async fn publish_probe(channel: &Channel, queue: &str) -> lapin::Result<()> {
 /// Dead letters are published on a connection of their own: when the broker raises a memory or
 /// disk alarm it stops reading from every connection that publishes, and the consuming
 /// connection must keep acking (consuming is what relieves the broker) even then.
-pub(super) async fn run<D: Downstream>(
+pub(super) async fn run<W: Writer>(
     config: &IngestConfig,
-    downstream: &D,
+    writer: &W,
     metrics: &Metrics,
     state: &watch::Sender<IngestState>,
     shutdown: &CancellationToken,
@@ -206,7 +158,7 @@ pub(super) async fn run<D: Downstream>(
     let result = consume(
         (&consuming, &publishing),
         config,
-        downstream,
+        writer,
         metrics,
         state,
         shutdown,
@@ -228,10 +180,10 @@ pub fn connection_name(node_id: &str) -> String {
     format!("notify-backbone {node_id}")
 }
 
-async fn consume<D: Downstream>(
+async fn consume<W: Writer>(
     (connection, publishing): (&Connection, &Connection),
     config: &IngestConfig,
-    downstream: &D,
+    writer: &W,
     metrics: &Metrics,
     state: &watch::Sender<IngestState>,
     shutdown: &CancellationToken,
@@ -268,7 +220,7 @@ async fn consume<D: Downstream>(
         .await
         .map_err(|e| before(IngestError::Lost(e)))?;
     let _ = state.send(IngestState::Consuming);
-    downstream.session_started(&channel);
+    writer.session_started(&channel);
     metrics.ingest.consuming.set(1);
     info!(queue = %config.topology.queue, prefetch = config.prefetch, "ingest: consuming");
     if config.topology.queue_kind == QueueKind::Shared {
@@ -283,7 +235,7 @@ async fn consume<D: Downstream>(
         channel,
         start: Start {
             config,
-            downstream,
+            writer,
             dead_letters,
             frame_max: publishing.configuration().frame_max(),
             suspects,
@@ -314,9 +266,9 @@ async fn consume<D: Downstream>(
 
 /// What starting a delivery needs; apart from the session's mutable state, so the in-flight
 /// futures (which are `Send` but not `Sync`) are never borrowed across an await.
-struct Start<'a, D> {
+struct Start<'a, W> {
     config: &'a IngestConfig,
-    downstream: &'a D,
+    writer: &'a W,
     dead_letters: Channel,
     /// The dead-letter connection's negotiated frame size: a copy's properties must fit one
     /// frame.
@@ -325,10 +277,10 @@ struct Start<'a, D> {
     suspects: &'a Suspects,
 }
 
-struct Session<'a, D> {
+struct Session<'a, W> {
     metrics: &'a Metrics,
     channel: Channel,
-    start: Start<'a, D>,
+    start: Start<'a, W>,
     /// Deliveries not settled yet, oldest first.
     inflight: VecDeque<InFlight>,
     /// The newest delivery tag settled but not acked yet.
@@ -342,12 +294,12 @@ struct Session<'a, D> {
     ack_batch: usize,
     /// When the oldest settled-but-unacked delivery must be acked at the latest.
     ack_due: Option<tokio::time::Instant>,
-    /// The pause before the next retry of an event the downstream refused.
+    /// The pause before the next retry of an event the writer refused.
     retry_pause: Duration,
     /// Shutdown came while the oldest delivery was waiting for a retry: nothing after it may be
     /// acked (a `multiple` ack would cover it too).
     blocked: bool,
-    /// A delivery was refused downstream: no new delivery starts until every one in flight is
+    /// A delivery was refused by the writer: no new delivery starts until every one in flight is
     /// settled. The ones behind the refused one were submitted already and are refused too (or
     /// accepted, if the cause went away); each is retried in order, and nothing that arrives
     /// later may be journaled ahead of them.
@@ -357,7 +309,7 @@ struct Session<'a, D> {
     recovered: bool,
 }
 
-impl<D: Downstream> Session<'_, D> {
+impl<W: Writer> Session<'_, W> {
     /// Consumes and settles until shutdown.
     async fn pump(
         &mut self,
@@ -379,8 +331,8 @@ impl<D: Downstream> Session<'_, D> {
                 delivery = consumer.next(), if !self.holding => match delivery {
                     Some(Ok(delivery)) => {
                         self.metrics.ingest.consumed.inc();
-                        let message = Message::from(delivery);
-                        // Starting may wait (a full downstream is the backpressure); shutdown
+                        let message = keep(delivery);
+                        // Starting may wait (a full writer is the backpressure); shutdown
                         // must not wait with it. A message dropped here was never settled, so
                         // no ack covers it and the broker hands it out again.
                         let outcome = tokio::select! {
@@ -511,7 +463,7 @@ impl<D: Downstream> Session<'_, D> {
             Outcome::Refused(error) => {
                 self.holding = true;
                 if self.recovered && !oldest.resubmitted {
-                    // Answered before the downstream took a retry: stale, so again at once.
+                    // Answered before the writer took a retry: stale, so again at once.
                     self.resubmit(oldest.message).await?;
                 } else {
                     self.recovered = false;
@@ -617,11 +569,11 @@ impl<D: Downstream> Session<'_, D> {
     }
 }
 
-impl<D: Downstream> Start<'_, D> {
-    /// Decodes a delivery and starts its way: into the downstream, or to the dead letters.
+impl<W: Writer> Start<'_, W> {
+    /// Decodes a delivery and starts its way: into the writer, or to the dead letters.
     async fn begin(&self, message: &Message) -> Result<PendingOutcome, IngestError> {
         if message.is_probe() {
-            let acted = self.downstream.session_active();
+            let acted = self.writer.session_active();
             return Ok(Box::pin(async move {
                 acted.await;
                 Outcome::Probed
@@ -649,11 +601,11 @@ impl<D: Downstream> Start<'_, D> {
                 } else {
                     None
                 };
-                Ok(match self.downstream.submit_traced(decoded, trace).await {
+                Ok(match self.writer.submit_traced(decoded, trace).await {
                     Ok(receipt) => Box::pin(async move {
                         match receipt.await {
                             Ok(published) => Outcome::Accepted(published),
-                            Err(SequencerError::ConflictingId { id }) => {
+                            Err(WriteError::ConflictingId { id }) => {
                                 Outcome::Conflicting(DecodeError::ConflictingId { id })
                             }
                             Err(error) => Outcome::Refused(error),
@@ -844,22 +796,6 @@ async fn oldest_outcome(inflight: &mut VecDeque<InFlight>) -> Outcome {
     }
 }
 
-/// Below this, an AMQP `timestamp` is taken for seconds: as seconds it is the year 5138, as
-/// milliseconds March 1973, so no real value of either kind falls on the wrong side.
-const SECONDS_BELOW: u64 = 100_000_000_000;
-
-/// An AMQP `timestamp` as milliseconds since the epoch. The platform's producers send
-/// milliseconds (`Date.now()`); the AMQP spec, and pika, amqplib and others by default, mean
-/// seconds. The magnitude tells them apart (see [`SECONDS_BELOW`]); `None` beyond `i64`.
-pub(super) fn amqp_timestamp_ms(raw: u64) -> Option<i64> {
-    let ms = if raw < SECONDS_BELOW {
-        raw.checked_mul(1000)?
-    } else {
-        raw
-    };
-    i64::try_from(ms).ok()
-}
-
 /// Seconds from the producer's timestamp to now; zero if the producer's clock is ahead.
 fn lag_seconds(sent_ms: i64) -> f64 {
     let now_ms = SystemTime::now()
@@ -871,23 +807,6 @@ fn lag_seconds(sent_ms: i64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn amqp_timestamps_in_seconds_and_in_milliseconds_are_both_read() {
-        use super::amqp_timestamp_ms;
-        // The platform's producers: milliseconds.
-        assert_eq!(
-            amqp_timestamp_ms(1_732_096_800_123),
-            Some(1_732_096_800_123)
-        );
-        // The AMQP spec (pika, amqplib, ...): seconds.
-        assert_eq!(amqp_timestamp_ms(1_732_096_800), Some(1_732_096_800_000));
-        // Either side of the line: the year 5138 in seconds, March 1973 in milliseconds.
-        assert_eq!(amqp_timestamp_ms(99_999_999_999), Some(99_999_999_999_000));
-        assert_eq!(amqp_timestamp_ms(100_000_000_000), Some(100_000_000_000));
-        assert_eq!(amqp_timestamp_ms(0), Some(0));
-        assert_eq!(amqp_timestamp_ms(u64::MAX), None);
-    }
-
     use super::*;
 
     fn message(routing_key: &str, body: &[u8]) -> Message {
