@@ -46,7 +46,7 @@ const PROGRESS_EVERY: u64 = 10_000;
 #[derive(Debug, thiserror::Error)]
 pub enum DeadLetterQueueError {
     /// The broker could not be reached or refused the login.
-    #[error("cannot connect to the broker: {0}")]
+    #[error("cannot connect to the broker")]
     Connect(#[source] lapin::Error),
     /// The queue (to read, or to replay into) does not exist.
     #[error("queue {0:?} does not exist")]
@@ -55,7 +55,7 @@ pub enum DeadLetterQueueError {
     #[error("exchange {0:?} does not exist")]
     NoExchange(String),
     /// The connection or a channel broke, or the broker refused an operation.
-    #[error("broker: {0}")]
+    #[error("broker")]
     Broker(#[from] lapin::Error),
 }
 
