@@ -1,4 +1,4 @@
-//! Cluster mode's single writer: the downstream of the ingest on the shared queue. Only the
+//! Cluster mode's single writer: the `write::Writer` of the ingest on the shared queue. Only the
 //! queue's active consumer receives anything, so only one node writes the stream at a time.
 //!
 //! Owns: synchronising with the stream when this node takes over (a barrier read back by the

@@ -43,7 +43,7 @@ pub type PublishResponses =
 
 /// What the reader hands to the answering side, in request order.
 enum Pending {
-    /// A request: handed to the publisher (its receipt) or refused.
+    /// A request: handed to the writer (its receipt) or refused.
     Request(Result<Receipt, ApiError>),
     /// The stream ends with this status after everything before it was answered.
     End(Status),
