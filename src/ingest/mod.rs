@@ -17,6 +17,7 @@
 //! |-----------------------|------------------------------------------------------------------|
 //! | [`topology`]          | the names and arguments of the exchanges, queues and bindings    |
 //! | `session`             | one connection: consume, settle in order, ack, drain on shutdown |
+//! | `start`               | how a delivery starts: to the writer or the dead letters; answers |
 //! | `message`             | a delivery kept until acked, and what its properties say         |
 //! | [`dead_letter`]       | the dead-letter copy of a poison message and its reason headers  |
 //! | [`dead_letter_queue`] | the operator's tools: list the dead letters, replay chosen ones  |
@@ -27,6 +28,7 @@ pub mod dead_letter_queue;
 mod events;
 mod message;
 mod session;
+mod start;
 pub mod topology;
 
 pub use session::connection_name;
@@ -158,7 +160,7 @@ async fn run<W: Writer>(
         "ingest: consuming from RabbitMQ"
     );
     // Kept across sessions: a message whose dead-lettering ended one is not copied again.
-    let suspects = session::Suspects::default();
+    let suspects = start::Suspects::default();
     while !shutdown.is_cancelled() {
         attempt += 1;
         let outcome = session::run(&config, &writer, &metrics, &state, &shutdown, &suspects).await;
