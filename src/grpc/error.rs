@@ -138,6 +138,14 @@ impl From<ApiError> for Status {
     }
 }
 
+/// A limit's refusal, answered by the `Shed` layer before any service runs, as every RPC answers
+/// it.
+impl From<LimitError> for Status {
+    fn from(error: LimitError) -> Self {
+        ApiError::Limit(error).into()
+    }
+}
+
 /// The status that ends a stream whose token expired: reconnect with a fresh token.
 pub fn token_expired_status(last: Cursor) -> Status {
     Status::unauthenticated(format!(
