@@ -11,6 +11,9 @@
 //!
 //! One writer keeps ordering trivial (no two fan-outs interleave) and lets the journal commit a
 //! whole batch at once — the group commit the durable journal relies on.
+//!
+//! Over 600 lines with its tests: the code is about 400, the rest are the tests of the ordering
+//! and group-commit promises, which need the private batch loop at hand.
 
 use std::time::{Duration, Instant, SystemTime};
 

@@ -10,6 +10,9 @@
 //! The replica is what replays, lagging subscribers and `ListEvents` read, exactly as on a
 //! single node, and its id index is the writer's dedupe state. It is a cache of the stream, so it
 //! commits without waiting for the disk: a crash loses only what is read again from the stream.
+//!
+//! A little over 600 lines: learning the epoch and following the stream share the consumer,
+//! the backoff and the replica's hand-back; the broker helpers they use are `broker`'s.
 
 use std::{
     collections::HashMap,

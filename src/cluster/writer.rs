@@ -26,6 +26,9 @@
 //! writer's last appends could reach the stream after its successor's barrier and be stored
 //! twice. It also means a node whose session ended cannot append at all: its submissions from
 //! that session fail (their deliveries were requeued to whoever consumes now).
+//!
+//! A little over 600 lines: taking over (the barrier) and appending a batch (dedupe, confirms,
+//! read-backs, answers) keep the fencing and dedupe promises above together in one place.
 
 use std::{
     collections::HashSet,
