@@ -21,11 +21,13 @@
 //! | `message`             | a delivery kept until acked, and what its properties say         |
 //! | [`dead_letter`]       | the dead-letter copy of a poison message and its reason headers  |
 //! | [`dead_letter_queue`] | the operator's tools: list the dead letters, replay chosen ones  |
+//! | `letter`              | one dead letter read back from its headers, and `Selection`      |
 //! | `events`              | each runtime failure as a small type that logs and counts itself |
 
 pub mod dead_letter;
 pub mod dead_letter_queue;
 mod events;
+mod letter;
 mod message;
 mod session;
 mod start;
