@@ -28,12 +28,13 @@ use crate::{
     ingest::{Ingest, IngestConfig, IngestState, Topology, topology},
     otel::Tracing,
     schema::DecodeOptions,
-    sequencer::{Publisher, Sequencer, SequencerSettings},
+    sequencer::{Sequencer, SequencerSettings},
     store::{
         Durability, Journal, JournalHealth, JournalMonitor, JournalSettings, Pruner, RedbJournal,
         Retention, Syncer,
     },
     telemetry::{self, Metrics},
+    write::{Chain, Writer},
 };
 
 /// Room for the gRPC framing around the largest publish body, so an oversized body reaches our
@@ -316,7 +317,7 @@ struct Core {
     /// The node's hub.
     hub: Hub,
     /// Where `Publish` hands events.
-    publisher: Publisher,
+    publisher: Arc<dyn Writer>,
     /// The AMQP ingest, if any.
     ingest: Option<Ingest>,
     /// Cluster mode: whether the node reads the journal stream.
@@ -400,7 +401,7 @@ fn single_node(
     spawn_heartbeats(&mut tasks, &hub, config, shutdown);
     Core {
         hub,
-        publisher: Publisher::Local(sequencer),
+        publisher: Arc::new(sequencer),
         ingest,
         journal_state: None,
         writer,
@@ -501,7 +502,7 @@ async fn cluster_node(
     let supervised = supervise(
         "the journal stream's follower",
         follower.task,
-        |outcome: Result<(), cluster::ClusterError>| outcome.err().map(|e| e.to_string()),
+        |outcome: Result<(), cluster::ClusterError>| outcome.err().map(|e| Chain(&e).to_string()),
         writer_stop.clone(),
         shutdown.clone(),
     );
@@ -515,7 +516,7 @@ async fn cluster_node(
     });
     Ok(Core {
         hub,
-        publisher: Publisher::Cluster(forwarder),
+        publisher: Arc::new(forwarder),
         ingest: Some(ingest),
         journal_state: Some(journal_state),
         writer: supervised,
@@ -736,9 +737,13 @@ async fn check_cluster_names(config: &ServeConfig, url: &str) -> String {
     match tokio::time::timeout(BROKER_CHECK_TIMEOUT, inspected).await {
         Ok(Ok(report)) => format!("broker {broker}:\n{report}"),
         Ok(Err(error @ cluster::ClusterError::Connect(_))) => {
+            let error = Chain(&error);
             format!("broker {broker}: unreachable ({error}); the names are not checked")
         }
-        Ok(Err(error)) => format!("broker {broker}: the names could not be checked: {error}"),
+        Ok(Err(error)) => format!(
+            "broker {broker}: the names could not be checked: {}",
+            Chain(&error)
+        ),
         Err(_) => format!(
             "broker {broker}: no answer within {BROKER_CHECK_TIMEOUT:?}; the names are not checked"
         ),

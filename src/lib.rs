@@ -10,6 +10,7 @@
 //! | [`ingest`]    | AMQP: topology, consume, ack after acceptance, dead letters, reconnect;   |
 //! |               | listing, replaying and dropping dead letters                              |
 //! | [`store`]     | the journal: positions, cursors, dedupe by event id                       |
+//! | [`write`]     | the write contract: the `Writer` trait, its receipt and its errors        |
 //! | [`sequencer`] | the single writer: journal append in batches, then hand-off to the hub    |
 //! | [`cluster`]   | cluster mode: the journal on a RabbitMQ stream, every node's replica and   |
 //! |               | follower, the single writer, `Publish` on any node                         |
@@ -42,3 +43,4 @@ pub mod schema;
 pub mod sequencer;
 pub mod store;
 pub mod telemetry;
+pub mod write;

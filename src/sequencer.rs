@@ -1,17 +1,23 @@
-//! The single writer: every ingest path (the `Publish` RPC and the AMQP ingest) hands decoded
-//! events to the sequencer, which appends them to the journal in batches and then fans each new
-//! one out through the hub, in journal order.
+//! The single writer of one node: every ingest path (the `Publish` RPC and the AMQP ingest)
+//! hands decoded events to the sequencer (through the [`Writer`] contract of [`crate::write`]),
+//! which appends them to the journal in batches and then fans each new one out through the hub,
+//! in journal order.
 //!
 //! Owns: the bounded submission queue (its overflow policy is backpressure: a full queue makes
-//! submitters wait, it never drops), batching, and the promise that the hub sees events in
-//! exactly the order the journal stored them. Does not own: decoding, storage details, routing.
+//! submitters wait, it never drops), batching, the promise that the hub sees events in exactly
+//! the order the journal stored them, and what is done with an event once a journal stored it
+//! ([`fan_out_stored`], which cluster mode's follower calls too). Does not own: decoding, storage
+//! details, routing, or the write contract itself (`write`).
 //!
 //! One writer keeps ordering trivial (no two fan-outs interleave) and lets the journal commit a
 //! whole batch at once — the group commit the durable journal relies on.
+//!
+//! Over 600 lines with its tests: the code is about 400, the rest are the tests of the ordering
+//! and group-commit promises, which need the private batch loop at hand.
 
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
@@ -20,47 +26,14 @@ use crate::{
     otel::EventTrace,
     pb,
     schema::Decoded,
-    store::{Appended, Cursor, Journal, StoreError},
+    store::{Appended, Journal, StoreError},
     telemetry::Metrics,
+    write::{Published, Receipt, Reply, Submitting, WriteError, Writer},
 };
 use std::sync::Arc;
 
 /// The most events the sequencer takes from its queue for one journal append.
 const MAX_BATCH: usize = 512;
-
-/// The outcome of publishing one event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Published {
-    /// The event's id.
-    pub id: String,
-    /// Its cursor (the first one, for a duplicate).
-    pub cursor: Cursor,
-    /// It had been accepted before; nothing was sent again.
-    pub duplicate: bool,
-}
-
-/// Why an event was not published.
-#[derive(Debug, thiserror::Error)]
-pub enum SequencerError {
-    /// The sequencer has stopped (shutdown).
-    #[error("the server is shutting down")]
-    Stopped,
-    /// The journal refused the batch.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The event's id is stored already for another event (another type, user, device or
-    /// payload): this one is not stored, and the stored one's position is not given out.
-    #[error(
-        "event id {id:?} was already used for a different event; a re-send must be the same \
-         event, a new event needs a new id"
-    )]
-    ConflictingId {
-        /// The id.
-        id: String,
-    },
-}
-
-type Reply = oneshot::Sender<Result<Published, SequencerError>>;
 
 struct Submission {
     decoded: Decoded,
@@ -89,7 +62,7 @@ pub struct Sequencer {
 
 impl Sequencer {
     /// Starts the sequencer task. `queue_len` bounds the submissions waiting for it; when full,
-    /// [`Sequencer::publish`] waits (backpressure to the ingest). The task ends when `shutdown` is
+    /// submitting waits (backpressure to the ingest). The task ends when `shutdown` is
     /// cancelled (after finishing what is queued) or when every `Sequencer` is dropped.
     pub fn spawn(
         journal: impl Journal,
@@ -110,28 +83,17 @@ impl Sequencer {
         (Self { tx }, task)
     }
 
-    /// Appends one decoded event (and its admin notice) to the journal and fans it out.
-    /// Returns once the event has been routed to its subscribers' queues.
-    pub async fn publish(&self, decoded: Decoded) -> Result<Published, SequencerError> {
-        self.submit(decoded).await?.await
-    }
-
-    /// Queues one decoded event and returns without waiting for its outcome: the returned
-    /// [`Receipt`] resolves once the event is stored and routed. Waits only while the queue is
-    /// full (backpressure). Receipts resolve in submission order, so an ingest can keep many
-    /// events in flight and still acknowledge them in order.
-    pub async fn submit(&self, decoded: Decoded) -> Result<Receipt, SequencerError> {
-        self.submit_traced(decoded, None).await
-    }
-
-    /// [`Sequencer::submit`] for a sampled event: its journal append and fan-out are recorded
-    /// as spans in `trace`.
-    pub async fn submit_traced(
+    /// Queues one decoded event (and its admin notice) without waiting for its outcome: the
+    /// returned [`Receipt`] resolves once the event is stored and routed to its subscribers'
+    /// queues. Waits only while the queue is full (backpressure). Receipts resolve in
+    /// submission order, so an ingest can keep many events in flight and still acknowledge them
+    /// in order. A sampled event's journal append and fan-out are recorded as spans in `trace`.
+    async fn queue(
         &self,
         decoded: Decoded,
         trace: Option<EventTrace>,
-    ) -> Result<Receipt, SequencerError> {
-        let (reply, response) = oneshot::channel();
+    ) -> Result<Receipt, WriteError> {
+        let (reply, response) = Receipt::new();
         let submission = Submission {
             decoded,
             published_at: Instant::now(),
@@ -141,74 +103,14 @@ impl Sequencer {
         self.tx
             .send(submission)
             .await
-            .map_err(|_| SequencerError::Stopped)?;
-        Ok(Receipt(response))
+            .map_err(|_| WriteError::Stopped)?;
+        Ok(response)
     }
 }
 
-/// Where `Publish` hands its events: the node's own sequencer, or in cluster mode the cluster's
-/// one writer (through the shared ingest queue).
-#[derive(Clone)]
-pub enum Publisher {
-    /// One node: this node's sequencer.
-    Local(Sequencer),
-    /// Cluster mode: forwarded to the writer.
-    Cluster(crate::cluster::Forwarder),
-}
-
-impl Publisher {
-    /// Publishes one decoded event; returns once it is journaled (and, on one node, routed).
-    pub async fn publish(
-        &self,
-        decoded: Decoded,
-        trace: Option<EventTrace>,
-    ) -> Result<Published, SequencerError> {
-        self.submit_traced(decoded, trace).await?.await
-    }
-
-    /// Hands one decoded event over without waiting for its outcome (as
-    /// [`Sequencer::submit`]): receipts of one caller resolve in its submission order, which is
-    /// also the order of the events in the journal.
-    pub async fn submit(&self, decoded: Decoded) -> Result<Receipt, SequencerError> {
-        self.submit_traced(decoded, None).await
-    }
-
-    /// [`Publisher::submit`] with the event's trace. In cluster mode the event is journaled by
-    /// the writer node, which records no spans of its own for it yet: the trace ends here.
-    pub async fn submit_traced(
-        &self,
-        decoded: Decoded,
-        trace: Option<EventTrace>,
-    ) -> Result<Receipt, SequencerError> {
-        match self {
-            Publisher::Local(sequencer) => sequencer.submit_traced(decoded, trace).await,
-            Publisher::Cluster(forwarder) => forwarder.submit(decoded).await,
-        }
-    }
-}
-
-/// The pending outcome of one [`Sequencer::submit`].
-#[derive(Debug)]
-pub struct Receipt(oneshot::Receiver<Result<Published, SequencerError>>);
-
-impl Receipt {
-    /// A receipt answered through `reply` (another writer than the sequencer: cluster mode's).
-    pub(crate) fn new() -> (oneshot::Sender<Result<Published, SequencerError>>, Self) {
-        let (reply, response) = oneshot::channel();
-        (reply, Self(response))
-    }
-}
-
-impl Future for Receipt {
-    type Output = Result<Published, SequencerError>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0)
-            .poll(cx)
-            .map(|reply| reply.unwrap_or(Err(SequencerError::Stopped)))
+impl Writer for Sequencer {
+    fn submit_traced(&self, decoded: Decoded, trace: Option<EventTrace>) -> Submitting<'_> {
+        Box::pin(self.queue(decoded, trace))
     }
 }
 
@@ -405,7 +307,7 @@ impl Committed {
             }
             if appended.conflict {
                 conflicting_id(metrics, &event);
-                let _ = reply.send(Err(SequencerError::ConflictingId { id: event.id }));
+                let _ = reply.send(Err(WriteError::ConflictingId { id: event.id }));
                 continue;
             }
             if appended.duplicate {
@@ -460,12 +362,36 @@ fn deliver(
     let Some(frame) = &appended.frame else {
         return;
     };
+    fan_out_stored(
+        hub,
+        metrics,
+        event,
+        frame.clone(),
+        appended.cursor.position,
+        published_at,
+        trace,
+    );
+}
+
+/// What every node does with an event once its journal (or its replica of the cluster's)
+/// stored it: count it and hand it to the hub with the frame the journal stored, at its
+/// position; with a sampled trace, record the fan-out span. The sequencer and cluster mode's
+/// follower both call it, so an event is counted and routed the same way on either.
+pub(crate) fn fan_out_stored(
+    hub: &Hub,
+    metrics: &Metrics,
+    event: &pb::Event,
+    frame: bytes::Bytes,
+    position: u64,
+    published_at: Instant,
+    trace: Option<&EventTrace>,
+) {
     metrics.record_event_in(&event.r#type);
     let started = trace.map(|_| SystemTime::now());
     let subscribers = hub.fan_out(Routed {
         event,
-        frame: frame.clone(),
-        position: appended.cursor.position,
+        frame,
+        position,
         published_at,
         trace: trace.cloned(),
     });
@@ -488,7 +414,8 @@ mod tests {
         auth::Viewer,
         hub::{Filter, FilterLimits, HubConfig, Users},
         pb::subscribe_response::Kind,
-        store::{EventMeta, JournalReader, Scan, ScanLimits, StoredEvent},
+        store::{Cursor, EventMeta, JournalReader, Scan, ScanLimits, StoredEvent},
+        write,
     };
 
     const EPOCH: u64 = 5;
@@ -641,7 +568,9 @@ mod tests {
         assert_eq!(second.await.unwrap().cursor.position, 2);
         assert_eq!(*batches.lock().unwrap(), [2]);
         tokio::time::sleep(Duration::from_millis(10)).await;
-        sequencer.publish(decoded("c".into())).await.unwrap();
+        write::publish(&sequencer, decoded("c".into()), None)
+            .await
+            .unwrap();
         assert_eq!(*batches.lock().unwrap(), [2, 1]);
     }
 
@@ -652,7 +581,9 @@ mod tests {
         let first = sequencer.submit(decoded("a".into())).await.unwrap();
         first.await.unwrap();
         tokio::time::sleep(Duration::from_millis(1)).await;
-        sequencer.publish(decoded("b".into())).await.unwrap();
+        write::publish(&sequencer, decoded("b".into()), None)
+            .await
+            .unwrap();
         assert_eq!(*batches.lock().unwrap(), [1, 1]);
     }
 
@@ -697,7 +628,7 @@ mod tests {
                 let mut outcomes = Vec::new();
                 for i in 0..250 {
                     let id = format!("t{t}-{i}");
-                    let outcome = sequencer.publish(decoded(id.clone())).await;
+                    let outcome = write::publish(&sequencer, decoded(id.clone()), None).await;
                     outcomes.push((id, outcome.map(|p| (p.id, p.cursor))));
                 }
                 outcomes
@@ -712,7 +643,7 @@ mod tests {
                         assert_eq!(reply_id, id);
                         ok.insert(id, cursor.position);
                     }
-                    Err(SequencerError::Store(_)) => failed += 1,
+                    Err(WriteError::Journal(_)) => failed += 1,
                     Err(other) => panic!("unexpected {other}"),
                 }
             }

@@ -1,13 +1,11 @@
 //! The ingest never holds more than the prefetch, and our own failures pause consumption
-//! instead of rejecting good events. The ingest runs here against a downstream that stalls or
+//! instead of rejecting good events. The ingest runs here against a writer that stalls or
 //! fails on purpose.
 #![allow(clippy::unwrap_used)] // a panic is how a test reports failure
 
 mod support;
 
 use std::{
-    future::Future,
-    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -17,11 +15,12 @@ use std::{
 
 use notify_backbone::{
     config::ServeConfig,
-    ingest::{Downstream, Ingest, IngestConfig, IngestState, Topology},
+    ingest::{Ingest, IngestConfig, IngestState, Topology},
+    otel::EventTrace,
     schema::{DecodeOptions, Decoded},
-    sequencer::{Published, SequencerError},
     store::{Cursor, StoreError},
     telemetry::Metrics,
+    write::{Published, Receipt, Reply, Submitting, WriteError, Writer},
 };
 use support::{
     PATIENCE,
@@ -29,9 +28,7 @@ use support::{
 };
 use tokio_util::sync::CancellationToken;
 
-type Receipt = Pin<Box<dyn Future<Output = Result<Published, SequencerError>> + Send>>;
-
-/// A downstream that refuses the first `refuse` events (as a failing journal would), then
+/// A writer that refuses the first `refuse` events (as a failing journal would), then
 /// accepts, or never answers at all when `stall` is set.
 #[derive(Clone, Default)]
 struct Scripted {
@@ -39,37 +36,35 @@ struct Scripted {
     refuse: usize,
     submitted: Arc<AtomicUsize>,
     accepted: Arc<std::sync::Mutex<Vec<String>>>,
+    /// A stalled writer's replies, kept so that its receipts never resolve.
+    stalled: Arc<std::sync::Mutex<Vec<Reply>>>,
 }
 
-impl Downstream for Scripted {
-    type Receipt = Receipt;
-
-    fn submit(
-        &self,
-        decoded: Decoded,
-    ) -> impl Future<Output = Result<Receipt, SequencerError>> + Send {
+impl Writer for Scripted {
+    fn submit_traced(&self, decoded: Decoded, _trace: Option<EventTrace>) -> Submitting<'_> {
         let n = self.submitted.fetch_add(1, Ordering::SeqCst);
-        let receipt: Receipt = if self.stall {
-            Box::pin(std::future::pending())
+        let (reply, receipt) = Receipt::new();
+        if self.stall {
+            self.stalled.lock().unwrap().push(reply);
         } else if n < self.refuse {
-            Box::pin(std::future::ready(Err(SequencerError::Store(
-                StoreError::Unavailable("disk on fire (test)".into()),
-            ))))
+            let _ = reply.send(Err(WriteError::Journal(StoreError::Unavailable(
+                "disk on fire (test)".into(),
+            ))));
         } else {
             self.accepted
                 .lock()
                 .unwrap()
                 .push(decoded.event.device_id.clone());
-            Box::pin(std::future::ready(Ok(Published {
+            let _ = reply.send(Ok(Published {
                 id: decoded.event.id,
                 cursor: Cursor {
                     epoch: 1,
                     position: n as u64,
                 },
                 duplicate: false,
-            })))
-        };
-        std::future::ready(Ok(receipt))
+            }));
+        }
+        Box::pin(std::future::ready(Ok(receipt)))
     }
 }
 

@@ -9,6 +9,7 @@
 
 use std::{
     collections::HashMap,
+    future::Future,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -19,17 +20,19 @@ use lapin::{
     types::{FieldTable, ShortString},
 };
 use prost::Message as _;
-use tokio::sync::{mpsc, oneshot};
+use tokio::{sync::mpsc, task::JoinSet};
 use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::follower::{close, connect};
+use super::broker::{close, connect};
 use crate::{
-    ingest, pb,
+    ingest,
+    otel::EventTrace,
+    pb,
     schema::Decoded,
-    sequencer::{Published, Receipt, SequencerError},
-    store::{Cursor, StoreError},
+    store::{Cursor, CursorError},
+    write::{Published, Receipt, Reply, Submitting, WriteError, Writer},
 };
 
 /// RabbitMQ's pseudo-queue for direct replies.
@@ -41,11 +44,36 @@ const PRUNE_ABOVE: usize = 4096;
 /// The pause before reconnecting after a failure.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 
-type Answer = oneshot::Sender<Result<Published, SequencerError>>;
+/// Why a forwarded `Publish` got no answer from the writer (reported as
+/// [`WriteError::Cluster`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// The connection the call went out on was lost before the writer answered.
+    #[error("the connection to the journal's writer was lost")]
+    ConnectionLost,
+    /// The broker took the event but routed it nowhere.
+    #[error("the ingest queue does not exist (unroutable)")]
+    Unroutable,
+    /// The broker refused (nacked) the event.
+    #[error("the broker refused the event")]
+    Nacked,
+    /// The broker's confirm did not come: the connection failed.
+    #[error("the broker connection was lost")]
+    Broker(#[source] lapin::Error),
+    /// The writer refused the event, with its reason (`x-notify-error-detail`).
+    #[error("the journal's writer refused the event: {0}")]
+    Refused(String),
+    /// The writer's answer is not a `PublishResponse`.
+    #[error("unreadable answer from the journal's writer")]
+    Answer(#[source] prost::DecodeError),
+    /// The writer's answer holds no cursor.
+    #[error("unreadable cursor from the journal's writer")]
+    Cursor(#[source] CursorError),
+}
 
 struct Call {
     event: pb::Event,
-    answer: Answer,
+    answer: Reply,
 }
 
 /// Forwards `Publish` calls to the writer; cheap to clone.
@@ -67,15 +95,10 @@ impl Forwarder {
         (Self { tx }, task)
     }
 
-    /// Publishes one decoded event through the writer; returns once it is in the stream. The
-    /// writer derives the admin notice again from the event.
-    pub async fn publish(&self, decoded: Decoded) -> Result<Published, SequencerError> {
-        self.submit(decoded).await?.await
-    }
-
     /// Queues one decoded event for the writer without waiting for its answer. Calls are
-    /// forwarded in the order they were queued, so one caller's events keep their order.
-    pub async fn submit(&self, decoded: Decoded) -> Result<Receipt, SequencerError> {
+    /// forwarded in the order they were queued, so one caller's events keep their order. The
+    /// writer derives the admin notice again from the event.
+    async fn queue(&self, decoded: Decoded) -> Result<Receipt, WriteError> {
         let (answer, receipt) = Receipt::new();
         self.tx
             .send(Call {
@@ -83,13 +106,21 @@ impl Forwarder {
                 answer,
             })
             .await
-            .map_err(|_| SequencerError::Stopped)?;
+            .map_err(|_| WriteError::Stopped)?;
         Ok(receipt)
     }
 }
 
+/// `Publish` on any node of a cluster. The event is journaled by the writer node, which records
+/// no spans of its own for it yet: a sampled event's trace ends here.
+impl Writer for Forwarder {
+    fn submit_traced(&self, decoded: Decoded, _trace: Option<EventTrace>) -> Submitting<'_> {
+        Box::pin(self.queue(decoded))
+    }
+}
+
 /// Calls waiting for the writer's answer, by correlation id, with their event's id.
-type Waiting = Arc<Mutex<HashMap<u64, (Answer, String)>>>;
+type Waiting = Arc<Mutex<HashMap<u64, (Reply, String)>>>;
 
 async fn run(
     url: String,
@@ -100,27 +131,24 @@ async fn run(
 ) {
     let waiting: Waiting = Arc::default();
     let mut next_id = 0_u64;
+    // The tasks waiting for the broker's confirms: stopped at shutdown, joined before this
+    // task ends.
+    let mut confirms = JoinSet::new();
     while !shutdown.is_cancelled() {
-        let session = session(
-            &url,
-            &node_id,
-            &ingest_queue,
-            &mut rx,
-            &waiting,
-            &mut next_id,
-            &shutdown,
-        )
-        .await;
+        let calls = Calls {
+            rx: &mut rx,
+            waiting: &waiting,
+            next_id: &mut next_id,
+            confirms: &mut confirms,
+        };
+        let session = session(&url, &node_id, &ingest_queue, calls, &shutdown).await;
         // Calls waiting for an answer on the lost connection will not get one.
         for (_, (answer, _)) in waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .drain()
         {
-            let _ = answer.send(Err(StoreError::Unavailable(
-                "the connection to the journal's writer was lost".into(),
-            )
-            .into()));
+            let _ = answer.send(Err(WriteError::cluster(ForwardError::ConnectionLost)));
         }
         match session {
             Ok(()) => break,
@@ -133,17 +161,33 @@ async fn run(
             }
         }
     }
+    while confirms.join_next().await.is_some() {}
+}
+
+/// What one connection's session works on, kept across sessions.
+struct Calls<'a> {
+    rx: &'a mut mpsc::Receiver<Call>,
+    /// Calls waiting for the writer's answer.
+    waiting: &'a Waiting,
+    /// The last correlation id given out.
+    next_id: &'a mut u64,
+    /// The tasks waiting for the broker's confirms.
+    confirms: &'a mut JoinSet<()>,
 }
 
 async fn session(
     url: &str,
     node_id: &str,
     ingest_queue: &str,
-    rx: &mut mpsc::Receiver<Call>,
-    waiting: &Waiting,
-    next_id: &mut u64,
+    calls: Calls<'_>,
     shutdown: &CancellationToken,
 ) -> lapin::Result<()> {
+    let Calls {
+        rx,
+        waiting,
+        next_id,
+        confirms,
+    } = calls;
     let connection = connect(url, format!("notify-backbone {node_id} publish")).await?;
     let channel = connection.create_channel().await?;
     channel
@@ -166,8 +210,19 @@ async fn session(
             call = rx.recv() => {
                 let Some(call) = call else { break Ok(()) };
                 *next_id += 1;
-                if let Err(error) = forward(&channel, ingest_queue, call, *next_id, waiting).await {
-                    break Err(error);
+                while confirms.try_join_next().is_some() {}
+                let confirm = forward(&channel, ingest_queue, call, *next_id, waiting).await;
+                match confirm {
+                    Ok(confirm) => {
+                        let shutdown = shutdown.clone();
+                        confirms.spawn(async move {
+                            tokio::select! {
+                                () = confirm => {}
+                                () = shutdown.cancelled() => {}
+                            }
+                        });
+                    }
+                    Err(error) => break Err(error),
                 }
             }
             reply = replies.next() => match reply {
@@ -181,13 +236,15 @@ async fn session(
     result
 }
 
+/// Sends one call to the ingest queue; the returned future answers the call if the broker
+/// refuses it (the broker's confirm comes before the writer's answer).
 async fn forward(
     channel: &Channel,
     ingest_queue: &str,
     call: Call,
     id: u64,
     waiting: &Waiting,
-) -> lapin::Result<()> {
+) -> lapin::Result<impl Future<Output = ()> + Send + 'static> {
     let Call { event, answer } = call;
     {
         let mut waiting = waiting.lock().unwrap_or_else(PoisonError::into_inner);
@@ -216,22 +273,21 @@ async fn forward(
         .await?;
     // The broker's confirm comes before the writer's answer; a refusal is answered here.
     let waiting = Arc::clone(waiting);
-    tokio::spawn(async move {
+    Ok(async move {
         let refused = match confirm.await {
             Ok(Confirmation::Ack(None)) => return,
-            Ok(Confirmation::Ack(Some(_))) => "the ingest queue does not exist (unroutable)",
-            Ok(_) => "the broker refused the event",
-            Err(_) => "the broker connection was lost",
+            Ok(Confirmation::Ack(Some(_))) => ForwardError::Unroutable,
+            Ok(_) => ForwardError::Nacked,
+            Err(error) => ForwardError::Broker(error),
         };
         let answer = waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
         if let Some((answer, _)) = answer {
-            let _ = answer.send(Err(StoreError::Unavailable(refused.into()).into()));
+            let _ = answer.send(Err(WriteError::cluster(refused)));
         }
-    });
-    Ok(())
+    })
 }
 
 /// Hands the writer's answer to the call it belongs to.
@@ -258,7 +314,7 @@ fn answer(delivery: &lapin::message::Delivery, waiting: &Waiting) {
 fn parse_answer(
     delivery: &lapin::message::Delivery,
     event_id: String,
-) -> Result<Published, SequencerError> {
+) -> Result<Published, WriteError> {
     if let Some(headers) = delivery.properties.headers()
         && let Some(detail) = crate::ingest::dead_letter::header_text(
             headers,
@@ -272,24 +328,16 @@ fn parse_answer(
         if reason == Some(b"conflicting_id".as_slice()) {
             // Not the writer's trouble: the caller's id names another event. Said as on one
             // node (ALREADY_EXISTS), not as a refusal worth retrying.
-            return Err(SequencerError::ConflictingId { id: event_id });
+            return Err(WriteError::ConflictingId { id: event_id });
         }
-        return Err(StoreError::Unavailable(format!(
-            "the journal's writer refused the event: {}",
-            String::from_utf8_lossy(detail)
-        ))
-        .into());
+        return Err(WriteError::cluster(ForwardError::Refused(
+            String::from_utf8_lossy(detail).into_owned(),
+        )));
     }
-    let response = pb::PublishResponse::decode(delivery.data.as_slice()).map_err(|error| {
-        SequencerError::from(StoreError::Unavailable(format!(
-            "unreadable answer from the journal's writer: {error}"
-        )))
-    })?;
-    let cursor = Cursor::parse(&response.cursor).map_err(|error| {
-        SequencerError::from(StoreError::Unavailable(format!(
-            "unreadable cursor from the journal's writer: {error}"
-        )))
-    })?;
+    let response = pb::PublishResponse::decode(delivery.data.as_slice())
+        .map_err(|error| WriteError::cluster(ForwardError::Answer(error)))?;
+    let cursor = Cursor::parse(&response.cursor)
+        .map_err(|error| WriteError::cluster(ForwardError::Cursor(error)))?;
     Ok(Published {
         id: response.id,
         cursor,

@@ -28,8 +28,8 @@ use tokio_stream::StreamExt as _;
 
 use super::{
     ClusterError,
-    follower::{close, connect, consume_from, is_not_found, is_precondition_failed},
-    stream::{self, StreamSettings},
+    broker::{close, connect, consume_from, is_not_found, is_precondition_failed},
+    stream::{self, QueueCounts, StreamSettings},
 };
 
 /// How long the stream's last chunk may take to start arriving (it is there at once: this
@@ -57,15 +57,6 @@ pub struct JoinedStream {
     pub messages: u32,
     /// The stream held nothing when the node came (it proposed the epoch): a new journal.
     pub was_empty: bool,
-}
-
-/// A queue as a passive declaration finds it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueCounts {
-    /// Messages (ready ones, for a queue; all, as the broker counted them, for a stream).
-    pub messages: u32,
-    /// Consumers: nodes consuming the ingest queue, or following the stream.
-    pub consumers: u32,
 }
 
 /// The journal stream as `serve --check` finds it.

@@ -3,8 +3,10 @@
 //!
 //! Owns: the journal stream and its messages ([`stream`]), every node's reading of it into its
 //! replica and hub ([`follower`]), the single writer ([`writer`]), `Publish` on any node
-//! ([`forward`]), and reading what the broker holds under the cluster's names ([`inspect`]). Does not own: consuming the shared ingest queue (`ingest`, with the writer
-//! as its downstream), routing (`hub`), or the replica's storage (`store`).
+//! ([`forward`]), reading what the broker holds under the cluster's names ([`inspect`]), and the
+//! broker helpers they share (`broker`). Does not own: consuming the shared ingest queue
+//! (`ingest`, with the writer as its `write::Writer`), routing (`hub`), or the replica's
+//! storage (`store`).
 //!
 //! ```text
 //!  producers ─▶ cloudphone.events ─▶ notify-backbone.ingest (quorum, single active consumer)
@@ -28,6 +30,7 @@
 //! (its consumer ends) where the other goes silent, and needs one port. It costs more CPU per
 //! message (BENCHMARKS.md §7), which matters above ~20,000 events/s, not at the platform's rates.
 
+mod broker;
 pub mod follower;
 pub mod forward;
 pub mod inspect;
@@ -35,7 +38,7 @@ pub mod stream;
 pub mod writer;
 
 pub use follower::{FollowState, Follower, FollowerParts, Waiters, discover_epoch};
-pub use forward::Forwarder;
+pub use forward::{ForwardError, Forwarder};
 pub use inspect::{BrokerReport, JoinedStream, inspect};
 pub use stream::{DEFAULT_INGEST_QUEUE, DEFAULT_STREAM, StreamSettings};
 pub use writer::{StreamWriter, WriterParts};
@@ -44,13 +47,13 @@ pub use writer::{StreamWriter, WriterParts};
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     /// The broker could not be reached.
-    #[error("cannot connect to the broker: {0}")]
+    #[error("cannot connect to the broker")]
     Connect(#[source] lapin::Error),
     /// A channel or consumer failed.
-    #[error("broker connection lost: {0}")]
+    #[error("broker connection lost")]
     Broker(#[source] lapin::Error),
     /// Declaring the stream failed.
-    #[error("cannot declare {what}: {source}")]
+    #[error("cannot declare {what}")]
     Declare {
         /// What was declared.
         what: String,
@@ -90,11 +93,14 @@ pub enum ClusterError {
         stream: u64,
     },
     /// A message in the stream that is not one of ours.
-    #[error("the journal stream holds a message that is not notify-backbone's: {0}")]
+    #[error("the journal stream holds a message that is not notify-backbone's")]
     Foreign(#[source] stream::ParseError),
     /// The replica could not be written or read.
-    #[error("the node's replica of the journal failed: {0}")]
-    Replica(String),
+    #[error("the node's replica of the journal failed")]
+    Replica(#[source] crate::store::StoreError),
+    /// The blocking task that wrote or read the replica failed (it panicked).
+    #[error("the node's replica of the journal failed: its task did not finish")]
+    ReplicaTask(#[source] tokio::task::JoinError),
     /// The replica refuses writes for now (its disk is full, its file is being reopened): the
     /// follower waits until it is writable again and reads on from its head.
     #[error("the node's replica of the journal refuses writes")]
@@ -102,6 +108,10 @@ pub enum ClusterError {
     /// An appended message was not read back in time.
     #[error("{0} was appended but not read back from the stream in time")]
     ReadBack(String),
+    /// A submission whose id an earlier submission appended, and that copy was not read back
+    /// in time: this one is not appended (the ingest retries it).
+    #[error("not appended: an earlier copy was not read back")]
+    CopyNotReadBack,
     /// The broker refused an append.
     #[error("the broker refused an append to the journal stream")]
     Nacked,

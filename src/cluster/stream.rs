@@ -24,7 +24,6 @@ use lapin::{
 };
 use prost::Message as _;
 
-use super::inspect::QueueCounts;
 use crate::pb;
 
 /// The stream's default name (`--stream`).
@@ -87,6 +86,15 @@ impl StreamSettings {
                 consumers: declared.consumer_count(),
             })
     }
+}
+
+/// A queue as a passive declaration finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Messages (ready ones, for a queue; all, as the broker counted them, for a stream).
+    pub messages: u32,
+    /// Consumers: nodes consuming the ingest queue, or following the stream.
+    pub consumers: u32,
 }
 
 /// What a stream message is.

@@ -1,4 +1,4 @@
-//! Cluster mode's single writer: the downstream of the ingest on the shared queue. Only the
+//! Cluster mode's single writer: the `write::Writer` of the ingest on the shared queue. Only the
 //! queue's active consumer receives anything, so only one node writes the stream at a time.
 //!
 //! Owns: synchronising with the stream when this node takes over (a barrier read back by the
@@ -26,6 +26,9 @@
 //! writer's last appends could reach the stream after its successor's barrier and be stored
 //! twice. It also means a node whose session ended cannot append at all: its submissions from
 //! that session fail (their deliveries were requeued to whoever consumes now).
+//!
+//! A little over 600 lines: taking over (the barrier) and appending a batch (dedupe, confirms,
+//! read-backs, answers) keep the fencing and dedupe promises above together in one place.
 
 use std::{
     collections::HashSet,
@@ -40,7 +43,10 @@ use std::{
 };
 
 use lapin::{Channel, Confirmation, PublisherConfirm, options::ConfirmSelectOptions};
-use tokio::sync::{mpsc, oneshot};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinSet,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -50,11 +56,11 @@ use super::{
     stream::{self, Kind},
 };
 use crate::{
-    ingest::Downstream,
+    otel::EventTrace,
     schema::Decoded,
-    sequencer::{Published, Receipt, SequencerError},
-    store::{Cursor, IdIndex, StoreError},
+    store::{Cursor, IdIndex},
     telemetry::Metrics,
+    write::{Chain, ClusterFailure, Published, Receipt, Reply, Submitting, WriteError, Writer},
 };
 
 /// The most submissions appended together.
@@ -65,8 +71,6 @@ const PROBE_QUEUE_LEN: usize = 8;
 /// How long an appended event (or a barrier) may take to come back through the follower before
 /// its submission fails (and the ingest retries it; dedupe catches the copy if it did land).
 const READ_BACK_TIMEOUT: Duration = Duration::from_secs(30);
-
-type Reply = oneshot::Sender<Result<Published, SequencerError>>;
 
 struct Submission {
     decoded: Decoded,
@@ -152,10 +156,8 @@ impl StreamWriter {
     }
 }
 
-impl Downstream for StreamWriter {
-    type Receipt = Receipt;
-
-    async fn submit(&self, decoded: Decoded) -> Result<Receipt, SequencerError> {
+impl StreamWriter {
+    async fn queue(&self, decoded: Decoded) -> Result<Receipt, WriteError> {
         let (reply, receipt) = Receipt::new();
         let session = self.session.generation.load(Ordering::Acquire);
         self.tx
@@ -165,8 +167,16 @@ impl Downstream for StreamWriter {
                 session,
             })
             .await
-            .map_err(|_| SequencerError::Stopped)?;
+            .map_err(|_| WriteError::Stopped)?;
         Ok(receipt)
+    }
+}
+
+/// The writer node's ingest hands it the shared queue's events. It records no spans of its own
+/// (yet): a sampled event's trace ends at the ingest.
+impl Writer for StreamWriter {
+    fn submit_traced(&self, decoded: Decoded, _trace: Option<EventTrace>) -> Submitting<'_> {
+        Box::pin(self.queue(decoded))
     }
 
     fn session_started(&self, channel: &Channel) {
@@ -181,15 +191,15 @@ impl Downstream for StreamWriter {
         self.session_ended();
     }
 
-    fn session_active(&self) -> impl Future<Output = ()> + Send + 'static {
+    fn session_active(&self) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
         let probes = self.probes.clone();
         let session = self.session.generation.load(Ordering::Acquire);
-        async move {
+        Box::pin(async move {
             let (done, acted) = oneshot::channel();
             if probes.send(Probe { session, done }).await.is_ok() {
                 let _ = acted.await;
             }
-        }
+        })
     }
 
     fn session_ended(&self) {
@@ -214,7 +224,11 @@ async fn run(
     // Set when an append failed: synchronise again before the next.
     let resync = Arc::new(AtomicBool::new(false));
     let inflight = InFlight::default();
+    // The tasks answering appended batches: they stop at shutdown (their submissions then read
+    // as stopped) and are joined before the writer's task ends.
+    let mut answering = JoinSet::new();
     loop {
+        while answering.try_join_next().is_some() {}
         let received = tokio::select! {
             n = rx.recv_many(&mut batch, MAX_BATCH) => n,
             Some(Probe { session: probed, done }) = probes.recv() => {
@@ -224,7 +238,7 @@ async fn run(
                     && generation == probed
                     && let Err(error) = state.ensure(&parts, generation, &channel, &resync).await
                 {
-                    warn!(%error, "journal writer: cannot synchronise with the stream");
+                    warn!(error = %Chain(&error), "journal writer: cannot synchronise with the stream");
                 }
                 let _ = done.send(());
                 continue;
@@ -235,29 +249,40 @@ async fn run(
             break;
         }
         let Some((generation, channel)) = session.current() else {
-            fail(batch.drain(..), &ClusterError::NoSession);
+            fail(batch.drain(..), ClusterError::NoSession);
             continue;
         };
         // Deliveries of an ended session were requeued to whoever consumes now: appending them
         // here would race that writer.
         let (current, stale): (Vec<_>, Vec<_>) =
             batch.drain(..).partition(|s| s.session == generation);
-        fail(stale.into_iter(), &ClusterError::NoSession);
+        fail(stale.into_iter(), ClusterError::NoSession);
         if current.is_empty() {
             continue;
         }
         if let Err(error) = state.ensure(&parts, generation, &channel, &resync).await {
-            warn!(%error, "journal writer: cannot synchronise with the stream");
-            fail(current.into_iter(), &error);
+            warn!(error = %Chain(&error), "journal writer: cannot synchronise with the stream");
+            fail(current.into_iter(), error);
             continue;
         }
-        if let Err(error) = write(&parts, &channel, current, &inflight, &resync).await {
-            warn!(%error, "journal writer: appending failed; synchronising again before the next");
+        let shared = Shared {
+            inflight: &inflight,
+            resync: &resync,
+            answering: &mut answering,
+            shutdown: &shutdown,
+        };
+        if let Err(error) = write(&parts, &channel, current, shared).await {
+            warn!(
+                error = %Chain(&*error),
+                "journal writer: appending failed; synchronising again before the next"
+            );
             // The stream may have some of the batch: the retries are recognised by their ids
             // once this node has synchronised again.
             resync.store(true, Ordering::Relaxed);
         }
     }
+    // Cancelled with the writer: they answer what is read back meanwhile and stop.
+    while answering.join_next().await.is_some() {}
     if parts.metrics.journal_writer.set(0) == 1 {
         info!("journal writer: stopped; this node is no longer the cluster's writer");
     }
@@ -374,14 +399,20 @@ type InFlight = Arc<Mutex<HashSet<String>>>;
 /// confirms and the read-backs and answers every submission, so the next batch is appended
 /// meanwhile (one batch's round trip to the stream and back no longer holds the next). An error
 /// here means the connection is suspect (the caller reconnects and resynchronises); an error of
-/// the waiting part sets `resync` for the next batch. Every submission is answered either way.
+/// the waiting part sets `resync` for the next batch. Every submission is answered either way
+/// (as stopped, if shutdown comes first).
 async fn write(
     parts: &WriterParts,
     channel: &Channel,
     batch: Vec<Submission>,
-    inflight: &InFlight,
-    resync: &Arc<AtomicBool>,
-) -> Result<(), ClusterError> {
+    shared: Shared<'_>,
+) -> Result<(), Arc<ClusterError>> {
+    let Shared {
+        inflight,
+        resync,
+        answering,
+        shutdown,
+    } = shared;
     let epoch = parts.epoch;
     // Known ids: stored before (the replica's index), or appended and not read back yet.
     let events: Vec<crate::pb::Event> = batch
@@ -395,8 +426,8 @@ async fn write(
         index.known(&refs)
     })
     .await
-    .map_err(|error| ClusterError::Replica(error.to_string()))?
-    .map_err(|error| ClusterError::Replica(error.to_string()))?;
+    .map_err(ClusterError::ReplicaTask)?
+    .map_err(ClusterError::Replica)?;
     let mut known = known.into_iter();
     let mut confirms = Vec::new();
     // Per submission: its reply and how it is answered.
@@ -474,18 +505,19 @@ async fn write(
             }
         }
     }
-    let appending_failed = failure.as_ref().map(ToString::to_string);
+    let failure = failure.map(Arc::new);
+    let appending_failed: Option<ClusterFailure> = failure.clone().map(|error| error as _);
     let (waiters, inflight, resync) = (
         parts.waiters.clone(),
         Arc::clone(inflight),
         Arc::clone(resync),
     );
-    tokio::spawn(async move {
+    let answer = async move {
         let mut failure = appending_failed;
         for (id, confirm) in confirms {
             if let Err(error) = confirmed(confirm.await) {
                 waiters.forget(&id);
-                failure.get_or_insert(error.to_string());
+                failure.get_or_insert_with(|| Arc::new(error) as ClusterFailure);
             }
         }
         // Where each appended event landed, in batch order.
@@ -501,7 +533,9 @@ async fn write(
                     Ok(Ok(landed)) => Some(landed),
                     _ => {
                         waiters.forget(&id);
-                        failure.get_or_insert(ClusterError::ReadBack(id.clone()).to_string());
+                        failure.get_or_insert_with(|| {
+                            Arc::new(ClusterError::ReadBack(id.clone())) as ClusterFailure
+                        });
                         None
                     }
                 }
@@ -516,7 +550,7 @@ async fn write(
         }
         for (reply, id, answer) in plans {
             if matches!(answer, Answer::Conflicting) {
-                let _ = reply.send(Err(SequencerError::ConflictingId { id }));
+                let _ = reply.send(Err(WriteError::ConflictingId { id }));
                 continue;
             }
             let landed = match answer {
@@ -546,13 +580,17 @@ async fn write(
                     },
                     duplicate: landed.duplicate,
                 }),
-                (None, Some(reason)) => Err(StoreError::Unavailable(reason.clone()).into()),
-                (None, None) => Err(StoreError::Unavailable(
-                    "not appended: an earlier copy was not read back".into(),
-                )
-                .into()),
+                (None, Some(failure)) => Err(WriteError::Cluster(Arc::clone(failure))),
+                (None, None) => Err(WriteError::cluster(ClusterError::CopyNotReadBack)),
             };
             let _ = reply.send(outcome);
+        }
+    };
+    let shutdown = shutdown.clone();
+    answering.spawn(async move {
+        tokio::select! {
+            () = answer => {}
+            () = shutdown.cancelled() => {}
         }
     });
     match failure {
@@ -579,11 +617,23 @@ enum Answer {
     Conflicting,
 }
 
-fn fail(batch: impl Iterator<Item = Submission>, error: &ClusterError) {
-    let reason = error.to_string();
+fn fail(batch: impl Iterator<Item = Submission>, error: ClusterError) {
+    let error: ClusterFailure = Arc::new(error);
     for submission in batch {
         let _ = submission
             .reply
-            .send(Err(StoreError::Unavailable(reason.clone()).into()));
+            .send(Err(WriteError::Cluster(Arc::clone(&error))));
     }
+}
+
+/// What the writer's loop lends each batch's [`write`].
+struct Shared<'a> {
+    /// Ids appended and not read back yet.
+    inflight: &'a InFlight,
+    /// Set when an append failed: synchronise again before the next.
+    resync: &'a Arc<AtomicBool>,
+    /// Where the batch's answering task goes.
+    answering: &'a mut JoinSet<()>,
+    /// Stops the answering task.
+    shutdown: &'a CancellationToken,
 }

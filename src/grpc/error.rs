@@ -10,8 +10,9 @@ use crate::{
     grpc::limits::LimitError,
     hub::{EndReason, FilterError, HubError},
     schema::DecodeError,
-    sequencer::SequencerError,
     store::{Cursor, CursorError, StoreError},
+    telemetry::Metrics,
+    write::{Chain, WriteError},
 };
 
 /// Anything a `NotificationService` call can fail with.
@@ -24,19 +25,19 @@ pub enum ApiError {
     #[error(transparent)]
     Filter(#[from] FilterError),
     /// A cursor field (`resume_after`, `after`, `before`) is not a cursor.
-    #[error("{field}: {source}")]
+    #[error("{field}: {reason}")]
     Cursor {
         /// The request field.
         field: &'static str,
-        /// Why it is not a cursor.
-        source: CursorError,
+        /// Why it is not a cursor (part of the message the client reads, so not a source).
+        reason: CursorError,
     },
     /// The hub refused the subscription.
     #[error(transparent)]
     Hub(#[from] HubError),
-    /// The sequencer could not publish.
+    /// The journal's writer did not take the event.
     #[error(transparent)]
-    Sequencer(#[from] SequencerError),
+    Write(#[from] WriteError),
     /// A request field is missing.
     #[error("{0} is required")]
     Missing(&'static str),
@@ -65,7 +66,7 @@ impl ApiError {
             Self::Filter(_) => "bad_filter",
             Self::Cursor { .. } => "bad_cursor",
             Self::Hub(HubError::CursorAhead(_)) => "bad_cursor",
-            Self::Hub(HubError::ShuttingDown | HubError::Journal(_)) | Self::Sequencer(_) => {
+            Self::Hub(HubError::ShuttingDown | HubError::Journal(_)) | Self::Write(_) => {
                 "unavailable"
             }
             Self::Missing(_) => "missing_field",
@@ -75,6 +76,12 @@ impl ApiError {
             Self::Limit(limit) => limit.reason(),
         }
     }
+}
+
+/// Counts a refused request under its reason and gives the status the client reads.
+pub(super) fn rejected(metrics: &Metrics, error: ApiError) -> Status {
+    metrics.record_rejected(error.reason());
+    error.into()
 }
 
 impl From<ApiError> for Status {
@@ -92,35 +99,50 @@ impl From<ApiError> for Status {
             | ApiError::Hub(HubError::CursorAhead(_))
             | ApiError::Missing(_)
             | ApiError::Conflicting(_) => Code::InvalidArgument,
-            ApiError::Sequencer(SequencerError::ConflictingId { .. }) => Code::AlreadyExists,
+            ApiError::Write(WriteError::ConflictingId { .. }) => Code::AlreadyExists,
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
             ApiError::Denied(_) => Code::PermissionDenied,
-            ApiError::Hub(HubError::ShuttingDown)
-            | ApiError::Sequencer(SequencerError::Stopped) => Code::Unavailable,
+            ApiError::Hub(HubError::ShuttingDown) | ApiError::Write(WriteError::Stopped) => {
+                Code::Unavailable
+            }
             ApiError::Hub(HubError::Journal(detail)) => {
                 // The details are for the operator's log, not for clients.
                 tracing::error!(error = %detail, "reading the journal failed");
                 return Status::unavailable("the journal is unavailable; retry later");
             }
-            ApiError::Sequencer(SequencerError::Store(StoreError::DiskFull { .. })) => {
+            ApiError::Write(WriteError::Journal(StoreError::DiskFull { .. })) => {
                 // Reported once by the journal's health (log, metrics, readiness), not here.
                 return Status::unavailable(
                     "the server's journal disk is full: new events are refused until space is \
                      freed (reads and open streams go on); retry later",
                 );
             }
-            ApiError::Sequencer(SequencerError::Store(store)) => {
+            ApiError::Write(WriteError::Journal(store)) => {
                 // The details are for the operator's log, not for clients. Refusals the
                 // journal's health reports already are logged quietly.
                 if store.is_health_refusal() {
-                    tracing::debug!(error = %store, "publish refused: journal unavailable");
+                    tracing::debug!(error = %Chain(store), "publish refused: journal unavailable");
                 } else {
-                    tracing::error!(error = %store, "publish failed: journal unavailable");
+                    tracing::error!(error = %Chain(store), "publish failed: journal unavailable");
                 }
+                return Status::unavailable("the journal is unavailable; retry later");
+            }
+            ApiError::Write(error @ WriteError::Cluster(_)) => {
+                // The broker's trouble, not the journal's: said so in the log. Clients read
+                // what they read for any journal they cannot reach now.
+                tracing::error!(error = %Chain(error), "publish failed: the cluster's broker failed");
                 return Status::unavailable("the journal is unavailable; retry later");
             }
         };
         Status::new(code, error.to_string())
+    }
+}
+
+/// A limit's refusal, answered by the `Shed` layer before any service runs, as every RPC answers
+/// it.
+impl From<LimitError> for Status {
+    fn from(error: LimitError) -> Self {
+        ApiError::Limit(error).into()
     }
 }
 
@@ -165,15 +187,14 @@ mod tests {
             ApiError::Filter(FilterError::TooManyPatterns { count: 2, limit: 1 }),
             ApiError::Cursor {
                 field: "after",
-                source: CursorError("x".into()),
+                reason: CursorError("x".into()),
             },
             ApiError::Hub(HubError::ShuttingDown),
             ApiError::Hub(HubError::CursorAhead("c".into())),
             ApiError::Hub(HubError::Journal("disk".into())),
-            ApiError::Sequencer(SequencerError::Stopped),
-            ApiError::Sequencer(SequencerError::Store(StoreError::Unavailable(
-                "disk".into(),
-            ))),
+            ApiError::Write(WriteError::Stopped),
+            ApiError::Write(WriteError::Journal(StoreError::Unavailable("disk".into()))),
+            ApiError::Write(WriteError::cluster(std::io::Error::other("broker"))),
             ApiError::Missing("body"),
             ApiError::Conflicting("after and before"),
             ApiError::Unauthenticated(AuthError::Expired),

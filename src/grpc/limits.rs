@@ -484,7 +484,8 @@ impl std::fmt::Debug for Counted {
 impl Shed {
     fn refuse<B: Default>(&self, error: LimitError) -> http::Response<B> {
         self.metrics.record_rejected(error.reason());
-        Status::from(super::error::ApiError::Limit(error)).into_http()
+        // The status map's answer for a limit (`error` maps `LimitError` as every RPC does).
+        Status::from(error).into_http()
     }
 }
 

@@ -4,7 +4,7 @@
 //!
 //! Owns: everything that touches `tonic` — requests, statuses, codecs, the server builder, the
 //! token's extraction from metadata. Does not own: any decision about events or access (the
-//! adapters call `auth`, `schema`, `hub` and `sequencer`).
+//! adapters call `auth`, `schema`, `hub` and the node's `write::Writer`).
 //! Errors of those modules become a `tonic::Status` in exactly one place, [`error`].
 
 pub mod codec;
@@ -12,6 +12,7 @@ pub mod connections;
 pub mod error;
 pub mod limits;
 pub mod page;
+mod publish;
 mod publish_stream;
 pub mod rpc_span;
 mod service;

@@ -4,7 +4,7 @@
 //! Owns: reading the requests in order, answering each one in the same order once its event is
 //! journaled or refused, keeping at most [`IN_FLIGHT`] requests unanswered, and ending the call
 //! when the client stops sending, the token expires or the server shuts down. Does not own: what
-//! makes a request valid or how it is published (the service's `submit_one`, the same path as
+//! makes a request valid or how it is published (`publish`'s `submit_one`, the same path as
 //! `Publish`), or the status codes (`error`).
 //!
 //! Flow control: a reader task reads a request only when there is room among the unanswered
@@ -18,16 +18,18 @@ use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 use tonic::{Code, Status, Streaming};
 
+use tokio_util::sync::CancellationToken;
+
 use super::{
     error::ApiError,
     limits::{LimitError, StreamPermit},
+    publish::{PublishPath, published_response},
     rpc_span::CallSpan,
-    service::{NotifyService, published_response},
 };
 use crate::{
     auth::Principal,
     pb::{self, publish_stream_response::Result as Outcome},
-    sequencer::Receipt,
+    write::Receipt,
 };
 
 /// Requests of one stream read and not answered yet. Past it, the stream's requests wait in
@@ -41,16 +43,17 @@ pub type PublishResponses =
 
 /// What the reader hands to the answering side, in request order.
 enum Pending {
-    /// A request: handed to the publisher (its receipt) or refused.
+    /// A request: handed to the writer (its receipt) or refused.
     Request(Result<Receipt, ApiError>),
     /// The stream ends with this status after everything before it was answered.
     End(Status),
 }
 
-/// Starts reading `requests` and returns the stream of answers.
+/// Starts reading `requests` and returns the stream of answers; `shutdown` ends the stream.
 /// `call` is the stream's span (tracing on): the parent of its events' ingest spans.
-pub fn respond(
-    service: NotifyService,
+pub(super) fn respond(
+    service: PublishPath,
+    shutdown: CancellationToken,
     principal: Arc<Principal>,
     permit: StreamPermit,
     requests: Streaming<pb::PublishStreamRequest>,
@@ -58,7 +61,13 @@ pub fn respond(
 ) -> PublishResponses {
     let (pending, answers) = mpsc::channel(IN_FLIGHT);
     let metrics = Arc::clone(&service.metrics);
-    tokio::spawn(read(service, principal, permit, requests, pending, call));
+    let reader = Reader {
+        service,
+        shutdown,
+        principal,
+        _permit: permit,
+    };
+    tokio::spawn(read(reader, requests, pending, call));
     Box::pin(ReceiverStream::new(answers).then(move |pending| {
         let metrics = Arc::clone(&metrics);
         async move {
@@ -87,13 +96,19 @@ pub fn respond(
     }))
 }
 
-/// Reads the requests in order and hands each to the publisher, until the client has sent its
-/// last one, the stream breaks, the token expires or the server shuts down. The stream's place
-/// under the stream limits (`_permit`) is given back when this returns.
-async fn read(
-    service: NotifyService,
+/// What the reader of one stream holds while it reads.
+struct Reader {
+    service: PublishPath,
+    shutdown: CancellationToken,
     principal: Arc<Principal>,
+    /// The stream's place under the stream limits, given back when the reader ends.
     _permit: StreamPermit,
+}
+
+/// Reads the requests in order and hands each to the writer, until the client has sent its
+/// last one, the stream breaks, the token expires or the server shuts down.
+async fn read(
+    reader: Reader,
     mut requests: Streaming<pb::PublishStreamRequest>,
     pending: mpsc::Sender<Pending>,
     call: Option<CallSpan>,
@@ -102,6 +117,7 @@ async fn read(
     // trace: otherwise each starts its own (or continues its body's `_trace`), rather than all
     // landing in one ever-growing trace.
     let call = call.filter(|call| call.continued);
+    let (service, principal) = (&reader.service, &reader.principal);
     let valid_for = principal
         .expires_at
         .duration_since(SystemTime::now())
@@ -116,11 +132,11 @@ async fn read(
                 // The client is gone: nobody reads the answers.
                 Err(_) => return,
             },
-            () = service.shutdown.cancelled() => return,
+            () = reader.shutdown.cancelled() => return,
         };
         let request = tokio::select! {
             biased;
-            () = service.shutdown.cancelled() => break Some(Status::unavailable(
+            () = reader.shutdown.cancelled() => break Some(Status::unavailable(
                 "server is shutting down; requests without an answer were not published: \
                  send them again on a new stream",
             )),
@@ -134,7 +150,7 @@ async fn read(
             Ok(Some(request)) => {
                 // A request without its `publish` is refused like a `Publish` without a body.
                 let request = request.publish.unwrap_or_default();
-                let submitted = service.submit_one(&principal, request, call.as_ref()).await;
+                let submitted = service.submit_one(principal, request, call.as_ref()).await;
                 permit.send(Pending::Request(submitted));
             }
             // The client has sent everything: the answers end once the last is sent.

@@ -17,20 +17,21 @@ use opentelemetry::{Context as TraceContext, KeyValue, trace::TraceContextExt as
 use super::{
     codec::EncodedResponse,
     connections::Connection,
-    error::ApiError,
+    error::{ApiError, rejected},
     limits::{RateLimiter, StreamCounter, StreamPermit},
+    publish::PublishPath,
     publish_stream::{self, PublishResponses},
     rpc_span::CallSpan,
 };
 use crate::{
     auth::{Authenticator, Principal, Wants},
     hub::{Filter, FilterLimits, Hub, Subscription, Users},
-    otel::{self, EventTrace, Tracing},
-    pb::{self, notification_service_server::NotificationService, publish_request::Body},
-    schema::{self, DecodeOptions, Decoded, Properties},
-    sequencer::{Published, Publisher, Receipt},
+    otel::Tracing,
+    pb::{self, notification_service_server::NotificationService},
+    schema::DecodeOptions,
     store::Cursor,
     telemetry::Metrics,
+    write::Writer,
 };
 
 /// The service's dependencies and limits.
@@ -38,8 +39,8 @@ use crate::{
 pub struct NotifyService {
     /// The fan-out hub (for `Subscribe`).
     pub hub: Hub,
-    /// Where `Publish` hands events: the sequencer, or the cluster's writer.
-    pub publisher: Publisher,
+    /// Where `Publish` hands events: the sequencer, or the cluster's forwarder to its writer.
+    pub publisher: Arc<dyn Writer>,
     /// Metrics to count rejections in.
     pub metrics: Arc<Metrics>,
     /// Decoding options (`--strict-schema`, `--max-event-bytes`).
@@ -172,103 +173,19 @@ impl NotifyService {
         })
     }
 
-    async fn publish_one(
-        &self,
-        request: pb::PublishRequest,
-        call: Option<&CallSpan>,
-    ) -> Result<pb::PublishResponse, ApiError> {
-        let (decoded, trace) = self.decode_request(request, call)?;
-        let published = self.publisher.publish(decoded, trace).await?;
-        Ok(published_response(published))
-    }
-
-    /// One request of a `PublishStream` from `principal`, checked like a `Publish` call (the
-    /// token was checked when the stream opened) and handed to the publisher: the receipt
-    /// resolves once the event is journaled. Waits only while the publisher's queue is full.
-    pub(super) async fn submit_one(
-        &self,
-        principal: &Principal,
-        request: pb::PublishRequest,
-        call: Option<&CallSpan>,
-    ) -> Result<Receipt, ApiError> {
-        self.publish_rate.check(&principal.user_id)?;
-        let (decoded, trace) = self.decode_request(request, call)?;
-        Ok(self.publisher.submit_traced(decoded, trace).await?)
-    }
-
-    /// Validates and decodes a `PublishRequest` body, as a producer's JSON or a typed event;
-    /// with tracing on, records its ingest span under `call` (the RPC's span).
-    fn decode_request(
-        &self,
-        request: pb::PublishRequest,
-        call: Option<&CallSpan>,
-    ) -> Result<(Decoded, Option<EventTrace>), ApiError> {
-        let props = Properties {
-            timestamp_ms: None,
-            received_at: SystemTime::now(),
-        };
-        // Measured only for the ingest span.
-        let body_len = match &request.body {
-            _ if !self.tracing.is_on() => 0,
-            Some(Body::Json(json)) => json.len(),
-            Some(Body::Event(event)) => prost::Message::encoded_len(event),
-            None => 0,
-        };
-        let decoded = match request.body {
-            None => Err(ApiError::Missing("body (json or event)")),
-            Some(Body::Json(_)) if request.routing_key.is_empty() => {
-                Err(ApiError::Missing("routing_key"))
-            }
-            Some(Body::Json(json)) => {
-                schema::decode(&request.routing_key, &json, &props, self.decode)
-                    .map_err(ApiError::from)
-            }
-            Some(Body::Event(event)) => {
-                schema::accept_typed(&request.routing_key, event, &props, self.decode)
-                    .map_err(ApiError::from)
-            }
-        };
-        if !self.tracing.is_on() {
-            return Ok((decoded?, None));
-        }
-        let source = otel::Source::Rpc {
-            routing_key: &request.routing_key,
-            body_len,
-            call: call.map(|call| &call.cx),
-            continued: call.is_some_and(|call| call.continued),
-        };
-        match decoded {
-            Ok(mut decoded) => {
-                let trace = self
-                    .tracing
-                    .ingested(&source, props.received_at, &mut decoded);
-                Ok((decoded, trace))
-            }
-            Err(error) => {
-                self.tracing.refused(
-                    &source,
-                    props.received_at,
-                    &[],
-                    error.reason(),
-                    &error.to_string(),
-                );
-                Err(error)
-            }
+    /// The publish path with this service's writer and limits.
+    fn publish_path(&self) -> PublishPath {
+        PublishPath {
+            writer: Arc::clone(&self.publisher),
+            decode: self.decode,
+            tracing: self.tracing.clone(),
+            publish_rate: Arc::clone(&self.publish_rate),
+            metrics: Arc::clone(&self.metrics),
         }
     }
 
-    pub(super) fn reject(&self, error: ApiError) -> Status {
-        self.metrics.record_rejected(error.reason());
-        error.into()
-    }
-}
-
-/// What `Publish` (and each answer of `PublishStream`) says of a published event.
-pub(super) fn published_response(published: Published) -> pb::PublishResponse {
-    pb::PublishResponse {
-        id: published.id,
-        cursor: published.cursor.to_string(),
-        duplicate: published.duplicate,
+    fn reject(&self, error: ApiError) -> Status {
+        rejected(&self.metrics, error)
     }
 }
 
@@ -336,7 +253,8 @@ impl NotificationService for NotifyService {
             .map_err(|e| self.reject(e.into()))?;
         let call = CallSpan::of(request.extensions()).cloned();
         Ok(Response::new(publish_stream::respond(
-            self.clone(),
+            self.publish_path(),
+            self.shutdown.clone(),
             principal,
             permit,
             request.into_inner(),
@@ -357,7 +275,8 @@ impl NotificationService for NotifyService {
             .check(&principal.user_id)
             .map_err(|e| self.reject(e.into()))?;
         let call = CallSpan::of(request.extensions()).cloned();
-        self.publish_one(request.into_inner(), call.as_ref())
+        self.publish_path()
+            .publish_one(request.into_inner(), call.as_ref())
             .await
             .map(Response::new)
             .map_err(|e| self.reject(e))
@@ -425,7 +344,7 @@ fn optional_cursor(field: &'static str, text: &str) -> Result<Option<Cursor>, Ap
         "" => Ok(None),
         text => Cursor::parse(text)
             .map(Some)
-            .map_err(|source| ApiError::Cursor { field, source }),
+            .map_err(|reason| ApiError::Cursor { field, reason }),
     }
 }
 

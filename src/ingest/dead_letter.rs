@@ -27,7 +27,7 @@ use lapin::{
 
 use crate::schema::DecodeError;
 
-use super::session::Message;
+use super::message::Message;
 
 /// The header with the stable reason code, e.g. `missing_field` (see `DecodeError::reason`).
 pub const ERROR_HEADER: &str = "x-notify-error";

@@ -5,7 +5,11 @@ use std::time::Duration;
 
 use tracing::{debug, warn};
 
-use crate::{schema::DecodeError, sequencer::SequencerError, telemetry::Metrics};
+use crate::{
+    schema::DecodeError,
+    telemetry::Metrics,
+    write::{Chain, WriteError},
+};
 
 use super::IngestError;
 
@@ -20,7 +24,7 @@ impl SessionEnded<'_> {
     pub fn emit(self, metrics: &Metrics) {
         metrics.ingest.reconnects.inc();
         warn!(
-            error = %self.error,
+            error = %Chain(self.error),
             attempt = self.attempt,
             retry_in = ?self.retry_in,
             "ingest: broker session ended; reconnecting"
@@ -71,10 +75,10 @@ impl Rejected<'_> {
     }
 }
 
-/// The downstream (sequencer, journal) did not accept a good event: our own failure. The
+/// The writer (sequencer, journal; in cluster mode the broker) did not accept a good event: our own failure. The
 /// message stays unacknowledged and consumption pauses until it is accepted.
 pub(super) struct DownstreamRefused<'a> {
-    pub error: &'a SequencerError,
+    pub error: &'a WriteError,
     pub retry_in: Duration,
     /// The first refusal since the last event was accepted: later ones of the same streak are
     /// logged at debug (the retries are counted; the journal's health says why, once).
@@ -86,13 +90,13 @@ impl DownstreamRefused<'_> {
         metrics.ingest.downstream_retries.inc();
         if self.first {
             warn!(
-                error = %self.error,
+                error = %Chain(self.error),
                 retry_in = ?self.retry_in,
                 "ingest: event not accepted downstream; consumption paused, will retry"
             );
         } else {
             debug!(
-                error = %self.error,
+                error = %Chain(self.error),
                 retry_in = ?self.retry_in,
                 "ingest: event still not accepted downstream; will retry"
             );

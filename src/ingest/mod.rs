@@ -1,46 +1,48 @@
-//! AMQP ingest: the platform's events from RabbitMQ, decoded and handed to the sequencer.
+//! AMQP ingest: the platform's events from RabbitMQ, decoded and handed to the journal's writer
+//! (any [`crate::write::Writer`]: the sequencer, or cluster mode's stream writer).
 //!
 //! Owns: the broker connection and its lifecycle (connect, declare the topology, consume,
 //! reconnect with backoff and jitter, clean shutdown), acknowledgements (sent only once the
-//! downstream accepted the event, batched with `multiple`), dead-lettering of poison input with
+//! writer accepted the event, batched with `multiple`), dead-lettering of poison input with
 //! the reason in headers, the ingest metrics and readiness state, and, on cluster mode's shared
 //! queue, the probe that tells its active consumer that it is ([`PROBE_TYPE`]). Does not own: decoding
 //! (`schema`), dedupe and ordering (`store` via the sequencer), routing (`hub`). Only this
 //! module touches lapin types.
 //!
 //! The flow follows vector's AMQP source: `basic_qos(prefetch)` before consuming, hand off
-//! downstream with backpressure, ack only after downstream accepted. Deliveries are settled in
+//! to the writer with backpressure, ack only after the writer accepted. Deliveries are settled in
 //! the order they arrived, so one `basic.ack` with `multiple` can acknowledge a whole run.
 //!
 //! | submodule             | owns                                                             |
 //! |-----------------------|------------------------------------------------------------------|
 //! | [`topology`]          | the names and arguments of the exchanges, queues and bindings    |
 //! | `session`             | one connection: consume, settle in order, ack, drain on shutdown |
+//! | `start`               | how a delivery starts: to the writer or the dead letters; answers |
+//! | `message`             | a delivery kept until acked, and what its properties say         |
 //! | [`dead_letter`]       | the dead-letter copy of a poison message and its reason headers  |
 //! | [`dead_letter_queue`] | the operator's tools: list the dead letters, replay chosen ones  |
+//! | `letter`              | one dead letter read back from its headers, and `Selection`      |
 //! | `events`              | each runtime failure as a small type that logs and counts itself |
 
 pub mod dead_letter;
 pub mod dead_letter_queue;
 mod events;
+mod letter;
+mod message;
 mod session;
+mod start;
 pub mod topology;
 
 pub use session::connection_name;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use rand::Rng as _;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::{
-    otel::{EventTrace, Tracing},
-    schema::{DecodeOptions, Decoded},
-    sequencer::{Published, Receipt, Sequencer, SequencerError},
-    telemetry::Metrics,
-};
+use crate::{otel::Tracing, schema::DecodeOptions, telemetry::Metrics, write::Writer};
 
 pub use topology::Topology;
 
@@ -106,64 +108,6 @@ impl std::fmt::Display for IngestState {
     }
 }
 
-/// What the ingest hands decoded events to. The sequencer is the real one; tests substitute
-/// their own to stall or fail on purpose.
-pub trait Downstream: Send + Sync + 'static {
-    /// Resolves once the event is stored (or recognised as a duplicate) and routed.
-    type Receipt: Future<Output = Result<Published, SequencerError>> + Send + 'static;
-
-    /// Queues one event; waits while the downstream is full (that wait is the backpressure
-    /// that stops consumption).
-    fn submit(
-        &self,
-        decoded: Decoded,
-    ) -> impl Future<Output = Result<Self::Receipt, SequencerError>> + Send;
-
-    /// [`Downstream::submit`] for an event whose trace is sampled. A downstream that records no
-    /// spans of its own (cluster mode's writer, tests' stand-ins) ignores the trace.
-    fn submit_traced(
-        &self,
-        decoded: Decoded,
-        _trace: Option<EventTrace>,
-    ) -> impl Future<Output = Result<Self::Receipt, SequencerError>> + Send {
-        self.submit(decoded)
-    }
-
-    /// A new broker session started consuming on `channel`: what the downstream knew of the
-    /// queue's state may be stale. Cluster mode's writer appends on that channel (so a dead
-    /// session's appends are fenced by the broker) and synchronises with the journal again.
-    fn session_started(&self, _channel: &lapin::Channel) {}
-
-    /// A probe reached the session that started last: it is the queue's active consumer. The
-    /// probe is acked once the returned future resolves (cluster mode's writer synchronises
-    /// with the journal first).
-    fn session_active(&self) -> impl Future<Output = ()> + Send + 'static {
-        std::future::ready(())
-    }
-
-    /// The session that started last ended (shutdown or a failure): it consumes no more.
-    fn session_ended(&self) {}
-}
-
-impl Downstream for Sequencer {
-    type Receipt = Receipt;
-
-    fn submit(
-        &self,
-        decoded: Decoded,
-    ) -> impl Future<Output = Result<Receipt, SequencerError>> + Send {
-        Sequencer::submit(self, decoded)
-    }
-
-    fn submit_traced(
-        &self,
-        decoded: Decoded,
-        trace: Option<EventTrace>,
-    ) -> impl Future<Output = Result<Receipt, SequencerError>> + Send {
-        Sequencer::submit_traced(self, decoded, trace)
-    }
-}
-
 /// A running ingest.
 pub struct Ingest {
     state: watch::Receiver<IngestState>,
@@ -173,14 +117,14 @@ pub struct Ingest {
 impl Ingest {
     /// Starts consuming in the background. The task reconnects until `shutdown` is cancelled,
     /// then cancels its consumer, settles and acks what is in flight, and closes the connection.
-    pub fn spawn<D: Downstream>(
+    pub fn spawn<W: Writer>(
         config: IngestConfig,
-        downstream: D,
+        writer: W,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Self {
         let (state_tx, state) = watch::channel(IngestState::Connecting);
-        let task = tokio::spawn(run(config, downstream, metrics, state_tx, shutdown));
+        let task = tokio::spawn(run(config, writer, metrics, state_tx, shutdown));
         Self { state, task }
     }
 
@@ -203,9 +147,9 @@ impl Ingest {
     }
 }
 
-async fn run<D: Downstream>(
+async fn run<W: Writer>(
     config: IngestConfig,
-    downstream: D,
+    writer: W,
     metrics: Arc<Metrics>,
     state: watch::Sender<IngestState>,
     shutdown: CancellationToken,
@@ -218,13 +162,12 @@ async fn run<D: Downstream>(
         "ingest: consuming from RabbitMQ"
     );
     // Kept across sessions: a message whose dead-lettering ended one is not copied again.
-    let suspects = session::Suspects::default();
+    let suspects = start::Suspects::default();
     while !shutdown.is_cancelled() {
         attempt += 1;
-        let outcome =
-            session::run(&config, &downstream, &metrics, &state, &shutdown, &suspects).await;
+        let outcome = session::run(&config, &writer, &metrics, &state, &shutdown, &suspects).await;
         metrics.ingest.consuming.set(0);
-        downstream.session_ended();
+        writer.session_ended();
         match outcome {
             Ok(()) => break,
             Err(failure) => {
@@ -285,10 +228,10 @@ pub fn redacted(url: &str) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     /// The broker could not be reached or refused the login.
-    #[error("cannot connect to the broker: {0}")]
+    #[error("cannot connect to the broker")]
     Connect(#[source] lapin::Error),
     /// Declaring an exchange, queue or binding failed.
-    #[error("cannot declare {what}: {source}{hint}")]
+    #[error("cannot declare {what}{hint}")]
     Topology {
         /// What was being declared, e.g. `queue notify-backbone.node-1`.
         what: String,
@@ -298,7 +241,7 @@ pub enum IngestError {
         hint: &'static str,
     },
     /// The connection or channel broke while consuming.
-    #[error("broker connection lost: {0}")]
+    #[error("broker connection lost")]
     Lost(#[source] lapin::Error),
     /// The broker cancelled our consumer (e.g. the queue was deleted).
     #[error("the broker cancelled the consumer (was the queue deleted?)")]
