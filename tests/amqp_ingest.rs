@@ -416,8 +416,8 @@ async fn a_poison_message_is_not_acked_while_its_dead_letter_copy_has_nowhere_to
     // The copy came back unroutable, so the original was not acked; the node reconnects and
     // declares the dead-letter queue again (a probe of a missing queue closes its channel, so
     // each probe gets its own).
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    let wait = Wait::within(PATIENCE).every(std::time::Duration::from_millis(100));
+    wait.until("the poison message dead-lettered", async || {
         let probe = producer.connection.create_channel().await.unwrap();
         let passive = lapin::options::QueueDeclareOptions {
             passive: true,
@@ -430,15 +430,12 @@ async fn a_poison_message_is_not_acked_while_its_dead_letter_copy_has_nowhere_to
                 Default::default(),
             )
             .await;
-        if declared.is_ok_and(|queue| queue.message_count() > 0) {
-            break;
+        match declared.map(|queue| queue.message_count()) {
+            Ok(count) if count > 0 => Ok(()),
+            other => Err(other),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never dead-lettered"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     let dead = producer.take(&names.dead_letter_queue, 1).await;
     assert_eq!(dead.len(), 1, "the poison message was lost");
     assert_eq!(dead[0].reason.as_deref(), Some("not_json"));

@@ -6,8 +6,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use lapin::{
     BasicProperties, ExchangeKind,
     options::{ExchangeDeclareOptions, QueueDeclareOptions, QueueDeleteOptions},
@@ -56,18 +54,11 @@ async fn dead_letters(names: &Names, args: &[&str]) -> Run {
 
 /// Waits until `queue` holds exactly `n` ready messages.
 async fn wait_ready(producer: &Producer, queue: &str, n: u32) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    eventually(format!("{queue} holds {n}"), async || {
         let ready = producer.ready(queue).await;
-        if ready == n {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{queue} holds {ready}, expected {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        seen_if(ready == n, ready)
+    })
+    .await;
 }
 
 /// A queue whose messages expire at once into the test's dead-letter exchange: the broker

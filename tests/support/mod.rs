@@ -2,6 +2,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod amqp;
+pub mod eventually;
 pub mod otlp;
 pub mod process;
 pub mod tmpfs;
@@ -19,6 +20,8 @@ use notify_backbone::{
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::{Streaming, transport::Channel};
+
+pub use eventually::{Wait, eventually, seen_if};
 
 /// How long a test waits for something that should happen at once.
 pub const PATIENCE: Duration = Duration::from_secs(10);
@@ -178,18 +181,11 @@ impl TestServer {
 
     /// Waits until `/readyz` answers 200.
     pub async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
+        eventually("/readyz answers 200", async || {
             let response = self.http_get("/readyz").await;
-            if response.starts_with("HTTP/1.1 200") {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "not ready in time: {response}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            seen_if(response.starts_with("HTTP/1.1 200"), response)
+        })
+        .await;
     }
 
     /// The value of the sample `name` (with its labels, as written in the exposition).
