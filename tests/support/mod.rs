@@ -35,23 +35,17 @@ pub struct TestServer {
     pub data: DataDir,
 }
 
-/// A journal directory of one test server's own, removed when dropped.
-pub struct DataDir(pub std::path::PathBuf);
+/// A journal directory of one test server's own (`.0`, not created yet: the server makes it),
+/// inside a temporary directory removed when dropped.
+pub struct DataDir(pub std::path::PathBuf, tempfile::TempDir);
 
 impl DataDir {
     pub fn new() -> Self {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("notify-test-journal-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        Self(dir)
-    }
-}
-
-impl Drop for DataDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let parent = tempfile::Builder::new()
+            .prefix("notify-test-journal-")
+            .tempdir()
+            .unwrap();
+        Self(parent.path().join("journal"), parent)
     }
 }
 
