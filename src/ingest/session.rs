@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::{
+    backoff::Backoff,
     otel,
     schema::{self, DecodeError, Properties},
     sequencer::{Published, SequencerError},
@@ -44,7 +45,8 @@ use super::{
 /// Closing a connection the broker already dropped can hang until a heartbeat timeout; past
 /// this we stop waiting.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// First pause before retrying an event the downstream did not accept; doubles up to the max.
+/// First pause before retrying an event the downstream did not accept; doubles up to the max
+/// (the policy, and why these numbers: `crate::backoff`).
 const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(50);
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
 /// The longest a settled delivery waits for its ack. Short against any redelivery concern (an
@@ -293,7 +295,7 @@ async fn consume<D: Downstream>(
         unacked: 0,
         ack_batch: (usize::from(config.prefetch) / 4).max(1),
         ack_due: None,
-        retry_pause: FIRST_RETRY_PAUSE,
+        retry_pauses: Backoff::new(FIRST_RETRY_PAUSE, MAX_RETRY_PAUSE),
         blocked: false,
         holding: false,
         recovered: false,
@@ -342,8 +344,8 @@ struct Session<'a, D> {
     ack_batch: usize,
     /// When the oldest settled-but-unacked delivery must be acked at the latest.
     ack_due: Option<tokio::time::Instant>,
-    /// The pause before the next retry of an event the downstream refused.
-    retry_pause: Duration,
+    /// The pauses before retrying an event the downstream refused, reset by every settlement.
+    retry_pauses: Backoff,
     /// Shutdown came while the oldest delivery was waiting for a retry: nothing after it may be
     /// acked (a `multiple` ack would cover it too).
     blocked: bool,
@@ -515,22 +517,25 @@ impl<D: Downstream> Session<'_, D> {
                     self.resubmit(oldest.message).await?;
                 } else {
                     self.recovered = false;
+                    let first = self.retry_pauses.is_fresh();
+                    let pause = self.retry_pauses.next_pause();
                     events::DownstreamRefused {
                         error: &error,
-                        retry_in: self.retry_pause,
-                        first: self.retry_pause == FIRST_RETRY_PAUSE,
+                        retry_in: pause,
+                        first,
                     }
                     .emit(self.metrics);
-                    self.retry(oldest.message, shutdown).await?;
+                    self.retry(oldest.message, pause, shutdown).await?;
                 }
             }
             Outcome::DeadLetterRefused => {
+                let pause = self.retry_pauses.next_pause();
                 events::DeadLetterRefused {
                     routing_key: &oldest.message.routing_key,
-                    retry_in: self.retry_pause,
+                    retry_in: pause,
                 }
                 .emit(self.metrics);
-                self.retry(oldest.message, shutdown).await?;
+                self.retry(oldest.message, pause, shutdown).await?;
             }
             Outcome::DeadLetterUnroutable => {
                 // Ack what settled before it; it and everything after go back unacked.
@@ -553,7 +558,7 @@ impl<D: Downstream> Session<'_, D> {
                     error: &error,
                 }
                 .emit(self.metrics);
-                self.retry_pause = FIRST_RETRY_PAUSE;
+                self.retry_pauses.reset();
             }
         }
         if self.unacked as usize >= self.ack_batch {
@@ -562,16 +567,15 @@ impl<D: Downstream> Session<'_, D> {
         Ok(())
     }
 
-    /// Puts `message` back at the head after a pause, unless shutdown comes first.
+    /// Puts `message` back at the head after `pause`, unless shutdown comes first.
     async fn retry(
         &mut self,
         message: Message,
+        pause: Duration,
         shutdown: &CancellationToken,
     ) -> Result<(), IngestError> {
         // Ack what was settled before it, so the pause does not hold those back.
         self.flush_acks().await?;
-        let pause = self.retry_pause;
-        self.retry_pause = (pause * 2).min(MAX_RETRY_PAUSE);
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             () = shutdown.cancelled() => {
@@ -598,7 +602,7 @@ impl<D: Downstream> Session<'_, D> {
         self.ack_due
             .get_or_insert_with(|| tokio::time::Instant::now() + ACK_DELAY);
         self.unacked += 1;
-        self.retry_pause = FIRST_RETRY_PAUSE;
+        self.retry_pauses.reset();
     }
 
     /// Acks every settled delivery with one `basic.ack` (`multiple`).
