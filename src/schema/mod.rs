@@ -123,9 +123,10 @@ pub struct Decoded {
 ///
 /// The variants carry text, never a parser's error as a `#[source]`: a `DecodeError` is the
 /// reason a producer is given, whole, in one line (the message of a `Publish` refusal, a dead
-/// letter's `x-notify-error-detail` header, a log field), where a source would not be printed; and it
-/// is `Clone + PartialEq` (compared in tests, kept with a delivery), which the parsers' errors
-/// are not. No variant has a source, so none prints a cause twice under a chain printer.
+/// letter's `x-notify-error-detail` header, a log field), where a source would not be
+/// printed; and it is `Clone + PartialEq` (compared in tests, kept with a delivery), which the
+/// parsers' errors are not. No variant has a source, so none prints a cause twice under a
+/// chain printer.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DecodeError {
     /// The body is empty.
