@@ -105,9 +105,7 @@ async fn consuming(ingest: &Ingest) {
 }
 
 fn event(n: usize) -> String {
-    format!(
-        r#"{{"deviceId":"d{n}","userId":"u1","startedAt":"2025-11-20T10:00:00.000Z","providerType":"redroid","_trace":{{}}}}"#
-    )
+    support::body::device_started(&format!("d{n}"), "u1")
 }
 
 /// The prefetch count of each consumer of `queue`, as the broker enforces it.

@@ -26,9 +26,7 @@ use notify_backbone::pb;
 
 /// Event `n` for user `u-steady`; its device id names it.
 fn event(n: usize) -> String {
-    format!(
-        r#"{{"deviceId":"d{n}","userId":"u-steady","startedAt":"2025-11-20T10:00:00.000Z","providerType":"redroid","_trace":{{}}}}"#
-    )
+    body::device_started(&format!("d{n}"), "u-steady")
 }
 
 /// Publishes events 0, 1, 2, ... one every `every`, each confirmed by the broker, until `stop`

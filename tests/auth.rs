@@ -361,9 +361,7 @@ async fn a_user_never_receives_another_users_or_userless_events() {
     let alices_billing = publish_json(
         &mut client,
         "billing.payment_success",
-        &format!(
-            r#"{{"userId":"{ALICE}","paymentId":"p-sentinel","paymentMethod":"alipay","amount":1,"newBalance":2,"_trace":{{}}}}"#
-        ),
+        &body::payment_success(ALICE, "p-sentinel"),
     )
     .await
     .unwrap();
@@ -466,9 +464,7 @@ async fn admins_see_other_users_the_firehose_and_the_admin_feed() {
     )
     .await
     .unwrap();
-    let update = format!(
-        r#"{{"userId":"{BOB}","quotaId":"q-sentinel","type":"updated","limits":{{}},"usage":{{}},"status":"active","timestamp":"2025-11-20T10:00:00.000Z","_trace":{{}}}}"#
-    );
+    let update = body::quota_updated(BOB, "q-sentinel");
     let quota = publish_json(&mut client, "quota.updated", &update)
         .await
         .unwrap();

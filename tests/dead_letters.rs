@@ -208,7 +208,7 @@ async fn replay_sends_the_chosen_back_once_each_and_keeps_what_cannot_go() {
     // Refused under --strict-schema: an event type with no typed schema yet.
     let strict = TestServer::start_amqp(&names, |config| config.strict_schema = true).await;
     for refund in ["r1", "r2"] {
-        let body = format!(r#"{{"userId":"u-replay","refundId":"{refund}","_trace":{{}}}}"#);
+        let body = body::refund_issued("u-replay", refund);
         producer
             .publish(&names.exchange, "billing.refund_issued", body.as_bytes())
             .await;
@@ -513,7 +513,7 @@ async fn a_dead_letter_replayed_into_a_node_and_refused_again_keeps_its_exchange
     let producer = Producer::connect().await;
     // Still refused after the replay: --strict-schema stays on.
     let strict = TestServer::start_amqp(&names, |config| config.strict_schema = true).await;
-    let body = r#"{"userId":"u-home","refundId":"r1","_trace":{}}"#;
+    let body = body::refund_issued("u-home", "r1");
     producer
         .publish(&names.exchange, "billing.refund_issued", body.as_bytes())
         .await;

@@ -121,7 +121,7 @@ async fn replay_applies_authorization_and_filters() {
     publish_json(
         &mut client,
         "billing.payment_success",
-        r#"{"userId":"u1","paymentId":"p1","paymentMethod":"alipay","amount":1,"newBalance":2}"#,
+        &body::payment_success("u1", "p1"),
     )
     .await
     .unwrap();

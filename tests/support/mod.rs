@@ -2,6 +2,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod amqp;
+pub mod body;
 pub mod eventually;
 pub mod otlp;
 pub mod process;
@@ -21,6 +22,9 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::{Streaming, transport::Channel};
 
+// The most published body, at its former path; not every test binary sends one.
+#[allow(unused_imports)]
+pub use body::device_error;
 pub use eventually::{Wait, eventually, seen_if};
 
 /// How long a test waits for something that should happen at once.
@@ -314,23 +318,6 @@ pub async fn publish_json(
         .publish(with_token(request, &service_token()))
         .await
         .map(|r| r.into_inner())
-}
-
-/// A device.error envelope (shape D) for `user` about `device`.
-pub fn device_error(id: &str, user: &str, device: &str) -> String {
-    serde_json::json!({
-        "eventId": id,
-        "eventType": "device.error",
-        "timestamp": "2025-11-20T10:00:00.000Z",
-        "priority": "high",
-        "payload": {
-            "deviceId": device, "deviceName": "phone-1", "userId": user,
-            "errorType": "adb_disconnected", "errorMessage": "adb went away",
-            "occurredAt": "2025-11-20T10:00:00.000Z"
-        },
-        "_trace": {}
-    })
-    .to_string()
 }
 
 /// The wire fixtures: (routing key, file name, body).
