@@ -266,31 +266,35 @@ fn publish_through_any_node(
             let id = format!("failover-grpc-{n:05}");
             n += 1;
             let wait = Wait::within(PATIENCE * 3);
-            wait.until_owned(format!("a node takes {id}"), || {
-                turn += 1;
-                let url = {
-                    let urls = urls.lock().unwrap();
-                    urls[turn % urls.len()].clone()
-                };
-                let request = pb::PublishRequest {
-                    routing_key: "device.error".into(),
-                    body: Some(Body::Json(
-                        device_error(&id, "u-failover", "d2").into_bytes(),
-                    )),
-                };
-                let request = with_token(request, &token);
-                async move {
+            // The probe owns what it uses, in a spawned task (see `Wait::until`), and hands back
+            // the turn that took the event.
+            let (urls, token, body) = (
+                urls.clone(),
+                token.clone(),
+                device_error(&id, "u-failover", "d2"),
+            );
+            turn = wait
+                .until(format!("a node takes {id}"), async move || {
+                    turn += 1;
+                    let url = {
+                        let urls = urls.lock().unwrap();
+                        urls[turn % urls.len()].clone()
+                    };
+                    let request = pb::PublishRequest {
+                        routing_key: "device.error".into(),
+                        body: Some(Body::Json(body.clone().into_bytes())),
+                    };
                     let answered = async {
                         let mut client = NotificationServiceClient::connect(url).await.ok()?;
-                        client.publish(request).await.ok()
+                        client.publish(with_token(request, &token)).await.ok()
                     };
                     tokio::time::timeout(Duration::from_secs(5), answered)
                         .await
                         .ok()
                         .flatten()
-                }
-            })
-            .await;
+                        .map(|_| turn)
+                })
+                .await;
             confirmed.push(id);
             tokio::time::sleep(PUBLISH_EVERY * 5).await;
         }

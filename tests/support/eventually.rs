@@ -69,6 +69,9 @@ impl Wait {
 
     /// Calls `probe` until it is done and returns its value; panics after `within`, naming
     /// `what` was awaited and the last thing the probe saw.
+    ///
+    /// In a spawned task, give it a probe that owns what it uses (`async move ||`): the
+    /// compiler cannot yet prove an `async` closure that borrows the task's locals `Send`.
     pub async fn until<P: Probe>(
         self,
         what: impl fmt::Display,
@@ -76,47 +79,16 @@ impl Wait {
     ) -> P::Value {
         let deadline = tokio::time::Instant::now() + self.within;
         loop {
-            if let Some(value) = self.done(deadline, &what, probe().await) {
-                return value;
-            }
+            let last = match probe().await.done() {
+                Ok(value) => return value,
+                Err(last) => last,
+            };
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never within {:?}: {what}; last seen: {last}",
+                self.within
+            );
             tokio::time::sleep(self.every).await;
-        }
-    }
-
-    /// [`Wait::until`] for a probe that returns an owned future (`|| { ...; async move {..} }`).
-    /// Inside a spawned task: the compiler cannot yet prove an `async` closure's future (which
-    /// borrows the closure) `Send` for every borrow, and `tokio::spawn` needs that.
-    pub async fn until_owned<P: Probe, F: Future<Output = P>>(
-        self,
-        what: impl fmt::Display,
-        mut probe: impl FnMut() -> F,
-    ) -> P::Value {
-        let deadline = tokio::time::Instant::now() + self.within;
-        loop {
-            if let Some(value) = self.done(deadline, &what, probe().await) {
-                return value;
-            }
-            tokio::time::sleep(self.every).await;
-        }
-    }
-
-    /// The value if `answer` is done; `None` to look again; a panic past `deadline`.
-    fn done<P: Probe>(
-        self,
-        deadline: tokio::time::Instant,
-        what: &impl fmt::Display,
-        answer: P,
-    ) -> Option<P::Value> {
-        match answer.done() {
-            Ok(value) => Some(value),
-            Err(last) => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "never within {:?}: {what}; last seen: {last}",
-                    self.within
-                );
-                None
-            }
         }
     }
 }
