@@ -763,9 +763,22 @@ async fn a_connection_the_server_closes_at_its_cap_is_said_to_be_closed() {
         );
     }
     // --follow tries again (a closed connection is worth another try) and says why.
+    let (_follower, said) = follow_until_it_complains(&url, "u-cap").await;
+    assert!(
+        said.starts_with("subscribe: the server closed the connection before answering")
+            && said.contains("reconnecting in"),
+        "{said}"
+    );
+    drop(held);
+    server.stop_within(PATIENCE).await;
+}
+
+/// `subscribe --follow` of `server` as `user`, and the first line it writes on stderr (why it
+/// reconnects); the process is killed when dropped.
+async fn follow_until_it_complains(server: &str, user: &str) -> (tokio::process::Child, String) {
     let mut follower = tokio::process::Command::new(BIN)
-        .args(["subscribe", "--follow", "--server", &url])
-        .env("NOTIFY_TOKEN", token("u-cap", &[]))
+        .args(["subscribe", "--follow", "--server", server])
+        .env("NOTIFY_TOKEN", token(user, &[]))
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -776,13 +789,7 @@ async fn a_connection_the_server_closes_at_its_cap_is_said_to_be_closed() {
         .unwrap()
         .unwrap()
         .unwrap();
-    assert!(
-        said.starts_with("subscribe: the server closed the connection before answering")
-            && said.contains("reconnecting in"),
-        "{said}"
-    );
-    drop(held);
-    server.stop_within(PATIENCE).await;
+    (follower, said)
 }
 
 /// An unreachable server is said once per cause: `cannot connect to …: transport error: tcp
@@ -794,19 +801,7 @@ async fn subscribe_follow_says_each_cause_of_an_unreachable_server_once() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let mut follower = tokio::process::Command::new(BIN)
-        .args(["subscribe", "--follow", "--server", &url])
-        .env("NOTIFY_TOKEN", token("u-closed", &[]))
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut errors = BufReader::new(follower.stderr.take().unwrap()).lines();
-    let said = tokio::time::timeout(PATIENCE, errors.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let (_follower, said) = follow_until_it_complains(&url, "u-closed").await;
     let reason = said
         .strip_prefix("subscribe: ")
         .and_then(|rest| rest.split("; reconnecting in").next())
