@@ -259,10 +259,39 @@ impl std::fmt::Debug for Verifier {
     }
 }
 
-/// Why a verification key could not be loaded.
+/// Why a verification key could not be loaded. The parser's own error is the source, not a
+/// part of the text: the binary prints the chain (`cannot use the JWT key: not a JWKS
+/// document: expected value at line 1 column 1`).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot use the JWT key: {0}")]
-pub struct KeyError(String);
+pub enum KeyError {
+    /// Neither an RSA nor a P-256 public key in PEM.
+    #[error("cannot use the JWT key: not an RSA or P-256 public key in PEM")]
+    NotPem(#[source] jsonwebtoken::errors::Error),
+    /// Not a JWKS document (`{"keys": [...]}`).
+    #[error("cannot use the JWT key: not a JWKS document")]
+    NotJwks(#[source] serde_json::Error),
+    /// A key of a kind that is not accepted (symmetric, or another curve).
+    #[error(
+        "cannot use the JWT key: JWKS key {kid:?}: only RSA (RS256) and P-256 (ES256) keys are \
+         accepted"
+    )]
+    UnsupportedKey {
+        /// The key's `kid`.
+        kid: Option<String>,
+    },
+    /// A key of an accepted kind that does not load.
+    #[error("cannot use the JWT key: JWKS key {kid:?}")]
+    BadKey {
+        /// The key's `kid`.
+        kid: Option<String>,
+        /// Why it does not load.
+        #[source]
+        source: jsonwebtoken::errors::Error,
+    },
+    /// A key set without a key.
+    #[error("cannot use the JWT key: the JWKS document has no keys")]
+    NoKeys,
+}
 
 impl Verifier {
     /// HS256 with the platform's shared secret.
@@ -285,9 +314,7 @@ impl Verifier {
         let (key, algorithm) = if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
             (key, Algorithm::RS256)
         } else {
-            let key = DecodingKey::from_ec_pem(pem).map_err(|error| {
-                KeyError(format!("not an RSA or P-256 public key in PEM: {error}"))
-            })?;
+            let key = DecodingKey::from_ec_pem(pem).map_err(KeyError::NotPem)?;
             (key, Algorithm::ES256)
         };
         let key = VerifyingKey {
@@ -307,8 +334,7 @@ impl Verifier {
         audience: &str,
         leeway: Duration,
     ) -> Result<Self, KeyError> {
-        let set: JwkSet = serde_json::from_slice(json)
-            .map_err(|error| KeyError(format!("not a JWKS document: {error}")))?;
+        let set: JwkSet = serde_json::from_slice(json).map_err(KeyError::NotJwks)?;
         let mut keys = Vec::new();
         for jwk in &set.keys {
             let algorithm = match &jwk.algorithm {
@@ -319,14 +345,15 @@ impl Verifier {
                     Algorithm::ES256
                 }
                 _ => {
-                    return Err(KeyError(format!(
-                        "JWKS key {:?}: only RSA (RS256) and P-256 (ES256) keys are accepted",
-                        jwk.common.key_id
-                    )));
+                    return Err(KeyError::UnsupportedKey {
+                        kid: jwk.common.key_id.clone(),
+                    });
                 }
             };
-            let key = DecodingKey::from_jwk(jwk)
-                .map_err(|error| KeyError(format!("JWKS key {:?}: {error}", jwk.common.key_id)))?;
+            let key = DecodingKey::from_jwk(jwk).map_err(|source| KeyError::BadKey {
+                kid: jwk.common.key_id.clone(),
+                source,
+            })?;
             keys.push(VerifyingKey {
                 kid: jwk.common.key_id.clone(),
                 key,
@@ -334,7 +361,7 @@ impl Verifier {
             });
         }
         if keys.is_empty() {
-            return Err(KeyError("the JWKS document has no keys".into()));
+            return Err(KeyError::NoKeys);
         }
         Ok(Self::new(keys, issuer, audience, leeway))
     }

@@ -31,6 +31,7 @@
 
 pub mod app;
 pub mod auth;
+pub(crate) mod backoff;
 pub mod client;
 pub mod cluster;
 pub mod config;

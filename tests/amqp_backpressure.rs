@@ -25,6 +25,7 @@ use notify_backbone::{
 use support::{
     PATIENCE,
     amqp::{Names, Producer, amqp_url, queue_counts},
+    eventually, seen_if,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -99,9 +100,7 @@ async fn consuming(ingest: &Ingest) {
 }
 
 fn event(n: usize) -> String {
-    format!(
-        r#"{{"deviceId":"d{n}","userId":"u1","startedAt":"2025-11-20T10:00:00.000Z","providerType":"redroid","_trace":{{}}}}"#
-    )
+    support::body::device_started(&format!("d{n}"), "u1")
 }
 
 /// The prefetch count of each consumer of `queue`, as the broker enforces it.
@@ -128,14 +127,6 @@ async fn consumer_prefetch(queue: &str) -> Vec<u64> {
         .collect()
 }
 
-async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !condition().await {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn never_more_unacked_deliveries_than_the_prefetch() {
     let names = Names::unique("prefetch");
@@ -159,7 +150,11 @@ async fn never_more_unacked_deliveries_than_the_prefetch() {
     }
     let queue = names.queue();
     eventually("25 ready and 5 handed downstream", async || {
-        producer.ready(&queue).await == 25 && downstream.submitted.load(Ordering::SeqCst) == 5
+        let seen = (
+            producer.ready(&queue).await,
+            downstream.submitted.load(Ordering::SeqCst),
+        );
+        seen_if(seen == (25, 5), seen)
     })
     .await;
     // Held there, by the broker itself: five unacknowledged deliveries to the one consumer,
@@ -174,7 +169,8 @@ async fn never_more_unacked_deliveries_than_the_prefetch() {
         .expect("stops although its downstream never answered");
     // The five it held go back to the queue, unacknowledged: nothing lost.
     eventually("30 ready again", async || {
-        producer.ready(&queue).await == 30
+        let ready = producer.ready(&queue).await;
+        seen_if(ready == 30, ready)
     })
     .await;
     producer.clean_up(&[&names]).await;
@@ -203,7 +199,8 @@ async fn our_own_failures_pause_consumption_and_dead_letter_nothing() {
             .await;
     }
     eventually("all ten accepted", async || {
-        downstream.accepted.lock().unwrap().len() == 10
+        let accepted = downstream.accepted.lock().unwrap().len();
+        seen_if(accepted == 10, accepted)
     })
     .await;
     let mut accepted = downstream.accepted.lock().unwrap().clone();
@@ -212,7 +209,11 @@ async fn our_own_failures_pause_consumption_and_dead_letter_nothing() {
     expected.sort();
     assert_eq!(accepted, expected, "each good event accepted exactly once");
     assert_eq!(metrics.ingest.downstream_retries.get(), 3);
-    eventually("all acked", async || metrics.ingest.acked.get() == 10).await;
+    eventually("all acked", async || {
+        let acked = metrics.ingest.acked.get();
+        seen_if(acked == 10, acked)
+    })
+    .await;
     assert_eq!(producer.ready(&names.dead_letter_queue).await, 0);
     assert_eq!(producer.ready(&names.queue()).await, 0);
     shutdown.cancel();

@@ -237,11 +237,7 @@ async fn a_body_nested_too_deep_and_an_event_for_user_star_are_dead_lettered() {
     let mut client = server.client().await;
     let mut admin = subscribe(&mut client, request("*")).await;
 
-    let deep = format!(
-        r#"{{"userId":"u1","x":{}{}}}"#,
-        "[".repeat(60),
-        "]".repeat(60)
-    );
+    let deep = body::nested_arrays(60);
     // `x` is at level 2; the first array past the 24 levels allowed is 23 arrays below it.
     let deep_field = format!("x{}", "[0]".repeat(schema::MAX_BODY_DEPTH - 1));
     let poison: [(&str, Vec<u8>, &str, &str); 3] = [
@@ -366,9 +362,9 @@ async fn a_dead_letter_replayed_into_a_nodes_queue_keeps_its_event_type() {
     let producer = Producer::connect().await;
     // Refused under --strict-schema: an event type with no typed schema yet.
     let strict = TestServer::start_amqp(&names, |config| config.strict_schema = true).await;
-    let body = br#"{"userId":"u-replay","refundId":"r1","_trace":{}}"#;
+    let body = body::refund_issued("u-replay", "r1");
     producer
-        .publish(&names.exchange, "billing.refund_issued", body)
+        .publish(&names.exchange, "billing.refund_issued", body.as_bytes())
         .await;
     let dead = producer.take(&names.dead_letter_queue, 1).await;
     assert_eq!(dead.len(), 1);
@@ -416,8 +412,8 @@ async fn a_poison_message_is_not_acked_while_its_dead_letter_copy_has_nowhere_to
     // The copy came back unroutable, so the original was not acked; the node reconnects and
     // declares the dead-letter queue again (a probe of a missing queue closes its channel, so
     // each probe gets its own).
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    let wait = Wait::within(PATIENCE).every(std::time::Duration::from_millis(100));
+    wait.until("the poison message dead-lettered", async || {
         let probe = producer.connection.create_channel().await.unwrap();
         let passive = lapin::options::QueueDeclareOptions {
             passive: true,
@@ -430,15 +426,12 @@ async fn a_poison_message_is_not_acked_while_its_dead_letter_copy_has_nowhere_to
                 Default::default(),
             )
             .await;
-        if declared.is_ok_and(|queue| queue.message_count() > 0) {
-            break;
+        match declared.map(|queue| queue.message_count()) {
+            Ok(count) if count > 0 => Ok(()),
+            other => Err(other),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never dead-lettered"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     let dead = producer.take(&names.dead_letter_queue, 1).await;
     assert_eq!(dead.len(), 1, "the poison message was lost");
     assert_eq!(dead[0].reason.as_deref(), Some("not_json"));

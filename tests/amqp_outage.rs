@@ -26,9 +26,7 @@ use notify_backbone::pb;
 
 /// Event `n` for user `u-steady`; its device id names it.
 fn event(n: usize) -> String {
-    format!(
-        r#"{{"deviceId":"d{n}","userId":"u-steady","startedAt":"2025-11-20T10:00:00.000Z","providerType":"redroid","_trace":{{}}}}"#
-    )
+    body::device_started(&format!("d{n}"), "u-steady")
 }
 
 /// Publishes events 0, 1, 2, ... one every `every`, each confirmed by the broker, until `stop`
@@ -86,15 +84,6 @@ async fn collect(
     None
 }
 
-/// Waits until `condition` holds, checking every 20 ms, failing after the test's patience.
-async fn wait_until(what: &str, mut condition: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !condition().await {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_broker_outage_breaks_no_stream_and_loses_or_repeats_no_event() {
     /// Cuts before the test gives up on the broker redelivering anything.
@@ -126,8 +115,9 @@ async fn a_broker_outage_breaks_no_stream_and_loses_or_repeats_no_event() {
         assert!(ended.is_none(), "the stream broke: {ended:?}");
         close_connections(pids).await;
         cuts += 1;
-        wait_until("the ingest reconnects", async || {
-            server.metric("notify_ingest_reconnects_total").await >= cuts as f64
+        eventually("the ingest reconnects", async || {
+            let reconnects = server.metric("notify_ingest_reconnects_total").await;
+            seen_if(reconnects >= cuts as f64, reconnects)
         })
         .await;
         server.wait_ready().await;
@@ -197,8 +187,9 @@ async fn shutdown_mid_ingest_acks_only_what_subscribers_got_and_leaves_the_rest_
         }
     });
     // Mid-ingest: events are reaching the subscriber, and publishing goes on.
-    wait_until("events reach the subscriber", async || {
-        received.load(Ordering::SeqCst) >= 20
+    eventually("events reach the subscriber", async || {
+        let received = received.load(Ordering::SeqCst);
+        seen_if(received >= 20, received)
     })
     .await;
     server.stop_within(PATIENCE).await;
@@ -210,8 +201,9 @@ async fn shutdown_mid_ingest_acks_only_what_subscribers_got_and_leaves_the_rest_
     );
     // Some events are published while the node is down: they can only wait in its queue.
     let at_stop = published.load(Ordering::SeqCst);
-    wait_until("publishing goes on", async || {
-        published.load(Ordering::SeqCst) >= at_stop + 10
+    eventually("publishing goes on", async || {
+        let published = published.load(Ordering::SeqCst);
+        seen_if(published >= at_stop + 10, published)
     })
     .await;
     stop.cancel();

@@ -142,8 +142,8 @@ async fn every_kind_of_bad_token_is_unauthenticated_on_subscribe_and_publish() {
 
 #[tokio::test]
 async fn an_rs256_server_refuses_hs256_keyed_with_its_public_key_and_accepts_real_rs256() {
-    let dir = TempDir::new("rsa");
-    let (private_pem, public_path) = rsa_key_pair(&dir.0);
+    let dir = tempfile::tempdir().unwrap();
+    let (private_pem, public_path) = rsa_key_pair(dir.path());
     let public_pem = std::fs::read(&public_path).unwrap();
     let server = TestServer::start_with(|config| {
         config.jwt_secret = None;
@@ -361,9 +361,7 @@ async fn a_user_never_receives_another_users_or_userless_events() {
     let alices_billing = publish_json(
         &mut client,
         "billing.payment_success",
-        &format!(
-            r#"{{"userId":"{ALICE}","paymentId":"p-sentinel","paymentMethod":"alipay","amount":1,"newBalance":2,"_trace":{{}}}}"#
-        ),
+        &body::payment_success(ALICE, "p-sentinel"),
     )
     .await
     .unwrap();
@@ -466,9 +464,7 @@ async fn admins_see_other_users_the_firehose_and_the_admin_feed() {
     )
     .await
     .unwrap();
-    let update = format!(
-        r#"{{"userId":"{BOB}","quotaId":"q-sentinel","type":"updated","limits":{{}},"usage":{{}},"status":"active","timestamp":"2025-11-20T10:00:00.000Z","_trace":{{}}}}"#
-    );
+    let update = body::quota_updated(BOB, "q-sentinel");
     let quota = publish_json(&mut client, "quota.updated", &update)
         .await
         .unwrap();
@@ -930,28 +926,6 @@ fn for_user(body: &str, user: &str) -> Option<String> {
     let mut found = false;
     walk(&mut value, user, &mut found);
     found.then(|| value.to_string())
-}
-
-/// A directory of this test's own, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(kind: &str) -> Self {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "notify-auth-it-{kind}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// An RSA key pair made with `openssl` in `dir`: (private key PEM, public key file).

@@ -96,7 +96,7 @@ async fn strict_schema_refuses_untyped_family_events() {
     publish_json(
         &mut client,
         "billing.refund_issued",
-        r#"{"userId":"u1","refundId":"r1"}"#,
+        &body::refund_issued("u1", "r1"),
     )
     .await
     .unwrap();
@@ -110,10 +110,7 @@ async fn strict_schema_refuses_untyped_family_events() {
     let mut client = strict.client().await;
     expect_invalid(
         &mut client,
-        json(
-            "billing.refund_issued",
-            r#"{"userId":"u1","refundId":"r1"}"#,
-        ),
+        json("billing.refund_issued", &body::refund_issued("u1", "r1")),
         "billing.refund_issued",
     )
     .await;
@@ -184,11 +181,7 @@ async fn a_body_nested_too_deep_and_an_event_for_user_star_are_refused_naming_th
     let mut client = server.client().await;
     let mut firehose = subscribe(&mut client, request("*")).await;
 
-    let deep = format!(
-        r#"{{"userId":"u1","x":{}{}}}"#,
-        "[".repeat(60),
-        "]".repeat(60)
-    );
+    let deep = body::nested_arrays(60);
     let deep_field = format!(
         "x{}",
         "[0]".repeat(notify_backbone::schema::MAX_BODY_DEPTH - 1)

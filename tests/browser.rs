@@ -166,14 +166,14 @@ impl Browser {
 
     /// Waits until the page has made more than `before` `Subscribe` calls and is live again.
     async fn wait_resubscribed(&mut self, before: usize) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while self.subscribe_requests().await.len() <= before {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the page did not resubscribe"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        eventually("the page resubscribes", async || {
+            let calls = self.subscribe_requests().await.len();
+            seen_if(
+                calls > before,
+                format!("{calls} Subscribe calls, {before} before"),
+            )
+        })
+        .await;
         self.wait_for("#status[data-state=live]", None).await;
     }
 
@@ -492,19 +492,13 @@ impl Browser {
 
     /// Waits until the console called `endpoint` `n` times.
     async fn wait_api_calls(&mut self, endpoint: &str, n: u64) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
+        let what = format!("{n} calls of {endpoint}");
+        let calls = eventually(what, async || {
             let calls = self.api_call_count(endpoint).await;
-            if calls >= n {
-                assert_eq!(calls, n, "{endpoint} was called more often than expected");
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{endpoint}: {calls} calls, expected {n}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+            seen_if(calls >= n, calls)
+        })
+        .await;
+        assert_eq!(calls, n, "{endpoint} was called more often than expected");
     }
 
     /// The status the console's device list shows for `device`.

@@ -94,20 +94,21 @@ async fn publish_reports_bad_input_and_fails() {
     assert!(stderr.contains("not an object"), "{stderr}");
 }
 
-/// A scratch working directory of this test's own.
-fn scratch_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("notify-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A scratch working directory of this test's own, removed when dropped.
+fn scratch_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("notify-cli-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 #[tokio::test]
 async fn the_server_refuses_to_start_without_a_key_unless_dev() {
-    let dir = scratch_dir("nokey");
+    let scratch = scratch_dir("nokey");
+    let dir = scratch.path();
     let output = tokio::process::Command::new(BIN)
         .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-        .current_dir(&dir)
+        .current_dir(dir)
         .env_remove("JWT_SECRET")
         .env_remove("NOTIFY_DEV")
         .env("RUST_BACKTRACE", "0")
@@ -121,15 +122,15 @@ async fn the_server_refuses_to_start_without_a_key_unless_dev() {
         "{stderr}"
     );
     assert!(!dir.join(".notify-backbone").exists());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The README's tour as written: `--dev`, then `token` in the same directory for a subscriber
 /// and a publisher.
 #[tokio::test]
 async fn dev_mode_and_the_token_command_work_together() {
-    let dir = scratch_dir("dev");
-    let (_server, url, log) = spawn_dev(&dir, &[]).await;
+    let scratch = scratch_dir("dev");
+    let dir = scratch.path();
+    let (_server, url, log) = spawn_dev(dir, &[]).await;
     let warned = log.iter().any(|line| line.contains("DEVELOPMENT MODE"));
     assert!(warned, "no loud warning in --dev");
     let secret = dir.join(".notify-backbone/dev-jwt-secret");
@@ -148,7 +149,7 @@ async fn dev_mode_and_the_token_command_work_together() {
         let output = tokio::process::Command::new(BIN)
             .arg("token")
             .args(args)
-            .current_dir(&dir)
+            .current_dir(dir)
             .env_remove("JWT_SECRET")
             .output()
             .await
@@ -215,7 +216,6 @@ async fn dev_mode_and_the_token_command_work_together() {
         String::from_utf8_lossy(&refused.stderr).contains("Unauthenticated"),
         "{refused:?}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A `--dev` server in `dir` on free ports (plus `extra` flags), logging at `info` into a pipe:
@@ -270,14 +270,15 @@ async fn spawn_dev(
 /// both.
 #[tokio::test]
 async fn two_dev_servers_in_one_directory_accept_the_same_tokens() {
-    let dir = scratch_dir("two-dev");
-    let (_first, first_url, _) = spawn_dev(&dir, &[]).await;
+    let scratch = scratch_dir("two-dev");
+    let dir = scratch.path();
+    let (_first, first_url, _) = spawn_dev(dir, &[]).await;
     let secret = dir.join(".notify-backbone/dev-jwt-secret");
     let before = std::fs::read_to_string(&secret).unwrap();
     let mint = || {
         let output = std::process::Command::new(BIN)
             .args(["token", "--sub", "u1"])
-            .current_dir(&dir)
+            .current_dir(dir)
             .env_remove("JWT_SECRET")
             .output()
             .unwrap();
@@ -285,7 +286,7 @@ async fn two_dev_servers_in_one_directory_accept_the_same_tokens() {
         String::from_utf8(output.stdout).unwrap().trim().to_owned()
     };
     let minted_before = mint();
-    let (_second, second_url, _) = spawn_dev(&dir, &["--data-dir", "second-journal"]).await;
+    let (_second, second_url, _) = spawn_dev(dir, &["--data-dir", "second-journal"]).await;
     assert_eq!(
         std::fs::read_to_string(&secret).unwrap(),
         before,
@@ -307,18 +308,18 @@ async fn two_dev_servers_in_one_directory_accept_the_same_tokens() {
                 .unwrap_or_else(|status| panic!("{url} refused a token: {status:?}"));
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A refusal is one line on stderr and exit code 1, also with `RUST_BACKTRACE=1` (common among
 /// Rust developers), which must not turn it into a backtrace; a usage error is exit code 2.
 #[tokio::test]
 async fn errors_are_one_line_with_an_exit_code_even_with_rust_backtrace() {
-    let dir = scratch_dir("errors");
+    let scratch = scratch_dir("errors");
+    let dir = scratch.path();
     let run = |args: &[&str]| {
         std::process::Command::new(BIN)
             .args(args)
-            .current_dir(&dir)
+            .current_dir(dir)
             .env_remove("JWT_SECRET")
             .env_remove("NOTIFY_DEV")
             .env("RUST_BACKTRACE", "1")
@@ -358,16 +359,14 @@ async fn errors_are_one_line_with_an_exit_code_even_with_rust_backtrace() {
     }
     let usage = run(&["--no-such-flag"]);
     assert_eq!(usage.status.code(), Some(2), "{usage:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `serve --check` validates a deployment's configuration without starting anything: it says
 /// what would run, or why it would not, and creates nothing.
 #[tokio::test]
 async fn serve_check_validates_the_configuration_and_starts_nothing() {
-    let dir = std::env::temp_dir().join(format!("notify-check-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let data = dir.join("journal");
+    let scratch = tempfile::tempdir().unwrap();
+    let data = scratch.path().join("journal");
     let check = |extra: &[&str]| {
         let mut command = std::process::Command::new(BIN);
         command
@@ -379,7 +378,6 @@ async fn serve_check_validates_the_configuration_and_starts_nothing() {
             .env_remove("RUST_BACKTRACE");
         command.output().unwrap()
     };
-    std::fs::create_dir_all(&dir).unwrap();
     let ok = check(&[
         "--jwt-secret",
         "s",
@@ -419,7 +417,6 @@ async fn serve_check_validates_the_configuration_and_starts_nothing() {
         assert!(!failed.status.success(), "{extra:?} passed");
         assert!(stderr.contains(reason), "{extra:?}: {stderr}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// No container engine runs where the project is developed, so each node of
@@ -488,8 +485,9 @@ async fn logs_are_for_machines_too_and_the_version_names_its_commit() {
         "{help}"
     );
 
-    let dir = scratch_dir("json-logs");
-    let (server, _, log) = spawn_dev(&dir, &["--log-format", "json"]).await;
+    let scratch = scratch_dir("json-logs");
+    let dir = scratch.path();
+    let (server, _, log) = spawn_dev(dir, &["--log-format", "json"]).await;
     for line in &log {
         assert!(
             !line.contains('\u{1b}'),
@@ -515,14 +513,13 @@ async fn logs_are_for_machines_too_and_the_version_names_its_commit() {
     drop(server);
 
     // Text logs into a pipe carry no colour codes either.
-    let (_server, _, log) = spawn_dev(&dir, &["--data-dir", "text-journal"]).await;
+    let (_server, _, log) = spawn_dev(dir, &["--data-dir", "text-journal"]).await;
     for line in &log {
         assert!(
             !line.contains('\u{1b}'),
             "a colour code in a pipe: {line:?}"
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `subscribe --follow` is what every client should do: when the server stops, it reconnects
@@ -766,9 +763,22 @@ async fn a_connection_the_server_closes_at_its_cap_is_said_to_be_closed() {
         );
     }
     // --follow tries again (a closed connection is worth another try) and says why.
+    let (_follower, said) = follow_until_it_complains(&url, "u-cap").await;
+    assert!(
+        said.starts_with("subscribe: the server closed the connection before answering")
+            && said.contains("reconnecting in"),
+        "{said}"
+    );
+    drop(held);
+    server.stop_within(PATIENCE).await;
+}
+
+/// `subscribe --follow` of `server` as `user`, and the first line it writes on stderr (why it
+/// reconnects); the process is killed when dropped.
+async fn follow_until_it_complains(server: &str, user: &str) -> (tokio::process::Child, String) {
     let mut follower = tokio::process::Command::new(BIN)
-        .args(["subscribe", "--follow", "--server", &url])
-        .env("NOTIFY_TOKEN", token("u-cap", &[]))
+        .args(["subscribe", "--follow", "--server", server])
+        .env("NOTIFY_TOKEN", token(user, &[]))
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -779,13 +789,7 @@ async fn a_connection_the_server_closes_at_its_cap_is_said_to_be_closed() {
         .unwrap()
         .unwrap()
         .unwrap();
-    assert!(
-        said.starts_with("subscribe: the server closed the connection before answering")
-            && said.contains("reconnecting in"),
-        "{said}"
-    );
-    drop(held);
-    server.stop_within(PATIENCE).await;
+    (follower, said)
 }
 
 /// An unreachable server is said once per cause: `cannot connect to …: transport error: tcp
@@ -797,19 +801,7 @@ async fn subscribe_follow_says_each_cause_of_an_unreachable_server_once() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let mut follower = tokio::process::Command::new(BIN)
-        .args(["subscribe", "--follow", "--server", &url])
-        .env("NOTIFY_TOKEN", token("u-closed", &[]))
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut errors = BufReader::new(follower.stderr.take().unwrap()).lines();
-    let said = tokio::time::timeout(PATIENCE, errors.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let (_follower, said) = follow_until_it_complains(&url, "u-closed").await;
     let reason = said
         .strip_prefix("subscribe: ")
         .and_then(|rest| rest.split("; reconnecting in").next())

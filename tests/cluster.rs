@@ -414,11 +414,11 @@ async fn a_follower_whose_disk_fills_up_stops_being_ready_and_catches_up_by_itse
             .await;
     }
     // b cannot keep its replica: not ready, while a has every event.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while b.http_get("/readyz").await.starts_with("HTTP/1.1 200") {
-        assert!(tokio::time::Instant::now() < deadline, "b stayed ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("b not ready", async || {
+        let readyz = b.http_get("/readyz").await;
+        seen_if(!readyz.starts_with("HTTP/1.1 200"), readyz)
+    })
+    .await;
     for id in &published {
         assert_eq!(&next_event(&mut on_a).await.id, id);
     }
@@ -580,16 +580,12 @@ async fn a_stream_declared_with_other_arguments_stops_the_node_with_the_reason()
 
 /// Waits until `node`'s `notify_journal_writer` is `value`.
 async fn wait_for_writer_gauge(node: &Node, value: f64, logs: &Logs) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while node.metric("notify_journal_writer").await != value {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "run {}: notify_journal_writer never became {value}; log:\n{}",
-            node.run,
-            logs.tail(40)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("run {}: notify_journal_writer is {value}", node.run);
+    eventually(what, async || {
+        let gauge = node.metric("notify_journal_writer").await;
+        seen_if(gauge == value, format!("{gauge}; log:\n{}", logs.tail(40)))
+    })
+    .await;
 }
 
 /// No event is published at all: the node that became the ingest queue's active consumer says

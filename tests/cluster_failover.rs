@@ -129,20 +129,19 @@ async fn killing_the_writer_five_times_loses_and_repeats_nothing() {
 
     // The subscriber gets every confirmed event.
     let expected: HashSet<&String> = confirmed.iter().collect();
-    let deadline = Instant::now() + SETTLE;
-    loop {
+    let wait = Wait::within(SETTLE).every(Duration::from_millis(100));
+    wait.until("the subscriber has every confirmed event", async || {
         let got: HashSet<String> = received.lock().unwrap().ids.iter().cloned().collect();
-        if expected.iter().all(|id| got.contains(*id)) {
-            break;
+        let missing = expected.iter().filter(|id| !got.contains(**id)).count();
+        if missing == 0 {
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
-            "the subscriber is missing {} confirmed events; log:\n{}",
-            expected.iter().filter(|id| !got.contains(**id)).count(),
+        Err(format!(
+            "{missing} confirmed events missing; log:\n{}",
             logs.tail(60)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        ))
+    })
+    .await;
     subscriber.abort();
 
     // 1. In the stream, every confirmed event is there exactly once. A killed writer's appends
@@ -209,22 +208,17 @@ async fn killing_the_writer_five_times_loses_and_repeats_nothing() {
 
 /// The node that writes the stream now (`notify_journal_writer` = 1), waiting until one does.
 async fn the_writer(nodes: &[Option<Node>], logs: &Logs) -> usize {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
+    eventually("a node writes the stream", async || {
         for (i, node) in nodes.iter().enumerate() {
             if let Some(node) = node
                 && node.metric("notify_journal_writer").await == 1.0
             {
-                return i;
+                return Ok(i);
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "no node writes the stream; log:\n{}",
-            logs.tail(60)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        Err(format!("no writer; log:\n{}", logs.tail(60)))
+    })
+    .await
 }
 
 /// Publishes `failover-amqp-N` through RabbitMQ with confirms until `stop`; the confirmed ids.
@@ -271,35 +265,37 @@ fn publish_through_any_node(
         while !stop.load(Ordering::SeqCst) {
             let id = format!("failover-grpc-{n:05}");
             n += 1;
-            let deadline = Instant::now() + PATIENCE * 3;
-            loop {
-                turn += 1;
-                let url = {
-                    let urls = urls.lock().unwrap();
-                    urls[turn % urls.len()].clone()
-                };
-                let request = pb::PublishRequest {
-                    routing_key: "device.error".into(),
-                    body: Some(Body::Json(
-                        device_error(&id, "u-failover", "d2").into_bytes(),
-                    )),
-                };
-                let answered = async {
-                    let mut client = NotificationServiceClient::connect(url).await.ok()?;
-                    client.publish(with_token(request, &token)).await.ok()
-                };
-                if tokio::time::timeout(Duration::from_secs(5), answered)
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some()
-                {
-                    confirmed.push(id);
-                    break;
-                }
-                assert!(Instant::now() < deadline, "no node took {id}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            let wait = Wait::within(PATIENCE * 3);
+            // The probe owns what it uses, in a spawned task (see `Wait::until`), and hands back
+            // the turn that took the event.
+            let (urls, token, body) = (
+                urls.clone(),
+                token.clone(),
+                device_error(&id, "u-failover", "d2"),
+            );
+            turn = wait
+                .until(format!("a node takes {id}"), async move || {
+                    turn += 1;
+                    let url = {
+                        let urls = urls.lock().unwrap();
+                        urls[turn % urls.len()].clone()
+                    };
+                    let request = pb::PublishRequest {
+                        routing_key: "device.error".into(),
+                        body: Some(Body::Json(body.clone().into_bytes())),
+                    };
+                    let answered = async {
+                        let mut client = NotificationServiceClient::connect(url).await.ok()?;
+                        client.publish(with_token(request, &token)).await.ok()
+                    };
+                    tokio::time::timeout(Duration::from_secs(5), answered)
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|_| turn)
+                })
+                .await;
+            confirmed.push(id);
             tokio::time::sleep(PUBLISH_EVERY * 5).await;
         }
         confirmed

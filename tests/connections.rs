@@ -114,17 +114,10 @@ async fn a_peer_over_its_cap_is_refused_while_another_peer_is_served() {
 
     // Close one: its place is freed once the server sees it go.
     drop(held.pop());
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let channel = loop {
-        match checked_channel(&server).await {
-            Ok(channel) => break channel,
-            Err(status) => assert!(
-                tokio::time::Instant::now() < deadline,
-                "the freed place was never taken: {status:?}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let channel = eventually("the freed place taken", async || {
+        checked_channel(&server).await
+    })
+    .await;
     let mut client = pb_client(channel);
     publish_json(&mut client, "device.error", &device_error("in", "u1", "d1"))
         .await
@@ -334,16 +327,14 @@ async fn a_rapid_reset_flood_logs_a_few_lines_and_then_their_count() {
         TcpStream::connect(addr).await.unwrap(),
     ];
     let sentinel = "connection refused: this peer has --max-connections-per-peer open";
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !logs.tail(usize::MAX).contains(sentinel) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the refusal was never logged:\n{}",
-            logs.tail(20)
-        );
+    eventually("the refusal logged", async || {
+        if logs.tail(usize::MAX).contains(sentinel) {
+            return Ok(());
+        }
         is_closed_at_once(addr).await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        Err(format!("the log:\n{}", logs.tail(20)))
+    })
+    .await;
     let lines = logs.tail(usize::MAX);
     let before_sentinel = &lines[..lines.find(sentinel).unwrap()];
     let h2_lines = before_sentinel
@@ -358,16 +349,15 @@ async fn a_rapid_reset_flood_logs_a_few_lines_and_then_their_count() {
         logs.tail(20)
     );
     // Then the count of the others (reported every 10 s).
-    let deadline = tokio::time::Instant::now() + PATIENCE + Duration::from_secs(10);
     let report = "more warnings like the last (h2::proto::streams::recv) were not logged";
-    while !logs.tail(usize::MAX).contains(report) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no count of the suppressed warnings; the log:\n{}",
-            logs.tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let wait = Wait::within(PATIENCE + Duration::from_secs(10)).every(Duration::from_millis(50));
+    wait.until("a count of the suppressed warnings", async || {
+        if logs.tail(usize::MAX).contains(report) {
+            return Ok(());
+        }
+        Err(format!("the log:\n{}", logs.tail(20)))
+    })
+    .await;
     eprintln!(
         "{ATTACKS} rapid-reset connections in {attack:?}: {h2_lines} h2 lines, then:\n{}",
         logs.tail(usize::MAX)

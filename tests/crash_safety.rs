@@ -81,14 +81,12 @@ struct Kill {
 async fn burst(pace: &Pace, into: usize) {
     let target = pace.published.load(Ordering::SeqCst) + into;
     pace.burst.store(BURST, Ordering::SeqCst);
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while pace.published.load(Ordering::SeqCst) < target {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the burst did not get going"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let wait = Wait::within(PATIENCE).every(Duration::from_millis(1));
+    wait.until("the burst gets going", async || {
+        let published = pace.published.load(Ordering::SeqCst);
+        seen_if(published >= target, published)
+    })
+    .await;
 }
 
 /// Shared between the producer and the kill schedule.
@@ -252,39 +250,38 @@ async fn kill_9_mid_ingest_loses_and_repeats_nothing_in_the_journal_or_for_resum
 
     // The last run ingests what is left: nothing ready, nothing unacknowledged.
     let queue = names.queue();
-    let deadline = tokio::time::Instant::now() + SETTLE;
-    loop {
+    let wait = Wait::within(SETTLE).every(Duration::from_millis(200));
+    wait.until("the queue drains", async || {
         let (ready, unacked, _) = queue_counts(&queue).await;
         if (ready, unacked) == (0, 0) {
-            break;
+            return Ok(());
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the queue did not drain in {SETTLE:?}: {ready} ready, {unacked} unacked; log:\n{}",
+        Err(format!(
+            "{ready} ready, {unacked} unacked; log:\n{}",
             logs.tail(40)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        ))
+    })
+    .await;
     let (journal, newest) = journal_ids(&node.url).await;
 
     // The subscriber gets to the newest event of the journal.
-    let deadline = tokio::time::Instant::now() + SETTLE;
-    while received.lock().unwrap().last_cursor != newest {
-        if tokio::time::Instant::now() >= deadline {
-            let received = received.lock().unwrap();
-            panic!(
-                "the subscriber did not reach the journal's newest event {newest} in \
-                 {SETTLE:?}: it got {} of the journal's {} events over {} streams; endings: \
-                 {:?}; log:\n{}",
-                received.ids.len(),
-                journal.len(),
-                received.streams,
-                received.endings,
-                logs.tail(40)
-            );
+    let what = format!("the subscriber reaches the journal's newest event {newest}");
+    let wait = Wait::within(SETTLE).every(Duration::from_millis(50));
+    wait.until(what, async || {
+        let received = received.lock().unwrap();
+        if received.last_cursor == newest {
+            return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Err(format!(
+            "{} of the journal's {} events over {} streams; endings: {:?}; log:\n{}",
+            received.ids.len(),
+            journal.len(),
+            received.streams,
+            received.endings,
+            logs.tail(40)
+        ))
+    })
+    .await;
     // Nothing more can come: the queue is drained and the journal ends at `newest`.
     subscriber.abort();
     duplicates += node.metric("notify_duplicates_total").await;

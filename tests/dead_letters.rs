@@ -6,8 +6,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use lapin::{
     BasicProperties, ExchangeKind,
     options::{ExchangeDeclareOptions, QueueDeclareOptions, QueueDeleteOptions},
@@ -56,18 +54,11 @@ async fn dead_letters(names: &Names, args: &[&str]) -> Run {
 
 /// Waits until `queue` holds exactly `n` ready messages.
 async fn wait_ready(producer: &Producer, queue: &str, n: u32) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    eventually(format!("{queue} holds {n}"), async || {
         let ready = producer.ready(queue).await;
-        if ready == n {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{queue} holds {ready}, expected {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        seen_if(ready == n, ready)
+    })
+    .await;
 }
 
 /// A queue whose messages expire at once into the test's dead-letter exchange: the broker
@@ -217,7 +208,7 @@ async fn replay_sends_the_chosen_back_once_each_and_keeps_what_cannot_go() {
     // Refused under --strict-schema: an event type with no typed schema yet.
     let strict = TestServer::start_amqp(&names, |config| config.strict_schema = true).await;
     for refund in ["r1", "r2"] {
-        let body = format!(r#"{{"userId":"u-replay","refundId":"{refund}","_trace":{{}}}}"#);
+        let body = body::refund_issued("u-replay", refund);
         producer
             .publish(&names.exchange, "billing.refund_issued", body.as_bytes())
             .await;
@@ -522,7 +513,7 @@ async fn a_dead_letter_replayed_into_a_node_and_refused_again_keeps_its_exchange
     let producer = Producer::connect().await;
     // Still refused after the replay: --strict-schema stays on.
     let strict = TestServer::start_amqp(&names, |config| config.strict_schema = true).await;
-    let body = r#"{"userId":"u-home","refundId":"r1","_trace":{}}"#;
+    let body = body::refund_issued("u-home", "r1");
     producer
         .publish(&names.exchange, "billing.refund_issued", body.as_bytes())
         .await;

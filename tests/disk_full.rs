@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::{process::Command, time::Duration};
+use std::process::Command;
 
 use notify_backbone::pb;
 use support::{
@@ -40,19 +40,14 @@ async fn health_of(url: &str, service: &str) -> i32 {
 
 /// Waits until `/readyz` answers with `status` (a state the node reaches by itself).
 async fn wait_readyz(metrics: std::net::SocketAddr, status: &str, logs: &Logs) -> String {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    eventually(format!("/readyz answers {status}"), async || {
         let response = http_get(metrics, "/readyz").await.unwrap();
         if response.starts_with(&format!("HTTP/1.1 {status}")) {
-            return response;
+            return Ok(response);
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/readyz never answered {status}: {response}; log:\n{}",
-            logs.tail(30)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Err(format!("{response}; log:\n{}", logs.tail(30)))
+    })
+    .await
 }
 
 /// SIGTERM, and the exit code.

@@ -106,7 +106,7 @@ async fn the_admin_feed_receives_derived_notices() {
     )
     .await
     .unwrap();
-    let update = quota_update("u1", "q-sentinel");
+    let update = body::quota_updated("u1", "q-sentinel");
     let quota = publish_json(&mut client, "quota.updated", &update)
         .await
         .unwrap();
@@ -119,9 +119,8 @@ async fn the_admin_feed_carries_every_quota_update() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
     let mut admin = subscribe(&mut client, admin_feed_only()).await;
-    let update = r#"{"userId":"u5","quotaId":"q5","type":"updated","limits":{},"usage":{},
-                     "status":"active","timestamp":"2025-11-20T10:00:00.000Z","_trace":{}}"#;
-    publish_json(&mut client, "quota.updated", update)
+    let update = body::quota_updated("u5", "q5");
+    publish_json(&mut client, "quota.updated", &update)
         .await
         .unwrap();
     publish_json(&mut client, "device.error", &device_error("z", "u5", "d5"))
@@ -133,9 +132,13 @@ async fn the_admin_feed_carries_every_quota_update() {
         ("quota.updated", "u5")
     );
     // The device error is not coming: the next quota update is the next event on the feed.
-    let sentinel = publish_json(&mut client, "quota.updated", &quota_update("u5", "q6"))
-        .await
-        .unwrap();
+    let sentinel = publish_json(
+        &mut client,
+        "quota.updated",
+        &body::quota_updated("u5", "q6"),
+    )
+    .await
+    .unwrap();
     assert_next_is(&mut admin, &sentinel.id, "admin feed").await;
 }
 
@@ -162,13 +165,6 @@ async fn the_firehose_sees_all_users_and_userless_events() {
         (app.r#type.as_str(), app.user_id.as_str()),
         ("app.updated", "")
     );
-}
-
-/// A `quota.updated` body for `user` about quota `quota`.
-fn quota_update(user: &str, quota: &str) -> String {
-    format!(
-        r#"{{"userId":"{user}","quotaId":"{quota}","type":"updated","limits":{{}},"usage":{{}},"status":"active","timestamp":"2025-11-20T10:00:00.000Z","_trace":{{}}}}"#
-    )
 }
 
 /// The admin feed and nothing else.

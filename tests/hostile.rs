@@ -345,11 +345,11 @@ async fn connections_beyond_the_cap_are_closed_at_once() {
         idle.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
     }
     // Accepted one at a time: wait until the server holds all three.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while server.metric("notify_connections").await < 3.0 {
-        assert!(tokio::time::Instant::now() < deadline, "not all accepted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("all three accepted", async || {
+        let connections = server.metric("notify_connections").await;
+        seen_if(connections >= 3.0, connections)
+    })
+    .await;
     let mut extra = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let mut buf = [0_u8; 16];
     let read = tokio::time::timeout(PATIENCE, extra.read(&mut buf))
@@ -359,25 +359,18 @@ async fn connections_beyond_the_cap_are_closed_at_once() {
     assert!(server.metric("notify_connections_refused_total").await >= 1.0);
     // Free a place: a real client gets in.
     drop(idle.pop());
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    eventually("a place freed for a real client", async || {
         let channel = tonic::transport::Channel::from_shared(server.url())
             .unwrap()
             .connect()
-            .await;
-        if let Ok(channel) = channel {
-            let mut client =
-                pb::notification_service_client::NotificationServiceClient::new(channel);
-            if publish_json(&mut client, "device.error", &device_error("in", "u1", "d1"))
-                .await
-                .is_ok()
-            {
-                break;
-            }
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no place freed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            .await
+            .map_err(|error| error.to_string())?;
+        let mut client = pb::notification_service_client::NotificationServiceClient::new(channel);
+        publish_json(&mut client, "device.error", &device_error("in", "u1", "d1"))
+            .await
+            .map_err(|status| format!("{status:?}"))
+    })
+    .await;
 }
 
 /// Health `Watch` streams need no token and were unlimited: 30,000 of them took 200 MB. Now
@@ -444,14 +437,7 @@ async fn health_watch_and_reflection_streams_are_limited() {
         .await
         .unwrap();
     drop(open.pop());
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while watch(second.clone()).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the place was not freed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the place freed", async || watch(second.clone()).await).await;
     drop((tx, reflection));
 }
 

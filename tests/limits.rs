@@ -183,20 +183,13 @@ async fn streams_per_connection_are_limited_and_freed_when_a_stream_ends() {
 
     // Ending a stream frees its place (the server learns of it from the stream's reset).
     drop(second);
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        match crowded
+    eventually("the ended stream's place freed", async || {
+        let subscribed = crowded
             .subscribe(with_token(request("d"), &token("d", &["user"])))
-            .await
-        {
-            Ok(_) => break,
-            Err(status) if tokio::time::Instant::now() < deadline => {
-                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(status) => panic!("the ended stream's place was never freed: {status:?}"),
-        }
-    }
+            .await;
+        still_exhausted(subscribed)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -276,16 +269,14 @@ async fn requests_over_the_concurrency_limit_are_shed_and_health_still_answers()
 
     // The two stalled calls hold both places (they have reached the server once a third call
     // is shed; poll briefly, as their headers travel on other connections).
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let status = loop {
-        match publish_as(&mut client, &service_token(), json("shed")).await {
-            Err(status) => break status,
-            Ok(_) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Ok(_) => panic!("a third concurrent request was never shed"),
-        }
-    };
+    let status = eventually(
+        "a third concurrent request shed",
+        async || match publish_as(&mut client, &service_token(), json("shed")).await {
+            Err(status) => Ok(status),
+            Ok(answer) => Err(answer),
+        },
+    )
+    .await;
     assert_exhausted(&status, "--max-concurrent-requests");
     // Probes see the real state, not the load.
     let mut health = HealthClient::new(server.channel().await);
@@ -302,17 +293,10 @@ async fn requests_over_the_concurrency_limit_are_shed_and_health_still_answers()
     drop((body1, body2));
     driver1.abort();
     driver2.abort();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        match publish_as(&mut client, &service_token(), json("after")).await {
-            Ok(_) => break,
-            Err(status) if tokio::time::Instant::now() < deadline => {
-                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(status) => panic!("places were never given back: {status:?}"),
-        }
-    }
+    eventually("places given back", async || {
+        still_exhausted(publish_as(&mut client, &service_token(), json("after")).await)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -351,6 +335,15 @@ async fn a_call_that_does_not_answer_in_time_is_ended_and_others_go_on() {
     })
     .await;
     assert_eq!(next_event(&mut stream).await.id, "late");
+}
+
+/// For [`eventually`]: `result` as it is, after checking that a refusal, while waiting for a
+/// place, is the limit's (`RESOURCE_EXHAUSTED`) and nothing else.
+fn still_exhausted<T>(result: Result<T, Status>) -> Result<T, Status> {
+    if let Err(status) = &result {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    }
+    result
 }
 
 /// `call`, again as long as the server sheds it for `--request-timeout` (a machine too slow to

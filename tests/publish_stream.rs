@@ -240,11 +240,7 @@ async fn a_body_nested_too_deep_and_an_event_for_user_star_are_refused_and_the_s
     let server = TestServer::start().await;
     let mut client = server.client().await;
     let (requests, mut answers) = open(&mut client, &service_token()).await.unwrap();
-    let deep = format!(
-        r#"{{"userId":"u1","x":{}{}}}"#,
-        "[".repeat(60),
-        "]".repeat(60)
-    );
+    let deep = body::nested_arrays(60);
     for request in [
         json("billing.anything", &deep),
         json("device.error", &device_error("for-star", "*", "d1")),

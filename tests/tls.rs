@@ -67,9 +67,8 @@ fn certificates(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
 
 #[tokio::test]
 async fn a_client_that_trusts_the_certificate_streams_over_tls_and_plain_text_is_refused() {
-    let dir = std::env::temp_dir().join(format!("notify-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (ca, cert, key) = certificates(&dir);
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(dir.path());
     let server = TestServer::start_with(|config| {
         config.tls_cert = Some(cert.clone());
         config.tls_key = Some(key.clone());
@@ -106,5 +105,4 @@ async fn a_client_that_trusts_the_certificate_streams_over_tls_and_plain_text_is
         assert!(answer.is_err(), "a plain-text call was answered");
     }
     server.stop_within(PATIENCE).await;
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -422,3 +422,22 @@ fn an_expiry_beyond_the_clock_is_clamped_not_a_panic() {
         );
     }
 }
+
+/// Under the binary's chain printer (`{:#}`) a key error says what was wrong, then the parser's
+/// reason, once.
+#[test]
+fn a_key_error_names_its_cause_once_in_the_chain() {
+    let error = Verifier::jwks(b"nonsense", "i", "a", LEEWAY).unwrap_err();
+    let chain = format!("{:#}", anyhow::Error::from(error));
+    assert!(
+        chain.starts_with("cannot use the JWT key: not a JWKS document: expected"),
+        "{chain}"
+    );
+    assert_eq!(chain.matches("expected").count(), 1, "{chain}");
+    let error = Verifier::public_key_pem(b"not a key", "i", "a", LEEWAY).unwrap_err();
+    let chain = format!("{:#}", anyhow::Error::from(error));
+    assert!(
+        chain.starts_with("cannot use the JWT key: not an RSA or P-256 public key in PEM: "),
+        "{chain}"
+    );
+}

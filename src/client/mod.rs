@@ -26,8 +26,9 @@ pub use dead_letters::{DeadLettersArgs, dead_letters};
 pub use failure::{CallError, one_line};
 pub use token::{TokenArgs, mint_with, secret_or_dev, token};
 
-use crate::pb::{
-    self, notification_service_client::NotificationServiceClient, publish_request::Body,
+use crate::{
+    backoff::Backoff,
+    pb::{self, notification_service_client::NotificationServiceClient, publish_request::Body},
 };
 
 /// Arguments of `subscribe`.
@@ -208,23 +209,23 @@ fn is_transient(code: tonic::Code) -> bool {
     )
 }
 
-/// The wait before reconnection attempt `attempt` (0 first): 500 ms × 2^attempt, at most 10 s,
-/// ±20 % jitter (`random` in [0, 1)), never above the cap.
-fn backoff(attempt: u32, random: f64) -> std::time::Duration {
-    let base = (500.0 * 2f64.powi(attempt.min(16) as i32)).min(10_000.0);
-    let jittered = (base * (0.8 + 0.4 * random)).min(10_000.0);
-    std::time::Duration::from_millis(jittered.round() as u64)
+/// The waits before reconnecting: from 500 ms, doubling up to 10 s (a person is watching; the
+/// policy and its reasons: `crate::backoff`), starting over once a stream is live again.
+fn reconnect_pauses() -> Backoff {
+    Backoff::new(
+        std::time::Duration::from_millis(500),
+        std::time::Duration::from_secs(10),
+    )
 }
 
 /// `subscribe`: prints every message of the stream as one line of canonical proto3 JSON; with
 /// `--follow`, reconnects and resumes until refused or interrupted.
 pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
-    use rand::Rng as _;
     let lines = JsonLines::new("cloudphone.notify.v1.SubscribeResponse")?;
     let mut cursor = args.resume_after.clone().unwrap_or_default();
-    let mut attempt = 0_u32;
+    let mut pauses = reconnect_pauses();
     loop {
-        let ended = subscribe_once(&args, &lines, &mut cursor, &mut attempt).await;
+        let ended = subscribe_once(&args, &lines, &mut cursor, &mut pauses).await;
         let reason = match ended {
             Ended::Permanent(error) => return Err(error),
             Ended::Transient(reason) if args.follow => reason,
@@ -238,8 +239,7 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
                 );
             }
         };
-        let wait = backoff(attempt, rand::rng().random());
-        attempt = attempt.saturating_add(1);
+        let wait = pauses.next_pause();
         eprintln!(
             "subscribe: {}; reconnecting in {:.1} s{}",
             one_line(&reason),
@@ -259,7 +259,7 @@ async fn subscribe_once(
     args: &SubscribeArgs,
     lines: &JsonLines,
     cursor: &mut String,
-    attempt: &mut u32,
+    pauses: &mut Backoff,
 ) -> Ended {
     use pb::subscribe_response::Kind;
     let mut client = match connect(&args.server).await {
@@ -305,7 +305,7 @@ async fn subscribe_once(
         let (position, heartbeat) = match &message.kind {
             Some(Kind::Event(event)) => (event.cursor.as_str(), false),
             Some(Kind::CaughtUp(caught_up)) => {
-                *attempt = 0;
+                pauses.reset();
                 (caught_up.cursor.as_str(), false)
             }
             Some(Kind::Heartbeat(heartbeat)) => (heartbeat.cursor.as_str(), true),

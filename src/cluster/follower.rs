@@ -37,6 +37,7 @@ use super::{
     stream::{self, Entry, Kind, QueueCounts, StreamSettings},
 };
 use crate::{
+    backoff::{self, Backoff},
     hub::Hub,
     sequencer::fan_out_stored,
     store::{Journal as _, JournalHealth, RedbJournal, Replicated},
@@ -51,8 +52,8 @@ const BOOTSTRAP_AFTER: Duration = Duration::from_secs(1);
 /// How long a replica's check of the stream's first message may take before the replica is
 /// rebuilt from the stream (which is always correct, only slower).
 const FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(5);
-/// The first pause after a failed connection; it doubles up to `MAX_BACKOFF`.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest pause between reconnections, from `crate::backoff::FIRST`: the replica falls
+/// behind while the node waits (the policy and its reasons: `crate::backoff`).
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long after a node starts a broker's refusal to consume the stream is taken for the
 /// moment after another node created it (logged as INFO, not as a warning).
@@ -141,7 +142,7 @@ pub async fn discover_epoch(
     replica: &RedbJournal,
     shutdown: &CancellationToken,
 ) -> Result<JoinedStream, ClusterError> {
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(backoff::FIRST, MAX_BACKOFF);
     let started = Instant::now();
     loop {
         let attempt = async {
@@ -171,22 +172,22 @@ pub async fn discover_epoch(
             }
             // The broker unreachable, or a stream not consumable yet: again, later.
             Err(error) => {
+                let pause = backoff.next_pause();
                 if is_stream_settling(&error) && started.elapsed() < STREAM_SETTLING {
                     // Expected when nodes start together: not a warning unless it lasts.
                     info!(
                         error = %Chain(&error),
-                        retry_in = ?backoff,
+                        retry_in = ?pause,
                         "journal stream: not consumable yet (just created by another node?); \
                          retrying"
                     );
                 } else {
-                    warn!(error = %Chain(&error), retry_in = ?backoff, "journal stream: cannot read its epoch yet");
+                    warn!(error = %Chain(&error), retry_in = ?pause, "journal stream: cannot read its epoch yet");
                 }
                 tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(pause) => {}
                     () = shutdown.cancelled() => return Err(ClusterError::ShuttingDown),
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
@@ -331,11 +332,12 @@ async fn run(
         epoch: 0,
     };
     follow.epoch = follow.replica().epoch();
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(backoff::FIRST, MAX_BACKOFF);
     let result = loop {
         if shutdown.is_cancelled() {
             break Ok(());
         }
+        let began = Instant::now();
         let session = follow.session(&url, &node_id, &settings, &state, &shutdown);
         match session.await {
             Ok(()) => break Ok(()),
@@ -359,12 +361,13 @@ async fn run(
             }
             Err(error) => {
                 let _ = state.send(FollowState::Connecting);
-                warn!(error = %Chain(&error), retry_in = ?backoff, "journal stream: reading failed; reconnecting");
+                // A session that read for a while was a success that ended: start over.
+                let pause = backoff.pause_after(began.elapsed());
+                warn!(error = %Chain(&error), retry_in = ?pause, "journal stream: reading failed; reconnecting");
                 tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(pause) => {}
                     () = shutdown.cancelled() => break Ok(()),
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     };

@@ -37,12 +37,17 @@ pub use session::connection_name;
 
 use std::{sync::Arc, time::Duration};
 
-use rand::Rng as _;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::{otel::Tracing, schema::DecodeOptions, telemetry::Metrics, write::Writer};
+use crate::{
+    backoff::{self, Backoff},
+    otel::Tracing,
+    schema::DecodeOptions,
+    telemetry::Metrics,
+    write::Writer,
+};
 
 pub use topology::Topology;
 
@@ -58,9 +63,6 @@ pub const FORWARDED_TYPE: &str = "cloudphone.notify.v1.Event";
 /// writer) at once, not only when the next event comes; the probe is acked, never decoded.
 /// RabbitMQ tells an AMQP 0.9.1 consumer nothing when it becomes active.
 pub const PROBE_TYPE: &str = "notify-backbone.active-consumer-probe";
-
-/// The first pause after a failed connection; it doubles up to `reconnect_max_backoff`.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Everything the ingest needs to know.
 #[derive(Debug, Clone)]
@@ -154,7 +156,8 @@ async fn run<W: Writer>(
     state: watch::Sender<IngestState>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = FIRST_BACKOFF;
+    // From 100 ms, doubling up to --reconnect-max-backoff (crate::backoff has the reasons).
+    let mut backoff = Backoff::new(backoff::FIRST, config.reconnect_max_backoff);
     let mut attempt: u64 = 0;
     info!(
         broker = %redacted(&config.url),
@@ -174,16 +177,15 @@ async fn run<W: Writer>(
                 let _ = state.send(IngestState::Connecting);
                 if failure.was_stable {
                     // After a healthy stretch this is a new outage, not the same one going on.
-                    backoff = FIRST_BACKOFF;
+                    backoff.reset();
                 }
-                let pause = jittered(backoff);
+                let pause = backoff.next_pause();
                 events::SessionEnded {
                     error: &failure.error,
                     attempt,
                     retry_in: pause,
                 }
                 .emit(&metrics);
-                backoff = (backoff * 2).min(config.reconnect_max_backoff);
                 tokio::select! {
                     () = tokio::time::sleep(pause) => {}
                     () = shutdown.cancelled() => break,
@@ -193,14 +195,6 @@ async fn run<W: Writer>(
     }
     let _ = state.send(IngestState::Stopped);
     info!("ingest stopped");
-}
-
-/// Half the backoff plus a random share of the other half: reconnecting nodes spread out
-/// instead of hitting a recovering broker all at once, and no pause collapses to zero.
-fn jittered(backoff: Duration) -> Duration {
-    let half = backoff / 2;
-    let spread = rand::rng().random_range(0..=half.as_millis() as u64);
-    half + Duration::from_millis(spread)
 }
 
 /// The broker URL without its password, for logs: parsed as lapin parses it (so a password
@@ -285,14 +279,5 @@ mod tests {
             redacted("not a url: secret"),
             "<an AMQP URL that does not parse>"
         );
-    }
-
-    #[test]
-    fn jitter_stays_between_half_and_all_of_the_backoff() {
-        for _ in 0..100 {
-            let pause = jittered(Duration::from_millis(800));
-            assert!(pause >= Duration::from_millis(400), "{pause:?}");
-            assert!(pause <= Duration::from_millis(800), "{pause:?}");
-        }
     }
 }

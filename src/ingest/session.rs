@@ -27,7 +27,7 @@ use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::{telemetry::Metrics, write::Writer};
+use crate::{backoff::Backoff, telemetry::Metrics, write::Writer};
 
 use super::{
     IngestConfig, IngestError, IngestState, SessionFailure, dead_letter, events,
@@ -39,7 +39,8 @@ use super::{
 /// Closing a connection the broker already dropped can hang until a heartbeat timeout; past
 /// this we stop waiting.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// First pause before retrying an event the writer did not accept; doubles up to the max.
+/// First pause before retrying an event the writer did not accept; doubles up to the max
+/// (the policy, and why these numbers: `crate::backoff`).
 const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(50);
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
 /// The longest a settled delivery waits for its ack. Short against any redelivery concern (an
@@ -213,7 +214,7 @@ async fn consume<W: Writer>(
         unacked: 0,
         ack_batch: (usize::from(config.prefetch) / 4).max(1),
         ack_due: None,
-        retry_pause: FIRST_RETRY_PAUSE,
+        retry_pauses: Backoff::new(FIRST_RETRY_PAUSE, MAX_RETRY_PAUSE),
         blocked: false,
         holding: false,
         recovered: false,
@@ -249,8 +250,8 @@ struct Session<'a, W> {
     ack_batch: usize,
     /// When the oldest settled-but-unacked delivery must be acked at the latest.
     ack_due: Option<tokio::time::Instant>,
-    /// The pause before the next retry of an event the writer refused.
-    retry_pause: Duration,
+    /// The pauses before retrying an event the writer refused, reset by every settlement.
+    retry_pauses: Backoff,
     /// Shutdown came while the oldest delivery was waiting for a retry: nothing after it may be
     /// acked (a `multiple` ack would cover it too).
     blocked: bool,
@@ -422,22 +423,25 @@ impl<W: Writer> Session<'_, W> {
                     self.resubmit(oldest.message).await?;
                 } else {
                     self.recovered = false;
+                    let first = self.retry_pauses.is_fresh();
+                    let pause = self.retry_pauses.next_pause();
                     events::DownstreamRefused {
                         error: &error,
-                        retry_in: self.retry_pause,
-                        first: self.retry_pause == FIRST_RETRY_PAUSE,
+                        retry_in: pause,
+                        first,
                     }
                     .emit(self.metrics);
-                    self.retry(oldest.message, shutdown).await?;
+                    self.retry(oldest.message, pause, shutdown).await?;
                 }
             }
             Outcome::DeadLetterRefused => {
+                let pause = self.retry_pauses.next_pause();
                 events::DeadLetterRefused {
                     routing_key: &oldest.message.routing_key,
-                    retry_in: self.retry_pause,
+                    retry_in: pause,
                 }
                 .emit(self.metrics);
-                self.retry(oldest.message, shutdown).await?;
+                self.retry(oldest.message, pause, shutdown).await?;
             }
             Outcome::DeadLetterUnroutable => {
                 // Ack what settled before it; it and everything after go back unacked.
@@ -460,7 +464,7 @@ impl<W: Writer> Session<'_, W> {
                     error: &error,
                 }
                 .emit(self.metrics);
-                self.retry_pause = FIRST_RETRY_PAUSE;
+                self.retry_pauses.reset();
             }
         }
         if self.unacked as usize >= self.ack_batch {
@@ -469,16 +473,15 @@ impl<W: Writer> Session<'_, W> {
         Ok(())
     }
 
-    /// Puts `message` back at the head after a pause, unless shutdown comes first.
+    /// Puts `message` back at the head after `pause`, unless shutdown comes first.
     async fn retry(
         &mut self,
         message: Message,
+        pause: Duration,
         shutdown: &CancellationToken,
     ) -> Result<(), IngestError> {
         // Ack what was settled before it, so the pause does not hold those back.
         self.flush_acks().await?;
-        let pause = self.retry_pause;
-        self.retry_pause = (pause * 2).min(MAX_RETRY_PAUSE);
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             () = shutdown.cancelled() => {
@@ -505,7 +508,7 @@ impl<W: Writer> Session<'_, W> {
         self.ack_due
             .get_or_insert_with(|| tokio::time::Instant::now() + ACK_DELAY);
         self.unacked += 1;
-        self.retry_pause = FIRST_RETRY_PAUSE;
+        self.retry_pauses.reset();
     }
 
     /// Acks every settled delivery with one `basic.ack` (`multiple`).

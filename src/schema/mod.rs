@@ -120,6 +120,13 @@ pub struct Decoded {
 }
 
 /// Why a message could not be decoded. Each variant names the field at fault where one is.
+///
+/// The variants carry text, never a parser's error as a `#[source]`: a `DecodeError` is the
+/// reason a producer is given, whole, in one line (the message of a `Publish` refusal, a dead
+/// letter's `x-notify-error-detail` header, a log field), where a source would not be
+/// printed; and it is `Clone + PartialEq` (compared in tests, kept with a delivery), which the
+/// parsers' errors are not. No variant has a source, so none prints a cause twice under a
+/// chain printer.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DecodeError {
     /// The body is empty.
@@ -128,14 +135,14 @@ pub enum DecodeError {
     /// The body is not UTF-8.
     #[error("body is not UTF-8")]
     NotUtf8,
-    /// The body is not JSON.
+    /// The body is not JSON: serde_json's reason, with its line and column.
     #[error("body is not JSON: {0}")]
     NotJson(String),
     /// The body is JSON but not an object.
     #[error("body is JSON but not an object")]
     NotObject,
     /// A message that says it is an encoded `Event` (an event forwarded by another node) but
-    /// does not decode as one.
+    /// does not decode as one: prost's reason.
     #[error("body is not an encoded cloudphone.notify.v1.Event: {0}")]
     NotEvent(String),
     /// The body, or the event decoded from it, is larger than `--max-event-bytes`.

@@ -17,7 +17,7 @@ use lapin::{
 };
 use notify_backbone::{config::ServeConfig, ingest::dead_letter};
 
-use super::PATIENCE;
+use super::{PATIENCE, Wait};
 
 /// The broker tests use; CI makes sure one is running (a missing broker fails the test).
 pub fn amqp_url() -> String {
@@ -272,8 +272,8 @@ pub async fn connection_pids_named(name: &str) -> Vec<String> {
     // Quoted, as the listing prints it: exactly this connection, not another whose name starts
     // the same (another node, the node's dead-letter connection).
     let wanted = format!("\"{name}\"");
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    let wait = Wait::within(PATIENCE).every(Duration::from_millis(200));
+    wait.until(format!("a connection named {wanted}"), async || {
         let listing = tokio::process::Command::new("rabbitmqctl")
             .args([
                 "list_connections",
@@ -291,15 +291,13 @@ pub async fn connection_pids_named(name: &str) -> Vec<String> {
             .filter(|line| line.contains(&wanted))
             .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
             .collect();
-        if !pids.is_empty() {
-            return pids;
+        if pids.is_empty() {
+            Err(format!("the listing:\n{text}"))
+        } else {
+            Ok(pids)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no connection named {wanted} in:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await
 }
 
 /// Closes the connections `pids` from the broker's side.

@@ -2,6 +2,8 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod amqp;
+pub mod body;
+pub mod eventually;
 pub mod otlp;
 pub mod process;
 pub mod tmpfs;
@@ -20,6 +22,11 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::{Streaming, transport::Channel};
 
+// The most published body, at its former path; not every test binary sends one.
+#[allow(unused_imports)]
+pub use body::device_error;
+pub use eventually::{Wait, eventually, seen_if};
+
 /// How long a test waits for something that should happen at once.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -32,23 +39,17 @@ pub struct TestServer {
     pub data: DataDir,
 }
 
-/// A journal directory of one test server's own, removed when dropped.
-pub struct DataDir(pub std::path::PathBuf);
+/// A journal directory of one test server's own (`.0`, not created yet: the server makes it),
+/// inside a temporary directory removed when dropped.
+pub struct DataDir(pub std::path::PathBuf, tempfile::TempDir);
 
 impl DataDir {
     pub fn new() -> Self {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("notify-test-journal-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        Self(dir)
-    }
-}
-
-impl Drop for DataDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let parent = tempfile::Builder::new()
+            .prefix("notify-test-journal-")
+            .tempdir()
+            .unwrap();
+        Self(parent.path().join("journal"), parent)
     }
 }
 
@@ -178,18 +179,11 @@ impl TestServer {
 
     /// Waits until `/readyz` answers 200.
     pub async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
+        eventually("/readyz answers 200", async || {
             let response = self.http_get("/readyz").await;
-            if response.starts_with("HTTP/1.1 200") {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "not ready in time: {response}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            seen_if(response.starts_with("HTTP/1.1 200"), response)
+        })
+        .await;
     }
 
     /// The value of the sample `name` (with its labels, as written in the exposition).
@@ -324,23 +318,6 @@ pub async fn publish_json(
         .publish(with_token(request, &service_token()))
         .await
         .map(|r| r.into_inner())
-}
-
-/// A device.error envelope (shape D) for `user` about `device`.
-pub fn device_error(id: &str, user: &str, device: &str) -> String {
-    serde_json::json!({
-        "eventId": id,
-        "eventType": "device.error",
-        "timestamp": "2025-11-20T10:00:00.000Z",
-        "priority": "high",
-        "payload": {
-            "deviceId": device, "deviceName": "phone-1", "userId": user,
-            "errorType": "adb_disconnected", "errorMessage": "adb went away",
-            "occurredAt": "2025-11-20T10:00:00.000Z"
-        },
-        "_trace": {}
-    })
-    .to_string()
 }
 
 /// The wire fixtures: (routing key, file name, body).

@@ -24,7 +24,7 @@ use tokio::{
 use super::{
     PATIENCE, TEST_SECRET,
     amqp::{Names, amqp_url},
-    token, with_token,
+    eventually, seen_if, token, with_token,
 };
 
 /// The server's binary. Known to the root package's tests only: `bench/`'s tests include this
@@ -181,23 +181,14 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
 impl Node {
     /// Waits until `/readyz` says the ingest is consuming.
     pub async fn wait_ready(&self, logs: &Logs) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
+        eventually(format!("run {} ready", self.run), async || {
             let response = http_get(self.metrics, "/readyz").await;
-            if response
+            let ready = response
                 .as_deref()
-                .is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
-            {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "run {} not ready in time: {response:?}; its log:\n{}",
-                self.run,
-                logs.tail(40)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+                .is_ok_and(|r| r.starts_with("HTTP/1.1 200"));
+            seen_if(ready, format!("{response:?}; its log:\n{}", logs.tail(40)))
+        })
+        .await;
     }
 
     /// The value of an unlabelled sample on `/metrics` (0 when absent).

@@ -7,22 +7,25 @@ use std::{io::Write as _, path::PathBuf, process::Command};
 /// A tmpfs of its own for one test, unmounted when dropped.
 pub struct Tmpfs {
     pub dir: PathBuf,
+    /// The mount point, removed (after the unmount in `drop`) when this field is dropped.
+    _mount_point: tempfile::TempDir,
 }
 
 impl Tmpfs {
     /// Mounts a tmpfs of `mib` MiB; `None` where this process may not mount (not root), which
     /// fails the test in CI.
     pub fn mount(name: &str, mib: u32) -> Option<Self> {
-        let dir =
-            std::env::temp_dir().join(format!("notify-disk-full-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let mount_point = tempfile::Builder::new()
+            .prefix(&format!("notify-disk-full-{name}-"))
+            .tempdir()
+            .unwrap();
+        let dir = mount_point.path().to_owned();
         let mounted = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
             .arg(&dir)
             .status()
             .is_ok_and(|status| status.success());
         if !mounted {
-            let _ = std::fs::remove_dir(&dir);
             assert!(
                 std::env::var_os("CI").is_none(),
                 "CI must be able to mount a tmpfs (run as root) for the full-disk tests"
@@ -30,7 +33,10 @@ impl Tmpfs {
             eprintln!("skipped: cannot mount a tmpfs here (not root)");
             return None;
         }
-        Some(Self { dir })
+        Some(Self {
+            dir,
+            _mount_point: mount_point,
+        })
     }
 
     /// Fills the file system, then gives back `free` bytes; returns the filler file.
@@ -56,7 +62,6 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        let _ = std::fs::remove_dir(&self.dir);
     }
 }
 
