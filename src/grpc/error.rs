@@ -169,7 +169,9 @@ mod tests {
             },
             ApiError::Hub(HubError::ShuttingDown),
             ApiError::Hub(HubError::CursorAhead("c".into())),
-            ApiError::Hub(HubError::Journal("disk".into())),
+            ApiError::Hub(HubError::Journal(
+                StoreError::Unavailable("disk".into()).into(),
+            )),
             ApiError::Sequencer(SequencerError::Stopped),
             ApiError::Sequencer(SequencerError::Store(StoreError::Unavailable(
                 "disk".into(),

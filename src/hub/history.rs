@@ -127,7 +127,7 @@ impl Hub {
                 Ok((scanned, events))
             })
             .await
-            .map_err(|e| HubError::Journal(e.to_string()))
+            .map_err(HubError::Journal)
     }
 
     /// One page of stored history, newest first: the newest events before `before` (from the

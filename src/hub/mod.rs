@@ -45,6 +45,7 @@ pub use filter::{
 };
 pub use history::Page;
 pub use mailbox::{EndReason, Frame, Mailbox, Next, Push};
+pub use reads::ReadError;
 pub use subscription::Subscription;
 
 #[cfg(test)]

@@ -13,6 +13,26 @@ use tokio::sync::Semaphore;
 
 use crate::store::StoreError;
 
+/// Why a journal read on the readers failed: the journal refused it, or its task ended without
+/// an answer.
+///
+/// Each message holds its cause once, and no variant also names it as a `source`: these are
+/// logged with `%` (the replay's WARN line, the history error's ERROR line), which prints no
+/// chain, and they read as the journal's own refusals did before this type existed ("journal
+/// unavailable: ...").
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The journal refused the read.
+    #[error(transparent)]
+    Journal(#[from] StoreError),
+    /// The readers' semaphore was closed (it never is while the hub lives).
+    #[error("journal unavailable: the journal readers closed")]
+    ReadersClosed,
+    /// The read's task panicked or was cancelled before it answered.
+    #[error("journal unavailable: a journal read failed: {0}")]
+    Failed(tokio::task::JoinError),
+}
+
 /// Where journal reads run.
 #[derive(Clone)]
 pub(super) enum Reads {
@@ -24,7 +44,7 @@ pub(super) enum Reads {
 }
 
 /// The outcome of a journal read running on the readers.
-pub(super) type PendingRead<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
+pub(super) type PendingRead<T> = Pin<Box<dyn Future<Output = Result<T, ReadError>> + Send>>;
 
 impl Reads {
     /// Runs `job` (one bounded journal read) on a reader thread once a reader is free.
@@ -42,47 +62,71 @@ impl Reads {
             Reads::Pool(readers) => {
                 let readers = Arc::clone(readers);
                 let task = tokio::spawn(async move {
-                    let permit = readers.acquire_owned().await.map_err(|_| {
-                        StoreError::Unavailable("the journal readers closed".into())
-                    })?;
+                    let permit = readers
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| ReadError::ReadersClosed)?;
                     tokio::task::spawn_blocking(move || {
                         let _permit = permit;
-                        job()
+                        job().map_err(ReadError::from)
                     })
                     .await
-                    .unwrap_or_else(|error| {
-                        Err(StoreError::Unavailable(format!(
-                            "a journal read failed: {error}"
-                        )))
-                    })
+                    .unwrap_or_else(|error| Err(ReadError::Failed(error)))
                 });
                 Box::pin(ReadTask(task))
             }
             #[cfg(test)]
-            Reads::Inline => Box::pin(std::future::ready(job())),
+            Reads::Inline => Box::pin(std::future::ready(job().map_err(ReadError::from))),
         }
     }
 }
 
 /// A journal read running in its own task; dropping it aborts the task (see [`Reads::run`]).
-struct ReadTask<T>(tokio::task::JoinHandle<Result<T, StoreError>>);
+struct ReadTask<T>(tokio::task::JoinHandle<Result<T, ReadError>>);
 
 impl<T> Future for ReadTask<T> {
-    type Output = Result<T, StoreError>;
+    type Output = Result<T, ReadError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx).map(|joined| {
-            joined.unwrap_or_else(|error| {
-                Err(StoreError::Unavailable(format!(
-                    "a journal read failed: {error}"
-                )))
-            })
-        })
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|joined| joined.unwrap_or_else(|error| Err(ReadError::Failed(error))))
     }
 }
 
 impl<T> Drop for ReadTask<T> {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    /// A read whose thread panics ends in an error, not in a stream that waits forever, and the
+    /// panic is in the error's one message (logged with `%`, which prints no chain).
+    #[tokio::test]
+    async fn a_read_that_panics_fails_with_the_panic_in_its_message() {
+        let reads = Reads::Pool(Arc::new(Semaphore::new(1)));
+        let read = reads.run(|| -> Result<(), StoreError> { panic!("the read broke") });
+        let error = read.await.expect_err("the read failed");
+        assert!(matches!(error, ReadError::Failed(_)), "{error:?}");
+        let shown = error.to_string();
+        assert!(
+            shown.starts_with("journal unavailable: a journal read failed: ")
+                && shown.contains("the read broke"),
+            "{shown}"
+        );
+        assert!(error.source().is_none());
+    }
+
+    /// The journal's own refusal reads as it did before the readers had an error of their own.
+    #[test]
+    fn a_refusal_of_the_journal_reads_as_the_journal_says_it() {
+        let error = ReadError::from(StoreError::Unavailable("disk gone".into()));
+        assert_eq!(error.to_string(), "journal unavailable: disk gone");
     }
 }

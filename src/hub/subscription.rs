@@ -17,13 +17,13 @@ use super::{
     fan_out::Shared,
     frames::{caught_up_frame, control_frame, gap_frame},
     index::{Subscriber, selects},
-    reads::PendingRead,
+    reads::{PendingRead, ReadError},
     unreadable::make_replayable,
 };
 use crate::{
     otel::Delivery,
     pb::{self, subscribe_response::Kind},
-    store::{Cursor, Scan, ScanLimits, StoreError},
+    store::{Cursor, Scan, ScanLimits},
 };
 
 /// Events to read from the journal before the mailbox: after a resume, or after lagging.
@@ -208,7 +208,7 @@ impl Subscription {
         )))
     }
 
-    fn journal_failed(&mut self, error: &StoreError) {
+    fn journal_failed(&mut self, error: &ReadError) {
         tracing::warn!(%error, "replay failed: the journal cannot be read; ending the stream");
         self.replay = None;
         self.pending.clear();

@@ -28,7 +28,7 @@ const SCOPE: &str = "notify-backbone";
 #[derive(Debug, thiserror::Error)]
 pub enum OtelError {
     /// The OTLP exporter could not be built (a malformed endpoint, most often).
-    #[error("OTLP exporter for {endpoint}: {source}")]
+    #[error("OTLP exporter for {endpoint}")]
     Exporter {
         /// The endpoint given.
         endpoint: String,
@@ -185,4 +185,26 @@ fn service_name_from_env() -> bool {
                 .split(',')
                 .any(|kv| kv.trim().starts_with("service.name="))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    /// The binary prints error chains: the message names the endpoint, and the exporter's own
+    /// complaint comes next in the chain, once.
+    #[tokio::test]
+    async fn a_malformed_endpoint_is_refused_naming_it_and_its_cause_once() {
+        let Err(error) = Tracing::start("not a uri", "node-1", "0.0.0") else {
+            panic!("an exporter for a malformed endpoint");
+        };
+        assert_eq!(error.to_string(), "OTLP exporter for not a uri");
+        let cause = error.source().expect("the exporter's error").to_string();
+        assert!(
+            !cause.is_empty() && !cause.contains("OTLP exporter for"),
+            "{cause}"
+        );
+    }
 }
