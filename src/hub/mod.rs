@@ -40,13 +40,14 @@ mod unreadable;
 
 pub use error::HubError;
 pub use fan_out::{Hub, HubConfig, Routed};
-pub use filter::{
-    Audience, Filter, FilterError, FilterLimits, MAX_PATTERN_LEN, MAX_TYPE_PATTERNS, Users,
-};
+pub use filter::{Filter, FilterError, FilterLimits, MAX_PATTERN_LEN, MAX_TYPE_PATTERNS, Users};
 pub use history::Page;
-pub use mailbox::{EndReason, Frame, Mailbox, Next, Push};
+pub use mailbox::{EndReason, Frame};
 pub use reads::ReadError;
 pub use subscription::Subscription;
 
+// Used only inside the hub.
+use filter::Audience;
+use mailbox::{Mailbox, Next, Push};
 #[cfg(test)]
 mod tests;

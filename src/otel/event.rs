@@ -40,7 +40,7 @@ impl std::fmt::Debug for EventTrace {
 
 impl EventTrace {
     /// The trace id (32 hex digits).
-    pub fn trace_id(&self) -> String {
+    fn trace_id(&self) -> String {
         self.0.cx.span().span_context().trace_id().to_string()
     }
 

@@ -43,5 +43,4 @@ mod replay;
 pub use delivery::{Delivery, FrameTrace};
 pub use event::{EventTrace, MAX_HANDOFF_SPANS};
 pub use ingest::Source;
-pub use pipeline::{MAX_STREAM_SPAN_EVENTS, OtelError, Tracing};
-pub use replay::MAX_REPLAY_SPANS_PER_SECOND;
+pub use pipeline::{OtelError, Tracing};

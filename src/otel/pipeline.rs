@@ -19,7 +19,7 @@ use opentelemetry_sdk::{
 const EXPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Span events a `Subscribe` span keeps (the first ones; the SDK counts the rest as dropped).
-pub const MAX_STREAM_SPAN_EVENTS: u32 = 32;
+const MAX_STREAM_SPAN_EVENTS: u32 = 32;
 
 /// The instrumentation scope's name.
 const SCOPE: &str = "notify-backbone";

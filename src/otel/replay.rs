@@ -18,7 +18,7 @@ use super::{
 
 /// The most hand-off spans of replayed events recorded per second, all streams together (and
 /// at most [`MAX_HANDOFF_SPANS`] per stream).
-pub const MAX_REPLAY_SPANS_PER_SECOND: u64 = 512;
+const MAX_REPLAY_SPANS_PER_SECOND: u64 = 512;
 
 impl Pipeline {
     /// One replayed hand-off span more this second, if fewer than
