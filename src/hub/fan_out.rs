@@ -34,7 +34,7 @@ use crate::{
 /// Settings of the hub.
 #[derive(Debug, Clone, Copy)]
 pub struct HubConfig {
-    /// Frames one subscriber may have queued before it counts as too slow (see [`Mailbox`]).
+    /// Frames one subscriber may have queued before it counts as too slow (see `mailbox`).
     pub queue_len: usize,
     /// Replay reads that may run at once, each on a blocking thread; further reads wait their
     /// turn (`--replay-readers`). History pages have as many readers of their own.
@@ -170,7 +170,7 @@ impl Hub {
 
     /// Hands one event to every subscriber that selects it and whose filters pass it. Never
     /// waits: a subscriber whose mailbox is full lags, and continues from the journal (see
-    /// [`Mailbox`]). Must be called in journal order, by one caller at a time (the sequencer).
+    /// `mailbox`). Must be called in journal order, by one caller at a time (the sequencer).
     /// Returns how many subscribers' queues took it.
     pub fn fan_out(&self, routed: Routed<'_>) -> u64 {
         let event = routed.event;

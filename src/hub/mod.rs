@@ -1,7 +1,7 @@
 //! Fan-out: which subscribers get an event, and handing it to them without ever waiting.
 //!
 //! Owns: the routing index (user id → subscribers, the firehose, the admin feed), filters, each
-//! subscriber's bounded [`Mailbox`] and its overflow policy (continue from the journal), replay
+//! subscriber's bounded `Mailbox` and its overflow policy (continue from the journal), replay
 //! on resume and the hand-off to live events, history pages ([`Hub::list`]), heartbeats, and
 //! ending every stream on shutdown. Does not own: decoding (`schema`), positions (`store`), the
 //! order of events (the `sequencer` calls [`Hub::fan_out`] in journal order, one event at a
@@ -25,7 +25,8 @@
 //! shutdown), `subscription` ([`Subscription`]: one stream, its replay and catch-up from the
 //! journal), `reads` (the journal readers those reads run on), `history` (pages of stored
 //! events), `frames` (the control frames a stream sends), `unreadable` (stored frames that do
-//! not decode), `filter` and `mailbox`.
+//! not decode), `error` ([`HubError`]), `filter` and `mailbox`; `tests` holds the tests of all
+//! but `filter` and `mailbox` (theirs are beside them), one file per subject.
 
 mod error;
 mod fan_out;
@@ -49,5 +50,6 @@ pub use subscription::Subscription;
 // Used only inside the hub.
 use filter::Audience;
 use mailbox::{Mailbox, Next, Push};
+
 #[cfg(test)]
 mod tests;
