@@ -191,7 +191,9 @@ mod tests {
             },
             ApiError::Hub(HubError::ShuttingDown),
             ApiError::Hub(HubError::CursorAhead("c".into())),
-            ApiError::Hub(HubError::Journal("disk".into())),
+            ApiError::Hub(HubError::Journal(
+                StoreError::Unavailable("disk".into()).into(),
+            )),
             ApiError::Write(WriteError::Stopped),
             ApiError::Write(WriteError::Journal(StoreError::Unavailable("disk".into()))),
             ApiError::Write(WriteError::cluster(std::io::Error::other("broker"))),

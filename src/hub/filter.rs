@@ -136,9 +136,9 @@ impl TypePattern {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filter {
     /// Whose per-user events.
-    pub users: Users,
+    pub(super) users: Users,
     /// Whether the admin feed (admin notices, every `quota.updated`) is included.
-    pub admin_feed: bool,
+    pub(super) admin_feed: bool,
     /// Empty = every type.
     types: Vec<TypePattern>,
     /// Only events about this device, when set.
@@ -198,7 +198,7 @@ impl Filter {
     }
 
     /// Whether this subscription's user selection alone covers an event of `user_id`.
-    pub fn selects_user(&self, user_id: &str) -> bool {
+    pub(super) fn selects_user(&self, user_id: &str) -> bool {
         match &self.users {
             Users::None => false,
             Users::One(user) => !user_id.is_empty() && **user == *user_id,
@@ -207,7 +207,7 @@ impl Filter {
     }
 
     /// Whether the narrowing filters (type, device) let the event through.
-    pub fn passes(&self, event_type: &str, device_id: &str) -> bool {
+    pub(super) fn passes(&self, event_type: &str, device_id: &str) -> bool {
         let type_ok = self.types.is_empty() || self.types.iter().any(|p| p.matches(event_type));
         let device_ok = self
             .device_id
@@ -219,7 +219,7 @@ impl Filter {
 
 /// Who an event is for, derived from its type and user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Audience {
+pub(super) enum Audience {
     /// A per-user event; `admin_too` when it also belongs on the admin feed.
     Users {
         /// Also delivered on the admin feed (`quota.updated`, for admin dashboards).
@@ -231,7 +231,7 @@ pub enum Audience {
 
 impl Audience {
     /// The audience of an event of this type.
-    pub fn of(event_type: &str) -> Self {
+    pub(super) fn of(event_type: &str) -> Self {
         match event_type {
             ADMIN_NOTICE_TYPE => Self::AdminOnly,
             "quota.updated" => Self::Users { admin_too: true },

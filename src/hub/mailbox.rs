@@ -30,10 +30,10 @@ pub struct Frame {
     /// The encoded message.
     pub bytes: Bytes,
     /// The journal position this frame brings the subscriber to (its cursor's position).
-    pub position: u64,
+    pub(super) position: u64,
     /// When the event entered the server, for the publish→send latency metric; `None` for
     /// control frames (caught-up, gap, heartbeat).
-    pub published_at: Option<Instant>,
+    pub(super) published_at: Option<Instant>,
     /// A sampled event's trace (tracing on): its hand-off is recorded when the stream takes it.
     pub trace: Option<Arc<FrameTrace>>,
 }
@@ -49,7 +49,7 @@ pub enum EndReason {
 
 /// The outcome of a push.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Push {
+pub(super) enum Push {
     /// Queued for the reader.
     Queued,
     /// The queue was full: the mailbox is now lagged (the reader will catch up from the
@@ -63,7 +63,7 @@ pub enum Push {
 
 /// What the reader gets next.
 #[derive(Debug, Clone)]
-pub enum Next {
+pub(super) enum Next {
     /// A queued frame.
     Frame(Frame),
     /// The queue overflowed and everything queued before was popped: what follows must be read
@@ -81,7 +81,7 @@ struct State {
 
 /// A bounded queue of frames with one reader.
 #[derive(Debug)]
-pub struct Mailbox {
+pub(super) struct Mailbox {
     capacity: usize,
     state: Mutex<State>,
     /// Set by every push, cleared by the heartbeat ticker: "was anything sent since last tick".
