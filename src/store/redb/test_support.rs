@@ -1,0 +1,67 @@
+//! What the journal's unit tests share: a journal directory of their own, removed when the test
+//! ends; events to append; reading back everything after a position.
+
+use std::{path::PathBuf, time::Duration};
+
+use super::{Durability, JournalSettings};
+use crate::{
+    pb,
+    store::{JournalReader, ScanLimits, StoredEvent},
+};
+
+/// A temporary directory holding one journal (in `journal/` inside it, so a test can wipe the
+/// journal and open it again); removed when dropped.
+pub(super) struct TestDir(tempfile::TempDir);
+
+impl TestDir {
+    pub(super) fn new() -> Self {
+        Self(
+            tempfile::Builder::new()
+                .prefix("notify-journal-unit-")
+                .tempdir()
+                .expect("a temporary directory"),
+        )
+    }
+
+    /// The journal's directory (`--data-dir`).
+    pub(super) fn journal(&self) -> PathBuf {
+        self.0.path().join("journal")
+    }
+
+    /// Settings for a journal here, fsync at every commit, with this dedupe window.
+    pub(super) fn settings(&self, dedupe_window: Duration) -> JournalSettings {
+        JournalSettings {
+            dir: self.journal(),
+            durability: Durability::EveryCommit,
+            dedupe_window,
+            cache_bytes: 1 << 20,
+            min_free_bytes: 0,
+        }
+    }
+}
+
+/// Up to `limit` events after `position`, whatever they are.
+pub(super) fn read_after(
+    reader: &dyn JournalReader,
+    position: u64,
+    limit: usize,
+) -> Vec<StoredEvent> {
+    let limits = ScanLimits {
+        until: u64::MAX,
+        max_scanned: limit,
+        max_selected: limit,
+        max_bytes: usize::MAX,
+    };
+    reader.scan(position, limits, &|_| true).unwrap().events
+}
+
+/// An event of type `device.error` about device `d1` of `user`.
+pub(super) fn event(id: &str, user: &str) -> pb::Event {
+    pb::Event {
+        id: id.into(),
+        r#type: "device.error".into(),
+        user_id: user.into(),
+        device_id: "d1".into(),
+        ..Default::default()
+    }
+}
