@@ -18,7 +18,7 @@ use redb::{Database, Durability as RedbDurability, ReadableTable, Table};
 
 use super::{
     BYTES, DEDUPE_FLOOR, Durability, EVENTS, IDS, META, RedbJournal,
-    record::{Record, RecordView},
+    record::{Record, RecordView, read_record},
 };
 use crate::{
     pb,
@@ -140,14 +140,18 @@ impl RedbJournal {
         let Some(stored) = table.get(position)? else {
             return Ok(None);
         };
-        Ok(match RecordView::read(stored.value()) {
-            Ok(record) => Some(record.stored(position).frame),
-            Err(error) => {
-                // Not delivered: nobody could read it.
-                tracing::warn!(position, %error, "a journal record in doubt does not decode; it is not delivered");
-                None
-            }
-        })
+        Ok(
+            match read_record(stored.value(), |record| {
+                Bytes::copy_from_slice(record.frame)
+            }) {
+                Ok(frame) => Some(frame),
+                Err(error) => {
+                    // Not delivered: nobody could read it.
+                    tracing::warn!(position, %error, "a journal record in doubt does not decode; it is not delivered");
+                    None
+                }
+            },
+        )
     }
 
     /// Forgets ids older than the dedupe window, a bounded amount per commit so one commit never
@@ -167,23 +171,27 @@ impl RedbJournal {
         for entry in events.range(floor + 1..)?.take(FORGET_PER_COMMIT) {
             let (position, record) = entry?;
             let position = position.value();
-            match RecordView::read(record.value()) {
-                Ok(record) => {
-                    if record.appended_ms > cutoff {
+            let forgot = read_record(record.value(), |record| {
+                if record.appended_ms > cutoff {
+                    return Ok(false);
+                }
+                // Only if the id still points here (a later re-send stored anew points
+                // elsewhere).
+                let points_here = ids.get(record.id)?.is_some_and(|v| v.value().0 == position);
+                if points_here {
+                    ids.remove(record.id)?;
+                }
+                Ok::<_, redb::Error>(true)
+            });
+            match forgot {
+                Ok(forgot) => {
+                    if !forgot? {
                         break;
-                    }
-                    // Only if the id still points here (a later re-send stored anew points
-                    // elsewhere).
-                    let points_here = ids
-                        .get(&*record.id)?
-                        .is_some_and(|v| v.value().0 == position);
-                    if points_here {
-                        ids.remove(&*record.id)?;
                     }
                 }
                 Err(error) => {
-                    // Its id cannot be read: it stays until retention removes the record's
-                    // position from `ids`' reach. Passed once, so logged once.
+                    // Its id cannot be read, so it is not forgotten. Passed once, so logged
+                    // once.
                     tracing::warn!(position, %error, "a journal record does not decode; the dedupe window passes it without forgetting its id");
                 }
             }
@@ -275,31 +283,32 @@ pub(super) fn stored_is_same(
         // Pruned meanwhile: nothing to tell it from.
         return Ok(true);
     };
-    let record = match RecordView::read(stored.value()) {
-        Ok(record) => record,
-        Err(error) => {
-            // Nothing to compare: taken for another event, so this one is refused rather than
-            // acknowledged as stored.
-            tracing::warn!(position, %error, "a journal record does not decode; an event sent again under its id is taken for another one");
-            return Ok(false);
-        }
-    };
-    if (&*record.event_type, &*record.user_id, &*record.device_id)
+    read_record(stored.value(), |record| is_same(record, event)).or_else(|error| {
+        // Nothing to compare: taken for another event, so this one is refused rather than
+        // acknowledged as stored.
+        tracing::warn!(position, %error, "a journal record does not decode; an event sent again under its id is taken for another one");
+        Ok(false)
+    })
+}
+
+/// Whether `record` holds `event` again (see [`stored_is_same`]).
+fn is_same(record: RecordView<'_>, event: &pb::Event) -> bool {
+    if (record.event_type, record.user_id, record.device_id)
         != (
             event.r#type.as_str(),
             event.user_id.as_str(),
             event.device_id.as_str(),
         )
     {
-        return Ok(false);
+        return false;
     }
-    let decoded = <pb::SubscribeResponse as prost::Message>::decode(&*record.frame);
-    Ok(match decoded.ok().and_then(|frame| frame.kind) {
+    let decoded = <pb::SubscribeResponse as prost::Message>::decode(record.frame);
+    match decoded.ok().and_then(|frame| frame.kind) {
         Some(pb::subscribe_response::Kind::Event(stored)) => stored.payload == event.payload,
         // A frame that does not decode (see the hub's unreadable events): the routing facts
         // agreed, which is all that can be told.
         _ => true,
-    })
+    }
 }
 
 #[cfg(test)]

@@ -101,7 +101,7 @@ mod tests {
     use redb::Database;
 
     use super::super::{
-        CURRENT_FORMAT, DEDUPE_FLOOR, EPOCH, FLOOR, FORMAT, IDS, RedbJournal, record::RecordView,
+        CURRENT_FORMAT, DEDUPE_FLOOR, EPOCH, FLOOR, FORMAT, IDS, RedbJournal, record::read_record,
         test_support::*,
     };
     use super::*;
@@ -203,7 +203,7 @@ mod tests {
         // counts them as they are now.
         let records = stored_records(&dir);
         for (_, record) in &records {
-            assert_eq!(RecordView::read(record).unwrap().appended_ms, t0);
+            assert_eq!(read_record(record, |record| record.appended_ms), Ok(t0));
         }
         let total: u64 = records.iter().map(|(_, r)| r.len() as u64).sum();
         assert_eq!(meta_value(&dir, BYTES), Some(total));

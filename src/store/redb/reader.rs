@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use redb::ReadableDatabase as _;
 
-use super::{EVENTS, FLOOR, META, read_failed, record::RecordView};
+use super::{EVENTS, FLOOR, META, read_failed, record::read_record};
 use crate::store::{
     BackLimits, BackScan, EventMeta, JournalReader, Scan, ScanLimits, StoreError, StoredEvent,
     file::JournalFile,
@@ -123,7 +123,7 @@ struct Taken {
 /// The events of `records` (a range of [`EVENTS`], either way round) that `select` picks:
 /// at most `max_scanned` examined, `max_selected` taken, and `max_bytes` of frames (but always
 /// one); an event that would go over the bytes ends the pass before it, unexamined, so the
-/// next pass starts with it. Only selected frames are copied out of the pages. A record that
+/// next pass starts with it. Only selected events are copied out of the pages. A record that
 /// does not decode ends the pass with [`StoreError::Corrupt`].
 fn take_selected<'a>(
     records: impl Iterator<
@@ -152,14 +152,16 @@ fn take_selected<'a>(
         }
         let (position, record) = entry.map_err(read_failed)?;
         let position = position.value();
-        let record = RecordView::read(record.value())
-            .map_err(|source| StoreError::Corrupt { position, source })?;
-        if select(record.meta()) {
-            if !taken.events.is_empty() && bytes + record.frame.len() > max_bytes {
+        let picked = read_record(record.value(), |record| {
+            select(record.meta()).then(|| record.stored(position))
+        })
+        .map_err(|source| StoreError::Corrupt { position, source })?;
+        if let Some(event) = picked {
+            if !taken.events.is_empty() && bytes + event.frame.len() > max_bytes {
                 return Ok(taken);
             }
-            bytes += record.frame.len();
-            taken.events.push(record.stored(position));
+            bytes += event.frame.len();
+            taken.events.push(event);
         }
         taken.examined = Some(position);
     }

@@ -13,11 +13,11 @@
 //! `String`s and `Bytes`: four allocations and a copy of the frame per record examined. Measured
 //! on 100k events in release mode, one in fifty selected, that made a scan about twice as slow
 //! as the hand codec it replaces; [`RecordView`] reads the same message in place (no copy until
-//! an event is selected) and is as fast as the old codec was. It walks the message with prost's
-//! own wire primitives and hands whatever it does not read to the derive, so what is a record
-//! and what its error is are prost's (the tests compare the two on arbitrary bytes).
-
-use std::borrow::Cow;
+//! an event is selected) and is as fast as the old codec was (a view holding `Cow`s, to carry
+//! prost's decoding where the walk gives up, was a quarter slower: hence [`read_record`]'s
+//! callback). It walks the message with prost's own wire primitives and hands whatever it
+//! does not read to the derive, so what a record is, and what its error is, are prost's (the
+//! tests compare the two on arbitrary bytes).
 
 use bytes::Bytes;
 use prost::{
@@ -94,53 +94,88 @@ impl Record {
 }
 
 /// A stored [`Record`] read in place: its strings and frame borrowed from the page.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct RecordView<'a> {
     /// [`Record::appended_ms`].
     pub(super) appended_ms: u64,
     /// [`Record::id`].
-    pub(super) id: Cow<'a, str>,
+    pub(super) id: &'a str,
     /// [`Record::event_type`].
-    pub(super) event_type: Cow<'a, str>,
+    pub(super) event_type: &'a str,
     /// [`Record::user_id`].
-    pub(super) user_id: Cow<'a, str>,
+    pub(super) user_id: &'a str,
     /// [`Record::device_id`].
-    pub(super) device_id: Cow<'a, str>,
+    pub(super) device_id: &'a str,
     /// [`Record::frame`].
-    pub(super) frame: Cow<'a, [u8]>,
+    pub(super) frame: &'a [u8],
+}
+
+/// Reads the record encoded in `bytes` and hands it to `read`: in place, or (should the fast
+/// reader refuse a record prost reads) as prost decodes it, so what a record is, is prost's
+/// to say. A callback rather than a returned view, so that the view can borrow from either.
+///
+/// # Errors
+///
+/// `bytes` is not a [`Record`] (only a bug or damage past redb's checksums makes one):
+/// prost's error for it.
+#[inline]
+pub(super) fn read_record<T>(
+    bytes: &[u8],
+    read: impl FnOnce(RecordView<'_>) -> T,
+) -> Result<T, DecodeError> {
+    match RecordView::walk(bytes) {
+        Some(view) => Ok(read(view)),
+        None => decoded(bytes, read),
+    }
+}
+
+/// [`read_record`] through prost's decoder (cold: only for what [`RecordView::walk`]
+/// refused, which prost refuses too; the tests compare the two).
+#[cold]
+fn decoded<T>(bytes: &[u8], read: impl FnOnce(RecordView<'_>) -> T) -> Result<T, DecodeError> {
+    let record = Record::decode(bytes)?;
+    Ok(read(RecordView::of(&record)))
 }
 
 impl<'a> RecordView<'a> {
-    /// Reads the record encoded in `bytes`: in place, or (should the fast reader refuse a
-    /// record prost reads) as prost decodes it, so what is a record is prost's to say.
-    ///
-    /// # Errors
-    ///
-    /// `bytes` is not a [`Record`] (only a bug or damage past redb's checksums makes one):
-    /// prost's error for it.
-    pub(super) fn read(bytes: &'a [u8]) -> Result<Self, DecodeError> {
-        match Self::walk(bytes) {
-            Some(view) => Ok(view),
-            None => Self::decoded(bytes),
+    /// A record with every field at its default.
+    const EMPTY: Self = Self {
+        appended_ms: 0,
+        id: "",
+        event_type: "",
+        user_id: "",
+        device_id: "",
+        frame: &[],
+    };
+
+    /// A decoded record, seen as one read in place.
+    fn of(record: &'a Record) -> Self {
+        Self {
+            appended_ms: record.appended_ms,
+            id: &record.id,
+            event_type: &record.event_type,
+            user_id: &record.user_id,
+            device_id: &record.device_id,
+            frame: &record.frame,
         }
     }
 
-    /// The fields of `bytes` in place, or `None` where they are not a record. Like the derive,
-    /// a field given twice keeps its last value and an unknown field is skipped.
+    /// The fields of `bytes` in place, or `None` where they are not a record. Each refusal is
+    /// one of prost's (the same primitives, the same checks of wire type, length and UTF-8);
+    /// like the derive, a field given twice keeps its last value and an unknown one is skipped.
+    #[inline]
     fn walk(bytes: &'a [u8]) -> Option<Self> {
-        let mut view = Self::default();
+        let mut view = Self::EMPTY;
         let mut buf = bytes;
         while !buf.is_empty() {
             let (tag, wire_type) = decode_key(&mut buf).ok()?;
             match (tag, wire_type) {
                 (APPENDED_MS, WireType::Varint) => {
-                    view.appended_ms = decode_varint(&mut buf).ok()?
+                    view.appended_ms = decode_varint(&mut buf).ok()?;
                 }
-                (FRAME, WireType::LengthDelimited) => {
-                    view.frame = Cow::Borrowed(delimited(&mut buf)?);
-                }
+                (FRAME, WireType::LengthDelimited) => view.frame = delimited(&mut buf)?,
                 (ID..=DEVICE_ID, WireType::LengthDelimited) => {
-                    let text = Cow::Borrowed(std::str::from_utf8(delimited(&mut buf)?).ok()?);
+                    let text = std::str::from_utf8(delimited(&mut buf)?).ok()?;
                     match tag {
                         ID => view.id = text,
                         EVENT_TYPE => view.event_type = text,
@@ -157,27 +192,12 @@ impl<'a> RecordView<'a> {
         Some(view)
     }
 
-    /// `bytes` decoded by prost (cold: only for what [`RecordView::walk`] refused, which
-    /// prost refuses too; the tests compare the two).
-    #[cold]
-    fn decoded(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let record = Record::decode(bytes)?;
-        Ok(Self {
-            appended_ms: record.appended_ms,
-            id: Cow::Owned(record.id),
-            event_type: Cow::Owned(record.event_type),
-            user_id: Cow::Owned(record.user_id),
-            device_id: Cow::Owned(record.device_id),
-            frame: Cow::Owned(record.frame.into()),
-        })
-    }
-
     /// What a scan's selection looks at.
-    pub(super) fn meta(&self) -> EventMeta<'_> {
+    pub(super) fn meta(&self) -> EventMeta<'a> {
         EventMeta {
-            event_type: &self.event_type,
-            user_id: &self.user_id,
-            device_id: &self.device_id,
+            event_type: self.event_type,
+            user_id: self.user_id,
+            device_id: self.device_id,
         }
     }
 
@@ -185,10 +205,10 @@ impl<'a> RecordView<'a> {
     pub(super) fn stored(&self, position: u64) -> StoredEvent {
         StoredEvent {
             position,
-            event_type: (*self.event_type).into(),
-            user_id: (*self.user_id).into(),
-            device_id: (*self.device_id).into(),
-            frame: Bytes::copy_from_slice(&self.frame),
+            event_type: self.event_type.into(),
+            user_id: self.user_id.into(),
+            device_id: self.device_id.into(),
+            frame: Bytes::copy_from_slice(self.frame),
         }
     }
 }
@@ -198,17 +218,6 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-
-    fn view_of(record: &Record) -> RecordView<'static> {
-        RecordView {
-            appended_ms: record.appended_ms,
-            id: Cow::Owned(record.id.clone()),
-            event_type: Cow::Owned(record.event_type.clone()),
-            user_id: Cow::Owned(record.user_id.clone()),
-            device_id: Cow::Owned(record.device_id.clone()),
-            frame: Cow::Owned(record.frame.to_vec()),
-        }
-    }
 
     #[test]
     fn an_event_is_stored_as_its_record_and_read_back_in_place() {
@@ -236,11 +245,11 @@ mod tests {
                 frame: frame.clone(),
             }
         );
-        let view = RecordView::read(&encoded).unwrap();
-        assert_eq!(view, view_of(&record));
-        assert!(matches!(view.user_id, Cow::Borrowed(_)), "read in place");
-        assert_eq!(view.stored(3).frame, frame);
+        let view = RecordView::walk(&encoded).expect("read in place");
+        assert_eq!(view, RecordView::of(&record));
         assert_eq!(view.meta().device_id, "d1");
+        let stored = read_record(&encoded, |view| view.stored(3)).unwrap();
+        assert_eq!((stored.position, stored.frame), (3, frame));
     }
 
     #[test]
@@ -257,7 +266,7 @@ mod tests {
         not_utf8[3] = 0xff;
         for bad in [&record[..record.len() - 1], &not_utf8, &[0x0a_u8, 0x01][..]] {
             assert_eq!(
-                RecordView::read(bad).unwrap_err(),
+                read_record(bad, |_| ()).unwrap_err(),
                 Record::decode(bad).unwrap_err(),
                 "{bad:?}"
             );
@@ -298,7 +307,7 @@ mod tests {
         ) {
             let encoded = record.encode_to_vec();
             let view = RecordView::walk(&encoded);
-            prop_assert_eq!(view, Some(view_of(&record)));
+            prop_assert_eq!(view, Some(RecordView::of(&record)));
             let mut flipped = encoded.clone();
             if !flipped.is_empty() {
                 let at = flip.0.index(flipped.len());
@@ -309,7 +318,7 @@ mod tests {
                 let decoded = Record::decode(bytes);
                 prop_assert_eq!(
                     RecordView::walk(bytes),
-                    decoded.as_ref().ok().map(view_of),
+                    decoded.as_ref().ok().map(RecordView::of),
                     "{:?}", bytes
                 );
             }

@@ -13,7 +13,7 @@ use std::{sync::Arc, time::Duration};
 
 use redb::{Database, ReadableTable as _};
 
-use super::{BYTES, DEDUPE_FLOOR, EVENTS, FLOOR, IDS, META, RedbJournal, record::RecordView};
+use super::{BYTES, DEDUPE_FLOOR, EVENTS, FLOOR, IDS, META, RedbJournal, record::read_record};
 use crate::store::{StoreError, file::JournalFile};
 
 /// How long and how much the journal keeps (`--retention-age`, `--retention-bytes`).
@@ -74,8 +74,11 @@ impl Pruner {
             for entry in events.range(floor + 1..)?.take(PRUNE_BATCH) {
                 let (position, record) = entry?;
                 let (position, value) = (position.value(), record.value());
-                let (too_old, id) = match RecordView::read(value) {
-                    Ok(parsed) => (parsed.appended_ms < cutoff, Some(parsed.id.into_owned())),
+                let read = read_record(value, |record| {
+                    (record.appended_ms < cutoff, record.id.to_owned())
+                });
+                let (too_old, id) = match read {
+                    Ok((too_old, id)) => (too_old, Some(id)),
                     Err(error) => {
                         tracing::warn!(position, %error, "a journal record does not decode; retention removes it as the oldest");
                         (true, None)
