@@ -322,7 +322,7 @@ mod tests {
     #[test]
     fn appends_number_stamp_and_dedupe_within_and_across_batches() {
         let dir = TestDir::new();
-        let mut journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
+        let mut journal = dir.open();
         let epoch = journal.head().epoch;
         assert_eq!(journal.head().position, 0);
         let mut batch = vec![event("a", "u1"), event("b", "u2"), event("a", "u1")];
@@ -353,7 +353,7 @@ mod tests {
     #[test]
     fn a_duplicate_id_of_another_event_is_a_conflict_and_a_re_send_is_not() {
         let dir = TestDir::new();
-        let mut journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
+        let mut journal = dir.open();
         journal.append(&mut [event("a", "u1")]).unwrap();
         let mut resent = event("a", "u1");
         resent.received_at = Some(prost_types::Timestamp {
@@ -391,7 +391,7 @@ mod tests {
     #[test]
     fn a_batch_whose_failed_commit_reached_the_file_is_delivered_when_sent_again() {
         let dir = TestDir::new();
-        let mut journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
+        let mut journal = dir.open();
         journal.append(&mut [event("a", "u1")]).unwrap();
         // A commit that reported failure after its pages reached the file: stored, but its
         // submitters were told it failed, and the writer's head went back.
@@ -425,7 +425,7 @@ mod tests {
     #[test]
     fn positions_of_a_failed_commit_that_did_not_reach_the_file_are_given_again() {
         let dir = TestDir::new();
-        let mut journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
+        let mut journal = dir.open();
         journal.append(&mut [event("a", "u1")]).unwrap();
         // Positions 2 and 3 were written by a failed commit that did not land.
         journal.commit_failed(2..=3);
@@ -439,7 +439,7 @@ mod tests {
     #[test]
     fn an_event_with_long_fields_is_stored_whole_not_clipped() {
         let dir = TestDir::new();
-        let mut journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
+        let mut journal = dir.open();
         let long = |c: &str| c.repeat(usize::from(u16::MAX) + 1);
         let mut wide = event(&long("i"), &long("u"));
         wide.r#type = long("t");

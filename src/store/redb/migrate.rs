@@ -175,7 +175,7 @@ mod tests {
         let dir = TestDir::new();
         let t0 = crate::store::unix_millis();
         let frames = write_first_format_journal(&dir, t0);
-        let mut journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
+        let mut journal = dir.open();
         // The same journal: epoch, head, events and their frames, ids.
         assert_eq!(journal.head().epoch, 7);
         assert_eq!(journal.head().position, 5);
@@ -209,7 +209,7 @@ mod tests {
         assert_eq!(meta_value(&dir, BYTES), Some(total));
         assert_eq!(meta_value(&dir, FORMAT), Some(CURRENT_FORMAT));
         // Opened again: converted once, not again (the records stay as they are).
-        drop(RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap());
+        drop(dir.open());
         assert_eq!(stored_records(&dir), records);
     }
 

@@ -361,13 +361,13 @@ mod tests {
     fn a_reopened_journal_keeps_its_epoch_head_and_ids() {
         let dir = TestDir::new();
         let epoch = {
-            let mut journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
+            let mut journal = dir.open();
             journal
                 .append(&mut [event("a", "u1"), event("b", "u1")])
                 .unwrap();
             journal.head().epoch
         };
-        let mut journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
+        let mut journal = dir.open();
         assert_eq!(journal.head(), Cursor { epoch, position: 2 });
         let out = journal
             .append(&mut [event("a", "u1"), event("c", "u1")])
@@ -377,7 +377,7 @@ mod tests {
         // A wiped journal is a new epoch.
         drop(journal);
         std::fs::remove_dir_all(dir.journal()).unwrap();
-        let journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
+        let journal = dir.open();
         assert_ne!(journal.head().epoch, epoch);
         assert_eq!(journal.head().position, 0);
     }
@@ -388,7 +388,7 @@ mod tests {
     fn a_truncated_journal_stops_start_up_with_the_reason_not_a_panic() {
         let dir = TestDir::new();
         {
-            let mut journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
+            let mut journal = dir.open();
             let mut batch: Vec<_> = (0..200).map(|i| event(&format!("e{i}"), "u1")).collect();
             journal.append(&mut batch).unwrap();
         }

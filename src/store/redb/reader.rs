@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use redb::ReadableDatabase as _;
+use redb::{Database, ReadTransaction, ReadableDatabase as _};
 
 use super::{EVENTS, FLOOR, META, read_failed, record::read_record};
 use crate::store::{
@@ -25,6 +25,16 @@ impl RedbReader {
     pub(super) fn new(file: Arc<JournalFile>) -> Self {
         Self { file }
     }
+
+    /// One read transaction and the floor in it: a scan reads the floor and the events from
+    /// the same snapshot, so retention running meanwhile cannot make them disagree. The handle
+    /// is held with it (a reopen waits for its holders).
+    fn snapshot(&self) -> Result<(Arc<Database>, ReadTransaction, u64), StoreError> {
+        let db = self.file.db()?;
+        let txn = db.begin_read().map_err(read_failed)?;
+        let floor = floor_in(&txn)?;
+        Ok((db, txn, floor))
+    }
 }
 
 impl JournalReader for RedbReader {
@@ -38,11 +48,7 @@ impl JournalReader for RedbReader {
         limits: ScanLimits,
         select: &dyn Fn(EventMeta<'_>) -> bool,
     ) -> Result<Scan, StoreError> {
-        // One read transaction: the floor and the events come from the same snapshot, so
-        // retention running meanwhile cannot make them disagree.
-        let db = self.file.db()?;
-        let txn = db.begin_read().map_err(read_failed)?;
-        let floor = floor_in(&txn)?;
+        let (_db, txn, floor) = self.snapshot()?;
         let table = txn.open_table(EVENTS).map_err(read_failed)?;
         let start = after.max(floor);
         let mut scan = Scan {
@@ -77,10 +83,7 @@ impl JournalReader for RedbReader {
         limits: BackLimits,
         select: &dyn Fn(EventMeta<'_>) -> bool,
     ) -> Result<BackScan, StoreError> {
-        // One snapshot for the floor and the events, as in `scan`.
-        let db = self.file.db()?;
-        let txn = db.begin_read().map_err(read_failed)?;
-        let floor = floor_in(&txn)?;
+        let (_db, txn, floor) = self.snapshot()?;
         let table = txn.open_table(EVENTS).map_err(read_failed)?;
         let mut scan = BackScan {
             floor,
@@ -170,7 +173,7 @@ fn take_selected<'a>(
 }
 
 /// The journal's floor in `txn`'s snapshot.
-fn floor_in(txn: &redb::ReadTransaction) -> Result<u64, StoreError> {
+fn floor_in(txn: &ReadTransaction) -> Result<u64, StoreError> {
     let meta = txn.open_table(META).map_err(read_failed)?;
     Ok(meta
         .get(FLOOR)
@@ -189,7 +192,7 @@ mod tests {
     #[test]
     fn readers_see_events_in_order_with_what_routing_needs() {
         let dir = TestDir::new();
-        let mut journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
+        let mut journal = dir.open();
         let mut batch: Vec<_> = (1..=5).map(|i| event(&format!("e{i}"), "u1")).collect();
         let out = journal.append(&mut batch).unwrap();
         let reader = journal.reader();
@@ -207,7 +210,7 @@ mod tests {
     /// positions 1..=10, the even ones u2's and the odd ones u1's, and a reader of it.
     fn ten_events_even_ones_for_u2() -> (TestDir, RedbJournal, Arc<dyn JournalReader>) {
         let dir = TestDir::new();
-        let mut journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
+        let mut journal = dir.open();
         let mut batch: Vec<_> = (1..=10)
             .map(|i| event(&format!("e{i}"), if i % 2 == 0 { "u2" } else { "u1" }))
             .collect();

@@ -223,8 +223,6 @@ impl IdIndex {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::super::test_support::*;
     use super::*;
     use crate::store::{Cursor, Journal as _};
@@ -235,7 +233,7 @@ mod tests {
     #[test]
     fn a_replica_stores_events_at_the_streams_positions() {
         let dir = TestDir::new();
-        let mut journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
+        let mut journal = dir.open();
         assert!(
             journal.adopt_epoch(42).unwrap(),
             "a fresh journal takes the stream's epoch"
@@ -280,7 +278,7 @@ mod tests {
         // Read again after a restart: nothing stored twice; the head (a duplicate's position)
         // survives the reopen.
         drop((journal, reader));
-        let mut journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
+        let mut journal = dir.open();
         assert_eq!(
             journal.head(),
             Cursor {

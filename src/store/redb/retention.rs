@@ -132,7 +132,7 @@ mod tests {
     #[test]
     fn retention_removes_the_oldest_by_age_and_by_size_and_raises_the_floor() {
         let dir = TestDir::new();
-        let mut journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
+        let mut journal = dir.open();
         let t0 = crate::store::unix_millis();
         journal
             .append_at(&mut [event("a", "u1"), event("b", "u1")], t0)
@@ -174,7 +174,7 @@ mod tests {
         drop((reader, by_age, by_size));
         let head = journal.head();
         drop(journal);
-        let journal = RedbJournal::open(dir.settings(Duration::from_secs(3600))).unwrap();
+        let journal = dir.open();
         assert_eq!(journal.head(), head);
         assert_eq!(journal.reader().floor().unwrap(), 4);
     }

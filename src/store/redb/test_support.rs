@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use super::{Durability, JournalSettings};
+use super::{Durability, JournalSettings, RedbJournal};
 use crate::{
     pb,
     store::{JournalReader, ScanLimits, StoredEvent},
@@ -26,6 +26,11 @@ impl TestDir {
     /// The journal's directory (`--data-dir`).
     pub(super) fn journal(&self) -> PathBuf {
         self.0.path().join("journal")
+    }
+
+    /// The journal here, opened with an hour's dedupe window.
+    pub(super) fn open(&self) -> RedbJournal {
+        RedbJournal::open(self.settings(Duration::from_secs(3600))).expect("the journal opens")
     }
 
     /// Settings for a journal here, fsync at every commit, with this dedupe window.
