@@ -189,6 +189,22 @@ mod tests {
     use super::*;
     use crate::store::Journal as _;
 
+    /// A read that fails in redb keeps redb's error as its source, and says it once: the
+    /// binary prints error chains.
+    #[test]
+    fn a_failed_read_keeps_the_engines_error_as_its_source() {
+        let error = read_failed(redb::StorageError::Corrupted("page 7 (test)".into()));
+        let text = error.to_string();
+        let source = std::error::Error::source(&error).map(ToString::to_string);
+        assert!(text.starts_with("journal unavailable"), "{text}");
+        assert!(!text.contains("page 7"), "{text}");
+        assert!(
+            source.is_some_and(|source| source.contains("page 7")),
+            "{error:?}"
+        );
+        assert!(!error.is_health_refusal());
+    }
+
     #[test]
     fn readers_see_events_in_order_with_what_routing_needs() {
         let dir = TestDir::new();
