@@ -178,4 +178,46 @@ mod tests {
         assert_eq!(journal.head(), head);
         assert_eq!(journal.reader().floor().unwrap(), 4);
     }
+
+    /// A record that does not decode has no age to read: retention removes it once it is the
+    /// oldest, and the scans over it, which it stopped, read again.
+    #[test]
+    fn retention_removes_a_record_that_does_not_decode_once_it_is_the_oldest() {
+        let dir = TestDir::new();
+        let mut journal = dir.open();
+        let t0 = crate::store::unix_millis();
+        journal
+            .append_at(&mut [event("a", "u1"), event("b", "u1")], t0)
+            .unwrap();
+        journal
+            .file
+            .write(true, |db| {
+                let txn = db.begin_write()?;
+                // Field 1 (the append time) with the wire type of a string.
+                txn.open_table(EVENTS)?.insert(1, &[0x0a_u8, 0x00][..])?;
+                Ok(txn.commit()?)
+            })
+            .unwrap();
+        assert!(journal.reader().floor().is_ok());
+        let limits = crate::store::ScanLimits {
+            until: u64::MAX,
+            max_scanned: 10,
+            max_selected: 10,
+            max_bytes: usize::MAX,
+        };
+        assert!(journal.reader().scan(0, limits, &|_| true).is_err());
+        let pruner = journal.pruner(Retention {
+            max_age: Duration::from_secs(3600),
+            max_bytes: u64::MAX,
+        });
+        assert_eq!(pruner.prune_once(t0).unwrap(), 1);
+        let read = journal.reader().scan(0, limits, &|_| true).unwrap();
+        assert_eq!(
+            (
+                read.floor,
+                read.events.iter().map(|e| e.position).collect::<Vec<_>>()
+            ),
+            (1, vec![2])
+        );
+    }
 }
