@@ -1,9 +1,10 @@
 //! The writer: appending a batch (positions, the dedupe by id, a conflicting id), positions in
-//! doubt after a failed commit, the dedupe window's upkeep, and the batch insert that appends
-//! and a replica's writes share.
+//! doubt after a failed commit, the dedupe window's upkeep, and the batch write (one write
+//! transaction and its insert: `write_batch`, `BatchInsert`) that appends and a replica's writes
+//! share.
 //!
 //! Owns: what one write transaction of the writer does. Does not own: a replica's positions and
-//! epoch (`replica.rs`, which uses the batch insert), retention (`retention.rs`), or reopening
+//! epoch (`replica.rs`, which uses the batch write), retention (`retention.rs`), or reopening
 //! the file after a failure (`file.rs`, through which every write goes).
 //!
 //! A record that does not decode (only a bug or damage past redb's checksums) does not stop the
@@ -226,40 +227,61 @@ impl RedbJournal {
         events: &mut [pb::Event],
         now: u64,
     ) -> Result<Vec<Appended>, redb::Error> {
+        self.write_batch(db, now, |journal, _, batch| {
+            let mut head = journal.head;
+            let mut outcomes = Vec::with_capacity(events.len());
+            for event in events.iter_mut() {
+                let known = batch.ids.get(event.id.as_str())?.map(|v| v.value().0);
+                if let Some(position) = known {
+                    let cursor = journal.cursor(position);
+                    let frame = journal.take_in_doubt(&batch.events, position)?;
+                    if frame.is_some() {
+                        event.cursor = cursor.to_string();
+                    }
+                    let conflict =
+                        frame.is_none() && !stored_is_same(&batch.events, position, event)?;
+                    outcomes.push(Appended {
+                        cursor,
+                        duplicate: frame.is_none(),
+                        conflict,
+                        frame,
+                    });
+                    continue;
+                }
+                head += 1;
+                journal.in_doubt.remove(&head);
+                let cursor = journal.cursor(head);
+                let frame = batch.insert(head, cursor.to_string(), event)?;
+                outcomes.push(Appended {
+                    cursor,
+                    duplicate: false,
+                    conflict: false,
+                    frame: Some(frame),
+                });
+            }
+            Ok((head, outcomes))
+        })
+    }
+
+    /// One batch's write transaction, for the writer's appends and a replica's writes alike:
+    /// the configured durability, the head read again after a failed commit, the batch insert
+    /// `fill` stores the batch with (it returns the new head and the outcomes), the dedupe
+    /// window's upkeep, the commit. A failed commit leaves the positions it wrote in doubt.
+    pub(super) fn write_batch<T>(
+        &mut self,
+        db: &Database,
+        now: u64,
+        fill: impl FnOnce(
+            &mut Self,
+            &redb::WriteTransaction,
+            &mut BatchInsert<'_>,
+        ) -> Result<(u64, T), redb::Error>,
+    ) -> Result<T, redb::Error> {
         let txn = self.begin_append(db)?;
         self.settle_doubt(&txn)?;
         let first_new = self.head + 1;
-        let mut head = self.head;
-        let mut outcomes = Vec::with_capacity(events.len());
         let mut batch = BatchInsert::open(&txn, now)?;
-        for event in events.iter_mut() {
-            let known = batch.ids.get(event.id.as_str())?.map(|v| v.value().0);
-            if let Some(position) = known {
-                let cursor = self.cursor(position);
-                let frame = self.take_in_doubt(&batch.events, position)?;
-                if frame.is_some() {
-                    event.cursor = cursor.to_string();
-                }
-                let conflict = frame.is_none() && !stored_is_same(&batch.events, position, event)?;
-                outcomes.push(Appended {
-                    cursor,
-                    duplicate: frame.is_none(),
-                    conflict,
-                    frame,
-                });
-                continue;
-            }
-            head += 1;
-            self.in_doubt.remove(&head);
-            let cursor = self.cursor(head);
-            let frame = batch.insert(head, cursor.to_string(), event)?;
-            outcomes.push(Appended {
-                cursor,
-                duplicate: false,
-                conflict: false,
-                frame: Some(frame),
-            });
-        }
+        let (head, outcomes) = fill(self, &txn, &mut batch)?;
         batch.finish(&txn)?;
         self.forget_old_ids(&txn, now)?;
         if let Err(error) = txn.commit() {
@@ -489,29 +511,9 @@ mod tests {
         journal
             .append_at(&mut [event("a", "u1"), event("b", "u1")], t0)
             .unwrap();
-        journal
-            .file
-            .write(true, |db| {
-                let txn = db.begin_write()?;
-                // Field 3 (the type) says 100 bytes follow; two do.
-                txn.open_table(EVENTS)?
-                    .insert(1, &[0x1a_u8, 100, b'x', b'y'][..])?;
-                Ok(txn.commit()?)
-            })
-            .unwrap();
-        let error = journal
-            .reader()
-            .scan(
-                0,
-                crate::store::ScanLimits {
-                    until: u64::MAX,
-                    max_scanned: 10,
-                    max_selected: 10,
-                    max_bytes: usize::MAX,
-                },
-                &|_| true,
-            )
-            .unwrap_err();
+        // Field 3 (the type) says 100 bytes follow; two do.
+        overwrite_record(&journal, 1, &[0x1a, 100, b'x', b'y']);
+        let error = scan_after(&*journal.reader(), 0, 10).unwrap_err();
         assert!(
             matches!(error, StoreError::Corrupt { position: 1, .. }),
             "{error:?}"

@@ -3,7 +3,7 @@
 //! writer dedupes with. Reads (replay, history, dedupe) are the same as a single node's.
 //!
 //! Owns: taking the stream's epoch, storing events at the stream's positions, skipping what
-//! the stream lost, looking ids up. Does not own: the batch insert and the dedupe window's
+//! the stream lost, looking ids up. Does not own: the batch write and the dedupe window's
 //! upkeep (`append.rs`, shared with the writer), or reading the stream (`cluster`).
 
 use std::sync::Arc;
@@ -13,8 +13,7 @@ use redb::{Database, ReadableDatabase as _, ReadableTable as _};
 
 use super::{
     BYTES, DEDUPE_FLOOR, EPOCH, EVENTS, FLOOR, IDS, META, REPLICA_HEAD, RedbJournal,
-    append::{BatchInsert, stored_is_same},
-    read_failed,
+    append::stored_is_same, read_failed,
 };
 use crate::{
     pb,
@@ -90,42 +89,34 @@ impl RedbJournal {
         through: u64,
         now: u64,
     ) -> Result<Vec<Replicated>, redb::Error> {
-        let txn = self.begin_append(db)?;
-        self.settle_doubt(&txn)?;
-        let first_new = self.head + 1;
-        let mut head = self.head;
-        let mut outcomes = Vec::with_capacity(events.len());
-        let mut batch = BatchInsert::open(&txn, now)?;
-        for (position, event) in events.iter_mut() {
-            let position = *position;
-            if position <= head {
-                outcomes.push(match self.take_in_doubt(&batch.events, position)? {
-                    Some(frame) => Replicated::Stored(frame),
-                    None => Replicated::AlreadyHave,
-                });
-                continue;
+        self.write_batch(db, now, |journal, txn, batch| {
+            let mut head = journal.head;
+            let mut outcomes = Vec::with_capacity(events.len());
+            for (position, event) in events.iter_mut() {
+                let position = *position;
+                if position <= head {
+                    outcomes.push(match journal.take_in_doubt(&batch.events, position)? {
+                        Some(frame) => Replicated::Stored(frame),
+                        None => Replicated::AlreadyHave,
+                    });
+                    continue;
+                }
+                head = position;
+                journal.in_doubt.remove(&position);
+                if let Some(known) = batch.ids.get(event.id.as_str())? {
+                    outcomes.push(Replicated::Duplicate(known.value().0));
+                    continue;
+                }
+                let cursor = journal.cursor(position).to_string();
+                let frame = batch.insert(position, cursor, event)?;
+                outcomes.push(Replicated::Stored(frame));
             }
-            head = position;
-            self.in_doubt.remove(&position);
-            if let Some(known) = batch.ids.get(event.id.as_str())? {
-                outcomes.push(Replicated::Duplicate(known.value().0));
-                continue;
-            }
-            let frame = batch.insert(position, self.cursor(position).to_string(), event)?;
-            outcomes.push(Replicated::Stored(frame));
-        }
-        batch.finish(&txn)?;
-        let head = head.max(through);
-        // The head is kept even when the last positions stored nothing (a barrier, a
-        // duplicate), so a restart does not read them again.
-        txn.open_table(META)?.insert(REPLICA_HEAD, head)?;
-        self.forget_old_ids(&txn, now)?;
-        if let Err(error) = txn.commit() {
-            self.commit_failed(first_new..=head);
-            return Err(error.into());
-        }
-        self.head = head;
-        Ok(outcomes)
+            let head = head.max(through);
+            // The head is kept even when the last positions stored nothing (a barrier, a
+            // duplicate), so a restart does not read them again.
+            txn.open_table(META)?.insert(REPLICA_HEAD, head)?;
+            Ok((head, outcomes))
+        })
     }
 
     /// Skips to `position`: the stream no longer has what lies between the head and it

@@ -129,14 +129,20 @@ mod tests {
     use super::*;
     use crate::store::Journal as _;
 
-    #[test]
-    fn retention_removes_the_oldest_by_age_and_by_size_and_raises_the_floor() {
+    /// A journal holding "a" and "b" (positions 1 and 2), appended at the time returned.
+    fn a_and_b_appended_now() -> (TestDir, RedbJournal, u64) {
         let dir = TestDir::new();
         let mut journal = dir.open();
         let t0 = crate::store::unix_millis();
         journal
             .append_at(&mut [event("a", "u1"), event("b", "u1")], t0)
             .unwrap();
+        (dir, journal, t0)
+    }
+
+    #[test]
+    fn retention_removes_the_oldest_by_age_and_by_size_and_raises_the_floor() {
+        let (dir, mut journal, t0) = a_and_b_appended_now();
         journal
             .append_at(&mut [event("c", "u1"), event("d", "u1")], t0 + 10_000)
             .unwrap();
@@ -183,35 +189,16 @@ mod tests {
     /// oldest, and the scans over it, which it stopped, read again.
     #[test]
     fn retention_removes_a_record_that_does_not_decode_once_it_is_the_oldest() {
-        let dir = TestDir::new();
-        let mut journal = dir.open();
-        let t0 = crate::store::unix_millis();
-        journal
-            .append_at(&mut [event("a", "u1"), event("b", "u1")], t0)
-            .unwrap();
-        journal
-            .file
-            .write(true, |db| {
-                let txn = db.begin_write()?;
-                // Field 1 (the append time) with the wire type of a string.
-                txn.open_table(EVENTS)?.insert(1, &[0x0a_u8, 0x00][..])?;
-                Ok(txn.commit()?)
-            })
-            .unwrap();
-        assert!(journal.reader().floor().is_ok());
-        let limits = crate::store::ScanLimits {
-            until: u64::MAX,
-            max_scanned: 10,
-            max_selected: 10,
-            max_bytes: usize::MAX,
-        };
-        assert!(journal.reader().scan(0, limits, &|_| true).is_err());
+        let (_dir, journal, t0) = a_and_b_appended_now();
+        // Field 1 (the append time) with the wire type of a string.
+        overwrite_record(&journal, 1, &[0x0a, 0x00]);
+        assert!(scan_after(&*journal.reader(), 0, 10).is_err());
         let pruner = journal.pruner(Retention {
             max_age: Duration::from_secs(3600),
             max_bytes: u64::MAX,
         });
         assert_eq!(pruner.prune_once(t0).unwrap(), 1);
-        let read = journal.reader().scan(0, limits, &|_| true).unwrap();
+        let read = scan_after(&*journal.reader(), 0, 10).unwrap();
         assert_eq!(
             (
                 read.floor,

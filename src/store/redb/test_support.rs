@@ -3,10 +3,10 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use super::{Durability, JournalSettings, RedbJournal};
+use super::{Durability, EVENTS, JournalSettings, RedbJournal};
 use crate::{
     pb,
-    store::{JournalReader, ScanLimits, StoredEvent},
+    store::{JournalReader, Scan, ScanLimits, StoreError, StoredEvent},
 };
 
 /// A temporary directory holding one journal (in `journal/` inside it, so a test can wipe the
@@ -51,13 +51,35 @@ pub(super) fn read_after(
     position: u64,
     limit: usize,
 ) -> Vec<StoredEvent> {
+    scan_after(reader, position, limit).unwrap().events
+}
+
+/// A scan of up to `limit` events after `position`, whatever they are.
+pub(super) fn scan_after(
+    reader: &dyn JournalReader,
+    position: u64,
+    limit: usize,
+) -> Result<Scan, StoreError> {
     let limits = ScanLimits {
         until: u64::MAX,
         max_scanned: limit,
         max_selected: limit,
         max_bytes: usize::MAX,
     };
-    reader.scan(position, limits, &|_| true).unwrap().events
+    reader.scan(position, limits, &|_| true)
+}
+
+/// Overwrites the record at `position` with `bytes`, as only a bug or damage past redb's
+/// checksums would.
+pub(super) fn overwrite_record(journal: &RedbJournal, position: u64, bytes: &[u8]) {
+    journal
+        .file
+        .write(true, |db| {
+            let txn = db.begin_write()?;
+            txn.open_table(EVENTS)?.insert(position, bytes)?;
+            Ok(txn.commit()?)
+        })
+        .expect("the record is overwritten");
 }
 
 /// An event of type `device.error` about device `d1` of `user`.
