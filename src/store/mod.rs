@@ -46,9 +46,25 @@ pub struct Appended {
 /// Why an append or a read failed. Callers must not ack what an error answered.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// The journal cannot take writes or be read, for the reason given.
+    /// The journal cannot take writes or be read, for the reason given (a reason of the
+    /// caller's own, with no error underneath; a failure of the storage engine is `Read` or
+    /// `Storage`, with its source).
     #[error("journal unavailable: {0}")]
     Unavailable(String),
+    /// Reading the journal failed in the storage engine: a read transaction, a table or a page
+    /// could not be read. The engine's error follows in the chain.
+    #[error("journal unavailable: reading it failed")]
+    Read(#[source] Arc<::redb::Error>),
+    /// A stored record does not decode (only a bug or damage past redb's checksums makes one):
+    /// the read that met it stops there, and says where.
+    #[error("the journal's record at position {position} does not decode")]
+    Corrupt {
+        /// The record's position.
+        position: u64,
+        /// What the decoder found.
+        #[source]
+        source: prost::DecodeError,
+    },
     /// The disk holding the journal has less than the reserve available: the write was refused
     /// before it reached the file (nothing of it is stored). Reads go on; writes resume by
     /// themselves once there is room.
