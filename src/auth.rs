@@ -21,6 +21,8 @@ use jsonwebtoken::{
 };
 use serde::{Deserialize, Serialize};
 
+pub mod dev_secret;
+
 /// The issuer the platform's tokens carry.
 pub const DEFAULT_ISSUER: &str = "cloudphone-platform";
 /// The audience the platform's tokens carry.

@@ -50,16 +50,16 @@ pub fn mint(args: &TokenArgs) -> anyhow::Result<String> {
 pub fn secret_or_dev(secret: Option<&str>) -> anyhow::Result<String> {
     let secret = match secret {
         Some(secret) => secret.to_owned(),
-        None => std::fs::read_to_string(auth::DEV_SECRET_FILE)
-            .with_context(|| {
+        // Read as the server reads it: trimmed, and an empty file is an error naming it.
+        None => auth::dev_secret::read(std::path::Path::new(auth::DEV_SECRET_FILE))?.with_context(
+            || {
                 format!(
                     "no --jwt-secret (JWT_SECRET), and no {} from a server started with --dev \
                      here",
                     auth::DEV_SECRET_FILE
                 )
-            })?
-            .trim()
-            .to_owned(),
+            },
+        )?,
     };
     anyhow::ensure!(!secret.is_empty(), "the secret must not be empty");
     Ok(secret)
@@ -89,17 +89,18 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-    use crate::{
-        auth::{Policy, Verifier},
-        config::{Cli, Command},
-    };
+    use crate::auth::{Policy, Verifier};
+
+    /// `token` alone, as the command line's subcommand (the whole command line is `cli`'s,
+    /// above this module).
+    #[derive(Debug, Parser)]
+    enum Command {
+        Token(TokenArgs),
+    }
 
     fn parse(args: &[&str]) -> TokenArgs {
-        let cli = Cli::try_parse_from(args).unwrap();
-        match cli.command {
-            Some(Command::Token(args)) => args,
-            other => panic!("{other:?}"),
-        }
+        let Command::Token(args) = Command::try_parse_from(args).unwrap();
+        args
     }
 
     #[test]
