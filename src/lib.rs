@@ -21,10 +21,12 @@
 //! |               | page served at `/` (`--web`, [`grpc::page`])                              |
 //! | [`telemetry`] | logging setup, Prometheus metrics and the `/metrics` endpoint             |
 //! | [`otel`]      | OpenTelemetry tracing: OTLP export, an event's spans in its trace         |
-//! | [`config`]    | every knob of `serve`: CLI flag + env var + documented default            |
+//! | [`config`]    | every knob of `serve`: CLI flag + env var + documented default, grouped   |
+//! |               | as `--help` shows them, each group beside the settings it produces        |
 //! | [`app`]       | wires the stages together, owns shutdown and task tracking                |
 //! | [`client`]    | the command-line clients: `subscribe`, `history`, `publish`, `token`,     |
-//! |               | `dead-letters`, `completions`                                             |
+//! |               | `dead-letters`                                                            |
+//! | [`cli`]       | the command line's top level: the subcommands, `completions`              |
 //!
 //! The load generator is not here: it is `bench/` (`notify-bench`), a crate of its own in this
 //! workspace that uses this library as any client would.
@@ -32,6 +34,7 @@
 pub mod app;
 pub mod auth;
 pub(crate) mod backoff;
+pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod config;

@@ -9,9 +9,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use notify_backbone::{
-    app, client,
-    config::{self, Cli, Command},
-    telemetry,
+    app,
+    cli::{self, Cli, Command},
+    client, config, telemetry,
 };
 
 #[tokio::main]
@@ -40,7 +40,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::DeadLetters(args)) => client::dead_letters(args).await,
         Some(Command::Token(args)) => client::token(args),
         Some(Command::Completions(args)) => {
-            client::completions(&args);
+            cli::completions(&args);
             Ok(())
         }
     }

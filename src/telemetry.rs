@@ -43,6 +43,15 @@ use crate::schema;
 ///   developers.
 pub const DEFAULT_LOG_FILTER: &str = "info,lapin=off,opentelemetry=warn";
 
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (coloured on a terminal).
+    Text,
+    /// One JSON object per line: timestamp, level, target, fields, and the message.
+    Json,
+}
+
 /// Starts logging to stderr in `format`; `RUST_LOG` overrides `default_filter` (e.g.
 /// [`DEFAULT_LOG_FILTER`]).
 ///
@@ -50,7 +59,7 @@ pub const DEFAULT_LOG_FILTER: &str = "info,lapin=off,opentelemetry=warn";
 /// report the failure with `eprintln!`, which panics when stderr itself is the broken pipe (a
 /// log collector that died, `serve 2>&1 | head -1`): the panic then takes down whichever task
 /// was logging, the signal handler included, and SIGTERM is ignored from then on.
-pub fn init_logging(format: crate::config::LogFormat, default_filter: &str) {
+pub fn init_logging(format: LogFormat, default_filter: &str) {
     use std::io::IsTerminal as _;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
@@ -65,8 +74,8 @@ pub fn init_logging(format: crate::config::LogFormat, default_filter: &str) {
     let http2 = Http2WarningLimit::new(&WARNINGS);
     // A second call (tests start several servers in one process) keeps the first subscriber.
     let _ = match format {
-        crate::config::LogFormat::Text => builder.with_ansi(ansi).finish().with(http2).try_init(),
-        crate::config::LogFormat::Json => builder
+        LogFormat::Text => builder.with_ansi(ansi).finish().with(http2).try_init(),
+        LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(false)

@@ -77,7 +77,7 @@ fn config(names: &Names, prefetch: u16) -> IngestConfig {
     topology.dead_letter_exchange = names.dead_letter_exchange.clone();
     topology.dead_letter_queue = names.dead_letter_queue.clone();
     topology.queue_kind = notify_backbone::ingest::topology::QueueKind::Node {
-        expires: serve.queue_expires,
+        expires: serve.amqp.queue_expires,
     };
     IngestConfig {
         url: amqp_url(),

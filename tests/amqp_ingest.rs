@@ -345,7 +345,7 @@ async fn readiness_and_health_report_the_ingest() {
     // A server with a broker it cannot reach is not ready, and says why.
     let unreachable = TestServer::start_with(|config| {
         names.other_node("x").apply(config);
-        config.amqp_url = Some("amqp://guest:guest@127.0.0.1:1/%2f".into());
+        config.amqp.amqp_url = Some("amqp://guest:guest@127.0.0.1:1/%2f".into());
     })
     .await;
     let response = unreachable.http_get("/readyz").await;

@@ -146,8 +146,8 @@ async fn an_rs256_server_refuses_hs256_keyed_with_its_public_key_and_accepts_rea
     let (private_pem, public_path) = rsa_key_pair(dir.path());
     let public_pem = std::fs::read(&public_path).unwrap();
     let server = TestServer::start_with(|config| {
-        config.jwt_secret = None;
-        config.jwt_public_key = Some(public_path.clone());
+        config.auth.jwt_secret = None;
+        config.auth.jwt_public_key = Some(public_path.clone());
     })
     .await;
     let mut client = server.client().await;
@@ -634,7 +634,7 @@ async fn grpc_web_gets_the_same_checks() {
 
 #[tokio::test]
 async fn a_stream_ends_unauthenticated_when_its_token_expires_and_says_where_to_resume() {
-    let server = TestServer::start_with(|config| config.jwt_leeway = Duration::ZERO).await;
+    let server = TestServer::start_with(|config| config.auth.jwt_leeway = Duration::ZERO).await;
     let mut client = server.client().await;
 
     // Nothing has to happen before the token expires but opening the stream. A machine too

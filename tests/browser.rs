@@ -306,7 +306,7 @@ async fn the_live_page_shows_a_users_events_and_catches_up_after_a_restart() {
     let server = TestServer::start_at(addr, |c| {
         names.apply(c);
         c.web = Some(true);
-        c.data_dir = dir;
+        c.journal.data_dir = dir;
     })
     .await;
     server.wait_ready().await;
@@ -441,7 +441,7 @@ async fn the_page_is_served_only_with_web_on() {
     server.stop_within(PATIENCE).await;
 
     // `--dev` turns it on unless told otherwise.
-    let server = TestServer::start_with(|c| c.dev = true).await;
+    let server = TestServer::start_with(|c| c.auth.dev = true).await;
     let response = http_get(server.addr, "/").await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     server.stop_within(PATIENCE).await;
@@ -563,7 +563,7 @@ async fn the_react_console_keeps_react_query_fresh_and_loses_nothing() {
     // No leeway: the short token's stream ends at its `exp`, not 30 s later.
     let server = TestServer::start_amqp(&names, |c| {
         c.cors_origins = vec![CONSOLE_ORIGIN.into()];
-        c.jwt_leeway = std::time::Duration::ZERO;
+        c.auth.jwt_leeway = std::time::Duration::ZERO;
     })
     .await;
     let addr = server.addr;
@@ -741,8 +741,8 @@ async fn the_react_console_keeps_react_query_fresh_and_loses_nothing() {
     let server = TestServer::start_at(addr, |c| {
         names.apply(c);
         c.cors_origins = vec![CONSOLE_ORIGIN.into()];
-        c.jwt_leeway = std::time::Duration::ZERO;
-        c.data_dir = dir;
+        c.auth.jwt_leeway = std::time::Duration::ZERO;
+        c.journal.data_dir = dir;
     })
     .await;
     server.wait_ready().await;

@@ -581,7 +581,7 @@ async fn subscribe_follow_reconnects_and_resumes_across_a_restart() {
     let dir = data.0.clone();
     let server = TestServer::start_at(addr, |c| {
         fast_heartbeats(c);
-        c.data_dir = dir;
+        c.journal.data_dir = dir;
     })
     .await;
     let mut client = server.client().await;
@@ -729,7 +729,7 @@ fn completions_cover_the_subcommands_in_every_shell() {
 /// and `subscribe --follow` takes it for a reason to try again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_the_server_closes_at_its_cap_is_said_to_be_closed() {
-    let server = TestServer::start_with(|c| c.max_connections = 1).await;
+    let server = TestServer::start_with(|c| c.limits.max_connections = 1).await;
     // The one connection the cap allows, held open (and past its handshake) for the whole test.
     let mut held = server.client().await;
     let request = notify_backbone::pb::ListEventsRequest::default();

@@ -39,10 +39,10 @@ impl Cluster {
     /// Points `config` at this cluster as node `node`.
     fn apply(&self, config: &mut ServeConfig, node: &str) {
         self.names.apply(config);
-        config.node_id = Some(format!("{}-{node}", self.names.node_id));
-        config.journal = JournalKind::RabbitmqStream;
-        config.stream = self.stream.clone();
-        config.ingest_queue = self.ingest_queue.clone();
+        config.amqp.node_id = Some(format!("{}-{node}", self.names.node_id));
+        config.cluster.journal = JournalKind::RabbitmqStream;
+        config.cluster.stream = self.stream.clone();
+        config.cluster.ingest_queue = self.ingest_queue.clone();
     }
 
     /// The command line of node `node` of this cluster, for a node process.
@@ -245,8 +245,8 @@ async fn a_cursor_below_the_streams_retention_gets_a_gap() {
     let producer = Producer::connect().await;
     let small = |config: &mut ServeConfig| {
         // Segments of 4 KiB, at most 16 KiB kept: a few dozen events.
-        config.stream_segment_bytes = Some(4096);
-        config.retention_bytes = 16 * 1024;
+        config.cluster.stream_segment_bytes = Some(4096);
+        config.journal.retention_bytes = 16 * 1024;
     };
     let a = TestServer::start_with(|config| {
         cluster.apply(config, "a");
@@ -396,8 +396,8 @@ async fn a_follower_whose_disk_fills_up_stops_being_ready_and_catches_up_by_itse
     let replica = tmpfs.dir.join("data");
     let b = TestServer::start_with(|config| {
         cluster.apply(config, "b");
-        config.data_dir = replica;
-        config.journal_min_free = 1 << 20;
+        config.journal.data_dir = replica;
+        config.journal.journal_min_free = 1 << 20;
     })
     .await;
     b.wait_ready().await;

@@ -73,9 +73,9 @@ async fn is_closed_at_once(addr: SocketAddr) -> bool {
 #[tokio::test]
 async fn a_peer_over_its_cap_is_refused_while_another_peer_is_served() {
     let server = TestServer::start_with(|config| {
-        config.max_connections = 200;
-        config.max_connections_per_peer = Some(3);
-        config.handshake_timeout = Duration::from_secs(600);
+        config.limits.max_connections = 200;
+        config.limits.max_connections_per_peer = Some(3);
+        config.limits.handshake_timeout = Duration::from_secs(600);
     })
     .await;
     let mut held = Vec::new();
@@ -130,8 +130,8 @@ async fn a_peer_over_its_cap_is_refused_while_another_peer_is_served() {
 #[tokio::test]
 async fn with_the_per_peer_cap_off_one_address_may_hold_every_connection() {
     let server = TestServer::start_with(|config| {
-        config.max_connections = 24;
-        config.max_connections_per_peer = Some(0);
+        config.limits.max_connections = 24;
+        config.limits.max_connections_per_peer = Some(0);
     })
     .await;
     let mut held = Vec::new();
@@ -213,7 +213,8 @@ async fn one_grpc_web_check_then_nothing(addr: SocketAddr) -> tokio::task::JoinH
 #[tokio::test]
 async fn an_idle_connection_is_closed_and_ones_with_open_streams_are_not() {
     let timeout = Duration::from_millis(400);
-    let server = TestServer::start_with(|config| config.connection_idle_timeout = timeout).await;
+    let server =
+        TestServer::start_with(|config| config.limits.connection_idle_timeout = timeout).await;
     let mut subscriber = server.client().await;
     let mut stream = subscribe(&mut subscriber, request("u1")).await;
     let mut watch = HealthClient::new(server.channel().await)

@@ -94,7 +94,7 @@ async fn cors_preflight_allows_configured_origins_only() {
 
 #[tokio::test]
 async fn dev_mode_allows_localhost_origins_only() {
-    let server = TestServer::start_with(|c| c.dev = true).await;
+    let server = TestServer::start_with(|c| c.auth.dev = true).await;
     for origin in [
         "http://localhost:5173",
         "http://127.0.0.1:8080",

@@ -90,7 +90,8 @@ async fn amqp_messages_over_the_event_size_limit_are_dead_lettered_too_large() {
     let names = Names::unique("too-large");
     let producer = Producer::connect().await;
     let limit = 64 * 1024;
-    let server = TestServer::start_amqp(&names, |config| config.max_event_bytes = limit).await;
+    let server =
+        TestServer::start_amqp(&names, |config| config.limits.max_event_bytes = limit).await;
     let mut client = server.client().await;
     let mut firehose = subscribe(&mut client, request("*")).await;
 
@@ -300,7 +301,7 @@ async fn a_resume_storm_completes_for_everyone_while_live_delivery_goes_on() {
 #[tokio::test]
 async fn connections_that_do_not_finish_their_handshake_are_closed() {
     let timeout = Duration::from_millis(300);
-    let server = TestServer::start_with(|config| config.handshake_timeout = timeout).await;
+    let server = TestServer::start_with(|config| config.limits.handshake_timeout = timeout).await;
     for opening in [&b""[..], b"PRI * HTTP/2.0\r\n", b"POST /cloudphone.no"] {
         let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
         socket.write_all(opening).await.unwrap();
@@ -336,8 +337,8 @@ async fn connections_that_do_not_finish_their_handshake_are_closed() {
 #[tokio::test]
 async fn connections_beyond_the_cap_are_closed_at_once() {
     let server = TestServer::start_with(|config| {
-        config.max_connections = 3;
-        config.handshake_timeout = Duration::from_secs(600);
+        config.limits.max_connections = 3;
+        config.limits.handshake_timeout = Duration::from_secs(600);
     })
     .await;
     let mut idle = Vec::new();
@@ -384,8 +385,8 @@ async fn health_watch_and_reflection_streams_are_limited() {
         server_reflection_request::MessageRequest,
     };
     let server = TestServer::start_with(|config| {
-        config.max_streams_per_connection = 3;
-        config.max_unauthenticated_streams = 4;
+        config.limits.max_streams_per_connection = 3;
+        config.limits.max_unauthenticated_streams = 4;
     })
     .await;
     let watch = |channel: tonic::transport::Channel| async move {

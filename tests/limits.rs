@@ -92,7 +92,7 @@ fn grpc_status(response: &http::Response<h2::RecvStream>) -> (String, String) {
 
 #[tokio::test]
 async fn publish_bodies_over_the_limit_are_refused_small_or_huge() {
-    let server = TestServer::start_with(|c| c.max_event_bytes = 1024).await;
+    let server = TestServer::start_with(|c| c.limits.max_event_bytes = 1024).await;
     let mut client = server.client().await;
     let service = service_token();
 
@@ -125,8 +125,8 @@ async fn publish_bodies_over_the_limit_are_refused_small_or_huge() {
 #[tokio::test]
 async fn event_type_patterns_are_limited_in_number_and_length() {
     let server = TestServer::start_with(|c| {
-        c.max_event_types = 2;
-        c.max_pattern_len = 12;
+        c.limits.max_event_types = 2;
+        c.limits.max_pattern_len = 12;
     })
     .await;
     let mut client = server.client().await;
@@ -158,7 +158,7 @@ async fn event_type_patterns_are_limited_in_number_and_length() {
 
 #[tokio::test]
 async fn streams_per_connection_are_limited_and_freed_when_a_stream_ends() {
-    let server = TestServer::start_with(|c| c.max_streams_per_connection = 2).await;
+    let server = TestServer::start_with(|c| c.limits.max_streams_per_connection = 2).await;
     // Two users, so the per-principal limit is not what trips.
     let mut crowded = server.client().await;
     let _first = subscribe(&mut crowded, request("a")).await;
@@ -194,7 +194,7 @@ async fn streams_per_connection_are_limited_and_freed_when_a_stream_ends() {
 
 #[tokio::test]
 async fn streams_per_principal_are_limited_across_connections() {
-    let server = TestServer::start_with(|c| c.max_streams_per_principal = 2).await;
+    let server = TestServer::start_with(|c| c.limits.max_streams_per_principal = 2).await;
     let mut one = server.client().await;
     let mut two = server.client().await;
     let mut three = server.client().await;
@@ -223,7 +223,7 @@ async fn streams_per_principal_are_limited_across_connections() {
 
 #[tokio::test]
 async fn the_publish_rate_is_limited_per_principal() {
-    let server = TestServer::start_with(|c| c.max_publish_rate = 3).await;
+    let server = TestServer::start_with(|c| c.limits.max_publish_rate = 3).await;
     let mut client = server.client().await;
     let mut stream = subscribe(&mut client, request("u1")).await;
     let busy = token("busy-service", &["service"]);
@@ -262,7 +262,7 @@ async fn the_publish_rate_is_limited_per_principal() {
 
 #[tokio::test]
 async fn requests_over_the_concurrency_limit_are_shed_and_health_still_answers() {
-    let server = TestServer::start_with(|c| c.max_concurrent_requests = 2).await;
+    let server = TestServer::start_with(|c| c.limits.max_concurrent_requests = 2).await;
     let (_r1, body1, driver1) = stalled_publish(server.addr).await;
     let (_r2, body2, driver2) = stalled_publish(server.addr).await;
     let mut client = server.client().await;
@@ -301,7 +301,8 @@ async fn requests_over_the_concurrency_limit_are_shed_and_health_still_answers()
 
 #[tokio::test]
 async fn a_call_that_does_not_answer_in_time_is_ended_and_others_go_on() {
-    let server = TestServer::start_with(|c| c.request_timeout = Duration::from_millis(300)).await;
+    let server =
+        TestServer::start_with(|c| c.limits.request_timeout = Duration::from_millis(300)).await;
     // A subscription opened before the stalled call: by the time the timeout answers that
     // call, the subscription has been open for longer than the timeout too.
     let mut client = server.client().await;

@@ -147,7 +147,7 @@ async fn the_stream_is_refused_when_it_opens_without_a_token_that_may_publish() 
 
 #[tokio::test]
 async fn the_publish_rate_limit_refuses_requests_one_by_one() {
-    let server = TestServer::start_with(|config| config.max_publish_rate = 1).await;
+    let server = TestServer::start_with(|config| config.limits.max_publish_rate = 1).await;
     let mut client = server.client().await;
     let (requests, mut answers) = open(&mut client, &service_token()).await.unwrap();
     // Far more than one second's worth, sent at once: some are over the limit.
@@ -182,7 +182,7 @@ async fn the_publish_rate_limit_refuses_requests_one_by_one() {
 
 #[tokio::test]
 async fn the_stream_ends_unauthenticated_when_its_token_expires() {
-    let server = TestServer::start_with(|config| config.jwt_leeway = Duration::ZERO).await;
+    let server = TestServer::start_with(|config| config.auth.jwt_leeway = Duration::ZERO).await;
     let mut client = server.client().await;
     // A machine too slow to open the stream before the token expires tries again with a
     // token valid for longer.

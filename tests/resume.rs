@@ -199,8 +199,8 @@ async fn the_journal_survives_a_restart_and_resume_continues_across_it() {
 #[tokio::test]
 async fn a_cursor_older_than_retention_gets_a_gap_then_the_oldest_retained_events() {
     let server = TestServer::start_with(|c| {
-        c.retention_age = Duration::from_secs(1);
-        c.retention_interval = Duration::from_millis(50);
+        c.journal.retention_age = Duration::from_secs(1);
+        c.journal.retention_interval = Duration::from_millis(50);
     })
     .await;
     let mut client = server.client().await;

@@ -70,8 +70,8 @@ async fn a_client_that_trusts_the_certificate_streams_over_tls_and_plain_text_is
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = certificates(dir.path());
     let server = TestServer::start_with(|config| {
-        config.tls_cert = Some(cert.clone());
-        config.tls_key = Some(key.clone());
+        config.tls.tls_cert = Some(cert.clone());
+        config.tls.tls_key = Some(key.clone());
     })
     .await;
 

@@ -32,7 +32,7 @@ async fn an_event_from_rabbitmq_is_traced_from_the_producers_span_to_the_subscri
     let names = Names::unique("trace-amqp");
     let producer = Producer::connect().await;
     let server = TestServer::start_amqp(&names, |config| {
-        config.otlp_endpoint = Some(collector.endpoint());
+        config.tracing.otlp_endpoint = Some(collector.endpoint());
     })
     .await;
     let mut client = server.client().await;
@@ -192,7 +192,7 @@ async fn an_event_from_rabbitmq_is_traced_from_the_producers_span_to_the_subscri
 async fn a_publish_call_with_traceparent_metadata_is_traced_through_its_event() {
     let collector = Collector::start().await;
     let server = TestServer::start_with(|config| {
-        config.otlp_endpoint = Some(collector.endpoint());
+        config.tracing.otlp_endpoint = Some(collector.endpoint());
     })
     .await;
     let mut client = server.client().await;

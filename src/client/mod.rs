@@ -1,14 +1,15 @@
 //! The command-line clients: real gRPC clients on the generated stubs, for people (`subscribe`,
 //! with `--follow` the reference reconnect loop; `history`; `publish`), `token`, which mints
-//! development tokens, `dead-letters`, which lists, replays and drops the broker's dead
-//! letters, and `completions` for shells. The load generator is a crate of its own (`bench/`,
-//! binary `notify-bench`) that uses [`authorized`], [`mint_with`] and [`secret_or_dev`] from
-//! here.
+//! development tokens, and `dead-letters`, which lists, replays and drops the broker's dead
+//! letters. The load generator is a crate of its own (`bench/`, binary `notify-bench`) that
+//! uses [`authorized`], [`mint_with`] and [`secret_or_dev`] from here.
 //!
 //! Owns: argument parsing of the client subcommands, their output formats and how their
 //! failures read (`failure`: a closed connection said plainly, each cause once). Does not own
 //! anything of the server; these talk to it over the network like any other client
-//! (`dead-letters` talks to the broker, through `ingest::dead_letter_queue`).
+//! (`dead-letters` talks to the broker, through `ingest::dead_letter_queue`). Nor the command
+//! line around them (`cli`, which also prints the shell completions): this module knows only
+//! its own subcommands' arguments.
 
 mod dead_letters;
 mod failure;
@@ -99,13 +100,6 @@ pub struct HistoryArgs {
     /// The bearer token sent as `authorization` metadata.
     #[arg(long, env = "NOTIFY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-}
-
-/// Arguments of `completions`.
-#[derive(Debug, Args)]
-pub struct CompletionsArgs {
-    /// The shell: bash, zsh, fish, elvish or powershell.
-    pub shell: clap_complete::Shell,
 }
 
 /// Arguments of `publish`.
@@ -407,18 +401,6 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<()> {
         (false, _) => eprintln!("history: {printed} events; more with: history {flag} {from}"),
     }
     Ok(())
-}
-
-/// `completions`: the shell completion script on stdout.
-pub fn completions(args: &CompletionsArgs) {
-    use clap::CommandFactory as _;
-    let mut command = crate::config::Cli::command();
-    clap_complete::generate(
-        args.shell,
-        &mut command,
-        "notify-backbone",
-        &mut std::io::stdout(),
-    );
 }
 
 /// `publish`: sends one JSON body and prints `{"id","cursor","duplicate"}`.

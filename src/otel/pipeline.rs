@@ -125,14 +125,16 @@ impl Tracing {
         self.0.as_ref().map(|pipeline| &pipeline.tracer)
     }
 
-    /// Exports what is still queued and stops the exporter thread; waits at most the SDK's
-    /// timeout (5 s) when the collector does not answer.
-    pub async fn shutdown(&self) {
+    /// Exports what is still queued and stops the exporter thread; waits at most `timeout` when
+    /// the collector does not answer (what is left of the shutdown's grace).
+    pub async fn shutdown(&self, timeout: std::time::Duration) {
         let Some(pipeline) = self.0.clone() else {
             return;
         };
         // Blocking: the exporter thread exports on this runtime meanwhile, so not on a worker.
-        let done = tokio::task::spawn_blocking(move || pipeline.provider.shutdown()).await;
+        let done =
+            tokio::task::spawn_blocking(move || pipeline.provider.shutdown_with_timeout(timeout))
+                .await;
         if let Ok(Err(error)) = done {
             tracing::warn!(%error, "tracing: the last spans could not be exported");
         }

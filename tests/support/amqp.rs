@@ -67,14 +67,14 @@ impl Names {
 
     /// Points `config` at the broker with these names.
     pub fn apply(&self, config: &mut ServeConfig) {
-        config.amqp_url = Some(amqp_url());
-        config.node_id = Some(self.node_id.clone());
-        config.exchange = self.exchange.clone();
-        config.dead_letter_exchange = self.dead_letter_exchange.clone();
-        config.dead_letter_queue = self.dead_letter_queue.clone();
+        config.amqp.amqp_url = Some(amqp_url());
+        config.amqp.node_id = Some(self.node_id.clone());
+        config.amqp.exchange = self.exchange.clone();
+        config.amqp.dead_letter_exchange = self.dead_letter_exchange.clone();
+        config.amqp.dead_letter_queue = self.dead_letter_queue.clone();
         // A test that dies before cleaning up leaves a queue that goes away by itself.
-        config.queue_expires = Duration::from_secs(120);
-        config.reconnect_max_backoff = Duration::from_secs(1);
+        config.amqp.queue_expires = Duration::from_secs(120);
+        config.amqp.reconnect_max_backoff = Duration::from_secs(1);
     }
 }
 

@@ -66,11 +66,9 @@ impl TestServer {
     /// after a restart, like a browser page).
     pub async fn start_at(addr: SocketAddr, adjust: impl FnOnce(&mut ServeConfig)) -> Self {
         let data = DataDir::new();
-        let mut config = ServeConfig {
-            jwt_secret: Some(TEST_SECRET.into()),
-            data_dir: data.0.clone(),
-            ..ServeConfig::default()
-        };
+        let mut config = ServeConfig::default();
+        config.auth.jwt_secret = Some(TEST_SECRET.into());
+        config.journal.data_dir = data.0.clone();
         adjust(&mut config);
         let grpc = TcpListener::bind(addr).await.unwrap();
         let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -136,7 +134,7 @@ impl TestServer {
     pub async fn restart_on(data: &DataDir, adjust: impl FnOnce(&mut ServeConfig)) -> Self {
         let dir = data.0.clone();
         let mut server = Self::start_with(|c| {
-            c.data_dir = dir;
+            c.journal.data_dir = dir;
             adjust(c);
         })
         .await;
