@@ -115,17 +115,11 @@ mod tests {
     // both sides now share: an empty file is refused, naming it, and left as it is.
     #[test]
     fn an_empty_file_is_refused_naming_it_not_replaced() {
-        let dir = std::env::temp_dir().join(format!(
-            "notify-dev-secret-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        let path = dir.join("dev-jwt-secret");
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev-jwt-secret");
         std::fs::write(&path, " \n").unwrap();
         let refusals = [read(&path).unwrap_err(), read_or_create(&path).unwrap_err()];
         let left = std::fs::read_to_string(&path).unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
         for error in refusals {
             assert!(matches!(error, DevSecretError::Empty(_)), "{error:?}");
             assert!(
