@@ -134,6 +134,14 @@ pub async fn run(
         node.journal().reader(),
         tracing.clone(),
     );
+    let wiring = node::Wiring {
+        config: &config,
+        hub: &hub,
+        metrics: &metrics,
+        tracing: &tracing,
+        shutdown: &shutdown,
+        writer_stop: &writer_stop,
+    };
     let Core {
         publisher,
         ingest,
@@ -141,24 +149,8 @@ pub async fn run(
         writer: writer_task,
         mut tasks,
     } = match node {
-        Node::Single(journal) => node::single_node(
-            &config,
-            journal,
-            &hub,
-            &metrics,
-            &tracing,
-            &shutdown,
-            &writer_stop,
-        ),
-        Node::Cluster(joined) => node::cluster_node(
-            &config,
-            joined,
-            &hub,
-            &metrics,
-            &tracing,
-            &shutdown,
-            &writer_stop,
-        ),
+        Node::Single(journal) => node::single_node(wiring, journal),
+        Node::Cluster(joined) => node::cluster_node(wiring, joined),
     };
     tasks.spawn(background::heartbeats(
         hub.clone(),

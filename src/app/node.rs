@@ -59,6 +59,23 @@ pub(super) struct Joined {
     epoch: u64,
 }
 
+/// What the stages of either kind of node are started with.
+#[derive(Clone, Copy)]
+pub(super) struct Wiring<'a> {
+    /// The server's configuration.
+    pub(super) config: &'a ServeConfig,
+    /// The node's hub.
+    pub(super) hub: &'a Hub,
+    /// The metrics every stage records.
+    pub(super) metrics: &'a Arc<Metrics>,
+    /// Tracing, on or off.
+    pub(super) tracing: &'a Tracing,
+    /// The server's shutdown.
+    pub(super) shutdown: &'a CancellationToken,
+    /// The journal's writer's own stop, after the gRPC server's drain.
+    pub(super) writer_stop: &'a CancellationToken,
+}
+
 /// The stages between the ingest and the hub, as the journal kind wants them.
 pub(super) struct Core {
     /// Where `Publish` hands events.
@@ -76,15 +93,15 @@ pub(super) struct Core {
 
 /// One node: the sequencer journals and fans out; the ingest (with `--amqp-url`) consumes
 /// this node's own queue.
-pub(super) fn single_node(
-    config: &ServeConfig,
-    journal: RedbJournal,
-    hub: &Hub,
-    metrics: &Arc<Metrics>,
-    tracing: &Tracing,
-    shutdown: &CancellationToken,
-    writer_stop: &CancellationToken,
-) -> Core {
+pub(super) fn single_node(wiring: Wiring<'_>, journal: RedbJournal) -> Core {
+    let Wiring {
+        config,
+        hub,
+        metrics,
+        tracing,
+        shutdown,
+        writer_stop,
+    } = wiring;
     let (sequencer, task) = Sequencer::spawn(
         journal,
         hub.clone(),
@@ -173,15 +190,15 @@ pub(super) async fn join_cluster(
 /// Cluster mode, once [`join_cluster`] joined the stream: follow the stream into the replica and
 /// the hub, write it when this node is the shared ingest queue's active consumer, and forward
 /// `Publish` to whichever node that is.
-pub(super) fn cluster_node(
-    config: &ServeConfig,
-    joined: Joined,
-    hub: &Hub,
-    metrics: &Arc<Metrics>,
-    tracing: &Tracing,
-    shutdown: &CancellationToken,
-    writer_stop: &CancellationToken,
-) -> Core {
+pub(super) fn cluster_node(wiring: Wiring<'_>, joined: Joined) -> Core {
+    let Wiring {
+        config,
+        hub,
+        metrics,
+        tracing,
+        shutdown,
+        writer_stop,
+    } = wiring;
     let Joined {
         journal,
         url,

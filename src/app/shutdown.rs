@@ -160,22 +160,29 @@ mod tests {
     use super::*;
     use crate::app::supervise::supervise;
 
-    /// A writer that never finishes and a background task that never stops.
-    fn stuck() -> (tokio::task::JoinHandle<Option<Stopped>>, JoinSet<()>) {
+    const GRACE: Duration = Duration::from_secs(10);
+
+    /// The deadline of a shutdown with [`GRACE`], and the token that begins it.
+    fn deadline() -> (CancellationToken, Deadline) {
+        let shutdown = CancellationToken::new();
+        (shutdown.clone(), Deadline::new(shutdown, GRACE))
+    }
+
+    /// [`finish`] with a writer that never finishes and a background task that never stops;
+    /// tracing off.
+    async fn finish_stuck(deadline: &Deadline) -> Option<anyhow::Error> {
         let writer = tokio::spawn(std::future::pending());
         let mut tasks = JoinSet::new();
         tasks.spawn(std::future::pending());
-        (writer, tasks)
+        let writer_stop = CancellationToken::new();
+        finish(deadline, &writer_stop, writer, tasks, &Tracing::off()).await
     }
 
     // Each wait used to be a grace of its own, one after the other: calls, the writer, the
     // background tasks took three graces when all were stuck.
     #[tokio::test(start_paused = true)]
     async fn a_shutdown_whose_every_step_is_stuck_takes_the_grace_not_a_grace_per_step() {
-        let grace = Duration::from_secs(10);
-        let shutdown = CancellationToken::new();
-        let deadline = Deadline::new(shutdown.clone(), grace);
-        let (writer, tasks) = stuck();
+        let (shutdown, deadline) = deadline();
         // The server runs a while before the signal; its calls never end.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let began = Instant::now();
@@ -186,27 +193,16 @@ mod tests {
         }
         assert_eq!(
             began.elapsed(),
-            grace,
+            GRACE,
             "the server is waited for until the deadline"
         );
-        let failure = finish(
-            &deadline,
-            &CancellationToken::new(),
-            writer,
-            tasks,
-            &Tracing::off(),
-        )
-        .await;
-        assert!(failure.is_none());
-        assert_eq!(began.elapsed(), grace, "nothing waited past the deadline");
+        assert!(finish_stuck(&deadline).await.is_none());
+        assert_eq!(began.elapsed(), GRACE, "nothing waited past the deadline");
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_deadline_counts_from_the_signal_not_from_each_wait() {
-        let grace = Duration::from_secs(10);
-        let shutdown = CancellationToken::new();
-        let deadline = Deadline::new(shutdown.clone(), grace);
-        let (writer, tasks) = stuck();
+        let (shutdown, deadline) = deadline();
         let began = Instant::now();
         shutdown.cancel();
         // The server drains its calls in 4 s, well inside the grace ...
@@ -216,21 +212,13 @@ mod tests {
             () = deadline.reached() => unreachable!("drained before the deadline"),
         }
         // ... and the stuck writer and tasks get the 6 s left, together: not 10 s each.
-        finish(
-            &deadline,
-            &CancellationToken::new(),
-            writer,
-            tasks,
-            &Tracing::off(),
-        )
-        .await;
-        assert_eq!(began.elapsed(), grace);
+        finish_stuck(&deadline).await;
+        assert_eq!(began.elapsed(), GRACE);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_writer_that_finishes_in_time_is_waited_for_and_its_failure_reported() {
-        let shutdown = CancellationToken::new();
-        let deadline = Deadline::new(shutdown.clone(), Duration::from_secs(10));
+        let (shutdown, deadline) = deadline();
         shutdown.cancel();
         let writer_stop = CancellationToken::new();
         let writer = tokio::spawn({
