@@ -149,8 +149,8 @@ pub async fn run(
         writer: writer_task,
         mut tasks,
     } = match node {
-        Node::Single(journal) => node::single_node(wiring, journal),
-        Node::Cluster(joined) => node::cluster_node(wiring, joined),
+        Node::Single(journal) => wiring.single_node(journal),
+        Node::Cluster(joined) => wiring.cluster_node(joined),
     };
     tasks.spawn(background::heartbeats(
         hub.clone(),

@@ -59,8 +59,8 @@ pub(super) struct Joined {
     epoch: u64,
 }
 
-/// What the stages of either kind of node are started with.
-#[derive(Clone, Copy)]
+/// What the stages of either kind of node are started with: [`Wiring::single_node`] or
+/// [`Wiring::cluster_node`] starts them.
 pub(super) struct Wiring<'a> {
     /// The server's configuration.
     pub(super) config: &'a ServeConfig,
@@ -89,49 +89,6 @@ pub(super) struct Core {
     pub(super) writer: tokio::task::JoinHandle<Option<Stopped>>,
     /// Background tasks to join at shutdown.
     pub(super) tasks: JoinSet<()>,
-}
-
-/// One node: the sequencer journals and fans out; the ingest (with `--amqp-url`) consumes
-/// this node's own queue.
-pub(super) fn single_node(wiring: Wiring<'_>, journal: RedbJournal) -> Core {
-    let Wiring {
-        config,
-        hub,
-        metrics,
-        tracing,
-        shutdown,
-        writer_stop,
-    } = wiring;
-    let (sequencer, task) = Sequencer::spawn(
-        journal,
-        hub.clone(),
-        metrics.clone(),
-        config.sequencer_settings(),
-        writer_stop.clone(),
-    );
-    let writer = supervise(
-        "the sequencer",
-        task,
-        |()| None,
-        writer_stop.clone(),
-        shutdown.clone(),
-    );
-    let ingest = config.amqp.amqp_url.as_ref().map(|url| {
-        Ingest::spawn(
-            config.ingest_settings(url, tracing),
-            sequencer.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        )
-    });
-    let tasks = JoinSet::new();
-    Core {
-        publisher: Arc::new(sequencer),
-        ingest,
-        journal_state: None,
-        writer,
-        tasks,
-    }
 }
 
 /// Cluster mode, before the hub: learn the stream's epoch and make the replica take it (a
@@ -187,80 +144,114 @@ pub(super) async fn join_cluster(
     })
 }
 
-/// Cluster mode, once [`join_cluster`] joined the stream: follow the stream into the replica and
-/// the hub, write it when this node is the shared ingest queue's active consumer, and forward
-/// `Publish` to whichever node that is.
-pub(super) fn cluster_node(wiring: Wiring<'_>, joined: Joined) -> Core {
-    let Wiring {
-        config,
-        hub,
-        metrics,
-        tracing,
-        shutdown,
-        writer_stop,
-    } = wiring;
-    let Joined {
-        journal,
-        url,
-        node_id,
-        settings,
-        epoch,
-    } = joined;
-    let ids = journal.id_index();
-    let follower = cluster::Follower::spawn(
-        cluster::FollowerParts {
-            url: url.clone(),
-            node_id: node_id.clone(),
-            settings: settings.clone(),
-            replica: journal,
-            hub: hub.clone(),
-            metrics: metrics.clone(),
-        },
-        writer_stop.clone(),
-    );
-    let (writer, writer_task) = cluster::StreamWriter::spawn(
-        cluster::WriterParts {
-            node_id: node_id.clone(),
-            stream: settings.name.clone(),
-            ingest_queue: config.cluster.ingest_queue.clone(),
+impl Wiring<'_> {
+    /// One node: the sequencer journals and fans out; the ingest (with `--amqp-url`) consumes
+    /// this node's own queue.
+    pub(super) fn single_node(self, journal: RedbJournal) -> Core {
+        let (sequencer, task) = Sequencer::spawn(
+            journal,
+            self.hub.clone(),
+            self.metrics.clone(),
+            self.config.sequencer_settings(),
+            self.writer_stop.clone(),
+        );
+        let writer = supervise(
+            "the sequencer",
+            task,
+            |()| None,
+            self.writer_stop.clone(),
+            self.shutdown.clone(),
+        );
+        let ingest = self.config.amqp.amqp_url.as_ref().map(|url| {
+            Ingest::spawn(
+                self.config.ingest_settings(url, self.tracing),
+                sequencer.clone(),
+                self.metrics.clone(),
+                self.shutdown.clone(),
+            )
+        });
+        let tasks = JoinSet::new();
+        Core {
+            publisher: Arc::new(sequencer),
+            ingest,
+            journal_state: None,
+            writer,
+            tasks,
+        }
+    }
+
+    /// Cluster mode, once [`join_cluster`] joined the stream: follow the stream into the
+    /// replica and the hub, write it when this node is the shared ingest queue's active
+    /// consumer, and forward `Publish` to whichever node that is.
+    pub(super) fn cluster_node(self, joined: Joined) -> Core {
+        let Joined {
+            journal,
+            url,
+            node_id,
+            settings,
             epoch,
-            waiters: follower.waiters.clone(),
-            ids,
-            metrics: metrics.clone(),
-            queue_len: config.publish_queue_len,
-        },
-        writer_stop.clone(),
-    );
-    let mut ingest_settings = config.ingest_settings(&url, tracing);
-    ingest_settings.topology.queue = config.cluster.ingest_queue.clone();
-    ingest_settings.topology.queue_kind = topology::QueueKind::Shared;
-    let ingest = Ingest::spawn(ingest_settings, writer, metrics.clone(), shutdown.clone());
-    let (forwarder, forward_task) = cluster::Forwarder::spawn(
-        url,
-        node_id,
-        config.cluster.ingest_queue.clone(),
-        writer_stop.clone(),
-    );
-    let journal_state = follower.state.clone();
-    let supervised = supervise(
-        "the journal stream's follower",
-        follower.task,
-        |outcome: Result<(), cluster::ClusterError>| outcome.err().map(Into::into),
-        writer_stop.clone(),
-        shutdown.clone(),
-    );
-    let mut tasks = JoinSet::new();
-    tasks.spawn(async move {
-        let _ = writer_task.await;
-    });
-    tasks.spawn(async move {
-        let _ = forward_task.await;
-    });
-    Core {
-        publisher: Arc::new(forwarder),
-        ingest: Some(ingest),
-        journal_state: Some(journal_state),
-        writer: supervised,
-        tasks,
+        } = joined;
+        let ids = journal.id_index();
+        let follower = cluster::Follower::spawn(
+            cluster::FollowerParts {
+                url: url.clone(),
+                node_id: node_id.clone(),
+                settings: settings.clone(),
+                replica: journal,
+                hub: self.hub.clone(),
+                metrics: self.metrics.clone(),
+            },
+            self.writer_stop.clone(),
+        );
+        let (writer, writer_task) = cluster::StreamWriter::spawn(
+            cluster::WriterParts {
+                node_id: node_id.clone(),
+                stream: settings.name.clone(),
+                ingest_queue: self.config.cluster.ingest_queue.clone(),
+                epoch,
+                waiters: follower.waiters.clone(),
+                ids,
+                metrics: self.metrics.clone(),
+                queue_len: self.config.publish_queue_len,
+            },
+            self.writer_stop.clone(),
+        );
+        let mut ingest_settings = self.config.ingest_settings(&url, self.tracing);
+        ingest_settings.topology.queue = self.config.cluster.ingest_queue.clone();
+        ingest_settings.topology.queue_kind = topology::QueueKind::Shared;
+        let ingest = Ingest::spawn(
+            ingest_settings,
+            writer,
+            self.metrics.clone(),
+            self.shutdown.clone(),
+        );
+        let (forwarder, forward_task) = cluster::Forwarder::spawn(
+            url,
+            node_id,
+            self.config.cluster.ingest_queue.clone(),
+            self.writer_stop.clone(),
+        );
+        let journal_state = follower.state.clone();
+        let supervised = supervise(
+            "the journal stream's follower",
+            follower.task,
+            |outcome: Result<(), cluster::ClusterError>| outcome.err().map(Into::into),
+            self.writer_stop.clone(),
+            self.shutdown.clone(),
+        );
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            let _ = writer_task.await;
+        });
+        tasks.spawn(async move {
+            let _ = forward_task.await;
+        });
+        Core {
+            publisher: Arc::new(forwarder),
+            ingest: Some(ingest),
+            journal_state: Some(journal_state),
+            writer: supervised,
+            tasks,
+        }
     }
 }
