@@ -6,7 +6,7 @@
 use std::{
     collections::VecDeque,
     sync::{
-        Arc, RwLock, RwLockReadGuard, RwLockWriteGuard,
+        Arc, RwLock,
         atomic::{AtomicU64, Ordering},
     },
     time::Instant,
@@ -20,6 +20,7 @@ use super::{
     frames::{caught_up_frame, control_frame, gap_frame},
     index::{Index, Subscriber},
     reads::Reads,
+    shared::{HubConfig, Shared},
     subscription::Replay,
     unreadable::Unreadable,
 };
@@ -30,62 +31,6 @@ use crate::{
     store::{Cursor, JournalReader},
     telemetry::Metrics,
 };
-
-/// Settings of the hub.
-#[derive(Debug, Clone, Copy)]
-pub struct HubConfig {
-    /// Frames one subscriber may have queued before it counts as too slow (see `mailbox`).
-    pub queue_len: usize,
-    /// Replay reads that may run at once, each on a blocking thread; further reads wait their
-    /// turn (`--replay-readers`). History pages have as many readers of their own.
-    pub replay_readers: usize,
-    /// A replaying stream that waited this long for the journal gets a heartbeat
-    /// (`--heartbeat-interval`), so clients watching for silence do not give up on it.
-    pub heartbeat_interval: std::time::Duration,
-}
-
-pub(super) struct Shared {
-    pub(super) config: HubConfig,
-    pub(super) metrics: Arc<Metrics>,
-    pub(super) epoch: u64,
-    /// Position of the last event fanned out. Written under the index read lock after the
-    /// event was pushed, read under the write lock by `subscribe`: see [`Hub::subscribe`].
-    pub(super) head: AtomicU64,
-    next_id: AtomicU64,
-    index: RwLock<Index>,
-    /// Where replays, lagging subscribers and history pages read.
-    pub(super) journal: Arc<dyn JournalReader>,
-    /// Where replay reads run.
-    pub(super) reads: Reads,
-    /// Where history (`ListEvents`) reads run: readers of their own, so a page is not queued
-    /// behind a storm of replays.
-    pub(super) history: Reads,
-    /// Hand-off spans of sampled replayed events, when tracing is on.
-    pub(super) tracing: Tracing,
-    /// Where history reads report stored frames that do not decode.
-    pub(super) unreadable: Unreadable,
-}
-
-impl Shared {
-    pub(super) fn read(&self) -> RwLockReadGuard<'_, Index> {
-        self.index
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    pub(super) fn write(&self) -> RwLockWriteGuard<'_, Index> {
-        self.index
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    pub(super) fn cursor(&self, position: u64) -> Cursor {
-        Cursor {
-            epoch: self.epoch,
-            position,
-        }
-    }
-}
 
 /// The fan-out hub; cheap to clone.
 #[derive(Clone)]
@@ -300,15 +245,6 @@ impl Hub {
             waiting: None,
             replay_spans_left: MAX_HANDOFF_SPANS,
         })
-    }
-
-    /// Lets a lagged subscriber receive live events again: under the index write lock (no
-    /// fan-out running) its mailbox is reopened and the head read, so every event after that
-    /// head reaches the mailbox and every event up to it is in the journal.
-    pub(super) fn rejoin(shared: &Shared, subscriber: &Subscriber) -> u64 {
-        let _index = shared.write();
-        subscriber.mailbox.rejoin();
-        shared.head.load(Ordering::Acquire)
     }
 
     /// Sends a heartbeat to every subscriber that received nothing since the last call.

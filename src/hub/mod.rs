@@ -23,7 +23,9 @@
 //! The files, one concept each: `index` (who is subscribed to what: the routing index),
 //! `fan_out` ([`Hub`]: registering subscribers, handing each event to them, heartbeats,
 //! shutdown), `subscription` ([`Subscription`]: one stream, its replay and catch-up from the
-//! journal), `reads` (the journal readers those reads run on), `history` (pages of stored
+//! journal), `shared` (what
+//! both share: the settings, the index behind its lock, the journal and its readers), `reads`
+//! (the journal readers those reads run on), `history` (pages of stored
 //! events), `frames` (the control frames a stream sends), `unreadable` (stored frames that do
 //! not decode), `error` ([`HubError`]), `filter` and `mailbox`; `tests` holds the tests of all
 //! but `filter` and `mailbox` (theirs are beside them), one file per subject.
@@ -36,15 +38,17 @@ mod history;
 mod index;
 mod mailbox;
 mod reads;
+mod shared;
 mod subscription;
 mod unreadable;
 
 pub use error::HubError;
-pub use fan_out::{Hub, HubConfig, Routed};
+pub use fan_out::{Hub, Routed};
 pub use filter::{Filter, FilterError, FilterLimits, MAX_PATTERN_LEN, MAX_TYPE_PATTERNS, Users};
 pub use history::Page;
 pub use mailbox::{EndReason, Frame};
 pub use reads::ReadError;
+pub use shared::HubConfig;
 pub use subscription::Subscription;
 
 // Used only inside the hub.

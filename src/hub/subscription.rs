@@ -13,11 +13,11 @@ use std::{
 };
 
 use super::{
-    EndReason, Frame, Hub, Next,
-    fan_out::Shared,
+    EndReason, Frame, Next,
     frames::{caught_up_frame, control_frame, gap_frame},
     index::{Subscriber, selects},
     reads::{PendingRead, ReadError},
+    shared::Shared,
     unreadable::make_replayable,
 };
 use crate::{
@@ -278,7 +278,7 @@ impl tokio_stream::Stream for Subscription {
                 Poll::Ready(Some(Next::Lagged)) => {
                     // Too slow for the live feed: continue from the journal after the last
                     // frame sent, up to the head at which the live feed takes over again.
-                    let until = Hub::rejoin(&this.hub, &this.subscriber);
+                    let until = this.hub.rejoin(&this.subscriber);
                     this.replay = Some(Replay {
                         read_after: this.last_position,
                         until,
