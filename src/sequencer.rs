@@ -412,7 +412,7 @@ mod tests {
     use super::*;
     use crate::{
         auth::Viewer,
-        hub::{Filter, FilterLimits, HubConfig, Users},
+        hub::{Filter, FilterSettings, HubSettings, Users},
         pb::subscribe_response::Kind,
         store::{Cursor, EventMeta, JournalReader, Scan, ScanLimits, StoredEvent},
         write,
@@ -537,7 +537,7 @@ mod tests {
         };
         let metrics = Arc::new(Metrics::new());
         let hub = Hub::new(
-            HubConfig {
+            HubSettings {
                 queue_len: 16,
                 replay_readers: 1,
                 heartbeat_interval: Duration::from_secs(15),
@@ -602,7 +602,7 @@ mod tests {
         };
         let metrics = Arc::new(Metrics::new());
         let hub = Hub::new(
-            HubConfig {
+            HubSettings {
                 queue_len: 10_000,
                 replay_readers: 1,
                 heartbeat_interval: std::time::Duration::from_secs(15),
@@ -612,7 +612,7 @@ mod tests {
             journal.reader(),
             crate::otel::Tracing::off(),
         );
-        let filter = Filter::new(Users::All, false, &[], "", FilterLimits::default()).unwrap();
+        let filter = Filter::new(Users::All, false, &[], "", FilterSettings::default()).unwrap();
         let mut firehose = hub.subscribe(filter, Viewer::Admin, None).unwrap();
         let shutdown = CancellationToken::new();
         let settings = SequencerSettings {

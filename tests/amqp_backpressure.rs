@@ -15,9 +15,9 @@ use std::{
 
 use notify_backbone::{
     config::ServeConfig,
-    ingest::{Ingest, IngestConfig, IngestState, Topology},
+    ingest::{Ingest, IngestSettings, IngestState, Topology},
     otel::EventTrace,
-    schema::{DecodeOptions, Decoded},
+    schema::{DecodeSettings, Decoded},
     store::{Cursor, StoreError},
     telemetry::Metrics,
     write::{Published, Receipt, Reply, Submitting, WriteError, Writer},
@@ -69,7 +69,7 @@ impl Writer for Scripted {
     }
 }
 
-fn config(names: &Names, prefetch: u16) -> IngestConfig {
+fn config(names: &Names, prefetch: u16) -> IngestSettings {
     let mut serve = ServeConfig::default();
     names.apply(&mut serve);
     let mut topology = Topology::for_node(&names.node_id);
@@ -79,13 +79,13 @@ fn config(names: &Names, prefetch: u16) -> IngestConfig {
     topology.queue_kind = notify_backbone::ingest::topology::QueueKind::Node {
         expires: serve.amqp.queue_expires,
     };
-    IngestConfig {
+    IngestSettings {
         url: amqp_url(),
         node_id: names.node_id.clone(),
         topology,
         prefetch,
         reconnect_max_backoff: Duration::from_secs(1),
-        decode: DecodeOptions::default(),
+        decode: DecodeSettings::default(),
         drain_timeout: Duration::from_secs(1),
         tracing: notify_backbone::otel::Tracing::off(),
     }

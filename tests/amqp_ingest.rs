@@ -9,7 +9,7 @@ use std::{collections::HashSet, time::SystemTime};
 
 use notify_backbone::{
     pb::event::Payload,
-    schema::{self, DecodeOptions, Properties},
+    schema::{self, DecodeSettings, Properties},
 };
 use support::{
     amqp::{Names, Producer},
@@ -41,7 +41,7 @@ async fn every_wire_fixture_published_like_the_producers_arrives_typed() {
             routing_key,
             body.as_bytes(),
             &props,
-            DecodeOptions::default(),
+            DecodeSettings::default(),
         )
         .unwrap_or_else(|e| panic!("{name}: {e}"))
         .event;

@@ -5,7 +5,7 @@
 
 use std::time::SystemTime;
 
-use notify_backbone::schema::{self, DecodeError, DecodeOptions, Properties};
+use notify_backbone::schema::{self, DecodeError, DecodeSettings, Properties};
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
@@ -248,9 +248,9 @@ proptest! {
         bytes in prop::collection::vec(any::<u8>(), 0..2048),
         strict in any::<bool>(),
     ) {
-        let options = DecodeOptions {
+        let options = DecodeSettings {
             strict_schema: strict,
-            ..DecodeOptions::default()
+            ..DecodeSettings::default()
         };
         check(key, schema::decode(key, &bytes, &props(), options));
     }
@@ -261,9 +261,9 @@ proptest! {
         body in body(),
         strict in any::<bool>(),
     ) {
-        let options = DecodeOptions {
+        let options = DecodeSettings {
             strict_schema: strict,
-            ..DecodeOptions::default()
+            ..DecodeSettings::default()
         };
         let bytes = serde_json::to_vec(&body).unwrap();
         check(key, schema::decode(key, &bytes, &props(), options));
@@ -272,7 +272,7 @@ proptest! {
     #[test]
     fn mutated_producer_messages_get_a_typed_answer((key, body) in mutated_fixture()) {
         let bytes = serde_json::to_vec(&body).unwrap();
-        check(&key, schema::decode(&key, &bytes, &props(), DecodeOptions::default()));
+        check(&key, schema::decode(&key, &bytes, &props(), DecodeSettings::default()));
     }
 
     #[test]
@@ -281,7 +281,7 @@ proptest! {
         value in json(),
     ) {
         let bytes = serde_json::to_vec(&value).unwrap();
-        check(key, schema::decode(key, &bytes, &props(), DecodeOptions::default()));
+        check(key, schema::decode(key, &bytes, &props(), DecodeSettings::default()));
     }
 }
 
@@ -296,7 +296,7 @@ fn deeply_nested_input_is_refused_without_exhausting_the_stack() {
             "device.started",
             body.as_bytes(),
             &props(),
-            DecodeOptions::default(),
+            DecodeSettings::default(),
         );
         assert!(
             matches!(result, Err(DecodeError::NotJson(_))),
@@ -315,7 +315,7 @@ fn mutation_reaches_both_events_and_errors() {
     for _ in 0..500 {
         let (key, body) = strategy.new_tree(&mut runner).unwrap().current();
         let bytes = serde_json::to_vec(&body).unwrap();
-        match schema::decode(&key, &bytes, &props(), DecodeOptions::default()) {
+        match schema::decode(&key, &bytes, &props(), DecodeSettings::default()) {
             Ok(_) => events += 1,
             Err(_) => errors += 1,
         }

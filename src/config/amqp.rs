@@ -11,9 +11,9 @@ use clap::Args;
 
 use super::parse::{node_id, positive_duration};
 use crate::{
-    ingest::{IngestConfig, Topology, topology},
+    ingest::{IngestSettings, Topology, topology},
     otel::Tracing,
-    schema::DecodeOptions,
+    schema::DecodeSettings,
 };
 
 /// The "AMQP ingest" flags.
@@ -113,11 +113,11 @@ impl AmqpFlags {
     pub fn ingest_settings(
         &self,
         url: &str,
-        decode: DecodeOptions,
+        decode: DecodeSettings,
         drain_timeout: Duration,
         tracing: &Tracing,
-    ) -> IngestConfig {
-        IngestConfig {
+    ) -> IngestSettings {
+        IngestSettings {
             url: url.to_owned(),
             topology: self.topology(),
             node_id: self.node_id(),

@@ -13,7 +13,7 @@ use super::{
     JournalKind,
     parse::{byte_size, byte_size_or_zero, commit_delay, durability, positive_duration},
 };
-use crate::store::{Durability, JournalSettings, Retention};
+use crate::store::{Durability, JournalSettings, RetentionSettings};
 
 /// The most `--commit-delay` may be: beyond it the delay is a stall, not a batching window.
 pub const MAX_COMMIT_DELAY: Duration = Duration::from_millis(100);
@@ -99,8 +99,8 @@ impl JournalFlags {
     }
 
     /// What retention keeps: `--retention-age` and `--retention-bytes`.
-    pub fn retention(&self) -> Retention {
-        Retention {
+    pub fn retention(&self) -> RetentionSettings {
+        RetentionSettings {
             max_age: self.retention_age,
             max_bytes: self.retention_bytes,
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::parse::{at_least_one, event_bytes, positive_duration};
-use crate::{grpc::connections::ConnectionLimits, hub::FilterLimits};
+use crate::{grpc::connections::ConnectionSettings, hub::FilterSettings};
 
 /// The least default of `--max-connections-per-peer`, however small `--max-connections` is:
 /// room for a browser's handful of connections and a few more clients behind one NAT address.
@@ -117,8 +117,8 @@ impl LimitsFlags {
     }
 
     /// The gRPC port's connection limits.
-    pub fn connection_limits(&self) -> ConnectionLimits {
-        ConnectionLimits {
+    pub fn connection_limits(&self) -> ConnectionSettings {
+        ConnectionSettings {
             max_connections: self.max_connections,
             max_connections_per_peer: self.max_connections_per_peer(),
             handshake_timeout: self.handshake_timeout,
@@ -127,8 +127,8 @@ impl LimitsFlags {
     }
 
     /// How much one subscription's filter may hold.
-    pub fn filter_limits(&self) -> FilterLimits {
-        FilterLimits {
+    pub fn filter_limits(&self) -> FilterSettings {
+        FilterSettings {
             max_patterns: self.max_event_types,
             max_pattern_len: self.max_pattern_len,
         }

@@ -38,7 +38,7 @@ pub use parse::ValueError;
 pub use tls::TlsFlags;
 
 use crate::{
-    hub::HubConfig, ingest::IngestConfig, otel::Tracing, schema::DecodeOptions,
+    hub::HubSettings, ingest::IngestSettings, otel::Tracing, schema::DecodeSettings,
     sequencer::SequencerSettings,
 };
 
@@ -171,8 +171,8 @@ impl ServeConfig {
     }
 
     /// The hub's settings: subscriber queues, journal readers, heartbeats.
-    pub fn hub_settings(&self) -> HubConfig {
-        HubConfig {
+    pub fn hub_settings(&self) -> HubSettings {
+        HubSettings {
             queue_len: self.subscriber_queue_len,
             replay_readers: self.replay_readers(),
             heartbeat_interval: self.heartbeat_interval,
@@ -189,15 +189,15 @@ impl ServeConfig {
 
     /// The AMQP ingest's settings, consuming from `url` (`--amqp-url`, or in cluster mode the
     /// broker of the stream).
-    pub fn ingest_settings(&self, url: &str, tracing: &Tracing) -> IngestConfig {
+    pub fn ingest_settings(&self, url: &str, tracing: &Tracing) -> IngestSettings {
         // Half the grace: the streams still need the other half to flush what it acked.
         self.amqp
             .ingest_settings(url, self.decode_options(), self.shutdown_grace / 2, tracing)
     }
 
     /// What decoding accepts, the same on every ingest path.
-    pub fn decode_options(&self) -> DecodeOptions {
-        DecodeOptions {
+    pub fn decode_options(&self) -> DecodeSettings {
+        DecodeSettings {
             strict_schema: self.strict_schema,
             max_event_bytes: self.limits.max_event_bytes,
         }

@@ -78,7 +78,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// The connection limits of the port.
 #[derive(Debug, Clone, Copy)]
-pub struct ConnectionLimits {
+pub struct ConnectionSettings {
     /// Connections open at once (`--max-connections`).
     pub max_connections: usize,
     /// Connections open at once from one peer IP (`--max-connections-per-peer`); `None`: no
@@ -249,7 +249,7 @@ pub struct Incoming {
     listener: TcpListener,
     permits: Arc<Semaphore>,
     peers: Arc<PeerCounts>,
-    limits: ConnectionLimits,
+    limits: ConnectionSettings,
     metrics: Arc<Metrics>,
     /// After an accept error, no accepting until this completes.
     pause: Option<Pin<Box<Sleep>>>,
@@ -257,7 +257,7 @@ pub struct Incoming {
 
 impl Incoming {
     /// Accepts on `listener` within `limits`.
-    pub fn new(listener: TcpListener, limits: ConnectionLimits, metrics: Arc<Metrics>) -> Self {
+    pub fn new(listener: TcpListener, limits: ConnectionSettings, metrics: Arc<Metrics>) -> Self {
         Self {
             listener,
             permits: Arc::new(Semaphore::new(

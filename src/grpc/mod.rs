@@ -60,7 +60,7 @@ pub struct ServerSettings {
     /// Serve the live notification page at `/` ([`page`]).
     pub web: bool,
     /// How many connections, and how long each may take to send its first request.
-    pub connections: connections::ConnectionLimits,
+    pub connections: connections::ConnectionSettings,
     /// Where the connection counts go.
     pub metrics: Arc<Metrics>,
     /// RPC server spans, when tracing is on.

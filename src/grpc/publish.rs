@@ -21,7 +21,7 @@ use crate::{
     auth::Principal,
     otel::{self, EventTrace, Tracing},
     pb::{self, publish_request::Body},
-    schema::{self, DecodeOptions, Decoded, Properties},
+    schema::{self, DecodeSettings, Decoded, Properties},
     telemetry::Metrics,
     write::{self, Published, Receipt, Writer},
 };
@@ -32,7 +32,7 @@ pub(super) struct PublishPath {
     /// Where accepted events go: the sequencer, or the cluster's writer.
     pub writer: Arc<dyn Writer>,
     /// Decoding options (`--strict-schema`, `--max-event-bytes`).
-    pub decode: DecodeOptions,
+    pub decode: DecodeSettings,
     /// Ingest spans of published events, when tracing is on.
     pub tracing: Tracing,
     /// `Publish` calls (and `PublishStream` requests) per principal.

@@ -25,10 +25,10 @@ use super::{
 };
 use crate::{
     auth::{Authenticator, Principal, Wants},
-    hub::{Filter, FilterLimits, Hub, Subscription, Users},
+    hub::{Filter, FilterSettings, Hub, Subscription, Users},
     otel::Tracing,
     pb::{self, notification_service_server::NotificationService},
-    schema::DecodeOptions,
+    schema::DecodeSettings,
     store::Cursor,
     telemetry::Metrics,
     write::Writer,
@@ -44,11 +44,11 @@ pub struct NotifyService {
     /// Metrics to count rejections in.
     pub metrics: Arc<Metrics>,
     /// Decoding options (`--strict-schema`, `--max-event-bytes`).
-    pub decode: DecodeOptions,
+    pub decode: DecodeSettings,
     /// Tokens and who may do what.
     pub auth: Arc<Authenticator>,
     /// `--max-event-types`, `--max-pattern-len`.
-    pub filter_limits: FilterLimits,
+    pub filter_limits: FilterSettings,
     /// Open streams per connection and per principal.
     pub streams: Arc<StreamCounter>,
     /// `Publish` calls (and `PublishStream` requests) per principal.

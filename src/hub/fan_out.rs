@@ -20,7 +20,7 @@ use super::{
     frames::{caught_up_frame, control_frame, gap_frame},
     index::{Index, Subscriber},
     reads::Reads,
-    shared::{HubConfig, Shared},
+    shared::{HubSettings, Shared},
     subscription::Replay,
     unreadable::Unreadable,
 };
@@ -58,7 +58,7 @@ impl Hub {
     /// A hub with no subscribers whose head is `head` (the journal's head at start-up).
     /// `tracing` records the hand-offs of sampled replayed events.
     pub fn new(
-        config: HubConfig,
+        config: HubSettings,
         head: Cursor,
         metrics: Arc<Metrics>,
         journal: Arc<dyn JournalReader>,
@@ -79,7 +79,7 @@ impl Hub {
     }
 
     pub(super) fn with_reads(
-        config: HubConfig,
+        config: HubSettings,
         head: Cursor,
         metrics: Arc<Metrics>,
         journal: Arc<dyn JournalReader>,

@@ -12,14 +12,14 @@ pub const MAX_PATTERN_LEN: usize = 128;
 /// How much one subscription's filters may hold (`--max-event-types`, `--max-pattern-len`):
 /// each pattern is checked against every routed event, so these bound the work per event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FilterLimits {
+pub struct FilterSettings {
     /// The most event-type patterns.
     pub max_patterns: usize,
     /// The longest pattern, in bytes.
     pub max_pattern_len: usize,
 }
 
-impl Default for FilterLimits {
+impl Default for FilterSettings {
     fn default() -> Self {
         Self {
             max_patterns: MAX_TYPE_PATTERNS,
@@ -43,7 +43,7 @@ pub enum FilterError {
         /// What is wrong with it.
         problem: &'static str,
     },
-    /// More patterns than [`FilterLimits::max_patterns`].
+    /// More patterns than [`FilterSettings::max_patterns`].
     #[error("event_types has {count} entries; at most {limit} are allowed (--max-event-types)")]
     TooManyPatterns {
         /// Patterns sent.
@@ -51,7 +51,7 @@ pub enum FilterError {
         /// The limit.
         limit: usize,
     },
-    /// A pattern longer than [`FilterLimits::max_pattern_len`].
+    /// A pattern longer than [`FilterSettings::max_pattern_len`].
     #[error("event_types[{index}] is longer than {limit} bytes (--max-pattern-len)")]
     PatternTooLong {
         /// Position in `event_types`.
@@ -93,7 +93,7 @@ enum TypePattern {
 }
 
 impl TypePattern {
-    /// Parses a pattern already known to be at most [`FilterLimits::max_pattern_len`] long.
+    /// Parses a pattern already known to be at most [`FilterSettings::max_pattern_len`] long.
     fn parse(index: usize, text: &str) -> Result<Self, FilterError> {
         let bad = |problem| FilterError::BadPattern {
             index,
@@ -154,7 +154,7 @@ impl Filter {
         admin_feed: bool,
         event_types: &[String],
         device_id: &str,
-        limits: FilterLimits,
+        limits: FilterSettings,
     ) -> Result<Self, FilterError> {
         if event_types.len() > limits.max_patterns {
             return Err(FilterError::TooManyPatterns {
@@ -246,8 +246,14 @@ mod tests {
 
     fn filter(user: &str, admin: bool, types: &[&str], device: &str) -> Filter {
         let types: Vec<String> = types.iter().map(|t| t.to_string()).collect();
-        Filter::new(users(user), admin, &types, device, FilterLimits::default())
-            .expect("valid filter")
+        Filter::new(
+            users(user),
+            admin,
+            &types,
+            device,
+            FilterSettings::default(),
+        )
+        .expect("valid filter")
     }
 
     /// The request text tests use: empty = nobody, `*` = everybody.
@@ -292,7 +298,7 @@ mod tests {
     fn bad_requests_are_refused_with_the_reason() {
         let bad = |types: &[&str]| {
             let types: Vec<String> = types.iter().map(|t| t.to_string()).collect();
-            Filter::new(users("u1"), false, &types, "", FilterLimits::default())
+            Filter::new(users("u1"), false, &types, "", FilterSettings::default())
                 .expect_err("must be refused")
         };
         assert!(matches!(
@@ -323,7 +329,7 @@ mod tests {
                 limit: MAX_TYPE_PATTERNS
             }
         );
-        let tight = FilterLimits {
+        let tight = FilterSettings {
             max_patterns: 1,
             max_pattern_len: 5,
         };
@@ -337,7 +343,7 @@ mod tests {
             Err(FilterError::PatternTooLong { index: 0, limit: 5 })
         ));
         assert_eq!(
-            Filter::new(Users::None, false, &[], "", FilterLimits::default()),
+            Filter::new(Users::None, false, &[], "", FilterSettings::default()),
             Err(FilterError::SelectsNothing)
         );
         assert!(matches!(
@@ -346,7 +352,7 @@ mod tests {
                 false,
                 &[],
                 "",
-                FilterLimits::default()
+                FilterSettings::default()
             ),
             Err(FilterError::IdTooLong { field: "user_id" })
         ));

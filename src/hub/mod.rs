@@ -44,11 +44,11 @@ mod unreadable;
 
 pub use error::HubError;
 pub use fan_out::{Hub, Routed};
-pub use filter::{Filter, FilterError, FilterLimits, MAX_PATTERN_LEN, MAX_TYPE_PATTERNS, Users};
+pub use filter::{Filter, FilterError, FilterSettings, MAX_PATTERN_LEN, MAX_TYPE_PATTERNS, Users};
 pub use history::Page;
 pub use mailbox::{EndReason, Frame};
 pub use reads::ReadError;
-pub use shared::HubConfig;
+pub use shared::HubSettings;
 pub use subscription::Subscription;
 
 // Used only inside the hub.

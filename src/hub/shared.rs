@@ -22,7 +22,7 @@ use crate::{
 
 /// Settings of the hub.
 #[derive(Debug, Clone, Copy)]
-pub struct HubConfig {
+pub struct HubSettings {
     /// Frames one subscriber may have queued before it counts as too slow (see `mailbox`).
     pub queue_len: usize,
     /// Replay reads that may run at once, each on a blocking thread; further reads wait their
@@ -34,7 +34,7 @@ pub struct HubConfig {
 }
 
 pub(super) struct Shared {
-    pub(super) config: HubConfig,
+    pub(super) config: HubSettings,
     pub(super) metrics: Arc<Metrics>,
     pub(super) epoch: u64,
     /// Position of the last event fanned out. Written under the index read lock after the

@@ -44,7 +44,7 @@ use tracing::info;
 use crate::{
     backoff::{self, Backoff},
     otel::Tracing,
-    schema::DecodeOptions,
+    schema::DecodeSettings,
     telemetry::Metrics,
     write::Writer,
 };
@@ -66,7 +66,7 @@ pub const PROBE_TYPE: &str = "notify-backbone.active-consumer-probe";
 
 /// Everything the ingest needs to know.
 #[derive(Debug, Clone)]
-pub struct IngestConfig {
+pub struct IngestSettings {
     /// The broker, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
     pub url: String,
     /// This node's id; names its queue and its connection.
@@ -78,7 +78,7 @@ pub struct IngestConfig {
     /// Longest pause between reconnection attempts.
     pub reconnect_max_backoff: Duration,
     /// Decoding knobs (`--strict-schema`).
-    pub decode: DecodeOptions,
+    pub decode: DecodeSettings,
     /// On shutdown, how long in-flight deliveries get to settle; the rest go back to the queue
     /// unacknowledged.
     pub drain_timeout: Duration,
@@ -120,7 +120,7 @@ impl Ingest {
     /// Starts consuming in the background. The task reconnects until `shutdown` is cancelled,
     /// then cancels its consumer, settles and acks what is in flight, and closes the connection.
     pub fn spawn<W: Writer>(
-        config: IngestConfig,
+        config: IngestSettings,
         writer: W,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
@@ -150,7 +150,7 @@ impl Ingest {
 }
 
 async fn run<W: Writer>(
-    config: IngestConfig,
+    config: IngestSettings,
     writer: W,
     metrics: Arc<Metrics>,
     state: watch::Sender<IngestState>,

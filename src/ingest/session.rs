@@ -30,7 +30,7 @@ use tracing::{debug, info};
 use crate::{backoff::Backoff, telemetry::Metrics, write::Writer};
 
 use super::{
-    IngestConfig, IngestError, IngestState, SessionFailure, dead_letter, events,
+    IngestError, IngestSettings, IngestState, SessionFailure, dead_letter, events,
     message::Message,
     start::{Outcome, PendingOutcome, Start, Suspects},
     topology::QueueKind,
@@ -96,7 +96,7 @@ async fn publish_probe(channel: &Channel, queue: &str) -> lapin::Result<()> {
 /// disk alarm it stops reading from every connection that publishes, and the consuming
 /// connection must keep acking (consuming is what relieves the broker) even then.
 pub(super) async fn run<W: Writer>(
-    config: &IngestConfig,
+    config: &IngestSettings,
     writer: &W,
     metrics: &Metrics,
     state: &watch::Sender<IngestState>,
@@ -151,7 +151,7 @@ pub fn connection_name(node_id: &str) -> String {
 
 async fn consume<W: Writer>(
     (connection, publishing): (&Connection, &Connection),
-    config: &IngestConfig,
+    config: &IngestSettings,
     writer: &W,
     metrics: &Metrics,
     state: &watch::Sender<IngestState>,

@@ -20,7 +20,7 @@ use crate::{
     write::{Published, WriteError, Writer},
 };
 
-use super::{IngestConfig, IngestError, dead_letter, message::Message};
+use super::{IngestError, IngestSettings, dead_letter, message::Message};
 
 /// How one delivery ended.
 pub(super) enum Outcome {
@@ -52,7 +52,7 @@ pub(super) type PendingOutcome = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 /// What starting a delivery needs; apart from the session's mutable state, so the in-flight
 /// futures (which are `Send` but not `Sync`) are never borrowed across an await.
 pub(super) struct Start<'a, W> {
-    pub config: &'a IngestConfig,
+    pub config: &'a IngestSettings,
     pub writer: &'a W,
     /// The channel dead-letter copies, probes and answers to forwarded calls go out on.
     pub dead_letters: Channel,

@@ -46,7 +46,7 @@ pub struct Properties {
 
 /// Knobs that change what decoding accepts.
 #[derive(Debug, Clone, Copy)]
-pub struct DecodeOptions {
+pub struct DecodeSettings {
     /// Reject events of a known family whose routing key has no typed message, instead of
     /// delivering them with an untyped `Struct` payload.
     pub strict_schema: bool,
@@ -55,7 +55,7 @@ pub struct DecodeOptions {
     pub max_event_bytes: usize,
 }
 
-impl Default for DecodeOptions {
+impl Default for DecodeSettings {
     fn default() -> Self {
         Self {
             strict_schema: false,
@@ -295,7 +295,7 @@ pub fn decode(
     routing_key: &str,
     body: &[u8],
     props: &Properties,
-    opts: DecodeOptions,
+    opts: DecodeSettings,
 ) -> Result<Decoded, DecodeError> {
     // The key and the size are checked before the body is parsed: refusing them costs nothing,
     // while parsing a huge body (a million keys) costs many times its size in memory.
@@ -382,7 +382,7 @@ pub fn accept_typed(
     routing_key: &str,
     event: pb::Event,
     props: &Properties,
-    opts: DecodeOptions,
+    opts: DecodeSettings,
 ) -> Result<Decoded, DecodeError> {
     check_size("body", prost::Message::encoded_len(&event), opts)?;
     let event = typed::accept(routing_key, event, props, opts)?;
@@ -399,7 +399,7 @@ pub fn accept_typed(
 pub fn decode_forwarded(
     body: &[u8],
     props: &Properties,
-    opts: DecodeOptions,
+    opts: DecodeSettings,
 ) -> Result<Decoded, DecodeError> {
     check_size("body", body.len(), opts)?;
     let event = <pb::Event as prost::Message>::decode(body)
@@ -408,7 +408,7 @@ pub fn decode_forwarded(
 }
 
 /// Refuses `size` bytes of `what` over the limit.
-fn check_size(what: &'static str, size: usize, opts: DecodeOptions) -> Result<(), DecodeError> {
+fn check_size(what: &'static str, size: usize, opts: DecodeSettings) -> Result<(), DecodeError> {
     if size > opts.max_event_bytes {
         return Err(DecodeError::TooLarge {
             what,
@@ -429,7 +429,7 @@ fn check_size(what: &'static str, size: usize, opts: DecodeOptions) -> Result<()
 fn finish(
     mut event: pb::Event,
     names: [&str; 3],
-    opts: DecodeOptions,
+    opts: DecodeSettings,
 ) -> Result<Decoded, DecodeError> {
     let [id, user, device] = names;
     for (field, value) in [

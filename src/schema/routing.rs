@@ -4,7 +4,7 @@
 //! (`app.install.failed` for `app.install_failed`). Does not own the fields of each kind
 //! (see `catalog`).
 
-use super::{ADMIN_NOTICE_TYPE, DecodeError, DecodeOptions, MAX_ROUTING_KEY_BYTES};
+use super::{ADMIN_NOTICE_TYPE, DecodeError, DecodeSettings, MAX_ROUTING_KEY_BYTES};
 use crate::pb::event::Payload;
 
 /// Routing keys some producers use for an event whose canonical type is spelled differently.
@@ -152,7 +152,7 @@ pub(super) fn canonical(routing_key: &str) -> &str {
 ///
 /// `admin.notice` is refused like any key outside the families: only this server derives
 /// notices, so a producer sending one would be impersonating it.
-pub(super) fn route(routing_key: &str, opts: DecodeOptions) -> Result<Route, DecodeError> {
+pub(super) fn route(routing_key: &str, opts: DecodeSettings) -> Result<Route, DecodeError> {
     check_grammar(routing_key)?;
     let canonical = canonical(routing_key);
     if let Some(kind) = KINDS.iter().find(|kind| kind.name() == canonical) {

@@ -5,7 +5,7 @@
 //! proto's (`user_id`, `billing_payment_success.amount`), since that is what the caller wrote.
 
 use super::routing::{self, Kind, Route};
-use super::{DecodeError, DecodeOptions, Properties, dates, id, money};
+use super::{DecodeError, DecodeSettings, Properties, dates, id, money};
 use crate::pb::{self, event::Payload};
 
 /// Validates `event` and fills what the server assigns: canonical type, `received_at`,
@@ -14,7 +14,7 @@ pub(super) fn accept(
     routing_key: &str,
     mut event: pb::Event,
     props: &Properties,
-    opts: DecodeOptions,
+    opts: DecodeSettings,
 ) -> Result<pb::Event, DecodeError> {
     let event_type = resolve_type(routing_key, &event.r#type)?;
     let route = routing::route(&event_type, opts)?;

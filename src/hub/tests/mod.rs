@@ -115,7 +115,7 @@ fn hub(queue_len: usize) -> Hub {
 fn hub_with_journal(queue_len: usize) -> (Hub, Arc<TestJournal>) {
     let journal = Arc::new(TestJournal::default());
     let hub = Hub::with_reads(
-        HubConfig {
+        HubSettings {
             queue_len,
             replay_readers: 1,
             heartbeat_interval: std::time::Duration::from_secs(15),
@@ -139,7 +139,7 @@ fn filter(user: &str, admin_feed: bool, types: &[&str], device: &str) -> Filter 
         "*" => Users::All,
         user => Users::One(user.into()),
     };
-    Filter::new(users, admin_feed, &types, device, FilterLimits::default()).expect("valid filter")
+    Filter::new(users, admin_feed, &types, device, FilterSettings::default()).expect("valid filter")
 }
 
 struct Publisher {
@@ -216,7 +216,7 @@ fn event_ids(kinds: &[Kind]) -> Vec<String> {
 fn pooled_hub(stored: u64) -> (Hub, Arc<TestJournal>) {
     let journal = Arc::new(TestJournal::default());
     let hub = Hub::new(
-        HubConfig {
+        HubSettings {
             queue_len: 16,
             replay_readers: 1,
             heartbeat_interval: std::time::Duration::from_secs(15),

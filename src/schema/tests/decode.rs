@@ -9,7 +9,7 @@ use super::{
     received_at, to_json,
 };
 use crate::pb::event::Payload;
-use crate::schema::{DecodeError, DecodeOptions, Properties, decode};
+use crate::schema::{DecodeError, DecodeSettings, Properties, decode};
 
 fn install_failed_error(routing_key: &str, alias: &str) -> String {
     let json = format!(r#"{{"appId":"a-1","deviceId":"d-1","{alias}":"disk full","_trace":{{}}}}"#);
@@ -132,7 +132,7 @@ fn the_amqp_timestamp_in_milliseconds_is_used_when_the_body_has_no_date() {
         "device.deleted",
         body.as_bytes(),
         &props,
-        DecodeOptions::default(),
+        DecodeSettings::default(),
     )
     .expect("decodes")
     .event;
@@ -148,7 +148,7 @@ fn the_body_timestamp_beats_the_amqp_timestamp_and_the_own_date_beats_both() {
     };
     let decode_with = |key: &str, file: &str| {
         let body = fixture(file);
-        decode(key, body.as_bytes(), &props, DecodeOptions::default())
+        decode(key, body.as_bytes(), &props, DecodeSettings::default())
             .expect("decodes")
             .event
             .occurred_at
@@ -391,9 +391,9 @@ fn untyped_family_events_carry_the_body_without_trace() {
 
 #[test]
 fn strict_schema_refuses_untyped_events_and_keeps_typed_ones() {
-    let strict = DecodeOptions {
+    let strict = DecodeSettings {
         strict_schema: true,
-        ..DecodeOptions::default()
+        ..DecodeSettings::default()
     };
     let body = br#"{"deviceId":"d-1","userId":"u-1"}"#;
     assert_eq!(
@@ -401,7 +401,7 @@ fn strict_schema_refuses_untyped_events_and_keeps_typed_ones() {
         Err(DecodeError::Untyped("device.rebooted".into()))
     );
     assert!(decode("device.deleted", body, &props(), strict).is_ok());
-    assert!(decode("device.rebooted", body, &props(), DecodeOptions::default()).is_ok());
+    assert!(decode("device.rebooted", body, &props(), DecodeSettings::default()).is_ok());
 }
 
 #[test]

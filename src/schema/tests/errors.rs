@@ -1,11 +1,12 @@
 //! Every `DecodeError` a body can cause, with its stable reason code and the field at fault.
 
 use super::{decode_json, fixture_object, props, to_json};
-use crate::schema::{DecodeError, DecodeOptions, decode};
+use crate::schema::{DecodeError, DecodeSettings, decode};
 
 /// Decodes raw bytes under `routing_key` and returns the error, which the test expects.
 fn error_of(routing_key: &str, body: &[u8]) -> DecodeError {
-    decode(routing_key, body, &props(), DecodeOptions::default()).expect_err("decoding should fail")
+    decode(routing_key, body, &props(), DecodeSettings::default())
+        .expect_err("decoding should fail")
 }
 
 /// The error of a JSON body, which the test expects.
@@ -85,7 +86,7 @@ fn routing_keys_outside_the_grammar_are_invalid_whatever_their_prefix() {
         &longest,
         br#"{"userId":"u"}"#,
         &props(),
-        DecodeOptions::default(),
+        DecodeSettings::default(),
     );
     assert!(decoded.is_ok(), "{decoded:?}");
     // The platform's own keys all follow it.
@@ -100,9 +101,9 @@ fn routing_keys_outside_the_grammar_are_invalid_whatever_their_prefix() {
 
 #[test]
 fn bodies_and_events_over_the_size_limit_are_too_large() {
-    let tight = DecodeOptions {
+    let tight = DecodeSettings {
         max_event_bytes: 2048,
-        ..DecodeOptions::default()
+        ..DecodeSettings::default()
     };
     // The body itself: refused before it is parsed (it is not even JSON here).
     let big = vec![b'x'; 4096];
@@ -128,9 +129,9 @@ fn bodies_and_events_over_the_size_limit_are_too_large() {
         "{}",
         body.len()
     );
-    let roomy = DecodeOptions {
+    let roomy = DecodeSettings {
         max_event_bytes: body.len(),
-        ..DecodeOptions::default()
+        ..DecodeSettings::default()
     };
     let error = decode("device.rebooted", body.as_bytes(), &props(), roomy).expect_err("too large");
     assert!(
@@ -162,7 +163,7 @@ fn ids_longer_than_a_filter_can_name_are_invalid() {
             "device.started",
             body.as_bytes(),
             &props(),
-            DecodeOptions::default()
+            DecodeSettings::default()
         )
         .is_ok()
     );
@@ -210,9 +211,9 @@ fn the_firehose_selector_is_not_a_user_id() {
 
 #[test]
 fn strict_untyped_has_its_reason() {
-    let strict = DecodeOptions {
+    let strict = DecodeSettings {
         strict_schema: true,
-        ..DecodeOptions::default()
+        ..DecodeSettings::default()
     };
     let error = decode("quota.frozen", br#"{"userId":"u"}"#, &props(), strict)
         .expect_err("strict refuses untyped");

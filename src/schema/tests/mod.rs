@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost_types::Timestamp;
 
-use super::{DecodeError, DecodeOptions, Decoded, Properties, decode};
+use super::{DecodeError, DecodeSettings, Decoded, Properties, decode};
 
 /// The traceparent most fixtures carry.
 const TRACE_1: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -51,7 +51,7 @@ fn decode_json(routing_key: &str, json: &str) -> Result<Decoded, DecodeError> {
         routing_key,
         json.as_bytes(),
         &props(),
-        DecodeOptions::default(),
+        DecodeSettings::default(),
     )
 }
 

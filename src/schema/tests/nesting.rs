@@ -9,7 +9,7 @@ use prost_types::{ListValue, Struct, Value, value::Kind};
 use super::{decode_json, props};
 use crate::pb::{self, event::Payload};
 use crate::schema::{
-    DECODER_NESTING_LIMIT, DecodeError, DecodeOptions, Decoded, MAX_BODY_DEPTH, MAX_EVENT_NESTING,
+    DECODER_NESTING_LIMIT, DecodeError, DecodeSettings, Decoded, MAX_BODY_DEPTH, MAX_EVENT_NESTING,
     accept_typed, nesting::struct_reach,
 };
 
@@ -223,7 +223,7 @@ fn a_typed_event_whose_struct_reaches_past_the_bound_is_too_deep() {
         "billing.anything",
         event(objects(MAX_BODY_DEPTH)),
         &props(),
-        DecodeOptions::default(),
+        DecodeSettings::default(),
     )
     .expect("at the bound");
     assert_clients_decode(&accepted.event);
@@ -231,7 +231,7 @@ fn a_typed_event_whose_struct_reaches_past_the_bound_is_too_deep() {
         "billing.anything",
         event(objects(MAX_BODY_DEPTH + 1)),
         &props(),
-        DecodeOptions::default(),
+        DecodeSettings::default(),
     )
     .expect_err("past the bound");
     assert_eq!(error.reason(), "too_deep");
@@ -246,7 +246,7 @@ fn a_typed_event_whose_struct_reaches_past_the_bound_is_too_deep() {
         })),
         ..Default::default()
     };
-    let error = accept_typed("app.updated", updated, &props(), DecodeOptions::default())
+    let error = accept_typed("app.updated", updated, &props(), DecodeSettings::default())
         .expect_err("past the bound");
     assert_eq!(error.field(), Some("app_updated.new_values"));
 }

@@ -5,7 +5,7 @@ use prost_types::Timestamp;
 use super::{RECEIVED, at, props, received_at};
 use crate::pb::{self, event::Payload};
 use crate::schema::{
-    ADMIN_NOTICE_TYPE, DecodeError, DecodeOptions, Decoded, Properties, accept_typed,
+    ADMIN_NOTICE_TYPE, DecodeError, DecodeSettings, Decoded, Properties, accept_typed,
 };
 
 /// A valid typed `quota.exceeded` event as a service would send it.
@@ -39,7 +39,7 @@ fn payment(amount: &str) -> pb::Event {
 }
 
 fn accept(routing_key: &str, event: pb::Event) -> Result<Decoded, DecodeError> {
-    accept_typed(routing_key, event, &props(), DecodeOptions::default())
+    accept_typed(routing_key, event, &props(), DecodeSettings::default())
 }
 
 #[test]
@@ -97,7 +97,7 @@ fn the_computed_id_ignores_receipt_time_trace_and_cursor_but_not_content() {
         timestamp_ms: None,
         received_at: received_at() + std::time::Duration::from_secs(60),
     };
-    let second = accept_typed("", again, &later, DecodeOptions::default())
+    let second = accept_typed("", again, &later, DecodeSettings::default())
         .expect("accepted")
         .event;
     assert_eq!(first.id, second.id);
@@ -184,9 +184,9 @@ fn untyped_payloads_only_for_keys_without_a_message_and_not_when_strict() {
         ..Default::default()
     };
     assert!(accept("billing.refunded", untyped.clone()).is_ok());
-    let strict = DecodeOptions {
+    let strict = DecodeSettings {
         strict_schema: true,
-        ..DecodeOptions::default()
+        ..DecodeSettings::default()
     };
     assert_eq!(
         accept_typed("billing.refunded", untyped, &props(), strict),
@@ -268,7 +268,7 @@ fn the_amqp_timestamp_dates_a_typed_event_without_a_date() {
         timestamp_ms: Some(1_732_096_800_123),
         received_at: received_at(),
     };
-    let accepted = accept_typed("", quota_exceeded(), &props, DecodeOptions::default())
+    let accepted = accept_typed("", quota_exceeded(), &props, DecodeSettings::default())
         .expect("accepted")
         .event;
     assert_eq!(accepted.occurred_at, Some(at("2024-11-20T10:00:00.123Z")));

@@ -34,7 +34,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 use tokio::sync::watch;
 
 pub use replica::{IdIndex, Known, Replicated};
-pub use retention::{Pruner, Retention};
+pub use retention::{Pruner, RetentionSettings};
 pub use sync::Syncer;
 
 use super::{

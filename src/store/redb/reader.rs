@@ -185,7 +185,7 @@ fn floor_in(txn: &ReadTransaction) -> Result<u64, StoreError> {
 mod tests {
     use std::time::Duration;
 
-    use super::super::{RedbJournal, Retention, test_support::*};
+    use super::super::{RedbJournal, RetentionSettings, test_support::*};
     use super::*;
     use crate::store::Journal as _;
 
@@ -333,7 +333,7 @@ mod tests {
         let scan = reader.scan(9, limits(5, 100, 100), &u2).unwrap();
         assert_eq!((positions(&scan), scan.last), (vec![], 5));
         // Retention removed everything: the scan starts after the floor and says where it is.
-        let pruner = journal.pruner(Retention {
+        let pruner = journal.pruner(RetentionSettings {
             max_age: Duration::from_millis(1),
             max_bytes: u64::MAX,
         });

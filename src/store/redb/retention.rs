@@ -18,7 +18,7 @@ use crate::store::{StoreError, file::JournalFile};
 
 /// How long and how much the journal keeps (`--retention-age`, `--retention-bytes`).
 #[derive(Debug, Clone, Copy)]
-pub struct Retention {
+pub struct RetentionSettings {
     /// Events older than this are removed.
     pub max_age: Duration,
     /// The oldest events are removed while the records take more than this.
@@ -29,7 +29,7 @@ pub struct Retention {
 /// write transactions).
 pub struct Pruner {
     file: Arc<JournalFile>,
-    retention: Retention,
+    retention: RetentionSettings,
 }
 
 /// Events removed per transaction, so pruning a large backlog never holds the writer long.
@@ -37,7 +37,7 @@ const PRUNE_BATCH: usize = 4096;
 
 impl RedbJournal {
     /// The pruner for `retention`, to run in the background.
-    pub fn pruner(&self, retention: Retention) -> Pruner {
+    pub fn pruner(&self, retention: RetentionSettings) -> Pruner {
         Pruner {
             file: Arc::clone(&self.file),
             retention,
@@ -148,7 +148,7 @@ mod tests {
             .unwrap();
         let reader = journal.reader();
         // By age: 5 s of retention at t0 + 12 s removes a and b only.
-        let by_age = journal.pruner(Retention {
+        let by_age = journal.pruner(RetentionSettings {
             max_age: Duration::from_secs(5),
             max_bytes: u64::MAX,
         });
@@ -169,7 +169,7 @@ mod tests {
         assert!(!out[0].duplicate);
         // By size: keep at most about one record.
         let record_len = read_after(&*reader, 4, 1)[0].frame.len() as u64 + 64;
-        let by_size = journal.pruner(Retention {
+        let by_size = journal.pruner(RetentionSettings {
             max_age: Duration::from_secs(3600),
             max_bytes: record_len,
         });
@@ -193,7 +193,7 @@ mod tests {
         // Field 1 (the append time) with the wire type of a string.
         overwrite_record(&journal, 1, &[0x0a, 0x00]);
         assert!(scan_after(&*journal.reader(), 0, 10).is_err());
-        let pruner = journal.pruner(Retention {
+        let pruner = journal.pruner(RetentionSettings {
             max_age: Duration::from_secs(3600),
             max_bytes: u64::MAX,
         });
