@@ -52,6 +52,22 @@ pub enum LogFormat {
     Json,
 }
 
+/// An error and its causes, `: `-separated, for a log field: an error with a `#[source]` does
+/// not repeat it in its own message (the binary prints chains itself).
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(error) = source {
+            write!(f, ": {error}")?;
+            source = error.source();
+        }
+        Ok(())
+    }
+}
+
 /// Starts logging to stderr in `format`; `RUST_LOG` overrides `default_filter` (e.g.
 /// [`DEFAULT_LOG_FILTER`]).
 ///

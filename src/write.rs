@@ -77,22 +77,6 @@ impl WriteError {
     }
 }
 
-/// An error and its causes, `: `-separated, for a log field: an error with a `#[source]` does
-/// not repeat it in its own message (the binary prints chains itself).
-pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(error) = source {
-            write!(f, ": {error}")?;
-            source = error.source();
-        }
-        Ok(())
-    }
-}
-
 /// Where a writer answers one submission.
 pub type Reply = oneshot::Sender<Result<Published, WriteError>>;
 
@@ -167,6 +151,7 @@ pub async fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::Chain;
 
     #[derive(Debug, thiserror::Error)]
     #[error("outer")]

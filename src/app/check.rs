@@ -9,7 +9,7 @@ use super::credentials::{configured_verifier, tls_identity};
 use crate::{
     cluster,
     config::{JournalKind, ServeConfig},
-    write::Chain,
+    telemetry::Chain,
 };
 
 /// How long `serve --check` waits for the broker's account of the cluster's names.

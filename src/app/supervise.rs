@@ -7,7 +7,7 @@
 
 use tokio_util::sync::CancellationToken;
 
-use crate::write::Chain;
+use crate::telemetry::Chain;
 
 /// A task's own failure, as the task reported it (a deleted stream, say).
 pub(super) type Failure = Box<dyn std::error::Error + Send + Sync>;

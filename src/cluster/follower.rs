@@ -41,8 +41,7 @@ use crate::{
     hub::Hub,
     sequencer::fan_out_stored,
     store::{Journal as _, JournalHealth, RedbJournal, Replicated},
-    telemetry::Metrics,
-    write::Chain,
+    telemetry::{Chain, Metrics},
 };
 
 /// Messages read, replicated and fanned out together (one replica commit).

@@ -59,8 +59,9 @@ use crate::{
     otel::EventTrace,
     schema::Decoded,
     store::{Cursor, IdIndex},
+    telemetry::Chain,
     telemetry::Metrics,
-    write::{Chain, ClusterFailure, Published, Receipt, Reply, Submitting, WriteError, Writer},
+    write::{ClusterFailure, Published, Receipt, Reply, Submitting, WriteError, Writer},
 };
 
 /// The most submissions appended together.

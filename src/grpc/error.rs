@@ -11,8 +11,9 @@ use crate::{
     hub::{EndReason, FilterError, HubError},
     schema::DecodeError,
     store::{Cursor, CursorError, StoreError},
+    telemetry::Chain,
     telemetry::Metrics,
-    write::{Chain, WriteError},
+    write::WriteError,
 };
 
 /// Anything a `NotificationService` call can fail with.
@@ -107,7 +108,7 @@ impl From<ApiError> for Status {
             }
             ApiError::Hub(HubError::Journal(detail)) => {
                 // The details are for the operator's log, not for clients.
-                tracing::error!(error = %detail, "reading the journal failed");
+                tracing::error!(error = %Chain(detail), "reading the journal failed");
                 return Status::unavailable("the journal is unavailable; retry later");
             }
             ApiError::Write(WriteError::Journal(StoreError::DiskFull { .. })) => {

@@ -24,6 +24,7 @@ use crate::{
     otel::Delivery,
     pb::{self, subscribe_response::Kind},
     store::{Cursor, Scan, ScanLimits},
+    telemetry::Chain,
 };
 
 /// Events to read from the journal before the mailbox: after a resume, or after lagging.
@@ -209,7 +210,10 @@ impl Subscription {
     }
 
     fn journal_failed(&mut self, error: &ReadError) {
-        tracing::warn!(%error, "replay failed: the journal cannot be read; ending the stream");
+        tracing::warn!(
+            error = %Chain(error),
+            "replay failed: the journal cannot be read; ending the stream"
+        );
         self.replay = None;
         self.pending.clear();
         self.subscriber.mailbox.close(EndReason::JournalUnavailable);

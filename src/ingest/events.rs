@@ -5,11 +5,7 @@ use std::time::Duration;
 
 use tracing::{debug, warn};
 
-use crate::{
-    schema::DecodeError,
-    telemetry::Metrics,
-    write::{Chain, WriteError},
-};
+use crate::{schema::DecodeError, telemetry::Chain, telemetry::Metrics, write::WriteError};
 
 use super::IngestError;
 
