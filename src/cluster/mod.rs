@@ -37,9 +37,9 @@ pub mod inspect;
 pub mod stream;
 pub mod writer;
 
-pub use follower::{FollowState, Follower, FollowerParts, Waiters, discover_epoch};
-pub use forward::{ForwardError, Forwarder};
-pub use inspect::{BrokerReport, JoinedStream, inspect};
+pub use follower::{FollowState, Follower, FollowerParts, discover_epoch};
+pub use forward::Forwarder;
+pub use inspect::inspect;
 pub use stream::{DEFAULT_INGEST_QUEUE, DEFAULT_STREAM, StreamSettings};
 pub use writer::{StreamWriter, WriterParts};
 

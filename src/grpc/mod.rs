@@ -33,7 +33,7 @@ use tonic_health::{
 };
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-pub use service::{NotifyService, SubscribeStream};
+pub use service::NotifyService;
 
 use crate::{pb::notification_service_server::NotificationServiceServer, telemetry::Metrics};
 

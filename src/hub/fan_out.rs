@@ -109,6 +109,7 @@ impl Hub {
     }
 
     /// The number of open subscriptions.
+    #[cfg(test)]
     pub fn subscriber_count(&self) -> usize {
         self.shared.read().all.len()
     }

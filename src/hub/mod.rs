@@ -45,7 +45,6 @@ mod unreadable;
 pub use error::HubError;
 pub use fan_out::{Hub, Routed};
 pub use filter::{Filter, FilterError, FilterSettings, MAX_PATTERN_LEN, MAX_TYPE_PATTERNS, Users};
-pub use history::Page;
 pub use mailbox::{EndReason, Frame};
 pub use reads::ReadError;
 pub use shared::HubSettings;

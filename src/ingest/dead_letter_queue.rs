@@ -33,7 +33,7 @@ use lapin::{
 use tracing::info;
 
 use super::letter::read_letter;
-pub use super::letter::{DeadLetter, RefusedBy, Selection, topic_matches};
+pub use super::letter::{DeadLetter, RefusedBy, Selection};
 
 use super::dead_letter::{
     DEAD_LETTERED_AT_HEADER, ERROR_DETAIL_HEADER, ERROR_FIELD_HEADER, ERROR_HEADER,

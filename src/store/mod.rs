@@ -115,6 +115,7 @@ pub struct StoredEvent {
 
 impl StoredEvent {
     /// Its routing facts.
+    #[cfg(test)]
     pub fn meta(&self) -> EventMeta<'_> {
         EventMeta {
             event_type: &self.event_type,
@@ -237,6 +238,7 @@ pub trait JournalReader: Send + Sync {
 }
 
 /// [`JournalReader::scan`] over events already in memory, in order (the journals of tests).
+#[cfg(test)]
 pub fn scan_slice<'a>(
     events: impl IntoIterator<Item = &'a StoredEvent>,
     floor: u64,
@@ -283,6 +285,7 @@ pub fn scan_slice<'a>(
 
 /// [`JournalReader::scan_back`] over events already in memory, in order (the journals of
 /// tests).
+#[cfg(test)]
 pub fn scan_slice_back<'a>(
     events: impl DoubleEndedIterator<Item = &'a StoredEvent>,
     floor: u64,

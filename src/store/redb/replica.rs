@@ -141,8 +141,9 @@ impl RedbJournal {
         Ok(())
     }
 
-    /// Where each id was stored, if it was (and is still remembered): the dedupe of cluster
-    /// mode's writer. Reads on the caller's thread (a blocking read).
+    /// Where each id was stored, if it was (and is still remembered): what the tests check of
+    /// the dedupe (the writers ask [`IdIndex::known`]). A blocking read.
+    #[cfg(test)]
     pub fn positions_of(&self, ids: &[&str]) -> Result<Vec<Option<u64>>, StoreError> {
         self.id_index().positions_of(ids)
     }
@@ -197,6 +198,7 @@ impl IdIndex {
 
     /// Where each id was stored, if it was (and is still remembered). A blocking read: call it
     /// off the async workers.
+    #[cfg(test)]
     pub fn positions_of(&self, ids: &[&str]) -> Result<Vec<Option<u64>>, StoreError> {
         let db = self.file.db()?;
         let txn = db.begin_read().map_err(read_failed)?;
