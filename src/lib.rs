@@ -1,35 +1,41 @@
 //! notify-backbone: a schema-first gRPC streaming notification backbone.
 //!
-//! Events flow top to bottom through these modules; each knows only its neighbours' plain
-//! Rust types (see `docs/architecture.md`):
+//! The modules, from the entry points at the top to the leaves at the bottom. A module uses
+//! only modules below it in this table, never one above (`tests/module_map.rs` checks it, and
+//! that the files inside one folder do not import each other in a circle either); each module's
+//! `//!` header says what it owns and what it does not. The data flow and the delivery
+//! promises are in `docs/architecture.md`.
 //!
 //! | module        | owns                                                                      |
 //! |---------------|---------------------------------------------------------------------------|
-//! | [`pb`]        | the generated protobuf types of `proto/` (the public contract)            |
-//! | [`schema`]    | producer JSON (every wire shape) or a typed event → validated `pb::Event`  |
-//! | [`ingest`]    | AMQP: topology, consume, ack after acceptance, dead letters, reconnect;   |
-//! |               | listing, replaying and dropping dead letters                              |
-//! | [`store`]     | the journal: positions, cursors, dedupe by event id                       |
-//! | [`write`]     | the write contract: the `Writer` trait, its receipt and its errors        |
-//! | [`sequencer`] | the single writer: journal append in batches, then hand-off to the hub    |
-//! | [`cluster`]   | cluster mode: the journal on a RabbitMQ stream, every node's replica and   |
-//! |               | follower, the single writer, `Publish` on any node                         |
-//! | [`auth`]      | the platform's JWT → `Principal`; who may subscribe to what, see, publish |
-//! | [`hub`]       | routing index, filters, per-subscriber bounded queues, overflow policy    |
-//! | [`grpc`]      | tonic services (thin adapters), grpc-web, TLS, limits, `Status` map,      |
-//! |               | the port's connections ([`grpc::connections`]), the live notification     |
-//! |               | page served at `/` (`--web`, [`grpc::page`])                              |
-//! | [`telemetry`] | logging setup, Prometheus metrics and the `/metrics` endpoint             |
-//! | [`otel`]      | OpenTelemetry tracing: OTLP export, an event's spans in its trace         |
+//! | [`app`]       | wires the stages together (one node or a cluster node), the background    |
+//! |               | tasks, `serve --check`, shutdown by one deadline                          |
+//! | [`cli`]       | the command line's top level: the subcommands, `completions`              |
 //! | [`config`]    | every knob of `serve`: CLI flag + env var + documented default, grouped   |
 //! |               | as `--help` shows them, each group beside the settings it produces        |
-//! | [`app`]       | wires the stages together, owns shutdown and task tracking                |
 //! | [`client`]    | the command-line clients: `subscribe`, `history`, `publish`, `token`,     |
 //! |               | `dead-letters`                                                            |
-//! | [`cli`]       | the command line's top level: the subcommands, `completions`              |
+//! | [`cluster`]   | cluster mode: the journal on a RabbitMQ stream, every node's replica and   |
+//! |               | follower, the single writer, `Publish` on any node                         |
+//! | `grpc`        | tonic services (thin adapters), grpc-web, TLS, limits, the one `Status`   |
+//! |               | map, the port's connections, the live notification page served at `/`    |
+//! | [`ingest`]    | AMQP: topology, consume, ack after acceptance, dead letters, reconnect;   |
+//! |               | listing, replaying and dropping dead letters                              |
+//! | `sequencer`   | the single node's writer: journal append in batches, then the hub         |
+//! | `hub`         | routing index, filters, per-subscriber bounded queues, overflow policy,   |
+//! |               | replay on resume, history pages                                           |
+//! | [`write`]     | the write contract: the `Writer` trait, its receipt and its error         |
+//! | [`auth`]      | the platform's JWT → `Principal`; who may subscribe to what, see, publish |
+//! | [`otel`]      | OpenTelemetry tracing: OTLP export, an event's spans in its trace         |
+//! | [`telemetry`] | logging setup, Prometheus metrics and the `/metrics` endpoint             |
+//! | [`schema`]    | producer JSON (every wire shape) or a typed event → validated `pb::Event`  |
+//! | [`store`]     | the journal: positions, cursors, dedupe by event id                       |
+//! | [`pb`]        | the generated protobuf types of `proto/` (the public contract)            |
+//! | `backoff`     | the one retry policy: exponential pauses with jitter, a cap, a reset      |
 //!
-//! The load generator is not here: it is `bench/` (`notify-bench`), a crate of its own in this
-//! workspace that uses this library as any client would.
+//! `grpc`, `sequencer`, `hub` and `backoff` are internal (`pub(crate)`): nothing outside the
+//! crate uses them. The load generator is not here: it is `bench/` (`notify-bench`), a crate of
+//! its own in this workspace that uses this library as any client would.
 
 pub mod app;
 pub mod auth;

@@ -297,6 +297,22 @@ fn circles(edges: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
     walk.circles
 }
 
+/// The modules in the order of `src/lib.rs`'s module table (`//! | [`name`] …` or
+/// `//! | `name` …`), top first.
+fn table_order(lib: &str) -> Vec<String> {
+    lib.lines()
+        .filter_map(|line| line.strip_prefix("//! | "))
+        .filter_map(|cell| {
+            let cell = cell.trim_start_matches('[').strip_prefix('`')?;
+            let name: String = cell
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            (!name.is_empty() && cell[name.len()..].starts_with('`')).then_some(name)
+        })
+        .collect()
+}
+
 #[test]
 fn imports_run_down_the_module_map_without_cycles() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
@@ -341,6 +357,37 @@ fn imports_run_down_the_module_map_without_cycles() {
             .get(&Vec::new())
             .is_some_and(|edges| edges.len() > 5),
         "the reader found almost no references between top-level modules: {by_parent:?}"
+    );
+
+    // The crate root's table lists every top-level module, and each uses only those below it.
+    let lib = std::fs::read_to_string(src.join("lib.rs")).expect("src/lib.rs");
+    let order = table_order(&lib);
+    let top: BTreeSet<&String> = known
+        .iter()
+        .filter(|module| module.len() == 1)
+        .map(|module| &module[0])
+        .collect();
+    let listed: BTreeSet<&String> = order.iter().collect();
+    assert_eq!(
+        top, listed,
+        "src/lib.rs's module table must list exactly the top-level modules"
+    );
+    let rank = |name: &str| order.iter().position(|m| m == name).unwrap_or(usize::MAX);
+    let upward: Vec<String> = by_parent
+        .get(&Vec::new())
+        .into_iter()
+        .flatten()
+        .flat_map(|(from, targets)| {
+            targets
+                .iter()
+                .filter(|to| rank(to) < rank(from))
+                .map(move |to| format!("{from} → {to}"))
+        })
+        .collect();
+    assert!(
+        upward.is_empty(),
+        "a module may use only modules below it in src/lib.rs's table; these point up:\n  {}",
+        upward.join("\n  ")
     );
 
     let cycles: Vec<String> = by_parent
