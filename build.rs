@@ -14,31 +14,39 @@ const PROTOS: &[&str] = &[
     "proto/cloudphone/notify/v1/service.proto",
 ];
 
-/// The commit this is built from (`git rev-parse --short=12 HEAD`), for `--version` and the
-/// start-up log; `unknown` outside a git checkout (a source archive, a vendored copy).
-fn git_commit() -> String {
-    let head = std::path::Path::new(".git/HEAD");
-    if let Ok(text) = std::fs::read_to_string(head) {
-        // Rebuild when HEAD moves: a checkout, or a commit on the current branch. Only files
-        // that exist: cargo reruns a build script on every build for a missing one.
-        println!("cargo:rerun-if-changed=.git/HEAD");
-        if let Some(reference) = text.strip_prefix("ref: ") {
-            let reference = format!(".git/{}", reference.trim());
-            if std::path::Path::new(&reference).exists() {
-                println!("cargo:rerun-if-changed={reference}");
-            } else if std::path::Path::new(".git/packed-refs").exists() {
-                println!("cargo:rerun-if-changed=.git/packed-refs");
-            }
-        }
-    }
+/// What `git` prints for `args`, trimmed; `None` outside a git checkout or without git.
+fn git(args: &[&str]) -> Option<String> {
     std::process::Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
+        .args(args)
         .output()
         .ok()
         .filter(|output| output.status.success())
         .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
-        .filter(|commit| !commit.is_empty())
-        .unwrap_or_else(|| "unknown".to_owned())
+        .filter(|text| !text.is_empty())
+}
+
+/// The commit this is built from (`git rev-parse --short=12 HEAD`), for `--version` and the
+/// start-up log; `unknown` outside a git checkout (a source archive, a vendored copy).
+fn git_commit() -> String {
+    // Rebuild when HEAD moves: a checkout, or a commit on the current branch. The files are
+    // found through `git rev-parse --git-path`, which also answers in a linked worktree (where
+    // `.git` is a file and the branches live in the main checkout's git directory). Only files
+    // that exist: cargo reruns a build script on every build for a missing one.
+    if let Some(head) = git(&["rev-parse", "--git-path", "HEAD"])
+        && let Ok(text) = std::fs::read_to_string(&head)
+    {
+        println!("cargo:rerun-if-changed={head}");
+        if let Some(reference) = text.strip_prefix("ref: ") {
+            let loose = git(&["rev-parse", "--git-path", reference.trim()]);
+            let packed = git(&["rev-parse", "--git-path", "packed-refs"]);
+            for file in [loose, packed].into_iter().flatten() {
+                if std::path::Path::new(&file).exists() {
+                    println!("cargo:rerun-if-changed={file}");
+                }
+            }
+        }
+    }
+    git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_owned())
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
