@@ -60,10 +60,7 @@ pub enum WriteError {
     Cluster(#[source] ClusterFailure),
     /// The event's id is stored already for another event (another type, user, device or
     /// payload): this one is not stored, and the stored one's position is not given out.
-    #[error(
-        "event id {id:?} was already used for a different event; a re-send must be the same \
-         event, a new event needs a new id"
-    )]
+    #[error("event id {id:?} {}", crate::schema::CONFLICTING_ID)]
     ConflictingId {
         /// The id.
         id: String,

@@ -206,15 +206,19 @@ pub enum DecodeError {
     /// Not found by decoding but by the journal: the event's id is stored already for a
     /// different event (another type, user, device or payload). Dead-lettered like bad input,
     /// so the producer's mistake is seen, not dropped as a re-send.
-    #[error(
-        "event id {id:?} was already used for a different event; a re-send must be the same \
-         event, a new event needs a new id"
-    )]
+    #[error("event id {id:?} {}", CONFLICTING_ID)]
     ConflictingId {
         /// The id.
         id: String,
     },
 }
+
+/// What is said of an event id stored already for a different event, wherever it is refused
+/// (dead-lettered by the ingest as [`DecodeError::ConflictingId`], refused to `Publish` by the
+/// writer): one text, so a producer reads the same advice on every path.
+pub const CONFLICTING_ID: &str =
+    "was already used for a different event; a re-send must be the same event, a new event \
+     needs a new id";
 
 impl DecodeError {
     /// A short stable code for metrics labels and the `x-notify-error` header,
