@@ -216,8 +216,7 @@ pub enum DecodeError {
 /// What is said of an event id stored already for a different event, wherever it is refused
 /// (dead-lettered by the ingest as [`DecodeError::ConflictingId`], refused to `Publish` by the
 /// writer): one text, so a producer reads the same advice on every path.
-pub const CONFLICTING_ID: &str =
-    "was already used for a different event; a re-send must be the same event, a new event \
+pub const CONFLICTING_ID: &str = "was already used for a different event; a re-send must be the same event, a new event \
      needs a new id";
 
 impl DecodeError {
