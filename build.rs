@@ -11,6 +11,7 @@ use std::{env, path::PathBuf};
 const PROTO_ROOT: &str = "proto";
 const PROTOS: &[&str] = &[
     "proto/cloudphone/notify/v1/events.proto",
+    "proto/cloudphone/notify/v1/inbox.proto",
     "proto/cloudphone/notify/v1/service.proto",
 ];
 

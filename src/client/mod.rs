@@ -304,7 +304,8 @@ async fn subscribe_once(
             }
             Some(Kind::Heartbeat(heartbeat)) => (heartbeat.cursor.as_str(), true),
             Some(Kind::Gap(gap)) => (gap.to_cursor.as_str(), false),
-            None => ("", false),
+            // An inbox update carries no position: the stream's stays where it was.
+            Some(Kind::Inbox(_)) | None => ("", false),
         };
         if !position.is_empty() {
             position.clone_into(cursor);

@@ -8,13 +8,15 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Event } from "./events_pb.js";
 import { file_cloudphone_notify_v1_events } from "./events_pb.js";
+import type { GetInboxCountsRequestSchema, GetInboxCountsResponseSchema, GetPreferencesRequestSchema, GetPreferencesResponseSchema, InboxUpdate, ListInboxRequestSchema, ListInboxResponseSchema, MarkInboxRequestSchema, MarkInboxResponseSchema, SetPreferencesRequestSchema, SetPreferencesResponseSchema } from "./inbox_pb.js";
+import { file_cloudphone_notify_v1_inbox } from "./inbox_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file cloudphone/notify/v1/service.proto.
  */
 export const file_cloudphone_notify_v1_service: GenFile = /*@__PURE__*/
-  fileDesc("CiJjbG91ZHBob25lL25vdGlmeS92MS9zZXJ2aWNlLnByb3RvEhRjbG91ZHBob25lLm5vdGlmeS52MSJ1ChBTdWJzY3JpYmVSZXF1ZXN0EhMKC2V2ZW50X3R5cGVzGAEgAygJEhEKCWRldmljZV9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEhIKCmFkbWluX2ZlZWQYBCABKAgSFAoMcmVzdW1lX2FmdGVyGAUgASgJIt4BChFTdWJzY3JpYmVSZXNwb25zZRIsCgVldmVudBgBIAEoCzIbLmNsb3VkcGhvbmUubm90aWZ5LnYxLkV2ZW50SAASMwoJY2F1Z2h0X3VwGAIgASgLMh4uY2xvdWRwaG9uZS5ub3RpZnkudjEuQ2F1Z2h0VXBIABIoCgNnYXAYAyABKAsyGS5jbG91ZHBob25lLm5vdGlmeS52MS5HYXBIABI0CgloZWFydGJlYXQYBCABKAsyHy5jbG91ZHBob25lLm5vdGlmeS52MS5IZWFydGJlYXRIAEIGCgRraW5kIhoKCENhdWdodFVwEg4KBmN1cnNvchgBIAEoCSJeCgNHYXASEwoLZnJvbV9jdXJzb3IYASABKAkSEQoJdG9fY3Vyc29yGAIgASgJEi8KBnJlYXNvbhgDIAEoDjIfLmNsb3VkcGhvbmUubm90aWZ5LnYxLkdhcFJlYXNvbiIbCglIZWFydGJlYXQSDgoGY3Vyc29yGAEgASgJImsKDlB1Ymxpc2hSZXF1ZXN0EhMKC3JvdXRpbmdfa2V5GAEgASgJEg4KBGpzb24YAiABKAxIABIsCgVldmVudBgDIAEoCzIbLmNsb3VkcGhvbmUubm90aWZ5LnYxLkV2ZW50SABCBgoEYm9keSJACg9QdWJsaXNoUmVzcG9uc2USCgoCaWQYASABKAkSDgoGY3Vyc29yGAIgASgJEhEKCWR1cGxpY2F0ZRgDIAEoCCJNChRQdWJsaXNoU3RyZWFtUmVxdWVzdBI1CgdwdWJsaXNoGAEgASgLMiQuY2xvdWRwaG9uZS5ub3RpZnkudjEuUHVibGlzaFJlcXVlc3QikgEKFVB1Ymxpc2hTdHJlYW1SZXNwb25zZRI6CglwdWJsaXNoZWQYASABKAsyJS5jbG91ZHBob25lLm5vdGlmeS52MS5QdWJsaXNoUmVzcG9uc2VIABIzCgVlcnJvchgCIAEoCzIiLmNsb3VkcGhvbmUubm90aWZ5LnYxLlB1Ymxpc2hFcnJvckgAQggKBnJlc3VsdCI9CgxQdWJsaXNoRXJyb3ISDAoEY29kZRgBIAEoBRIPCgdtZXNzYWdlGAIgASgJEg4KBnJlYXNvbhgDIAEoCSKQAQoRTGlzdEV2ZW50c1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRINCgVhZnRlchgCIAEoCRINCgVsaW1pdBgDIAEoDRITCgtldmVudF90eXBlcxgEIAMoCRIRCglkZXZpY2VfaWQYBSABKAkSFAoMbmV3ZXN0X2ZpcnN0GAYgASgIEg4KBmJlZm9yZRgHIAEoCSKgAQoSTGlzdEV2ZW50c1Jlc3BvbnNlEisKBmV2ZW50cxgBIAMoCzIbLmNsb3VkcGhvbmUubm90aWZ5LnYxLkV2ZW50EhMKC25leHRfY3Vyc29yGAIgASgJEgsKA2VuZBgDIAEoCBImCgNnYXAYBCABKAsyGS5jbG91ZHBob25lLm5vdGlmeS52MS5HYXASEwoLaGVhZF9jdXJzb3IYBSABKAkqXwoJR2FwUmVhc29uEhoKFkdBUF9SRUFTT05fVU5TUEVDSUZJRUQQABIYChRHQVBfUkVBU09OX1JFVEVOVElPThABEhwKGEdBUF9SRUFTT05fRVBPQ0hfQ0hBTkdFRBACMpwDChNOb3RpZmljYXRpb25TZXJ2aWNlEl4KCVN1YnNjcmliZRImLmNsb3VkcGhvbmUubm90aWZ5LnYxLlN1YnNjcmliZVJlcXVlc3QaJy5jbG91ZHBob25lLm5vdGlmeS52MS5TdWJzY3JpYmVSZXNwb25zZTABElYKB1B1Ymxpc2gSJC5jbG91ZHBob25lLm5vdGlmeS52MS5QdWJsaXNoUmVxdWVzdBolLmNsb3VkcGhvbmUubm90aWZ5LnYxLlB1Ymxpc2hSZXNwb25zZRJsCg1QdWJsaXNoU3RyZWFtEiouY2xvdWRwaG9uZS5ub3RpZnkudjEuUHVibGlzaFN0cmVhbVJlcXVlc3QaKy5jbG91ZHBob25lLm5vdGlmeS52MS5QdWJsaXNoU3RyZWFtUmVzcG9uc2UoATABEl8KCkxpc3RFdmVudHMSJy5jbG91ZHBob25lLm5vdGlmeS52MS5MaXN0RXZlbnRzUmVxdWVzdBooLmNsb3VkcGhvbmUubm90aWZ5LnYxLkxpc3RFdmVudHNSZXNwb25zZWIGcHJvdG8z", [file_cloudphone_notify_v1_events]);
+  fileDesc("CiJjbG91ZHBob25lL25vdGlmeS92MS9zZXJ2aWNlLnByb3RvEhRjbG91ZHBob25lLm5vdGlmeS52MSJ1ChBTdWJzY3JpYmVSZXF1ZXN0EhMKC2V2ZW50X3R5cGVzGAEgAygJEhEKCWRldmljZV9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEhIKCmFkbWluX2ZlZWQYBCABKAgSFAoMcmVzdW1lX2FmdGVyGAUgASgJIpICChFTdWJzY3JpYmVSZXNwb25zZRIsCgVldmVudBgBIAEoCzIbLmNsb3VkcGhvbmUubm90aWZ5LnYxLkV2ZW50SAASMwoJY2F1Z2h0X3VwGAIgASgLMh4uY2xvdWRwaG9uZS5ub3RpZnkudjEuQ2F1Z2h0VXBIABIoCgNnYXAYAyABKAsyGS5jbG91ZHBob25lLm5vdGlmeS52MS5HYXBIABI0CgloZWFydGJlYXQYBCABKAsyHy5jbG91ZHBob25lLm5vdGlmeS52MS5IZWFydGJlYXRIABIyCgVpbmJveBgFIAEoCzIhLmNsb3VkcGhvbmUubm90aWZ5LnYxLkluYm94VXBkYXRlSABCBgoEa2luZCIaCghDYXVnaHRVcBIOCgZjdXJzb3IYASABKAkiXgoDR2FwEhMKC2Zyb21fY3Vyc29yGAEgASgJEhEKCXRvX2N1cnNvchgCIAEoCRIvCgZyZWFzb24YAyABKA4yHy5jbG91ZHBob25lLm5vdGlmeS52MS5HYXBSZWFzb24iGwoJSGVhcnRiZWF0Eg4KBmN1cnNvchgBIAEoCSJrCg5QdWJsaXNoUmVxdWVzdBITCgtyb3V0aW5nX2tleRgBIAEoCRIOCgRqc29uGAIgASgMSAASLAoFZXZlbnQYAyABKAsyGy5jbG91ZHBob25lLm5vdGlmeS52MS5FdmVudEgAQgYKBGJvZHkiQAoPUHVibGlzaFJlc3BvbnNlEgoKAmlkGAEgASgJEg4KBmN1cnNvchgCIAEoCRIRCglkdXBsaWNhdGUYAyABKAgiTQoUUHVibGlzaFN0cmVhbVJlcXVlc3QSNQoHcHVibGlzaBgBIAEoCzIkLmNsb3VkcGhvbmUubm90aWZ5LnYxLlB1Ymxpc2hSZXF1ZXN0IpIBChVQdWJsaXNoU3RyZWFtUmVzcG9uc2USOgoJcHVibGlzaGVkGAEgASgLMiUuY2xvdWRwaG9uZS5ub3RpZnkudjEuUHVibGlzaFJlc3BvbnNlSAASMwoFZXJyb3IYAiABKAsyIi5jbG91ZHBob25lLm5vdGlmeS52MS5QdWJsaXNoRXJyb3JIAEIICgZyZXN1bHQiPQoMUHVibGlzaEVycm9yEgwKBGNvZGUYASABKAUSDwoHbWVzc2FnZRgCIAEoCRIOCgZyZWFzb24YAyABKAkikAEKEUxpc3RFdmVudHNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSDQoFYWZ0ZXIYAiABKAkSDQoFbGltaXQYAyABKA0SEwoLZXZlbnRfdHlwZXMYBCADKAkSEQoJZGV2aWNlX2lkGAUgASgJEhQKDG5ld2VzdF9maXJzdBgGIAEoCBIOCgZiZWZvcmUYByABKAkioAEKEkxpc3RFdmVudHNSZXNwb25zZRIrCgZldmVudHMYASADKAsyGy5jbG91ZHBob25lLm5vdGlmeS52MS5FdmVudBITCgtuZXh0X2N1cnNvchgCIAEoCRILCgNlbmQYAyABKAgSJgoDZ2FwGAQgASgLMhkuY2xvdWRwaG9uZS5ub3RpZnkudjEuR2FwEhMKC2hlYWRfY3Vyc29yGAUgASgJKl8KCUdhcFJlYXNvbhIaChZHQVBfUkVBU09OX1VOU1BFQ0lGSUVEEAASGAoUR0FQX1JFQVNPTl9SRVRFTlRJT04QARIcChhHQVBfUkVBU09OX0VQT0NIX0NIQU5HRUQQAjKfBwoTTm90aWZpY2F0aW9uU2VydmljZRJeCglTdWJzY3JpYmUSJi5jbG91ZHBob25lLm5vdGlmeS52MS5TdWJzY3JpYmVSZXF1ZXN0GicuY2xvdWRwaG9uZS5ub3RpZnkudjEuU3Vic2NyaWJlUmVzcG9uc2UwARJWCgdQdWJsaXNoEiQuY2xvdWRwaG9uZS5ub3RpZnkudjEuUHVibGlzaFJlcXVlc3QaJS5jbG91ZHBob25lLm5vdGlmeS52MS5QdWJsaXNoUmVzcG9uc2USbAoNUHVibGlzaFN0cmVhbRIqLmNsb3VkcGhvbmUubm90aWZ5LnYxLlB1Ymxpc2hTdHJlYW1SZXF1ZXN0GisuY2xvdWRwaG9uZS5ub3RpZnkudjEuUHVibGlzaFN0cmVhbVJlc3BvbnNlKAEwARJfCgpMaXN0RXZlbnRzEicuY2xvdWRwaG9uZS5ub3RpZnkudjEuTGlzdEV2ZW50c1JlcXVlc3QaKC5jbG91ZHBob25lLm5vdGlmeS52MS5MaXN0RXZlbnRzUmVzcG9uc2USXAoJTGlzdEluYm94EiYuY2xvdWRwaG9uZS5ub3RpZnkudjEuTGlzdEluYm94UmVxdWVzdBonLmNsb3VkcGhvbmUubm90aWZ5LnYxLkxpc3RJbmJveFJlc3BvbnNlEmsKDkdldEluYm94Q291bnRzEisuY2xvdWRwaG9uZS5ub3RpZnkudjEuR2V0SW5ib3hDb3VudHNSZXF1ZXN0GiwuY2xvdWRwaG9uZS5ub3RpZnkudjEuR2V0SW5ib3hDb3VudHNSZXNwb25zZRJcCglNYXJrSW5ib3gSJi5jbG91ZHBob25lLm5vdGlmeS52MS5NYXJrSW5ib3hSZXF1ZXN0GicuY2xvdWRwaG9uZS5ub3RpZnkudjEuTWFya0luYm94UmVzcG9uc2USawoOR2V0UHJlZmVyZW5jZXMSKy5jbG91ZHBob25lLm5vdGlmeS52MS5HZXRQcmVmZXJlbmNlc1JlcXVlc3QaLC5jbG91ZHBob25lLm5vdGlmeS52MS5HZXRQcmVmZXJlbmNlc1Jlc3BvbnNlEmsKDlNldFByZWZlcmVuY2VzEisuY2xvdWRwaG9uZS5ub3RpZnkudjEuU2V0UHJlZmVyZW5jZXNSZXF1ZXN0GiwuY2xvdWRwaG9uZS5ub3RpZnkudjEuU2V0UHJlZmVyZW5jZXNSZXNwb25zZWIGcHJvdG8z", [file_cloudphone_notify_v1_events, file_cloudphone_notify_v1_inbox]);
 
 /**
  * What a subscriber wants to receive. Filters only ever narrow what the caller may see.
@@ -113,6 +115,15 @@ export type SubscribeResponse = Message<"cloudphone.notify.v1.SubscribeResponse"
      */
     value: Heartbeat;
     case: "heartbeat";
+  } | {
+    /**
+     * The owner's inbox changed (or, once caught up, its state as of now). Carries no cursor:
+     * the stream's position does not move.
+     *
+     * @generated from field: cloudphone.notify.v1.InboxUpdate inbox = 5;
+     */
+    value: InboxUpdate;
+    case: "inbox";
   } | { case: undefined; value?: undefined };
 };
 
@@ -597,6 +608,58 @@ export const NotificationService: GenService<{
     methodKind: "unary";
     input: typeof ListEventsRequestSchema;
     output: typeof ListEventsResponseSchema;
+  },
+  /**
+   * A page of an inbox, newest first, with each item's state and the inbox's counts: the
+   * notification centre's list.
+   *
+   * @generated from rpc cloudphone.notify.v1.NotificationService.ListInbox
+   */
+  listInbox: {
+    methodKind: "unary";
+    input: typeof ListInboxRequestSchema;
+    output: typeof ListInboxResponseSchema;
+  },
+  /**
+   * The exact counts of an inbox, in total and per family: the badge.
+   *
+   * @generated from rpc cloudphone.notify.v1.NotificationService.GetInboxCounts
+   */
+  getInboxCounts: {
+    methodKind: "unary";
+    input: typeof GetInboxCountsRequestSchema;
+    output: typeof GetInboxCountsResponseSchema;
+  },
+  /**
+   * Marks items of the caller's own inbox seen, read, unread, archived or back in the inbox.
+   * Returns once the mark is stored; every open stream of the owner gets an `InboxUpdate`.
+   *
+   * @generated from rpc cloudphone.notify.v1.NotificationService.MarkInbox
+   */
+  markInbox: {
+    methodKind: "unary";
+    input: typeof MarkInboxRequestSchema;
+    output: typeof MarkInboxResponseSchema;
+  },
+  /**
+   * A user's preferences: which types are pushed and kept, quiet hours.
+   *
+   * @generated from rpc cloudphone.notify.v1.NotificationService.GetPreferences
+   */
+  getPreferences: {
+    methodKind: "unary";
+    input: typeof GetPreferencesRequestSchema;
+    output: typeof GetPreferencesResponseSchema;
+  },
+  /**
+   * Replaces the caller's own preferences; they apply to the events stored from then on.
+   *
+   * @generated from rpc cloudphone.notify.v1.NotificationService.SetPreferences
+   */
+  setPreferences: {
+    methodKind: "unary";
+    input: typeof SetPreferencesRequestSchema;
+    output: typeof SetPreferencesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_cloudphone_notify_v1_service, 0);
