@@ -431,7 +431,7 @@ pub const DEFAULT_INBOX_TYPES: &str =
 
 /// Why `--inbox-types` was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("--inbox-types: {0:?} is not an event type, a family (`billing.*`) or either after `!`")]
+#[error("{0:?} is not an event type, a family (`billing.*`) or either after `!`")]
 pub struct InboxTypesError(String);
 
 impl InboxSettings {

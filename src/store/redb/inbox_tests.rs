@@ -6,7 +6,7 @@ use super::test_support::*;
 use crate::{
     inbox::{Applied, Command, Family, InboxKey, Mark, Marked, Preferences, Reason, Target},
     pb,
-    store::{InboxReader, Journal as _, JournalReader as _, PageQuery, RetentionSettings},
+    store::{InboxReader, Journal as _, PageQuery, RetentionSettings},
 };
 
 fn typed(id: &str, event_type: &str, user: &str) -> pb::Event {
