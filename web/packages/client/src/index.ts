@@ -1,5 +1,6 @@
 // @notify-backbone/client: the generated messages and service, the reconnecting feed, a shared
-// connection with listeners, the event union narrowed by type, and the refresh table.
+// connection with listeners, the event union narrowed by type, the refresh table, and each
+// event's title and summary in Chinese or English.
 
 export * from "./gen/cloudphone/notify/v1/events_pb.js";
 export * from "./gen/cloudphone/notify/v1/service_pb.js";
@@ -34,3 +35,4 @@ export {
   type TypedEvent,
 } from "./events.js";
 export * from "./refresh.js";
+export { CURRENCY, LOCALES, describe, type EventDescription, type Locale } from "./describe.js";
