@@ -136,6 +136,14 @@ pub trait Writer: Send + Sync + 'static {
         ))))
     }
 
+    /// Cluster mode's writer node: appends a command another node forwarded, named `id` (the
+    /// calling node waits for its own replica to apply the command by that name). Elsewhere the
+    /// same as [`Writer::submit_inbox`].
+    fn append_inbox(&self, id: String, command: Command) -> Applying<'_> {
+        let _ = id;
+        self.submit_inbox(command)
+    }
+
     /// [`Writer::submit_traced`] without a trace.
     fn submit(&self, decoded: Decoded) -> Submitting<'_> {
         self.submit_traced(decoded, None)

@@ -782,3 +782,169 @@ async fn an_id_reused_for_a_different_event_is_refused_on_any_node() {
     assert_eq!(again.cursor, first.cursor);
     cluster.clean_up(&producer).await;
 }
+
+/// The inbox in cluster mode: events through RabbitMQ become items on every node; a mark on
+/// node a reaches the owner's stream on node c at once and gives the same counts on every node;
+/// an admin's own notices likewise. Every node derives the state from the same stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mark_on_one_node_gives_the_same_counts_and_updates_on_every_node() {
+    let cluster = Cluster::unique("cluster-inbox");
+    let producer = Producer::connect().await;
+    let nodes = [
+        cluster.node("a").await,
+        cluster.node("b").await,
+        cluster.node("c").await,
+    ];
+    let user = token("ci-u1", &["user"]);
+    let admin = token("ci-root", &["admin"]);
+    let mut on_c = nodes[2].client().await;
+    let request = pb::SubscribeRequest {
+        inbox: true,
+        ..Default::default()
+    };
+    let mut stream = on_c
+        .subscribe(with_token(request, &user))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(next_kind(&mut stream).await, Kind::CaughtUp(_)));
+    assert!(matches!(next_kind(&mut stream).await, Kind::Inbox(_)));
+    for id in ["ci-1", "ci-2", "ci-3"] {
+        producer
+            .publish(
+                &cluster.names.exchange,
+                "device.error",
+                device_error(id, "ci-u1", "d1").as_bytes(),
+            )
+            .await;
+    }
+    let mut last = None;
+    for _ in 0..3 {
+        loop {
+            if let Kind::Inbox(update) = next_kind(&mut stream).await {
+                last = Some(update);
+                break;
+            }
+        }
+    }
+    assert_eq!(last.unwrap().counts.unwrap().unread, 3);
+
+    // Marked on node a: a's answer, c's stream and every node's counts agree.
+    let mut on_a = nodes[0].client().await;
+    let marked = on_a
+        .mark_inbox(with_token(
+            pb::MarkInboxRequest {
+                mark: pb::InboxMark::Read.into(),
+                ids: vec!["ci-1".into(), "ci-2".into()],
+                ..Default::default()
+            },
+            &user,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(marked.changed, 2);
+    let after = marked.counts.unwrap();
+    assert_eq!(after.unread, 1);
+    let update = loop {
+        if let Kind::Inbox(update) = next_kind(&mut stream).await {
+            break update;
+        }
+    };
+    assert_eq!(update.reason, pb::InboxUpdateReason::Marked as i32);
+    assert_eq!(update.counts.as_ref(), Some(&after));
+    for node in &nodes {
+        let mut client = node.client().await;
+        let counts = client
+            .get_inbox_counts(with_token(pb::GetInboxCountsRequest::default(), &user))
+            .await
+            .unwrap()
+            .into_inner()
+            .counts
+            .unwrap();
+        assert_eq!(counts, after, "node {}", node.url());
+    }
+
+    // An admin's first use on node b creates their admin inbox everywhere, with the notices
+    // from before; a mark on c is seen on a.
+    for n in 0..3 {
+        let (routing_key, body) = fixture_for("billing.low_balance.flat.json", &format!("ci-{n}"));
+        producer
+            .publish(&cluster.names.exchange, &routing_key, body.as_bytes())
+            .await;
+    }
+    // Through the same ingest queue, after them: once it is answered, the notices are in the
+    // stream, and the admin's first use (which follows) comes after them there.
+    let after_notices = publish_json(
+        &mut on_a,
+        "device.error",
+        &device_error("ci-after-notices", "ci-u1", "d1"),
+    )
+    .await
+    .unwrap();
+    assert!(!after_notices.duplicate);
+    let mut on_b = nodes[1].client().await;
+    let notices = on_b
+        .get_inbox_counts(with_token(
+            pb::GetInboxCountsRequest {
+                admin_inbox: true,
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .counts
+        .unwrap();
+    assert_eq!(notices.unread, 3);
+    on_c.mark_inbox(with_token(
+        pb::MarkInboxRequest {
+            admin_inbox: true,
+            mark: pb::InboxMark::Read.into(),
+            all: true,
+            ..Default::default()
+        },
+        &admin,
+    ))
+    .await
+    .unwrap();
+    let on_a_admin = on_a
+        .get_inbox_counts(with_token(
+            pb::GetInboxCountsRequest {
+                admin_inbox: true,
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .counts
+        .unwrap();
+    // Node a may read the stream a moment after c applied the mark: wait for it, never for
+    // different numbers.
+    let on_a_admin = if on_a_admin.unread == 0 {
+        on_a_admin
+    } else {
+        support::eventually::eventually("node a to apply the admin's mark", async || {
+            let counts = on_a
+                .get_inbox_counts(with_token(
+                    pb::GetInboxCountsRequest {
+                        admin_inbox: true,
+                        ..Default::default()
+                    },
+                    &admin,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .counts
+                .unwrap();
+            (counts.unread == 0).then_some(counts)
+        })
+        .await
+    };
+    assert_eq!(on_a_admin.total, 3);
+    cluster.clean_up(&producer).await;
+}

@@ -229,6 +229,7 @@ impl Wiring<'_> {
             url,
             node_id,
             self.config.cluster.ingest_queue.clone(),
+            follower.inbox_waiters.clone(),
             self.writer_stop.clone(),
         );
         let journal_state = follower.state.clone();

@@ -39,6 +39,7 @@ use super::{
 use crate::{
     backoff::{self, Backoff},
     hub::Hub,
+    inbox::Applied,
     sequencer::{Stored, fan_out_stored},
     store::{Journal as _, JournalHealth, RedbJournal, Replicated},
     telemetry::{Chain, Metrics},
@@ -96,6 +97,43 @@ impl Waiters {
         for (id, landed) in landed {
             for waiter in waiting.remove(&id).into_iter().flatten() {
                 let _ = waiter.send(landed);
+            }
+        }
+    }
+}
+
+/// `Publish`-like calls of this node waiting for their inbox command to be applied here: the
+/// outcome (counts after a mark, the preferences stored) is what this node's replica derived
+/// when it read the command from the stream, so the caller reads its own write on this node.
+/// Bounded by what is in flight (each call registers one and forgets it if it gives up).
+#[derive(Clone, Default)]
+pub struct InboxWaiters(Arc<Mutex<HashMap<String, oneshot::Sender<Applied>>>>);
+
+impl InboxWaiters {
+    /// Resolves when the command named `id` is applied to this node's replica.
+    pub fn wait(&self, id: &str) -> oneshot::Receiver<Applied> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(id.to_owned(), tx);
+        rx
+    }
+
+    /// Forgets a wait that will not be needed.
+    pub fn forget(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Applied>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn resolve(&self, applied: impl IntoIterator<Item = (String, Applied)>) {
+        let mut waiting = self.lock();
+        if waiting.is_empty() {
+            return;
+        }
+        for (id, applied) in applied {
+            if let Some(waiter) = waiting.remove(&id) {
+                let _ = waiter.send(applied);
             }
         }
     }
@@ -275,6 +313,8 @@ pub struct Follower {
     pub state: watch::Receiver<FollowState>,
     /// Where writers and `Publish` calls wait for their events.
     pub waiters: Waiters,
+    /// Where inbox calls wait for their commands' outcomes.
+    pub inbox_waiters: InboxWaiters,
     /// The task; ends at shutdown, or with an error the node cannot go on with.
     pub task: tokio::task::JoinHandle<Result<(), ClusterError>>,
 }
@@ -300,10 +340,17 @@ impl Follower {
     pub fn spawn(parts: FollowerParts, shutdown: CancellationToken) -> Self {
         let (state_tx, state) = watch::channel(FollowState::Connecting);
         let waiters = Waiters::default();
-        let task = tokio::spawn(run(parts, waiters.clone(), state_tx, shutdown));
+        let inbox_waiters = InboxWaiters::default();
+        let task = tokio::spawn(run(
+            parts,
+            (waiters.clone(), inbox_waiters.clone()),
+            state_tx,
+            shutdown,
+        ));
         Self {
             state,
             waiters,
+            inbox_waiters,
             task,
         }
     }
@@ -311,7 +358,7 @@ impl Follower {
 
 async fn run(
     parts: FollowerParts,
-    waiters: Waiters,
+    (waiters, inbox_waiters): (Waiters, InboxWaiters),
     state: watch::Sender<FollowState>,
     shutdown: CancellationToken,
 ) -> Result<(), ClusterError> {
@@ -328,6 +375,7 @@ async fn run(
         hub,
         metrics,
         waiters,
+        inbox_waiters,
         epoch: 0,
     };
     follow.epoch = follow.replica().epoch();
@@ -381,6 +429,7 @@ struct Follow {
     hub: Hub,
     metrics: Arc<Metrics>,
     waiters: Waiters,
+    inbox_waiters: InboxWaiters,
     epoch: u64,
 }
 
@@ -513,8 +562,10 @@ impl Follow {
             .filter(|&offset| offset > head);
         let mut events = Vec::with_capacity(entries.len());
         let mut barriers = Vec::new();
+        let mut commands = Vec::new();
+        let mut command_ids = Vec::new();
         for entry in entries {
-            if entry.kind == Kind::Event
+            if matches!(entry.kind, Kind::Event | Kind::Inbox)
                 && let Some(epoch) = entry.stream_epoch()
                 && epoch != self.epoch
             {
@@ -524,9 +575,13 @@ impl Follow {
                 });
             }
             let position = entry.position();
-            match entry.event {
-                Some(event) => events.push((position, event)),
-                None => barriers.push((entry.id, position)),
+            match (entry.event, entry.command) {
+                (Some(event), _) => events.push((position, event)),
+                (None, Some(command)) => {
+                    commands.push((position, command));
+                    command_ids.push(entry.id);
+                }
+                (None, None) => barriers.push((entry.id, position)),
             }
         }
         let mut replica = self
@@ -537,6 +592,7 @@ impl Follow {
             .iter()
             .map(|(_, position)| *position)
             .chain(events.last().map(|(position, _)| *position))
+            .chain(commands.last().map(|(position, _)| *position))
             .max();
         // The replica comes back whatever the outcome: a refused batch is read again from the
         // stream once the replica takes writes.
@@ -545,15 +601,15 @@ impl Follow {
                 if let Some(offset) = skip_to {
                     replica.skip_to(offset)?;
                 }
-                // Barriers carry no event: the head still moves past them.
-                replica.replicate(&mut events, last_position.unwrap_or(0))
+                // Barriers and commands carry no event: the head still moves past them.
+                replica.replicate_with_inbox(&mut events, &commands, last_position.unwrap_or(0))
             })();
             (replica, written.map(|outcomes| (events, outcomes)))
         })
         .await
         .map_err(ClusterError::ReplicaTask)?;
         self.replica = Some(replica);
-        let (events, outcomes) = written.map_err(|error| {
+        let (events, (outcomes, inbox)) = written.map_err(|error| {
             if error.is_health_refusal() {
                 ClusterError::ReplicaRefused(error)
             } else {
@@ -572,7 +628,7 @@ impl Follow {
                         Stored {
                             frame,
                             position: *position,
-                            muted: false,
+                            muted: inbox.muted.contains(position),
                         },
                         received_at,
                         None,
@@ -610,6 +666,17 @@ impl Follow {
             }
         }
         self.waiters.resolve(landed);
+        // After the batch's events, as on a single node: an update about a new item follows
+        // the item on the owner's streams.
+        for update in &inbox.updates {
+            self.hub.inbox_update(update);
+        }
+        self.inbox_waiters.resolve(
+            command_ids
+                .into_iter()
+                .zip(inbox.applied)
+                .filter_map(|(id, applied)| Some((id, applied?))),
+        );
         Ok(())
     }
 }

@@ -1,6 +1,8 @@
 //! `Publish` on any node of a cluster: the validated event goes to the shared ingest queue, so
 //! the one writer appends it like any producer's event, and the writer's answer (id, cursor,
-//! duplicate) comes back through RabbitMQ's direct reply-to.
+//! duplicate) comes back through RabbitMQ's direct reply-to. Inbox commands (marks,
+//! preferences) take the same way; once the writer says a command is in the journal stream, the
+//! call waits for this node's replica to apply it, and answers with that outcome.
 //!
 //! Owns: the forwarding channel, the correlation of answers to calls, and the answer's format
 //! (a `PublishResponse` in the body; on refusal, the reason in `x-notify-error*` headers and
@@ -25,14 +27,18 @@ use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::broker::{close, connect};
+use super::{
+    broker::{close, connect},
+    follower::InboxWaiters,
+};
 use crate::{
+    inbox::{Applied, Command},
     ingest,
     otel::EventTrace,
     pb,
     schema::Decoded,
     store::{Cursor, CursorError},
-    write::{Published, Receipt, Reply, Submitting, WriteError, Writer},
+    write::{Applying, Published, Receipt, Reply, Submitting, WriteError, Writer},
 };
 
 /// RabbitMQ's pseudo-queue for direct replies.
@@ -69,17 +75,69 @@ pub enum ForwardError {
     /// The writer's answer holds no cursor.
     #[error("unreadable cursor from the journal's writer")]
     Cursor(#[source] CursorError),
+    /// The writer appended the inbox command, but this node's replica did not apply it in time
+    /// (its follower is behind or reconnecting).
+    #[error("the inbox command is in the journal stream but this node has not read it back yet")]
+    NotApplied,
 }
 
-struct Call {
-    event: pb::Event,
-    answer: Reply,
+/// Where the writer's answer to an inbox command goes: `Ok` once it is in the journal stream.
+type CommandAnswer = tokio::sync::oneshot::Sender<Result<(), WriteError>>;
+
+// Events are the hot path: boxing the large variant would cost an allocation per event.
+#[allow(clippy::large_enum_variant)]
+enum Call {
+    Publish {
+        event: pb::Event,
+        answer: Reply,
+    },
+    Inbox {
+        id: String,
+        command: Command,
+        answer: CommandAnswer,
+    },
 }
 
-/// Forwards `Publish` calls to the writer; cheap to clone.
+/// A forwarded call waiting for the writer's answer.
+enum Waiting {
+    /// A `Publish`, with its event's id.
+    Publish(Reply, String),
+    /// An inbox command.
+    Inbox(CommandAnswer),
+}
+
+impl Waiting {
+    fn is_closed(&self) -> bool {
+        match self {
+            Waiting::Publish(answer, _) => answer.is_closed(),
+            Waiting::Inbox(answer) => answer.is_closed(),
+        }
+    }
+
+    fn fail(self, error: WriteError) {
+        match self {
+            Waiting::Publish(answer, _) => {
+                let _ = answer.send(Err(error));
+            }
+            Waiting::Inbox(answer) => {
+                let _ = answer.send(Err(error));
+            }
+        }
+    }
+}
+
+/// How long an inbox command appended by the writer may take to be applied by this node's
+/// replica before the call fails (a retry of a mark changes nothing more).
+const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Forwards `Publish` calls and inbox commands to the writer; cheap to clone.
 #[derive(Clone)]
 pub struct Forwarder {
     tx: mpsc::Sender<Call>,
+    /// Where this node's follower tells the outcome of an applied command.
+    applied: InboxWaiters,
+    /// Names this node's commands.
+    node_id: String,
 }
 
 impl Forwarder {
@@ -88,11 +146,19 @@ impl Forwarder {
         url: String,
         node_id: String,
         ingest_queue: String,
+        applied: InboxWaiters,
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE_LEN);
-        let task = tokio::spawn(run(url, node_id, ingest_queue, rx, shutdown));
-        (Self { tx }, task)
+        let task = tokio::spawn(run(url, node_id.clone(), ingest_queue, rx, shutdown));
+        (
+            Self {
+                tx,
+                applied,
+                node_id,
+            },
+            task,
+        )
     }
 
     /// Queues one decoded event for the writer without waiting for its answer. Calls are
@@ -101,13 +167,44 @@ impl Forwarder {
     async fn queue(&self, decoded: Decoded) -> Result<Receipt, WriteError> {
         let (answer, receipt) = Receipt::new();
         self.tx
-            .send(Call {
+            .send(Call::Publish {
                 event: decoded.event,
                 answer,
             })
             .await
             .map_err(|_| WriteError::Stopped)?;
         Ok(receipt)
+    }
+
+    /// Sends an inbox command to the writer and waits until this node's replica applied it:
+    /// the outcome (a mark's counts) is this node's, so the caller reads its own write here.
+    async fn command(&self, command: Command) -> Result<Applied, WriteError> {
+        let id = format!("inbox-{}-{:016x}", self.node_id, rand::random::<u64>());
+        // Registered before the command goes out: the follower may apply it before the
+        // writer's answer arrives.
+        let applied = self.applied.wait(&id);
+        let (answer, stored) = tokio::sync::oneshot::channel();
+        let sent = self
+            .tx
+            .send(Call::Inbox {
+                id: id.clone(),
+                command,
+                answer,
+            })
+            .await;
+        let outcome = match sent {
+            Err(_) => Err(WriteError::Stopped),
+            Ok(()) => match stored.await.unwrap_or(Err(WriteError::Stopped)) {
+                Err(error) => Err(error),
+                Ok(()) => match tokio::time::timeout(APPLY_TIMEOUT, applied).await {
+                    Ok(Ok(applied)) => return Ok(applied),
+                    Ok(Err(_)) => Err(WriteError::Stopped),
+                    Err(_) => Err(WriteError::cluster(ForwardError::NotApplied)),
+                },
+            },
+        };
+        self.applied.forget(&id);
+        outcome
     }
 }
 
@@ -117,10 +214,14 @@ impl Writer for Forwarder {
     fn submit_traced(&self, decoded: Decoded, _trace: Option<EventTrace>) -> Submitting<'_> {
         Box::pin(self.queue(decoded))
     }
+
+    fn submit_inbox(&self, command: Command) -> Applying<'_> {
+        Box::pin(self.command(command))
+    }
 }
 
-/// Calls waiting for the writer's answer, by correlation id, with their event's id.
-type Waiting = Arc<Mutex<HashMap<u64, (Reply, String)>>>;
+/// Calls waiting for the writer's answer, by correlation id.
+type WaitingCalls = Arc<Mutex<HashMap<u64, Waiting>>>;
 
 async fn run(
     url: String,
@@ -129,7 +230,7 @@ async fn run(
     mut rx: mpsc::Receiver<Call>,
     shutdown: CancellationToken,
 ) {
-    let waiting: Waiting = Arc::default();
+    let waiting: WaitingCalls = Arc::default();
     let mut next_id = 0_u64;
     // The tasks waiting for the broker's confirms: stopped at shutdown, joined before this
     // task ends.
@@ -143,12 +244,12 @@ async fn run(
         };
         let session = session(&url, &node_id, &ingest_queue, calls, &shutdown).await;
         // Calls waiting for an answer on the lost connection will not get one.
-        for (_, (answer, _)) in waiting
+        for (_, call) in waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .drain()
         {
-            let _ = answer.send(Err(WriteError::cluster(ForwardError::ConnectionLost)));
+            call.fail(WriteError::cluster(ForwardError::ConnectionLost));
         }
         match session {
             Ok(()) => break,
@@ -168,7 +269,7 @@ async fn run(
 struct Calls<'a> {
     rx: &'a mut mpsc::Receiver<Call>,
     /// Calls waiting for the writer's answer.
-    waiting: &'a Waiting,
+    waiting: &'a WaitingCalls,
     /// The last correlation id given out.
     next_id: &'a mut u64,
     /// The tasks waiting for the broker's confirms.
@@ -243,22 +344,37 @@ async fn forward(
     ingest_queue: &str,
     call: Call,
     id: u64,
-    waiting: &Waiting,
+    waiting: &WaitingCalls,
 ) -> lapin::Result<impl Future<Output = ()> + Send + 'static> {
-    let Call { event, answer } = call;
-    {
-        let mut waiting = waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        if waiting.len() > PRUNE_ABOVE {
-            waiting.retain(|_, (answer, _)| !answer.is_closed());
-        }
-        waiting.insert(id, (answer, event.id.clone()));
-    }
-    let properties = BasicProperties::default()
+    let base = BasicProperties::default()
         .with_content_type(ingest::FORWARDED_CONTENT_TYPE.into())
-        .with_type(ingest::FORWARDED_TYPE.into())
         .with_delivery_mode(2)
         .with_reply_to(DIRECT_REPLY_TO.into())
         .with_correlation_id(ShortString::from(id.to_string()));
+    let (body, properties, call) = match call {
+        Call::Publish { event, answer } => (
+            event.encode_to_vec(),
+            base.with_type(ingest::FORWARDED_TYPE.into()),
+            Waiting::Publish(answer, event.id),
+        ),
+        Call::Inbox {
+            id: name,
+            command,
+            answer,
+        } => (
+            command.encode(),
+            base.with_type(ingest::FORWARDED_INBOX_TYPE.into())
+                .with_message_id(ShortString::from(name)),
+            Waiting::Inbox(answer),
+        ),
+    };
+    {
+        let mut waiting = waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        if waiting.len() > PRUNE_ABOVE {
+            waiting.retain(|_, call| !call.is_closed());
+        }
+        waiting.insert(id, call);
+    }
     let confirm = channel
         .basic_publish(
             "".into(),
@@ -267,7 +383,7 @@ async fn forward(
                 mandatory: true,
                 ..BasicPublishOptions::default()
             },
-            &event.encode_to_vec(),
+            &body,
             properties,
         )
         .await?;
@@ -284,14 +400,14 @@ async fn forward(
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
-        if let Some((answer, _)) = answer {
-            let _ = answer.send(Err(WriteError::cluster(refused)));
+        if let Some(call) = answer {
+            call.fail(WriteError::cluster(refused));
         }
     })
 }
 
 /// Hands the writer's answer to the call it belongs to.
-fn answer(delivery: &lapin::message::Delivery, waiting: &Waiting) {
+fn answer(delivery: &lapin::message::Delivery, waiting: &WaitingCalls) {
     let Some(id) = delivery
         .properties
         .correlation_id()
@@ -300,14 +416,36 @@ fn answer(delivery: &lapin::message::Delivery, waiting: &Waiting) {
     else {
         return;
     };
-    let Some((answer, event_id)) = waiting
+    let Some(call) = waiting
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .remove(&id)
     else {
         return;
     };
-    let _ = answer.send(parse_answer(delivery, event_id));
+    match call {
+        Waiting::Publish(answer, event_id) => {
+            let _ = answer.send(parse_answer(delivery, event_id));
+        }
+        Waiting::Inbox(answer) => {
+            let refused = refusal(delivery)
+                .map(|(_, detail)| WriteError::cluster(ForwardError::Refused(detail)));
+            let _ = answer.send(refused.map_or(Ok(()), Err));
+        }
+    }
+}
+
+/// The writer's refusal in an answer's headers: its reason and detail.
+fn refusal(delivery: &lapin::message::Delivery) -> Option<(Option<Vec<u8>>, String)> {
+    let headers = delivery.properties.headers().as_ref()?;
+    let detail = crate::ingest::dead_letter::header_text(
+        headers,
+        crate::ingest::dead_letter::ERROR_DETAIL_HEADER,
+    )?;
+    let reason =
+        crate::ingest::dead_letter::header_text(headers, crate::ingest::dead_letter::ERROR_HEADER)
+            .map(<[u8]>::to_vec);
+    Some((reason, String::from_utf8_lossy(detail).into_owned()))
 }
 
 /// The writer's answer: a `PublishResponse`, or the reason it refused the event.
@@ -315,24 +453,13 @@ fn parse_answer(
     delivery: &lapin::message::Delivery,
     event_id: String,
 ) -> Result<Published, WriteError> {
-    if let Some(headers) = delivery.properties.headers()
-        && let Some(detail) = crate::ingest::dead_letter::header_text(
-            headers,
-            crate::ingest::dead_letter::ERROR_DETAIL_HEADER,
-        )
-    {
-        let reason = crate::ingest::dead_letter::header_text(
-            headers,
-            crate::ingest::dead_letter::ERROR_HEADER,
-        );
-        if reason == Some(b"conflicting_id".as_slice()) {
+    if let Some((reason, detail)) = refusal(delivery) {
+        if reason.as_deref() == Some(b"conflicting_id".as_slice()) {
             // Not the writer's trouble: the caller's id names another event. Said as on one
             // node (ALREADY_EXISTS), not as a refusal worth retrying.
             return Err(WriteError::ConflictingId { id: event_id });
         }
-        return Err(WriteError::cluster(ForwardError::Refused(
-            String::from_utf8_lossy(detail).into_owned(),
-        )));
+        return Err(WriteError::cluster(ForwardError::Refused(detail)));
     }
     let response = pb::PublishResponse::decode(delivery.data.as_slice())
         .map_err(|error| WriteError::cluster(ForwardError::Answer(error)))?;

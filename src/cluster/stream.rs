@@ -1,6 +1,6 @@
 //! The journal stream on the wire: its declaration, and the messages in it.
 //!
-//! Owns: the stream's arguments, the three kinds of message and their headers, reading a
+//! Owns: the stream's arguments, the four kinds of message and their headers, reading a
 //! delivery back into an [`Entry`]. Does not own: what a node does with an entry (`follower`),
 //! or when the writer writes (`writer`).
 //!
@@ -13,6 +13,7 @@
 //! | `event` | the event | the writer | the stream's epoch |
 //! | `barrier` | empty; `message_id` names it | the writer, when it takes over | the stream's epoch |
 //! | `bootstrap` | empty | any node that found the stream empty | a fresh random one: it is the stream's epoch only if it landed first (offset 0) |
+//! | `inbox` | an inbox command (`inbox::Command`); `message_id` names it | the writer, for any node's mark or preferences | the stream's epoch |
 
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use lapin::{
 };
 use prost::Message as _;
 
-use crate::pb;
+use crate::{inbox::Command, pb};
 
 /// The stream's default name (`--stream`).
 pub const DEFAULT_STREAM: &str = "notify-backbone.journal";
@@ -107,6 +108,9 @@ pub enum Kind {
     Barrier,
     /// A first message for an empty stream, proposing its epoch.
     Bootstrap,
+    /// An inbox command (a mark, preferences, an admin's first use of their inbox); its
+    /// `message_id` names it for the node that waits for its outcome.
+    Inbox,
 }
 
 impl Kind {
@@ -115,6 +119,7 @@ impl Kind {
             Kind::Event => "event",
             Kind::Barrier => "barrier",
             Kind::Bootstrap => "bootstrap",
+            Kind::Inbox => "inbox",
         }
     }
 
@@ -123,6 +128,7 @@ impl Kind {
             b"event" => Some(Kind::Event),
             b"barrier" => Some(Kind::Barrier),
             b"bootstrap" => Some(Kind::Bootstrap),
+            b"inbox" => Some(Kind::Inbox),
             _ => None,
         }
     }
@@ -139,6 +145,8 @@ pub struct Entry {
     pub kind: Kind,
     /// The event, for [`Kind::Event`].
     pub event: Option<pb::Event>,
+    /// The command, for [`Kind::Inbox`].
+    pub command: Option<Command>,
     /// Its `message_id` (a barrier's name).
     pub id: String,
 }
@@ -174,6 +182,15 @@ pub enum ParseError {
         #[source]
         source: prost::DecodeError,
     },
+    /// An inbox command this version cannot read.
+    #[error("inbox command at offset {offset} does not decode: {source}")]
+    Command {
+        /// Where.
+        offset: u64,
+        /// Why.
+        #[source]
+        source: crate::inbox::DecodeCommandError,
+    },
 }
 
 /// The offset of a delivery from a stream, whatever the message.
@@ -206,7 +223,14 @@ pub fn parse(delivery: &Delivery) -> Result<Entry, ParseError> {
             pb::Event::decode(delivery.data.as_slice())
                 .map_err(|source| ParseError::Body { offset, source })?,
         ),
-        Kind::Barrier | Kind::Bootstrap => None,
+        Kind::Barrier | Kind::Bootstrap | Kind::Inbox => None,
+    };
+    let command = match kind {
+        Kind::Inbox => Some(
+            Command::decode(delivery.data.as_slice())
+                .map_err(|source| ParseError::Command { offset, source })?,
+        ),
+        _ => None,
     };
     let id = delivery
         .properties
@@ -219,6 +243,7 @@ pub fn parse(delivery: &Delivery) -> Result<Entry, ParseError> {
         epoch,
         kind,
         event,
+        command,
         id,
     })
 }
@@ -301,6 +326,7 @@ mod tests {
             epoch: 9,
             kind,
             event: None,
+            command: None,
             id: String::new(),
         };
         assert_eq!(entry(0, Kind::Bootstrap).stream_epoch(), Some(9));

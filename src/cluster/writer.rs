@@ -56,12 +56,16 @@ use super::{
     stream::{self, Kind},
 };
 use crate::{
+    inbox::{Applied, Command},
     otel::EventTrace,
     schema::Decoded,
     store::{Cursor, IdIndex},
     telemetry::Chain,
     telemetry::Metrics,
-    write::{ClusterFailure, Published, Receipt, Reply, Submitting, WriteError, Writer},
+    write::{
+        Applying, ClusterFailure, InboxReply, Published, Receipt, Reply, Submitting, WriteError,
+        Writer,
+    },
 };
 
 /// The most submissions appended together.
@@ -79,6 +83,19 @@ struct Submission {
     /// The ingest session it came from: appended only on that session's channel.
     session: u64,
 }
+
+/// An inbox command another node forwarded, to append as it is (commands need no dedupe: each
+/// is idempotent, so a retried one applied twice changes nothing more).
+struct InboxSubmission {
+    id: String,
+    command: Command,
+    reply: InboxReply,
+    session: u64,
+}
+
+/// Inbox commands waiting for the writer (they are rate-limited per user): full, the ingest
+/// waits.
+const INBOX_QUEUE_LEN: usize = 64;
 
 /// A probe reached the ingest session `session`: it is the shared queue's active consumer.
 struct Probe {
@@ -108,6 +125,7 @@ impl SessionChannel {
 #[derive(Clone)]
 pub struct StreamWriter {
     tx: mpsc::Sender<Submission>,
+    inbox: mpsc::Sender<InboxSubmission>,
     probes: mpsc::Sender<Probe>,
     session: Arc<SessionChannel>,
     /// For `notify_journal_writer`, which drops to 0 as soon as a session ends.
@@ -142,12 +160,20 @@ impl StreamWriter {
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(parts.queue_len.max(1));
         let (probes, probes_rx) = mpsc::channel(PROBE_QUEUE_LEN);
+        let (inbox, inbox_rx) = mpsc::channel(INBOX_QUEUE_LEN);
         let session = Arc::new(SessionChannel::default());
         let metrics = Arc::clone(&parts.metrics);
-        let task = tokio::spawn(run(parts, rx, probes_rx, Arc::clone(&session), shutdown));
+        let task = tokio::spawn(run(
+            parts,
+            (rx, inbox_rx),
+            probes_rx,
+            Arc::clone(&session),
+            shutdown,
+        ));
         (
             Self {
                 tx,
+                inbox,
                 probes,
                 session,
                 metrics,
@@ -178,6 +204,23 @@ impl StreamWriter {
 impl Writer for StreamWriter {
     fn submit_traced(&self, decoded: Decoded, _trace: Option<EventTrace>) -> Submitting<'_> {
         Box::pin(self.queue(decoded))
+    }
+
+    fn append_inbox(&self, id: String, command: Command) -> Applying<'_> {
+        Box::pin(async move {
+            let (reply, applied) = oneshot::channel();
+            let session = self.session.generation.load(Ordering::Acquire);
+            self.inbox
+                .send(InboxSubmission {
+                    id,
+                    command,
+                    reply,
+                    session,
+                })
+                .await
+                .map_err(|_| WriteError::Stopped)?;
+            applied.await.unwrap_or(Err(WriteError::Stopped))
+        })
     }
 
     fn session_started(&self, channel: &Channel) {
@@ -215,7 +258,7 @@ impl Writer for StreamWriter {
 
 async fn run(
     parts: WriterParts,
-    mut rx: mpsc::Receiver<Submission>,
+    (mut rx, mut inbox): (mpsc::Receiver<Submission>, mpsc::Receiver<InboxSubmission>),
     mut probes: mpsc::Receiver<Probe>,
     session: Arc<SessionChannel>,
     shutdown: CancellationToken,
@@ -242,6 +285,10 @@ async fn run(
                     warn!(error = %Chain(&error), "journal writer: cannot synchronise with the stream");
                 }
                 let _ = done.send(());
+                continue;
+            }
+            Some(submission) = inbox.recv() => {
+                append_command(&parts, &session, &mut state, &resync, submission, &mut answering, &shutdown).await;
                 continue;
             }
             () = shutdown.cancelled() => break,
@@ -287,6 +334,70 @@ async fn run(
     if parts.metrics.journal_writer.set(0) == 1 {
         info!("journal writer: stopped; this node is no longer the cluster's writer");
     }
+}
+
+/// Appends one forwarded inbox command on the current session's channel (synchronised first,
+/// like events), and answers it once the broker confirmed it, in a task of its own.
+async fn append_command(
+    parts: &WriterParts,
+    session: &SessionChannel,
+    state: &mut Synced,
+    resync: &Arc<AtomicBool>,
+    submission: InboxSubmission,
+    answering: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
+) {
+    let InboxSubmission {
+        id,
+        command,
+        reply,
+        session: submitted_on,
+    } = submission;
+    let fail = |reply: InboxReply, error: ClusterError| {
+        let _ = reply.send(Err(WriteError::cluster(error)));
+    };
+    let Some((generation, channel)) = session.current() else {
+        return fail(reply, ClusterError::NoSession);
+    };
+    if generation != submitted_on {
+        // A delivery of an ended session: whoever consumes now appends it.
+        return fail(reply, ClusterError::NoSession);
+    }
+    if let Err(error) = state.ensure(parts, generation, &channel, resync).await {
+        warn!(error = %Chain(&error), "journal writer: cannot synchronise with the stream");
+        return fail(reply, error);
+    }
+    let sent = stream::append(
+        &channel,
+        &parts.stream,
+        parts.epoch,
+        Kind::Inbox,
+        &id,
+        &command.encode(),
+    )
+    .await;
+    let confirm = match sent {
+        Ok(confirm) => confirm,
+        Err(error) => {
+            resync.store(true, Ordering::Relaxed);
+            return fail(reply, ClusterError::Broker(error));
+        }
+    };
+    let (resync, shutdown) = (Arc::clone(resync), shutdown.clone());
+    answering.spawn(async move {
+        tokio::select! {
+            confirmation = confirm => match confirmed(confirmation) {
+                Ok(()) => {
+                    let _ = reply.send(Ok(Applied::InStream));
+                }
+                Err(error) => {
+                    resync.store(true, Ordering::Relaxed);
+                    let _ = reply.send(Err(WriteError::cluster(error)));
+                }
+            },
+            () = shutdown.cancelled() => {}
+        }
+    });
 }
 
 /// Which ingest session the writer is synchronised on.

@@ -332,6 +332,9 @@ pub enum Applied {
     Preferences(Box<Preferences>),
     /// The admin's inbox exists (it was created, or it existed already).
     Joined,
+    /// Cluster mode's writer: the command is in the journal stream (confirmed by the broker);
+    /// each node applies it when it reads it there.
+    InStream,
 }
 
 /// Why an [`Update`] is sent.

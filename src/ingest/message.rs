@@ -51,6 +51,14 @@ impl Message {
             && text(self.properties.kind()).as_deref() == Some(super::FORWARDED_TYPE)
     }
 
+    /// An inbox command forwarded by another node (cluster mode), not an event.
+    pub(super) fn is_forwarded_inbox(&self) -> bool {
+        self.properties
+            .kind()
+            .as_ref()
+            .is_some_and(|kind| kind.as_str() == super::FORWARDED_INBOX_TYPE)
+    }
+
     /// The AMQP `timestamp` property in milliseconds (see [`amqp_timestamp_ms`]).
     pub(super) fn timestamp_ms(&self) -> Option<i64> {
         self.properties.timestamp().and_then(amqp_timestamp_ms)

@@ -57,6 +57,11 @@ pub const FORWARDED_CONTENT_TYPE: &str = "application/x-protobuf";
 /// `type` of such a message: the message its body is.
 pub const FORWARDED_TYPE: &str = "cloudphone.notify.v1.Event";
 
+/// `type` of an inbox command forwarded by another node (cluster mode): the body is an encoded
+/// `inbox::Command`, its `message_id` names it, and the writer answers to `reply_to` once it is
+/// in the journal stream (the calling node then waits until its own replica applied it).
+pub const FORWARDED_INBOX_TYPE: &str = "notify-backbone.inbox-command";
+
 /// `type` of a probe: an empty message an ingest publishes to cluster mode's shared queue when
 /// its session starts consuming, and once more when it stops. The queue has a single active
 /// consumer, so the node that receives a probe learns that it is that consumer (cluster mode's

@@ -337,7 +337,10 @@ impl<W: Writer> Session<'_, W> {
             };
             if !matches!(
                 outcome,
-                Outcome::Accepted(_) | Outcome::Probed | Outcome::DeadLettered(_)
+                Outcome::Accepted(_)
+                    | Outcome::Applied
+                    | Outcome::Probed
+                    | Outcome::DeadLettered(_)
             ) {
                 // No retries during shutdown: it stays unacked and the broker redelivers it.
                 break;
@@ -393,7 +396,13 @@ impl<W: Writer> Session<'_, W> {
                 {
                     self.metrics.ingest.lag.observe(lag_seconds(sent_ms));
                 }
-                self.start.answer(&oldest.message, Ok(&published)).await;
+                self.start
+                    .answer(&oldest.message, Ok(Some(&published)))
+                    .await;
+                self.settled(oldest.message.tag);
+            }
+            Outcome::Applied => {
+                self.start.answer(&oldest.message, Ok(None)).await;
                 self.settled(oldest.message.tag);
             }
             Outcome::Probed => self.settled(oldest.message.tag),

@@ -26,6 +26,8 @@ use super::{IngestError, IngestSettings, dead_letter, message::Message};
 pub(super) enum Outcome {
     /// Stored (or recognised as a duplicate) and routed.
     Accepted(Published),
+    /// A forwarded inbox command, in the journal.
+    Applied,
     /// A probe, which the writer has acted on.
     Probed,
     /// The broker confirmed the dead-letter copy.
@@ -72,6 +74,9 @@ impl<W: Writer> Start<'_, W> {
                 acted.await;
                 Outcome::Probed
             }));
+        }
+        if message.is_forwarded_inbox() {
+            return self.begin_inbox(message).await;
         }
         let props = Properties {
             timestamp_ms: message.timestamp_ms(),
@@ -123,19 +128,46 @@ impl<W: Writer> Start<'_, W> {
         }
     }
 
-    /// Answers a forwarded `Publish` (a message with `reply_to`): where its event landed, or why
-    /// it was refused. Best effort: the caller is another node's `Publish`, which times out and
+    /// A forwarded inbox command: into the writer, named by the message's id. One that does
+    /// not decode (a node of a later version) is refused like a bad event: dead-lettered, and
+    /// the calling node told.
+    async fn begin_inbox(&self, message: &Message) -> Result<PendingOutcome, IngestError> {
+        let id = message
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str().to_owned())
+            .unwrap_or_default();
+        let command = match crate::inbox::Command::decode(&message.body) {
+            Ok(command) => command,
+            Err(error) => {
+                let error = DecodeError::NotEvent(format!("an inbox command: {error}"));
+                return self.dead_letter(message, error).await;
+            }
+        };
+        let applying = self.writer.append_inbox(id, command);
+        // The writer's future borrows the writer; the outcome is awaited now (commands are rare
+        // and rate-limited) and handed on resolved.
+        let outcome = match applying.await {
+            Ok(_) => Outcome::Applied,
+            Err(error) => Outcome::Refused(error),
+        };
+        Ok(Box::pin(std::future::ready(outcome)))
+    }
+
+    /// Answers a forwarded `Publish` or inbox command (a message with `reply_to`): where its
+    /// event landed (`None` for a command), or why it was refused. Best effort: the caller is another node's `Publish`, which times out and
     /// is retried by its client if the answer is lost.
     pub(super) async fn answer(
         &self,
         message: &Message,
-        outcome: Result<&Published, &DecodeError>,
+        outcome: Result<Option<&Published>, &DecodeError>,
     ) {
         let Some(reply_to) = message.properties.reply_to() else {
             return;
         };
         let (body, headers) = match outcome {
-            Ok(published) => (
+            Ok(Some(published)) => (
                 prost::Message::encode_to_vec(&crate::pb::PublishResponse {
                     id: published.id.clone(),
                     cursor: published.cursor.to_string(),
@@ -143,6 +175,8 @@ impl<W: Writer> Start<'_, W> {
                 }),
                 FieldTable::default(),
             ),
+            // A forwarded inbox command: in the journal stream, nothing more to say.
+            Ok(None) => (Vec::new(), FieldTable::default()),
             Err(error) => (Vec::new(), dead_letter::reason_headers_of(error)),
         };
         let mut properties = BasicProperties::default().with_headers(headers);

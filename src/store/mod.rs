@@ -18,7 +18,7 @@ pub use cursor::{Cursor, CursorError};
 pub use file::JournalHealth;
 pub use redb::{
     Durability, IdIndex, JournalMonitor, JournalSettings, Known, OpenError, Pruner, RedbJournal,
-    Replicated, RetentionSettings, Syncer,
+    ReplicaInbox, Replicated, RetentionSettings, Syncer,
 };
 
 use std::sync::Arc;

@@ -44,6 +44,17 @@ pub(super) const ADMINS: TableDefinition<&str, u64> = TableDefinition::new("inbo
 pub(super) const PREFERENCES: TableDefinition<&str, &[u8]> =
     TableDefinition::new("inbox_preferences");
 
+/// Empties every inbox table (a replica adopting another stream's epoch derives them anew).
+pub(super) fn delete_all(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    txn.delete_table(ITEMS)?;
+    txn.delete_table(ITEM_IDS)?;
+    txn.delete_table(COUNTS)?;
+    txn.delete_table(NOTICES)?;
+    txn.delete_table(ADMINS)?;
+    txn.delete_table(PREFERENCES)?;
+    Ok(())
+}
+
 /// The inbox tables of one write transaction, and the updates it made.
 pub(super) struct InboxWrite<'txn> {
     items: Table<'txn, (u8, &'static str, u64), (u8, u8)>,
@@ -470,8 +481,7 @@ pub(super) fn page_in(
         .range((kind, owner, 0)..(kind, owner, before))
         .map_err(read_failed)?
         .rev();
-    let mut scanned = 0;
-    for entry in range {
+    for (scanned, entry) in range.enumerate() {
         let (k, v) = entry.map_err(read_failed)?;
         let position = k.value().2;
         let (bits, family) = v.value();
@@ -479,7 +489,6 @@ pub(super) fn page_in(
             page.end = false;
             return Ok(page);
         }
-        scanned += 1;
         page.next_before = position;
         let state = ItemState::from_bits(bits);
         let Some(family) = Family::from_code(family) else {

@@ -36,7 +36,7 @@ use std::{collections::BTreeSet, path::PathBuf, sync::Arc, time::Duration};
 use redb::{Database, ReadableTable, TableDefinition};
 use tokio::sync::watch;
 
-pub use replica::{IdIndex, Known, Replicated};
+pub use replica::{IdIndex, Known, ReplicaInbox, Replicated};
 pub use retention::{Pruner, RetentionSettings};
 pub use sync::Syncer;
 

@@ -13,12 +13,24 @@ use redb::{Database, ReadableDatabase as _, ReadableTable as _};
 
 use super::{
     BYTES, DEDUPE_FLOOR, EPOCH, EVENTS, FLOOR, IDS, META, REPLICA_HEAD, RedbJournal,
-    append::stored_is_same, read_failed,
+    append::stored_is_same, inbox::InboxWrite, read_failed,
 };
 use crate::{
+    inbox::{Applied, Command, Update},
     pb,
     store::{StoreError, file::JournalFile},
 };
+
+/// What the inbox commands of one [`RedbJournal::replicate_with_inbox`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicaInbox {
+    /// Per command, in order: its outcome, or `None` for one applied before.
+    pub applied: Vec<Option<Applied>>,
+    /// The positions of new events whose type their user disabled.
+    pub muted: Vec<u64>,
+    /// What the inboxes' owners' streams are told, in order.
+    pub updates: Vec<Update>,
+}
 
 /// What became of one event handed to [`RedbJournal::replicate`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +64,8 @@ impl RedbJournal {
                 txn.delete_table(IDS)?;
                 txn.open_table(EVENTS)?;
                 txn.open_table(IDS)?;
+                // The inboxes are derived from the stream too (its events and commands).
+                super::inbox::delete_all(&txn)?;
                 let mut meta = txn.open_table(META)?;
                 for key in [FLOOR, DEDUPE_FLOOR, BYTES] {
                     meta.remove(key)?;
@@ -75,28 +89,68 @@ impl RedbJournal {
         events: &mut [(u64, pb::Event)],
         through: u64,
     ) -> Result<Vec<Replicated>, StoreError> {
+        self.replicate_with_inbox(events, &[], through)
+            .map(|(outcomes, _)| outcomes)
+    }
+
+    /// [`Self::replicate`] with the inbox commands read from the stream at their positions
+    /// (ascending): each is applied in position order with the events around it, in the same
+    /// transaction, so every node derives the same state; a command at or below the head was
+    /// applied before (read again after a restart) and is skipped (`None` in
+    /// [`ReplicaInbox::applied`]).
+    pub fn replicate_with_inbox(
+        &mut self,
+        events: &mut [(u64, pb::Event)],
+        commands: &[(u64, Command)],
+        through: u64,
+    ) -> Result<(Vec<Replicated>, ReplicaInbox), StoreError> {
         let now = crate::store::unix_millis();
         let file = Arc::clone(&self.file);
         let before = self.head;
-        file.write(true, |db| self.replicate_in(db, events, through, now))
-            .inspect_err(|_| self.head = before)
+        file.write(true, |db| {
+            self.replicate_in(db, events, commands, through, now)
+        })
+        .inspect_err(|_| self.head = before)
     }
 
     fn replicate_in(
         &mut self,
         db: &Database,
         events: &mut [(u64, pb::Event)],
+        commands: &[(u64, Command)],
         through: u64,
         now: u64,
-    ) -> Result<Vec<Replicated>, redb::Error> {
+    ) -> Result<(Vec<Replicated>, ReplicaInbox), redb::Error> {
         self.write_batch(db, now, |journal, txn, batch| {
-            let mut head = journal.head;
+            let start = journal.head;
+            let mut head = start;
             let mut outcomes = Vec::with_capacity(events.len());
+            let mut inbox = InboxWrite::open(txn)?;
+            let mut replicated = ReplicaInbox::default();
+            let mut commands = commands.iter().peekable();
+            // Applies the commands before `limit`, in order.
+            let mut commands_before =
+                |limit: u64, inbox: &mut InboxWrite<'_>, replicated: &mut ReplicaInbox| {
+                    while let Some((position, command)) = commands.next_if(|(p, _)| *p < limit) {
+                        replicated.applied.push(if *position > start {
+                            Some(inbox.apply(command)?)
+                        } else {
+                            None
+                        });
+                    }
+                    Ok::<_, redb::Error>(())
+                };
             for (position, event) in events.iter_mut() {
                 let position = *position;
+                commands_before(position, &mut inbox, &mut replicated)?;
                 if position <= head {
                     outcomes.push(match journal.take_in_doubt(&batch.events, position)? {
-                        Some(frame) => Replicated::Stored(frame),
+                        Some(frame) => {
+                            if inbox.event_stored(&journal.inbox, event, position)? {
+                                replicated.muted.push(position);
+                            }
+                            Replicated::Stored(frame)
+                        }
                         None => Replicated::AlreadyHave,
                     });
                     continue;
@@ -109,13 +163,19 @@ impl RedbJournal {
                 }
                 let cursor = journal.cursor(position).to_string();
                 let frame = batch.insert(position, cursor, event)?;
+                if inbox.event_stored(&journal.inbox, event, position)? {
+                    replicated.muted.push(position);
+                }
                 outcomes.push(Replicated::Stored(frame));
             }
+            commands_before(u64::MAX, &mut inbox, &mut replicated)?;
+            replicated.updates = std::mem::take(&mut inbox.updates);
+            drop(inbox);
             let head = head.max(through);
             // The head is kept even when the last positions stored nothing (a barrier, a
-            // duplicate), so a restart does not read them again.
+            // duplicate, a command), so a restart does not read them again.
             txn.open_table(META)?.insert(REPLICA_HEAD, head)?;
-            Ok((head, outcomes))
+            Ok((head, (outcomes, replicated)))
         })
     }
 
