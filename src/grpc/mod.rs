@@ -376,9 +376,14 @@ mod tests {
             .collect();
         methods.sort();
         let built_by_hand = vec![
+            ("GetInboxCounts".to_owned(), false, false),
+            ("GetPreferences".to_owned(), false, false),
             ("ListEvents".to_owned(), false, false),
+            ("ListInbox".to_owned(), false, false),
+            ("MarkInbox".to_owned(), false, false),
             ("Publish".to_owned(), false, false),
             ("PublishStream".to_owned(), true, true),
+            ("SetPreferences".to_owned(), false, false),
             ("Subscribe".to_owned(), false, true),
         ];
         assert_eq!(methods, built_by_hand, "update build.rs's manual service");
