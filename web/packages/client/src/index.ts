@@ -1,7 +1,9 @@
 // @notify-backbone/client: the generated messages and service, the reconnecting feed, a shared
-// connection with listeners, the event union narrowed by type, and the refresh table.
+// connection with listeners (one stream per browser where tabs can share it), the inbox's calls
+// and state, the event union narrowed by type, and the refresh table.
 
 export * from "./gen/cloudphone/notify/v1/events_pb.js";
+export * from "./gen/cloudphone/notify/v1/inbox_pb.js";
 export * from "./gen/cloudphone/notify/v1/service_pb.js";
 export {
   BACKOFF,
@@ -22,7 +24,42 @@ export {
   type NotificationClient,
   type NotificationListener,
   type NotificationsOptions,
+  type TabsOptions,
 } from "./connection.js";
+export {
+  InboxApi,
+  InboxList,
+  InboxState,
+  countsAfterMark,
+  emptyCounts,
+  inInboxList,
+  inboxFamilyName,
+  inboxMarks,
+  markItem,
+  markItems,
+  markMayAddTo,
+  mergeNewestPage,
+  sameCounts,
+  type InboxChange,
+  type InboxListOptions,
+  type InboxListSnapshot,
+  type InboxPageRequest,
+  type InboxSnapshot,
+  type MarkSpec,
+  type MarkedItems,
+} from "./inbox.js";
+export {
+  TabShare,
+  broadcastChannel,
+  browserTabSharing,
+  sharedStreamName,
+  type TabChannel,
+  type TabLocks,
+  type TabPeer,
+  type TabSharing,
+  type TabSnapshot,
+} from "./tabs.js";
+export { TokenCache, subjectOf, withToken, type AuthHeaders } from "./tokens.js";
 export {
   PAYLOAD_CASE_BY_TYPE,
   asTyped,
