@@ -217,8 +217,9 @@ export class Notifications {
     const run = ++this.runs;
     const resume = this.feed.cursor !== "";
     void (async () => {
-      // A start right after a stop (React's StrictMode mounts, unmounts and mounts again) reuses
-      // the token being fetched rather than asking the app's session for another.
+      // The tab's token, shared with its calls: a start right after a stop (React's StrictMode
+      // mounts, unmounts and mounts again) reuses the one being fetched rather than asking the
+      // app's session for another; one that expired meanwhile is replaced when the server says so.
       let token: string;
       try {
         token = await this.tokens.current();

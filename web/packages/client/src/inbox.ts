@@ -9,8 +9,10 @@
 // shows a mark at once. Neither opens a stream: `Notifications` passes them the stream's updates.
 //
 // Counts carry no version: the latest update wins. A call's answer (a page's counts, `MarkInbox`'s)
-// was read at some moment during the call; an in-band update received meanwhile may be newer, so
-// such an answer is taken only when no update arrived while it was under way.
+// was read at some moment during the call, and may be older than an update received meanwhile, or
+// than another call's answer, or hold a mark still shown as in flight (and so count it twice):
+// an answer is taken only when the counts did not change while it was under way and no other mark
+// is in flight. The stream's updates are in the order the server stored things, so they always are.
 
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import type { Client } from "@connectrpc/connect";
@@ -75,6 +77,14 @@ export interface InboxPageRequest {
 
 type ServiceClient = Client<typeof NotificationService>;
 
+/** Preferences as an app writes them (plain objects; `criticalTypes` is the server's). */
+export type PreferencesInit = MessageInitShape<typeof PreferencesSchema>;
+
+/** `init` as a `Preferences` message (defaults filled in), e.g. to show it before it is stored. */
+export function preferencesFrom(init: PreferencesInit): Preferences {
+  return create(PreferencesSchema, init);
+}
+
 /** The inbox's calls, each with the tab's token (replaced once when the server says it expired). */
 export class InboxApi {
   constructor(
@@ -122,7 +132,7 @@ export class InboxApi {
   }
 
   /** Replaces the caller's preferences (`criticalTypes` is ignored); returns them as stored. */
-  async setPreferences(preferences: MessageInitShape<typeof PreferencesSchema>): Promise<Preferences> {
+  async setPreferences(preferences: PreferencesInit): Promise<Preferences> {
     const response = await withToken(this.tokens, (headers) =>
       this.client.setPreferences({ preferences }, { headers }),
     );
@@ -370,7 +380,7 @@ export interface InboxSnapshot {
 export class InboxState {
   private base: InboxCounts | undefined;
   private pending: readonly Pending[] = [];
-  /** How many in-band updates arrived: an answer read before one of them is older than it. */
+  /** Counts the changes of `base`: an answer read before one of them may be older than it. */
   private updates = 0;
   private live = false;
   /** How often the stream stopped being live: a mark's update may have been lost in between. */
@@ -394,7 +404,7 @@ export class InboxState {
     return this.current.counts;
   }
 
-  /** How many in-band updates arrived so far (pass it to `offerCounts`). */
+  /** How often the server's counts changed so far (pass it to `offerCounts`). */
   get version(): number {
     return this.updates;
   }
@@ -416,12 +426,13 @@ export class InboxState {
   }
 
   /**
-   * Counts read by a call that started when `version` was `sentAt`: taken unless an in-band
-   * update arrived since (which may be newer).
+   * Counts read by a call that started when `version` was `sentAt`: taken unless the counts
+   * changed since (an update, another answer: either may be newer) or a mark is in flight (they
+   * may hold it already, and it is shown on top).
    */
   offerCounts(counts: InboxCounts | undefined, sentAt: number): void {
-    if (counts === undefined || sentAt !== this.updates) return;
-    this.base = counts;
+    if (counts === undefined || sentAt !== this.updates || this.pending.length > 0) return;
+    this.setBase(counts);
     this.changed();
   }
 
@@ -458,15 +469,16 @@ export class InboxState {
       if (this.drop(pending)) this.changed();
       throw error;
     }
-    const waiting = this.pending.includes(pending);
-    if (waiting) {
-      if (sentAt === this.updates) {
-        if (response.counts !== undefined) this.base = response.counts;
+    if (this.pending.includes(pending)) {
+      if (sentAt === this.updates && this.pending.length === 1) {
+        if (response.counts !== undefined) this.setBase(response.counts);
         this.drop(pending);
       } else if (response.changed === 0 || !this.live || drops !== this.drops) {
         // Nothing changed (no update follows), or no stream (or not the same one) to bring it:
         // the counts the server sends next (a reconnection's `STATE`) are right either way.
         this.drop(pending);
+        // Without a stream, nothing would correct them: read them once every mark is answered.
+        if (!this.live && this.pending.length === 0) void this.loadCounts().catch(() => {});
       } else {
         pending.stage = "stored";
       }
@@ -514,6 +526,11 @@ export class InboxState {
       this.pending = this.pending.filter((p) => p.stage === "sent");
       this.changed();
     }
+  }
+
+  private setBase(counts: InboxCounts): void {
+    this.base = counts;
+    this.updates += 1;
   }
 
   private drop(pending: Pending): boolean {

@@ -39,6 +39,7 @@ export {
   markItems,
   markMayAddTo,
   mergeNewestPage,
+  preferencesFrom,
   sameCounts,
   type InboxChange,
   type InboxListOptions,
@@ -47,6 +48,7 @@ export {
   type InboxSnapshot,
   type MarkSpec,
   type MarkedItems,
+  type PreferencesInit,
 } from "./inbox.js";
 export {
   TabShare,
