@@ -276,7 +276,15 @@ export class Notifications {
           if (!current()) return;
           // After the last cursor this tab saw (the previous holder's), or fresh when it saw none.
           const resume = this.feed.cursor !== "";
-          const token = await this.tokens.current();
+          let token: string;
+          try {
+            token = await this.tokens.current();
+          } catch (error) {
+            // No stream without a token: the lock goes to the next tab.
+            console.error("notify-backbone: no token to connect with", error);
+            if (run === this.runs) this.started = false;
+            return;
+          }
           if (!current()) return;
           this.streamToken = token;
           await this.feed.start(token, this.selection, resume);
