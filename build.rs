@@ -101,6 +101,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .output_type("crate::pb::ListEventsResponse")
         .codec_path("tonic_prost::ProstCodec")
         .build();
+    // The inbox's unary calls, prost-coded like `ListEvents`.
+    let unary = |name: &str, route: &str, message: &str| {
+        tonic_build::manual::Method::builder()
+            .name(name)
+            .route_name(route)
+            .input_type(format!("crate::pb::{message}Request"))
+            .output_type(format!("crate::pb::{message}Response"))
+            .codec_path("tonic_prost::ProstCodec")
+            .build()
+    };
     let service = tonic_build::manual::Service::builder()
         .name("NotificationService")
         .package("cloudphone.notify.v1")
@@ -108,6 +118,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .method(publish)
         .method(publish_stream)
         .method(list_events)
+        .method(unary("list_inbox", "ListInbox", "ListInbox"))
+        .method(unary(
+            "get_inbox_counts",
+            "GetInboxCounts",
+            "GetInboxCounts",
+        ))
+        .method(unary("mark_inbox", "MarkInbox", "MarkInbox"))
+        .method(unary("get_preferences", "GetPreferences", "GetPreferences"))
+        .method(unary("set_preferences", "SetPreferences", "SetPreferences"))
         .build();
     tonic_build::manual::Builder::new()
         .build_client(false)

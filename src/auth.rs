@@ -122,6 +122,12 @@ pub enum Denied {
     /// Asked for the admin feed without an admin role.
     #[error("the admin feed is for admins")]
     AdminFeed,
+    /// Asked for another user's inbox or preferences without an admin role.
+    #[error("may only read your own inbox and preferences")]
+    OtherInbox,
+    /// Asked for an admin inbox without an admin role.
+    #[error("the admin inbox is for admins")]
+    AdminInbox,
     /// Tried to publish without a publisher role or permission.
     #[error("publishing needs the notification.publish permission or a publisher role")]
     Publish,
@@ -221,6 +227,25 @@ impl Policy {
     /// subscriber, live or replayed, so a routing bug cannot leak events.
     pub fn may_see(&self, principal: &Principal, event_user: &str, admin_notice: bool) -> bool {
         self.viewer(principal).may_see(event_user, admin_notice)
+    }
+
+    /// May `principal` read the inbox (or preferences) of `user_id` (empty: their own), the
+    /// admin inbox if `admin_inbox`? Anyone their own; an admin any user's, for support.
+    /// Changing an inbox or preferences is for its owner alone: those calls name no user.
+    pub fn may_read_inbox(
+        &self,
+        principal: &Principal,
+        user_id: &str,
+        admin_inbox: bool,
+    ) -> Result<(), Denied> {
+        let admin = self.is_admin(principal);
+        if admin_inbox && !admin {
+            return Err(Denied::AdminInbox);
+        }
+        if !user_id.is_empty() && user_id != principal.user_id && !admin {
+            return Err(Denied::OtherInbox);
+        }
+        Ok(())
     }
 
     /// May `principal` call `Publish`?

@@ -29,7 +29,9 @@
 //! | [`otel`]      | OpenTelemetry tracing: OTLP export, an event's spans in its trace         |
 //! | [`telemetry`] | logging setup, Prometheus metrics and the `/metrics` endpoint             |
 //! | [`schema`]    | producer JSON (every wire shape) or a typed event → validated `pb::Event`  |
-//! | [`store`]     | the journal: positions, cursors, dedupe by event id                       |
+//! | [`store`]     | the journal: positions, cursors, dedupe by event id; the inbox's state,   |
+//! |               | written in the transaction that stores the events                         |
+//! | [`inbox`]     | the inbox's model: item states, exact counts, marks, updates, preferences |
 //! | [`pb`]        | the generated protobuf types of `proto/` (the public contract)            |
 //! | `backoff`     | the one retry policy: exponential pauses with jitter, a cap, a reset      |
 //!
@@ -46,6 +48,7 @@ pub mod cluster;
 pub mod config;
 pub(crate) mod grpc;
 pub(crate) mod hub;
+pub mod inbox;
 pub mod ingest;
 pub mod otel;
 pub mod pb;

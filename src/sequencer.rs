@@ -17,25 +17,33 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
 use crate::{
     hub::{Hub, Routed},
+    inbox::Command,
     otel::EventTrace,
     pb,
     schema::Decoded,
-    store::{Appended, Journal, StoreError},
+    store::{Appended, Journal, StoreError, Written},
     telemetry::Metrics,
-    write::{Published, Receipt, Reply, Submitting, WriteError, Writer},
+    write::{Applying, InboxReply, Published, Receipt, Reply, Submitting, WriteError, Writer},
 };
 use std::sync::Arc;
 
 /// The most events the sequencer takes from its queue for one journal append.
 const MAX_BATCH: usize = 512;
 
-struct Submission {
+/// What waits in the sequencer's queue: an event, or an inbox command (a mark, preferences),
+/// applied in the same batch and the same transaction as the events around it.
+enum Submission {
+    Event(EventSubmission),
+    Inbox { command: Command, reply: InboxReply },
+}
+
+struct EventSubmission {
     decoded: Decoded,
     published_at: Instant,
     /// The event's trace, when it is sampled: its journal and fan-out spans go there.
@@ -94,12 +102,12 @@ impl Sequencer {
         trace: Option<EventTrace>,
     ) -> Result<Receipt, WriteError> {
         let (reply, response) = Receipt::new();
-        let submission = Submission {
+        let submission = Submission::Event(EventSubmission {
             decoded,
             published_at: Instant::now(),
             trace,
             reply,
-        };
+        });
         self.tx
             .send(submission)
             .await
@@ -111,6 +119,17 @@ impl Sequencer {
 impl Writer for Sequencer {
     fn submit_traced(&self, decoded: Decoded, trace: Option<EventTrace>) -> Submitting<'_> {
         Box::pin(self.queue(decoded, trace))
+    }
+
+    fn submit_inbox(&self, command: Command) -> Applying<'_> {
+        Box::pin(async move {
+            let (reply, applied) = oneshot::channel();
+            self.tx
+                .send(Submission::Inbox { command, reply })
+                .await
+                .map_err(|_| WriteError::Stopped)?;
+            applied.await.unwrap_or(Err(WriteError::Stopped))
+        })
     }
 }
 
@@ -201,13 +220,15 @@ async fn run<J: Journal>(
 /// A batch the journal has answered for, waiting to be fanned out and acknowledged.
 struct Committed {
     events: Vec<pb::Event>,
+    /// Per inbox command: where to answer.
+    inbox_replies: Vec<InboxReply>,
     /// Per submission: where to answer, when it was published, whether an admin notice follows.
     replies: Vec<(Reply, Instant, bool)>,
     /// Per submission: its trace, if sampled (empty if none is, the common case).
     traces: Vec<Option<EventTrace>>,
     /// When the commit started and ended, for the traces' journal spans.
     commit_times: (SystemTime, SystemTime),
-    result: Result<Vec<Appended>, StoreError>,
+    result: Result<Written, StoreError>,
 }
 
 /// Starts appending a batch (one commit, on a blocking thread: it waits for the disk). The
@@ -220,14 +241,24 @@ fn commit_batch<J: Journal>(
     let mut events = Vec::with_capacity(batch.len() * 2);
     let mut replies = Vec::with_capacity(batch.len());
     let mut traces = Vec::new();
+    let mut commands = Vec::new();
+    let mut inbox_replies = Vec::new();
     let submissions = batch.len();
-    for (n, submission) in batch.drain(..).enumerate() {
-        let Submission {
+    let mut n = 0;
+    for submission in batch.drain(..) {
+        let EventSubmission {
             decoded,
             published_at,
             trace,
             reply,
-        } = submission;
+        } = match submission {
+            Submission::Event(event) => event,
+            Submission::Inbox { command, reply } => {
+                commands.push(command);
+                inbox_replies.push(reply);
+                continue;
+            }
+        };
         let has_notice = decoded.admin_notice.is_some();
         events.push(decoded.event);
         events.extend(decoded.admin_notice);
@@ -237,6 +268,7 @@ fn commit_batch<J: Journal>(
             traces.resize(submissions, None);
             traces[n] = trace;
         }
+        n += 1;
     }
     tokio::task::spawn_blocking(move || {
         let started = if traces.is_empty() {
@@ -244,7 +276,8 @@ fn commit_batch<J: Journal>(
         } else {
             SystemTime::now()
         };
-        let result = journal.append(&mut events);
+        // The commands are applied after the batch's events, in the same transaction.
+        let result = journal.write(&mut events, &commands);
         let ended = if traces.is_empty() {
             started
         } else {
@@ -252,6 +285,7 @@ fn commit_batch<J: Journal>(
         };
         let committed = Committed {
             events,
+            inbox_replies,
             replies,
             traces,
             commit_times: (started, ended),
@@ -266,14 +300,15 @@ impl Committed {
     fn deliver(self, hub: &Hub, metrics: &Metrics) {
         let Self {
             events,
+            inbox_replies,
             replies,
             mut traces,
             commit_times: (started, ended),
             result,
         } = self;
         let batch = events.len();
-        let outcomes = match result {
-            Ok(outcomes) => outcomes,
+        let written = match result {
+            Ok(written) => written,
             Err(error) => {
                 if error.is_health_refusal() {
                     // The journal's health reports these once per change, not once per batch.
@@ -288,9 +323,18 @@ impl Committed {
                 for (reply, _, _) in replies {
                     let _ = reply.send(Err(error.clone().into()));
                 }
+                for reply in inbox_replies {
+                    let _ = reply.send(Err(error.clone().into()));
+                }
                 return;
             }
         };
+        let Written {
+            appended: outcomes,
+            muted,
+            applied,
+            updates,
+        } = written;
         let mut stored = events.into_iter().zip(outcomes);
         for (n, (reply, published_at, has_notice)) in replies.into_iter().enumerate() {
             let trace = traces.get_mut(n).and_then(Option::take);
@@ -318,19 +362,37 @@ impl Committed {
                     metrics,
                     &event,
                     &appended,
-                    published_at,
+                    (published_at, &muted),
                     trace.as_ref(),
                 );
             }
             if let Some((notice, notice_appended)) = notice
                 && !notice_appended.duplicate
             {
-                deliver(hub, metrics, &notice, &notice_appended, published_at, None);
+                deliver(
+                    hub,
+                    metrics,
+                    &notice,
+                    &notice_appended,
+                    (published_at, &muted),
+                    None,
+                );
             }
             let _ = reply.send(Ok(Published {
                 id: event.id,
                 cursor: appended.cursor,
                 duplicate: appended.duplicate,
+            }));
+        }
+        // After the batch's events: an update about a new item follows the item on the
+        // owner's streams.
+        for update in &updates {
+            hub.inbox_update(update);
+        }
+        let mut applied = applied.into_iter();
+        for reply in inbox_replies {
+            let _ = reply.send(applied.next().ok_or_else(|| {
+                StoreError::Unavailable("journal returned too few outcomes".into()).into()
             }));
         }
     }
@@ -356,21 +418,33 @@ fn deliver(
     metrics: &Metrics,
     event: &pb::Event,
     appended: &Appended,
-    published_at: Instant,
+    (published_at, muted): (Instant, &[u64]),
     trace: Option<&EventTrace>,
 ) {
     let Some(frame) = &appended.frame else {
         return;
     };
+    let position = appended.cursor.position;
     fan_out_stored(
         hub,
         metrics,
         event,
-        frame.clone(),
-        appended.cursor.position,
+        Stored {
+            frame: frame.clone(),
+            position,
+            muted: muted.contains(&position),
+        },
         published_at,
         trace,
     );
+}
+
+/// An event as a journal stored it: its frame, its position, and whether its type is one the
+/// user it is about disabled (not pushed live on that user's own streams).
+pub(crate) struct Stored {
+    pub(crate) frame: bytes::Bytes,
+    pub(crate) position: u64,
+    pub(crate) muted: bool,
 }
 
 /// What every node does with an event once its journal (or its replica of the cluster's)
@@ -381,8 +455,7 @@ pub(crate) fn fan_out_stored(
     hub: &Hub,
     metrics: &Metrics,
     event: &pb::Event,
-    frame: bytes::Bytes,
-    position: u64,
+    stored: Stored,
     published_at: Instant,
     trace: Option<&EventTrace>,
 ) {
@@ -390,10 +463,11 @@ pub(crate) fn fan_out_stored(
     let started = trace.map(|_| SystemTime::now());
     let subscribers = hub.fan_out(Routed {
         event,
-        frame,
-        position,
+        frame: stored.frame,
+        position: stored.position,
         published_at,
         trace: trace.cloned(),
+        muted: stored.muted,
     });
     if let (Some(trace), Some(started)) = (trace, started) {
         trace.fanned_out(started, SystemTime::now(), subscribers);

@@ -7,7 +7,7 @@
 //! `cluster::StreamWriter` (the shared ingest queue's consumer) and `cluster::Forwarder`
 //! (`Publish` on any node). The ingest and the gRPC services see only this trait.
 //!
-//! A leaf of the module map: it imports only `schema`, `store` and `otel` types (and lapin's
+//! A leaf of the module map: it imports only `schema`, `store`, `inbox` and `otel` types (and lapin's
 //! channel, for the ingest's session hook), so every stage of the write path can import it
 //! without importing another stage.
 //!
@@ -26,7 +26,13 @@ use std::{
 
 use tokio::sync::oneshot;
 
-use crate::{otel::EventTrace, schema::Decoded, store::Cursor, store::StoreError};
+use crate::{
+    inbox::{Applied, Command},
+    otel::EventTrace,
+    schema::Decoded,
+    store::Cursor,
+    store::StoreError,
+};
 
 /// The outcome of publishing one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +112,12 @@ impl Future for Receipt {
 /// A submission on its way into a writer's queue.
 pub type Submitting<'a> = Pin<Box<dyn Future<Output = Result<Receipt, WriteError>> + Send + 'a>>;
 
+/// Where a writer answers one inbox command.
+pub type InboxReply = oneshot::Sender<Result<Applied, WriteError>>;
+
+/// An inbox command on its way through a writer: resolves once it is stored and applied.
+pub type Applying<'a> = Pin<Box<dyn Future<Output = Result<Applied, WriteError>> + Send + 'a>>;
+
 /// Where accepted events go: the journal's one writer, as this node reaches it.
 pub trait Writer: Send + Sync + 'static {
     /// Queues one event for the journal, with its trace when it is sampled (its journal and
@@ -113,6 +125,16 @@ pub trait Writer: Send + Sync + 'static {
     /// Waits only while the writer's queue is full: that wait is the backpressure an ingest
     /// passes on.
     fn submit_traced(&self, decoded: Decoded, trace: Option<EventTrace>) -> Submitting<'_>;
+
+    /// Applies one inbox command (a mark, preferences, an admin's first use of their inbox)
+    /// through the journal's writer, in order with the events; resolves once it is stored, with
+    /// what it did. Waits while the writer's queue is full, like an event.
+    fn submit_inbox(&self, command: Command) -> Applying<'_> {
+        let _ = command;
+        Box::pin(std::future::ready(Err(WriteError::Journal(
+            StoreError::Unavailable("this writer keeps no inbox".into()),
+        ))))
+    }
 
     /// [`Writer::submit_traced`] without a trace.
     fn submit(&self, decoded: Decoded) -> Submitting<'_> {

@@ -20,7 +20,7 @@ async fn until_caught_up(
             Kind::Event(event) => ids.push(event.id),
             Kind::Gap(gap) => gaps.push(gap),
             Kind::CaughtUp(caught_up) => return (ids, gaps, caught_up.cursor),
-            Kind::Heartbeat(_) => {}
+            Kind::Heartbeat(_) | Kind::Inbox(_) => {}
         }
     }
 }

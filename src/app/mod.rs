@@ -110,7 +110,8 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let tracing = start_tracing(&config)?;
     // A journal that cannot be opened stops start-up here, with the reason.
-    let journal = RedbJournal::open(config.journal.settings(config.cluster.journal))?;
+    let mut journal = RedbJournal::open(config.journal.settings(config.cluster.journal))?;
+    journal.set_inbox_types(config.journal.inbox_types.clone());
     info!(dir = %config.journal.data_dir.display(), head = %journal.head(), "journal open");
     let syncer = journal.syncer();
     let journal_health = journal.health();
@@ -202,6 +203,7 @@ pub async fn run(
         filter_limits: config.limits.filter_limits(),
         streams: Arc::clone(&streams),
         publish_rate: Arc::new(RateLimiter::new(config.limits.max_publish_rate)),
+        inbox_rate: Arc::new(RateLimiter::for_inbox(config.limits.max_inbox_rate)),
         shutdown: shutdown.clone(),
         tracing: tracing.clone(),
     };

@@ -268,6 +268,7 @@ async fn subscribe_once(
         user_id: args.selection.user.clone().unwrap_or_default(),
         admin_feed: args.admin_feed,
         resume_after: cursor.clone(),
+        inbox: false,
     };
     let request = match authorized(request, args.token.as_deref()) {
         Ok(request) => request,

@@ -39,7 +39,7 @@ use super::{
 use crate::{
     backoff::{self, Backoff},
     hub::Hub,
-    sequencer::fan_out_stored,
+    sequencer::{Stored, fan_out_stored},
     store::{Journal as _, JournalHealth, RedbJournal, Replicated},
     telemetry::{Chain, Metrics},
 };
@@ -569,8 +569,11 @@ impl Follow {
                         &self.hub,
                         &self.metrics,
                         event,
-                        frame,
-                        *position,
+                        Stored {
+                            frame,
+                            position: *position,
+                            muted: false,
+                        },
                         received_at,
                         None,
                     );

@@ -13,7 +13,14 @@ use super::{
     JournalKind,
     parse::{byte_size, byte_size_or_zero, commit_delay, durability, positive_duration},
 };
-use crate::store::{Durability, JournalSettings, RetentionSettings};
+use crate::{
+    inbox::InboxSettings,
+    store::{Durability, JournalSettings, RetentionSettings},
+};
+
+fn inbox_types(text: &str) -> Result<InboxSettings, String> {
+    InboxSettings::parse(text).map_err(|error| error.to_string())
+}
 
 /// The most `--commit-delay` may be: beyond it the delay is a stall, not a batching window.
 pub const MAX_COMMIT_DELAY: Duration = Duration::from_millis(100);
@@ -66,6 +73,14 @@ pub struct JournalFlags {
     /// replays of old events; the operating system's page cache helps either way.
     #[arg(long, env = "NOTIFY_JOURNAL_CACHE", default_value = "64MiB", value_parser = byte_size, help_heading = "Journal")]
     pub journal_cache: u64,
+
+    /// Which event types make up a user's inbox (notification centre): types
+    /// (`billing.payment_success`), families (`billing.*`) and exclusions (`!quota.updated`),
+    /// comma-separated. The default is every family but the two state types that change all
+    /// the time. Admin notices always make up the admins' inboxes. Applies to events stored
+    /// from then on.
+    #[arg(long, env = "NOTIFY_INBOX_TYPES", default_value = crate::inbox::DEFAULT_INBOX_TYPES, value_parser = inbox_types, help_heading = "Journal")]
+    pub inbox_types: InboxSettings,
 
     /// Space kept free on the journal's disk (`64MiB`, or bytes; 0: none). While less is
     /// available, new events are refused before they reach the file (`Publish` answers

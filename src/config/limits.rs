@@ -88,6 +88,17 @@ pub struct LimitsFlags {
     )]
     pub max_publish_rate: u32,
 
+    /// Inbox marks (`MarkInbox`) and preference changes (`SetPreferences`) per second allowed
+    /// per principal (token bucket; bursts up to one second's worth). 0: unlimited. Each is a
+    /// write through the journal's one writer, like an event.
+    #[arg(
+        long,
+        env = "NOTIFY_MAX_INBOX_RATE",
+        default_value_t = 50,
+        help_heading = "Limits"
+    )]
+    pub max_inbox_rate: u32,
+
     /// Requests being answered at once, all methods (a stream counts until it has opened).
     /// Over it, calls are refused at once with RESOURCE_EXHAUSTED (load shedding) rather than
     /// queued. Health checks are exempt.

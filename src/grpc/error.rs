@@ -9,6 +9,7 @@ use crate::{
     auth::{AuthError, Denied},
     grpc::limits::LimitError,
     hub::{EndReason, FilterError, HubError},
+    inbox::PreferencesError,
     schema::DecodeError,
     store::{Cursor, CursorError, StoreError},
     telemetry::Chain,
@@ -54,6 +55,20 @@ pub enum ApiError {
     /// A resource limit of the gRPC port.
     #[error(transparent)]
     Limit(#[from] LimitError),
+    /// Preferences that cannot be stored, with the field at fault.
+    #[error(transparent)]
+    Preferences(#[from] PreferencesError),
+    /// A request field has a value it may not have.
+    #[error("{field}: {why}")]
+    Invalid {
+        /// The request field.
+        field: &'static str,
+        /// Why.
+        why: String,
+    },
+    /// The inbox's state could not be read.
+    #[error("reading the inbox failed")]
+    InboxRead(#[source] StoreError),
 }
 
 impl ApiError {
@@ -75,6 +90,9 @@ impl ApiError {
             Self::Unauthenticated(_) => "unauthenticated",
             Self::Denied(_) => "permission_denied",
             Self::Limit(limit) => limit.reason(),
+            Self::Preferences(_) => "bad_preferences",
+            Self::Invalid { .. } => "bad_request",
+            Self::InboxRead(_) => "unavailable",
         }
     }
 }
@@ -99,7 +117,13 @@ impl From<ApiError> for Status {
             | ApiError::Cursor { .. }
             | ApiError::Hub(HubError::CursorAhead(_))
             | ApiError::Missing(_)
-            | ApiError::Conflicting(_) => Code::InvalidArgument,
+            | ApiError::Conflicting(_)
+            | ApiError::Preferences(_)
+            | ApiError::Invalid { .. } => Code::InvalidArgument,
+            ApiError::InboxRead(detail) => {
+                tracing::error!(error = %Chain(detail), "reading the inbox failed");
+                return Status::unavailable("the journal is unavailable; retry later");
+            }
             ApiError::Write(WriteError::ConflictingId { .. }) => Code::AlreadyExists,
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
             ApiError::Denied(_) => Code::PermissionDenied,

@@ -65,6 +65,15 @@ pub enum LimitError {
         /// `--max-publish-rate`.
         per_second: u32,
     },
+    /// The principal marks or changes preferences faster than allowed.
+    #[error(
+        "inbox calls (marks, preferences) above {per_second}/s for this token's subject \
+         (--max-inbox-rate); retry with backoff"
+    )]
+    InboxRate {
+        /// `--max-inbox-rate`.
+        per_second: u32,
+    },
     /// The server has `limit` requests in flight already.
     #[error(
         "server overloaded: {limit} requests in flight (--max-concurrent-requests); retry with \
@@ -96,6 +105,7 @@ impl LimitError {
             Self::StreamsPerPrincipal { .. } => "limit_streams_per_principal",
             Self::UnauthenticatedStreams { .. } => "limit_unauthenticated_streams",
             Self::PublishRate { .. } => "limit_publish_rate",
+            Self::InboxRate { .. } => "limit_inbox_rate",
             Self::Overloaded { .. } => "limit_concurrent_requests",
             Self::MessageTooLarge => "too_large",
             Self::Timeout { .. } => "limit_request_timeout",
@@ -247,6 +257,8 @@ where
 #[derive(Debug)]
 pub struct RateLimiter {
     rate: u32,
+    /// The error over the rate names this limit.
+    exceeded: fn(u32) -> LimitError,
     buckets: Mutex<HashMap<Box<str>, Bucket>>,
 }
 
@@ -266,7 +278,16 @@ impl RateLimiter {
     pub fn new(rate: u32) -> Self {
         Self {
             rate,
+            exceeded: |per_second| LimitError::PublishRate { per_second },
             buckets: Mutex::default(),
+        }
+    }
+
+    /// `rate` inbox calls (marks, preferences) per second per principal; 0 allows everything.
+    pub fn for_inbox(rate: u32) -> Self {
+        Self {
+            exceeded: |per_second| LimitError::InboxRate { per_second },
+            ..Self::new(rate)
         }
     }
 
@@ -294,9 +315,7 @@ impl RateLimiter {
             bucket.tokens -= 1.0;
             Ok(())
         } else {
-            Err(LimitError::PublishRate {
-                per_second: self.rate,
-            })
+            Err((self.exceeded)(self.rate))
         }
     }
 }

@@ -10,6 +10,7 @@
 pub mod codec;
 pub mod connections;
 pub mod error;
+mod inbox;
 pub mod limits;
 pub mod page;
 mod publish;

@@ -1,4 +1,5 @@
-//! `NotificationService`: each method is extract → validate → call the domain → convert.
+//! `NotificationService`: each method is extract → validate → call the domain → convert. The
+//! inbox's calls are in `inbox.rs`.
 
 use std::{
     net::SocketAddr,
@@ -53,6 +54,8 @@ pub struct NotifyService {
     pub streams: Arc<StreamCounter>,
     /// `Publish` calls (and `PublishStream` requests) per principal.
     pub publish_rate: Arc<RateLimiter>,
+    /// Inbox marks and preference changes per principal.
+    pub inbox_rate: Arc<RateLimiter>,
     /// Cancelled at shutdown: open `PublishStream`s answer what they read and end.
     pub shutdown: CancellationToken,
     /// Ingest spans of published events, when tracing is on.
@@ -140,7 +143,7 @@ impl NotifyService {
         })
     }
 
-    fn open(
+    async fn open(
         &self,
         principal: &Principal,
         connection: Option<SocketAddr>,
@@ -158,7 +161,10 @@ impl NotifyService {
         // Counted from here until the stream is dropped, however it ends.
         let permit = self.streams.open(connection, &principal.user_id)?;
         let viewer = self.auth.policy.viewer(principal);
-        let subscription = self.hub.subscribe(filter, viewer, resume_after)?;
+        let inboxes = self.stream_inboxes(principal, &request).await?;
+        let subscription =
+            self.hub
+                .subscribe_with_inboxes(filter, viewer, resume_after, inboxes)?;
         // The stream ends when the token does; the client reconnects with a fresh one.
         let valid_for = principal
             .expires_at
@@ -230,6 +236,62 @@ impl NotificationService for NotifyService {
         let connection = Connection::of(request.extensions()).and_then(|c| c.remote);
         let call = CallSpan::of(request.extensions()).cloned();
         self.open(&principal, connection, request.into_inner(), call)
+            .await
+            .map(Response::new)
+            .map_err(|e| self.reject(e))
+    }
+
+    async fn list_inbox(
+        &self,
+        request: Request<pb::ListInboxRequest>,
+    ) -> Result<Response<pb::ListInboxResponse>, Status> {
+        let principal = self.principal(&request).map_err(|e| self.reject(e))?;
+        self.list_inbox(&principal, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|e| self.reject(e))
+    }
+
+    async fn get_inbox_counts(
+        &self,
+        request: Request<pb::GetInboxCountsRequest>,
+    ) -> Result<Response<pb::GetInboxCountsResponse>, Status> {
+        let principal = self.principal(&request).map_err(|e| self.reject(e))?;
+        self.inbox_counts(&principal, request.get_ref())
+            .await
+            .map(Response::new)
+            .map_err(|e| self.reject(e))
+    }
+
+    async fn mark_inbox(
+        &self,
+        request: Request<pb::MarkInboxRequest>,
+    ) -> Result<Response<pb::MarkInboxResponse>, Status> {
+        let principal = self.principal(&request).map_err(|e| self.reject(e))?;
+        self.mark_inbox(&principal, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|e| self.reject(e))
+    }
+
+    async fn get_preferences(
+        &self,
+        request: Request<pb::GetPreferencesRequest>,
+    ) -> Result<Response<pb::GetPreferencesResponse>, Status> {
+        let principal = self.principal(&request).map_err(|e| self.reject(e))?;
+        self.preferences(&principal, request.get_ref())
+            .await
+            .map(Response::new)
+            .map_err(|e| self.reject(e))
+    }
+
+    async fn set_preferences(
+        &self,
+        request: Request<pb::SetPreferencesRequest>,
+    ) -> Result<Response<pb::SetPreferencesResponse>, Status> {
+        let principal = self.principal(&request).map_err(|e| self.reject(e))?;
+        self.set_preferences(&principal, request.into_inner())
+            .await
             .map(Response::new)
             .map_err(|e| self.reject(e))
     }

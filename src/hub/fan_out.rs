@@ -16,9 +16,9 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use super::{
-    Audience, EndReason, Filter, Frame, HubError, Mailbox, Push, Subscription,
-    frames::{caught_up_frame, control_frame, gap_frame},
-    index::{Index, Subscriber},
+    Audience, EndReason, Filter, Frame, HubError, Mailbox, Push, Subscription, Users,
+    frames::{caught_up_frame, control_frame, gap_frame, inbox_frame},
+    index::{Inboxes, Index, Subscriber},
     reads::Reads,
     shared::{HubSettings, Shared},
     subscription::Replay,
@@ -26,6 +26,7 @@ use super::{
 };
 use crate::{
     auth::Viewer,
+    inbox::{self, InboxKey, Update, state_update},
     otel::{EventTrace, FrameTrace, MAX_HANDOFF_SPANS, Tracing},
     pb::{self, subscribe_response::Kind},
     store::{Cursor, JournalReader},
@@ -52,6 +53,8 @@ pub struct Routed<'a> {
     pub published_at: Instant,
     /// Its trace, if sampled.
     pub trace: Option<EventTrace>,
+    /// The user it is about disabled its type: not pushed on that user's own streams.
+    pub muted: bool,
 }
 
 impl Hub {
@@ -108,6 +111,11 @@ impl Hub {
         self.shared.cursor(self.shared.head.load(Ordering::Acquire))
     }
 
+    /// The journal's reader (the inboxes' state is read through it).
+    pub fn journal(&self) -> Arc<dyn JournalReader> {
+        Arc::clone(&self.shared.journal)
+    }
+
     /// The number of open subscriptions.
     #[cfg(test)]
     pub fn subscriber_count(&self) -> usize {
@@ -131,8 +139,10 @@ impl Hub {
         let mut delivered = 0_u64;
         let audience = Audience::of(&event.r#type);
         let admin_notice = audience == Audience::AdminOnly;
+        let muted = routed.muted;
         let mut deliver = |subscriber: &Subscriber| {
-            if !subscriber.filter.passes(&event.r#type, &event.device_id)
+            if (muted && subscriber.inboxes.user)
+                || !subscriber.filter.passes(&event.r#type, &event.device_id)
                 || !subscriber.viewer.may_see(&event.user_id, admin_notice)
             {
                 return;
@@ -172,6 +182,45 @@ impl Hub {
         delivered
     }
 
+    /// Tells the open streams of an inbox's owner that it changed: the update is queued
+    /// behind what they were sent before (the new item itself, for new items), never waits,
+    /// and a stream too far behind gets the latest once it has caught up.
+    pub fn inbox_update(&self, update: &Update) {
+        let shared = &*self.shared;
+        let message = update.to_pb(|position| shared.cursor(position).to_string());
+        let frame = inbox_frame(message);
+        let index = shared.read();
+        let push = |subscriber: &Subscriber, slot: usize| {
+            if subscriber.mailbox.push_inbox(frame.clone(), slot) == Push::Overflowed {
+                shared.metrics.queue_overflows.inc();
+            }
+        };
+        match update.inbox.kind {
+            inbox::Kind::User => {
+                if let Some(list) = index.by_user.get(update.inbox.owner.as_str()) {
+                    list.iter()
+                        .filter(|s| s.inboxes.user)
+                        .for_each(|s| push(s, 0));
+                }
+            }
+            inbox::Kind::Admin => index
+                .admin
+                .iter()
+                .filter(|s| s.inboxes.admin.as_deref() == Some(update.inbox.owner.as_str()))
+                .for_each(|s| push(s, 1)),
+        }
+    }
+
+    /// Opens a subscription (see [`Hub::subscribe_with_inboxes`]) that gets no inbox updates.
+    pub fn subscribe(
+        &self,
+        filter: Filter,
+        viewer: Viewer,
+        resume_after: Option<Cursor>,
+    ) -> Result<Subscription, HubError> {
+        self.subscribe_with_inboxes(filter, viewer, resume_after, Inboxes::default())
+    }
+
     /// Opens a subscription.
     ///
     /// Without `resume_after` the stream starts with `CaughtUp` at the current head. With it,
@@ -184,19 +233,30 @@ impl Hub {
     ///
     /// `viewer` is what the subscriber may see (from its token); every routed or replayed event
     /// is checked against it, whatever the filter selected.
-    pub fn subscribe(
+    ///
+    /// With `inboxes`, the stream gets those inboxes' updates in-band: right after `CaughtUp`
+    /// their state as of now (read once the subscriber is in the index, so every later change
+    /// reaches its mailbox too: the stream may see a count twice, never a stale one last), then
+    /// every change.
+    pub fn subscribe_with_inboxes(
         &self,
         filter: Filter,
         viewer: Viewer,
         resume_after: Option<Cursor>,
+        inboxes: Inboxes,
     ) -> Result<Subscription, HubError> {
         let shared = &*self.shared;
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let owner = match &filter.users {
+            Users::One(user) if inboxes.user => Some(user.to_string()),
+            _ => None,
+        };
         let subscriber = Arc::new(Subscriber {
             id,
             filter,
             viewer,
             mailbox: Mailbox::new(shared.config.queue_len),
+            inboxes,
         });
         let mut index = shared.write();
         if index.closed {
@@ -236,6 +296,23 @@ impl Hub {
         index.insert(subscriber.clone());
         drop(index);
         shared.metrics.subscribers.inc();
+        let mut inbox_state = Vec::new();
+        if let Some(reader) = shared.journal.inbox() {
+            let keys = owner
+                .map(InboxKey::user)
+                .into_iter()
+                .chain(subscriber.inboxes.admin.as_deref().map(InboxKey::admin));
+            for key in keys {
+                match reader.counts(&key) {
+                    Ok(counts) => inbox_state.push(inbox_frame(state_update(key, counts))),
+                    // The stream goes on; its next update carries the counts.
+                    Err(error) => tracing::warn!(%error, "an inbox's counts cannot be read"),
+                }
+            }
+        }
+        if replay.is_none() {
+            pending.extend(inbox_state.drain(..));
+        }
         Ok(Subscription {
             hub: self.shared.clone(),
             subscriber,
@@ -245,6 +322,7 @@ impl Hub {
             reading: None,
             waiting: None,
             replay_spans_left: MAX_HANDOFF_SPANS,
+            inbox_state,
         })
     }
 

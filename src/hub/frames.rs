@@ -1,4 +1,5 @@
-//! The control frames a stream sends besides events: `CaughtUp`, `Gap` and `Heartbeat`, each
+//! The control frames a stream sends besides events: `CaughtUp`, `Gap`, `Heartbeat` and inbox
+//! updates, each
 //! encoded as a `SubscribeResponse` at the position it stands for. Does not own when they are
 //! sent (`fan_out`, `subscription`).
 
@@ -34,6 +35,15 @@ pub(super) fn gap_frame(from: Cursor, epoch: u64, to: u64, reason: pb::GapReason
         to,
     )
 }
+
+/// An `InboxUpdate`: it stands for no position ([`NO_POSITION`]), so a stream's cursor does not
+/// move when it sends one.
+pub(super) fn inbox_frame(update: pb::InboxUpdate) -> Frame {
+    control_frame(Kind::Inbox(update), NO_POSITION)
+}
+
+/// The position of a frame that moves no cursor (an inbox update).
+pub(super) const NO_POSITION: u64 = u64::MAX;
 
 pub(super) fn control_frame(kind: Kind, position: u64) -> Frame {
     Frame {

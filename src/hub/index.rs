@@ -13,6 +13,19 @@ pub(super) struct Subscriber {
     /// Checked for every event routed to this subscriber, on top of the routing index.
     pub(super) viewer: Viewer,
     pub(super) mailbox: Mailbox,
+    /// The inboxes whose updates this stream gets.
+    pub(super) inboxes: Inboxes,
+}
+
+/// The inboxes whose updates a stream gets in-band: its owner's, when the stream is of the
+/// owner's own events, and the admin inbox of an admin's admin-feed stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inboxes {
+    /// The user inbox of the user whose events the stream selects (`Users::One`): set only for
+    /// that user's own streams. Their disabled types are not pushed on it either.
+    pub user: bool,
+    /// This admin's admin inbox (set only on an admin-feed stream of that admin).
+    pub admin: Option<Box<str>>,
 }
 
 #[derive(Default)]

@@ -74,6 +74,10 @@ pub(super) enum Next {
 #[derive(Debug, Default)]
 struct State {
     queue: VecDeque<Frame>,
+    /// The latest inbox update of each of the stream's inboxes (user, admin) that found the
+    /// queue lagged: updates are state (absolute counts), so the latest is all a stream that
+    /// fell behind needs; it gets it once it has caught up.
+    inbox_slots: [Option<Frame>; 2],
     lagged: bool,
     ended: Option<EndReason>,
     waker: Option<Waker>,
@@ -127,6 +131,52 @@ impl Mailbox {
             waker.wake();
         }
         outcome
+    }
+
+    /// Queues an inbox update like [`Mailbox::push`]; one that finds the queue full or lagged
+    /// is kept in the slot of its inbox (`slot`: 0 user, 1 admin), replacing the one there,
+    /// for [`Mailbox::take_inbox_slots`]. A full queue lags, as with any frame.
+    pub fn push_inbox(&self, frame: Frame, slot: usize) -> Push {
+        let mut state = self.lock();
+        if state.ended.is_some() {
+            return Push::Closed;
+        }
+        let outcome = if state.lagged {
+            Push::Lagging
+        } else if state.queue.len() >= self.capacity {
+            state.lagged = true;
+            Push::Overflowed
+        } else {
+            state.queue.push_back(frame.clone());
+            Push::Queued
+        };
+        if outcome != Push::Queued
+            && let Some(kept) = state.inbox_slots.get_mut(slot)
+        {
+            *kept = Some(frame);
+        }
+        let waker = state.waker.take();
+        drop(state);
+        self.busy.store(true, Ordering::Relaxed);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        outcome
+    }
+
+    /// The inbox updates kept while the queue lagged, once it no longer does (the reader has
+    /// caught up from the journal and rejoined): sent before anything queued after them. Empty
+    /// while the queue still lags (the next catch-up takes them).
+    pub fn take_inbox_slots(&self) -> Vec<Frame> {
+        let mut state = self.lock();
+        if state.lagged {
+            return Vec::new();
+        }
+        state
+            .inbox_slots
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect()
     }
 
     /// Ends the mailbox: the reader gets what is queued, then the end.

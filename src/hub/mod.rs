@@ -45,6 +45,7 @@ mod unreadable;
 pub use error::HubError;
 pub use fan_out::{Hub, Routed};
 pub use filter::{Filter, FilterError, FilterSettings, MAX_PATTERN_LEN, MAX_TYPE_PATTERNS, Users};
+pub use index::Inboxes;
 pub use mailbox::{EndReason, Frame};
 pub use reads::ReadError;
 pub use shared::HubSettings;

@@ -14,7 +14,7 @@ use std::{
 
 use super::{
     EndReason, Frame, Next,
-    frames::{caught_up_frame, control_frame, gap_frame},
+    frames::{NO_POSITION, caught_up_frame, control_frame, gap_frame},
     index::{Subscriber, selects},
     reads::{PendingRead, ReadError},
     shared::Shared,
@@ -66,6 +66,9 @@ pub struct Subscription {
     pub(super) waiting: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Hand-off spans this stream may still record for replayed events (tracing on).
     pub(super) replay_spans_left: u32,
+    /// The state of the stream's inboxes as of its opening, sent right after the replay's
+    /// `CaughtUp`.
+    pub(super) inbox_state: Vec<Frame>,
 }
 
 impl Subscription {
@@ -170,7 +173,12 @@ impl Subscription {
             if replay.caught_up {
                 self.pending
                     .push_back(caught_up_frame(self.hub.cursor(replay.until)));
+                self.pending.extend(self.inbox_state.drain(..));
             }
+            // Inbox updates that found the mailbox lagged: the latest of each, before what the
+            // mailbox queued since it rejoined.
+            self.pending
+                .extend(self.subscriber.mailbox.take_inbox_slots());
             self.replay = None;
             self.waiting = None;
         } else {
@@ -227,7 +235,9 @@ impl tokio_stream::Stream for Subscription {
         let this = self.get_mut();
         loop {
             if let Some(frame) = this.pending.pop_front() {
-                this.last_position = frame.position;
+                if frame.position != NO_POSITION {
+                    this.last_position = frame.position;
+                }
                 if let Some(trace) = &frame.trace {
                     trace.handed_off(this.subscriber.id, this.lag(&frame), None);
                 }
@@ -275,7 +285,9 @@ impl tokio_stream::Stream for Subscription {
             }
             match this.subscriber.mailbox.poll_pop(cx) {
                 Poll::Ready(Some(Next::Frame(frame))) => {
-                    this.last_position = frame.position;
+                    if frame.position != NO_POSITION {
+                        this.last_position = frame.position;
+                    }
                     this.observe(&frame);
                     return Poll::Ready(Some(frame));
                 }

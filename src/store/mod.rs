@@ -25,7 +25,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::pb;
+use crate::{
+    inbox::{Applied, Command, Counts, Family, InboxKey, ItemState, Preferences, Update},
+    pb,
+};
 
 /// The outcome of appending one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +128,21 @@ impl StoredEvent {
     }
 }
 
+/// What one [`Journal::write`] did: the events' outcomes, the commands' outcomes, and what the
+/// inboxes' owners are told.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Written {
+    /// One per event, in order.
+    pub appended: Vec<Appended>,
+    /// The positions of new events whose type the user they are about has disabled: not
+    /// pushed live on that user's own streams (they stay in history).
+    pub muted: Vec<u64>,
+    /// One per command, in order.
+    pub applied: Vec<Applied>,
+    /// The inboxes that changed, in order: what their owners' streams are told.
+    pub updates: Vec<Update>,
+}
+
 /// The writer's interface to the journal.
 ///
 /// Appends come from one writer (the sequencer) in batches, so an implementation commits a
@@ -136,6 +154,25 @@ pub trait Journal: Send + 'static {
     /// the batch) is reported as a duplicate with its first position and not stored again.
     /// On error nothing of the batch is stored.
     fn append(&mut self, events: &mut [pb::Event]) -> Result<Vec<Appended>, StoreError>;
+
+    /// [`Journal::append`], then applies `commands` to the inboxes, in order, in the same
+    /// transaction: the events' items and the commands' changes are stored with the events or
+    /// not at all. A journal without inbox state refuses commands.
+    fn write(
+        &mut self,
+        events: &mut [pb::Event],
+        commands: &[Command],
+    ) -> Result<Written, StoreError> {
+        if !commands.is_empty() {
+            return Err(StoreError::Unavailable(
+                "this journal keeps no inbox".into(),
+            ));
+        }
+        Ok(Written {
+            appended: self.append(events)?,
+            ..Written::default()
+        })
+    }
 
     /// The position of the last stored event (the floor in an empty journal).
     fn head(&self) -> Cursor;
@@ -209,6 +246,64 @@ pub struct Scan {
     pub last: u64,
 }
 
+/// Which items of an inbox a page reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageQuery {
+    /// By state.
+    pub filter: pb::InboxFilter,
+    /// By family; empty: all.
+    pub families: Vec<Family>,
+    /// Items before this position; `None`: from the newest.
+    pub before: Option<u64>,
+    /// At most this many items.
+    pub limit: usize,
+    /// Examine at most this many items, selected or not (a filter that selects few).
+    pub max_scanned: usize,
+}
+
+/// One item of an [`InboxPage`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageItem {
+    /// Its event's position.
+    pub position: u64,
+    /// Its state.
+    pub state: ItemState,
+    /// Its family.
+    pub family: Family,
+    /// The event's stored frame (`SubscribeResponse { event }`).
+    pub frame: Bytes,
+}
+
+/// A page of an inbox, newest first, and its counts, from one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxPage {
+    /// The items.
+    pub items: Vec<PageItem>,
+    /// Every item from here up to the page's start was examined: the next page reads before
+    /// it.
+    pub next_before: u64,
+    /// Nothing older is left.
+    pub end: bool,
+    /// The inbox's counts.
+    pub counts: Counts,
+}
+
+/// Reads the inboxes' state; cheap to share. Reads wait for storage: call them off the async
+/// workers (a count is one lookup, cheap enough for a stream's opening).
+pub trait InboxReader: Send + Sync {
+    /// An inbox's counts.
+    fn counts(&self, inbox: &InboxKey) -> Result<Counts, StoreError>;
+
+    /// A page of an inbox.
+    fn page(&self, inbox: &InboxKey, query: &PageQuery) -> Result<InboxPage, StoreError>;
+
+    /// A user's preferences (`None`: never set).
+    fn preferences(&self, user: &str) -> Result<Option<Preferences>, StoreError>;
+
+    /// Whether `admin`'s admin inbox exists.
+    fn admin_known(&self, admin: &str) -> Result<bool, StoreError>;
+}
+
 /// Reads stored events; cheap to share. Reads wait for storage: call them off the async
 /// workers.
 pub trait JournalReader: Send + Sync {
@@ -235,6 +330,11 @@ pub trait JournalReader: Send + Sync {
         limits: BackLimits,
         select: &dyn Fn(EventMeta<'_>) -> bool,
     ) -> Result<BackScan, StoreError>;
+
+    /// The inboxes' state, for a journal that keeps it.
+    fn inbox(&self) -> Option<&dyn InboxReader> {
+        None
+    }
 }
 
 /// [`JournalReader::scan`] over events already in memory, in order (the journals of tests).

@@ -318,7 +318,7 @@ pub fn follow_the_firehose(
                     }
                     Some(Kind::Heartbeat(at)) => received.last_cursor = at.cursor,
                     Some(Kind::Gap(gap)) => received.gaps.push(gap),
-                    None => {}
+                    Some(Kind::Inbox(_)) | None => {}
                 }
             };
             received.lock().unwrap().endings.push(ending);

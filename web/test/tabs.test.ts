@@ -111,11 +111,18 @@ class Stream {
 /** One tab: its own client (what it subscribes with, which token its calls carry) and what it hears. */
 function tab(token: string, sharing: TabSharing | false | undefined, history = 10) {
   const streams: Stream[] = [];
-  const subscribes: { resumeAfter: string; authorization: string }[] = [];
+  const subscribes: { resumeAfter: string; authorization: string; inbox: boolean }[] = [];
   const calls: string[] = [];
   const client = {
-    subscribe(request: { resumeAfter?: string }, options?: { signal?: AbortSignal; headers?: Record<string, string> }) {
-      subscribes.push({ resumeAfter: request.resumeAfter ?? "", authorization: options?.headers?.authorization ?? "" });
+    subscribe(
+      request: { resumeAfter?: string; inbox?: boolean },
+      options?: { signal?: AbortSignal; headers?: Record<string, string> },
+    ) {
+      subscribes.push({
+        resumeAfter: request.resumeAfter ?? "",
+        authorization: options?.headers?.authorization ?? "",
+        inbox: request.inbox ?? false,
+      });
       const stream = new Stream();
       streams.push(stream);
       return stream.play(options?.signal);
@@ -188,7 +195,11 @@ test("one stream per browser: the holder passes it on, the next tab takes over a
   // The holder's tab closes: B takes the lock and opens the stream after the last cursor.
   a.connection.stop();
   await until(() => b.subscribes.length === 1, "B subscribes");
-  assert.deepEqual(b.subscribes[0], { resumeAfter: "c3", authorization: `Bearer ${jwt({ sub: "u1", tab: "b" })}` });
+  assert.deepEqual(b.subscribes[0], {
+    resumeAfter: "c3",
+    authorization: `Bearer ${jwt({ sub: "u1", tab: "b" })}`,
+    inbox: true,
+  });
   assert.equal(b.connection.sharedStream?.leading, true);
   b.stream(0).push(caughtUp("c3"), event("e3", "c4"));
   await until(() => b.heard.length === 3, "B hears e3");

@@ -210,6 +210,7 @@ fn request(index: usize, plan: &SubscribePlan) -> pb::SubscribeRequest {
         user_id,
         admin_feed: false,
         resume_after: String::new(),
+        inbox: false,
     }
 }
 

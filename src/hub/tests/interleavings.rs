@@ -45,7 +45,7 @@ fn read(
                 *last = Cursor::parse(&event.cursor).expect("a cursor");
             }
             Kind::CaughtUp(c) => *last = Cursor::parse(&c.cursor).expect("a cursor"),
-            Kind::Heartbeat(_) => {}
+            Kind::Heartbeat(_) | Kind::Inbox(_) => {}
             Kind::Gap(gap) => prop_assert!(false, "unexpected gap {gap:?}"),
         }
     }

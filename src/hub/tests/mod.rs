@@ -186,6 +186,7 @@ impl Publisher {
             position: self.position,
             published_at: Instant::now(),
             trace: None,
+            muted: false,
         });
         id
     }

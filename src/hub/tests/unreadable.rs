@@ -59,6 +59,7 @@ impl Publisher {
             position: self.position,
             published_at: Instant::now(),
             trace: None,
+            muted: false,
         });
         self.position
     }

@@ -19,11 +19,13 @@ use redb::{Database, Durability as RedbDurability, ReadableTable, Table};
 
 use super::{
     BYTES, DEDUPE_FLOOR, Durability, EVENTS, IDS, META, RedbJournal,
+    inbox::InboxWrite,
     record::{Record, RecordView, read_record},
 };
 use crate::{
+    inbox::Command,
     pb,
-    store::{Appended, StoreError, encode_event_frame},
+    store::{Appended, StoreError, Written, encode_event_frame},
 };
 
 /// The most positions kept in doubt (see `RedbJournal::in_doubt`): a few failed batches. One
@@ -212,24 +214,40 @@ impl RedbJournal {
         events: &mut [pb::Event],
         now: u64,
     ) -> Result<Vec<Appended>, StoreError> {
+        self.write_at(events, &[], now)
+            .map(|written| written.appended)
+    }
+
+    /// [`Self::append_at`], then the inbox commands, in one transaction.
+    pub(super) fn write_at(
+        &mut self,
+        events: &mut [pb::Event],
+        commands: &[Command],
+        now: u64,
+    ) -> Result<Written, StoreError> {
         let before = self.head;
         let file = Arc::clone(&self.file);
-        file.write(true, |db| self.append_in(db, events, now))
+        file.write(true, |db| self.write_in(db, events, commands, now))
             .inspect_err(|_| {
                 // Nothing of the batch was committed: positions start again where they were.
                 self.head = before;
             })
     }
 
-    fn append_in(
+    fn write_in(
         &mut self,
         db: &Database,
         events: &mut [pb::Event],
+        commands: &[Command],
         now: u64,
-    ) -> Result<Vec<Appended>, redb::Error> {
-        self.write_batch(db, now, |journal, _, batch| {
+    ) -> Result<Written, redb::Error> {
+        self.write_batch(db, now, |journal, txn, batch| {
             let mut head = journal.head;
-            let mut outcomes = Vec::with_capacity(events.len());
+            let mut written = Written {
+                appended: Vec::with_capacity(events.len()),
+                ..Written::default()
+            };
+            let mut inbox = InboxWrite::open(txn)?;
             for event in events.iter_mut() {
                 let known = batch.ids.get(event.id.as_str())?.map(|v| v.value().0);
                 if let Some(position) = known {
@@ -237,10 +255,15 @@ impl RedbJournal {
                     let frame = journal.take_in_doubt(&batch.events, position)?;
                     if frame.is_some() {
                         event.cursor = cursor.to_string();
+                        // Stored by a commit reported failed: delivered now, as new (its item
+                        // was stored with it, so this adds nothing twice).
+                        if inbox.event_stored(&journal.inbox, event, position)? {
+                            written.muted.push(position);
+                        }
                     }
                     let conflict =
                         frame.is_none() && !stored_is_same(&batch.events, position, event)?;
-                    outcomes.push(Appended {
+                    written.appended.push(Appended {
                         cursor,
                         duplicate: frame.is_none(),
                         conflict,
@@ -252,14 +275,21 @@ impl RedbJournal {
                 journal.in_doubt.remove(&head);
                 let cursor = journal.cursor(head);
                 let frame = batch.insert(head, cursor.to_string(), event)?;
-                outcomes.push(Appended {
+                if inbox.event_stored(&journal.inbox, event, head)? {
+                    written.muted.push(head);
+                }
+                written.appended.push(Appended {
                     cursor,
                     duplicate: false,
                     conflict: false,
                     frame: Some(frame),
                 });
             }
-            Ok((head, outcomes))
+            for command in commands {
+                written.applied.push(inbox.apply(command)?);
+            }
+            written.updates = std::mem::take(&mut inbox.updates);
+            Ok((head, written))
         })
     }
 

@@ -19,6 +19,9 @@
 //! (`sync`), the record (`record`).
 
 mod append;
+mod inbox;
+#[cfg(test)]
+mod inbox_tests;
 mod migrate;
 mod reader;
 mod record;
@@ -38,10 +41,13 @@ pub use retention::{Pruner, RetentionSettings};
 pub use sync::Syncer;
 
 use super::{
-    Appended, Cursor, Journal, JournalReader, StoreError,
+    Appended, Cursor, Journal, JournalReader, StoreError, Written,
     file::{JournalFile, JournalHealth},
 };
-use crate::pb;
+use crate::{
+    inbox::{Command, InboxSettings},
+    pb,
+};
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const IDS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("ids");
@@ -104,6 +110,8 @@ pub struct RedbJournal {
     in_doubt: BTreeSet<u64>,
     /// A commit failed: the head is read again from the file before the next write.
     head_in_doubt: bool,
+    /// Which events make up the users' inboxes (`--inbox-types`).
+    inbox: InboxSettings,
 }
 
 impl std::fmt::Debug for RedbJournal {
@@ -244,6 +252,7 @@ impl RedbJournal {
             settings,
             in_doubt: BTreeSet::new(),
             head_in_doubt: false,
+            inbox: InboxSettings::default(),
         })
     }
 
@@ -310,6 +319,12 @@ impl RedbJournal {
         }
     }
 
+    /// Which event types make up the users' inboxes from now on (`--inbox-types`; the default
+    /// is [`crate::inbox::DEFAULT_INBOX_TYPES`]). Items already stored stay.
+    pub fn set_inbox_types(&mut self, settings: InboxSettings) {
+        self.inbox = settings;
+    }
+
     /// The journal's health, watched by readiness, gRPC health and the metrics.
     pub fn health(&self) -> watch::Receiver<JournalHealth> {
         self.file.health()
@@ -342,6 +357,14 @@ impl JournalMonitor {
 impl Journal for RedbJournal {
     fn append(&mut self, events: &mut [pb::Event]) -> Result<Vec<Appended>, StoreError> {
         self.append_at(events, super::unix_millis())
+    }
+
+    fn write(
+        &mut self,
+        events: &mut [pb::Event],
+        commands: &[Command],
+    ) -> Result<Written, StoreError> {
+        self.write_at(events, commands, super::unix_millis())
     }
 
     fn head(&self) -> Cursor {

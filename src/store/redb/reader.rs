@@ -9,10 +9,13 @@ use std::sync::Arc;
 
 use redb::{Database, ReadTransaction, ReadableDatabase as _};
 
-use super::{EVENTS, FLOOR, META, read_failed, record::read_record};
-use crate::store::{
-    BackLimits, BackScan, EventMeta, JournalReader, Scan, ScanLimits, StoreError, StoredEvent,
-    file::JournalFile,
+use super::{EVENTS, FLOOR, META, inbox, read_failed, record::read_record};
+use crate::{
+    inbox::{Counts, InboxKey, Preferences},
+    store::{
+        BackLimits, BackScan, EventMeta, InboxPage, InboxReader, JournalReader, PageQuery, Scan,
+        ScanLimits, StoreError, StoredEvent, file::JournalFile,
+    },
 };
 
 /// Reads the journal for replay; any number at once, each on its own snapshot.
@@ -37,7 +40,33 @@ impl RedbReader {
     }
 }
 
+impl InboxReader for RedbReader {
+    fn counts(&self, inbox: &InboxKey) -> Result<Counts, StoreError> {
+        let (_db, txn, _) = self.snapshot()?;
+        inbox::counts_in(&txn, inbox)
+    }
+
+    fn page(&self, inbox: &InboxKey, query: &PageQuery) -> Result<InboxPage, StoreError> {
+        let (_db, txn, _) = self.snapshot()?;
+        inbox::page_in(&txn, inbox, query)
+    }
+
+    fn preferences(&self, user: &str) -> Result<Option<Preferences>, StoreError> {
+        let (_db, txn, _) = self.snapshot()?;
+        inbox::preferences_in(&txn, user)
+    }
+
+    fn admin_known(&self, admin: &str) -> Result<bool, StoreError> {
+        let (_db, txn, _) = self.snapshot()?;
+        inbox::admin_known_in(&txn, admin)
+    }
+}
+
 impl JournalReader for RedbReader {
+    fn inbox(&self) -> Option<&dyn InboxReader> {
+        Some(self)
+    }
+
     fn floor(&self) -> Result<u64, StoreError> {
         floor_in(&self.file.db()?.begin_read().map_err(read_failed)?)
     }

@@ -2,7 +2,7 @@
 //! writer (redb serialises the two write transactions).
 //!
 //! Owns: which of the oldest events go, the floor that tells a resume from below it that it has
-//! a gap, the ids of removed events. Does not own: the dedupe window (`append.rs`; retention only
+//! a gap, the ids of removed events, their inbox items (and those items' counts). Does not own: the dedupe window (`append.rs`; retention only
 //! raises its floor past what it removed), or when pruning runs (`app`).
 //!
 //! A record that does not decode (only a bug or damage past redb's checksums) has no age to
@@ -13,7 +13,10 @@ use std::{sync::Arc, time::Duration};
 
 use redb::{Database, ReadableTable as _};
 
-use super::{BYTES, DEDUPE_FLOOR, EVENTS, FLOOR, IDS, META, RedbJournal, record::read_record};
+use super::{
+    BYTES, DEDUPE_FLOOR, EVENTS, FLOOR, IDS, META, RedbJournal, inbox::InboxWrite,
+    record::read_record,
+};
 use crate::store::{StoreError, file::JournalFile};
 
 /// How long and how much the journal keeps (`--retention-age`, `--retention-bytes`).
@@ -30,6 +33,13 @@ pub struct RetentionSettings {
 pub struct Pruner {
     file: Arc<JournalFile>,
     retention: RetentionSettings,
+}
+
+/// What retention needs of a record it removes.
+struct Removed {
+    id: String,
+    event_type: String,
+    user_id: String,
 }
 
 /// Events removed per transaction, so pruning a large backlog never holds the writer long.
@@ -75,10 +85,17 @@ impl Pruner {
                 let (position, record) = entry?;
                 let (position, value) = (position.value(), record.value());
                 let read = read_record(value, |record| {
-                    (record.appended_ms < cutoff, record.id.to_owned())
+                    (
+                        record.appended_ms < cutoff,
+                        Removed {
+                            id: record.id.to_owned(),
+                            event_type: record.event_type.to_owned(),
+                            user_id: record.user_id.to_owned(),
+                        },
+                    )
                 });
-                let (too_old, id) = match read {
-                    Ok((too_old, id)) => (too_old, Some(id)),
+                let (too_old, gone) = match read {
+                    Ok((too_old, gone)) => (too_old, Some(gone)),
                     Err(error) => {
                         tracing::warn!(position, %error, "a journal record does not decode; retention removes it as the oldest");
                         (true, None)
@@ -89,17 +106,25 @@ impl Pruner {
                     break;
                 }
                 bytes = bytes.saturating_sub(value.len() as u64);
-                doomed.push((position, id));
+                doomed.push((position, gone));
             }
-            for (position, id) in &doomed {
+            let mut inbox = InboxWrite::open(&txn)?;
+            for (position, gone) in &doomed {
                 events.remove(*position)?;
-                if let Some(id) = id {
+                if let Some(Removed {
+                    id,
+                    event_type,
+                    user_id,
+                }) = gone
+                {
                     let points_here = ids
                         .get(id.as_str())?
                         .is_some_and(|v| v.value().0 == *position);
                     if points_here {
                         ids.remove(id.as_str())?;
                     }
+                    // The event's state goes with it.
+                    inbox.event_removed(*position, event_type, user_id, id)?;
                 }
                 floor = *position;
                 removed += 1;

@@ -58,7 +58,10 @@ export interface NotificationsOptions {
    * the new token and nothing is lost. Typically your app's own session refresh.
    */
   getToken: () => Promise<string> | string;
-  /** What the server sends: by default every event the token may see (its user's, or the admin feed). */
+  /**
+   * What the server sends: by default every event the token may see (its user's, or the admin
+   * feed), and the inbox's updates for `inbox()` (`inbox: false` turns them off).
+   */
   selection?: Partial<Selection>;
   /** Events of history reported on a fresh start, oldest first, before the live ones (default 50). */
   history?: number;
@@ -140,6 +143,7 @@ export class Notifications {
       deviceId: "",
       userId: "",
       adminFeed: false,
+      inbox: true,
       ...options.selection,
     };
     this.tokens = new TokenCache(options.getToken);

@@ -63,6 +63,8 @@ export interface Selection {
   deviceId: string;
   userId: string;
   adminFeed: boolean;
+  /** Also the inbox's updates (`SubscribeRequest.inbox`; default false: none). */
+  inbox?: boolean;
 }
 
 /** The states the page shows. */

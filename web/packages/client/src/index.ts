@@ -1,6 +1,7 @@
 // @notify-backbone/client: the generated messages and service, the reconnecting feed, a shared
 // connection with listeners (one stream per browser where tabs can share it), the inbox's calls
-// and state, the event union narrowed by type, and the refresh table.
+// and state, the event union narrowed by type, the refresh table, and each event's title and
+// summary in Chinese or English.
 
 export * from "./gen/cloudphone/notify/v1/events_pb.js";
 export * from "./gen/cloudphone/notify/v1/inbox_pb.js";
@@ -73,3 +74,4 @@ export {
   type TypedEvent,
 } from "./events.js";
 export * from "./refresh.js";
+export { CURRENCY, LOCALES, describe, type EventDescription, type Locale } from "./describe.js";

@@ -70,6 +70,7 @@ export function sharedStreamName(server: string, user: string, selection: Select
     selection.deviceId,
     selection.userId,
     selection.adminFeed,
+    selection.inbox ?? false,
   ]);
   return `notify-backbone ${key}`;
 }

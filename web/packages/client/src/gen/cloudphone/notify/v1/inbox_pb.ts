@@ -597,9 +597,10 @@ export const SetPreferencesResponseSchema: GenMessage<SetPreferencesResponse> = 
   messageDesc(file_cloudphone_notify_v1_inbox, 15);
 
 /**
- * An inbox changed: sent in-band on the owner's open `Subscribe` streams (those of the user's
- * own events for the user inbox, those with `admin_feed` for an admin's admin inbox), so every
- * tab and device shows the same counts at once.
+ * An inbox changed: sent in-band on the owner's open `Subscribe` streams that asked for it
+ * (`SubscribeRequest.inbox`; those of the user's own events for the user inbox, those with
+ * `admin_feed` for an admin's admin inbox), so every tab and device shows the same counts at
+ * once.
  *
  * @generated from message cloudphone.notify.v1.InboxUpdate
  */

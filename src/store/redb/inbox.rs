@@ -1,0 +1,510 @@
+//! The inbox's state in the journal's own file: items, their ids, counts, the admin notices and
+//! the admins, preferences; applied in the write transaction that stores the events (so an
+//! event and its item, a mark and what it changed, are committed together or not at all), and
+//! read in one snapshot.
+//!
+//! Owns: the inbox tables, what a new event, a command and a removed event do to them, and the
+//! reads (counts, a page, preferences). Does not own: what the states and counts mean
+//! (`inbox`), when commands come (the writer), or who may read what (`grpc`).
+//!
+//! Every read and write is a lookup or a range of one inbox's own keys: a user's counts are one
+//! row, a page is a backward range over that user's items, whatever the journal holds besides.
+//! A mark costs one row per item it changes (and, for marks up to a cursor or of all items, a
+//! pass over the inbox's items up to there).
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `inbox_items` | (kind, owner, position) | (state bits, family) |
+//! | `inbox_ids` | (kind, owner, event id) | position |
+//! | `inbox_counts` | (kind, owner) | [`Counts`] encoded |
+//! | `inbox_notices` | position of an `admin.notice` | (family, event id) |
+//! | `inbox_admins` | admin | position when their inbox was created |
+//! | `inbox_preferences` | user | `pb::Preferences` encoded |
+
+use prost::Message as _;
+use redb::{ReadTransaction, ReadableTable, Table, TableDefinition};
+
+use super::{EVENTS, read_failed, record::read_record};
+use crate::{
+    inbox::{
+        ADMIN_BACKFILL, Applied, Command, Counts, Family, InboxKey, InboxSettings, ItemState, Kind,
+        Mark, Marked, Preferences, Reason, Target, Update,
+    },
+    pb,
+    store::{InboxPage, PageItem, PageQuery, StoreError},
+};
+
+pub(super) const ITEMS: TableDefinition<(u8, &str, u64), (u8, u8)> =
+    TableDefinition::new("inbox_items");
+pub(super) const ITEM_IDS: TableDefinition<(u8, &str, &str), u64> =
+    TableDefinition::new("inbox_ids");
+pub(super) const COUNTS: TableDefinition<(u8, &str), &[u8]> = TableDefinition::new("inbox_counts");
+pub(super) const NOTICES: TableDefinition<u64, (u8, &str)> = TableDefinition::new("inbox_notices");
+pub(super) const ADMINS: TableDefinition<&str, u64> = TableDefinition::new("inbox_admins");
+pub(super) const PREFERENCES: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("inbox_preferences");
+
+/// The inbox tables of one write transaction, and the updates it made.
+pub(super) struct InboxWrite<'txn> {
+    items: Table<'txn, (u8, &'static str, u64), (u8, u8)>,
+    ids: Table<'txn, (u8, &'static str, &'static str), u64>,
+    counts: Table<'txn, (u8, &'static str), &'static [u8]>,
+    notices: Table<'txn, u64, (u8, &'static str)>,
+    admins: Table<'txn, &'static str, u64>,
+    preferences: Table<'txn, &'static str, &'static [u8]>,
+    /// What the owners' streams are told, in order.
+    pub(super) updates: Vec<Update>,
+}
+
+fn key(inbox: &InboxKey) -> (u8, &str) {
+    (inbox.kind as u8, inbox.owner.as_str())
+}
+
+fn received_ms(event: &pb::Event) -> i64 {
+    event.received_at.as_ref().map_or(0, |at| {
+        at.seconds
+            .saturating_mul(1000)
+            .saturating_add(i64::from(at.nanos / 1_000_000))
+    })
+}
+
+impl<'txn> InboxWrite<'txn> {
+    pub(super) fn open(txn: &'txn redb::WriteTransaction) -> Result<Self, redb::Error> {
+        Ok(Self {
+            items: txn.open_table(ITEMS)?,
+            ids: txn.open_table(ITEM_IDS)?,
+            counts: txn.open_table(COUNTS)?,
+            notices: txn.open_table(NOTICES)?,
+            admins: txn.open_table(ADMINS)?,
+            preferences: txn.open_table(PREFERENCES)?,
+            updates: Vec::new(),
+        })
+    }
+
+    fn counts_of(&self, inbox: &InboxKey) -> Result<Counts, redb::Error> {
+        Ok(self
+            .counts
+            .get(key(inbox))?
+            .map_or_else(Counts::default, |v| Counts::decode(v.value())))
+    }
+
+    fn preferences_of(&self, user: &str) -> Result<Option<Preferences>, redb::Error> {
+        let Some(stored) = self.preferences.get(user)? else {
+            return Ok(None);
+        };
+        // Only validated preferences are stored; ones this version refuses count as none.
+        Ok(pb::Preferences::decode(stored.value())
+            .ok()
+            .and_then(|p| Preferences::from_pb(p).ok()))
+    }
+
+    /// Adds an item; `false` when it was there already (an event in doubt stored again).
+    fn add_item(
+        &mut self,
+        inbox: &InboxKey,
+        position: u64,
+        family: Family,
+        id: &str,
+        counts: &mut Counts,
+    ) -> Result<bool, redb::Error> {
+        let k = key(inbox);
+        if self.items.get((k.0, k.1, position))?.is_some() {
+            return Ok(false);
+        }
+        self.items
+            .insert((k.0, k.1, position), (ItemState::NEW.bits(), family.code()))?;
+        self.ids.insert((k.0, k.1, id), position)?;
+        counts.count(family, ItemState::NEW, true);
+        Ok(true)
+    }
+
+    fn store_counts(&mut self, inbox: &InboxKey, counts: &Counts) -> Result<(), redb::Error> {
+        self.counts.insert(key(inbox), counts.encode().as_slice())?;
+        Ok(())
+    }
+
+    /// What a newly stored event does to the inboxes; returns whether its type is disabled by
+    /// the preferences of the user it is about (not pushed live on that user's own streams).
+    pub(super) fn event_stored(
+        &mut self,
+        settings: &InboxSettings,
+        event: &pb::Event,
+        position: u64,
+    ) -> Result<bool, redb::Error> {
+        if matches!(event.payload, Some(pb::event::Payload::AdminNotice(_))) {
+            let Some(family) = Family::of_event(event) else {
+                return Ok(false);
+            };
+            self.notices
+                .insert(position, (family.code(), event.id.as_str()))?;
+            let admins: Vec<String> = self
+                .admins
+                .iter()?
+                .map(|entry| entry.map(|(admin, _)| admin.value().to_owned()))
+                .collect::<Result<_, _>>()?;
+            for admin in admins {
+                let inbox = InboxKey::admin(admin);
+                let mut counts = self.counts_of(&inbox)?;
+                if self.add_item(&inbox, position, family, &event.id, &mut counts)? {
+                    self.store_counts(&inbox, &counts)?;
+                    self.updates.push(new_item(inbox, counts, &event.id, false));
+                }
+            }
+            return Ok(false);
+        }
+        if event.user_id.is_empty() || !settings.includes(&event.r#type) {
+            return Ok(false);
+        }
+        let Some(family) = Family::of_event(event) else {
+            return Ok(false);
+        };
+        let preferences = self.preferences_of(&event.user_id)?;
+        if preferences
+            .as_ref()
+            .is_some_and(|p| !p.enabled(&event.r#type))
+        {
+            return Ok(true);
+        }
+        let quiet = preferences
+            .as_ref()
+            .is_some_and(|p| p.quiet_at(&event.r#type, received_ms(event)));
+        let inbox = InboxKey::user(event.user_id.clone());
+        let mut counts = self.counts_of(&inbox)?;
+        if self.add_item(&inbox, position, family, &event.id, &mut counts)? {
+            self.store_counts(&inbox, &counts)?;
+            self.updates.push(new_item(inbox, counts, &event.id, quiet));
+        }
+        Ok(false)
+    }
+
+    /// Applies one command.
+    pub(super) fn apply(&mut self, command: &Command) -> Result<Applied, redb::Error> {
+        match command {
+            Command::Mark {
+                inbox,
+                mark,
+                target,
+            } => {
+                if inbox.kind == Kind::Admin {
+                    self.join(&inbox.owner)?;
+                }
+                self.mark(inbox, *mark, target).map(Applied::Marked)
+            }
+            Command::SetPreferences { user, preferences } => {
+                self.preferences.insert(
+                    user.as_str(),
+                    preferences.to_pb().encode_to_vec().as_slice(),
+                )?;
+                let inbox = InboxKey::user(user.clone());
+                let counts = self.counts_of(&inbox)?;
+                self.updates.push(Update {
+                    inbox,
+                    reason: Reason::Preferences,
+                    counts,
+                    ids: Vec::new(),
+                    up_to: None,
+                    all: false,
+                    quiet: false,
+                });
+                Ok(Applied::Preferences(preferences.clone()))
+            }
+            Command::JoinAdmin { admin } => {
+                self.join(admin)?;
+                Ok(Applied::Joined)
+            }
+        }
+    }
+
+    /// Creates `admin`'s admin inbox with the newest retained notices, unless it exists.
+    fn join(&mut self, admin: &str) -> Result<(), redb::Error> {
+        if self.admins.get(admin)?.is_some() {
+            return Ok(());
+        }
+        let newest: Vec<(u64, u8, String)> = self
+            .notices
+            .iter()?
+            .rev()
+            .take(ADMIN_BACKFILL)
+            .map(|entry| {
+                entry.map(|(position, value)| {
+                    let (family, id) = value.value();
+                    (position.value(), family, id.to_owned())
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let inbox = InboxKey::admin(admin);
+        let mut counts = self.counts_of(&inbox)?;
+        let mut last = 0;
+        for (position, family, id) in newest {
+            if let Some(family) = Family::from_code(family) {
+                self.add_item(&inbox, position, family, &id, &mut counts)?;
+            }
+            last = last.max(position);
+        }
+        self.store_counts(&inbox, &counts)?;
+        self.admins.insert(admin, last)?;
+        Ok(())
+    }
+
+    fn mark(
+        &mut self,
+        inbox: &InboxKey,
+        mark: Mark,
+        target: &Target,
+    ) -> Result<Marked, redb::Error> {
+        let (kind, owner) = key(inbox);
+        let mut counts = self.counts_of(inbox)?;
+        let mut changed_ids = Vec::new();
+        let mut unknown_ids = Vec::new();
+        let mut changed = 0_u32;
+        let mut change = |items: &mut Table<'txn, (u8, &'static str, u64), (u8, u8)>,
+                          position: u64,
+                          bits: u8,
+                          family: u8|
+         -> Result<bool, redb::Error> {
+            let from = ItemState::from_bits(bits);
+            let to = from.marked(mark);
+            if to == from {
+                return Ok(false);
+            }
+            items.insert((kind, owner, position), (to.bits(), family))?;
+            if let Some(family) = Family::from_code(family) {
+                counts.change(family, from, to);
+            }
+            changed += 1;
+            Ok(true)
+        };
+        match target {
+            Target::Ids(ids) => {
+                for id in ids {
+                    let position = self.ids.get((kind, owner, id.as_str()))?.map(|v| v.value());
+                    let item = match position {
+                        Some(position) => self
+                            .items
+                            .get((kind, owner, position))?
+                            .map(|v| (position, v.value())),
+                        None => None,
+                    };
+                    match item {
+                        Some((position, (bits, family))) => {
+                            if change(&mut self.items, position, bits, family)? {
+                                changed_ids.push(id.clone());
+                            }
+                        }
+                        None => unknown_ids.push(id.clone()),
+                    }
+                }
+            }
+            Target::UpTo(_) | Target::All => {
+                let through = match target {
+                    Target::UpTo(position) => *position,
+                    _ => u64::MAX,
+                };
+                let pending: Vec<(u64, u8, u8)> = self
+                    .items
+                    .range((kind, owner, 0)..=(kind, owner, through))?
+                    .filter_map(|entry| match entry {
+                        Ok((k, v)) => {
+                            let (bits, family) = v.value();
+                            let state = ItemState::from_bits(bits);
+                            (state.marked(mark) != state).then(|| Ok((k.value().2, bits, family)))
+                        }
+                        Err(error) => Some(Err(error)),
+                    })
+                    .collect::<Result<_, _>>()?;
+                for (position, bits, family) in pending {
+                    change(&mut self.items, position, bits, family)?;
+                }
+            }
+        }
+        self.store_counts(inbox, &counts)?;
+        if changed > 0 {
+            self.updates.push(Update {
+                inbox: inbox.clone(),
+                reason: Reason::Marked(mark),
+                counts,
+                ids: changed_ids,
+                up_to: match target {
+                    Target::UpTo(position) => Some(*position),
+                    _ => None,
+                },
+                all: matches!(target, Target::All),
+                quiet: false,
+            });
+        }
+        Ok(Marked {
+            counts,
+            changed,
+            unknown_ids,
+        })
+    }
+
+    /// What removing the event at `position` (retention) does to the inboxes: its items and
+    /// their counts go.
+    pub(super) fn event_removed(
+        &mut self,
+        position: u64,
+        event_type: &str,
+        user: &str,
+        id: &str,
+    ) -> Result<(), redb::Error> {
+        if self.notices.remove(position)?.is_some() {
+            let admins: Vec<String> = self
+                .admins
+                .iter()?
+                .map(|entry| entry.map(|(admin, _)| admin.value().to_owned()))
+                .collect::<Result<_, _>>()?;
+            for admin in admins {
+                self.remove_item(&InboxKey::admin(admin), position, id)?;
+            }
+        } else if !user.is_empty() && Family::of_type(event_type).is_some() {
+            self.remove_item(&InboxKey::user(user), position, id)?;
+        }
+        Ok(())
+    }
+
+    fn remove_item(
+        &mut self,
+        inbox: &InboxKey,
+        position: u64,
+        id: &str,
+    ) -> Result<(), redb::Error> {
+        let (kind, owner) = key(inbox);
+        let Some(removed) = self.items.remove((kind, owner, position))? else {
+            return Ok(());
+        };
+        let (bits, family) = removed.value();
+        drop(removed);
+        self.ids.remove((kind, owner, id))?;
+        let mut counts = self.counts_of(inbox)?;
+        if let Some(family) = Family::from_code(family) {
+            counts.count(family, ItemState::from_bits(bits), false);
+        }
+        self.store_counts(inbox, &counts)
+    }
+}
+
+fn new_item(inbox: InboxKey, counts: Counts, id: &str, quiet: bool) -> Update {
+    Update {
+        inbox,
+        reason: Reason::NewItems,
+        counts,
+        ids: vec![id.to_owned()],
+        up_to: None,
+        all: false,
+        quiet,
+    }
+}
+
+/// Opens an inbox table in a read transaction; a journal that never stored inbox state has
+/// none (`None`).
+fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &ReadTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, StoreError> {
+    match txn.open_table(table) {
+        Ok(table) => Ok(Some(table)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(error) => Err(read_failed(error)),
+    }
+}
+
+/// An inbox's counts in `txn`.
+pub(super) fn counts_in(txn: &ReadTransaction, inbox: &InboxKey) -> Result<Counts, StoreError> {
+    let Some(table) = read_table(txn, COUNTS)? else {
+        return Ok(Counts::default());
+    };
+    Ok(table
+        .get(key(inbox))
+        .map_err(read_failed)?
+        .map_or_else(Counts::default, |v| Counts::decode(v.value())))
+}
+
+/// Whether `admin`'s admin inbox exists in `txn`.
+pub(super) fn admin_known_in(txn: &ReadTransaction, admin: &str) -> Result<bool, StoreError> {
+    let Some(table) = read_table(txn, ADMINS)? else {
+        return Ok(false);
+    };
+    Ok(table.get(admin).map_err(read_failed)?.is_some())
+}
+
+/// `user`'s preferences in `txn` (`None`: never set).
+pub(super) fn preferences_in(
+    txn: &ReadTransaction,
+    user: &str,
+) -> Result<Option<Preferences>, StoreError> {
+    let Some(table) = read_table(txn, PREFERENCES)? else {
+        return Ok(None);
+    };
+    let Some(stored) = table.get(user).map_err(read_failed)? else {
+        return Ok(None);
+    };
+    Ok(pb::Preferences::decode(stored.value())
+        .ok()
+        .and_then(|p| Preferences::from_pb(p).ok()))
+}
+
+/// A page of an inbox in `txn`, newest first, with its counts from the same snapshot.
+pub(super) fn page_in(
+    txn: &ReadTransaction,
+    inbox: &InboxKey,
+    query: &PageQuery,
+) -> Result<InboxPage, StoreError> {
+    let counts = counts_in(txn, inbox)?;
+    let mut page = InboxPage {
+        items: Vec::new(),
+        next_before: 0,
+        end: true,
+        counts,
+    };
+    let Some(items) = read_table(txn, ITEMS)? else {
+        return Ok(page);
+    };
+    let events = txn.open_table(EVENTS).map_err(read_failed)?;
+    let (kind, owner) = key(inbox);
+    let before = query.before.unwrap_or(u64::MAX);
+    if before == 0 {
+        return Ok(page);
+    }
+    let range = items
+        .range((kind, owner, 0)..(kind, owner, before))
+        .map_err(read_failed)?
+        .rev();
+    let mut scanned = 0;
+    for entry in range {
+        let (k, v) = entry.map_err(read_failed)?;
+        let position = k.value().2;
+        let (bits, family) = v.value();
+        if page.items.len() == query.limit || scanned == query.max_scanned {
+            page.end = false;
+            return Ok(page);
+        }
+        scanned += 1;
+        page.next_before = position;
+        let state = ItemState::from_bits(bits);
+        let Some(family) = Family::from_code(family) else {
+            continue;
+        };
+        if !state.passes(query.filter)
+            || (!query.families.is_empty() && !query.families.contains(&family))
+        {
+            continue;
+        }
+        let Some(record) = events.get(position).map_err(read_failed)? else {
+            // Retention removes the event and its item in one transaction: an item without
+            // its event is not served.
+            continue;
+        };
+        let frame = read_record(record.value(), |view| {
+            bytes::Bytes::copy_from_slice(view.frame)
+        })
+        .map_err(|source| StoreError::Corrupt { position, source })?;
+        page.items.push(PageItem {
+            position,
+            state,
+            family,
+            frame,
+        });
+    }
+    Ok(page)
+}
