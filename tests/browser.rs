@@ -149,8 +149,15 @@ impl Browser {
     /// The requests of every `Subscribe` call the page made so far (the latest 200), decoded
     /// from their grpc-web frames.
     async fn subscribe_requests(&mut self) -> Vec<pb::SubscribeRequest> {
+        self.subscribe_requests_of(None).await
+    }
+
+    /// The same, of every tab or of tab `tab` only.
+    async fn subscribe_requests_of(&mut self, tab: Option<&str>) -> Vec<pb::SubscribeRequest> {
         use base64::Engine;
-        let bodies = self.run(json!({"cmd": "subscribeRequests"})).await;
+        let bodies = self
+            .run(json!({"cmd": "subscribeRequests", "page": tab}))
+            .await;
         let bodies: Vec<String> = serde_json::from_value(bodies).unwrap();
         bodies
             .iter()
@@ -466,6 +473,15 @@ impl Browser {
     /// Builds the React test console (web/test/console/app.tsx) and serves it with `tokens` as
     /// the answers of its token endpoint.
     async fn serve_console(&mut self, tokens: &[String]) {
+        self.serve_console_for(tokens, &[]).await;
+    }
+
+    /// The same, its token endpoint answering each of `users` (user, token) with that token.
+    async fn serve_console_for(&mut self, tokens: &[String], users: &[(&str, String)]) {
+        let user_tokens: serde_json::Map<String, Value> = users
+            .iter()
+            .map(|(user, token)| ((*user).to_owned(), Value::from(token.as_str())))
+            .collect();
         let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
         let built = Command::new("node")
             .arg("esbuild.mjs")
@@ -477,7 +493,7 @@ impl Browser {
         assert!(built.success(), "building the test console failed");
         let script = web.join("build/console/app.js");
         self.run(json!({"cmd": "serveConsole", "origin": CONSOLE_ORIGIN,
-                        "script": script, "tokens": tokens}))
+                        "script": script, "tokens": tokens, "userTokens": user_tokens}))
             .await;
     }
 
@@ -511,6 +527,80 @@ impl Browser {
             .as_str()
             .unwrap()
             .to_owned()
+    }
+}
+
+/// The first tab of the browser (the driver's default).
+const MAIN: &str = "main";
+
+/// Commands for one tab of several (the driver's `page`).
+impl Browser {
+    /// Opens another tab, `tab`, in the same browser context (the same origin's locks and
+    /// channels: tabs of one console share its stream).
+    async fn new_tab(&mut self, tab: &str) {
+        self.run(json!({"cmd": "newPage", "page": tab})).await;
+    }
+
+    /// Closes tab `tab`, as a user closing it.
+    async fn close_tab(&mut self, tab: &str) {
+        self.run(json!({"cmd": "closePage", "page": tab})).await;
+    }
+
+    async fn goto_in(&mut self, tab: &str, url: &str) {
+        self.run(json!({"cmd": "goto", "url": url, "page": tab}))
+            .await;
+    }
+
+    /// Waits at most `timeout_ms` until an element matching `selector` exists in tab `tab`.
+    async fn wait_in(&mut self, tab: &str, selector: &str, timeout_ms: u64) {
+        self.run(
+            json!({"cmd": "waitFor", "selector": selector, "timeoutMs": timeout_ms,
+                        "page": tab}),
+        )
+        .await;
+    }
+
+    async fn evaluate_in(&mut self, tab: &str, expression: &str) -> Value {
+        self.run(json!({"cmd": "evaluate", "expression": expression, "page": tab}))
+            .await
+    }
+
+    async fn click_in(&mut self, tab: &str, selector: &str) {
+        self.run(json!({"cmd": "click", "selector": selector, "page": tab}))
+            .await;
+    }
+
+    /// The badge (`useUnreadCount`) of tab `tab`: waits until it shows `unread`.
+    async fn wait_badge(&mut self, tab: &str, unread: u64, timeout_ms: u64) {
+        self.wait_in(
+            tab,
+            &format!("#badge[data-unread=\"{unread}\"]"),
+            timeout_ms,
+        )
+        .await;
+    }
+
+    /// The ids of the inbox list (`useInbox`) of tab `tab`, newest first, with `:read` for the
+    /// items read.
+    async fn inbox_of(&mut self, tab: &str) -> Vec<String> {
+        let items = self
+            .evaluate_in(
+                tab,
+                "[...document.querySelectorAll('li.inbox-item')]\
+                 .map(e => e.dataset.id + (e.dataset.read === 'true' ? ':read' : ''))",
+            )
+            .await;
+        serde_json::from_value(items).unwrap()
+    }
+
+    /// Waits until the inbox list of tab `tab` is `expected` (as `inbox_of` says it).
+    async fn wait_inbox(&mut self, tab: &str, expected: &[String]) {
+        let what = format!("tab {tab}'s inbox list is {expected:?}");
+        eventually(what, async || {
+            let shown = self.inbox_of(tab).await;
+            seen_if(shown == expected, shown)
+        })
+        .await;
     }
 }
 
@@ -761,4 +851,150 @@ async fn the_react_console_keeps_react_query_fresh_and_loses_nothing() {
     server.stop_within(PATIENCE).await;
     drop(data);
     producer.clean_up(&[&names]).await;
+}
+
+/// The inbox of the React test console (a badge with `useUnreadCount`, a list with `useInbox`) in
+/// two tabs of one user and one tab of another user: the user's tabs share one stream (the first
+/// holds it and passes it on); an event published shows in both badges and lists; an item read in
+/// one tab is read in the other, its badge moved, within a second; the other user's badge does
+/// not move; mark all read in one tab reads everything in both; archiving an item removes it from
+/// both lists; when the tab holding the stream closes, the other opens it after the last cursor
+/// and stays current.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_react_consoles_inbox_follows_marks_across_tabs() {
+    let server = TestServer::start_with(|c| c.cors_origins = vec![CONSOLE_ORIGIN.into()]).await;
+    let pid = std::process::id();
+    let user = format!("u-inbox-{pid}");
+    let stranger = format!("u-inbox-stranger-{pid}");
+    let mut browser = Browser::launch().await;
+    browser
+        .serve_console_for(
+            &[],
+            &[
+                (user.as_str(), token(&user, &[])),
+                (stranger.as_str(), token(&stranger, &[])),
+            ],
+        )
+        .await;
+    let console = |who: &str| format!("{CONSOLE_ORIGIN}/?server={}&user={who}", server.url());
+    // The other user's console in the first tab; the user's in tab a, then (once a holds the
+    // stream) in tab b.
+    browser.goto(&console(&stranger)).await;
+    for tab in ["a", "b"] {
+        browser.new_tab(tab).await;
+        browser.goto_in(tab, &console(&user)).await;
+        browser
+            .wait_in(tab, "#state[data-state=live]", PAGE_PATIENCE_MS)
+            .await;
+        browser.wait_badge(tab, 0, PAGE_PATIENCE_MS).await;
+    }
+    browser.wait_badge(MAIN, 0, PAGE_PATIENCE_MS).await;
+    assert_eq!(browser.subscribe_requests_of(Some("a")).await.len(), 1);
+    assert_eq!(
+        browser.subscribe_requests_of(Some("b")).await.len(),
+        0,
+        "the second tab follows the first one's stream"
+    );
+    assert_eq!(
+        browser
+            .evaluate_in("b", "notifications.sharedStream.leading")
+            .await,
+        false
+    );
+    assert_eq!(browser.subscribe_requests_of(Some(MAIN)).await.len(), 1);
+
+    // 1. Two events of the user's: both tabs' badges and lists show them.
+    let first = format!("inbox-{pid}-first");
+    let second = format!("inbox-{pid}-second");
+    publish_device_error(&server, &first, &user).await;
+    for tab in ["a", "b"] {
+        browser.wait_badge(tab, 1, PAGE_PATIENCE_MS).await;
+        browser.wait_inbox(tab, std::slice::from_ref(&first)).await;
+    }
+    publish_device_error(&server, &second, &user).await;
+    for tab in ["a", "b"] {
+        browser.wait_badge(tab, 2, PAGE_PATIENCE_MS).await;
+        browser
+            .wait_inbox(tab, &[second.clone(), first.clone()])
+            .await;
+    }
+
+    // 2. Read in tab a: a's badge at once, b's within a second.
+    browser
+        .click_in(
+            "a",
+            &format!("li.inbox-item[data-id=\"{first}\"] button.read"),
+        )
+        .await;
+    browser.wait_badge("a", 1, 1_000).await;
+    browser.wait_badge("b", 1, 1_000).await;
+    browser
+        .wait_in(
+            "b",
+            &format!("li.inbox-item[data-id=\"{first}\"][data-read=true]"),
+            1_000,
+        )
+        .await;
+
+    // 3. The other user's badge did not move: their own event, published after the user's, moves
+    // it to exactly 1 (the stream is in journal order: had the user's leaked, they came first).
+    let theirs = format!("inbox-{pid}-theirs");
+    publish_device_error(&server, &theirs, &stranger).await;
+    browser.wait_badge(MAIN, 1, PAGE_PATIENCE_MS).await;
+    browser
+        .wait_inbox(MAIN, std::slice::from_ref(&theirs))
+        .await;
+
+    // 4. Mark all read in tab b: both badges 0, every item read in both lists.
+    browser.click_in("b", "#mark-all-read").await;
+    for tab in ["b", "a"] {
+        browser.wait_badge(tab, 0, PAGE_PATIENCE_MS).await;
+        browser
+            .wait_inbox(tab, &[format!("{second}:read"), format!("{first}:read")])
+            .await;
+    }
+
+    // 5. Archive in tab a: the item leaves both lists.
+    browser
+        .click_in(
+            "a",
+            &format!("li.inbox-item[data-id=\"{second}\"] button.archive"),
+        )
+        .await;
+    for tab in ["a", "b"] {
+        browser.wait_inbox(tab, &[format!("{first}:read")]).await;
+    }
+    browser.wait_badge(MAIN, 1, PAGE_PATIENCE_MS).await;
+    browser.screenshot("react-console-inbox.png").await;
+
+    // 6. The tab holding the stream closes: b opens it after the last cursor it saw, and stays
+    // current.
+    let cursor = browser
+        .evaluate_in("b", "notifications.cursor")
+        .await
+        .as_str()
+        .unwrap()
+        .to_owned();
+    browser.close_tab("a").await;
+    let requests = eventually("tab b opens the stream", async || {
+        let requests = browser.subscribe_requests_of(Some("b")).await;
+        seen_if(!requests.is_empty(), requests)
+    })
+    .await;
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    // After the last cursor b saw (or a later one of a heartbeat's, had one come meanwhile).
+    let resumed = Cursor::parse(&requests[0].resume_after).expect("the takeover resumes");
+    let seen = Cursor::parse(&cursor).unwrap();
+    assert_eq!(resumed.epoch, seen.epoch);
+    assert!(resumed.position >= seen.position, "{resumed} < {seen}");
+    let third = format!("inbox-{pid}-third");
+    publish_device_error(&server, &third, &user).await;
+    browser.wait_badge("b", 1, PAGE_PATIENCE_MS).await;
+    browser
+        .wait_inbox("b", &[third.clone(), format!("{first}:read")])
+        .await;
+    browser.wait_badge(MAIN, 1, PAGE_PATIENCE_MS).await;
+
+    browser.close().await;
+    server.stop_within(PATIENCE).await;
 }

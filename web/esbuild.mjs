@@ -17,7 +17,7 @@ const alias = {
 };
 
 const TEST_SETS = {
-  unit: ["summary", "describe", "refresh", "feed", "token", "client", "react-queries"],
+  unit: ["summary", "describe", "refresh", "feed", "token", "client", "react-queries", "inbox", "tabs", "react-inbox"],
   "node-client": ["node-client"],
 };
 

@@ -1,13 +1,24 @@
 // A console in miniature, built from the packages as a console team would use them: React Query
-// for server data, one NotificationsProvider, useQueryRefresh with the default table, and
-// useNotifications for an event list. tests/browser.rs serves it (through the Chromium driver,
-// which also plays the console's own HTTP API and counts its calls) against a real server.
+// for server data, one NotificationsProvider, useQueryRefresh with the default table,
+// useNotifications for an event list, and the inbox: a badge (useUnreadCount) and a list
+// (useInbox) with read, mark-all-read and archive buttons. tests/browser.rs serves it (through the
+// Chromium driver, which also plays the console's own HTTP API and counts its calls) against a
+// real server, in one tab or several.
 //
-// Query string: `server` (the notify-backbone URL), `user` (whose balance and devices it shows).
-import { StrictMode } from "react";
+// Query string: `server` (the notify-backbone URL), `user` (whose balance and devices it shows,
+// and whose token its token endpoint gives).
+import { StrictMode, useEffect } from "react";
 import { createRoot } from "react-dom/client";
 import { QueryClient, QueryClientProvider, useInfiniteQuery, useQuery } from "@tanstack/react-query";
-import { NotificationsProvider, useNotifications, useQueryRefresh } from "@notify-backbone/react";
+import type { Notifications } from "@notify-backbone/client";
+import {
+  NotificationsProvider,
+  useInbox,
+  useNotifications,
+  useNotificationsConnection,
+  useQueryRefresh,
+  useUnreadCount,
+} from "@notify-backbone/react";
 
 const params = new URLSearchParams(location.search);
 const server = params.get("server") ?? "";
@@ -25,7 +36,7 @@ async function getJson<T>(path: string): Promise<T> {
 
 /** The console's own session: its token endpoint gives a fresh notify-backbone token. */
 async function getToken(): Promise<string> {
-  return (await getJson<{ token: string }>("/api/token")).token;
+  return (await getJson<{ token: string }>(`/api/token?user=${encodeURIComponent(user)}`)).token;
 }
 
 function Balance() {
@@ -83,7 +94,51 @@ function Events() {
 
 function Refresher() {
   useQueryRefresh();
+  // For the test's checks of the connection (which tab holds the shared stream).
+  const connection = useNotificationsConnection();
+  useEffect(() => {
+    (window as unknown as { notifications: Notifications }).notifications = connection;
+  }, [connection]);
   return null;
+}
+
+function Badge() {
+  const { unread, counts } = useUnreadCount();
+  return (
+    <p id="badge" data-unread={counts === undefined ? "loading" : String(unread)}>
+      unread: {unread}
+    </p>
+  );
+}
+
+function Inbox() {
+  const { items, markRead, markAllRead, archive, markError, error } = useInbox();
+  return (
+    <section id="inbox" data-error={String(error?.message ?? markError?.message ?? "")}>
+      <button id="mark-all-read" onClick={markAllRead}>
+        Mark all read
+      </button>
+      <ul id="inbox-items">
+        {items.map(({ event, read, seen }) => (
+          <li
+            key={event?.id}
+            className="inbox-item"
+            data-id={event?.id}
+            data-read={String(read)}
+            data-seen={String(seen)}
+          >
+            {event?.type}
+            <button className="read" onClick={() => markRead([event?.id ?? ""])}>
+              read
+            </button>
+            <button className="archive" onClick={() => archive([event?.id ?? ""])}>
+              archive
+            </button>
+          </li>
+        ))}
+      </ul>
+    </section>
+  );
 }
 
 const root = document.getElementById("root");
@@ -93,6 +148,8 @@ createRoot(root).render(
     <QueryClientProvider client={queryClient}>
       <NotificationsProvider baseUrl={server} getToken={getToken} history={20}>
         <Refresher />
+        <Badge />
+        <Inbox />
         <Balance />
         <Devices />
         <Events />

@@ -5,15 +5,18 @@
 // any other permanent error) stops the loop instead of retrying it forever. A connection that goes
 // silent for longer than IDLE_TIMEOUT_MS counts as dropped (see there). The callbacks are the
 // caller's business: one that throws is logged and the loop carries on, so only transport errors
-// ever cause a reconnect.
+// ever cause a reconnect. Inbox updates (`SubscribeResponse.inbox`) are passed on as they come:
+// they carry no cursor and do not move the stream's position.
 
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import type { Event } from "./gen/cloudphone/notify/v1/events_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
+import type { InboxUpdate } from "./gen/cloudphone/notify/v1/inbox_pb.js";
 import type {
   Gap,
   NotificationService,
   SubscribeRequestSchema,
+  SubscribeResponse,
 } from "./gen/cloudphone/notify/v1/service_pb.js";
 
 /** Backoff parameters: the first delay, the factor per failed attempt, the cap, the jitter. */
@@ -60,6 +63,8 @@ export interface Selection {
   deviceId: string;
   userId: string;
   adminFeed: boolean;
+  /** Also the inbox's updates (`SubscribeRequest.inbox`; default false: none). */
+  inbox?: boolean;
 }
 
 /** The states the page shows. */
@@ -85,6 +90,14 @@ export interface FeedCallbacks {
   onState(state: FeedState): void;
   onEvent(event: Event, origin: EventOrigin): void;
   onGap(gap: Gap): void;
+  /** An inbox changed (on streams of the caller's own events, or an admin's admin feed). */
+  onInbox?(update: InboxUpdate): void;
+  /**
+   * Every message of the stream, once the callbacks above had it and the cursor moved past it:
+   * for passing the stream on (the tab holding a stream shared by several tabs re-broadcasts
+   * them). Not called for messages given to `accept`.
+   */
+  onResponse?(response: SubscribeResponse): void;
 }
 
 /** Arms a one-shot timer calling `onTimeout` after `ms`; returns the function that disarms it. */
@@ -189,12 +202,14 @@ export class Feed {
    */
   private report<K extends keyof FeedCallbacks>(
     name: K,
-    value: Parameters<FeedCallbacks[K]>[0],
+    value: Parameters<NonNullable<FeedCallbacks[K]>>[0],
     origin: EventOrigin = STREAM,
   ): void {
     try {
-      const callback = this.callbacks[name] as (value: Parameters<FeedCallbacks[K]>[0], origin: EventOrigin) => void;
-      callback.call(this.callbacks, value, origin);
+      const callback = this.callbacks[name] as
+        | ((value: Parameters<NonNullable<FeedCallbacks[K]>>[0], origin: EventOrigin) => void)
+        | undefined;
+      callback?.call(this.callbacks, value, origin);
     } catch (error) {
       console.error(`notify-backbone: the feed's ${name} callback threw`, error);
     }
@@ -252,6 +267,42 @@ export class Feed {
     }
   }
 
+  /**
+   * Processes a message of this feed's stream that arrived some other way (from the tab that
+   * holds a stream shared by several tabs): the cursor moves past it and the callbacks hear of
+   * it exactly as if this feed had received it, `CaughtUp` reporting `live`.
+   */
+  accept(response: SubscribeResponse): void {
+    this.handle(response);
+  }
+
+  /** Moves the cursor past `response` and reports it; true for `CaughtUp`. */
+  private handle(response: SubscribeResponse): boolean {
+    const kind = response.kind;
+    switch (kind.case) {
+      case "event":
+        if (kind.value.cursor !== "") this.cursor = kind.value.cursor;
+        this.report("onEvent", kind.value);
+        return false;
+      case "caughtUp":
+        if (kind.value.cursor !== "") this.cursor = kind.value.cursor;
+        this.report("onState", { state: "live" });
+        return true;
+      case "gap":
+        if (kind.value.toCursor !== "") this.cursor = kind.value.toCursor;
+        this.report("onGap", kind.value);
+        return false;
+      case "heartbeat":
+        if (kind.value.cursor !== "") this.cursor = kind.value.cursor;
+        return false;
+      case "inbox":
+        this.report("onInbox", kind.value);
+        return false;
+      default:
+        return false;
+    }
+  }
+
   private async loop(token: string, selection: Selection, signal: AbortSignal): Promise<void> {
     const headers = { authorization: `Bearer ${token}` };
     if (this.cursor === "" && this.history > 0 && !selection.adminFeed) {
@@ -286,27 +337,8 @@ export class Feed {
         for await (const response of this.client.subscribe(request, options)) {
           rearm();
           refreshed = false;
-          const kind = response.kind;
-          switch (kind.case) {
-            case "event":
-              if (kind.value.cursor !== "") this.cursor = kind.value.cursor;
-              this.report("onEvent", kind.value);
-              break;
-            case "caughtUp":
-              if (kind.value.cursor !== "") this.cursor = kind.value.cursor;
-              attempt = 0;
-              this.report("onState", { state: "live" });
-              break;
-            case "gap":
-              if (kind.value.toCursor !== "") this.cursor = kind.value.toCursor;
-              this.report("onGap", kind.value);
-              break;
-            case "heartbeat":
-              if (kind.value.cursor !== "") this.cursor = kind.value.cursor;
-              break;
-            default:
-              break;
-          }
+          if (this.handle(response)) attempt = 0;
+          this.report("onResponse", response);
         }
         failure = new ConnectError("the server ended the stream", Code.Unavailable);
       } catch (error) {

@@ -1,5 +1,6 @@
 // @notify-backbone/react: one connection per app (`NotificationsProvider`), views of its stream
-// (`useNotifications`), and React Query caches kept fresh by its events (`useQueryRefresh`).
+// (`useNotifications`), React Query caches kept fresh by its events (`useQueryRefresh`), and the
+// inbox (`useInbox`, `useUnreadCount`, `usePreferences`).
 
 export {
   NotificationsProvider,
@@ -22,3 +23,21 @@ export {
   type QueryMapping,
   type QueryRefreshOptions,
 } from "./queries.js";
+export {
+  INBOX_QUERY_KEY,
+  PREFERENCES_QUERY_KEY,
+  applyInboxChange,
+  inboxCountsKey,
+  inboxListKey,
+  useInbox,
+  useInboxState,
+  usePreferences,
+  useUnreadCount,
+  type FamilyCount,
+  type InboxListKeyOptions,
+  type InboxView,
+  type PreferencesView,
+  type UnreadCount,
+  type UseInboxOptions,
+  type UseUnreadCountOptions,
+} from "./inbox.js";

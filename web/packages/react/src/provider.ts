@@ -1,5 +1,6 @@
 // One connection per app: the provider creates a `Notifications` connection when it mounts,
-// starts it, and stops it when it unmounts; every hook below it shares that one stream.
+// starts it, and stops it when it unmounts; every hook below it shares that one stream (which the
+// app's tabs share in turn, where the browser lets them: see `NotificationsOptions.tabs`).
 
 import {
   createElement,
@@ -38,8 +39,11 @@ export interface NotificationsProviderProps {
   selection?: Partial<Selection>;
   /** Events of history shown on first paint (default 50). Read once, at mount. */
   history?: number;
-  /** Passed on to the connection (timers, how many recent events to keep). */
-  options?: Pick<NotificationsOptions, "keep" | "feed">;
+  /**
+   * Passed on to the connection: timers, how many recent events to keep, and `tabs` (one stream
+   * per browser, shared by its tabs, is on by default where the browser can; `false` turns it off).
+   */
+  options?: Pick<NotificationsOptions, "keep" | "feed" | "tabs">;
   children?: ReactNode;
 }
 
@@ -55,6 +59,8 @@ export function NotificationsProvider(props: NotificationsProviderProps): ReactN
     return new Notifications({
       client,
       getToken: () => getToken.current(),
+      // Names the stream the tabs share (with the user and the selection).
+      server: props.baseUrl ?? "",
       ...(props.selection === undefined ? {} : { selection: props.selection }),
       ...(props.history === undefined ? {} : { history: props.history }),
       ...props.options,
