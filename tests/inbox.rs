@@ -631,13 +631,41 @@ async fn preferences_mute_disabled_types_and_quiet_hours_hold_back_alerts_but_no
     let update = next_update(&mut stream).await;
     assert!(!update.quiet);
     assert_eq!(update.counts.as_ref().unwrap().unread, 2);
-    // The disabled type stays in history.
+    // The disabled type stays in history...
     let history = client
         .list_events(with_token(pb::ListEventsRequest::default(), &u1))
         .await
         .unwrap()
         .into_inner();
     assert!(history.events.iter().any(|e| e.id == app));
+    // ...and a stream that resumes from before it replays without it, as it went live.
+    let before_all = {
+        let first = notify_backbone::store::Cursor::parse(&history.events[0].cursor).unwrap();
+        notify_backbone::store::Cursor {
+            epoch: first.epoch,
+            position: first.position - 1,
+        }
+        .to_string()
+    };
+    let request = pb::SubscribeRequest {
+        inbox: true,
+        resume_after: before_all,
+        ..Default::default()
+    };
+    let mut resumed = client
+        .subscribe(with_token(request, &u1))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut replayed = Vec::new();
+    loop {
+        match next_kind(&mut resumed).await {
+            Kind::Event(event) => replayed.push(event.id),
+            Kind::CaughtUp(_) => break,
+            other => panic!("expected the replay, got {other:?}"),
+        }
+    }
+    assert_eq!(replayed, [pay.clone(), err.clone()]);
 
     // Refused: a critical type disabled, a time zone that does not exist.
     for (preferences, field) in [

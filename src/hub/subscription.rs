@@ -13,7 +13,7 @@ use std::{
 };
 
 use super::{
-    EndReason, Frame, Next,
+    EndReason, Frame, Next, Users,
     frames::{NO_POSITION, caught_up_frame, control_frame, gap_frame},
     index::{Subscriber, selects},
     reads::{PendingRead, ReadError},
@@ -114,8 +114,23 @@ impl Subscription {
             max_bytes: REPLAY_BATCH_BYTES,
         };
         self.hub.reads.run(move || {
+            // A stream of the notification centre leaves out the types its owner disabled,
+            // replayed as live (read once per read: preferences change rarely).
+            let muted = match (&subscriber.filter.users, subscriber.inboxes.user) {
+                (Users::One(owner), true) => hub
+                    .journal
+                    .inbox()
+                    .map(|inbox| inbox.preferences(owner))
+                    .transpose()?
+                    .flatten()
+                    .map(|preferences| (owner.clone(), preferences)),
+                _ => None,
+            };
             let mut scan = hub.journal.scan(replay.read_after, limits, &|meta| {
                 selects(&subscriber.filter, &subscriber.viewer, meta)
+                    && muted.as_ref().is_none_or(|(owner, preferences)| {
+                        meta.user_id != &**owner || preferences.enabled(meta.event_type)
+                    })
             })?;
             make_replayable(
                 &mut scan.events,

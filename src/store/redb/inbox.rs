@@ -163,12 +163,11 @@ impl<'txn> InboxWrite<'txn> {
             }
             return Ok(false);
         }
-        if event.user_id.is_empty() || !settings.includes(&event.r#type) {
+        if event.user_id.is_empty() {
             return Ok(false);
         }
-        let Some(family) = Family::of_event(event) else {
-            return Ok(false);
-        };
+        // Muted whether or not the type is an inbox type: the streams that follow the
+        // preferences leave it out, live and replayed alike.
         let preferences = self.preferences_of(&event.user_id)?;
         if preferences
             .as_ref()
@@ -176,6 +175,12 @@ impl<'txn> InboxWrite<'txn> {
         {
             return Ok(true);
         }
+        if !settings.includes(&event.r#type) {
+            return Ok(false);
+        }
+        let Some(family) = Family::of_event(event) else {
+            return Ok(false);
+        };
         let quiet = preferences
             .as_ref()
             .is_some_and(|p| p.quiet_at(&event.r#type, received_ms(event)));
