@@ -71,8 +71,14 @@ impl NotifyService {
     /// Makes sure an admin inbox exists before it is read: the first use of an admin inbox
     /// creates it (through the writer, so every node creates it at the same point of the
     /// journal), with the newest retained notices.
-    pub(super) async fn ensure_admin_inbox(&self, inbox: &InboxKey) -> Result<(), ApiError> {
-        if inbox.kind != crate::inbox::Kind::Admin {
+    pub(super) async fn ensure_admin_inbox(
+        &self,
+        principal: &Principal,
+        inbox: &InboxKey,
+    ) -> Result<(), ApiError> {
+        // Only the admin's own use creates it: another admin reading it (for support) finds
+        // it empty until then.
+        if inbox.kind != crate::inbox::Kind::Admin || inbox.owner != principal.user_id {
             return Ok(());
         }
         let admin = inbox.owner.clone();
@@ -112,7 +118,7 @@ impl NotifyService {
             0 => PAGE_DEFAULT,
             n => usize::try_from(n).unwrap_or(PAGE_MAX).min(PAGE_MAX),
         };
-        self.ensure_admin_inbox(&inbox).await?;
+        self.ensure_admin_inbox(principal, &inbox).await?;
         let head = self.hub.head();
         let query = PageQuery {
             filter,
@@ -152,7 +158,7 @@ impl NotifyService {
         request: &pb::GetInboxCountsRequest,
     ) -> Result<pb::GetInboxCountsResponse, ApiError> {
         let inbox = self.readable_inbox(principal, &request.user_id, request.admin_inbox)?;
-        self.ensure_admin_inbox(&inbox).await?;
+        self.ensure_admin_inbox(principal, &inbox).await?;
         let counts = self.read_inbox(move |r| r.counts(&inbox)).await?;
         Ok(pb::GetInboxCountsResponse {
             counts: Some(counts.to_pb()),
@@ -204,7 +210,7 @@ impl NotifyService {
             });
         }
         self.inbox_rate.check(&principal.user_id)?;
-        self.ensure_admin_inbox(&inbox).await?;
+        self.ensure_admin_inbox(principal, &inbox).await?;
         let applied = self
             .publisher
             .submit_inbox(Command::Mark {
@@ -284,7 +290,7 @@ impl NotifyService {
         let admin = (request.admin_feed && self.auth.policy.is_admin(principal))
             .then(|| InboxKey::admin(principal.user_id.clone()));
         if let Some(inbox) = &admin {
-            self.ensure_admin_inbox(inbox).await?;
+            self.ensure_admin_inbox(principal, inbox).await?;
         }
         Ok(Inboxes {
             user: own_events,
