@@ -251,7 +251,7 @@ async fn counts_follow_events_and_marks_and_another_users_id_is_an_unknown_id() 
     )
     .await
     .unwrap();
-    assert_eq!(item_ids(&page), [err.clone()]);
+    assert_eq!(item_ids(&page), std::slice::from_ref(&err));
     assert!(page.items[0].archived);
 
     // All read; then one unread again.
@@ -347,7 +347,7 @@ async fn every_open_stream_of_the_owner_gets_each_change_and_no_one_else_does() 
         assert_eq!(next_event(tab).await.id, id);
         let update = next_update(tab).await;
         assert_eq!(update.reason, pb::InboxUpdateReason::NewItems as i32);
-        assert_eq!(update.ids, [id.clone()]);
+        assert_eq!(update.ids, std::slice::from_ref(&id));
         assert!(!update.quiet);
         assert_eq!(update.counts.as_ref().unwrap().unread, 1);
     }
@@ -356,7 +356,7 @@ async fn every_open_stream_of_the_owner_gets_each_change_and_no_one_else_does() 
         let update = next_update(tab).await;
         assert_eq!(update.reason, pb::InboxUpdateReason::Marked as i32);
         assert_eq!(update.mark, pb::InboxMark::Read as i32);
-        assert_eq!(update.ids, [id.clone()]);
+        assert_eq!(update.ids, std::slice::from_ref(&id));
         assert_eq!(update.counts.as_ref().unwrap().unread, 0);
     }
     // The other user's stream got nothing of it: its next message is its own sentinel event.
@@ -463,11 +463,11 @@ async fn an_admin_reads_any_inbox_marks_only_their_own_and_keeps_their_own_notic
     )
     .await
     .unwrap();
-    assert_eq!(item_ids(&page), [id.clone()]);
+    assert_eq!(item_ids(&page), std::slice::from_ref(&id));
     assert_eq!(counts(&mut client, &root, "adm-u1", false).await.unread, 1);
     // ...but a mark is always of the caller's own inbox: the user's item is unknown there.
     let marked = mark(&mut client, &root, read_ids(&[&id])).await.unwrap();
-    assert_eq!(marked.unknown_ids, [id.clone()]);
+    assert_eq!(marked.unknown_ids, std::slice::from_ref(&id));
     assert_eq!(counts(&mut client, &user, "", false).await.unread, 1);
     // A user reads no one else's inbox, and no admin inbox.
     let status = list(
@@ -622,7 +622,7 @@ async fn preferences_mute_disabled_types_and_quiet_hours_hold_back_alerts_but_no
     // The disabled type is not pushed (the next event is the payment) and not counted...
     assert_eq!(next_event(&mut stream).await.id, pay);
     let update = next_update(&mut stream).await;
-    assert_eq!(update.ids, [pay.clone()]);
+    assert_eq!(update.ids, std::slice::from_ref(&pay));
     // ...the payment arrived in quiet hours: counted, but not to be alerted...
     assert!(update.quiet);
     assert_eq!(update.counts.as_ref().unwrap().unread, 1);

@@ -470,8 +470,7 @@ pub(super) fn page_in(
         .range((kind, owner, 0)..(kind, owner, before))
         .map_err(read_failed)?
         .rev();
-    let mut scanned = 0;
-    for entry in range {
+    for (scanned, entry) in range.enumerate() {
         let (k, v) = entry.map_err(read_failed)?;
         let position = k.value().2;
         let (bits, family) = v.value();
@@ -479,7 +478,6 @@ pub(super) fn page_in(
             page.end = false;
             return Ok(page);
         }
-        scanned += 1;
         page.next_before = position;
         let state = ItemState::from_bits(bits);
         let Some(family) = Family::from_code(family) else {
