@@ -13,7 +13,7 @@
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    client::{DeadLettersArgs, HistoryArgs, PublishArgs, SubscribeArgs, TokenArgs},
+    client::{DeadLettersArgs, HistoryArgs, InboxArgs, PublishArgs, SubscribeArgs, TokenArgs},
     config::{ServeConfig, VERSION},
     telemetry::LogFormat,
 };
@@ -67,6 +67,10 @@ pub enum Command {
     /// Print stored events (`ListEvents`, page by page) as JSON lines.
     #[command(after_help = LOGGING_HELP)]
     History(HistoryArgs),
+    /// The notification centre: list an inbox, its counts, mark items, read or set
+    /// preferences (JSON lines, like `history`).
+    #[command(subcommand_required = true, after_help = LOGGING_HELP)]
+    Inbox(InboxArgs),
     /// List or replay the dead-letter queue's poison messages (talks to RabbitMQ, not to a
     /// server).
     #[command(subcommand_required = true, after_help = LOGGING_HELP)]

@@ -13,8 +13,8 @@
 //! | [`cli`]       | the command line's top level: the subcommands, `completions`              |
 //! | [`config`]    | every knob of `serve`: CLI flag + env var + documented default, grouped   |
 //! |               | as `--help` shows them, each group beside the settings it produces        |
-//! | [`client`]    | the command-line clients: `subscribe`, `history`, `publish`, `token`,     |
-//! |               | `dead-letters`                                                            |
+//! | [`client`]    | the command-line clients: `subscribe`, `history`, `publish`, `inbox`,     |
+//! |               | `token`, `dead-letters`                                                   |
 //! | [`cluster`]   | cluster mode: the journal on a RabbitMQ stream, every node's replica and   |
 //! |               | follower, the single writer, `Publish` on any node                         |
 //! | `grpc`        | tonic services (thin adapters), grpc-web, TLS, limits, the one `Status`   |

@@ -37,6 +37,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Subscribe(args)) => client::subscribe(args).await,
         Some(Command::Publish(args)) => client::publish(args).await,
         Some(Command::History(args)) => client::history(args).await,
+        Some(Command::Inbox(args)) => client::inbox(args).await,
         Some(Command::DeadLetters(args)) => client::dead_letters(args).await,
         Some(Command::Token(args)) => client::token(args),
         Some(Command::Completions(args)) => {

@@ -713,7 +713,7 @@ fn completions_cover_the_subcommands_in_every_shell() {
             .unwrap();
         assert!(output.status.success(), "{shell}: {output:?}");
         let script = String::from_utf8(output.stdout).unwrap();
-        for word in ["notify-backbone", "subscribe", "history", "follow"] {
+        for word in ["notify-backbone", "subscribe", "history", "follow", "inbox"] {
             assert!(script.contains(word), "{shell}: no {word}");
         }
     }
@@ -819,4 +819,259 @@ async fn subscribe_follow_says_each_cause_of_an_unreachable_server_once() {
         said.to_lowercase().contains(&refused.to_lowercase()),
         "{said}"
     );
+}
+
+/// The notification centre from the command line: `inbox counts`, `list` page by page, `mark`
+/// by id (an unknown id warned about) and all at once, preferences set from standard input
+/// and read back, the server's refusals said as it said them with exit code 1, and a
+/// `subscribe --inbox` that prints the inbox's updates as they come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_lists_counts_and_marks_and_subscribe_prints_its_updates() {
+    use serde_json::Value;
+    let server = TestServer::start().await;
+    let url = server.url();
+    let user = "u-cli-inbox";
+    let user_token = token(user, &["user"]);
+    let run = async |args: &[&str], stdin: Option<&str>| {
+        let mut child = tokio::process::Command::new(BIN)
+            .args(args)
+            .args(["--server", &url])
+            .env("NOTIFY_TOKEN", &user_token)
+            .env("RUST_LOG", "off")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut input, stdin.unwrap_or("").as_bytes())
+            .await
+            .unwrap();
+        drop(input);
+        child.wait_with_output().await.unwrap()
+    };
+    let json_lines = |output: &std::process::Output| -> Vec<Value> {
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    };
+    let stderr =
+        |output: &std::process::Output| String::from_utf8_lossy(&output.stderr).into_owned();
+
+    // A stream with the inbox's updates: its state once caught up, empty.
+    let mut subscriber = tokio::process::Command::new(BIN)
+        .args(["subscribe", "--inbox", "--server", &url])
+        .env("NOTIFY_TOKEN", &user_token)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(subscriber.stdout.take().unwrap()).lines();
+    let mut next = async || -> Value {
+        let line = tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("subscribe keeps running");
+        serde_json::from_str(&line).unwrap()
+    };
+    assert!(next().await["caughtUp"]["cursor"].is_string());
+    let state = next().await;
+    assert_eq!(
+        state["inbox"]["reason"], "INBOX_UPDATE_REASON_STATE",
+        "{state}"
+    );
+    assert_eq!(state["inbox"]["counts"]["unread"], "0", "{state}");
+
+    let mut client = server.client().await;
+    let mut ids = Vec::new();
+    for file in [
+        "billing.payment_success.flat.json",
+        "device.error.envelope.json",
+        "app.installed.shape-a.json",
+    ] {
+        let (routing_key, body) = fixture_for(file, user);
+        ids.push(
+            publish_json(&mut client, &routing_key, &body)
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let [pay, err, app] = [&ids[0], &ids[1], &ids[2]];
+    // Each event, then the update that counts it.
+    for (n, id) in ids.iter().enumerate() {
+        assert_eq!(&next().await["event"]["id"], id.as_str());
+        let update = next().await;
+        assert_eq!(
+            update["inbox"]["reason"], "INBOX_UPDATE_REASON_NEW_ITEMS",
+            "{update}"
+        );
+        assert_eq!(update["inbox"]["ids"][0], id.as_str(), "{update}");
+        assert_eq!(
+            update["inbox"]["counts"]["unread"],
+            (n + 1).to_string(),
+            "{update}"
+        );
+    }
+
+    let counts = run(&["inbox", "counts"], None).await;
+    let printed = json_lines(&counts);
+    assert_eq!(printed.len(), 1);
+    assert_eq!(
+        (&printed[0]["total"], &printed[0]["unread"]),
+        (&"3".into(), &"3".into())
+    );
+    let families = printed[0]["families"].as_array().unwrap();
+    let billing = families
+        .iter()
+        .find(|f| f["family"] == "INBOX_FAMILY_BILLING")
+        .unwrap();
+    assert_eq!(billing["unread"], "1");
+    let quota = families
+        .iter()
+        .find(|f| f["family"] == "INBOX_FAMILY_QUOTA")
+        .unwrap();
+    assert_eq!(quota["total"], "0", "zeros are printed: {quota}");
+    assert!(
+        stderr(&counts).contains("3 unread, 3 unseen, 3 in all"),
+        "{counts:?}"
+    );
+
+    // Newest first, two per page: the second page continues where the first said.
+    let item_ids = |items: &[Value]| -> Vec<String> {
+        items
+            .iter()
+            .map(|item| item["event"]["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let first = run(&["inbox", "list", "--limit", "2"], None).await;
+    let items = json_lines(&first);
+    assert_eq!(item_ids(&items), [app.clone(), err.clone()]);
+    assert_eq!(items[0]["read"], false, "{}", items[0]);
+    assert_eq!(items[0]["family"], "INBOX_FAMILY_APP");
+    let said = stderr(&first);
+    assert!(said.starts_with("inbox: 2 items; 3 unread"), "{said}");
+    assert!(
+        said.contains("go live with: subscribe --inbox --resume-after "),
+        "{said}"
+    );
+    let before = said
+        .split("more with: inbox list --limit 2 --before ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no way to continue: {said}"))
+        .to_owned();
+    let rest = run(
+        &["inbox", "list", "--limit", "2", "--before", &before],
+        None,
+    )
+    .await;
+    assert_eq!(item_ids(&json_lines(&rest)), std::slice::from_ref(pay));
+    assert!(
+        stderr(&rest).contains("1 item; 3 unread, 3 unseen, 3 in all"),
+        "{rest:?}"
+    );
+    assert!(stderr(&rest).contains("; the end"), "{rest:?}");
+    let every = run(&["inbox", "list", "--limit", "2", "--all-pages"], None).await;
+    assert_eq!(
+        item_ids(&json_lines(&every)),
+        [app.clone(), err.clone(), pay.clone()]
+    );
+
+    // By id: one changed, the unknown one warned about.
+    let marked = run(&["inbox", "mark", "read", pay, "no-such-event"], None).await;
+    let response = &json_lines(&marked)[0];
+    assert_eq!(response["changed"], 1, "{response}");
+    assert_eq!(response["unknownIds"], serde_json::json!(["no-such-event"]));
+    assert_eq!(response["counts"]["unread"], "2", "{response}");
+    let said = stderr(&marked);
+    assert!(
+        said.contains("warning") && said.contains("no-such-event"),
+        "{said}"
+    );
+    let unread = run(&["inbox", "list", "--filter", "unread"], None).await;
+    assert_eq!(item_ids(&json_lines(&unread)), [app.clone(), err.clone()]);
+    let marked = update_after(&mut next, "INBOX_MARK_READ").await;
+    assert_eq!(marked["ids"], serde_json::json!([pay]), "{marked}");
+
+    let all = run(&["inbox", "mark", "read", "--all"], None).await;
+    let response = &json_lines(&all)[0];
+    assert_eq!(response["changed"], 2, "{response}");
+    assert_eq!(response["unknownIds"], serde_json::json!([]), "{response}");
+    assert_eq!(
+        (&response["counts"]["unread"], &response["counts"]["unseen"]),
+        (&"0".into(), &"0".into())
+    );
+    let marked = update_after(&mut next, "INBOX_MARK_READ").await;
+    assert_eq!(marked["all"], true, "{marked}");
+    assert_eq!(marked["counts"]["unread"], "0", "{marked}");
+
+    // Preferences from standard input, as stored, and read back.
+    let set = run(
+        &["inbox", "preferences", "set", "--file", "-"],
+        Some(r#"{"types":[{"eventType":"app.*","enabled":false}]}"#),
+    )
+    .await;
+    let stored = &json_lines(&set)[0];
+    assert_eq!(stored["types"][0]["eventType"], "app.*", "{stored}");
+    assert_eq!(stored["types"][0]["enabled"], false, "{stored}");
+    assert_eq!(
+        &json_lines(&run(&["inbox", "preferences"], None).await)[0],
+        stored
+    );
+
+    // Refusals: the server's own words, one line, exit code 1.
+    for (args, says) in [
+        (
+            &["inbox", "counts", "--user", "someone-else"][..],
+            "PermissionDenied: may only read your own inbox and preferences",
+        ),
+        (
+            &["inbox", "list", "--admin"][..],
+            "PermissionDenied: the admin inbox is for admins",
+        ),
+        (
+            &["inbox", "mark", "archive", "--all"][..],
+            "InvalidArgument: ",
+        ),
+    ] {
+        let refused = run(args, None).await;
+        let said = stderr(&refused);
+        assert_eq!(refused.status.code(), Some(1), "{args:?}: {said}");
+        assert_eq!(said.lines().count(), 1, "{args:?}: {said}");
+        assert!(
+            said.starts_with(&format!("notify-backbone: error: {says}")),
+            "{args:?}: {said}"
+        );
+        assert!(refused.stdout.is_empty(), "{args:?}: {refused:?}");
+    }
+    let bad = run(
+        &["inbox", "preferences", "set", "--file", "-"],
+        Some(r#"{"typos":[]}"#),
+    )
+    .await;
+    assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+    assert!(
+        stderr(&bad).contains("standard input is not the protobuf JSON of Preferences"),
+        "{bad:?}"
+    );
+    subscriber.kill().await.unwrap();
+    server.stop_within(PATIENCE).await;
+}
+
+/// The next inbox update with `mark` that `next` reads (events and other updates skipped).
+async fn update_after(
+    next: &mut impl AsyncFnMut() -> serde_json::Value,
+    mark: &str,
+) -> serde_json::Value {
+    loop {
+        let line = next().await;
+        if line["inbox"]["reason"] == "INBOX_UPDATE_REASON_MARKED" && line["inbox"]["mark"] == mark
+        {
+            return line["inbox"].clone();
+        }
+    }
 }

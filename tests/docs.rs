@@ -425,12 +425,9 @@ fn assignments(script: &str) -> BTreeMap<String, Vec<String>> {
     found
 }
 
-/// The subcommand path and the flags of an invocation of this binary, directly or through
-/// `cargo run … --`; `None` for any other command.
-fn invocation(
-    words: &[String],
-    variables: &BTreeMap<String, Vec<String>>,
-) -> Option<(Vec<String>, Vec<String>)> {
+/// The arguments of an invocation of this binary, directly or through `cargo run … --`, with
+/// `$name`s the script assigned put in; `None` for any other command.
+fn invocation(words: &[String], variables: &BTreeMap<String, Vec<String>>) -> Option<Vec<String>> {
     let start = words
         .iter()
         .position(|word| !word.contains('=') || word.starts_with('-'))?;
@@ -444,39 +441,52 @@ fn invocation(
     } else {
         return None;
     };
-    let args: Vec<String> = args
-        .iter()
-        .flat_map(
-            |word| match word.strip_prefix('$').and_then(|name| variables.get(name)) {
-                Some(value) => value.clone(),
-                None => vec![word.clone()],
-            },
-        )
-        .collect();
-    const SUBCOMMANDS: [&str; 7] = [
-        "serve",
-        "subscribe",
-        "publish",
-        "history",
-        "dead-letters",
-        "token",
-        "completions",
-    ];
+    Some(
+        args.iter()
+            .flat_map(
+                |word| match word.strip_prefix('$').and_then(|name| variables.get(name)) {
+                    Some(value) => value.clone(),
+                    None => vec![word.clone()],
+                },
+            )
+            .collect(),
+    )
+}
+
+/// The subcommand path of `args` (`["inbox", "preferences", "set"]`): its leading words as
+/// long as each is a subcommand of the path before it, as `subcommands` (of a path) says.
+fn subcommand_path(
+    args: &[String],
+    mut subcommands: impl FnMut(&[String]) -> BTreeSet<String>,
+) -> Vec<String> {
     let mut path = Vec::new();
-    if let Some(first) = args.first().filter(|a| SUBCOMMANDS.contains(&a.as_str())) {
-        path.push(first.clone());
-        if first == "dead-letters"
-            && let Some(second) = args.get(1).filter(|a| !a.starts_with('-'))
-        {
-            path.push(second.clone());
+    for arg in args {
+        if !subcommands(&path).contains(arg) {
+            break;
         }
+        path.push(arg.clone());
     }
-    let flags = args
-        .iter()
+    path
+}
+
+/// The flags among `args`, without their `=value`.
+fn flags_of(args: &[String]) -> Vec<String> {
+    args.iter()
         .filter(|arg| arg.starts_with("--") && arg.len() > 2)
         .map(|arg| arg.split('=').next().unwrap_or(arg).to_owned())
-        .collect();
-    Some((path, flags))
+        .collect()
+}
+
+/// The subcommands a `--help` text lists under `Commands:` (clap's layout: two spaces, the
+/// name, its description), `help` among them.
+fn listed_subcommands(help: &str) -> BTreeSet<String> {
+    help.lines()
+        .skip_while(|line| line.trim_end() != "Commands:")
+        .skip(1)
+        .take_while(|line| !line.trim().is_empty())
+        .filter(|line| line.starts_with("  ") && !line.starts_with("   "))
+        .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+        .collect()
 }
 
 /// Whether `help` (a `--help` text) lists `flag` as an option.
@@ -490,6 +500,20 @@ fn lists_flag(help: &str, flag: &str) -> bool {
 #[test]
 fn shell_examples_parse_and_give_the_binary_only_flags_it_has() {
     let mut helps: BTreeMap<Vec<String>, String> = BTreeMap::new();
+    let mut help_of = |path: &[String]| -> String {
+        helps
+            .entry(path.to_vec())
+            .or_insert_with(|| {
+                let output = Command::new(BIN)
+                    .args(path)
+                    .arg("--help")
+                    .output()
+                    .expect("the binary runs");
+                assert!(output.status.success(), "{path:?} --help: {output:?}");
+                String::from_utf8_lossy(&output.stdout).into_owned()
+            })
+            .clone()
+    };
     let mut problems = Vec::new();
     let mut checked = 0;
     for (path, text) in documents() {
@@ -505,21 +529,14 @@ fn shell_examples_parse_and_give_the_binary_only_flags_it_has() {
             }
             let variables = assignments(&script);
             for words in commands(&script) {
-                let Some((subcommand, flags)) = invocation(&words, &variables) else {
+                let Some(args) = invocation(&words, &variables) else {
                     continue;
                 };
                 checked += 1;
-                let help = helps.entry(subcommand.clone()).or_insert_with(|| {
-                    let output = Command::new(BIN)
-                        .args(&subcommand)
-                        .arg("--help")
-                        .output()
-                        .expect("the binary runs");
-                    assert!(output.status.success(), "{subcommand:?} --help: {output:?}");
-                    String::from_utf8_lossy(&output.stdout).into_owned()
-                });
-                for flag in flags {
-                    if !lists_flag(help, &flag) {
+                let subcommand = subcommand_path(&args, |path| listed_subcommands(&help_of(path)));
+                let help = help_of(&subcommand);
+                for flag in flags_of(&args) {
+                    if !lists_flag(&help, &flag) {
                         let command = ["notify-backbone".to_owned()]
                             .into_iter()
                             .chain(subcommand.iter().cloned())
@@ -564,11 +581,24 @@ fn the_shell_check_finds_invocations_and_their_flags() {
                   export NOTIFY_TOKEN=$(cargo run -q --release -- token --sub u1) # a comment\n\
                   cargo run --release -- serve --dev $names --listen=127.0.0.1:1 &\n\
                   notify-backbone dead-letters list --routing-key 'billing.#' | head\n\
+                  notify-backbone inbox mark read e1 --admin; notify-backbone inbox preferences set --file p.json\n\
                   grpcurl -plaintext 127.0.0.1:50051 list\n";
     let variables = assignments(script);
+    // The binary's tree, as its `--help` texts would list it.
+    let subcommands = |path: &[String]| -> BTreeSet<String> {
+        let names: &[&str] = match path.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+            [] => &["serve", "dead-letters", "inbox", "token", "help"],
+            ["dead-letters"] => &["list", "replay", "drop", "help"],
+            ["inbox"] => &["list", "mark", "preferences", "help"],
+            ["inbox", "preferences"] => &["set", "help"],
+            _ => &[],
+        };
+        names.iter().map(|name| name.to_string()).collect()
+    };
     let mut found: Vec<_> = commands(script)
         .iter()
         .filter_map(|words| invocation(words, &variables))
+        .map(|args| (subcommand_path(&args, subcommands), flags_of(&args)))
         .collect();
     found.sort();
     let strings = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -579,12 +609,23 @@ fn the_shell_check_finds_invocations_and_their_flags() {
                 strings(&["dead-letters", "list"]),
                 strings(&["--routing-key"])
             ),
+            (strings(&["inbox", "mark"]), strings(&["--admin"])),
+            (
+                strings(&["inbox", "preferences", "set"]),
+                strings(&["--file"])
+            ),
             (
                 strings(&["serve"]),
                 strings(&["--dev", "--stream", "--ingest-queue", "--listen"])
             ),
             (strings(&["token"]), strings(&["--sub"])),
         ]
+    );
+    let help = "Usage: x\n\nCommands:\n  list    Show them\n          wrapped\n  help    Print\n\n\
+                Options:\n  --all\n";
+    assert_eq!(
+        listed_subcommands(help),
+        BTreeSet::from(["list".into(), "help".into()])
     );
     assert!(lists_flag("  --sub <SUB>\n", "--sub"));
     assert!(!lists_flag("  --sub-user <SUB>\n", "--sub"));

@@ -1,5 +1,6 @@
 //! The command-line clients: real gRPC clients on the generated stubs, for people (`subscribe`,
-//! with `--follow` the reference reconnect loop; `history`; `publish`), `token`, which mints
+//! with `--follow` the reference reconnect loop; `history`; `publish`; `inbox`, the
+//! notification centre's list, counts, marks and preferences), `token`, which mints
 //! development tokens, and `dead-letters`, which lists, replays and drops the broker's dead
 //! letters. The load generator is a crate of its own (`bench/`, binary `notify-bench`) that
 //! uses [`authorized`], [`mint_with`] and [`secret_or_dev`] from here.
@@ -13,6 +14,7 @@
 
 mod dead_letters;
 mod failure;
+mod inbox;
 mod token;
 
 use std::path::PathBuf;
@@ -25,6 +27,7 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use dead_letters::{DeadLettersArgs, dead_letters};
 pub use failure::{CallError, one_line};
+pub use inbox::{InboxArgs, inbox};
 pub use token::{TokenArgs, mint_with, secret_or_dev, token};
 
 use crate::{
@@ -59,6 +62,11 @@ pub struct SubscribeArgs {
     /// Do not print heartbeat lines (their cursors still count for resuming).
     #[arg(long, env = "NOTIFY_HIDE_HEARTBEATS")]
     pub hide_heartbeats: bool,
+    /// Also print the inbox's updates as they come (`{"inbox":{...}}` lines: the counts after
+    /// each new item, mark or change of preferences, and the state once caught up): of your
+    /// own inbox on a stream of your own events, of your admin inbox with --admin-feed.
+    #[arg(long, env = "NOTIFY_INBOX")]
+    pub inbox: bool,
 }
 
 /// What `subscribe` and `history` select: the fields their requests share.
@@ -153,10 +161,10 @@ pub fn authorized<T>(message: T, token: Option<&str>) -> anyhow::Result<tonic::R
     Ok(request)
 }
 
-/// Prints messages as lines of canonical proto3 JSON, by their protobuf descriptor.
+/// Prints messages as lines of proto3 JSON, by their protobuf descriptor (see [`Shown`] for
+/// which fields a line carries).
 struct JsonLines {
     descriptor: prost_reflect::MessageDescriptor,
-    options: SerializeOptions,
 }
 
 impl JsonLines {
@@ -165,20 +173,101 @@ impl JsonLines {
         let descriptor = pool
             .get_message_by_name(message)
             .with_context(|| format!("{message} descriptor"))?;
-        Ok(Self {
-            descriptor,
-            options: SerializeOptions::new(),
-        })
+        Ok(Self { descriptor })
     }
 
-    fn print(&self, message: &impl Message) -> anyhow::Result<()> {
+    /// `message` as one line of JSON.
+    fn line(&self, message: &impl Message) -> anyhow::Result<String> {
         let dynamic =
             DynamicMessage::decode(self.descriptor.clone(), message.encode_to_vec().as_slice())?;
         let mut line = serde_json::Serializer::new(Vec::new());
-        dynamic.serialize_with_options(&mut line, &self.options)?;
-        println!("{}", String::from_utf8_lossy(&line.into_inner()));
+        serde::Serialize::serialize(&Shown(&dynamic), &mut line)?;
+        Ok(String::from_utf8_lossy(&line.into_inner()).into_owned())
+    }
+
+    fn print(&self, message: &impl Message) -> anyhow::Result<()> {
+        println!("{}", self.line(message)?);
         Ok(())
     }
+}
+
+/// The file of the inbox's messages, whose every field a line shows.
+const INBOX_PROTO: &str = "cloudphone/notify/v1/inbox.proto";
+
+/// A message as proto3 JSON. An `Event` (and everything in it) in canonical form, as `history`
+/// prints it: fields at their default value left out. The inbox's messages (`inbox.proto`:
+/// counts, items, marks, preferences, updates) with every field, zeros, `false` and empty
+/// lists included: a script reads `.unread` of a count and finds `"0"`, not nothing, and an
+/// item says `"read": false`. Other messages (`CaughtUp`, ...) canonical too; the walk goes
+/// through them only to reach the inbox's messages inside (`SubscribeResponse.inbox`). Field
+/// order is field number order, as in the canonical form.
+struct Shown<'a>(&'a DynamicMessage);
+
+impl serde::Serialize for Shown<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use prost_reflect::{ReflectMessage as _, Value};
+        use serde::ser::{Error as _, SerializeMap as _};
+        let message = self.0;
+        let descriptor = message.descriptor();
+        let every_field = descriptor.parent_file().name() == INBOX_PROTO;
+        if !every_field && !reaches_inbox(&descriptor) {
+            return message.serialize_with_options(serializer, &SerializeOptions::new());
+        }
+        let mut map = serializer.serialize_map(None)?;
+        for field in descriptor.fields() {
+            let shown = message.has_field(&field) || (every_field && !field.supports_presence());
+            if !shown {
+                continue;
+            }
+            let value = message.get_field(&field);
+            match &*value {
+                Value::Message(inner) => map.serialize_entry(field.json_name(), &Shown(inner))?,
+                Value::List(items) if field.kind().as_message().is_some() => {
+                    map.serialize_entry(field.json_name(), &ShownList(items))?;
+                }
+                // A scalar, an enum, a list of them or a map: as prost-reflect writes it, from a
+                // message holding that field alone (their own JSON has no field order to keep).
+                value => {
+                    let mut alone = DynamicMessage::new(descriptor.clone());
+                    alone.set_field(&field, value.clone());
+                    let options = SerializeOptions::new().skip_default_fields(false);
+                    let json = alone
+                        .serialize_with_options(serde_json::value::Serializer, &options)
+                        .map_err(S::Error::custom)?;
+                    map.serialize_entry(field.json_name(), &json[field.json_name()])?;
+                }
+            }
+        }
+        map.end()
+    }
+}
+
+/// The messages of a repeated message field, each as [`Shown`].
+struct ShownList<'a>(&'a [prost_reflect::Value]);
+
+impl serde::Serialize for ShownList<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error as _, SerializeSeq as _};
+        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        for item in self.0 {
+            match item {
+                prost_reflect::Value::Message(inner) => seq.serialize_element(&Shown(inner))?,
+                _ => return Err(S::Error::custom("a list of messages holds something else")),
+            }
+        }
+        seq.end()
+    }
+}
+
+/// Whether a message of this type may hold one of the inbox's messages: a `SubscribeResponse`
+/// (its `inbox`) or a response of the inbox's calls. An `Event` never does.
+fn reaches_inbox(descriptor: &prost_reflect::MessageDescriptor) -> bool {
+    descriptor.fields().any(|field| {
+        field
+            .kind()
+            .as_message()
+            .is_some_and(|inner| inner.parent_file().name() == INBOX_PROTO)
+    })
 }
 
 /// How a `subscribe --follow` attempt ended.
@@ -268,7 +357,7 @@ async fn subscribe_once(
         user_id: args.selection.user.clone().unwrap_or_default(),
         admin_feed: args.admin_feed,
         resume_after: cursor.clone(),
-        inbox: false,
+        inbox: args.inbox,
     };
     let request = match authorized(request, args.token.as_deref()) {
         Ok(request) => request,
