@@ -1,6 +1,6 @@
 //! The load generator (`notify-bench`), whose figures go into `BENCHMARKS.md`.
 //!
-//! Owns: the benchmark scenarios (`per-user`, `firehose`, `idle`), their timeline (open the
+//! Owns: the benchmark scenarios (`per-user`, `firehose`, `idle`, …), their timeline (open the
 //! streams → warm up → measure → drain → report) and what counts as a valid figure. It talks to
 //! a running server over loopback like any other client — publishing with the `Publish` RPC, or
 //! (`--via amqp`) through a RabbitMQ on this machine the way the platform's producers do — and
@@ -20,12 +20,14 @@
 //! | [`amqp`]       | `--via amqp`: the exchange, confirm-mode channels, producer messages |
 //! | [`replay`]     | `--scenario replay`: one stream catching up on the whole journal     |
 //! | [`storm`]      | `--scenario resume-storm`: many resumes over a full journal, looping |
+//! | [`inbox`]      | `--scenario inbox`: a filled journal's inbox calls, and their cost   |
 //! | [`rss`]        | the server's resident memory (`VmRSS`), once and every second        |
 //! | [`cpu`]        | the server's CPU time over the measurement window, per event         |
 //! | [`report`]     | the table, the JSON object, the progress line, the verdict           |
 
 mod amqp;
 mod cpu;
+mod inbox;
 mod latency;
 mod publisher;
 mod replay;
@@ -100,6 +102,10 @@ pub enum Scenario {
     /// `per-user`, while `--resumes` streams replay a journal of `--journal-events` they own
     /// nothing of, over and over: what a resume storm costs the live streams.
     ResumeStorm,
+    /// Fill the journal with `--journal-events` events of `--users` users through
+    /// `PublishStream`, then time `GetInboxCounts`, `ListInbox` and `MarkInbox` of random users
+    /// at the `--inbox-*-rate`s (with `--inbox-publish`, while publishers publish).
+    Inbox,
 }
 
 impl Scenario {
@@ -111,6 +117,7 @@ impl Scenario {
             Scenario::Idle => "idle",
             Scenario::Replay => "replay",
             Scenario::ResumeStorm => "resume-storm",
+            Scenario::Inbox => "inbox",
         }
     }
 }
@@ -179,10 +186,53 @@ pub struct LoadgenArgs {
     #[arg(long, default_value_t = 60, env = "NOTIFY_LOADGEN_RESUMES")]
     pub resumes: usize,
 
-    /// `resume-storm`: the journal is filled up to this many events before the run (events of
-    /// users nobody in the run subscribes as).
+    /// `resume-storm` and `inbox`: the journal is filled up to this many events before the run
+    /// (`resume-storm`: events of users nobody in the run subscribes as; `inbox`: events of
+    /// --users, published through `PublishStream` as fast as the server takes them).
     #[arg(long, default_value_t = 300_000, env = "NOTIFY_LOADGEN_JOURNAL_EVENTS")]
     pub journal_events: u64,
+
+    /// `inbox`: the users the fill gives its events to, in turn (`lg-user-0`, `lg-user-1`, …;
+    /// `--journal-events` / `--users` events each), and whose inboxes the calls are about, a
+    /// random one per call.
+    #[arg(long, default_value_t = 100_000, env = "NOTIFY_LOADGEN_USERS")]
+    pub users: u64,
+
+    /// `inbox`: stop after the fill, e.g. to restart the server with other flags (a fill with
+    /// `--durability 100ms`, the measurement with `fsync`) before measuring on the same journal.
+    #[arg(long, env = "NOTIFY_LOADGEN_FILL_ONLY")]
+    pub fill_only: bool,
+
+    /// `inbox`: `GetInboxCounts` calls per second (each of a random user, with that user's
+    /// token), spread over --inbox-clients clients; 0: none.
+    #[arg(long, default_value_t = 200, env = "NOTIFY_LOADGEN_INBOX_COUNTS_RATE")]
+    pub inbox_counts_rate: u64,
+
+    /// `inbox`: `ListInbox` calls per second, each the newest page (--inbox-page items) of a
+    /// random user's inbox; 0: none.
+    #[arg(long, default_value_t = 200, env = "NOTIFY_LOADGEN_INBOX_LIST_RATE")]
+    pub inbox_list_rate: u64,
+
+    /// `inbox`: `MarkInbox` calls per second, each marking all of a random user's inbox read
+    /// (`READ`, `all`); 0: none. Each is a write through the journal's one writer. The server
+    /// allows --max-inbox-rate marks per second per user: with many users that is never hit.
+    #[arg(long, default_value_t = 50, env = "NOTIFY_LOADGEN_INBOX_MARK_RATE")]
+    pub inbox_mark_rate: u64,
+
+    /// `inbox`: clients per kind of call, each on its own HTTP/2 connection with one call in
+    /// flight; a kind's rate is spread over its clients.
+    #[arg(long, default_value_t = 2, env = "NOTIFY_LOADGEN_INBOX_CLIENTS")]
+    pub inbox_clients: usize,
+
+    /// `inbox`: the page size of the `ListInbox` calls.
+    #[arg(long, default_value_t = 20, env = "NOTIFY_LOADGEN_INBOX_PAGE")]
+    pub inbox_page: u32,
+
+    /// `inbox`: the publishers also publish during the warmup and the window, through
+    /// `PublishStream`, at --rate (0: as fast as the server takes them), to random users of
+    /// --users: what the writer sustains with the calls' marks mixed in.
+    #[arg(long, env = "NOTIFY_LOADGEN_INBOX_PUBLISH")]
+    pub inbox_publish: bool,
 
     /// Subscriber streams to open.
     #[arg(long, default_value_t = 1000, env = "NOTIFY_LOADGEN_SUBSCRIBERS")]
@@ -200,7 +250,7 @@ pub struct LoadgenArgs {
     pub via: Via,
 
     /// `--via grpc`: `unary` (a `Publish` call per event) or `stream` (each publisher sends its
-    /// events on one `PublishStream`, the token checked once).
+    /// events on one `PublishStream`, the token checked once). `inbox` always streams.
     #[arg(long, value_enum, default_value_t = PublishMode::Unary, env = "NOTIFY_LOADGEN_PUBLISH_MODE")]
     pub publish_mode: PublishMode,
 
@@ -365,9 +415,75 @@ struct Window {
 }
 
 impl Window {
+    /// The window of a run whose publishing starts at `start_ns`: --warmup, then --duration.
+    fn of_run(start_ns: u64, args: &LoadgenArgs) -> Self {
+        let measure_from_ns = start_ns.saturating_add(nanos(args.warmup));
+        Self {
+            publish_from_ns: start_ns,
+            measure_from_ns,
+            until_ns: measure_from_ns.saturating_add(nanos(args.duration)),
+        }
+    }
+
+    /// A window without an end, all of it measured from `start_ns`: a fill's, whose plan ends
+    /// it by its number of events.
+    fn unbounded(start_ns: u64) -> Self {
+        Self {
+            publish_from_ns: start_ns,
+            measure_from_ns: start_ns,
+            until_ns: u64::MAX,
+        }
+    }
+
+    /// Whether the window ends (one made by [`Window::unbounded`] does not).
+    fn ends(&self) -> bool {
+        self.until_ns != u64::MAX
+    }
+
     /// Whether an event stamped `stamp_ns` belongs to the measurement.
     fn measures(&self, stamp_ns: u64) -> bool {
         (self.measure_from_ns..self.until_ns).contains(&stamp_ns)
+    }
+}
+
+/// How long after the window closes a rated sender (a publisher, an inbox client) may still send
+/// what was due inside it. The timer wakes up to ~1 ms late, so the window's last sends routinely
+/// go out just after it closed; a sender later than this is behind for real.
+const LATE_SEND_GRACE_NS: u64 = 100_000_000;
+
+/// An open-loop timetable: `rate` sends a second in all, dealt in turn to `senders` senders
+/// (sender `seq % senders` makes send `seq`).
+#[derive(Debug, Clone, Copy)]
+struct Timetable {
+    rate: u64,
+    senders: u64,
+}
+
+impl Timetable {
+    /// When send `seq` is due, in nanoseconds after the window's start. Computed from `seq`
+    /// rather than by adding intervals, so rounding never drifts the timetable.
+    fn due_offset_ns(&self, seq: u64) -> u64 {
+        let ns = u128::from(seq) * 1_000_000_000 / u128::from(self.rate.max(1));
+        u64::try_from(ns).unwrap_or(u64::MAX)
+    }
+
+    /// Send `round` of sender `index`.
+    fn seq(&self, index: u64, round: u64) -> u64 {
+        index + round * self.senders
+    }
+
+    /// How many sends of sender `index`, from `round` on, were due inside the measurement
+    /// window. Pure arithmetic over at most `rate × duration / senders` rounds.
+    fn unsent_in_window(&self, index: u64, from_round: u64, window: &Window) -> u64 {
+        let mut unsent = 0;
+        for round in from_round.. {
+            let due_ns = window.publish_from_ns + self.due_offset_ns(self.seq(index, round));
+            if due_ns >= window.until_ns {
+                break;
+            }
+            unsent += u64::from(window.measures(due_ns));
+        }
+        unsent
     }
 }
 
@@ -425,25 +541,15 @@ pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
             .context("a connection")?;
         return replay::run(&args, channel).await;
     }
-    let command = std::env::args()
-        .map(|arg| amqp::redact(&arg))
-        .collect::<Vec<_>>()
-        .join(" ");
+    if args.scenario == Scenario::Inbox {
+        return inbox::run(&args).await;
+    }
+    let command = command_line();
     let clock = RunClock::start();
     let live = Arc::new(Live::new()?);
     let run_prefix = format!("lg-{:08x}-", rand::random::<u32>());
 
-    // Ctrl-C ends the current phase early; the report is still printed (marked interrupted).
-    let interrupt = CancellationToken::new();
-    let interrupt_watch = tokio::spawn({
-        let interrupt = interrupt.clone();
-        async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("notify-bench: interrupted; finishing up (report follows)");
-                interrupt.cancel();
-            }
-        }
-    });
+    let (interrupt, interrupt_watch) = watch_interrupt();
 
     // Connected before the streams open, so an unreachable broker or a clash over the exchange
     // ends the run at once rather than after thousands of streams were opened for nothing.
@@ -588,6 +694,30 @@ pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
     report.verdict()
 }
 
+/// Ctrl-C ends the current phase early; the report is still printed (marked interrupted). The
+/// token is cancelled on Ctrl-C; abort the task when the run is over.
+fn watch_interrupt() -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let interrupt = CancellationToken::new();
+    let watch = tokio::spawn({
+        let interrupt = interrupt.clone();
+        async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("notify-bench: interrupted; finishing up (report follows)");
+                interrupt.cancel();
+            }
+        }
+    });
+    (interrupt, watch)
+}
+
+/// The command line as typed, with any password in a URL left out.
+fn command_line() -> String {
+    std::env::args()
+        .map(|arg| amqp::redact(&arg))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// `RESOURCE_EXHAUSTED` rather than tonic's `ResourceExhausted`: the names the gRPC docs use.
 fn code_name(code: Code) -> String {
     let camel = format!("{code:?}");
@@ -628,6 +758,9 @@ fn check_args(args: &LoadgenArgs) -> anyhow::Result<()> {
         args.scenario != Scenario::ResumeStorm || args.resumes > 0,
         "--resumes must be at least 1"
     );
+    if args.scenario == Scenario::Inbox {
+        inbox::check_args(args)?;
+    }
     ensure!(
         args.open_concurrency > 0,
         "--open-concurrency must be at least 1"
@@ -781,33 +914,18 @@ async fn publish(
             .into_iter()
             .map(|publisher| Transport::Amqp(Box::new(publisher)))
             .collect(),
-        None => connect_all(&args.server, args.publishers, true)
-            .await
-            .context("opening the publisher connections")?
-            .into_iter()
-            .map(|channel| {
-                let client = NotificationServiceClient::new(channel);
-                match args.publish_mode {
-                    PublishMode::Unary => Transport::Grpc(client),
-                    PublishMode::Stream => Transport::GrpcStream(client),
-                }
-            })
-            .collect(),
+        None => grpc_transports(args, args.publish_mode).await?,
     };
     let users = match args.scenario {
         Scenario::PerUser | Scenario::ResumeStorm => TargetUsers::Random(args.subscribers as u64),
+        Scenario::Inbox => TargetUsers::Random(args.users),
         Scenario::Firehose | Scenario::Idle | Scenario::Replay => TargetUsers::One(0),
     };
     let plan = Arc::new(PublishPlan::new(args, run_prefix, users)?);
-    let start = clock.now_ns();
-    let measure_from_ns = start + nanos(args.warmup);
-    let window = Window {
-        publish_from_ns: start,
-        measure_from_ns,
-        until_ns: measure_from_ns + nanos(args.duration),
-    };
     // Subscribers classify events by this window; it is set before the first event exists.
-    let window = *live.window.get_or_init(|| window);
+    let window = *live
+        .window
+        .get_or_init(|| Window::of_run(clock.now_ns(), args));
 
     let stop = interrupt.child_token();
     let cpu = args
@@ -818,35 +936,7 @@ async fn publish(
         .iter()
         .map(|&pid| cpu::measure(pid, clock, window, stop.clone()))
         .collect();
-    let mut tasks = JoinSet::new();
-    for (index, transport) in transports.into_iter().enumerate() {
-        tasks.spawn(publisher::run(
-            index as u64,
-            transport,
-            plan.clone(),
-            clock,
-            window,
-            live.clone(),
-            stop.clone(),
-        ));
-    }
-    // Every call ends by its own timeout; this is the backstop if something else hangs.
-    let hard_deadline = clock.instant_at(window.until_ns) + args.request_timeout + STOP_GRACE;
-    let mut stats = Vec::with_capacity(args.publishers);
-    let mut abandoned = 0;
-    loop {
-        match tokio::time::timeout_at(hard_deadline.into(), tasks.join_next()).await {
-            Ok(Some(joined)) => stats.push(joined.context("a publisher task failed")??),
-            Ok(None) => break,
-            Err(_) => {
-                eprintln!("notify-bench: publishers did not finish in time; abandoning them");
-                stop.cancel();
-                tasks.abort_all();
-                abandoned = args.publishers - stats.len();
-                break;
-            }
-        }
-    }
+    let (stats, abandoned) = run_publishers(transports, plan, clock, window, live, stop).await?;
     // Rated publishers finish a hair before the window closes; the CPU reading waits for it.
     let server_cpu = match cpu {
         Some(task) => task.await.ok().flatten(),
@@ -863,6 +953,71 @@ async fn publish(
         server_cpu,
         also_server_cpu,
     })
+}
+
+/// `--via grpc` publishers: each on a fresh HTTP/2 connection of its own, calling in `mode`.
+async fn grpc_transports(args: &LoadgenArgs, mode: PublishMode) -> anyhow::Result<Vec<Transport>> {
+    Ok(connect_all(&args.server, args.publishers, true)
+        .await
+        .context("opening the publisher connections")?
+        .into_iter()
+        .map(|channel| {
+            let client = NotificationServiceClient::new(channel);
+            match mode {
+                PublishMode::Unary => Transport::Grpc(client),
+                PublishMode::Stream => Transport::GrpcStream(client),
+            }
+        })
+        .collect())
+}
+
+/// Runs one publisher per transport over `window` (or, for a plan with a limit, until the
+/// limit), and returns what each that finished did and how many had to be abandoned: every call
+/// ends by its own timeout, and a deadline past the window's end is the backstop if something
+/// else hangs. `stop` ends them early, and is cancelled when they are abandoned.
+async fn run_publishers(
+    transports: Vec<Transport>,
+    plan: Arc<PublishPlan>,
+    clock: RunClock,
+    window: Window,
+    live: Arc<Live>,
+    stop: CancellationToken,
+) -> anyhow::Result<(Vec<PublisherStats>, usize)> {
+    let publishers = transports.len();
+    let request_timeout = plan.request_timeout();
+    let mut tasks = JoinSet::new();
+    for (index, transport) in transports.into_iter().enumerate() {
+        tasks.spawn(publisher::run(
+            index as u64,
+            transport,
+            plan.clone(),
+            clock,
+            window,
+            live.clone(),
+            stop.clone(),
+        ));
+    }
+    let hard_deadline = window
+        .ends()
+        .then(|| clock.instant_at(window.until_ns) + request_timeout + STOP_GRACE);
+    let mut stats = Vec::with_capacity(publishers);
+    loop {
+        let joined = match hard_deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), tasks.join_next()).await,
+            None => Ok(tasks.join_next().await),
+        };
+        match joined {
+            Ok(Some(joined)) => stats.push(joined.context("a publisher task failed")??),
+            Ok(None) => return Ok((stats, 0)),
+            Err(_) => {
+                eprintln!("notify-bench: publishers did not finish in time; abandoning them");
+                stop.cancel();
+                tasks.abort_all();
+                let abandoned = publishers - stats.len();
+                return Ok((stats, abandoned));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -918,6 +1073,36 @@ mod tests {
         check_args(&args)?;
         let args = parse(&["--scenario", "resume-storm", "--resumes", "0"])?;
         assert!(check_args(&args).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn an_inbox_run_needs_something_to_measure_and_a_real_page() -> anyhow::Result<()> {
+        let args = parse(&["--scenario", "inbox"])?;
+        assert_eq!((args.users, args.inbox_page), (100_000, 20));
+        check_args(&args)?;
+        let silent = [
+            "--scenario",
+            "inbox",
+            "--inbox-counts-rate",
+            "0",
+            "--inbox-list-rate",
+            "0",
+            "--inbox-mark-rate",
+            "0",
+        ];
+        assert!(check_args(&parse(&silent)?).is_err());
+        check_args(&parse(&[&silent[..], &["--inbox-publish"]].concat())?)?;
+        check_args(&parse(&[&silent[..], &["--fill-only"]].concat())?)?;
+        for refused in [
+            &["--inbox-page", "0"][..],
+            &["--inbox-page", "101"],
+            &["--users", "0"],
+            &["--via", "amqp"],
+        ] {
+            let args = parse(&[&["--scenario", "inbox"], refused].concat())?;
+            assert!(check_args(&args).is_err(), "{refused:?}");
+        }
         Ok(())
     }
 

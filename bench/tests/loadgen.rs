@@ -111,3 +111,76 @@ async fn publishes_on_publish_streams() {
         .await;
     assert!(events_in >= published as f64, "{events_in} < {published}");
 }
+
+#[tokio::test]
+async fn fills_inboxes_then_times_their_calls_on_the_same_journal() {
+    let server = TestServer::start().await;
+    // 200 events over 10 users: 20 items each, a full page of 20.
+    let fill = bench_report(
+        &server,
+        &[
+            "--scenario",
+            "inbox",
+            "--journal-events",
+            "200",
+            "--users",
+            "10",
+            "--publishers",
+            "2",
+            "--fill-only",
+        ],
+    )
+    .await;
+    assert_eq!(fill["valid"], true, "{fill}");
+    assert_eq!(fill["fill"]["publish"]["ok"], 200, "{fill}");
+    assert_eq!(fill["journal"]["head_after_fill"], 200, "{fill}");
+    assert!(fill["calls"].is_null(), "{fill}");
+
+    // The journal holds enough: no fill, only the window, with publishing mixed in.
+    let report = bench_report(
+        &server,
+        &[
+            "--scenario",
+            "inbox",
+            "--journal-events",
+            "200",
+            "--users",
+            "10",
+            "--publishers",
+            "1",
+            "--inbox-publish",
+            "--rate",
+            "50",
+            "--inbox-counts-rate",
+            "40",
+            "--inbox-list-rate",
+            "40",
+            "--inbox-mark-rate",
+            "10",
+            "--duration",
+            "2s",
+            "--warmup",
+            "1s",
+        ],
+    )
+    .await;
+    assert_eq!(report["valid"], true, "{report}");
+    assert!(report["fill"].is_null(), "{report}");
+    for call in ["counts", "list", "mark_all"] {
+        let calls = &report["calls"][call];
+        assert_eq!(calls["errors"], 0, "{report}");
+        assert!(
+            calls["ok_measured"].as_u64().unwrap() >= 15,
+            "{call}: {report}"
+        );
+        assert!(calls["latency_ms"]["p99"].as_f64().is_some(), "{report}");
+    }
+    // Every user's newest page is full, whatever the marks did to it.
+    assert_eq!(report["calls"]["list"]["items_per_call"], 20.0, "{report}");
+    assert!(
+        report["publish"]["ok_measured"].as_u64().unwrap() >= 90,
+        "{report}"
+    );
+    let end = report["journal"]["head_at_end"].as_u64().unwrap();
+    assert!(end >= 300, "{report}");
+}

@@ -76,6 +76,36 @@ pub(super) fn measure(
     })
 }
 
+/// The CPU time of a process over a phase that ends when it ends rather than at a set instant
+/// (a fill): read when started and when stopped.
+pub(super) struct Stopwatch {
+    pid: u32,
+    ticks: u64,
+    started: std::time::Instant,
+}
+
+impl Stopwatch {
+    /// Reads the CPU time of `pid` now.
+    pub(super) fn start(pid: u32) -> anyhow::Result<Self> {
+        Ok(Self {
+            pid,
+            ticks: read_ticks(pid)?,
+            started: std::time::Instant::now(),
+        })
+    }
+
+    /// The CPU time `pid` spent since [`Stopwatch::start`].
+    pub(super) fn stop(self) -> anyhow::Result<CpuTime> {
+        let ticks = read_ticks(self.pid)?;
+        let ticks_per_second = ticks_per_second();
+        Ok(CpuTime {
+            seconds: ticks.saturating_sub(self.ticks) as f64 / ticks_per_second as f64,
+            window_seconds: self.started.elapsed().as_secs_f64(),
+            ticks_per_second,
+        })
+    }
+}
+
 /// `utime + stime` of process `pid`, in clock ticks.
 pub(super) fn read_ticks(pid: u32) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/stat");

@@ -7,7 +7,8 @@
 //! (slow answers, a full window, the timer's ~1 ms granularity) therefore cannot hide the delay
 //! it caused (coordinated omission); how far behind it was is reported separately as the
 //! publisher lag. Without a rate the loop is closed (a new call as soon as a window slot is free)
-//! and the stamp is the actual send instant.
+//! and the stamp is the actual send instant. A fill ([`PublishPlan::fill`]) is closed loop too,
+//! and ends after a number of events rather than with a window.
 //!
 //! Every transport keeps up to `--publish-window` events in flight per publisher: with gRPC,
 //! unary calls on one HTTP/2 connection (`--publish-mode unary`) or requests on one
@@ -33,7 +34,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, transport::Channel};
 
-use super::{Live, LoadgenArgs, RunClock, Window, amqp, code_name, latency};
+use super::{
+    LATE_SEND_GRACE_NS, Live, LoadgenArgs, RunClock, Timetable, Window, amqp, code_name, latency,
+};
 use notify_backbone::pb::{
     self, notification_service_client::NotificationServiceClient, publish_request::Body,
     publish_stream_response::Result as Outcome,
@@ -41,10 +44,6 @@ use notify_backbone::pb::{
 
 /// Distinct failure kinds kept per publisher with an example message each.
 const MAX_FAILURE_KINDS: usize = 8;
-/// How long after the window closes a rated publisher may still send events that were due
-/// inside it. The timer wakes up to ~1 ms late, so the window's last events routinely go out
-/// just after it closed; a publisher later than this is behind for real.
-const LATE_SEND_GRACE_NS: u64 = 100_000_000;
 
 /// How a publisher hands its events over.
 pub(super) enum Transport {
@@ -142,18 +141,23 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub(super) enum TargetUsers {
     /// A uniformly random one of `lg-user-0` … `lg-user-{n-1}` per event.
     Random(u64),
+    /// `lg-user-{seq % n}` for event `seq`: each of the `n` users gets every `n`-th event, so a
+    /// fill of `k × n` events gives each exactly `k`.
+    Cycle(u64),
     /// Always `lg-user-{n}`.
     One(u64),
 }
 
-/// What every publisher needs to know, shared.
 /// Long enough for any run; the token is minted per run.
 const SERVICE_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
+/// What every publisher needs to know, shared.
 pub(super) struct PublishPlan {
     publishers: u64,
     window: usize,
     rate: u64,
+    /// Events `0..limit` only, over all publishers (a fill); `None`: until the window ends.
+    limit: Option<u64>,
     request_timeout: Duration,
     routing_key: String,
     /// The event type as a JSON string literal (quoted and escaped), written into every body.
@@ -176,6 +180,7 @@ impl PublishPlan {
             publishers: args.publishers as u64,
             window: args.publish_window(),
             rate: args.rate,
+            limit: None,
             request_timeout: args.request_timeout,
             routing_key: args.event_type.clone(),
             event_type_json: serde_json::to_string(&args.event_type)
@@ -200,26 +205,35 @@ impl PublishPlan {
         })
     }
 
-    /// When event `seq` is due, in nanoseconds after publishing starts. Computed from `seq`
-    /// rather than by adding intervals, so rounding never drifts the timetable.
+    /// The same plan as a fill: `events` events in all, as fast as the server takes them
+    /// (closed loop), whatever `--rate` says.
+    pub(super) fn fill(mut self, events: u64) -> Self {
+        self.rate = 0;
+        self.limit = Some(events);
+        self
+    }
+
+    /// How long one publish may take (`--request-timeout`).
+    pub(super) fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    fn timetable(&self) -> Timetable {
+        Timetable {
+            rate: self.rate,
+            senders: self.publishers,
+        }
+    }
+
+    /// When event `seq` is due, in nanoseconds after publishing starts.
     fn due_offset_ns(&self, seq: u64) -> u64 {
-        let ns = u128::from(seq) * 1_000_000_000 / u128::from(self.rate.max(1));
-        u64::try_from(ns).unwrap_or(u64::MAX)
+        self.timetable().due_offset_ns(seq)
     }
 
     /// How many events of publisher `index`, from `round` on, were due inside the measurement
-    /// window. Pure arithmetic over at most `rate × duration / publishers` rounds.
+    /// window.
     fn unsent_in_window(&self, index: u64, from_round: u64, window: &Window) -> u64 {
-        let mut unsent = 0;
-        for round in from_round.. {
-            let due_ns =
-                window.publish_from_ns + self.due_offset_ns(index + round * self.publishers);
-            if due_ns >= window.until_ns {
-                break;
-            }
-            unsent += u64::from(window.measures(due_ns));
-        }
-        unsent
+        self.timetable().unsent_in_window(index, from_round, window)
     }
 }
 
@@ -234,6 +248,22 @@ pub(super) struct FailureTally {
     pub count: u64,
     /// The first such failure's message.
     pub example: String,
+}
+
+impl FailureTally {
+    /// Counts `count` failures in `tallies`: under their code, or as a new kind with `example`
+    /// as its message while fewer than [`MAX_FAILURE_KINDS`] are kept.
+    pub(super) fn add_to(tallies: &mut Vec<Self>, code: &str, count: u64, example: &str) {
+        if let Some(tally) = tallies.iter_mut().find(|t| t.code == code) {
+            tally.count += count;
+        } else if tallies.len() < MAX_FAILURE_KINDS {
+            tallies.push(Self {
+                code: code.to_owned(),
+                count,
+                example: example.to_owned(),
+            });
+        }
+    }
 }
 
 /// Outcome counts of publish calls: one publisher's, or all publishers' added up.
@@ -318,15 +348,7 @@ impl PublisherStats {
         self.counts.errors += 1;
         self.counts.errors_measured += u64::from(measured);
         live.publish_errors.fetch_add(1, Relaxed);
-        if let Some(tally) = self.failures.iter_mut().find(|t| t.code == code) {
-            tally.count += 1;
-        } else if self.failures.len() < MAX_FAILURE_KINDS {
-            self.failures.push(FailureTally {
-                code: code.to_owned(),
-                count: 1,
-                example: message.to_owned(),
-            });
-        }
+        FailureTally::add_to(&mut self.failures, code, 1, message);
     }
 }
 
@@ -380,7 +402,9 @@ pub(super) async fn run(
     for round in 0_u64.. {
         let seq = index + round * plan.publishers;
         let due_ns = (plan.rate > 0).then(|| window.publish_from_ns + plan.due_offset_ns(seq));
-        if due_ns.is_some_and(|due_ns| due_ns >= window.until_ns) {
+        if due_ns.is_some_and(|due_ns| due_ns >= window.until_ns)
+            || plan.limit.is_some_and(|limit| seq >= limit)
+        {
             break;
         }
         while in_flight.len() >= plan.window {
@@ -427,6 +451,7 @@ pub(super) async fn run(
         };
         let user = match plan.users {
             TargetUsers::Random(count) => rng.random_range(0..count.max(1)),
+            TargetUsers::Cycle(count) => seq % count.max(1),
             TargetUsers::One(user) => user,
         };
         let body = bodies
@@ -625,6 +650,7 @@ mod tests {
             publishers,
             window: 1,
             rate,
+            limit: None,
             request_timeout: Duration::from_secs(1),
             routing_key: "device.error".into(),
             event_type_json: "\"device.error\"".into(),

@@ -105,26 +105,8 @@ pub(super) struct Inputs<'a> {
     pub storm: Option<StormStats>,
 }
 
-/// Failures of one kind: status code, count, first message.
-#[derive(Debug, Clone)]
-struct Tally {
-    code: String,
-    count: u64,
-    example: String,
-}
-
-fn tally(tallies: &mut Vec<Tally>, code: String, count: u64, example: &str) {
-    match tallies.iter_mut().find(|t| t.code == code) {
-        Some(t) => t.count += count,
-        None => tallies.push(Tally {
-            code,
-            count,
-            example: example.to_owned(),
-        }),
-    }
-}
-
-fn describe(tallies: &[Tally]) -> String {
+/// Failures by kind, in one line.
+pub(super) fn describe(tallies: &[FailureTally]) -> String {
     tallies
         .iter()
         .map(|t| format!("{} ×{}: {}", t.code, t.count, t.example))
@@ -132,7 +114,8 @@ fn describe(tallies: &[Tally]) -> String {
         .join("; ")
 }
 
-fn tallies_json(tallies: &[Tally]) -> Value {
+/// Failures by kind, as the JSON reports list them.
+pub(super) fn tallies_json(tallies: &[FailureTally]) -> Value {
     tallies
         .iter()
         .map(|t| json!({"code": t.code, "count": t.count, "example": t.example}))
@@ -146,8 +129,8 @@ struct Streams {
     first_messages: u64,
     dropped: u64,
     lost_tasks: u64,
-    open_failures: Vec<Tally>,
-    drops: Vec<Tally>,
+    open_failures: Vec<FailureTally>,
+    drops: Vec<FailureTally>,
     caught_up: u64,
     heartbeats: u64,
     gaps: u64,
@@ -186,18 +169,18 @@ impl Streams {
             match &outcome.end {
                 StreamEnd::OpenFailed { code, message } => {
                     streams.open_failed += 1;
-                    tally(&mut streams.open_failures, code_name(*code), 1, message);
+                    FailureTally::add_to(&mut streams.open_failures, &code_name(*code), 1, message);
                 }
                 StreamEnd::Stopped => streams.opened += 1,
                 StreamEnd::Dropped { code, message } => {
                     streams.opened += 1;
                     streams.dropped += 1;
-                    tally(&mut streams.drops, code_name(*code), 1, message);
+                    FailureTally::add_to(&mut streams.drops, &code_name(*code), 1, message);
                 }
                 StreamEnd::Closed => {
                     streams.opened += 1;
                     streams.dropped += 1;
-                    tally(&mut streams.drops, "ended without status".to_owned(), 1, "");
+                    FailureTally::add_to(&mut streams.drops, "ended without status", 1, "");
                 }
             }
         }
@@ -205,16 +188,18 @@ impl Streams {
     }
 }
 
-struct Publishing {
-    counts: PublishCounts,
+/// What the publishers did, added up.
+pub(super) struct Publishing {
+    pub(super) counts: PublishCounts,
     abandoned: usize,
-    failures: Vec<Tally>,
+    failures: Vec<FailureTally>,
     call: Option<Quantiles>,
     lag: Option<Quantiles>,
 }
 
 impl Publishing {
-    fn of(stats: &[PublisherStats], abandoned: usize) -> anyhow::Result<Self> {
+    /// The publishers' counts, failures and call times, added up.
+    pub(super) fn of(stats: &[PublisherStats], abandoned: usize) -> anyhow::Result<Self> {
         let mut call = latency::histogram()?;
         let mut lag = latency::histogram()?;
         let mut publishing = Publishing {
@@ -232,7 +217,7 @@ impl Publishing {
                 example,
             } in &s.failures
             {
-                tally(&mut publishing.failures, code.clone(), *count, example);
+                FailureTally::add_to(&mut publishing.failures, code, *count, example);
             }
             latency::merge(&mut call, &s.call_us)?;
             latency::merge(&mut lag, &s.lag_us)?;
@@ -240,6 +225,69 @@ impl Publishing {
         publishing.call = Quantiles::of(&call);
         publishing.lag = Quantiles::of(&lag);
         Ok(publishing)
+    }
+
+    /// What makes the publishing unquotable.
+    pub(super) fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let counts = &self.counts;
+        if counts.ok_measured == 0 {
+            problems.push("nothing was published in the measurement window".to_owned());
+        }
+        if counts.errors > 0 {
+            problems.push(format!(
+                "{} publish calls failed ({})",
+                counts.errors,
+                describe(&self.failures)
+            ));
+        }
+        if self.abandoned > 0 {
+            problems.push(format!(
+                "{} publishers did not finish in time; their counts are missing",
+                self.abandoned
+            ));
+        }
+        if counts.unsent_measured > 0 {
+            problems.push(format!(
+                "{} events due in the measurement window were never sent: the publishers fell \
+                 behind the timetable (rate too high for this setup, or the server stalled)",
+                counts.unsent_measured
+            ));
+        }
+        if counts.duplicates > 0 {
+            problems.push(format!(
+                "{} publishes were answered as duplicates",
+                counts.duplicates
+            ));
+        }
+        problems
+    }
+
+    /// The JSON object of the report's `publish`; `per_s` is the measured events per second.
+    pub(super) fn to_json(&self, per_s: f64) -> Value {
+        json!({
+            "ok": self.counts.ok,
+            "ok_measured": self.counts.ok_measured,
+            "per_s": per_s,
+            "errors": self.counts.errors,
+            "errors_measured": self.counts.errors_measured,
+            "duplicates": self.counts.duplicates,
+            "unsent_measured": self.counts.unsent_measured,
+            "abandoned_publishers": self.abandoned,
+            "failures": tallies_json(&self.failures),
+            "call_ms": quantiles_json(self.call.as_ref()),
+            "lag_ms": quantiles_json(self.lag.as_ref()),
+        })
+    }
+}
+
+/// A latency summary as the JSON reports give it (ms), or `null`.
+pub(super) fn quantiles_json(quantiles: Option<&Quantiles>) -> Value {
+    match quantiles {
+        Some(q) => json!({
+            "count": q.count, "p50": q.p50_ms, "p99": q.p99_ms, "p99_9": q.p999_ms, "max": q.max_ms,
+        }),
+        None => Value::Null,
     }
 }
 
@@ -321,9 +369,11 @@ impl Report {
                             .first_messages
                             .saturating_sub(args.slow_subscribers as u64)
                 }
-                Scenario::PerUser | Scenario::Idle | Scenario::Replay | Scenario::ResumeStorm => {
-                    p.counts.ok_measured
-                }
+                Scenario::PerUser
+                | Scenario::Idle
+                | Scenario::Replay
+                | Scenario::ResumeStorm
+                | Scenario::Inbox => p.counts.ok_measured,
             },
             received: recorded.received_measured,
             received_total: recorded.received,
@@ -437,35 +487,7 @@ impl Report {
             ));
         }
         if let Some(p) = &self.publishing {
-            if p.counts.ok_measured == 0 {
-                problems.push("nothing was published in the measurement window".to_owned());
-            }
-            if p.counts.errors > 0 {
-                problems.push(format!(
-                    "{} publish calls failed ({})",
-                    p.counts.errors,
-                    describe(&p.failures)
-                ));
-            }
-            if p.abandoned > 0 {
-                problems.push(format!(
-                    "{} publishers did not finish in time; their counts are missing",
-                    p.abandoned
-                ));
-            }
-            if p.counts.unsent_measured > 0 {
-                problems.push(format!(
-                    "{} events due in the measurement window were never sent: the publishers fell \
-                     behind the timetable (rate too high for this setup, or the server stalled)",
-                    p.counts.unsent_measured
-                ));
-            }
-            if p.counts.duplicates > 0 {
-                problems.push(format!(
-                    "{} publishes were answered as duplicates",
-                    p.counts.duplicates
-                ));
-            }
+            problems.extend(p.problems());
         }
         if let Some(d) = &self.delivery {
             if d.lost() > 0 {
@@ -586,12 +608,6 @@ impl Report {
 
     fn to_json(&self) -> Value {
         let s = &self.streams;
-        let quantiles = |q: &Option<Quantiles>| match q {
-            Some(q) => json!({
-                "count": q.count, "p50": q.p50_ms, "p99": q.p99_ms, "p99_9": q.p999_ms, "max": q.max_ms,
-            }),
-            None => Value::Null,
-        };
         json!({
             "scenario": self.scenario.name(),
             "via": self.via.name(),
@@ -619,19 +635,8 @@ impl Report {
                 "foreign": s.foreign,
                 "unknown": s.unknown,
             },
-            "publish": self.publishing.as_ref().map(|p| json!({
-                "ok": p.counts.ok,
-                "ok_measured": p.counts.ok_measured,
-                "per_s": self.per_second(p.counts.ok_measured),
-                "errors": p.counts.errors,
-                "errors_measured": p.counts.errors_measured,
-                "duplicates": p.counts.duplicates,
-                "unsent_measured": p.counts.unsent_measured,
-                "abandoned_publishers": p.abandoned,
-                "failures": tallies_json(&p.failures),
-                "call_ms": quantiles(&p.call),
-                "lag_ms": quantiles(&p.lag),
-            })),
+            "publish": self.publishing.as_ref()
+                .map(|p| p.to_json(self.per_second(p.counts.ok_measured))),
             "delivery": self.delivery.as_ref().map(|d| json!({
                 "expected": d.expected,
                 "received": d.received,
@@ -640,7 +645,7 @@ impl Report {
                 "extra": d.extra(),
                 "per_s": self.per_second(d.received),
             })),
-            "latency_ms": quantiles(&self.latency),
+            "latency_ms": quantiles_json(self.latency.as_ref()),
             "latency_from": self.publishing.as_ref().map(|_| self.latency_basis()),
             "p99_target_ms": self.p99_target_ms,
             "p99_met": self.p99_met(),

@@ -199,9 +199,11 @@ pub(super) async fn stop_all(subscribers: Subscribers, grace: Duration) -> Subsc
 /// The request of subscriber `index`.
 fn request(index: usize, plan: &SubscribePlan) -> pb::SubscribeRequest {
     let user_id = match plan.scenario {
-        Scenario::PerUser | Scenario::Idle | Scenario::Replay | Scenario::ResumeStorm => {
-            format!("lg-user-{index}")
-        }
+        Scenario::PerUser
+        | Scenario::Idle
+        | Scenario::Replay
+        | Scenario::ResumeStorm
+        | Scenario::Inbox => format!("lg-user-{index}"),
         Scenario::Firehose => "*".to_owned(),
     };
     pb::SubscribeRequest {
@@ -224,9 +226,11 @@ fn authorized_request(
         // One subject per stream, as many dashboards would have: the server limits streams
         // per subject.
         Scenario::Firehose => (format!("loadgen-admin-{index}"), "admin"),
-        Scenario::PerUser | Scenario::Idle | Scenario::Replay | Scenario::ResumeStorm => {
-            (request.user_id.clone(), "user")
-        }
+        Scenario::PerUser
+        | Scenario::Idle
+        | Scenario::Replay
+        | Scenario::ResumeStorm
+        | Scenario::Inbox => (request.user_id.clone(), "user"),
     };
     let token = notify_backbone::client::mint_with(
         &plan.secret,
