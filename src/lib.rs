@@ -33,9 +33,11 @@
 //! |               | written in the transaction that stores the events                         |
 //! | [`inbox`]     | the inbox's model: item states, exact counts, marks, updates, preferences |
 //! | [`pb`]        | the generated protobuf types of `proto/` (the public contract)            |
+//! | `pipeline`    | the event path's own thread: a current-thread runtime for the ingest, the |
+//! |               | writer, the commit and the fan-out; the writer's pause between commits    |
 //! | `backoff`     | the one retry policy: exponential pauses with jitter, a cap, a reset      |
 //!
-//! `grpc`, `sequencer`, `hub` and `backoff` are internal (`pub(crate)`): nothing outside the
+//! `grpc`, `sequencer`, `hub`, `pipeline` and `backoff` are internal (`pub(crate)`): nothing outside the
 //! crate uses them. The load generator is not here: it is `bench/` (`notify-bench`), a crate of
 //! its own in this workspace that uses this library as any client would.
 
@@ -52,6 +54,7 @@ pub mod inbox;
 pub mod ingest;
 pub mod otel;
 pub mod pb;
+pub(crate) mod pipeline;
 pub mod schema;
 pub(crate) mod sequencer;
 pub mod store;

@@ -10,7 +10,9 @@
 //! details, routing, or the write contract itself (`write`).
 //!
 //! One writer keeps ordering trivial (no two fan-outs interleave) and lets the journal commit a
-//! whole batch at once — the group commit the durable journal relies on.
+//! whole batch at once — the group commit the durable journal relies on. The app runs it on
+//! the pipeline's thread ([`crate::pipeline`]) beside the AMQP ingest, so an event reaches the
+//! journal and the hub without changing threads and the commit is a plain blocking call.
 //!
 //! Over 600 lines with its tests: the code is about 400, the rest are the tests of the ordering
 //! and group-commit promises, which need the private batch loop at hand.
@@ -19,13 +21,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, warn};
+use tracing::{debug, warn};
 
 use crate::{
     hub::{Hub, Routed},
     inbox::Command,
     otel::EventTrace,
-    pb,
+    pb, pipeline,
     schema::Decoded,
     store::{Appended, Journal, StoreError, Written},
     telemetry::Metrics,
@@ -75,7 +77,8 @@ pub struct Sequencer {
 }
 
 impl Sequencer {
-    /// Starts the sequencer task. `queue_len` bounds the submissions waiting for it; when full,
+    /// Starts the sequencer task on the current runtime (the app's is the pipeline's: the task
+    /// blocks its thread while it commits). `queue_len` bounds the submissions waiting for it; when full,
     /// submitting waits (backpressure to the ingest). The task ends when `shutdown` is
     /// cancelled (after finishing what is queued) or when every `Sequencer` is dropped.
     pub fn spawn(
@@ -140,90 +143,52 @@ impl Writer for Sequencer {
 }
 
 async fn run<J: Journal>(
-    journal: J,
+    mut journal: J,
     hub: Hub,
     metrics: Arc<Metrics>,
     mut rx: mpsc::Receiver<Submission>,
     commit_delay: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut journal = Some(journal);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut draining = false;
-    // A committed batch whose fan-out waits until the next commit has started: fanning out on
-    // this task while the blocking thread waits for the disk overlaps the two, and the batch
-    // that gathers meanwhile is larger, so there are fewer commits per event.
-    let mut committed: Option<Committed> = None;
-    while let Some(writer) = journal.take() {
-        if committed.is_some() {
-            // Do not wait: the committed batch must go out now, whether or not more arrived.
-            while batch.len() < MAX_BATCH {
-                let Ok(submission) = rx.try_recv() else { break };
-                batch.push(submission);
-            }
+    loop {
+        // Whatever is queued, up to a batch; waits only when nothing is.
+        let received = if draining {
+            rx.recv_many(&mut batch, MAX_BATCH).await
         } else {
-            let received = if draining {
-                rx.recv_many(&mut batch, MAX_BATCH).await
-            } else {
-                tokio::select! {
-                    biased;
-                    n = rx.recv_many(&mut batch, MAX_BATCH) => n,
-                    () = shutdown.cancelled() => {
-                        // Take no new work, finish what was already accepted into the queue.
-                        rx.close();
-                        draining = true;
-                        rx.recv_many(&mut batch, MAX_BATCH).await
-                    }
-                }
-            };
-            if received == 0 {
-                break;
-            }
-            // Group commit. The writer was idle, so this batch is what arrived since: at low
-            // rates a single event. Each commit costs a hand-off to a blocking thread, an
-            // fsync and the hand-off back, several times the CPU of routing the event, so the
-            // batch waits a moment for company. Under load this branch is rare: batches
-            // gather while the previous one commits (the pipelined branch above).
-            if !commit_delay.is_zero() && !draining && batch.len() < MAX_BATCH {
-                tokio::select! {
-                    () = tokio::time::sleep(commit_delay) => {}
-                    () = shutdown.cancelled() => {}
-                }
-                while batch.len() < MAX_BATCH {
-                    let Ok(submission) = rx.try_recv() else { break };
-                    batch.push(submission);
+            tokio::select! {
+                biased;
+                n = rx.recv_many(&mut batch, MAX_BATCH) => n,
+                () = shutdown.cancelled() => {
+                    // Take no new work, finish what was already accepted into the queue.
+                    rx.close();
+                    draining = true;
+                    rx.recv_many(&mut batch, MAX_BATCH).await
                 }
             }
-        }
-        let commit = if batch.is_empty() {
-            journal = Some(writer);
-            None
-        } else {
-            Some(commit_batch(writer, &mut batch))
         };
-        if let Some(done) = committed.take() {
-            done.deliver(&hub, &metrics);
+        if received == 0 {
+            break;
         }
-        if let Some(commit) = commit {
-            match commit.await {
-                Ok((writer, done)) => {
-                    journal = Some(writer);
-                    committed = Some(done);
-                }
-                Err(error) => {
-                    // The batch's submitters get `Stopped` (their reply senders are dropped).
-                    error!(%error, "the journal append task failed; the sequencer stops");
-                }
-            }
+        let started = Instant::now();
+        // The commit is a plain call: on the pipeline's thread nothing else needs the thread
+        // while it waits for the disk, and what arrives meanwhile becomes the next batch.
+        commit_batch(&mut journal, &mut batch).deliver(&hub, &metrics);
+        // Group commit: at most one commit per `--commit-delay`. The first event after a quiet
+        // spell is committed at once; the ones arriving within the delay after it wait for the
+        // rest of it and share the next commit. Each commit costs an fsync and wakes the
+        // subscribers' threads, so at the platform's rates (an event every half millisecond)
+        // sharing it is what keeps the CPU per event down. Under load a commit takes longer
+        // than the delay and this waits for nothing.
+        if !draining {
+            pipeline::pause(commit_delay.saturating_sub(started.elapsed())).await;
         }
-    }
-    if let Some(done) = committed.take() {
-        done.deliver(&hub, &metrics);
     }
     debug!("sequencer stopped");
 }
 
-/// A batch the journal has answered for, waiting to be fanned out and acknowledged.
+/// A batch the journal has answered for, to be fanned out and acknowledged.
 struct Committed {
     events: Vec<pb::Event>,
     /// Per inbox command: where to answer.
@@ -237,12 +202,9 @@ struct Committed {
     result: Result<Written, StoreError>,
 }
 
-/// Starts appending a batch (one commit, on a blocking thread: it waits for the disk). The
-/// returned task gives the journal back with the batch's outcome.
-fn commit_batch<J: Journal>(
-    mut journal: J,
-    batch: &mut Vec<Submission>,
-) -> tokio::task::JoinHandle<(J, Committed)> {
+/// Appends a batch in one commit; blocks until the journal has answered (it waits for the
+/// disk).
+fn commit_batch<J: Journal>(journal: &mut J, batch: &mut Vec<Submission>) -> Committed {
     // Each submission is its event followed by its admin notice, if any.
     let mut events = Vec::with_capacity(batch.len() * 2);
     let mut replies = Vec::with_capacity(batch.len());
@@ -276,29 +238,26 @@ fn commit_batch<J: Journal>(
         }
         n += 1;
     }
-    tokio::task::spawn_blocking(move || {
-        let started = if traces.is_empty() {
-            SystemTime::UNIX_EPOCH
-        } else {
-            SystemTime::now()
-        };
-        // The commands are applied after the batch's events, in the same transaction.
-        let result = journal.write(&mut events, &commands);
-        let ended = if traces.is_empty() {
-            started
-        } else {
-            SystemTime::now()
-        };
-        let committed = Committed {
-            events,
-            inbox_replies,
-            replies,
-            traces,
-            commit_times: (started, ended),
-            result,
-        };
-        (journal, committed)
-    })
+    let started = if traces.is_empty() {
+        SystemTime::UNIX_EPOCH
+    } else {
+        SystemTime::now()
+    };
+    // The commands are applied after the batch's events, in the same transaction.
+    let result = journal.write(&mut events, &commands);
+    let ended = if traces.is_empty() {
+        started
+    } else {
+        SystemTime::now()
+    };
+    Committed {
+        events,
+        inbox_replies,
+        replies,
+        traces,
+        commit_times: (started, ended),
+        result,
+    }
 }
 
 impl Committed {
@@ -636,22 +595,34 @@ mod tests {
         (sequencer, batches)
     }
 
-    /// Group commit: an event that finds the writer idle waits `--commit-delay` for others to
-    /// share its commit; one that comes after the delay gets a commit of its own.
+    /// Group commit: an event that finds the writer idle is committed at once; the ones that
+    /// arrive within `--commit-delay` after that commit wait for the rest of the delay and
+    /// share the next one; one that comes after the delay is committed at once again.
     #[tokio::test(start_paused = true)]
     async fn events_within_the_commit_delay_share_one_commit() {
         let (sequencer, batches) = sequencer_with_delay(Duration::from_millis(2));
+        let started = tokio::time::Instant::now();
         let first = sequencer.submit(decoded("a".into())).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        let second = sequencer.submit(decoded("b".into())).await.unwrap();
         assert_eq!(first.await.unwrap().cursor.position, 1);
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "the first waits for nothing"
+        );
+        let second = sequencer.submit(decoded("b".into())).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let third = sequencer.submit(decoded("c".into())).await.unwrap();
         assert_eq!(second.await.unwrap().cursor.position, 2);
-        assert_eq!(*batches.lock().unwrap(), [2]);
+        assert_eq!(third.await.unwrap().cursor.position, 3);
+        assert_eq!(started.elapsed(), Duration::from_millis(2));
+        assert_eq!(*batches.lock().unwrap(), [1, 2]);
         tokio::time::sleep(Duration::from_millis(10)).await;
-        write::publish(&sequencer, decoded("c".into()), None)
+        let late = tokio::time::Instant::now();
+        write::publish(&sequencer, decoded("d".into()), None)
             .await
             .unwrap();
-        assert_eq!(*batches.lock().unwrap(), [2, 1]);
+        assert_eq!(late.elapsed(), Duration::ZERO);
+        assert_eq!(*batches.lock().unwrap(), [1, 2, 1]);
     }
 
     /// Without a delay, an event that finds the writer idle is committed at once, alone.
@@ -667,7 +638,7 @@ mod tests {
         assert_eq!(*batches.lock().unwrap(), [1, 1]);
     }
 
-    /// Many concurrent submitters, several (pipelined) batches, one of which the journal fails:
+    /// Many concurrent submitters, several batches, one of which the journal fails:
     /// the hub must see exactly the stored events, in journal order, and every submitter must
     /// get its own outcome.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,6 +27,7 @@
 
 mod amqp;
 mod cpu;
+mod handoffs;
 mod inbox;
 mod latency;
 mod publisher;

@@ -41,6 +41,7 @@ use crate::{
     hub::Hub,
     ingest::Ingest,
     otel::Tracing,
+    pipeline::Pipeline,
     store::{Journal, JournalHealth, RedbJournal},
     telemetry::{self, Metrics},
 };
@@ -135,6 +136,8 @@ pub async fn run(
         node.journal().reader(),
         tracing.clone(),
     );
+    // Dropped when `run` returns, after every stage on it has been joined.
+    let pipeline = Pipeline::start().context("starting the event path's thread")?;
     let wiring = node::Wiring {
         config: &config,
         hub: &hub,
@@ -142,6 +145,7 @@ pub async fn run(
         tracing: &tracing,
         shutdown: &shutdown,
         writer_stop: &writer_stop,
+        pipeline: &pipeline,
     };
     let Core {
         publisher,

@@ -3,7 +3,8 @@
 //! follows it, writes it while it is the shared queue's active consumer, and forwards
 //! `Publish` to whichever node that is).
 //!
-//! Owns: which stages run and how they are connected. Does not own: the hub (built once by
+//! Owns: which stages run and how they are connected; all of them run on the pipeline's thread
+//! ([`crate::pipeline`]). Does not own: the hub (built once by
 //! `run`, on the journal as it is after [`join_cluster`]), the background tasks and health
 //! (`background`, `health`), nor the order of shutdown (`shutdown`).
 
@@ -21,6 +22,7 @@ use crate::{
     hub::Hub,
     ingest::{Ingest, topology},
     otel::Tracing,
+    pipeline::Pipeline,
     sequencer::Sequencer,
     store::RedbJournal,
     telemetry::Metrics,
@@ -74,6 +76,8 @@ pub(super) struct Wiring<'a> {
     pub(super) shutdown: &'a CancellationToken,
     /// The journal's writer's own stop, after the gRPC server's drain.
     pub(super) writer_stop: &'a CancellationToken,
+    /// The event path's thread: every stage below is spawned there.
+    pub(super) pipeline: &'a Pipeline,
 }
 
 /// The stages between the ingest and the hub, as the journal kind wants them.
@@ -148,6 +152,8 @@ impl Wiring<'_> {
     /// One node: the sequencer journals and fans out; the ingest (with `--amqp-url`) consumes
     /// this node's own queue.
     pub(super) fn single_node(self, journal: RedbJournal) -> Core {
+        // The sequencer, the ingest and their AMQP connections run on the pipeline's thread.
+        let _on_pipeline = self.pipeline.enter();
         let (sequencer, task) = Sequencer::spawn(
             journal,
             self.hub.clone(),
@@ -191,6 +197,9 @@ impl Wiring<'_> {
             settings,
             epoch,
         } = joined;
+        // The follower, the writer, the ingest, the forwarder and their AMQP connections run on
+        // the pipeline's thread.
+        let _on_pipeline = self.pipeline.enter();
         let ids = journal.id_index();
         let follower = cluster::Follower::spawn(
             cluster::FollowerParts {

@@ -371,7 +371,7 @@ async fn run(
         metrics,
     } = parts;
     let mut follow = Follow {
-        replica: Some(replica),
+        replica,
         hub,
         metrics,
         waiters,
@@ -424,8 +424,7 @@ async fn run(
 
 /// The follower's state across sessions.
 struct Follow {
-    /// Taken while a batch is written on a blocking thread.
-    replica: Option<RedbJournal>,
+    replica: RedbJournal,
     hub: Hub,
     metrics: Arc<Metrics>,
     waiters: Waiters,
@@ -435,9 +434,7 @@ struct Follow {
 
 impl Follow {
     fn replica(&self) -> &RedbJournal {
-        self.replica
-            .as_ref()
-            .expect("the replica is back between batches")
+        &self.replica
     }
 
     /// One connection: consume from the replica's head until shutdown or a failure.
@@ -584,31 +581,24 @@ impl Follow {
                 (None, None) => barriers.push((entry.id, position)),
             }
         }
-        let mut replica = self
-            .replica
-            .take()
-            .expect("the replica is back between batches");
+        let replica = &mut self.replica;
         let last_position = barriers
             .iter()
             .map(|(_, position)| *position)
             .chain(events.last().map(|(position, _)| *position))
             .chain(commands.last().map(|(position, _)| *position))
             .max();
-        // The replica comes back whatever the outcome: a refused batch is read again from the
+        // A plain call: the follower runs on the pipeline's thread, which has nothing else to
+        // do while the replica waits for the disk. A refused batch is read again from the
         // stream once the replica takes writes.
-        let (replica, written) = tokio::task::spawn_blocking(move || {
-            let written = (|| {
-                if let Some(offset) = skip_to {
-                    replica.skip_to(offset)?;
-                }
-                // Barriers and commands carry no event: the head still moves past them.
-                replica.replicate_with_inbox(&mut events, &commands, last_position.unwrap_or(0))
-            })();
-            (replica, written.map(|outcomes| (events, outcomes)))
-        })
-        .await
-        .map_err(ClusterError::ReplicaTask)?;
-        self.replica = Some(replica);
+        let written = (|| {
+            if let Some(offset) = skip_to {
+                replica.skip_to(offset)?;
+            }
+            // Barriers and commands carry no event: the head still moves past them.
+            replica.replicate_with_inbox(&mut events, &commands, last_position.unwrap_or(0))
+        })()
+        .map(|outcomes| (events, outcomes));
         let (events, (outcomes, inbox)) = written.map_err(|error| {
             if error.is_health_refusal() {
                 ClusterError::ReplicaRefused(error)

@@ -98,9 +98,6 @@ pub enum ClusterError {
     /// The replica could not be written or read.
     #[error("the node's replica of the journal failed")]
     Replica(#[source] crate::store::StoreError),
-    /// The blocking task that wrote or read the replica failed (it panicked).
-    #[error("the node's replica of the journal failed: its task did not finish")]
-    ReplicaTask(#[source] tokio::task::JoinError),
     /// The replica refuses writes for now (its disk is full, its file is being reopened): the
     /// follower waits until it is writable again and reads on from its head.
     #[error("the node's replica of the journal refuses writes")]

@@ -526,20 +526,13 @@ async fn write(
         shutdown,
     } = shared;
     let epoch = parts.epoch;
-    // Known ids: stored before (the replica's index), or appended and not read back yet.
-    let events: Vec<crate::pb::Event> = batch
+    // Known ids: stored before (the replica's index), or appended and not read back yet. A
+    // plain call: the writer runs on the pipeline's thread.
+    let events: Vec<&crate::pb::Event> = batch
         .iter()
         .flat_map(|s| std::iter::once(&s.decoded.event).chain(&s.decoded.admin_notice))
-        .cloned()
         .collect();
-    let index = parts.ids.clone();
-    let known = tokio::task::spawn_blocking(move || {
-        let refs: Vec<&crate::pb::Event> = events.iter().collect();
-        index.known(&refs)
-    })
-    .await
-    .map_err(ClusterError::ReplicaTask)?
-    .map_err(ClusterError::Replica)?;
+    let known = parts.ids.known(&events).map_err(ClusterError::Replica)?;
     let mut known = known.into_iter();
     let mut confirms = Vec::new();
     // Per submission: its reply and how it is answered.

@@ -31,10 +31,11 @@ pub const REPLICA_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// The "Journal" flags.
 #[derive(Debug, Clone, Args)]
 pub struct JournalFlags {
-    /// Group commit: when an event reaches an idle journal writer, it waits this long for more
-    /// before committing, so one commit (and one fsync) serves several events even at low
-    /// rates. Costs up to this much latency; saves most of the CPU a commit per event costs
-    /// (BENCHMARKS.md §9). 0 commits each event at once. At most 100ms.
+    /// Group commit: the journal writer commits at most once per this interval. An event that
+    /// finds it idle is committed at once; the ones arriving within the interval after a
+    /// commit share the next one (and its fsync), so a commit serves several events even at
+    /// low rates. Costs up to this much latency; saves most of the CPU a commit per event costs
+    /// (BENCHMARKS.md §9, §13). 0 commits whatever is queued at once. At most 100ms.
     #[arg(long, env = "NOTIFY_COMMIT_DELAY", default_value = "2ms", value_parser = commit_delay, help_heading = "Journal")]
     pub commit_delay: Duration,
 

@@ -20,7 +20,10 @@ use anyhow::Context as _;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{RunClock, Window};
+use super::{
+    RunClock, Window,
+    handoffs::{self, Handoffs},
+};
 
 /// `AT_CLKTCK`, the auxiliary vector entry holding the clock ticks per second.
 const AT_CLKTCK: usize = 17;
@@ -28,7 +31,7 @@ const AT_CLKTCK: usize = 17;
 const FALLBACK_TICKS_PER_SECOND: u64 = 100;
 
 /// The CPU time a process spent in the measurement window.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(super) struct CpuTime {
     /// User plus system CPU seconds, all threads.
     pub seconds: f64,
@@ -36,6 +39,8 @@ pub(super) struct CpuTime {
     pub window_seconds: f64,
     /// The clock ticks per second the readings were converted with.
     pub ticks_per_second: u64,
+    /// Its context switches and write calls over the same window, when `/proc` gave them.
+    pub handoffs: Option<Handoffs>,
 }
 
 /// Reads the CPU time of `pid` at the start and at the end of the measurement window. Ends
@@ -62,18 +67,33 @@ pub(super) fn measure(
             () = stop.cancelled() => return None,
         }
         let start = read()?;
+        let counters_start = read_counters(pid);
         tokio::select! {
             () = at(window.until_ns) => {}
             () = stop.cancelled() => return None,
         }
         let end = read()?;
+        let counters_end = read_counters(pid);
         Some(CpuTime {
             seconds: end.saturating_sub(start) as f64 / ticks_per_second as f64,
             window_seconds: Duration::from_nanos(window.until_ns - window.measure_from_ns)
                 .as_secs_f64(),
             ticks_per_second,
+            handoffs: counters_start
+                .zip(counters_end)
+                .map(|(start, end)| start.until(&end)),
         })
     })
+}
+
+/// `pid`'s hand-off counters, or `None` (said once on stderr) when `/proc` refuses them: the
+/// CPU figure stands without them.
+fn read_counters(pid: u32) -> Option<handoffs::Counters> {
+    handoffs::read(pid)
+        .inspect_err(|error| {
+            eprintln!("notify-bench: cannot read the server's context switches: {error:#}");
+        })
+        .ok()
 }
 
 /// The CPU time of a process over a phase that ends when it ends rather than at a set instant
@@ -81,6 +101,7 @@ pub(super) fn measure(
 pub(super) struct Stopwatch {
     pid: u32,
     ticks: u64,
+    counters: Option<handoffs::Counters>,
     started: std::time::Instant,
 }
 
@@ -90,6 +111,7 @@ impl Stopwatch {
         Ok(Self {
             pid,
             ticks: read_ticks(pid)?,
+            counters: read_counters(pid),
             started: std::time::Instant::now(),
         })
     }
@@ -98,10 +120,15 @@ impl Stopwatch {
     pub(super) fn stop(self) -> anyhow::Result<CpuTime> {
         let ticks = read_ticks(self.pid)?;
         let ticks_per_second = ticks_per_second();
+        let counters = read_counters(self.pid);
         Ok(CpuTime {
             seconds: ticks.saturating_sub(self.ticks) as f64 / ticks_per_second as f64,
             window_seconds: self.started.elapsed().as_secs_f64(),
             ticks_per_second,
+            handoffs: self
+                .counters
+                .zip(counters)
+                .map(|(start, end)| start.until(&end)),
         })
     }
 }

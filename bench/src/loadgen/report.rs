@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use super::{
     Live, LoadgenArgs, RunClock, Scenario, SubscriberTotals, Via, Window, amqp, code_name,
     cpu::CpuTime,
+    handoffs::Handoffs,
     latency::{self, Quantiles},
     publisher::{FailureTally, PublishCounts, PublisherStats},
     storm::StormStats,
@@ -576,13 +577,30 @@ impl Report {
 
     /// The server's CPU time per event published in the window, µs.
     fn cpu_per_event_us(&self) -> Option<f64> {
-        self.per_event_us(self.server_cpu?)
+        self.per_event_us(self.server_cpu.as_ref()?)
     }
 
     /// `cpu` per event published in the window, µs.
-    fn per_event_us(&self, cpu: CpuTime) -> Option<f64> {
+    fn per_event_us(&self, cpu: &CpuTime) -> Option<f64> {
+        self.per_event(cpu.seconds * 1e6)
+    }
+
+    /// `total` over the window divided by the events published in it.
+    fn per_event(&self, total: f64) -> Option<f64> {
         let events = self.publishing.as_ref()?.counts.ok_measured;
-        (events > 0).then(|| cpu.seconds * 1e6 / events as f64)
+        (events > 0).then(|| total / events as f64)
+    }
+
+    /// The server's context switches and write calls in the window, per event published.
+    fn handoffs_json(&self, handoffs: &Handoffs) -> Value {
+        json!({
+            "context_switches": handoffs.context_switches,
+            "context_switches_per_event": self.per_event(handoffs.context_switches as f64),
+            "context_switches_by_thread": handoffs.by_thread_name,
+            "exited_threads": handoffs.exited_threads,
+            "write_calls": handoffs.write_calls,
+            "write_calls_per_event": self.per_event(handoffs.write_calls as f64),
+        })
     }
 
     /// How the events reached the server, in words.
@@ -655,17 +673,19 @@ impl Report {
                 "peak": self.rss_peak,
                 "per_stream": self.rss_per_stream,
             },
-            "server_cpu": self.server_cpu.map(|cpu| json!({
+            "server_cpu": self.server_cpu.as_ref().map(|cpu| json!({
                 "seconds": cpu.seconds,
                 "window_s": cpu.window_seconds,
                 "cores": cpu.seconds / cpu.window_seconds.max(1e-9),
                 "per_event_us": self.cpu_per_event_us(),
                 "clock_ticks_per_s": cpu.ticks_per_second,
+                "handoffs": cpu.handoffs.as_ref().map(|handoffs| self.handoffs_json(handoffs)),
             })),
-            "also_server_cpu": self.also_server_cpu.iter().map(|cpu| cpu.map(|cpu| json!({
+            "also_server_cpu": self.also_server_cpu.iter().map(|cpu| cpu.as_ref().map(|cpu| json!({
                 "seconds": cpu.seconds,
                 "cores": cpu.seconds / cpu.window_seconds.max(1e-9),
                 "per_event_us": self.per_event_us(cpu),
+                "handoffs": cpu.handoffs.as_ref().map(|handoffs| self.handoffs_json(handoffs)),
             }))).collect::<Vec<_>>(),
             "storm": self.storm.as_ref().map(|storm| json!({
                 "resumes": self.parameters["resumes"],
@@ -822,7 +842,7 @@ impl Report {
             }
             writeln!(out)?;
         }
-        if let Some(cpu) = self.server_cpu {
+        if let Some(cpu) = &self.server_cpu {
             write!(
                 out,
                 "server CPU   {:.2} s in the {:.1} s window ({:.0} % of one core)",
@@ -834,6 +854,34 @@ impl Report {
                 write!(out, " = {per_event:.1} µs per published event")?;
             }
             writeln!(out)?;
+            if let Some(handoffs) = &cpu.handoffs
+                && let (Some(switches), Some(writes)) = (
+                    self.per_event(handoffs.context_switches as f64),
+                    self.per_event(handoffs.write_calls as f64),
+                )
+            {
+                let busiest: Vec<String> = handoffs
+                    .by_thread_name
+                    .iter()
+                    .map(|(name, n)| {
+                        format!("{name} {:.2}", self.per_event(*n as f64).unwrap_or(0.0))
+                    })
+                    .collect();
+                writeln!(
+                    out,
+                    "hand-offs    {switches:.2} context switches per event ({}), {writes:.2} write \
+                     calls per event",
+                    busiest.join(", ")
+                )?;
+                if handoffs.exited_threads > 0 {
+                    writeln!(
+                        out,
+                        "             {} threads exited in the window: their switches are not \
+                         counted",
+                        handoffs.exited_threads
+                    )?;
+                }
+            }
         }
         writeln!(
             out,

@@ -114,7 +114,7 @@ impl Summary<'_> {
     /// Server CPU per event published in the window, µs (with `--inbox-publish`).
     fn cpu_per_event_us(&self, measured: &Measured) -> Option<f64> {
         let events = measured.publishing.as_ref()?.counts.ok_measured;
-        per_event(measured.server_cpu?, events)
+        per_event(measured.server_cpu.as_ref()?, events)
     }
 
     /// Server CPU per call answered in the window, µs (without `--inbox-publish`: with it, the
@@ -124,7 +124,7 @@ impl Summary<'_> {
             return None;
         }
         let calls = measured.calls.iter().map(|c| c.ok_measured).sum();
-        per_event(measured.server_cpu?, calls)
+        per_event(measured.server_cpu.as_ref()?, calls)
     }
 
     fn to_json(&self) -> Value {
@@ -164,7 +164,7 @@ impl Summary<'_> {
             "fill": self.fill.as_ref().map(|fill| json!({
                 "seconds": fill.seconds,
                 "publish": fill.publishing.to_json(per_second(fill.publishing.counts.ok, fill.seconds)),
-                "server_cpu": fill.server_cpu.map(|cpu| cpu_json(cpu, per_event(cpu, fill.publishing.counts.ok), None)),
+                "server_cpu": fill.server_cpu.as_ref().map(|cpu| cpu_json(cpu, per_event(cpu, fill.publishing.counts.ok), None)),
             })),
             "measured_s": self.measured.as_ref().map(|_| self.window_seconds()),
             "calls": self.measured.as_ref().map(|measured| {
@@ -178,7 +178,7 @@ impl Summary<'_> {
                 p.to_json(per_second(p.counts.ok_measured, self.window_seconds()))
             }),
             "server_cpu": self.measured.as_ref().and_then(|measured| {
-                let cpu = measured.server_cpu?;
+                let cpu = measured.server_cpu.as_ref()?;
                 Some(cpu_json(cpu, self.cpu_per_event_us(measured), self.cpu_per_call_us(measured)))
             }),
         })
@@ -243,7 +243,11 @@ impl Summary<'_> {
                     per_second(counts.ok, fill.seconds),
                     counts.errors
                 )?;
-                if let Some(us) = fill.server_cpu.and_then(|cpu| per_event(cpu, counts.ok)) {
+                if let Some(us) = fill
+                    .server_cpu
+                    .as_ref()
+                    .and_then(|cpu| per_event(cpu, counts.ok))
+                {
                     write!(out, "; server CPU {us:.1} µs per event")?;
                 }
                 writeln!(out)?;
@@ -285,7 +289,7 @@ impl Summary<'_> {
                 counts.errors
             )?;
         }
-        if let Some(cpu) = measured.server_cpu {
+        if let Some(cpu) = &measured.server_cpu {
             write!(
                 out,
                 "server CPU   {:.2} s in the {:.1} s window ({:.0} % of one core)",
@@ -320,11 +324,11 @@ fn per_second(count: u64, seconds: f64) -> f64 {
 }
 
 /// `cpu` per event (or call), µs.
-fn per_event(cpu: CpuTime, events: u64) -> Option<f64> {
+fn per_event(cpu: &CpuTime, events: u64) -> Option<f64> {
     (events > 0).then(|| cpu.seconds * 1e6 / events as f64)
 }
 
-fn cpu_json(cpu: CpuTime, per_event_us: Option<f64>, per_call_us: Option<f64>) -> Value {
+fn cpu_json(cpu: &CpuTime, per_event_us: Option<f64>, per_call_us: Option<f64>) -> Value {
     json!({
         "seconds": cpu.seconds,
         "window_s": cpu.window_seconds,
