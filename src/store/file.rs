@@ -85,6 +85,12 @@ impl std::fmt::Display for JournalHealth {
 /// the same way at once.
 const MIN_FREE_AFTER_ENOSPC: u64 = 4 * 1024 * 1024;
 
+/// How long a reading of the free space that found at least twice the reserve stands in for
+/// the next ones. Checking costs two system calls, once per commit; reaching the reserve from
+/// there means writing a whole reserve's worth (64 MiB by default) within this time, far past
+/// what the journal writes, and a disk that fills up anyway fails the commit, which is handled.
+const ROOMY_READING_STANDS: Duration = Duration::from_millis(100);
+
 /// How long a reopen waits for the readers still holding the failed handle (each holds it for
 /// one scan, and a latched file fails them at once).
 const READERS_RELEASE_WAIT: Duration = Duration::from_secs(2);
@@ -103,6 +109,8 @@ pub(super) struct JournalFile {
     closing: Mutex<Option<Arc<Database>>>,
     /// Whether the latest failure was a full disk: then writes wait for more room.
     last_failed_for_space: Mutex<bool>,
+    /// Until when the latest reading of the free space stands (it found plenty).
+    roomy_until: Mutex<Option<Instant>>,
     /// The journal's health; every change is published once.
     health: watch::Sender<JournalHealth>,
 }
@@ -122,6 +130,7 @@ impl JournalFile {
             db: RwLock::new(Some(Arc::new(db))),
             closing: Mutex::new(None),
             last_failed_for_space: Mutex::new(false),
+            roomy_until: Mutex::new(None),
             health: watch::Sender::new(JournalHealth::Writable),
         }
     }
@@ -157,10 +166,19 @@ impl JournalFile {
         if needed == 0 {
             return Ok(());
         }
+        let mut roomy_until = self
+            .roomy_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if roomy_until.is_some_and(|until| now < until) {
+            return Ok(());
+        }
         let Some(free_bytes) = available_bytes(&self.path) else {
             // Cannot tell (an unusual file system): let the write find out.
             return Ok(());
         };
+        *roomy_until = (free_bytes / 2 >= needed).then(|| now + ROOMY_READING_STANDS);
         if free_bytes >= needed {
             return Ok(());
         }
