@@ -12,8 +12,11 @@ use std::{
     io,
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll, Wake, Waker},
     time::Duration,
 };
 
@@ -39,6 +42,8 @@ pub struct GuardedStream {
     sniff: Sniff,
     /// With `--connection-idle-timeout`.
     idle: Option<IdleClock>,
+    /// The write waiting for the tasks queued before it.
+    writes: WritePacing,
     metrics: Arc<Metrics>,
     _permit: OwnedSemaphorePermit,
     _peer: Option<PeerPermit>,
@@ -63,10 +68,101 @@ impl GuardedStream {
                 len: 0,
             },
             idle: limits.idle_timeout.map(IdleClock::new),
+            writes: WritePacing::default(),
             metrics,
             _permit: permit,
             _peer: peer,
         }
+    }
+}
+
+/// A burst of writes after a quiet spell waits, write by write, for the tasks already woken on
+/// the connection's worker thread. One event fans out to many streams at once: each stream's
+/// task queues its frame and wakes the connection's task, which tokio runs right after the
+/// waking task (its LIFO slot), so without this the connection would write each stream's frame
+/// on its own, one system call per delivery. Deferred, it runs after the others (tokio's
+/// `yield_now` puts it behind the tasks already queued, until the worker next looks at its I/O
+/// driver) and writes what all of them queued meanwhile in one go. The wait ends only when
+/// that deferred wake comes: the streams' frames wake the connection's task meanwhile too, and
+/// writing then would send a frame or two at a time again.
+///
+/// Only a burst waits, the [`BURST`] after a [`QUIET_SPELL`]: under a steady load the frames
+/// batch by themselves, and there a deferral would only hold writes back (and, since h2 reads
+/// only once its writes went out, the peer's flow-control updates too): measured with every
+/// write deferred, the firehose at 1,000,000 deliveries/s fell behind by seconds.
+#[derive(Debug, Default)]
+struct WritePacing {
+    /// When the last write went out.
+    last_write: Option<Instant>,
+    /// Writes before this instant are deferred (a burst after a quiet spell).
+    burst_until: Option<Instant>,
+    /// The deferral under way, if any.
+    waiting: Option<Arc<Deferral>>,
+}
+
+/// No write for this long, and the next write starts a burst. Longer than the writer's pause
+/// between commits (`--commit-delay`, 2 ms), which makes even a steady load arrive in bursts:
+/// with 1 ms, the firehose at 1,000,000 deliveries/s deferred its writes and its p99 rose from
+/// about 28 to 42 ms.
+const QUIET_SPELL: Duration = Duration::from_millis(3);
+/// How long a burst's writes are deferred: about what the workers take to run 1,000 streams'
+/// tasks for one event.
+const BURST: Duration = Duration::from_millis(4);
+
+/// One deferred write: released by tokio's deferred wake, which then wakes the task.
+#[derive(Debug)]
+struct Deferral {
+    released: AtomicBool,
+    task: Waker,
+}
+
+impl Wake for Deferral {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.released.store(true, Ordering::Release);
+        self.task.wake_by_ref();
+    }
+}
+
+impl WritePacing {
+    /// `Pending` until this write, if it is part of a burst, has waited once for the tasks
+    /// queued before it.
+    fn defer(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let now = Instant::now();
+        if let Some(deferral) = &self.waiting {
+            if !deferral.released.load(Ordering::Acquire) {
+                // Woken by something else (a stream's frame, a read): keep waiting.
+                return Poll::Pending;
+            }
+            self.waiting = None;
+            self.last_write = Some(now);
+            return Poll::Ready(());
+        }
+        if self
+            .last_write
+            .is_none_or(|last| now.duration_since(last) >= QUIET_SPELL)
+        {
+            self.burst_until = Some(now + BURST);
+        }
+        if self.burst_until.is_none_or(|until| now >= until) {
+            self.last_write = Some(now);
+            return Poll::Ready(());
+        }
+        let deferral = Arc::new(Deferral {
+            released: AtomicBool::new(false),
+            task: cx.waker().clone(),
+        });
+        let waker = Waker::from(Arc::clone(&deferral));
+        let yielded = std::pin::pin!(tokio::task::yield_now());
+        if yielded.poll(&mut Context::from_waker(&waker)).is_pending() {
+            self.waiting = Some(deferral);
+            return Poll::Pending;
+        }
+        self.last_write = Some(now);
+        Poll::Ready(())
     }
 }
 
@@ -283,6 +379,7 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.writes.defer(cx));
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
@@ -291,6 +388,7 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.writes.defer(cx));
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
@@ -311,7 +409,7 @@ impl AsyncWrite for GuardedStream {
 mod tests {
     use super::*;
 
-    use std::{sync::atomic::Ordering, task::Waker};
+    use std::future::poll_fn;
 
     fn start() -> Sniff {
         Sniff::Start {
@@ -438,5 +536,39 @@ mod tests {
         assert!(matches!(tls, Sniff::Opaque));
         let mut nothing = start();
         assert!(!nothing.feed(b""));
+    }
+
+    /// One poll of the pacing's `defer`, as the connection's task would make it.
+    async fn defer_once(pacing: &mut WritePacing) -> Poll<()> {
+        poll_fn(|cx| Poll::Ready(pacing.defer(cx))).await
+    }
+
+    /// A burst's writes each wait for tokio's deferred wake, not for any wake; once the burst is
+    /// over, writes that follow each other closely go out at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_waits_for_the_deferred_wake_and_a_steady_load_does_not_wait() {
+        let mut pacing = WritePacing::default();
+        assert!(
+            defer_once(&mut pacing).await.is_pending(),
+            "after a quiet spell"
+        );
+        // Polled again before the deferred wake (a stream's frame woke the task): still waits.
+        assert!(defer_once(&mut pacing).await.is_pending());
+        // The runtime runs its deferred wakes when this task yields.
+        tokio::task::yield_now().await;
+        assert!(defer_once(&mut pacing).await.is_ready());
+        // The next write of the burst waits once too.
+        tokio::time::advance(Duration::from_millis(2)).await;
+        assert!(defer_once(&mut pacing).await.is_pending());
+        tokio::task::yield_now().await;
+        assert!(defer_once(&mut pacing).await.is_ready());
+        // Past the burst, 2.5 ms after the last write (no quiet spell): at once, and again.
+        tokio::time::advance(Duration::from_micros(2500)).await;
+        assert!(defer_once(&mut pacing).await.is_ready());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(defer_once(&mut pacing).await.is_ready());
+        // A quiet spell starts a burst again.
+        tokio::time::advance(QUIET_SPELL).await;
+        assert!(defer_once(&mut pacing).await.is_pending());
     }
 }
