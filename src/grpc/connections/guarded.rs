@@ -89,7 +89,11 @@ impl GuardedStream {
 /// Only a burst waits, the [`BURST`] after a [`QUIET_SPELL`]: under a steady load the frames
 /// batch by themselves, and there a deferral would only hold writes back (and, since h2 reads
 /// only once its writes went out, the peer's flow-control updates too): measured with every
-/// write deferred, the firehose at 1,000,000 deliveries/s fell behind by seconds.
+/// write deferred, the firehose at 1,000,000 deliveries/s fell behind by seconds. And only a
+/// connection with calls in flight waits: deferring the handshake's first write (the server's
+/// SETTINGS, before the connection had ever waited for a read) left a connection that had sent
+/// only its preface never reading again, in `tests/limits.rs`' stalled-call test. Why was not
+/// found; a connection with calls in flight has read and waited for more before.
 #[derive(Debug, Default)]
 struct WritePacing {
     /// When the last write went out.
@@ -129,8 +133,9 @@ impl Wake for Deferral {
 
 impl WritePacing {
     /// `Pending` until this write, if it is part of a burst, has waited once for the tasks
-    /// queued before it.
-    fn defer(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    /// queued before it. Only a connection with calls in flight has bursts: the handshake's
+    /// and an idle connection's writes go out at once.
+    fn defer(&mut self, cx: &mut Context<'_>, calls_in_flight: bool) -> Poll<()> {
         let now = Instant::now();
         if let Some(deferral) = &self.waiting {
             if !deferral.released.load(Ordering::Acquire) {
@@ -147,7 +152,7 @@ impl WritePacing {
         {
             self.burst_until = Some(now + BURST);
         }
-        if self.burst_until.is_none_or(|until| now >= until) {
+        if !calls_in_flight || self.burst_until.is_none_or(|until| now >= until) {
             self.last_write = Some(now);
             return Poll::Ready(());
         }
@@ -379,8 +384,10 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        std::task::ready!(self.writes.defer(cx));
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let this = &mut *self;
+        let calls = this.connection.activity.calls().in_flight > 0;
+        std::task::ready!(this.writes.defer(cx, calls));
+        Pin::new(&mut this.stream).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -388,8 +395,10 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        std::task::ready!(self.writes.defer(cx));
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        let calls = this.connection.activity.calls().in_flight > 0;
+        std::task::ready!(this.writes.defer(cx, calls));
+        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -540,7 +549,7 @@ mod tests {
 
     /// One poll of the pacing's `defer`, as the connection's task would make it.
     async fn defer_once(pacing: &mut WritePacing) -> Poll<()> {
-        poll_fn(|cx| Poll::Ready(pacing.defer(cx))).await
+        poll_fn(|cx| Poll::Ready(pacing.defer(cx, true))).await
     }
 
     /// A burst's writes each wait for tokio's deferred wake, not for any wake; once the burst is
@@ -567,7 +576,13 @@ mod tests {
         assert!(defer_once(&mut pacing).await.is_ready());
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(defer_once(&mut pacing).await.is_ready());
-        // A quiet spell starts a burst again.
+        // A quiet spell starts a burst again, but only with calls in flight.
+        tokio::time::advance(QUIET_SPELL).await;
+        assert!(
+            poll_fn(|cx| Poll::Ready(pacing.defer(cx, false)))
+                .await
+                .is_ready()
+        );
         tokio::time::advance(QUIET_SPELL).await;
         assert!(defer_once(&mut pacing).await.is_pending());
     }
