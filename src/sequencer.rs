@@ -239,11 +239,7 @@ async fn run<J: Journal>(
             pipeline::pause(commit_delay.saturating_sub(started.elapsed())).await;
         }
     }
-    if let Some(task) = committing
-        && let Ok((_, done)) = task.await
-    {
-        done.deliver(&hub, &metrics);
-    }
+    // The loop ends only from its first branch, with no commit in flight.
     debug!("sequencer stopped");
 }
 

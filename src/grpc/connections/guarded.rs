@@ -135,7 +135,8 @@ impl WritePacing {
     /// `Pending` until this write, if it is part of a burst, has waited once for the tasks
     /// queued before it. Only a connection with calls in flight has bursts: the handshake's
     /// and an idle connection's writes go out at once.
-    fn defer(&mut self, cx: &mut Context<'_>, calls_in_flight: bool) -> Poll<()> {
+    /// `calls_in_flight` is asked only for a write about to be deferred (it takes a lock).
+    fn defer(&mut self, cx: &mut Context<'_>, calls_in_flight: impl FnOnce() -> bool) -> Poll<()> {
         let now = Instant::now();
         if let Some(deferral) = &self.waiting {
             if !deferral.released.load(Ordering::Acquire) {
@@ -152,7 +153,7 @@ impl WritePacing {
         {
             self.burst_until = Some(now + BURST);
         }
-        if !calls_in_flight || self.burst_until.is_none_or(|until| now >= until) {
+        if self.burst_until.is_none_or(|until| now >= until) || !calls_in_flight() {
             self.last_write = Some(now);
             return Poll::Ready(());
         }
@@ -385,8 +386,11 @@ impl AsyncWrite for GuardedStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        let calls = this.connection.activity.calls().in_flight > 0;
-        std::task::ready!(this.writes.defer(cx, calls));
+        let connection = &this.connection;
+        std::task::ready!(
+            this.writes
+                .defer(cx, || connection.activity.calls().in_flight > 0)
+        );
         Pin::new(&mut this.stream).poll_write(cx, buf)
     }
 
@@ -396,8 +400,11 @@ impl AsyncWrite for GuardedStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        let calls = this.connection.activity.calls().in_flight > 0;
-        std::task::ready!(this.writes.defer(cx, calls));
+        let connection = &this.connection;
+        std::task::ready!(
+            this.writes
+                .defer(cx, || connection.activity.calls().in_flight > 0)
+        );
         Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
     }
 
@@ -549,7 +556,7 @@ mod tests {
 
     /// One poll of the pacing's `defer`, as the connection's task would make it.
     async fn defer_once(pacing: &mut WritePacing) -> Poll<()> {
-        poll_fn(|cx| Poll::Ready(pacing.defer(cx, true))).await
+        poll_fn(|cx| Poll::Ready(pacing.defer(cx, || true))).await
     }
 
     /// A burst's writes each wait for tokio's deferred wake, not for any wake; once the burst is
@@ -579,7 +586,7 @@ mod tests {
         // A quiet spell starts a burst again, but only with calls in flight.
         tokio::time::advance(QUIET_SPELL).await;
         assert!(
-            poll_fn(|cx| Poll::Ready(pacing.defer(cx, false)))
+            poll_fn(|cx| Poll::Ready(pacing.defer(cx, || false)))
                 .await
                 .is_ready()
         );
