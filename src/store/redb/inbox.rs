@@ -12,14 +12,25 @@
 //! A mark costs one row per item it changes (and, for marks up to a cursor or of all items, a
 //! pass over the inbox's items up to there).
 //!
+//! An inbox's items, their ids and its counts are rows of one table, `inbox_state`, under keys
+//! that start with the inbox (its kind, then its owner, length-prefixed), so that all of one
+//! inbox's rows sit side by side: a new event dirties one leaf of that table, not one leaf in
+//! each of three tables (each a random page of its own, written and fsynced with every commit;
+//! BENCHMARKS.md §13). The keys are bytes, compared as bytes, so no key is checked for UTF-8 on
+//! the way.
+//!
 //! | table | key | value |
 //! |---|---|---|
-//! | `inbox_items` | (kind, owner, position) | (state bits, family) |
-//! | `inbox_ids` | (kind, owner, event id) | position |
-//! | `inbox_counts` | (kind, owner) | [`Counts`] encoded |
+//! | `inbox_state` | inbox, `c` | [`Counts`] encoded |
+//! | `inbox_state` | inbox, `i`, event id | position (8 bytes, little-endian) |
+//! | `inbox_state` | inbox, `p`, position (8 bytes, big-endian: in order) | state bits, family |
 //! | `inbox_notices` | position of an `admin.notice` | (family, event id) |
 //! | `inbox_admins` | admin | position when their inbox was created |
 //! | `inbox_preferences` | user | `pb::Preferences` encoded |
+//!
+//! where "inbox" is the kind (one byte), the owner's length (two bytes, big-endian) and the
+//! owner. Journals written before this layout kept the three in tables of their own; they are
+//! converted at open (`migrate.rs`).
 
 use prost::Message as _;
 use redb::{ReadTransaction, ReadableTable, Table, TableDefinition};
@@ -34,11 +45,7 @@ use crate::{
     store::{InboxPage, PageItem, PageQuery, StoreError},
 };
 
-pub(super) const ITEMS: TableDefinition<(u8, &str, u64), (u8, u8)> =
-    TableDefinition::new("inbox_items");
-pub(super) const ITEM_IDS: TableDefinition<(u8, &str, &str), u64> =
-    TableDefinition::new("inbox_ids");
-pub(super) const COUNTS: TableDefinition<(u8, &str), &[u8]> = TableDefinition::new("inbox_counts");
+pub(super) const STATE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("inbox_state");
 pub(super) const NOTICES: TableDefinition<u64, (u8, &str)> = TableDefinition::new("inbox_notices");
 pub(super) const ADMINS: TableDefinition<&str, u64> = TableDefinition::new("inbox_admins");
 pub(super) const PREFERENCES: TableDefinition<&str, &[u8]> =
@@ -46,9 +53,7 @@ pub(super) const PREFERENCES: TableDefinition<&str, &[u8]> =
 
 /// Empties every inbox table (a replica adopting another stream's epoch derives them anew).
 pub(super) fn delete_all(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
-    txn.delete_table(ITEMS)?;
-    txn.delete_table(ITEM_IDS)?;
-    txn.delete_table(COUNTS)?;
+    txn.delete_table(STATE)?;
     txn.delete_table(NOTICES)?;
     txn.delete_table(ADMINS)?;
     txn.delete_table(PREFERENCES)?;
@@ -57,9 +62,7 @@ pub(super) fn delete_all(txn: &redb::WriteTransaction) -> Result<(), redb::Error
 
 /// The inbox tables of one write transaction, and the updates it made.
 pub(super) struct InboxWrite<'txn> {
-    items: Table<'txn, (u8, &'static str, u64), (u8, u8)>,
-    ids: Table<'txn, (u8, &'static str, &'static str), u64>,
-    counts: Table<'txn, (u8, &'static str), &'static [u8]>,
+    state: Table<'txn, &'static [u8], &'static [u8]>,
     notices: Table<'txn, u64, (u8, &'static str)>,
     admins: Table<'txn, &'static str, u64>,
     preferences: Table<'txn, &'static str, &'static [u8]>,
@@ -67,8 +70,73 @@ pub(super) struct InboxWrite<'txn> {
     pub(super) updates: Vec<Update>,
 }
 
-fn key(inbox: &InboxKey) -> (u8, &str) {
-    (inbox.kind as u8, inbox.owner.as_str())
+/// The keys of one inbox's rows in `inbox_state`.
+pub(super) struct StateKeys {
+    /// The kind, the owner's length and the owner: what every key of this inbox starts with.
+    prefix: Vec<u8>,
+}
+
+const COUNTS_TAG: u8 = b'c';
+const ID_TAG: u8 = b'i';
+const ITEM_TAG: u8 = b'p';
+
+impl StateKeys {
+    pub(super) fn new(kind: u8, owner: &str) -> Self {
+        // An owner is at most a JWT subject or a producer's user id; one longer than 64 KiB is
+        // cut (its keys stay its own unless two such owners share their first 64 KiB).
+        let owner = &owner.as_bytes()[..owner.len().min(usize::from(u16::MAX))];
+        let mut prefix = Vec::with_capacity(3 + owner.len() + 9);
+        prefix.push(kind);
+        prefix.extend_from_slice(&(owner.len() as u16).to_be_bytes());
+        prefix.extend_from_slice(owner);
+        Self { prefix }
+    }
+
+    fn of(inbox: &InboxKey) -> Self {
+        Self::new(inbox.kind as u8, &inbox.owner)
+    }
+
+    fn tagged(&self, tag: u8, rest: &[u8]) -> Vec<u8> {
+        let mut key = Vec::with_capacity(self.prefix.len() + 1 + rest.len());
+        key.extend_from_slice(&self.prefix);
+        key.push(tag);
+        key.extend_from_slice(rest);
+        key
+    }
+
+    pub(super) fn counts(&self) -> Vec<u8> {
+        self.tagged(COUNTS_TAG, &[])
+    }
+
+    pub(super) fn id(&self, id: &str) -> Vec<u8> {
+        self.tagged(ID_TAG, id.as_bytes())
+    }
+
+    pub(super) fn item(&self, position: u64) -> Vec<u8> {
+        self.tagged(ITEM_TAG, &position.to_be_bytes())
+    }
+
+    /// The position in an item's key.
+    fn item_position(key: &[u8]) -> u64 {
+        key.last_chunk::<8>().map_or(0, |p| u64::from_be_bytes(*p))
+    }
+}
+
+/// An item row's value: its state bits and its family's code.
+pub(super) fn item_value(bits: u8, family: u8) -> [u8; 2] {
+    [bits, family]
+}
+
+fn item_of(value: &[u8]) -> (u8, u8) {
+    match value {
+        [bits, family, ..] => (*bits, *family),
+        // Not written by this version: an item of no known family (skipped, never counted).
+        _ => (0, u8::MAX),
+    }
+}
+
+fn position_of(value: &[u8]) -> Option<u64> {
+    value.first_chunk::<8>().map(|p| u64::from_le_bytes(*p))
 }
 
 fn received_ms(event: &pb::Event) -> i64 {
@@ -82,9 +150,7 @@ fn received_ms(event: &pb::Event) -> i64 {
 impl<'txn> InboxWrite<'txn> {
     pub(super) fn open(txn: &'txn redb::WriteTransaction) -> Result<Self, redb::Error> {
         Ok(Self {
-            items: txn.open_table(ITEMS)?,
-            ids: txn.open_table(ITEM_IDS)?,
-            counts: txn.open_table(COUNTS)?,
+            state: txn.open_table(STATE)?,
             notices: txn.open_table(NOTICES)?,
             admins: txn.open_table(ADMINS)?,
             preferences: txn.open_table(PREFERENCES)?,
@@ -92,10 +158,10 @@ impl<'txn> InboxWrite<'txn> {
         })
     }
 
-    fn counts_of(&self, inbox: &InboxKey) -> Result<Counts, redb::Error> {
+    fn counts_of(&self, keys: &StateKeys) -> Result<Counts, redb::Error> {
         Ok(self
-            .counts
-            .get(key(inbox))?
+            .state
+            .get(keys.counts().as_slice())?
             .map_or_else(Counts::default, |v| Counts::decode(v.value())))
     }
 
@@ -112,25 +178,29 @@ impl<'txn> InboxWrite<'txn> {
     /// Adds an item; `false` when it was there already (an event in doubt stored again).
     fn add_item(
         &mut self,
-        inbox: &InboxKey,
+        keys: &StateKeys,
         position: u64,
         family: Family,
         id: &str,
         counts: &mut Counts,
     ) -> Result<bool, redb::Error> {
-        let k = key(inbox);
-        if self.items.get((k.0, k.1, position))?.is_some() {
+        let item = keys.item(position);
+        if self.state.get(item.as_slice())?.is_some() {
             return Ok(false);
         }
-        self.items
-            .insert((k.0, k.1, position), (ItemState::NEW.bits(), family.code()))?;
-        self.ids.insert((k.0, k.1, id), position)?;
+        self.state.insert(
+            item.as_slice(),
+            item_value(ItemState::NEW.bits(), family.code()).as_slice(),
+        )?;
+        self.state
+            .insert(keys.id(id).as_slice(), position.to_le_bytes().as_slice())?;
         counts.count(family, ItemState::NEW, true);
         Ok(true)
     }
 
-    fn store_counts(&mut self, inbox: &InboxKey, counts: &Counts) -> Result<(), redb::Error> {
-        self.counts.insert(key(inbox), counts.encode().as_slice())?;
+    fn store_counts(&mut self, keys: &StateKeys, counts: &Counts) -> Result<(), redb::Error> {
+        self.state
+            .insert(keys.counts().as_slice(), counts.encode().as_slice())?;
         Ok(())
     }
 
@@ -155,9 +225,10 @@ impl<'txn> InboxWrite<'txn> {
                 .collect::<Result<_, _>>()?;
             for admin in admins {
                 let inbox = InboxKey::admin(admin);
-                let mut counts = self.counts_of(&inbox)?;
-                if self.add_item(&inbox, position, family, &event.id, &mut counts)? {
-                    self.store_counts(&inbox, &counts)?;
+                let keys = StateKeys::of(&inbox);
+                let mut counts = self.counts_of(&keys)?;
+                if self.add_item(&keys, position, family, &event.id, &mut counts)? {
+                    self.store_counts(&keys, &counts)?;
                     self.updates.push(new_item(inbox, counts, &event.id, false));
                 }
             }
@@ -185,9 +256,10 @@ impl<'txn> InboxWrite<'txn> {
             .as_ref()
             .is_some_and(|p| p.quiet_at(&event.r#type, received_ms(event)));
         let inbox = InboxKey::user(event.user_id.clone());
-        let mut counts = self.counts_of(&inbox)?;
-        if self.add_item(&inbox, position, family, &event.id, &mut counts)? {
-            self.store_counts(&inbox, &counts)?;
+        let keys = StateKeys::of(&inbox);
+        let mut counts = self.counts_of(&keys)?;
+        if self.add_item(&keys, position, family, &event.id, &mut counts)? {
+            self.store_counts(&keys, &counts)?;
             self.updates.push(new_item(inbox, counts, &event.id, quiet));
         }
         Ok(false)
@@ -212,7 +284,7 @@ impl<'txn> InboxWrite<'txn> {
                     preferences.to_pb().encode_to_vec().as_slice(),
                 )?;
                 let inbox = InboxKey::user(user.clone());
-                let counts = self.counts_of(&inbox)?;
+                let counts = self.counts_of(&StateKeys::of(&inbox))?;
                 self.updates.push(Update {
                     inbox,
                     reason: Reason::Preferences,
@@ -248,16 +320,16 @@ impl<'txn> InboxWrite<'txn> {
                 })
             })
             .collect::<Result<_, _>>()?;
-        let inbox = InboxKey::admin(admin);
-        let mut counts = self.counts_of(&inbox)?;
+        let keys = StateKeys::new(Kind::Admin as u8, admin);
+        let mut counts = self.counts_of(&keys)?;
         let mut last = 0;
         for (position, family, id) in newest {
             if let Some(family) = Family::from_code(family) {
-                self.add_item(&inbox, position, family, &id, &mut counts)?;
+                self.add_item(&keys, position, family, &id, &mut counts)?;
             }
             last = last.max(position);
         }
-        self.store_counts(&inbox, &counts)?;
+        self.store_counts(&keys, &counts)?;
         self.admins.insert(admin, last)?;
         Ok(())
     }
@@ -268,12 +340,12 @@ impl<'txn> InboxWrite<'txn> {
         mark: Mark,
         target: &Target,
     ) -> Result<Marked, redb::Error> {
-        let (kind, owner) = key(inbox);
-        let mut counts = self.counts_of(inbox)?;
+        let keys = StateKeys::of(inbox);
+        let mut counts = self.counts_of(&keys)?;
         let mut changed_ids = Vec::new();
         let mut unknown_ids = Vec::new();
         let mut changed = 0_u32;
-        let mut change = |items: &mut Table<'txn, (u8, &'static str, u64), (u8, u8)>,
+        let mut change = |state: &mut Table<'txn, &'static [u8], &'static [u8]>,
                           position: u64,
                           bits: u8,
                           family: u8|
@@ -283,7 +355,10 @@ impl<'txn> InboxWrite<'txn> {
             if to == from {
                 return Ok(false);
             }
-            items.insert((kind, owner, position), (to.bits(), family))?;
+            state.insert(
+                keys.item(position).as_slice(),
+                item_value(to.bits(), family).as_slice(),
+            )?;
             if let Some(family) = Family::from_code(family) {
                 counts.change(family, from, to);
             }
@@ -293,17 +368,20 @@ impl<'txn> InboxWrite<'txn> {
         match target {
             Target::Ids(ids) => {
                 for id in ids {
-                    let position = self.ids.get((kind, owner, id.as_str()))?.map(|v| v.value());
+                    let position = self
+                        .state
+                        .get(keys.id(id).as_slice())?
+                        .and_then(|v| position_of(v.value()));
                     let item = match position {
                         Some(position) => self
-                            .items
-                            .get((kind, owner, position))?
-                            .map(|v| (position, v.value())),
+                            .state
+                            .get(keys.item(position).as_slice())?
+                            .map(|v| (position, item_of(v.value()))),
                         None => None,
                     };
                     match item {
                         Some((position, (bits, family))) => {
-                            if change(&mut self.items, position, bits, family)? {
+                            if change(&mut self.state, position, bits, family)? {
                                 changed_ids.push(id.clone());
                             }
                         }
@@ -316,24 +394,27 @@ impl<'txn> InboxWrite<'txn> {
                     Target::UpTo(position) => *position,
                     _ => u64::MAX,
                 };
+                let (first, last) = (keys.item(0), keys.item(through));
                 let pending: Vec<(u64, u8, u8)> = self
-                    .items
-                    .range((kind, owner, 0)..=(kind, owner, through))?
+                    .state
+                    .range(first.as_slice()..=last.as_slice())?
                     .filter_map(|entry| match entry {
                         Ok((k, v)) => {
-                            let (bits, family) = v.value();
+                            let (bits, family) = item_of(v.value());
                             let state = ItemState::from_bits(bits);
-                            (state.marked(mark) != state).then(|| Ok((k.value().2, bits, family)))
+                            (state.marked(mark) != state).then(|| {
+                                Ok((StateKeys::item_position(k.value()), bits, family))
+                            })
                         }
                         Err(error) => Some(Err(error)),
                     })
                     .collect::<Result<_, _>>()?;
                 for (position, bits, family) in pending {
-                    change(&mut self.items, position, bits, family)?;
+                    change(&mut self.state, position, bits, family)?;
                 }
             }
         }
-        self.store_counts(inbox, &counts)?;
+        self.store_counts(&keys, &counts)?;
         if changed > 0 {
             self.updates.push(Update {
                 inbox: inbox.clone(),
@@ -385,18 +466,18 @@ impl<'txn> InboxWrite<'txn> {
         position: u64,
         id: &str,
     ) -> Result<(), redb::Error> {
-        let (kind, owner) = key(inbox);
-        let Some(removed) = self.items.remove((kind, owner, position))? else {
+        let keys = StateKeys::of(inbox);
+        let Some(removed) = self.state.remove(keys.item(position).as_slice())? else {
             return Ok(());
         };
-        let (bits, family) = removed.value();
+        let (bits, family) = item_of(removed.value());
         drop(removed);
-        self.ids.remove((kind, owner, id))?;
-        let mut counts = self.counts_of(inbox)?;
+        self.state.remove(keys.id(id).as_slice())?;
+        let mut counts = self.counts_of(&keys)?;
         if let Some(family) = Family::from_code(family) {
             counts.count(family, ItemState::from_bits(bits), false);
         }
-        self.store_counts(inbox, &counts)
+        self.store_counts(&keys, &counts)
     }
 }
 
@@ -427,11 +508,11 @@ fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
 
 /// An inbox's counts in `txn`.
 pub(super) fn counts_in(txn: &ReadTransaction, inbox: &InboxKey) -> Result<Counts, StoreError> {
-    let Some(table) = read_table(txn, COUNTS)? else {
+    let Some(table) = read_table(txn, STATE)? else {
         return Ok(Counts::default());
     };
     Ok(table
-        .get(key(inbox))
+        .get(StateKeys::of(inbox).counts().as_slice())
         .map_err(read_failed)?
         .map_or_else(Counts::default, |v| Counts::decode(v.value())))
 }
@@ -473,23 +554,24 @@ pub(super) fn page_in(
         end: true,
         counts,
     };
-    let Some(items) = read_table(txn, ITEMS)? else {
+    let Some(items) = read_table(txn, STATE)? else {
         return Ok(page);
     };
     let events = txn.open_table(EVENTS).map_err(read_failed)?;
-    let (kind, owner) = key(inbox);
+    let keys = StateKeys::of(inbox);
     let before = query.before.unwrap_or(u64::MAX);
     if before == 0 {
         return Ok(page);
     }
+    let (first, end) = (keys.item(0), keys.item(before));
     let range = items
-        .range((kind, owner, 0)..(kind, owner, before))
+        .range(first.as_slice()..end.as_slice())
         .map_err(read_failed)?
         .rev();
     for (scanned, entry) in range.enumerate() {
         let (k, v) = entry.map_err(read_failed)?;
-        let position = k.value().2;
-        let (bits, family) = v.value();
+        let position = StateKeys::item_position(k.value());
+        let (bits, family) = item_of(v.value());
         if page.items.len() == query.limit || scanned == query.max_scanned {
             page.end = false;
             return Ok(page);

@@ -381,3 +381,127 @@ fn a_disabled_type_is_muted_and_not_counted_and_quiet_hours_mark_updates_quiet()
     assert!(!stored.enabled("app.installed"));
     assert!(inbox.preferences("u2").unwrap().is_none());
 }
+
+/// Rewrites `inbox_state` as the first inbox layout kept it: three tables keyed by tuples.
+fn rewrite_in_first_layout(dir: &TestDir) {
+    const ITEMS: redb::TableDefinition<(u8, &str, u64), (u8, u8)> =
+        redb::TableDefinition::new("inbox_items");
+    const IDS: redb::TableDefinition<(u8, &str, &str), u64> =
+        redb::TableDefinition::new("inbox_ids");
+    const COUNTS: redb::TableDefinition<(u8, &str), &[u8]> =
+        redb::TableDefinition::new("inbox_counts");
+    use redb::ReadableTable as _;
+    let db = redb::Database::open(dir.journal().join("journal.redb")).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let state = txn.open_table(super::inbox::STATE).unwrap();
+        let mut items = txn.open_table(ITEMS).unwrap();
+        let mut ids = txn.open_table(IDS).unwrap();
+        let mut counts = txn.open_table(COUNTS).unwrap();
+        for entry in state.iter().unwrap() {
+            let (key, value) = entry.unwrap();
+            let (key, value) = (key.value(), value.value());
+            let kind = key[0];
+            let len = usize::from(u16::from_be_bytes([key[1], key[2]]));
+            let owner = std::str::from_utf8(&key[3..3 + len]).unwrap();
+            let (tag, rest) = (key[3 + len], &key[4 + len..]);
+            match tag {
+                b'c' => {
+                    counts.insert((kind, owner), value).unwrap();
+                }
+                b'i' => {
+                    let id = std::str::from_utf8(rest).unwrap();
+                    let position = u64::from_le_bytes(value.try_into().unwrap());
+                    ids.insert((kind, owner, id), position).unwrap();
+                }
+                b'p' => {
+                    let position = u64::from_be_bytes(rest.try_into().unwrap());
+                    items
+                        .insert((kind, owner, position), (value[0], value[1]))
+                        .unwrap();
+                }
+                other => panic!("unknown tag {other}"),
+            }
+        }
+    }
+    txn.delete_table(super::inbox::STATE).unwrap();
+    txn.commit().unwrap();
+}
+
+#[test]
+fn a_journal_of_the_first_inbox_layout_opens_with_its_items_ids_and_counts() {
+    let dir = TestDir::new();
+    let mut journal = dir.open();
+    journal
+        .write(
+            &mut [
+                typed("b1", "billing.payment_success", "u1"),
+                typed("d1", "device.error", "u1"),
+                typed("a1", "app.installed", "u2"),
+                typed("b2", "billing.low_balance", "u1"),
+            ],
+            &[mark(
+                InboxKey::user("u1"),
+                Mark::Read,
+                Target::Ids(vec!["d1".into()]),
+            )],
+        )
+        .unwrap();
+    drop(journal);
+    rewrite_in_first_layout(&dir);
+
+    let mut journal = dir.open();
+    let reader = journal.reader();
+    let inbox = reader.inbox().unwrap();
+    let u1 = InboxKey::user("u1");
+    let counts = inbox.counts(&u1).unwrap();
+    assert_eq!((counts.total().total, counts.total().unread), (3, 2));
+    assert_eq!(inbox.counts(&InboxKey::user("u2")).unwrap().total().total, 1);
+    assert_eq!(page(inbox, &u1, pb::InboxFilter::Unread), [4, 1]);
+    assert_eq!(page(inbox, &u1, pb::InboxFilter::Read), [2]);
+    // The ids moved too: a mark by id finds its item.
+    let written = journal
+        .write(
+            &mut [],
+            &[mark(u1.clone(), Mark::Read, Target::Ids(vec!["b2".into()]))],
+        )
+        .unwrap();
+    assert_eq!(marked(&written.applied[0]).changed, 1);
+    assert_eq!(page(inbox, &u1, pb::InboxFilter::Unread), [1]);
+    drop(reader);
+    drop(journal);
+    // The first layout's tables are gone: nothing is converted twice.
+    let db = redb::Database::open(dir.journal().join("journal.redb")).unwrap();
+    let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+    let names: Vec<String> = txn
+        .list_tables()
+        .unwrap()
+        .map(|t| redb::TableHandle::name(&t).to_owned())
+        .collect();
+    for first in ["inbox_items", "inbox_ids", "inbox_counts"] {
+        assert!(!names.iter().any(|n| n == first), "{names:?}");
+    }
+    assert!(names.contains(&"inbox_state".to_owned()), "{names:?}");
+}
+
+#[test]
+fn owners_whose_names_are_prefixes_of_each_other_keep_their_own_items() {
+    // "u1" and "u10": with length-prefixed owners, no range of u1's items reaches u10's.
+    let dir = TestDir::new();
+    let mut journal = dir.open();
+    journal
+        .write(
+            &mut [
+                typed("x1", "device.error", "u1"),
+                typed("x2", "device.error", "u10"),
+                typed("x3", "device.error", "u1"),
+            ],
+            &[mark(InboxKey::user("u1"), Mark::Read, Target::All)],
+        )
+        .unwrap();
+    let reader = journal.reader();
+    let inbox = reader.inbox().unwrap();
+    assert_eq!(page(inbox, &InboxKey::user("u1"), pb::InboxFilter::All), [3, 1]);
+    assert_eq!(page(inbox, &InboxKey::user("u10"), pb::InboxFilter::Unread), [2]);
+    assert_eq!(inbox.counts(&InboxKey::user("u10")).unwrap().total().unread, 1);
+}

@@ -1,9 +1,11 @@
-//! Converting a journal of the first record format (written before `meta` had a `format` key)
-//! to the current one, at open, in the open's one write transaction: every record or, when one
-//! cannot be read, none (the open stops with the reason and the file is left as it was).
+//! Converting what earlier versions wrote to what this one reads, at open, in the open's one
+//! write transaction: every record or, when one cannot be read, none (the open stops with the
+//! reason and the file is left as it was).
 //!
-//! Owns: the first format, which nothing else reads any more. Does not own: the current record
-//! (`record.rs`) or when the conversion runs (`RedbJournal::open`).
+//! Owns: the first record format (written before `meta` had a `format` key) and the first
+//! layout of the inbox's state (items, ids and counts in three tables), which nothing else
+//! reads any more. Does not own: the current record (`record.rs`), the current inbox layout
+//! (`inbox.rs`) or when the conversions run (`RedbJournal::open`).
 //!
 //! The first format: `appended_ms` (8 bytes, little-endian), then the id, type, user and
 //! device, each a 16-bit little-endian length and that many bytes of UTF-8, then the frame (the
@@ -12,8 +14,90 @@
 
 use redb::ReadableTable as _;
 
-use super::{BYTES, EVENTS, META, OpenCause, engine, record::Record};
+use redb::TableHandle as _;
+
+use super::{
+    BYTES, EVENTS, META, OpenCause, engine,
+    inbox::{STATE, StateKeys, item_value},
+    record::Record,
+};
 use crate::pb;
+
+/// The first inbox layout's tables (issue 25's first version): (kind, owner, position) →
+/// (state bits, family); (kind, owner, event id) → position; (kind, owner) → counts.
+const FIRST_ITEMS: redb::TableDefinition<(u8, &str, u64), (u8, u8)> =
+    redb::TableDefinition::new("inbox_items");
+const FIRST_IDS: redb::TableDefinition<(u8, &str, &str), u64> =
+    redb::TableDefinition::new("inbox_ids");
+const FIRST_COUNTS: redb::TableDefinition<(u8, &str), &[u8]> =
+    redb::TableDefinition::new("inbox_counts");
+
+/// Moves the rows of the first inbox layout's three tables into `inbox_state` and deletes
+/// the three; returns how many rows it moved (0 when the journal has none of them).
+pub(super) fn merge_inbox_tables(txn: &redb::WriteTransaction) -> Result<u64, OpenCause> {
+    let names: Vec<String> = txn
+        .list_tables()
+        .map_err(engine)?
+        .map(|table| table.name().to_owned())
+        .collect();
+    let has = |table: &str| names.iter().any(|name| name == table);
+    if ![FIRST_ITEMS.name(), FIRST_IDS.name(), FIRST_COUNTS.name()]
+        .iter()
+        .any(|table| has(table))
+    {
+        return Ok(0);
+    }
+    let mut state = txn.open_table(STATE).map_err(engine)?;
+    let mut moved = 0_u64;
+    if has(FIRST_ITEMS.name()) {
+        let items = txn.open_table(FIRST_ITEMS).map_err(engine)?;
+        for entry in items.iter().map_err(engine)? {
+            let (key, value) = entry.map_err(engine)?;
+            let ((kind, owner, position), (bits, family)) = (key.value(), value.value());
+            let keys = StateKeys::new(kind, owner);
+            state
+                .insert(
+                    keys.item(position).as_slice(),
+                    item_value(bits, family).as_slice(),
+                )
+                .map_err(engine)?;
+            moved += 1;
+        }
+    }
+    if has(FIRST_IDS.name()) {
+        let ids = txn.open_table(FIRST_IDS).map_err(engine)?;
+        for entry in ids.iter().map_err(engine)? {
+            let (key, value) = entry.map_err(engine)?;
+            let (kind, owner, id) = key.value();
+            state
+                .insert(
+                    StateKeys::new(kind, owner).id(id).as_slice(),
+                    value.value().to_le_bytes().as_slice(),
+                )
+                .map_err(engine)?;
+            moved += 1;
+        }
+    }
+    if has(FIRST_COUNTS.name()) {
+        let counts = txn.open_table(FIRST_COUNTS).map_err(engine)?;
+        for entry in counts.iter().map_err(engine)? {
+            let (key, value) = entry.map_err(engine)?;
+            let (kind, owner) = key.value();
+            state
+                .insert(
+                    StateKeys::new(kind, owner).counts().as_slice(),
+                    value.value(),
+                )
+                .map_err(engine)?;
+            moved += 1;
+        }
+    }
+    drop(state);
+    txn.delete_table(FIRST_ITEMS).map_err(engine)?;
+    txn.delete_table(FIRST_IDS).map_err(engine)?;
+    txn.delete_table(FIRST_COUNTS).map_err(engine)?;
+    Ok(moved)
+}
 
 /// Records converted per pass: redb cannot write a table while iterating it, so each pass
 /// reads this many, then writes them back (bounding the memory a large journal takes).

@@ -285,6 +285,10 @@ impl RedbJournal {
                     .map_err(engine)?;
             }
         }
+        let merged = migrate::merge_inbox_tables(&txn)?;
+        if merged > 0 {
+            tracing::info!(rows = merged, "inbox state moved to its current layout");
+        }
         let (epoch, head) = {
             let mut meta = txn.open_table(META).map_err(engine)?;
             let events = txn.open_table(EVENTS).map_err(engine)?;
