@@ -21,6 +21,7 @@ async fn until_caught_up(
             Kind::Gap(gap) => gaps.push(gap),
             Kind::CaughtUp(caught_up) => return (ids, gaps, caught_up.cursor),
             Kind::Heartbeat(_) | Kind::Inbox(_) => {}
+            Kind::Conflated(c) => panic!("a stream without conflation skipped {c:?}"),
         }
     }
 }

@@ -67,6 +67,16 @@ pub struct SubscribeArgs {
     /// own inbox on a stream of your own events, of your admin inbox with --admin-feed.
     #[arg(long, env = "NOTIFY_INBOX")]
     pub inbox: bool,
+    /// Storm control for a console: while the stream is behind, skip state events a later one
+    /// of the same key supersedes (`quota.updated` by quota, a device's status by device) and,
+    /// with --admin-feed, coalesce bursts of admin notices; each skip is a `{"conflated":...}`
+    /// line. Not for a service that must see every event.
+    #[arg(long, env = "NOTIFY_CONFLATE")]
+    pub conflate: bool,
+    /// At most this many events a second (superseded state events are skipped while waiting;
+    /// others are only delayed).
+    #[arg(long, env = "NOTIFY_MAX_EVENTS_PER_SECOND")]
+    pub max_events_per_second: Option<u32>,
 }
 
 /// What `subscribe` and `history` select: the fields their requests share.
@@ -358,6 +368,8 @@ async fn subscribe_once(
         admin_feed: args.admin_feed,
         resume_after: cursor.clone(),
         inbox: args.inbox,
+        conflate: args.conflate,
+        max_events_per_second: args.max_events_per_second.unwrap_or(0),
     };
     let request = match authorized(request, args.token.as_deref()) {
         Ok(request) => request,
@@ -394,6 +406,7 @@ async fn subscribe_once(
             }
             Some(Kind::Heartbeat(heartbeat)) => (heartbeat.cursor.as_str(), true),
             Some(Kind::Gap(gap)) => (gap.to_cursor.as_str(), false),
+            Some(Kind::Conflated(conflated)) => (conflated.up_to_cursor.as_str(), false),
             // An inbox update carries no position: the stream's stays where it was.
             Some(Kind::Inbox(_)) | None => ("", false),
         };

@@ -118,6 +118,13 @@ pub struct ServeConfig {
     #[arg(long, env = "NOTIFY_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = positive_duration)]
     pub heartbeat_interval: Duration,
 
+    /// On an admin-feed stream that asked for `conflate`, admin notices of one source type and
+    /// cause (e.g. `device.error` of one `errorType`) within this long of the first become one
+    /// notice with a count and sample ids; such a stream holds what follows a burst's first
+    /// notice until the window ends. `0s`: never coalesce.
+    #[arg(long, env = "NOTIFY_NOTICE_COALESCE_WINDOW", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub notice_coalesce_window: Duration,
+
     /// HTTP/2 keepalive ping interval; a connection that does not answer within
     /// `--http2-keepalive-timeout` is closed.
     #[arg(long, env = "NOTIFY_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -176,6 +183,7 @@ impl ServeConfig {
             queue_len: self.subscriber_queue_len,
             replay_readers: self.replay_readers(),
             heartbeat_interval: self.heartbeat_interval,
+            notice_coalesce_window: self.notice_coalesce_window,
         }
     }
 

@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     auth::{Authenticator, Principal, Wants},
-    hub::{Filter, FilterSettings, Hub, Subscription, Users},
+    hub::{Filter, FilterSettings, Hub, StormControl, StreamOptions, Subscription, Users},
     otel::Tracing,
     pb::{self, notification_service_server::NotificationService},
     schema::DecodeSettings,
@@ -162,9 +162,16 @@ impl NotifyService {
         let permit = self.streams.open(connection, &principal.user_id)?;
         let viewer = self.auth.policy.viewer(principal);
         let inboxes = self.stream_inboxes(principal, &request).await?;
-        let subscription =
-            self.hub
-                .subscribe_with_inboxes(filter, viewer, resume_after, inboxes)?;
+        let storm = StormControl {
+            conflate: request.conflate,
+            max_events_per_second: request.max_events_per_second,
+        };
+        let subscription = self.hub.subscribe_with(
+            filter,
+            viewer,
+            resume_after,
+            StreamOptions { inboxes, storm },
+        )?;
         // The stream ends when the token does; the client reconnects with a fresh one.
         let valid_for = principal
             .expires_at

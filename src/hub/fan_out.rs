@@ -21,6 +21,7 @@ use super::{
     index::{Inboxes, Index, Subscriber},
     reads::Reads,
     shared::{HubSettings, Shared},
+    storm::{Storm, StormControl},
     subscription::Replay,
     unreadable::Unreadable,
 };
@@ -37,6 +38,15 @@ use crate::{
 #[derive(Clone)]
 pub struct Hub {
     pub(super) shared: Arc<Shared>,
+}
+
+/// What a stream gets besides its events, and how they are paced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamOptions {
+    /// Whose inbox updates it carries.
+    pub inboxes: Inboxes,
+    /// Conflation and a rate (see `storm`); off by default.
+    pub storm: StormControl,
 }
 
 /// An event ready to fan out: routing facts plus the encoded `SubscribeResponse` all recipients
@@ -211,14 +221,15 @@ impl Hub {
         }
     }
 
-    /// Opens a subscription (see [`Hub::subscribe_with_inboxes`]) that gets no inbox updates.
+    /// Opens a subscription (see [`Hub::subscribe_with`]) that gets no inbox updates and no
+    /// storm control.
     pub fn subscribe(
         &self,
         filter: Filter,
         viewer: Viewer,
         resume_after: Option<Cursor>,
     ) -> Result<Subscription, HubError> {
-        self.subscribe_with_inboxes(filter, viewer, resume_after, Inboxes::default())
+        self.subscribe_with(filter, viewer, resume_after, StreamOptions::default())
     }
 
     /// Opens a subscription.
@@ -238,14 +249,19 @@ impl Hub {
     /// their state as of now (read once the subscriber is in the index, so every later change
     /// reaches its mailbox too: the stream may see a count twice, never a stale one last), then
     /// every change.
-    pub fn subscribe_with_inboxes(
+    ///
+    /// With `options.storm`, what the stream sends passes its storm layer (`storm`): skipped
+    /// state events, coalesced admin notices and a rate, each reported in-band.
+    pub fn subscribe_with(
         &self,
         filter: Filter,
         viewer: Viewer,
         resume_after: Option<Cursor>,
-        inboxes: Inboxes,
+        options: StreamOptions,
     ) -> Result<Subscription, HubError> {
+        let StreamOptions { inboxes, storm } = options;
         let shared = &*self.shared;
+        let admin_feed = filter.admin_feed;
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let owner = match &filter.users {
             Users::One(user) if inboxes.user => Some(user.to_string()),
@@ -313,16 +329,23 @@ impl Hub {
         if replay.is_none() {
             pending.extend(inbox_state.drain(..));
         }
+        let last_position = replay.map_or(head.position, |r: Replay| r.read_after);
         Ok(Subscription {
             hub: self.shared.clone(),
             subscriber,
-            last_position: replay.map_or(head.position, |r: Replay| r.read_after),
+            last_position,
             pending,
             replay,
             reading: None,
             waiting: None,
             replay_spans_left: MAX_HANDOFF_SPANS,
             inbox_state,
+            storm: Storm::new(
+                storm,
+                admin_feed,
+                shared.config.notice_coalesce_window,
+                last_position,
+            ),
         })
     }
 

@@ -23,7 +23,8 @@
 //! The files, one concept each: `index` (who is subscribed to what: the routing index),
 //! `fan_out` ([`Hub`]: registering subscribers, handing each event to them, heartbeats,
 //! shutdown), `subscription` ([`Subscription`]: one stream, its replay and catch-up from the
-//! journal), `shared` (what
+//! journal), `storm` (a stream's conflation, coalesced notices and rate, when it asked for
+//! them), `shared` (what
 //! both share: the settings, the index behind its lock, the journal and its readers), `reads`
 //! (the journal readers those reads run on), `history` (pages of stored
 //! events), `frames` (the control frames a stream sends), `unreadable` (stored frames that do
@@ -39,16 +40,18 @@ mod index;
 mod mailbox;
 mod reads;
 mod shared;
+mod storm;
 mod subscription;
 mod unreadable;
 
 pub use error::HubError;
-pub use fan_out::{Hub, Routed};
+pub use fan_out::{Hub, Routed, StreamOptions};
 pub use filter::{Filter, FilterError, FilterSettings, MAX_PATTERN_LEN, MAX_TYPE_PATTERNS, Users};
 pub use index::Inboxes;
 pub use mailbox::{EndReason, Frame};
 pub use reads::ReadError;
 pub use shared::HubSettings;
+pub use storm::StormControl;
 pub use subscription::Subscription;
 
 // Used only inside the hub.

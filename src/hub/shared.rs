@@ -31,6 +31,9 @@ pub struct HubSettings {
     /// A replaying stream that waited this long for the journal gets a heartbeat
     /// (`--heartbeat-interval`), so clients watching for silence do not give up on it.
     pub heartbeat_interval: std::time::Duration,
+    /// On a `conflate` admin-feed stream, admin notices of one source type and cause within
+    /// this long of the first become one notice (`--notice-coalesce-window`; zero: never).
+    pub notice_coalesce_window: std::time::Duration,
 }
 
 pub(super) struct Shared {

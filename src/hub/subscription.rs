@@ -18,6 +18,7 @@ use super::{
     index::{Subscriber, selects},
     reads::{PendingRead, ReadError},
     shared::Shared,
+    storm::{Release, Storm},
     unreadable::make_replayable,
 };
 use crate::{
@@ -69,6 +70,8 @@ pub struct Subscription {
     /// The state of the stream's inboxes as of its opening, sent right after the replay's
     /// `CaughtUp`.
     pub(super) inbox_state: Vec<Frame>,
+    /// Storm control (`conflate`, `max_events_per_second`), when the stream asked for it.
+    pub(super) storm: Option<Box<Storm>>,
 }
 
 impl Subscription {
@@ -79,7 +82,34 @@ impl Subscription {
 
     /// The cursor of the last frame this stream yielded: everything up to it was delivered.
     pub fn last_cursor(&self) -> Cursor {
-        self.hub.cursor(self.last_position)
+        match &self.storm {
+            Some(storm) => self.hub.cursor(storm.sent_position),
+            None => self.hub.cursor(self.last_position),
+        }
+    }
+
+    /// Whether the stream is still reading from the journal what it missed.
+    fn catching_up(&self) -> bool {
+        self.replay.is_some() || self.reading.is_some() || !self.pending.is_empty()
+    }
+
+    /// The stream through its storm layer: takes what the source has ready while the buffer
+    /// has room, then lets out what may leave now.
+    fn poll_storm(&mut self, storm: &mut Storm, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
+        while storm.has_room() {
+            match self.poll_source(cx) {
+                Poll::Ready(Some(frame)) => storm.take(frame),
+                // Ended: what the buffer holds is dropped; the client resumes from the last
+                // cursor it got (see `storm`).
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => break,
+            }
+        }
+        let hub = &self.hub;
+        match storm.release(cx, self.catching_up(), |position| hub.cursor(position)) {
+            Release::Frame(frame) => Poll::Ready(Some(frame)),
+            Release::Wait => Poll::Pending,
+        }
     }
 
     /// Records how long an event took from entering the server to leaving for the wire.
@@ -248,6 +278,20 @@ impl tokio_stream::Stream for Subscription {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
         let this = self.get_mut();
+        let Some(mut storm) = this.storm.take() else {
+            return this.poll_source(cx);
+        };
+        let next = this.poll_storm(&mut storm, cx);
+        this.storm = Some(storm);
+        next
+    }
+}
+
+impl Subscription {
+    /// The stream's frames in order, before storm control: the opening frames, the replay,
+    /// then the mailbox.
+    fn poll_source(&mut self, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
+        let this = self;
         loop {
             if let Some(frame) = this.pending.pop_front() {
                 if frame.position != NO_POSITION {

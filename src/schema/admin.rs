@@ -21,6 +21,8 @@ struct Notice {
     severity: pb::NoticeSeverity,
     title: &'static str,
     message: String,
+    /// What the notice is about within its source type (a device error's `errorType`).
+    cause: String,
 }
 
 /// The admin notice `event` implies, if any.
@@ -29,9 +31,31 @@ pub(super) fn derive(event: &pb::Event) -> Option<pb::Event> {
         Payload::QuotaExceeded(exceeded) => quota_exceeded(event, exceeded),
         Payload::QuotaAlert(alert) => quota_alert(event, alert)?,
         Payload::BillingLowBalance(low) => low_balance(event, low),
+        Payload::DeviceError(error) => device_error(event, error),
         _ => return None,
     };
     Some(wrap(event, notice))
+}
+
+/// `device.error`: an error naming the device and what went wrong. A host failure sends
+/// hundreds at once; a `conflate` admin stream coalesces them by `errorType`.
+fn device_error(event: &pb::Event, error: &pb::DeviceError) -> Notice {
+    let device = if error.device_name.is_empty() {
+        event.device_id.clone()
+    } else {
+        format!("{} ({})", error.device_name, event.device_id)
+    };
+    let what = if error.error_message.is_empty() {
+        error.error_type.clone()
+    } else {
+        error.error_message.clone()
+    };
+    Notice {
+        severity: pb::NoticeSeverity::Error,
+        title: "Device error",
+        message: format!("Device {device} of user {} failed: {what}.", event.user_id),
+        cause: error.error_type.clone(),
+    }
 }
 
 /// `quota.exceeded`: always an error.
@@ -47,6 +71,7 @@ fn quota_exceeded(event: &pb::Event, exceeded: &pb::QuotaExceeded) -> Notice {
             "User {} exceeded quota {}{usage}.",
             event.user_id, exceeded.quota_id
         ),
+        cause: String::new(),
     }
 }
 
@@ -78,6 +103,7 @@ fn quota_alert(event: &pb::Event, alert: &pb::QuotaAlert) -> Option<Notice> {
             "User {} reached critical usage of quota {}{plan}{usage}.",
             event.user_id, alert.quota_id
         ),
+        cause: String::new(),
     })
 }
 
@@ -101,6 +127,7 @@ fn low_balance(event: &pb::Event, low: &pb::BillingLowBalance) -> Notice {
             amount(&low.current_balance),
             amount(&low.threshold)
         ),
+        cause: String::new(),
     }
 }
 
@@ -146,6 +173,9 @@ fn wrap(source: &pb::Event, notice: Notice) -> pb::Event {
             subject_user_id: source.user_id.clone(),
             source_event_type: source.r#type.clone(),
             source_event_id: source.id.clone(),
+            cause: notice.cause,
+            count: 0,
+            sample_event_ids: Vec::new(),
         })),
     }
 }

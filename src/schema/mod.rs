@@ -2,9 +2,10 @@
 //! validated `pb::Event`, plus the admin notice it implies.
 //!
 //! Owns: routing-key and field aliases, body shapes A–D, exact money, timestamps, event ids,
-//! deriving admin notices, and the bounds every accepted event keeps (the grammar of event types,
-//! the length of ids, no user `*`, the nesting clients can decode, `--max-event-bytes`), so
-//! that every ingest path applies the same ones.
+//! deriving admin notices, which events are state and their conflation keys (`conflation`),
+//! and the bounds every accepted event keeps (the grammar of event types, the length of ids,
+//! no user `*`, the nesting clients can decode, `--max-event-bytes`), so that every ingest
+//! path applies the same ones.
 //! Does not own: I/O of any kind, cursors (the journal assigns them), or who may see an event
 //! (`auth`).
 //! Everything here is a pure function, so it is unit tested from fixtures and fuzzable.
@@ -12,6 +13,7 @@
 mod admin;
 mod body;
 mod catalog;
+mod conflation;
 mod dates;
 mod fields;
 mod id;
@@ -268,6 +270,10 @@ impl DecodeError {
     }
 }
 
+pub use conflation::{
+    ConflationKey, NOTICE_SAMPLE_IDS, NoticeKind, coalesced_notice, conflation_key, is_state_type,
+    notice_kind,
+};
 pub use nesting::{DECODER_NESTING_LIMIT, MAX_BODY_DEPTH, MAX_EVENT_NESTING};
 pub use routing::{is_event_type, is_segment};
 

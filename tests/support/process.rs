@@ -318,6 +318,7 @@ pub fn follow_the_firehose(
                     }
                     Some(Kind::Heartbeat(at)) => received.last_cursor = at.cursor,
                     Some(Kind::Gap(gap)) => received.gaps.push(gap),
+                    Some(Kind::Conflated(at)) => received.last_cursor = at.up_to_cursor,
                     Some(Kind::Inbox(_)) | None => {}
                 }
             };

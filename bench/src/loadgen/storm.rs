@@ -278,7 +278,7 @@ async fn replay_once(
         match stream.message().await?.and_then(|m| m.kind) {
             Some(Kind::CaughtUp(_)) => return Ok(()),
             Some(Kind::Event(_)) => *events += 1,
-            Some(Kind::Gap(_) | Kind::Heartbeat(_) | Kind::Inbox(_)) => {}
+            Some(Kind::Gap(_) | Kind::Heartbeat(_) | Kind::Inbox(_) | Kind::Conflated(_)) => {}
             None => bail!("the stream ended before CaughtUp"),
         }
     }

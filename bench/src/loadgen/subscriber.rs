@@ -213,6 +213,8 @@ fn request(index: usize, plan: &SubscribePlan) -> pb::SubscribeRequest {
         admin_feed: false,
         resume_after: String::new(),
         inbox: false,
+        conflate: false,
+        max_events_per_second: 0,
     }
 }
 

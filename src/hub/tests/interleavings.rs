@@ -47,6 +47,7 @@ fn read(
             Kind::CaughtUp(c) => *last = Cursor::parse(&c.cursor).expect("a cursor"),
             Kind::Heartbeat(_) | Kind::Inbox(_) => {}
             Kind::Gap(gap) => prop_assert!(false, "unexpected gap {gap:?}"),
+            Kind::Conflated(c) => prop_assert!(false, "a stream without conflation skipped {c:?}"),
         }
     }
     Ok(())

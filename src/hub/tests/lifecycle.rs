@@ -98,7 +98,7 @@ fn concurrent_subscribes_and_heartbeats_never_lose_reorder_or_rewind() {
             match response.kind.expect("kind") {
                 Kind::CaughtUp(_) => start = Some(frame.position),
                 Kind::Event(_) => positions.push(frame.position),
-                Kind::Heartbeat(_) | Kind::Gap(_) | Kind::Inbox(_) => {}
+                Kind::Heartbeat(_) | Kind::Gap(_) | Kind::Inbox(_) | Kind::Conflated(_) => {}
             }
             let last = positions
                 .last()

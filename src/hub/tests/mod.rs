@@ -2,6 +2,7 @@
 //! publisher every test shares, and one file per subject: `routing` (who gets an event),
 //! `resume` (replay, gaps and catch-up), `lifecycle` (heartbeats, shutdown, the races between
 //! joining and fan-out), `readers` (journal reads off the polling thread), `history` (pages),
+//! `storm` (conflation, coalesced notices and a stream's rate),
 //! `unreadable` (stored frames that do not decode), `interleavings` (a property test of the
 //! hand-offs).
 
@@ -11,6 +12,7 @@ mod lifecycle;
 mod readers;
 mod resume;
 mod routing;
+mod storm;
 mod unreadable;
 
 use std::{
@@ -119,6 +121,7 @@ fn hub_with_journal(queue_len: usize) -> (Hub, Arc<TestJournal>) {
             queue_len,
             replay_readers: 1,
             heartbeat_interval: std::time::Duration::from_secs(15),
+            notice_coalesce_window: std::time::Duration::from_secs(2),
         },
         Cursor {
             epoch: EPOCH,
@@ -155,6 +158,36 @@ impl Publisher {
             journal: journal.clone(),
             position: 0,
         }
+    }
+
+    /// Stores and fans out `event` (its id and cursor set here); returns its position.
+    fn send_event(&mut self, mut event: pb::Event) -> u64 {
+        self.position += 1;
+        if event.id.is_empty() {
+            event.id = format!("e{}", self.position);
+        }
+        event.cursor = Cursor {
+            epoch: EPOCH,
+            position: self.position,
+        }
+        .to_string();
+        let frame = crate::store::encode_event_frame(&event);
+        self.journal.events.lock().unwrap().push(StoredEvent {
+            position: self.position,
+            event_type: event.r#type.as_str().into(),
+            user_id: event.user_id.as_str().into(),
+            device_id: event.device_id.as_str().into(),
+            frame: frame.clone(),
+        });
+        self.hub.fan_out(Routed {
+            event: &event,
+            frame,
+            position: self.position,
+            published_at: Instant::now(),
+            trace: None,
+            muted: false,
+        });
+        self.position
     }
 
     fn send(&mut self, event_type: &str, user: &str, device: &str) -> String {
@@ -221,6 +254,7 @@ fn pooled_hub(stored: u64) -> (Hub, Arc<TestJournal>) {
             queue_len: 16,
             replay_readers: 1,
             heartbeat_interval: std::time::Duration::from_secs(15),
+            notice_coalesce_window: std::time::Duration::from_secs(2),
         },
         Cursor {
             epoch: EPOCH,

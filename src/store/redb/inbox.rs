@@ -402,9 +402,8 @@ impl<'txn> InboxWrite<'txn> {
                         Ok((k, v)) => {
                             let (bits, family) = item_of(v.value());
                             let state = ItemState::from_bits(bits);
-                            (state.marked(mark) != state).then(|| {
-                                Ok((StateKeys::item_position(k.value()), bits, family))
-                            })
+                            (state.marked(mark) != state)
+                                .then(|| Ok((StateKeys::item_position(k.value()), bits, family)))
                         }
                         Err(error) => Some(Err(error)),
                     })

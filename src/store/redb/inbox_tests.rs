@@ -456,7 +456,10 @@ fn a_journal_of_the_first_inbox_layout_opens_with_its_items_ids_and_counts() {
     let u1 = InboxKey::user("u1");
     let counts = inbox.counts(&u1).unwrap();
     assert_eq!((counts.total().total, counts.total().unread), (3, 2));
-    assert_eq!(inbox.counts(&InboxKey::user("u2")).unwrap().total().total, 1);
+    assert_eq!(
+        inbox.counts(&InboxKey::user("u2")).unwrap().total().total,
+        1
+    );
     assert_eq!(page(inbox, &u1, pb::InboxFilter::Unread), [4, 1]);
     assert_eq!(page(inbox, &u1, pb::InboxFilter::Read), [2]);
     // The ids moved too: a mark by id finds its item.
@@ -501,7 +504,16 @@ fn owners_whose_names_are_prefixes_of_each_other_keep_their_own_items() {
         .unwrap();
     let reader = journal.reader();
     let inbox = reader.inbox().unwrap();
-    assert_eq!(page(inbox, &InboxKey::user("u1"), pb::InboxFilter::All), [3, 1]);
-    assert_eq!(page(inbox, &InboxKey::user("u10"), pb::InboxFilter::Unread), [2]);
-    assert_eq!(inbox.counts(&InboxKey::user("u10")).unwrap().total().unread, 1);
+    assert_eq!(
+        page(inbox, &InboxKey::user("u1"), pb::InboxFilter::All),
+        [3, 1]
+    );
+    assert_eq!(
+        page(inbox, &InboxKey::user("u10"), pb::InboxFilter::Unread),
+        [2]
+    );
+    assert_eq!(
+        inbox.counts(&InboxKey::user("u10")).unwrap().total().unread,
+        1
+    );
 }
