@@ -21,11 +21,13 @@
 //! | [`replay`]     | `--scenario replay`: one stream catching up on the whole journal     |
 //! | [`storm`]      | `--scenario resume-storm`: many resumes over a full journal, looping |
 //! | [`inbox`]      | `--scenario inbox`: a filled journal's inbox calls, and their cost   |
+//! | [`conflation`] | `--scenario conflation`: a console's catch-up after a quota storm    |
 //! | [`rss`]        | the server's resident memory (`VmRSS`), once and every second        |
 //! | [`cpu`]        | the server's CPU time over the measurement window, per event         |
 //! | [`report`]     | the table, the JSON object, the progress line, the verdict           |
 
 mod amqp;
+mod conflation;
 mod cpu;
 mod handoffs;
 mod inbox;
@@ -107,6 +109,9 @@ pub enum Scenario {
     /// `PublishStream`, then time `GetInboxCounts`, `ListInbox` and `MarkInbox` of random users
     /// at the `--inbox-*-rate`s (with `--inbox-publish`, while publishers publish).
     Inbox,
+    /// Publish `--journal-events` `quota.updated` for `--quotas` quotas of one user (a storm),
+    /// then time that user's catch-up to `CaughtUp` without and with `conflate`, `--runs` times.
+    Conflation,
 }
 
 impl Scenario {
@@ -119,6 +124,7 @@ impl Scenario {
             Scenario::Replay => "replay",
             Scenario::ResumeStorm => "resume-storm",
             Scenario::Inbox => "inbox",
+            Scenario::Conflation => "conflation",
         }
     }
 }
@@ -198,6 +204,14 @@ pub struct LoadgenArgs {
     /// random one per call.
     #[arg(long, default_value_t = 100_000, env = "NOTIFY_LOADGEN_USERS")]
     pub users: u64,
+
+    /// `conflation`: the quotas the storm updates in turn.
+    #[arg(long, default_value_t = 1000, env = "NOTIFY_LOADGEN_QUOTAS")]
+    pub quotas: u64,
+
+    /// `conflation`: how many times each catch-up is timed (the median is reported).
+    #[arg(long, default_value_t = 3, env = "NOTIFY_LOADGEN_RUNS")]
+    pub runs: usize,
 
     /// `inbox`: stop after the fill, e.g. to restart the server with other flags (a fill with
     /// `--durability 100ms`, the measurement with `fsync`) before measuring on the same journal.
@@ -544,6 +558,13 @@ pub async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
     }
     if args.scenario == Scenario::Inbox {
         return inbox::run(&args).await;
+    }
+    if args.scenario == Scenario::Conflation {
+        let channel = connect_all(&args.server, 1, false)
+            .await?
+            .pop()
+            .context("a connection")?;
+        return conflation::run(&args, channel).await;
     }
     let command = command_line();
     let clock = RunClock::start();
@@ -920,7 +941,9 @@ async fn publish(
     let users = match args.scenario {
         Scenario::PerUser | Scenario::ResumeStorm => TargetUsers::Random(args.subscribers as u64),
         Scenario::Inbox => TargetUsers::Random(args.users),
-        Scenario::Firehose | Scenario::Idle | Scenario::Replay => TargetUsers::One(0),
+        Scenario::Firehose | Scenario::Idle | Scenario::Replay | Scenario::Conflation => {
+            TargetUsers::One(0)
+        }
     };
     let plan = Arc::new(PublishPlan::new(args, run_prefix, users)?);
     // Subscribers classify events by this window; it is set before the first event exists.

@@ -374,7 +374,8 @@ impl Report {
                 | Scenario::Idle
                 | Scenario::Replay
                 | Scenario::ResumeStorm
-                | Scenario::Inbox => p.counts.ok_measured,
+                | Scenario::Inbox
+                | Scenario::Conflation => p.counts.ok_measured,
             },
             received: recorded.received_measured,
             received_total: recorded.received,

@@ -203,7 +203,8 @@ fn request(index: usize, plan: &SubscribePlan) -> pb::SubscribeRequest {
         | Scenario::Idle
         | Scenario::Replay
         | Scenario::ResumeStorm
-        | Scenario::Inbox => format!("lg-user-{index}"),
+        | Scenario::Inbox
+        | Scenario::Conflation => format!("lg-user-{index}"),
         Scenario::Firehose => "*".to_owned(),
     };
     pb::SubscribeRequest {
@@ -232,7 +233,8 @@ fn authorized_request(
         | Scenario::Idle
         | Scenario::Replay
         | Scenario::ResumeStorm
-        | Scenario::Inbox => (request.user_id.clone(), "user"),
+        | Scenario::Inbox
+        | Scenario::Conflation => (request.user_id.clone(), "user"),
     };
     let token = notify_backbone::client::mint_with(
         &plan.secret,
