@@ -105,10 +105,11 @@ async fn a_conflating_subscriber_catches_up_with_the_latest_of_each_quota() {
     assert_eq!(paid, payments);
 }
 
-/// A device error of `error_type` on device `device`.
+/// An urgent device error of `error_type` on device `device` (it makes an admin notice).
 fn device_failed(id: &str, device: &str, error_type: &str) -> String {
     json!({
         "eventId": id, "eventType": "device.error", "timestamp": "2025-11-20T10:00:00.000Z",
+        "priority": "high",
         "payload": {
             "deviceId": device, "deviceName": device, "userId": "u1",
             "errorType": error_type, "errorMessage": "host h7 is down",

@@ -345,6 +345,7 @@ impl Hub {
                 admin_feed,
                 shared.config.notice_coalesce_window,
                 last_position,
+                &shared.metrics,
             ),
         })
     }

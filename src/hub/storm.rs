@@ -26,6 +26,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::{Duration, SystemTime},
 };
@@ -41,6 +42,7 @@ use crate::{
     pb::{self, subscribe_response::Kind},
     schema::{self, ConflationKey, NoticeKind},
     store::Cursor,
+    telemetry::Metrics,
 };
 
 /// The most frames a stream's storm buffer holds.
@@ -111,15 +113,6 @@ impl Burst {
     }
 }
 
-/// What the storm layer did, for a stream's caller (tests and metrics).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(super) struct StormCounts {
-    /// State events skipped.
-    pub(super) skipped: u64,
-    /// Notices folded into a coalesced one (not counting the one that stands for them).
-    pub(super) coalesced: u64,
-}
-
 /// One stream's storm buffer and pacing.
 pub(super) struct Storm {
     conflate: bool,
@@ -143,7 +136,8 @@ pub(super) struct Storm {
     timer: Option<Pin<Box<Sleep>>>,
     /// The position of the last frame that left.
     pub(super) sent_position: u64,
-    pub(super) counts: StormCounts,
+    /// `notify_conflated_total`, `notify_coalesced_notices_total`.
+    metrics: Arc<Metrics>,
 }
 
 /// What [`Storm::release`] found.
@@ -162,6 +156,7 @@ impl Storm {
         admin_feed: bool,
         window: Duration,
         start: u64,
+        metrics: &Arc<Metrics>,
     ) -> Option<Box<Self>> {
         if options.is_off() {
             return None;
@@ -183,7 +178,7 @@ impl Storm {
             next_send: None,
             timer: None,
             sent_position: start,
-            counts: StormCounts::default(),
+            metrics: Arc::clone(metrics),
         }))
     }
 
@@ -256,7 +251,7 @@ impl Storm {
             self.held_bytes -= old.bytes.len();
             self.unreported += 1;
             self.unreported_max = self.unreported_max.max(old.position);
-            self.counts.skipped += 1;
+            self.metrics.conflated.inc();
         }
     }
 
@@ -284,7 +279,7 @@ impl Storm {
             if burst.sample_ids.len() < schema::NOTICE_SAMPLE_IDS {
                 burst.sample_ids.push(source_id(&event));
             }
-            self.counts.coalesced += 1;
+            self.metrics.coalesced_notices.inc();
             return;
         }
         let live = frame.published_at.is_some();

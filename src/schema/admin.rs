@@ -31,13 +31,24 @@ pub(super) fn derive(event: &pb::Event) -> Option<pb::Event> {
         Payload::QuotaExceeded(exceeded) => quota_exceeded(event, exceeded),
         Payload::QuotaAlert(alert) => quota_alert(event, alert)?,
         Payload::BillingLowBalance(low) => low_balance(event, low),
-        Payload::DeviceError(error) => device_error(event, error),
+        Payload::DeviceError(error) if is_urgent(&error.priority) => device_error(event, error),
         _ => return None,
     };
     Some(wrap(event, notice))
 }
 
-/// `device.error`: an error naming the device and what went wrong. A host failure sends
+/// The priorities of a `device.error` that admins are told of: what the producer marked as
+/// needing attention (a host failure). Routine errors, and those sent without a priority, are
+/// for the user alone.
+const URGENT_PRIORITIES: [&str; 3] = ["high", "critical", "urgent"];
+
+fn is_urgent(priority: &str) -> bool {
+    URGENT_PRIORITIES
+        .iter()
+        .any(|urgent| priority.eq_ignore_ascii_case(urgent))
+}
+
+/// `device.error` of an urgent priority: an error naming the device and what went wrong. A host failure sends
 /// hundreds at once; a `conflate` admin stream coalesces them by `errorType`.
 fn device_error(event: &pb::Event, error: &pb::DeviceError) -> Notice {
     let device = if error.device_name.is_empty() {

@@ -51,6 +51,12 @@ pub struct Metrics {
     /// `notify_queue_overflows_total`: subscribers whose queue overflowed (they continue from
     /// the journal).
     pub queue_overflows: Counter,
+    /// `notify_conflated_total`: state events that streams with storm control skipped because
+    /// a later event of the same key superseded them (each reported to its stream).
+    pub conflated: Counter,
+    /// `notify_coalesced_notices_total`: admin notices folded into a coalesced one on a
+    /// `conflate` admin stream (not counting the notice that stands for the burst).
+    pub coalesced_notices: Counter,
     /// `notify_delivery_latency_seconds`: from an event entering the server to its subscriber's
     /// stream taking it for the wire.
     pub delivery_latency: Histogram,
@@ -279,6 +285,8 @@ impl Metrics {
         let rejected = Family::<ReasonLabel, Counter>::default();
         let subscribers = Gauge::default();
         let queue_overflows = Counter::default();
+        let conflated = Counter::default();
+        let coalesced_notices = Counter::default();
         // 50 µs … ~1.6 s in 16 doubling steps.
         let delivery_latency = Histogram::new(exponential_buckets(50e-6, 2.0, 16));
         registry.register(
@@ -311,6 +319,16 @@ impl Metrics {
             "queue_overflows",
             "Subscribers whose queue overflowed (they continue from the journal)",
             queue_overflows.clone(),
+        );
+        registry.register(
+            "conflated",
+            "State events skipped by streams with storm control (superseded by a later one)",
+            conflated.clone(),
+        );
+        registry.register(
+            "coalesced_notices",
+            "Admin notices folded into a coalesced notice on conflate admin streams",
+            coalesced_notices.clone(),
         );
         registry.register(
             "delivery_latency_seconds",
@@ -346,6 +364,8 @@ impl Metrics {
             rejected,
             subscribers,
             queue_overflows,
+            conflated,
+            coalesced_notices,
             delivery_latency,
         }
     }

@@ -10,13 +10,14 @@ use serde_json::json;
 /// The date every built body carries where its shape has one.
 const AT: &str = "2025-11-20T10:00:00.000Z";
 
-/// A device.error envelope (shape D) for `user` about `device`.
+/// A device.error envelope (shape D) for `user` about `device`, of a routine priority (an
+/// urgent one also makes an admin notice, which the tests of notices send themselves).
 pub fn device_error(id: &str, user: &str, device: &str) -> String {
     json!({
         "eventId": id,
         "eventType": "device.error",
         "timestamp": AT,
-        "priority": "high",
+        "priority": "normal",
         "payload": {
             "deviceId": device, "deviceName": "phone-1", "userId": user,
             "errorType": "adb_disconnected", "errorMessage": "adb went away",

@@ -150,6 +150,7 @@ fn a_conflating_catch_up_of_a_quota_storm_delivers_the_latest_of_each_quota() {
     assert_eq!(caught_up_at(&all), 100_000);
     assert_eq!(caught_up_at(&latest), 100_000);
     assert_eq!(conflating.last_cursor(), plain.last_cursor());
+    assert_eq!(hub.shared.metrics.conflated.get(), 99_000);
     let order = positions(&latest);
     assert!(order.windows(2).all(|w| w[0] <= w[1]), "cursors go back");
 }
@@ -328,6 +329,7 @@ async fn a_burst_of_device_errors_is_one_notice_for_a_conflating_admin_then_sing
     assert_eq!(content.count, 400);
     assert_eq!(content.sample_event_ids.len(), 10);
     assert_eq!(content.sample_event_ids[0], "err-0");
+    assert_eq!(hub.shared.metrics.coalesced_notices.get(), 399);
     assert_eq!(position(&coalesced.cursor), first, "where the burst began");
     assert_eq!(
         next_event(next_kind_of(&mut console).await).id,

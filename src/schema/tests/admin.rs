@@ -128,3 +128,37 @@ fn low_balance_without_a_username_names_the_user_id() {
     assert!(notice.message.contains("u-1006"), "{}", notice.message);
     assert!(notice.message.contains("4.80"), "{}", notice.message);
 }
+
+#[test]
+fn an_urgent_device_error_is_an_error_notice_with_its_error_type_as_cause() {
+    let decoded = decoded_fixture("device.error.envelope.json");
+    let (event, notice) = notice_of(&decoded);
+    assert_eq!(notice.severity, pb::NoticeSeverity::Error as i32);
+    assert_eq!(notice.title, "Device error");
+    assert_eq!(notice.cause, "adb_disconnected");
+    assert_eq!(event.device_id, "d-7010");
+    assert!(
+        notice.message.contains("phone-10 (d-7010)"),
+        "{}",
+        notice.message
+    );
+    assert!(
+        notice.message.contains("ADB connection lost"),
+        "{}",
+        notice.message
+    );
+    assert_eq!(notice.count, 0, "a single notice");
+}
+
+#[test]
+fn a_routine_device_error_is_for_the_user_alone() {
+    for priority in [r#""priority":"normal","#, r#""priority":"low","#, ""] {
+        let json = format!(
+            r#"{{"eventId":"e1","eventType":"device.error",{priority}"payload":{{"deviceId":"d1","userId":"u1","errorType":"x"}}}}"#
+        );
+        let decoded = super::decoded("device.error", &json);
+        assert_eq!(decoded.admin_notice, None, "{priority}");
+    }
+    let json = r#"{"eventId":"e2","eventType":"device.error","priority":"CRITICAL","payload":{"deviceId":"d1","userId":"u1","errorType":"x"}}"#;
+    assert!(super::decoded("device.error", json).admin_notice.is_some());
+}

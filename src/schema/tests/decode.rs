@@ -430,7 +430,6 @@ fn events_that_admins_need_not_hear_of_derive_no_notice() {
     for file in [
         "quota.updated.shape-b.json",
         "billing.payment_success.envelope.json",
-        "device.error.envelope.json",
         "app.updated.catalog.json",
     ] {
         assert_eq!(decoded_fixture(file).admin_notice, None, "{file}");
