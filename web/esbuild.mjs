@@ -17,7 +17,7 @@ const alias = {
 };
 
 const TEST_SETS = {
-  unit: ["summary", "describe", "refresh", "feed", "token", "client", "react-queries", "inbox", "tabs", "react-inbox"],
+  unit: ["summary", "describe", "refresh", "feed", "token", "client", "react-queries", "inbox", "tabs", "react-inbox", "react-provider"],
   "node-client": ["node-client"],
 };
 
@@ -69,6 +69,9 @@ async function buildTests(set) {
     sourcemap: "inline",
     logLevel: "warning",
     alias,
+    // CommonJS packages that require Node's own modules (react-dom/server requires `util` and
+    // `stream`) need a `require` in an ESM bundle: esbuild's stand-in throws without one.
+    banner: { js: 'import { createRequire } from "node:module"; const require = createRequire(import.meta.url);' },
   });
 }
 

@@ -218,3 +218,29 @@ test("the event union narrows by type; money stays an exact decimal string", () 
   assert.ok(compareMoney("99999999999999999.01", "99999999999999999.02") < 0, "beyond a double's precision");
   assert.throws(() => compareMoney("1e3", "1"), RangeError);
 });
+
+test("the connection counts what storm control skipped, tells its listeners, and resumes after it", async () => {
+  const conflated = (skipped: bigint, upToCursor: string): SubscribeResponse =>
+    create(SubscribeResponseSchema, { kind: { case: "conflated", value: { skipped, upToCursor } } });
+  const { client, calls } = scriptedClient([
+    [caughtUp("c0"), conflated(3n, "c5"), event("e6", "c6"), new ConnectError("reset", Code.Unavailable)],
+    [conflated(2n, "c9"), new ConnectError("stop", Code.PermissionDenied)],
+  ]);
+  const connection = new Notifications({
+    client,
+    getToken: () => "t",
+    history: 0,
+    selection: { conflate: true },
+    feed: { sleep: async () => {} },
+  });
+  const told: string[] = [];
+  connection.listen({ onConflated: (c) => told.push(`${c.skipped}@${c.upToCursor}`) });
+  const done = new Promise<void>((resolve) => connection.listen({ onState: (s) => s.state === "error" && resolve() }));
+  assert.equal(connection.skipped, 0);
+  connection.start();
+  await done;
+  assert.deepEqual(told, ["3@c5", "2@c9"]);
+  assert.equal(connection.skipped, 5, "a running total");
+  assert.equal(calls[1]?.resumeAfter, "c6");
+  assert.equal(connection.cursor, "c9");
+});

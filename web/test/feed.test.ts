@@ -1,14 +1,16 @@
 // The reconnect loop against a scripted fake client: backoff, resume by cursor, no retry of a
-// refused token, the dead-connection watchdog, callbacks that throw.
+// refused token, the dead-connection watchdog, callbacks that throw, storm control's `Conflated`
+// and options (these last through a real in-process transport, so they are encoded as sent).
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
-import { Code, ConnectError, type Client } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, createRouterTransport, type Client } from "@connectrpc/connect";
 import {
   ListEventsResponseSchema,
+  NotificationService,
   SubscribeResponseSchema,
+  type Conflated,
   type ListEventsRequest,
-  type NotificationService,
   type SubscribeRequest,
   type SubscribeResponse,
 } from "@notify-backbone/client";
@@ -318,4 +320,101 @@ test("a fresh start paints the newest history oldest first, then streams from it
   await feed.start("t", selection, false);
   assert.equal(listed.length, 2);
   assert.equal(requests.at(-1)?.resumeAfter, "");
+});
+
+test("a Conflated moves the cursor to its upToCursor: the next attempt resumes after the skipped events", async () => {
+  const { client, requests } = fakeClient([
+    [
+      response({ case: "caughtUp", value: { cursor: "c0" } }),
+      eventResponse("e1", "c1"),
+      // c2..c41 were superseded (by events at or after c42, which come after this).
+      response({ case: "conflated", value: { skipped: 40n, upToCursor: "c41" } }),
+      new ConnectError("connection reset", Code.Unavailable),
+    ],
+    [
+      eventResponse("e42", "c42"),
+      response({ case: "conflated", value: { skipped: 3n, upToCursor: "c45" } }),
+      new ConnectError("bye", Code.PermissionDenied),
+    ],
+  ]);
+  const conflated: { skipped: bigint; upToCursor: string; cursorThen: string }[] = [];
+  const passedOn: string[] = [];
+  const feed = new Feed(
+    client,
+    {
+      onState: () => {},
+      onEvent: () => {},
+      onGap: () => assert.fail("a Conflated is no gap"),
+      onConflated: (c: Conflated) => conflated.push({ skipped: c.skipped, upToCursor: c.upToCursor, cursorThen: feed.cursor }),
+      onResponse: (r) => void passedOn.push(r.kind.case ?? "none"),
+    },
+    { sleep: async () => {} },
+  );
+  await feed.start("t", { eventTypes: [], deviceId: "", userId: "", adminFeed: false, conflate: true }, false);
+
+  assert.deepEqual(
+    requests.map((request) => request.resumeAfter),
+    ["", "c41"],
+    "resumed after the Conflated's cursor, not the last event's",
+  );
+  assert.deepEqual(conflated, [
+    { skipped: 40n, upToCursor: "c41", cursorThen: "c41" },
+    { skipped: 3n, upToCursor: "c45", cursorThen: "c45" },
+  ]);
+  assert.equal(feed.cursor, "c45");
+  // Passed on like every other message (a tab holding a shared stream re-broadcasts it).
+  assert.deepEqual(passedOn, ["caughtUp", "event", "conflated", "event", "conflated"]);
+});
+
+/**
+ * A real client over an in-process transport: each Subscribe request is encoded and decoded as
+ * over the wire and kept in `received`; the stream says CaughtUp, then refuses (ending the feed).
+ */
+function routedClient() {
+  const received: { conflate: boolean; maxEventsPerSecond: number; eventTypes: string[] }[] = [];
+  const transport = createRouterTransport(({ service }) => {
+    service(NotificationService, {
+      async *subscribe(request) {
+        received.push({
+          conflate: request.conflate,
+          maxEventsPerSecond: request.maxEventsPerSecond,
+          eventTypes: request.eventTypes,
+        });
+        yield { kind: { case: "caughtUp", value: { cursor: "c0" } } };
+        throw new ConnectError("enough", Code.PermissionDenied);
+      },
+    });
+  });
+  return { client: createClient(NotificationService, transport), received };
+}
+
+test("the selection's conflate and maxEventsPerSecond reach the server's SubscribeRequest", async () => {
+  const { client, received } = routedClient();
+  const states: FeedState[] = [];
+  const feed = new Feed(client, { onState: (s) => states.push(s), onEvent: () => {}, onGap: () => {} });
+  const all = { eventTypes: ["quota.*"], deviceId: "", userId: "", adminFeed: false };
+  await feed.start("t", { ...all, conflate: true, maxEventsPerSecond: 25 }, false);
+  await feed.start("t", all, false);
+  assert.deepEqual(received, [
+    { conflate: true, maxEventsPerSecond: 25, eventTypes: ["quota.*"] },
+    // Without them: every event, as fast as it comes.
+    { conflate: false, maxEventsPerSecond: 0, eventTypes: ["quota.*"] },
+  ]);
+  assert.ok(states.some((s) => s.state === "live"));
+});
+
+test("a maxEventsPerSecond that is not a uint32 stops the feed at once instead of retrying forever", async () => {
+  const { client, received } = routedClient();
+  for (const rate of [2.5, -1, 2 ** 32, Number.NaN]) {
+    const states: FeedState[] = [];
+    const feed = new Feed(
+      client,
+      { onState: (s) => states.push(s), onEvent: () => {}, onGap: () => {} },
+      { sleep: async () => assert.fail("no retry expected") },
+    );
+    await feed.start("t", { eventTypes: [], deviceId: "", userId: "", adminFeed: false, maxEventsPerSecond: rate }, false);
+    const last = states.at(-1);
+    assert.equal(last?.state === "error" ? last.error.code : undefined, Code.InvalidArgument, String(rate));
+  }
+  assert.equal(received.length, 0, "nothing sent");
 });

@@ -302,4 +302,32 @@ test("the shared stream's name: server, user and selection", () => {
     sharedStreamName("https://a", "u1", { ...all, eventTypes: ["b.*", "a.*"] }),
     sharedStreamName("https://a", "u1", { ...all, eventTypes: ["a.*", "b.*"] }),
   );
+  // A tab that wants every event never follows a stream that skips some, or one that is paced.
+  assert.notEqual(name, sharedStreamName("https://a", "u1", { ...all, conflate: true }));
+  assert.notEqual(name, sharedStreamName("https://a", "u1", { ...all, maxEventsPerSecond: 10 }));
+  assert.equal(name, sharedStreamName("https://a", "u1", { ...all, conflate: false, maxEventsPerSecond: 0 }));
+});
+
+test("a Conflated passes to the tabs that follow: their cursor moves past the skipped events, their total counts them", async (t) => {
+  const sharing = sharingOf();
+  const a = tab(jwt({ sub: "u1", tab: "a" }), sharing);
+  const b = tab(jwt({ sub: "u1", tab: "b" }), sharing);
+  // Even when an assertion fails: open channels and streams would keep the test process alive.
+  t.after(() => {
+    a.connection.stop();
+    b.connection.stop();
+  });
+  a.connection.start();
+  await until(() => a.subscribes.length === 1, "A subscribes");
+  a.stream(0).push(caughtUp("c0"), event("e1", "c1"));
+  b.connection.start();
+  await until(() => b.heard.length === 1, "B is welcomed");
+  a.stream(0).push(response({ case: "conflated", value: { skipped: 7n, upToCursor: "c8" } }));
+  await until(() => b.connection.cursor === "c8", "B follows to the Conflated's cursor");
+  assert.equal(b.connection.skipped, 7);
+  assert.equal(a.connection.skipped, 7);
+  // B takes over after the skipped events, not before them.
+  a.connection.stop();
+  await until(() => b.subscribes.length === 1, "B subscribes");
+  assert.equal(b.subscribes[0]?.resumeAfter, "c8");
 });

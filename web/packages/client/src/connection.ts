@@ -1,15 +1,15 @@
 // One subscription shared by many listeners: what an app holds once (a console's React provider,
 // a page) while its parts come and go. The feed underneath resumes by cursor, backs off, watches
 // for silence and refreshes the token; this adds the listeners, each removed on its own (removing
-// one never removes another's), the state and recent events a view starts from, the tab's token
-// (shared by its stream and its calls), its inboxes' state, and one stream per browser rather than
-// per tab where the browser can elect a tab to hold it (`tabs.ts`).
+// one never removes another's), the state, recent events and storm-control skips a view starts
+// from, the tab's token (shared by its stream and its calls), its inboxes' state, and one stream
+// per browser rather than per tab where the browser can elect a tab to hold it (`tabs.ts`).
 
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import type { Event } from "./gen/cloudphone/notify/v1/events_pb.js";
 import { InboxMark, InboxUpdateReason, type InboxUpdate } from "./gen/cloudphone/notify/v1/inbox_pb.js";
-import { NotificationService, type Gap } from "./gen/cloudphone/notify/v1/service_pb.js";
+import { NotificationService, type Conflated, type Gap } from "./gen/cloudphone/notify/v1/service_pb.js";
 import {
   Feed,
   type EventOrigin,
@@ -38,6 +38,11 @@ export interface NotificationListener {
   onGap?(gap: Gap): void;
   /** An inbox of this connection's user (or admin) changed; `InboxState` applies these already. */
   onInbox?(update: InboxUpdate): void;
+  /**
+   * With `selection.conflate` or `maxEventsPerSecond`: the server skipped superseded state events
+   * (see `FeedCallbacks.onConflated`); `skipped` already counts them.
+   */
+  onConflated?(conflated: Conflated): void;
 }
 
 /** How tabs share one stream (`NotificationsOptions.tabs`). */
@@ -60,7 +65,8 @@ export interface NotificationsOptions {
   getToken: () => Promise<string> | string;
   /**
    * What the server sends: by default every event the token may see (its user's, or the admin
-   * feed), and the inbox's updates for `inbox()` (`inbox: false` turns them off).
+   * feed), and the inbox's updates for `inbox()` (`inbox: false` turns them off). `conflate` and
+   * `maxEventsPerSecond` are off unless given (`@notify-backbone/react` turns `conflate` on).
    */
   selection?: Partial<Selection>;
   /** Events of history reported on a fresh start, oldest first, before the live ones (default 50). */
@@ -113,6 +119,13 @@ export class Notifications {
   recent: readonly Event[] = [];
   /** The latest gaps reported (at most 20); replaced on each gap. */
   gaps: readonly Gap[] = [];
+  /**
+   * How many superseded state events the server left out of this tab's stream (the sum of the
+   * `Conflated.skipped` it heard, from its own stream or the one it follows), since this
+   * connection was made; 0 without `conflate` or `maxEventsPerSecond`. Each skipped event's
+   * latest state did arrive: this says how much a storm was thinned out, not what is missing.
+   */
+  skipped = 0;
   /** This tab's token, for its stream and its calls. */
   readonly tokens: TokenCache;
   /** The inbox's calls with this tab's token. */
@@ -160,6 +173,13 @@ export class Notifications {
         this.tell((listener) => listener.onGap?.(gap));
       },
       onInbox: (update) => this.addInbox(update),
+      onConflated: (conflated) => {
+        // A number, not the message's uint64: a tab would need 2^53 skips to lose precision.
+        this.skipped += Number(conflated.skipped);
+        this.tell((listener) => listener.onConflated?.(conflated));
+      },
+      // Every kind of message, `Conflated` included, goes to the tabs that follow this one: their
+      // feeds move their cursors past it and count its skips exactly as this one did.
       onResponse: (response) => {
         this.share?.broadcast(response);
         this.share?.answer();
@@ -202,6 +222,7 @@ export class Notifications {
       onState: (state) => listener.onState?.(state),
       onGap: (gap) => listener.onGap?.(gap),
       onInbox: (update) => listener.onInbox?.(update),
+      onConflated: (conflated) => listener.onConflated?.(conflated),
     };
     this.listeners.add(own);
     return () => {

@@ -6,13 +6,16 @@
 // silent for longer than IDLE_TIMEOUT_MS counts as dropped (see there). The callbacks are the
 // caller's business: one that throws is logged and the loop carries on, so only transport errors
 // ever cause a reconnect. Inbox updates (`SubscribeResponse.inbox`) are passed on as they come:
-// they carry no cursor and do not move the stream's position.
+// they carry no cursor and do not move the stream's position. A `Conflated` (with `conflate` or
+// `maxEventsPerSecond`) moves the cursor to its `upToCursor`: the events it stands for were
+// superseded, so resuming after it loses nothing the stream would still have sent.
 
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import type { Event } from "./gen/cloudphone/notify/v1/events_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { InboxUpdate } from "./gen/cloudphone/notify/v1/inbox_pb.js";
 import type {
+  Conflated,
   Gap,
   NotificationService,
   SubscribeRequestSchema,
@@ -65,6 +68,36 @@ export interface Selection {
   adminFeed: boolean;
   /** Also the inbox's updates (`SubscribeRequest.inbox`; default false: none). */
   inbox?: boolean;
+  /**
+   * Storm control (`SubscribeRequest.conflate`; default false: every event). While the stream is
+   * behind (catching up after a reconnect, or events waiting for a slow reader), the server skips
+   * a state event that a later one of the same key supersedes (`quota.updated` by quota;
+   * `device.started`, `device.stopped`, `device.status.changed` by device) and says so with a
+   * `Conflated` message (`FeedCallbacks.onConflated`); change events (payments, errors,
+   * installs…) always come. On an admin-feed stream, a burst of admin notices of one source type
+   * and cause comes as one notice (`AdminNotice.count` ≥ 2, `sampleEventIds`). For views that
+   * show the latest state (a browser console, a dashboard); not for a service that must see
+   * every event.
+   */
+  conflate?: boolean;
+  /**
+   * At most this many events a second (`SubscribeRequest.max_events_per_second`; default 0: as
+   * fast as they come), a whole number. Events over the rate wait; while they wait, superseded
+   * state events are skipped (reported by `Conflated`, as with `conflate`); others are only
+   * delayed, never dropped. For a view that cannot usefully render faster (a wallboard).
+   */
+  maxEventsPerSecond?: number;
+}
+
+/**
+ * Why `selection` cannot be sent, or undefined when it can. A `maxEventsPerSecond` that is not a
+ * uint32 would fail to encode on every attempt, which the loop would take for a transient error
+ * and retry forever: it is refused up front instead.
+ */
+function invalidSelection(selection: Selection): string | undefined {
+  const rate = selection.maxEventsPerSecond;
+  if (rate === undefined || (Number.isInteger(rate) && rate >= 0 && rate <= 0xffff_ffff)) return undefined;
+  return `maxEventsPerSecond must be a whole number from 0 to 4294967295, not ${rate}`;
 }
 
 /** The states the page shows. */
@@ -92,6 +125,13 @@ export interface FeedCallbacks {
   onGap(gap: Gap): void;
   /** An inbox changed (on streams of the caller's own events, or an admin's admin feed). */
   onInbox?(update: InboxUpdate): void;
+  /**
+   * With `conflate` or `maxEventsPerSecond`: the server left `skipped` superseded state events
+   * out, all at or before `upToCursor` (a later event of the same key came or will come instead).
+   * The cursor has moved to `upToCursor` already. For showing that a view was thinned out, or
+   * counting it; nothing needs to be fetched again.
+   */
+  onConflated?(conflated: Conflated): void;
   /**
    * Every message of the stream, once the callbacks above had it and the cursor moved past it:
    * for passing the stream on (the tab holding a stream shared by several tabs re-broadcasts
@@ -183,6 +223,11 @@ export class Feed {
   start(token: string, selection: Selection, resume: boolean): Promise<void> {
     this.stop();
     if (!resume) this.cursor = "";
+    const invalid = invalidSelection(selection);
+    if (invalid !== undefined) {
+      this.report("onState", { state: "error", error: new ConnectError(invalid, Code.InvalidArgument) });
+      return Promise.resolve();
+    }
     const run = new AbortController();
     this.run = run;
     return this.loop(token, selection, run.signal);
@@ -297,6 +342,12 @@ export class Feed {
         return false;
       case "inbox":
         this.report("onInbox", kind.value);
+        return false;
+      case "conflated":
+        // Everything up to it was delivered or superseded: a valid resume point, so a reconnect
+        // does not ask for the skipped events (or the ones before them) again.
+        if (kind.value.upToCursor !== "") this.cursor = kind.value.upToCursor;
+        this.report("onConflated", kind.value);
         return false;
       default:
         return false;

@@ -61,7 +61,10 @@ export function browserTabSharing(): TabSharing | undefined {
   };
 }
 
-/** The name of the lock and channel of a stream: server, user and selection. */
+/**
+ * The name of the lock and channel of a stream: server, user and selection. Storm control is part
+ * of it: a tab that asked for every event must not follow a stream that skips some.
+ */
 export function sharedStreamName(server: string, user: string, selection: Selection): string {
   const key = JSON.stringify([
     server,
@@ -71,6 +74,8 @@ export function sharedStreamName(server: string, user: string, selection: Select
     selection.userId,
     selection.adminFeed,
     selection.inbox ?? false,
+    selection.conflate ?? false,
+    selection.maxEventsPerSecond ?? 0,
   ]);
   return `notify-backbone ${key}`;
 }

@@ -35,7 +35,18 @@ export interface NotificationsProviderProps {
    * passed is used; changing it does not reconnect.
    */
   getToken: () => Promise<string> | string;
-  /** What the server sends (default: everything the token may see). Read once, at mount. */
+  /**
+   * What the server sends (default: everything the token may see). Read once, at mount.
+   *
+   * `conflate` is on unless this says `conflate: false`: a console shows the latest state, so
+   * after a reconnect or during a storm (a quota job updating every quota, a host failure
+   * flipping hundreds of devices) the server skips the `quota.updated` and device status events a
+   * later one of the same quota or device supersedes, and coalesces bursts of admin notices on
+   * the admin feed. Change events (payments, errors, installs…) always come, and the default
+   * `useQueryRefresh` table acts on the latest state of what was skipped, so the caches end up as
+   * without it. Turn it off (`selection={{ conflate: false }}`) for a view that must list every
+   * event, e.g. an audit log of status changes.
+   */
   selection?: Partial<Selection>;
   /** Events of history shown on first paint (default 50). Read once, at mount. */
   history?: number;
@@ -61,7 +72,8 @@ export function NotificationsProvider(props: NotificationsProviderProps): ReactN
       getToken: () => getToken.current(),
       // Names the stream the tabs share (with the user and the selection).
       server: props.baseUrl ?? "",
-      ...(props.selection === undefined ? {} : { selection: props.selection }),
+      // A console wants the latest state, not every superseded step of a storm (see the prop).
+      selection: { conflate: true, ...props.selection },
       ...(props.history === undefined ? {} : { history: props.history }),
       ...props.options,
     });

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cloudphone/notify/v1/service.proto.
  */
 export const file_cloudphone_notify_v1_service: GenFile = /*@__PURE__*/
-  fileDesc("CiJjbG91ZHBob25lL25vdGlmeS92MS9zZXJ2aWNlLnByb3RvEhRjbG91ZHBob25lLm5vdGlmeS52MSKEAQoQU3Vic2NyaWJlUmVxdWVzdBITCgtldmVudF90eXBlcxgBIAMoCRIRCglkZXZpY2VfaWQYAiABKAkSDwoHdXNlcl9pZBgDIAEoCRISCgphZG1pbl9mZWVkGAQgASgIEhQKDHJlc3VtZV9hZnRlchgFIAEoCRINCgVpbmJveBgGIAEoCCKSAgoRU3Vic2NyaWJlUmVzcG9uc2USLAoFZXZlbnQYASABKAsyGy5jbG91ZHBob25lLm5vdGlmeS52MS5FdmVudEgAEjMKCWNhdWdodF91cBgCIAEoCzIeLmNsb3VkcGhvbmUubm90aWZ5LnYxLkNhdWdodFVwSAASKAoDZ2FwGAMgASgLMhkuY2xvdWRwaG9uZS5ub3RpZnkudjEuR2FwSAASNAoJaGVhcnRiZWF0GAQgASgLMh8uY2xvdWRwaG9uZS5ub3RpZnkudjEuSGVhcnRiZWF0SAASMgoFaW5ib3gYBSABKAsyIS5jbG91ZHBob25lLm5vdGlmeS52MS5JbmJveFVwZGF0ZUgAQgYKBGtpbmQiGgoIQ2F1Z2h0VXASDgoGY3Vyc29yGAEgASgJIl4KA0dhcBITCgtmcm9tX2N1cnNvchgBIAEoCRIRCgl0b19jdXJzb3IYAiABKAkSLwoGcmVhc29uGAMgASgOMh8uY2xvdWRwaG9uZS5ub3RpZnkudjEuR2FwUmVhc29uIhsKCUhlYXJ0YmVhdBIOCgZjdXJzb3IYASABKAkiawoOUHVibGlzaFJlcXVlc3QSEwoLcm91dGluZ19rZXkYASABKAkSDgoEanNvbhgCIAEoDEgAEiwKBWV2ZW50GAMgASgLMhsuY2xvdWRwaG9uZS5ub3RpZnkudjEuRXZlbnRIAEIGCgRib2R5IkAKD1B1Ymxpc2hSZXNwb25zZRIKCgJpZBgBIAEoCRIOCgZjdXJzb3IYAiABKAkSEQoJZHVwbGljYXRlGAMgASgIIk0KFFB1Ymxpc2hTdHJlYW1SZXF1ZXN0EjUKB3B1Ymxpc2gYASABKAsyJC5jbG91ZHBob25lLm5vdGlmeS52MS5QdWJsaXNoUmVxdWVzdCKSAQoVUHVibGlzaFN0cmVhbVJlc3BvbnNlEjoKCXB1Ymxpc2hlZBgBIAEoCzIlLmNsb3VkcGhvbmUubm90aWZ5LnYxLlB1Ymxpc2hSZXNwb25zZUgAEjMKBWVycm9yGAIgASgLMiIuY2xvdWRwaG9uZS5ub3RpZnkudjEuUHVibGlzaEVycm9ySABCCAoGcmVzdWx0Ij0KDFB1Ymxpc2hFcnJvchIMCgRjb2RlGAEgASgFEg8KB21lc3NhZ2UYAiABKAkSDgoGcmVhc29uGAMgASgJIpABChFMaXN0RXZlbnRzUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg0KBWFmdGVyGAIgASgJEg0KBWxpbWl0GAMgASgNEhMKC2V2ZW50X3R5cGVzGAQgAygJEhEKCWRldmljZV9pZBgFIAEoCRIUCgxuZXdlc3RfZmlyc3QYBiABKAgSDgoGYmVmb3JlGAcgASgJIqABChJMaXN0RXZlbnRzUmVzcG9uc2USKwoGZXZlbnRzGAEgAygLMhsuY2xvdWRwaG9uZS5ub3RpZnkudjEuRXZlbnQSEwoLbmV4dF9jdXJzb3IYAiABKAkSCwoDZW5kGAMgASgIEiYKA2dhcBgEIAEoCzIZLmNsb3VkcGhvbmUubm90aWZ5LnYxLkdhcBITCgtoZWFkX2N1cnNvchgFIAEoCSpfCglHYXBSZWFzb24SGgoWR0FQX1JFQVNPTl9VTlNQRUNJRklFRBAAEhgKFEdBUF9SRUFTT05fUkVURU5USU9OEAESHAoYR0FQX1JFQVNPTl9FUE9DSF9DSEFOR0VEEAIynwcKE05vdGlmaWNhdGlvblNlcnZpY2USXgoJU3Vic2NyaWJlEiYuY2xvdWRwaG9uZS5ub3RpZnkudjEuU3Vic2NyaWJlUmVxdWVzdBonLmNsb3VkcGhvbmUubm90aWZ5LnYxLlN1YnNjcmliZVJlc3BvbnNlMAESVgoHUHVibGlzaBIkLmNsb3VkcGhvbmUubm90aWZ5LnYxLlB1Ymxpc2hSZXF1ZXN0GiUuY2xvdWRwaG9uZS5ub3RpZnkudjEuUHVibGlzaFJlc3BvbnNlEmwKDVB1Ymxpc2hTdHJlYW0SKi5jbG91ZHBob25lLm5vdGlmeS52MS5QdWJsaXNoU3RyZWFtUmVxdWVzdBorLmNsb3VkcGhvbmUubm90aWZ5LnYxLlB1Ymxpc2hTdHJlYW1SZXNwb25zZSgBMAESXwoKTGlzdEV2ZW50cxInLmNsb3VkcGhvbmUubm90aWZ5LnYxLkxpc3RFdmVudHNSZXF1ZXN0GiguY2xvdWRwaG9uZS5ub3RpZnkudjEuTGlzdEV2ZW50c1Jlc3BvbnNlElwKCUxpc3RJbmJveBImLmNsb3VkcGhvbmUubm90aWZ5LnYxLkxpc3RJbmJveFJlcXVlc3QaJy5jbG91ZHBob25lLm5vdGlmeS52MS5MaXN0SW5ib3hSZXNwb25zZRJrCg5HZXRJbmJveENvdW50cxIrLmNsb3VkcGhvbmUubm90aWZ5LnYxLkdldEluYm94Q291bnRzUmVxdWVzdBosLmNsb3VkcGhvbmUubm90aWZ5LnYxLkdldEluYm94Q291bnRzUmVzcG9uc2USXAoJTWFya0luYm94EiYuY2xvdWRwaG9uZS5ub3RpZnkudjEuTWFya0luYm94UmVxdWVzdBonLmNsb3VkcGhvbmUubm90aWZ5LnYxLk1hcmtJbmJveFJlc3BvbnNlEmsKDkdldFByZWZlcmVuY2VzEisuY2xvdWRwaG9uZS5ub3RpZnkudjEuR2V0UHJlZmVyZW5jZXNSZXF1ZXN0GiwuY2xvdWRwaG9uZS5ub3RpZnkudjEuR2V0UHJlZmVyZW5jZXNSZXNwb25zZRJrCg5TZXRQcmVmZXJlbmNlcxIrLmNsb3VkcGhvbmUubm90aWZ5LnYxLlNldFByZWZlcmVuY2VzUmVxdWVzdBosLmNsb3VkcGhvbmUubm90aWZ5LnYxLlNldFByZWZlcmVuY2VzUmVzcG9uc2ViBnByb3RvMw", [file_cloudphone_notify_v1_events, file_cloudphone_notify_v1_inbox]);
+  fileDesc("CiJjbG91ZHBob25lL25vdGlmeS92MS9zZXJ2aWNlLnByb3RvEhRjbG91ZHBob25lLm5vdGlmeS52MSK1AQoQU3Vic2NyaWJlUmVxdWVzdBITCgtldmVudF90eXBlcxgBIAMoCRIRCglkZXZpY2VfaWQYAiABKAkSDwoHdXNlcl9pZBgDIAEoCRISCgphZG1pbl9mZWVkGAQgASgIEhQKDHJlc3VtZV9hZnRlchgFIAEoCRINCgVpbmJveBgGIAEoCBIQCghjb25mbGF0ZRgHIAEoCBIdChVtYXhfZXZlbnRzX3Blcl9zZWNvbmQYCCABKA0iyAIKEVN1YnNjcmliZVJlc3BvbnNlEiwKBWV2ZW50GAEgASgLMhsuY2xvdWRwaG9uZS5ub3RpZnkudjEuRXZlbnRIABIzCgljYXVnaHRfdXAYAiABKAsyHi5jbG91ZHBob25lLm5vdGlmeS52MS5DYXVnaHRVcEgAEigKA2dhcBgDIAEoCzIZLmNsb3VkcGhvbmUubm90aWZ5LnYxLkdhcEgAEjQKCWhlYXJ0YmVhdBgEIAEoCzIfLmNsb3VkcGhvbmUubm90aWZ5LnYxLkhlYXJ0YmVhdEgAEjIKBWluYm94GAUgASgLMiEuY2xvdWRwaG9uZS5ub3RpZnkudjEuSW5ib3hVcGRhdGVIABI0Cgljb25mbGF0ZWQYBiABKAsyHy5jbG91ZHBob25lLm5vdGlmeS52MS5Db25mbGF0ZWRIAEIGCgRraW5kIjIKCUNvbmZsYXRlZBIPCgdza2lwcGVkGAEgASgEEhQKDHVwX3RvX2N1cnNvchgCIAEoCSIaCghDYXVnaHRVcBIOCgZjdXJzb3IYASABKAkiXgoDR2FwEhMKC2Zyb21fY3Vyc29yGAEgASgJEhEKCXRvX2N1cnNvchgCIAEoCRIvCgZyZWFzb24YAyABKA4yHy5jbG91ZHBob25lLm5vdGlmeS52MS5HYXBSZWFzb24iGwoJSGVhcnRiZWF0Eg4KBmN1cnNvchgBIAEoCSJrCg5QdWJsaXNoUmVxdWVzdBITCgtyb3V0aW5nX2tleRgBIAEoCRIOCgRqc29uGAIgASgMSAASLAoFZXZlbnQYAyABKAsyGy5jbG91ZHBob25lLm5vdGlmeS52MS5FdmVudEgAQgYKBGJvZHkiQAoPUHVibGlzaFJlc3BvbnNlEgoKAmlkGAEgASgJEg4KBmN1cnNvchgCIAEoCRIRCglkdXBsaWNhdGUYAyABKAgiTQoUUHVibGlzaFN0cmVhbVJlcXVlc3QSNQoHcHVibGlzaBgBIAEoCzIkLmNsb3VkcGhvbmUubm90aWZ5LnYxLlB1Ymxpc2hSZXF1ZXN0IpIBChVQdWJsaXNoU3RyZWFtUmVzcG9uc2USOgoJcHVibGlzaGVkGAEgASgLMiUuY2xvdWRwaG9uZS5ub3RpZnkudjEuUHVibGlzaFJlc3BvbnNlSAASMwoFZXJyb3IYAiABKAsyIi5jbG91ZHBob25lLm5vdGlmeS52MS5QdWJsaXNoRXJyb3JIAEIICgZyZXN1bHQiPQoMUHVibGlzaEVycm9yEgwKBGNvZGUYASABKAUSDwoHbWVzc2FnZRgCIAEoCRIOCgZyZWFzb24YAyABKAkikAEKEUxpc3RFdmVudHNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSDQoFYWZ0ZXIYAiABKAkSDQoFbGltaXQYAyABKA0SEwoLZXZlbnRfdHlwZXMYBCADKAkSEQoJZGV2aWNlX2lkGAUgASgJEhQKDG5ld2VzdF9maXJzdBgGIAEoCBIOCgZiZWZvcmUYByABKAkioAEKEkxpc3RFdmVudHNSZXNwb25zZRIrCgZldmVudHMYASADKAsyGy5jbG91ZHBob25lLm5vdGlmeS52MS5FdmVudBITCgtuZXh0X2N1cnNvchgCIAEoCRILCgNlbmQYAyABKAgSJgoDZ2FwGAQgASgLMhkuY2xvdWRwaG9uZS5ub3RpZnkudjEuR2FwEhMKC2hlYWRfY3Vyc29yGAUgASgJKl8KCUdhcFJlYXNvbhIaChZHQVBfUkVBU09OX1VOU1BFQ0lGSUVEEAASGAoUR0FQX1JFQVNPTl9SRVRFTlRJT04QARIcChhHQVBfUkVBU09OX0VQT0NIX0NIQU5HRUQQAjKfBwoTTm90aWZpY2F0aW9uU2VydmljZRJeCglTdWJzY3JpYmUSJi5jbG91ZHBob25lLm5vdGlmeS52MS5TdWJzY3JpYmVSZXF1ZXN0GicuY2xvdWRwaG9uZS5ub3RpZnkudjEuU3Vic2NyaWJlUmVzcG9uc2UwARJWCgdQdWJsaXNoEiQuY2xvdWRwaG9uZS5ub3RpZnkudjEuUHVibGlzaFJlcXVlc3QaJS5jbG91ZHBob25lLm5vdGlmeS52MS5QdWJsaXNoUmVzcG9uc2USbAoNUHVibGlzaFN0cmVhbRIqLmNsb3VkcGhvbmUubm90aWZ5LnYxLlB1Ymxpc2hTdHJlYW1SZXF1ZXN0GisuY2xvdWRwaG9uZS5ub3RpZnkudjEuUHVibGlzaFN0cmVhbVJlc3BvbnNlKAEwARJfCgpMaXN0RXZlbnRzEicuY2xvdWRwaG9uZS5ub3RpZnkudjEuTGlzdEV2ZW50c1JlcXVlc3QaKC5jbG91ZHBob25lLm5vdGlmeS52MS5MaXN0RXZlbnRzUmVzcG9uc2USXAoJTGlzdEluYm94EiYuY2xvdWRwaG9uZS5ub3RpZnkudjEuTGlzdEluYm94UmVxdWVzdBonLmNsb3VkcGhvbmUubm90aWZ5LnYxLkxpc3RJbmJveFJlc3BvbnNlEmsKDkdldEluYm94Q291bnRzEisuY2xvdWRwaG9uZS5ub3RpZnkudjEuR2V0SW5ib3hDb3VudHNSZXF1ZXN0GiwuY2xvdWRwaG9uZS5ub3RpZnkudjEuR2V0SW5ib3hDb3VudHNSZXNwb25zZRJcCglNYXJrSW5ib3gSJi5jbG91ZHBob25lLm5vdGlmeS52MS5NYXJrSW5ib3hSZXF1ZXN0GicuY2xvdWRwaG9uZS5ub3RpZnkudjEuTWFya0luYm94UmVzcG9uc2USawoOR2V0UHJlZmVyZW5jZXMSKy5jbG91ZHBob25lLm5vdGlmeS52MS5HZXRQcmVmZXJlbmNlc1JlcXVlc3QaLC5jbG91ZHBob25lLm5vdGlmeS52MS5HZXRQcmVmZXJlbmNlc1Jlc3BvbnNlEmsKDlNldFByZWZlcmVuY2VzEisuY2xvdWRwaG9uZS5ub3RpZnkudjEuU2V0UHJlZmVyZW5jZXNSZXF1ZXN0GiwuY2xvdWRwaG9uZS5ub3RpZnkudjEuU2V0UHJlZmVyZW5jZXNSZXNwb25zZWIGcHJvdG8z", [file_cloudphone_notify_v1_events, file_cloudphone_notify_v1_inbox]);
 
 /**
  * What a subscriber wants to receive. Filters only ever narrow what the caller may see.
@@ -73,6 +73,32 @@ export type SubscribeRequest = Message<"cloudphone.notify.v1.SubscribeRequest"> 
    * @generated from field: bool inbox = 6;
    */
   inbox: boolean;
+
+  /**
+   * Storm control for consoles that need the latest state, not every change. When this stream
+   * is behind (catching up from the journal after `resume_after` or after reading slowly, or
+   * with events waiting for it), a state event superseded by a later one of the same
+   * conflation key (`quota.updated` by quota, `device.started`, `device.stopped` and
+   * `device.status.changed` by device; see the wire-format guide) is skipped and only the
+   * latest is delivered; change events (payments, errors, installs...) are never skipped. Every
+   * skip is reported by a `Conflated` message. On an admin-feed stream, a burst of admin
+   * notices of one source type and cause (e.g. `device.error` of one `errorType`) within the
+   * server's coalescing window becomes one notice with a count and sample ids. Off, the stream
+   * carries every event as it was stored.
+   *
+   * @generated from field: bool conflate = 7;
+   */
+  conflate: boolean;
+
+  /**
+   * At most this many events a second on this stream (0: as fast as they come). Events over
+   * the rate wait; while they wait, a state event superseded by a later one of the same key is
+   * skipped (reported by `Conflated`, as with `conflate`); other events are only delayed, never
+   * dropped. Control messages (`CaughtUp`, `Gap`, `InboxUpdate`, `Conflated`) do not count.
+   *
+   * @generated from field: uint32 max_events_per_second = 8;
+   */
+  maxEventsPerSecond: number;
 };
 
 /**
@@ -134,6 +160,14 @@ export type SubscribeResponse = Message<"cloudphone.notify.v1.SubscribeResponse"
      */
     value: InboxUpdate;
     case: "inbox";
+  } | {
+    /**
+     * With `conflate` or `max_events_per_second`: superseded state events were skipped.
+     *
+     * @generated from field: cloudphone.notify.v1.Conflated conflated = 6;
+     */
+    value: Conflated;
+    case: "conflated";
   } | { case: undefined; value?: undefined };
 };
 
@@ -143,6 +177,37 @@ export type SubscribeResponse = Message<"cloudphone.notify.v1.SubscribeResponse"
  */
 export const SubscribeResponseSchema: GenMessage<SubscribeResponse> = /*@__PURE__*/
   messageDesc(file_cloudphone_notify_v1_service, 1);
+
+/**
+ * `skipped` events this stream selects, all at or before `up_to_cursor`, were left out because
+ * a later event of the same conflation key supersedes each of them; that later event has been
+ * or will be delivered. Everything up to `up_to_cursor` has been delivered or superseded, so it
+ * is a valid `resume_after`.
+ *
+ * @generated from message cloudphone.notify.v1.Conflated
+ */
+export type Conflated = Message<"cloudphone.notify.v1.Conflated"> & {
+  /**
+   * How many events were skipped since the previous `Conflated` of this stream.
+   *
+   * @generated from field: uint64 skipped = 1;
+   */
+  skipped: bigint;
+
+  /**
+   * The cursor of the last skipped one.
+   *
+   * @generated from field: string up_to_cursor = 2;
+   */
+  upToCursor: string;
+};
+
+/**
+ * Describes the message cloudphone.notify.v1.Conflated.
+ * Use `create(ConflatedSchema)` to create a new message.
+ */
+export const ConflatedSchema: GenMessage<Conflated> = /*@__PURE__*/
+  messageDesc(file_cloudphone_notify_v1_service, 2);
 
 /**
  * Sent once per stream when everything up to `cursor` has been delivered.
@@ -163,7 +228,7 @@ export type CaughtUp = Message<"cloudphone.notify.v1.CaughtUp"> & {
  * Use `create(CaughtUpSchema)` to create a new message.
  */
 export const CaughtUpSchema: GenMessage<CaughtUp> = /*@__PURE__*/
-  messageDesc(file_cloudphone_notify_v1_service, 2);
+  messageDesc(file_cloudphone_notify_v1_service, 3);
 
 /**
  * Events after `from` and up to `to` will never be delivered on this stream; the stream goes on.
@@ -198,7 +263,7 @@ export type Gap = Message<"cloudphone.notify.v1.Gap"> & {
  * Use `create(GapSchema)` to create a new message.
  */
 export const GapSchema: GenMessage<Gap> = /*@__PURE__*/
-  messageDesc(file_cloudphone_notify_v1_service, 3);
+  messageDesc(file_cloudphone_notify_v1_service, 4);
 
 /**
  * Keeps an idle stream alive through proxies and lets clients detect a dead connection.
@@ -219,7 +284,7 @@ export type Heartbeat = Message<"cloudphone.notify.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_cloudphone_notify_v1_service, 4);
+  messageDesc(file_cloudphone_notify_v1_service, 5);
 
 /**
  * One event to publish.
@@ -265,7 +330,7 @@ export type PublishRequest = Message<"cloudphone.notify.v1.PublishRequest"> & {
  * Use `create(PublishRequestSchema)` to create a new message.
  */
 export const PublishRequestSchema: GenMessage<PublishRequest> = /*@__PURE__*/
-  messageDesc(file_cloudphone_notify_v1_service, 5);
+  messageDesc(file_cloudphone_notify_v1_service, 6);
 
 /**
  * The result of a publish.
@@ -300,7 +365,7 @@ export type PublishResponse = Message<"cloudphone.notify.v1.PublishResponse"> & 
  * Use `create(PublishResponseSchema)` to create a new message.
  */
 export const PublishResponseSchema: GenMessage<PublishResponse> = /*@__PURE__*/
-  messageDesc(file_cloudphone_notify_v1_service, 6);
+  messageDesc(file_cloudphone_notify_v1_service, 7);
 
 /**
  * One request of a `PublishStream`.
@@ -321,7 +386,7 @@ export type PublishStreamRequest = Message<"cloudphone.notify.v1.PublishStreamRe
  * Use `create(PublishStreamRequestSchema)` to create a new message.
  */
 export const PublishStreamRequestSchema: GenMessage<PublishStreamRequest> = /*@__PURE__*/
-  messageDesc(file_cloudphone_notify_v1_service, 7);
+  messageDesc(file_cloudphone_notify_v1_service, 8);
 
 /**
  * The answer to one request of a `PublishStream`, in request order.
@@ -358,7 +423,7 @@ export type PublishStreamResponse = Message<"cloudphone.notify.v1.PublishStreamR
  * Use `create(PublishStreamResponseSchema)` to create a new message.
  */
 export const PublishStreamResponseSchema: GenMessage<PublishStreamResponse> = /*@__PURE__*/
-  messageDesc(file_cloudphone_notify_v1_service, 8);
+  messageDesc(file_cloudphone_notify_v1_service, 9);
 
 /**
  * Why one request of a `PublishStream` was not published.
@@ -396,7 +461,7 @@ export type PublishError = Message<"cloudphone.notify.v1.PublishError"> & {
  * Use `create(PublishErrorSchema)` to create a new message.
  */
 export const PublishErrorSchema: GenMessage<PublishError> = /*@__PURE__*/
-  messageDesc(file_cloudphone_notify_v1_service, 9);
+  messageDesc(file_cloudphone_notify_v1_service, 10);
 
 /**
  * A page of stored events.
@@ -465,7 +530,7 @@ export type ListEventsRequest = Message<"cloudphone.notify.v1.ListEventsRequest"
  * Use `create(ListEventsRequestSchema)` to create a new message.
  */
 export const ListEventsRequestSchema: GenMessage<ListEventsRequest> = /*@__PURE__*/
-  messageDesc(file_cloudphone_notify_v1_service, 10);
+  messageDesc(file_cloudphone_notify_v1_service, 11);
 
 /**
  * One page of `ListEvents`.
@@ -523,7 +588,7 @@ export type ListEventsResponse = Message<"cloudphone.notify.v1.ListEventsRespons
  * Use `create(ListEventsResponseSchema)` to create a new message.
  */
 export const ListEventsResponseSchema: GenMessage<ListEventsResponse> = /*@__PURE__*/
-  messageDesc(file_cloudphone_notify_v1_service, 11);
+  messageDesc(file_cloudphone_notify_v1_service, 12);
 
 /**
  * Why a gap happened.
