@@ -343,7 +343,10 @@ impl Hub {
             storm: Storm::new(
                 storm,
                 admin_feed,
-                shared.config.notice_coalesce_window,
+                (
+                    shared.config.notice_coalesce_window,
+                    shared.config.heartbeat_interval,
+                ),
                 last_position,
                 &shared.metrics,
             ),
@@ -377,7 +380,8 @@ impl Hub {
         }
     }
 
-    /// Ends every subscription (queued frames are still delivered) and refuses new ones.
+    /// Ends every subscription (queued frames are still delivered, except what a stream's
+    /// storm buffer holds back: see `storm`) and refuses new ones.
     pub fn shut_down(&self) {
         let mut index = self.shared.write();
         index.closed = true;

@@ -18,6 +18,11 @@
 //! never lost). When the stream ends, what the buffer held is dropped: the client resumes from
 //! the last cursor it got, and reads the rest from the journal.
 //!
+//! **A held stream still beats.** While the buffer holds frames back, the source's heartbeats
+//! cannot pass (their cursor is ahead of what is held); the buffer sends its own every
+//! `--heartbeat-interval`, at the last cursor that left, so a long conflating catch-up is not
+//! taken for a dead connection.
+//!
 //! **Memory is bounded** by [`HOLD_MAX`] frames and [`HOLD_MAX_BYTES`]: a full buffer stops
 //! taking frames, the stream's mailbox fills, and the stream continues from the journal when it
 //! has room again (the mailbox's overflow policy; nothing is lost).
@@ -94,6 +99,17 @@ struct Burst {
     closed: bool,
 }
 
+impl Held {
+    /// The bytes it holds, as `HOLD_MAX_BYTES` counts them: a burst keeps its first notice
+    /// encoded and decoded, about twice its size.
+    fn size(&self) -> usize {
+        match self {
+            Held::Frame { frame, .. } => frame.bytes.len(),
+            Held::Burst(burst) => 2 * burst.first_frame.bytes.len(),
+        }
+    }
+}
+
 impl Burst {
     fn into_frame(self) -> Frame {
         if self.count < 2 {
@@ -136,6 +152,11 @@ pub(super) struct Storm {
     timer: Option<Pin<Box<Sleep>>>,
     /// The position of the last frame that left.
     pub(super) sent_position: u64,
+    /// When the last frame left, and how long the stream may stay silent: while the buffer
+    /// holds frames back (a catch-up, a burst), the source's heartbeats cannot pass (their
+    /// cursor is ahead of what is held), so the buffer sends its own, at `sent_position`.
+    last_out: Instant,
+    heartbeat_interval: Duration,
     /// `notify_conflated_total`, `notify_coalesced_notices_total`.
     metrics: Arc<Metrics>,
 }
@@ -154,15 +175,19 @@ impl Storm {
     pub(super) fn new(
         options: StormControl,
         admin_feed: bool,
-        window: Duration,
+        (window, heartbeat_interval): (Duration, Duration),
         start: u64,
         metrics: &Arc<Metrics>,
     ) -> Option<Box<Self>> {
         if options.is_off() {
             return None;
         }
-        let interval = (options.max_events_per_second > 0)
-            .then(|| Duration::from_secs(1) / options.max_events_per_second);
+        // Rounded up, so that no second ever holds more than the rate.
+        let interval = (options.max_events_per_second > 0).then(|| {
+            Duration::from_nanos(
+                1_000_000_000_u64.div_ceil(u64::from(options.max_events_per_second)),
+            )
+        });
         let window = (options.conflate && admin_feed && !window.is_zero()).then_some(window);
         Some(Box::new(Self {
             conflate: options.conflate,
@@ -178,6 +203,8 @@ impl Storm {
             next_send: None,
             timer: None,
             sent_position: start,
+            last_out: Instant::now(),
+            heartbeat_interval,
             metrics: Arc::clone(metrics),
         }))
     }
@@ -190,9 +217,7 @@ impl Storm {
     fn push(&mut self, held: Held) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        if let Held::Frame { frame, .. } = &held {
-            self.held_bytes += frame.bytes.len();
-        }
+        self.held_bytes += held.size();
         self.held.insert(seq, held);
         seq
     }
@@ -289,7 +314,9 @@ impl Storm {
             first_frame: frame,
             count: 1,
             first_received: received,
-            deadline: live.then(|| Instant::now() + window),
+            // An absurd window (`--notice-coalesce-window 100y`) is as good as none ending:
+            // the burst then ends when the buffer is full.
+            deadline: live.then(|| Instant::now().checked_add(window)).flatten(),
             closed: false,
         };
         let seq = self.push(Held::Burst(Box::new(burst)));
@@ -360,31 +387,31 @@ impl Storm {
                 if !burst.closed {
                     // A live burst's window ends at its deadline; a replayed one when the
                     // replay proves it over or ends.
-                    if let Some(deadline) = burst.deadline {
-                        return self.wait_until(cx, deadline);
-                    }
-                    return Release::Wait;
+                    return self.hold(cx, now, burst.deadline, &hub_cursor);
                 }
                 (burst.first_frame.position, true)
             }
         };
-        if self.unreported > 0 && position != NO_POSITION && self.unreported_max < position {
+        // `<=`: a control frame at a skipped event's position (`CaughtUp` at the replay's end)
+        // comes after the report, so a client counting skips up to `CaughtUp` has them all.
+        if self.unreported > 0 && position != NO_POSITION && self.unreported_max <= position {
             return Release::Frame(self.report(&hub_cursor));
         }
         if event {
             if self.conflate && catching_up && self.has_room() {
-                return Release::Wait;
+                return self.hold(cx, now, None, &hub_cursor);
             }
             if let Some(next) = self.next_send
                 && now < next
             {
-                return self.wait_until(cx, next);
+                return self.hold(cx, now, Some(next), &hub_cursor);
             }
             self.next_send = self.interval.map(|interval| now + interval);
         }
         let frame = match self.held.remove(&seq) {
             Some(Held::Frame { frame, key, .. }) => {
                 self.held_bytes -= frame.bytes.len();
+                self.last_out = now;
                 if let Some(key) = key
                     && self.latest.get(&key) == Some(&seq)
                 {
@@ -392,13 +419,44 @@ impl Storm {
                 }
                 frame
             }
-            Some(Held::Burst(burst)) => burst.into_frame(),
+            Some(Held::Burst(burst)) => {
+                self.held_bytes -= 2 * burst.first_frame.bytes.len();
+                self.last_out = now;
+                burst.into_frame()
+            }
             None => return Release::Wait,
         };
         if frame.position != NO_POSITION {
             self.sent_position = frame.position;
         }
         Release::Frame(frame)
+    }
+
+    /// The front is held back until `until` (pacing, a live burst's window) or until the
+    /// source has more (`None`: a catch-up, a replayed burst). Meanwhile the stream says it is
+    /// alive every `heartbeat_interval`, at the last cursor it sent.
+    fn hold(
+        &mut self,
+        cx: &mut Context<'_>,
+        now: Instant,
+        until: Option<Instant>,
+        hub_cursor: &impl Fn(u64) -> Cursor,
+    ) -> Release {
+        let beat = self
+            .last_out
+            .checked_add(self.heartbeat_interval)
+            .unwrap_or(now);
+        if now >= beat {
+            self.last_out = now;
+            let position = self.sent_position;
+            return Release::Frame(control_frame(
+                Kind::Heartbeat(pb::Heartbeat {
+                    cursor: hub_cursor(position).to_string(),
+                }),
+                position,
+            ));
+        }
+        self.wait_until(cx, until.map_or(beat, |until| until.min(beat)))
     }
 
     fn report(&mut self, hub_cursor: &impl Fn(u64) -> Cursor) -> Frame {
@@ -412,6 +470,7 @@ impl Storm {
         );
         self.unreported = 0;
         self.sent_position = self.sent_position.max(position);
+        self.last_out = Instant::now();
         frame
     }
 

@@ -52,6 +52,8 @@ struct TestJournal {
     scanned_on: std::sync::Mutex<Vec<std::thread::ThreadId>>,
     /// When set, the next scan waits until something is sent on (or the sender of) this.
     gate: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    /// Scans that pass before the gate applies.
+    gate_after: AtomicU64,
 }
 
 impl JournalReader for TestJournal {
@@ -65,7 +67,15 @@ impl JournalReader for TestJournal {
         limits: ScanLimits,
         select: &dyn Fn(EventMeta<'_>) -> bool,
     ) -> Result<Scan, crate::store::StoreError> {
-        let gate = self.gate.lock().unwrap().take();
+        let passes = self
+            .gate_after
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        let gate = if passes {
+            None
+        } else {
+            self.gate.lock().unwrap().take()
+        };
         if let Some(gate) = gate {
             let _ = gate.recv();
         }

@@ -2,7 +2,7 @@
 //! a paced stream keeps its rate without losing a change, an admin stream coalesces a burst of
 //! notices; the cursors stay exact.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use super::*;
 use crate::{hub::StormControl, pb::event::Payload};
@@ -352,4 +352,88 @@ async fn a_burst_of_device_errors_is_one_notice_for_a_conflating_admin_then_sing
     // A stream without `conflate` got every notice.
     let all = drain(&mut service);
     assert_eq!(event_ids(&all).len(), 403, "400 + 2 notices and the update");
+}
+
+#[test]
+fn skips_up_to_caught_up_are_reported_before_it_when_a_live_event_supersedes_the_last_replayed() {
+    let (hub, journal) = hub_with_journal(64);
+    let mut publisher = Publisher::new(&hub, &journal);
+    for version in 0..10 {
+        for q in 0..3 {
+            publisher.send_event(quota("u1", &format!("q{q}"), version));
+        }
+    }
+    let head = publisher.position;
+    let mut console = subscribe(&hub, filter("u1", false, &[], ""), Some(0), CONFLATE);
+    // Live, before the stream is read: it supersedes the last replayed event (q2).
+    publisher.send_event(quota("u1", "q2", 10));
+    let kinds = drain(&mut console);
+    let at = kinds
+        .iter()
+        .position(|k| matches!(k, Kind::CaughtUp(_)))
+        .expect("CaughtUp");
+    let (before, after) = kinds.split_at(at);
+    assert_eq!(
+        skipped(before) + event_ids(before).len() as u64,
+        head,
+        "every replayed event delivered or reported before CaughtUp: {kinds:?}"
+    );
+    assert_eq!(event_ids(after).len(), 1, "the live update");
+    let order = positions(&kinds);
+    assert!(
+        order.windows(2).all(|w| w[0] <= w[1]),
+        "cursors go back: {order:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_conflating_catch_up_kept_waiting_by_the_journal_says_it_is_alive_at_its_last_cursor() {
+    let journal = Arc::new(TestJournal::default());
+    let hub = Hub::new(
+        HubSettings {
+            queue_len: 16,
+            replay_readers: 1,
+            heartbeat_interval: Duration::from_millis(100),
+            notice_coalesce_window: Duration::from_secs(2),
+        },
+        Cursor {
+            epoch: EPOCH,
+            position: 0,
+        },
+        Arc::new(Metrics::new()),
+        journal.clone(),
+        crate::otel::Tracing::off(),
+    );
+    let mut publisher = Publisher::new(&hub, &journal);
+    for q in 0..10 {
+        publisher.send_event(quota("u1", &format!("q{q}"), 0));
+    }
+    // More than one read's worth of others' events: the second read waits at the gate.
+    for _ in 0..(2 * REPLAY_SCAN_LIMIT) {
+        publisher.send("quota.updated", "someone-else", "");
+    }
+    let (open, gate) = std::sync::mpsc::channel::<()>();
+    *journal.gate.lock().unwrap() = Some(gate);
+    journal.gate_after.store(1, Ordering::Relaxed);
+    let mut console = subscribe(&hub, filter("u1", false, &[], ""), Some(0), CONFLATE);
+    // The ten quotas are held (the catch-up is not over), the source's own heartbeats carry a
+    // cursor past them: the stream's heartbeat says where it really is.
+    let Some(Kind::Heartbeat(beat)) = next_kind_of(&mut console).await else {
+        panic!("a heartbeat first");
+    };
+    assert_eq!(position(&beat.cursor), 0);
+    drop(open);
+    let mut quotas = 0;
+    loop {
+        match next_kind_of(&mut console).await {
+            Some(Kind::Event(_)) => quotas += 1,
+            Some(Kind::CaughtUp(c)) => {
+                assert_eq!(position(&c.cursor), publisher.position);
+                break;
+            }
+            Some(_) => {}
+            None => panic!("ended"),
+        }
+    }
+    assert_eq!(quotas, 10);
 }
