@@ -97,7 +97,7 @@ impl Subscription {
     /// has room, then lets out what may leave now.
     fn poll_storm(&mut self, storm: &mut Storm, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
         while storm.has_room() {
-            match self.poll_source(cx) {
+            match self.poll_source(cx, false) {
                 Poll::Ready(Some(frame)) => storm.take(frame),
                 // Ended: what the buffer holds is dropped; the client resumes from the last
                 // cursor it got (see `storm`).
@@ -107,7 +107,14 @@ impl Subscription {
         }
         let hub = &self.hub;
         match storm.release(cx, self.catching_up(), |position| hub.cursor(position)) {
-            Release::Frame(frame) => Poll::Ready(Some(frame)),
+            Release::Frame(frame) => {
+                // Live frames only (replayed ones carry no `published_at`): the latency
+                // includes the time the buffer held the frame.
+                if frame.published_at.is_some() {
+                    self.observe(&frame);
+                }
+                Poll::Ready(Some(frame))
+            }
             Release::Wait => Poll::Pending,
         }
     }
@@ -279,7 +286,7 @@ impl tokio_stream::Stream for Subscription {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
         let this = self.get_mut();
         let Some(mut storm) = this.storm.take() else {
-            return this.poll_source(cx);
+            return this.poll_source(cx, true);
         };
         let next = this.poll_storm(&mut storm, cx);
         this.storm = Some(storm);
@@ -290,7 +297,9 @@ impl tokio_stream::Stream for Subscription {
 impl Subscription {
     /// The stream's frames in order, before storm control: the opening frames, the replay,
     /// then the mailbox.
-    fn poll_source(&mut self, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
+    /// `observe`: record a live frame's latency and hand-off as it is taken (a stream with
+    /// storm control records them when the frame leaves its buffer instead).
+    fn poll_source(&mut self, cx: &mut Context<'_>, observe: bool) -> Poll<Option<Frame>> {
         let this = self;
         loop {
             if let Some(frame) = this.pending.pop_front() {
@@ -347,7 +356,9 @@ impl Subscription {
                     if frame.position != NO_POSITION {
                         this.last_position = frame.position;
                     }
-                    this.observe(&frame);
+                    if observe {
+                        this.observe(&frame);
+                    }
                     return Poll::Ready(Some(frame));
                 }
                 Poll::Ready(Some(Next::Lagged)) => {
