@@ -114,6 +114,13 @@ pub async fn start_node_logging(
         Some(filter) => command.env("RUST_LOG", filter),
         None => command.env_remove("RUST_LOG"),
     };
+    // A node without broker flags runs without a broker: the `AMQP_URL` that scripts/test
+    // exports would otherwise make it consume the default queue (`notify-backbone.<host>`,
+    // bound to the producers' exchange), which other tests and benchmarks may share or have
+    // left full.
+    if !args.iter().any(|arg| arg == "--amqp-url") {
+        command.env_remove("AMQP_URL");
+    }
     let mut child = command
         .arg("serve")
         .args(args)
