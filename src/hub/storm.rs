@@ -263,7 +263,10 @@ impl Storm {
             self.add_notice(kind, event, frame, received, window);
             return;
         }
-        let key = self.conflate_key(&event);
+        // Every stream with storm control conflates what waits in its buffer: with
+        // `conflate`, what a catch-up or a deep mailbox puts there; paced, what waits for the
+        // rate (a stream with neither has no storm layer).
+        let key = schema::conflation_key(&event);
         let seq = self.push(Held::Frame {
             frame,
             event: true,
@@ -278,15 +281,6 @@ impl Storm {
             self.unreported_max = self.unreported_max.max(old.position);
             self.metrics.conflated.inc();
         }
-    }
-
-    /// Every stream with storm control conflates what waits in its buffer: with `conflate`,
-    /// what a catch-up or a deep mailbox puts there; paced, what waits for the rate.
-    fn conflate_key(&self, event: &pb::Event) -> Option<ConflationKey> {
-        if !self.conflate && self.interval.is_none() {
-            return None;
-        }
-        schema::conflation_key(event)
     }
 
     fn add_notice(

@@ -201,37 +201,13 @@ impl Publisher {
     }
 
     fn send(&mut self, event_type: &str, user: &str, device: &str) -> String {
-        self.position += 1;
-        let id = format!("e{}", self.position);
-        let event = pb::Event {
-            id: id.clone(),
-            cursor: Cursor {
-                epoch: EPOCH,
-                position: self.position,
-            }
-            .to_string(),
+        let position = self.send_event(pb::Event {
             r#type: event_type.into(),
             user_id: user.into(),
             device_id: device.into(),
             ..Default::default()
-        };
-        let frame = crate::store::encode_event_frame(&event);
-        self.journal.events.lock().unwrap().push(StoredEvent {
-            position: self.position,
-            event_type: event_type.into(),
-            user_id: user.into(),
-            device_id: device.into(),
-            frame: frame.clone(),
         });
-        self.hub.fan_out(Routed {
-            event: &event,
-            frame,
-            position: self.position,
-            published_at: Instant::now(),
-            trace: None,
-            muted: false,
-        });
-        id
+        format!("e{position}")
     }
 }
 
@@ -258,12 +234,23 @@ fn event_ids(kinds: &[Kind]) -> Vec<String> {
 
 /// A hub reading on a pool of one reader, over `stored` events of a user nobody subscribes as.
 fn pooled_hub(stored: u64) -> (Hub, Arc<TestJournal>) {
+    let (hub, journal) = pooled_hub_beating(std::time::Duration::from_secs(15));
+    let mut publisher = Publisher::new(&hub, &journal);
+    for _ in 0..stored {
+        publisher.send("quota.updated", "someone-else", "");
+    }
+    (hub, journal)
+}
+
+/// A hub reading on a pool of one reader over an empty journal, whose streams kept waiting get
+/// a heartbeat every `heartbeat_interval`.
+fn pooled_hub_beating(heartbeat_interval: std::time::Duration) -> (Hub, Arc<TestJournal>) {
     let journal = Arc::new(TestJournal::default());
     let hub = Hub::new(
         HubSettings {
             queue_len: 16,
             replay_readers: 1,
-            heartbeat_interval: std::time::Duration::from_secs(15),
+            heartbeat_interval,
             notice_coalesce_window: std::time::Duration::from_secs(2),
         },
         Cursor {
@@ -274,10 +261,6 @@ fn pooled_hub(stored: u64) -> (Hub, Arc<TestJournal>) {
         journal.clone(),
         crate::otel::Tracing::off(),
     );
-    let mut publisher = Publisher::new(&hub, &journal);
-    for _ in 0..stored {
-        publisher.send("quota.updated", "someone-else", "");
-    }
     (hub, journal)
 }
 

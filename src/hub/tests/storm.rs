@@ -2,7 +2,7 @@
 //! a paced stream keeps its rate without losing a change, an admin stream coalesces a burst of
 //! notices; the cursors stay exact.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use super::*;
 use crate::{hub::StormControl, pb::event::Payload};
@@ -388,22 +388,7 @@ fn skips_up_to_caught_up_are_reported_before_it_when_a_live_event_supersedes_the
 
 #[tokio::test]
 async fn a_conflating_catch_up_kept_waiting_by_the_journal_says_it_is_alive_at_its_last_cursor() {
-    let journal = Arc::new(TestJournal::default());
-    let hub = Hub::new(
-        HubSettings {
-            queue_len: 16,
-            replay_readers: 1,
-            heartbeat_interval: Duration::from_millis(100),
-            notice_coalesce_window: Duration::from_secs(2),
-        },
-        Cursor {
-            epoch: EPOCH,
-            position: 0,
-        },
-        Arc::new(Metrics::new()),
-        journal.clone(),
-        crate::otel::Tracing::off(),
-    );
+    let (hub, journal) = pooled_hub_beating(Duration::from_millis(100));
     let mut publisher = Publisher::new(&hub, &journal);
     for q in 0..10 {
         publisher.send_event(quota("u1", &format!("q{q}"), 0));

@@ -72,8 +72,10 @@ pub(super) struct InboxWrite<'txn> {
 
 /// The keys of one inbox's rows in `inbox_state`.
 pub(super) struct StateKeys {
-    /// The kind, the owner's length and the owner: what every key of this inbox starts with.
-    prefix: Vec<u8>,
+    /// The counts row's key: the inbox's prefix (the kind, the owner's length and the owner:
+    /// what every key of this inbox starts with), then the counts tag. Built once, since
+    /// every new item reads and writes the counts.
+    counts: Vec<u8>,
 }
 
 const COUNTS_TAG: u8 = b'c';
@@ -85,11 +87,17 @@ impl StateKeys {
         // An owner is at most a JWT subject or a producer's user id; one longer than 64 KiB is
         // cut (its keys stay its own unless two such owners share their first 64 KiB).
         let owner = &owner.as_bytes()[..owner.len().min(usize::from(u16::MAX))];
-        let mut prefix = Vec::with_capacity(3 + owner.len() + 9);
-        prefix.push(kind);
-        prefix.extend_from_slice(&(owner.len() as u16).to_be_bytes());
-        prefix.extend_from_slice(owner);
-        Self { prefix }
+        let mut counts = Vec::with_capacity(3 + owner.len() + 1);
+        counts.push(kind);
+        counts.extend_from_slice(&(owner.len() as u16).to_be_bytes());
+        counts.extend_from_slice(owner);
+        counts.push(COUNTS_TAG);
+        Self { counts }
+    }
+
+    /// What every key of this inbox starts with.
+    fn prefix(&self) -> &[u8] {
+        &self.counts[..self.counts.len() - 1]
     }
 
     fn of(inbox: &InboxKey) -> Self {
@@ -97,15 +105,16 @@ impl StateKeys {
     }
 
     fn tagged(&self, tag: u8, rest: &[u8]) -> Vec<u8> {
-        let mut key = Vec::with_capacity(self.prefix.len() + 1 + rest.len());
-        key.extend_from_slice(&self.prefix);
+        let prefix = self.prefix();
+        let mut key = Vec::with_capacity(prefix.len() + 1 + rest.len());
+        key.extend_from_slice(prefix);
         key.push(tag);
         key.extend_from_slice(rest);
         key
     }
 
-    pub(super) fn counts(&self) -> Vec<u8> {
-        self.tagged(COUNTS_TAG, &[])
+    pub(super) fn counts(&self) -> &[u8] {
+        &self.counts
     }
 
     pub(super) fn id(&self, id: &str) -> Vec<u8> {
@@ -161,7 +170,7 @@ impl<'txn> InboxWrite<'txn> {
     fn counts_of(&self, keys: &StateKeys) -> Result<Counts, redb::Error> {
         Ok(self
             .state
-            .get(keys.counts().as_slice())?
+            .get(keys.counts())?
             .map_or_else(Counts::default, |v| Counts::decode(v.value())))
     }
 
@@ -200,7 +209,7 @@ impl<'txn> InboxWrite<'txn> {
 
     fn store_counts(&mut self, keys: &StateKeys, counts: &Counts) -> Result<(), redb::Error> {
         self.state
-            .insert(keys.counts().as_slice(), counts.encode().as_slice())?;
+            .insert(keys.counts(), counts.encode().as_slice())?;
         Ok(())
     }
 
@@ -511,7 +520,7 @@ pub(super) fn counts_in(txn: &ReadTransaction, inbox: &InboxKey) -> Result<Count
         return Ok(Counts::default());
     };
     Ok(table
-        .get(StateKeys::of(inbox).counts().as_slice())
+        .get(StateKeys::of(inbox).counts())
         .map_err(read_failed)?
         .map_or_else(Counts::default, |v| Counts::decode(v.value())))
 }

@@ -84,10 +84,7 @@ pub(super) fn merge_inbox_tables(txn: &redb::WriteTransaction) -> Result<u64, Op
             let (key, value) = entry.map_err(engine)?;
             let (kind, owner) = key.value();
             state
-                .insert(
-                    StateKeys::new(kind, owner).counts().as_slice(),
-                    value.value(),
-                )
+                .insert(StateKeys::new(kind, owner).counts(), value.value())
                 .map_err(engine)?;
             moved += 1;
         }
