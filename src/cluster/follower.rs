@@ -41,7 +41,7 @@ use crate::{
     hub::Hub,
     inbox::Applied,
     sequencer::{Stored, fan_out_stored},
-    store::{Journal as _, JournalHealth, RedbJournal, Replicated},
+    store::{Journal as _, JournalHealth, RedbJournal, ReplicaInbox, Replicated},
     telemetry::{Chain, Metrics},
 };
 
@@ -606,6 +606,24 @@ impl Follow {
                 ClusterError::Replica(error)
             }
         })?;
+        // The streams pushed to are woken once, together, after the batch's fan-out (see
+        // `hub::with_batched_wakes`).
+        crate::hub::with_batched_wakes(|| {
+            self.deliver_replicated(&events, outcomes, barriers, received_at, inbox, command_ids)
+        });
+        Ok(())
+    }
+
+    /// Fans a replicated batch out and resolves its waiters.
+    fn deliver_replicated(
+        &mut self,
+        events: &[(u64, crate::pb::Event)],
+        outcomes: Vec<Replicated>,
+        barriers: Vec<(String, u64)>,
+        received_at: Instant,
+        inbox: ReplicaInbox,
+        command_ids: Vec<String>,
+    ) {
         let mut landed = Vec::with_capacity(events.len() + barriers.len());
         for ((position, event), outcome) in events.iter().zip(outcomes) {
             match outcome {
@@ -667,7 +685,6 @@ impl Follow {
                 .zip(inbox.applied)
                 .filter_map(|(id, applied)| Some((id, applied?))),
         );
-        Ok(())
     }
 }
 

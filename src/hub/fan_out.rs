@@ -368,16 +368,19 @@ impl Hub {
             }),
             head.position,
         );
-        for subscriber in index.all.values() {
-            if subscriber.mailbox.take_busy() {
-                continue;
+        // Every idle stream at once: woken together at the end, like a batch's fan-out.
+        super::with_batched_wakes(|| {
+            for subscriber in index.all.values() {
+                if subscriber.mailbox.take_busy() {
+                    continue;
+                }
+                if subscriber.mailbox.push(frame.clone()) == Push::Overflowed {
+                    self.shared.metrics.queue_overflows.inc();
+                }
+                // The heartbeat itself must not count as activity for the next tick.
+                subscriber.mailbox.take_busy();
             }
-            if subscriber.mailbox.push(frame.clone()) == Push::Overflowed {
-                self.shared.metrics.queue_overflows.inc();
-            }
-            // The heartbeat itself must not count as activity for the next tick.
-            subscriber.mailbox.take_busy();
-        }
+        });
     }
 
     /// Ends every subscription (queued frames are still delivered, except what a stream's

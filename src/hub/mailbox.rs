@@ -11,6 +11,7 @@
 //! idle mailbox allocates nothing (which keeps idle streams cheap).
 
 use std::{
+    cell::RefCell,
     collections::VecDeque,
     sync::{
         Arc, Mutex, MutexGuard,
@@ -23,6 +24,54 @@ use std::{
 use bytes::Bytes;
 
 use crate::otel::FrameTrace;
+
+thread_local! {
+    /// Inside [`with_batched_wakes`] on this thread: the readers its pushes woke, to be woken
+    /// when it ends.
+    static HELD_WAKES: RefCell<Option<Vec<Waker>>> = const { RefCell::new(None) };
+}
+
+/// Runs `fan_out` with the wake-ups of the readers it pushes to held back until it returns,
+/// then wakes them all. A batch's fan-out runs on the pipeline's thread and its readers on the
+/// main runtime's workers: woken push by push, a worker starts on the first streams while the
+/// fan-out is still pushing to the next, runs out of work, and on the way to park lets each
+/// connection write the few frames queued so far (one system call each). Woken together,
+/// the streams run one after the other and each connection writes the batch's frames in a few
+/// writes (BENCHMARKS.md §16). The wakes are held for the fan-out's own work only, microseconds
+/// per subscriber; nested calls share the outer one's.
+pub(crate) fn with_batched_wakes<T>(fan_out: impl FnOnce() -> T) -> T {
+    /// Wakes what was held, also when `fan_out` unwinds: no reader is left asleep.
+    struct Release;
+    impl Drop for Release {
+        fn drop(&mut self) {
+            if let Some(wakers) = HELD_WAKES.with(|held| held.borrow_mut().take()) {
+                for waker in wakers {
+                    waker.wake();
+                }
+            }
+        }
+    }
+    if HELD_WAKES.with(|held| held.borrow().is_some()) {
+        return fan_out();
+    }
+    HELD_WAKES.with(|held| *held.borrow_mut() = Some(Vec::new()));
+    let _release = Release;
+    fan_out()
+}
+
+/// Wakes a reader now, or at the end of the [`with_batched_wakes`] this thread is in.
+fn wake(waker: Waker) {
+    let now = HELD_WAKES.with(|held| match held.borrow_mut().as_mut() {
+        Some(wakers) => {
+            wakers.push(waker);
+            None
+        }
+        None => Some(waker),
+    });
+    if let Some(waker) = now {
+        waker.wake();
+    }
+}
 
 /// One encoded `SubscribeResponse`, ready to be written to the wire.
 #[derive(Debug, Clone)]
@@ -128,7 +177,7 @@ impl Mailbox {
         drop(state);
         self.busy.store(true, Ordering::Relaxed);
         if let Some(waker) = waker {
-            waker.wake();
+            wake(waker);
         }
         outcome
     }
@@ -159,7 +208,7 @@ impl Mailbox {
         drop(state);
         self.busy.store(true, Ordering::Relaxed);
         if let Some(waker) = waker {
-            waker.wake();
+            wake(waker);
         }
         outcome
     }
@@ -274,6 +323,74 @@ mod tests {
             Poll::Ready(next) => next,
             Poll::Pending => panic!("nothing ready"),
         }
+    }
+
+    /// A waker that counts its wakes.
+    #[derive(Default)]
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Counting {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Counting {
+        fn count(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    /// A mailbox whose reader waits, with a waker that counts.
+    fn waiting_reader() -> (Mailbox, Arc<Counting>) {
+        let mailbox = Mailbox::new(8);
+        let counting = Arc::new(Counting::default());
+        let waker = Waker::from(Arc::clone(&counting));
+        assert!(
+            mailbox
+                .poll_pop(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        (mailbox, counting)
+    }
+
+    #[test]
+    fn inside_a_batch_readers_are_woken_once_when_it_ends() {
+        let (first, first_woken) = waiting_reader();
+        let (second, second_woken) = waiting_reader();
+        with_batched_wakes(|| {
+            first.push(frame(1));
+            second.push(frame(1));
+            first.push(frame(2));
+            // Nested: still held, until the outermost ends.
+            with_batched_wakes(|| second.push(frame(2)));
+            assert_eq!((first_woken.count(), second_woken.count()), (0, 0));
+        });
+        assert_eq!((first_woken.count(), second_woken.count()), (1, 1));
+        // Outside a batch a push wakes at once.
+        let (third, third_woken) = waiting_reader();
+        third.push(frame(1));
+        assert_eq!(third_woken.count(), 1);
+    }
+
+    #[test]
+    fn a_batch_that_panics_still_wakes_its_readers() {
+        let (mailbox, woken) = waiting_reader();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            with_batched_wakes(|| {
+                mailbox.push(frame(1));
+                panic!("fan-out failed");
+            })
+        }));
+        assert!(outcome.is_err());
+        assert_eq!(woken.count(), 1);
+        // And the next push, outside any batch, wakes at once again.
+        let (other, other_woken) = waiting_reader();
+        other.push(frame(1));
+        assert_eq!(other_woken.count(), 1);
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub use error::HubError;
 pub use fan_out::{Hub, Routed, StreamOptions};
 pub use filter::{Filter, FilterError, FilterSettings, MAX_PATTERN_LEN, MAX_TYPE_PATTERNS, Users};
 pub use index::Inboxes;
+pub(crate) use mailbox::with_batched_wakes;
 pub use mailbox::{EndReason, Frame};
 pub use reads::ReadError;
 pub use shared::HubSettings;
