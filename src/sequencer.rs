@@ -316,9 +316,8 @@ fn commit_batch<J: Journal>(journal: &mut J, batch: &mut Vec<Submission>) -> Com
 }
 
 impl Committed {
-    /// Fans out the new events in journal order, then answers every submitter.
-    /// Fans the batch out and answers its submissions; the streams it pushes to are woken
-    /// once, together, when it is done (see `hub::with_batched_wakes`).
+    /// Fans out the new events in journal order, then answers every submitter; the streams it
+    /// pushes to are woken once, together, when it is done (see `hub::with_batched_wakes`).
     fn deliver(self, hub: &Hub, metrics: &Metrics) {
         crate::hub::with_batched_wakes(|| self.deliver_now(hub, metrics));
     }
