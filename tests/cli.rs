@@ -110,6 +110,7 @@ async fn the_server_refuses_to_start_without_a_key_unless_dev() {
         .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
         .current_dir(dir)
         .env_remove("JWT_SECRET")
+        .env_remove("AMQP_URL")
         .env_remove("NOTIFY_DEV")
         .env("RUST_BACKTRACE", "0")
         .output()
@@ -235,6 +236,8 @@ async fn spawn_dev(
         .args(extra)
         .current_dir(dir)
         .env_remove("JWT_SECRET")
+        // scripts/test exports AMQP_URL: this server must not consume the default queue.
+        .env_remove("AMQP_URL")
         .env_remove("NO_COLOR")
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
