@@ -5,7 +5,7 @@
 //! open, every publish succeeded, every expected delivery arrived, nobody else published. Any
 //! of those is listed prominently at the top of the report and makes the process exit with 1.
 
-use std::{fmt::Write as _, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, fmt::Write as _, sync::Arc, time::Duration};
 
 use serde_json::{Value, json};
 
@@ -592,12 +592,22 @@ impl Report {
         (events > 0).then(|| total / events as f64)
     }
 
-    /// The server's context switches and write calls in the window, per event published.
-    fn handoffs_json(&self, handoffs: &Handoffs) -> Value {
+    /// The server's context switches, write calls and CPU by thread in the window, per event
+    /// published.
+    fn handoffs_json(&self, handoffs: &Handoffs, ticks_per_second: u64) -> Value {
+        let cpu_us_per_event_by_thread: BTreeMap<&str, Option<f64>> = handoffs
+            .cpu_ticks_by_thread_name
+            .iter()
+            .map(|(name, ticks)| {
+                let us = *ticks as f64 * 1e6 / ticks_per_second.max(1) as f64;
+                (name.as_str(), self.per_event(us))
+            })
+            .collect();
         json!({
             "context_switches": handoffs.context_switches,
             "context_switches_per_event": self.per_event(handoffs.context_switches as f64),
             "context_switches_by_thread": handoffs.by_thread_name,
+            "cpu_us_per_event_by_thread": cpu_us_per_event_by_thread,
             "exited_threads": handoffs.exited_threads,
             "write_calls": handoffs.write_calls,
             "write_calls_per_event": self.per_event(handoffs.write_calls as f64),
@@ -680,13 +690,13 @@ impl Report {
                 "cores": cpu.seconds / cpu.window_seconds.max(1e-9),
                 "per_event_us": self.cpu_per_event_us(),
                 "clock_ticks_per_s": cpu.ticks_per_second,
-                "handoffs": cpu.handoffs.as_ref().map(|handoffs| self.handoffs_json(handoffs)),
+                "handoffs": cpu.handoffs.as_ref().map(|handoffs| self.handoffs_json(handoffs, cpu.ticks_per_second)),
             })),
             "also_server_cpu": self.also_server_cpu.iter().map(|cpu| cpu.as_ref().map(|cpu| json!({
                 "seconds": cpu.seconds,
                 "cores": cpu.seconds / cpu.window_seconds.max(1e-9),
                 "per_event_us": self.per_event_us(cpu),
-                "handoffs": cpu.handoffs.as_ref().map(|handoffs| self.handoffs_json(handoffs)),
+                "handoffs": cpu.handoffs.as_ref().map(|handoffs| self.handoffs_json(handoffs, cpu.ticks_per_second)),
             }))).collect::<Vec<_>>(),
             "storm": self.storm.as_ref().map(|storm| json!({
                 "resumes": self.parameters["resumes"],
@@ -873,6 +883,19 @@ impl Report {
                     "hand-offs    {switches:.2} context switches per event ({}), {writes:.2} write \
                      calls per event",
                     busiest.join(", ")
+                )?;
+                let cpu_by_thread: Vec<String> = handoffs
+                    .cpu_ticks_by_thread_name
+                    .iter()
+                    .filter_map(|(name, ticks)| {
+                        let us = *ticks as f64 * 1e6 / cpu.ticks_per_second.max(1) as f64;
+                        Some(format!("{name} {:.0}", self.per_event(us)?))
+                    })
+                    .collect();
+                writeln!(
+                    out,
+                    "             µs of CPU per event by thread: {}",
+                    cpu_by_thread.join(", ")
                 )?;
                 if handoffs.exited_threads > 0 {
                     writeln!(
