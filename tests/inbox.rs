@@ -825,4 +825,6 @@ async fn events_through_rabbitmq_are_counted_and_marks_survive_a_restart_and_a_k
     .unwrap();
     assert_eq!(item_ids(&page), ["kill-3"]);
     node.stop(&logs).await;
+    // The dead-letter queue has no expiry: without this, every run leaves one behind.
+    producer.clean_up(&[&names]).await;
 }
