@@ -592,17 +592,28 @@ impl Report {
         (events > 0).then(|| total / events as f64)
     }
 
-    /// The server's context switches, write calls and CPU by thread in the window, per event
-    /// published.
-    fn handoffs_json(&self, handoffs: &Handoffs, ticks_per_second: u64) -> Value {
-        let cpu_us_per_event_by_thread: BTreeMap<&str, Option<f64>> = handoffs
+    /// Each thread name's CPU time in the window, in µs per event published (`None` when no
+    /// event was).
+    fn cpu_us_per_event_by_thread<'a>(
+        &self,
+        handoffs: &'a Handoffs,
+        ticks_per_second: u64,
+    ) -> BTreeMap<&'a str, Option<f64>> {
+        handoffs
             .cpu_ticks_by_thread_name
             .iter()
             .map(|(name, ticks)| {
                 let us = *ticks as f64 * 1e6 / ticks_per_second.max(1) as f64;
                 (name.as_str(), self.per_event(us))
             })
-            .collect();
+            .collect()
+    }
+
+    /// The server's context switches, write calls and CPU by thread in the window, per event
+    /// published.
+    fn handoffs_json(&self, handoffs: &Handoffs, ticks_per_second: u64) -> Value {
+        let cpu_us_per_event_by_thread =
+            self.cpu_us_per_event_by_thread(handoffs, ticks_per_second);
         json!({
             "context_switches": handoffs.context_switches,
             "context_switches_per_event": self.per_event(handoffs.context_switches as f64),
@@ -884,13 +895,10 @@ impl Report {
                      calls per event",
                     busiest.join(", ")
                 )?;
-                let cpu_by_thread: Vec<String> = handoffs
-                    .cpu_ticks_by_thread_name
-                    .iter()
-                    .filter_map(|(name, ticks)| {
-                        let us = *ticks as f64 * 1e6 / cpu.ticks_per_second.max(1) as f64;
-                        Some(format!("{name} {:.0}", self.per_event(us)?))
-                    })
+                let cpu_by_thread: Vec<String> = self
+                    .cpu_us_per_event_by_thread(handoffs, cpu.ticks_per_second)
+                    .into_iter()
+                    .filter_map(|(name, us)| Some(format!("{name} {:.0}", us?)))
                     .collect();
                 writeln!(
                     out,
