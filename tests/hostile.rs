@@ -221,6 +221,7 @@ async fn a_resume_storm_completes_for_everyone_while_live_delivery_goes_on() {
             dedupe_window: Duration::from_secs(3600),
             cache_bytes: 16 << 20,
             min_free_bytes: 0,
+            checkpoint_interval: Duration::ZERO,
         })
         .unwrap();
         for batch in 0..STORED / 1000 {
@@ -538,6 +539,7 @@ fn small_journal(data: &DataDir) -> RedbJournal {
         dedupe_window: Duration::from_secs(60),
         cache_bytes: 1 << 20,
         min_free_bytes: 0,
+        checkpoint_interval: Duration::from_millis(50),
     })
     .unwrap()
 }

@@ -11,7 +11,10 @@ use clap::Args;
 
 use super::{
     JournalKind,
-    parse::{byte_size, byte_size_or_zero, commit_delay, durability, positive_duration},
+    parse::{
+        byte_size, byte_size_or_zero, checkpoint_interval, commit_delay, durability,
+        positive_duration,
+    },
 };
 use crate::{
     inbox::InboxSettings,
@@ -24,6 +27,10 @@ fn inbox_types(text: &str) -> Result<InboxSettings, String> {
 
 /// The most `--commit-delay` may be: beyond it the delay is a stall, not a batching window.
 pub const MAX_COMMIT_DELAY: Duration = Duration::from_millis(100);
+
+/// The most `--checkpoint-interval` may be: it bounds the memory of the open transaction and
+/// what opening the journal after a crash applies from the log.
+pub const MAX_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often a cluster node's replica is synced to disk.
 pub const REPLICA_SYNC_INTERVAL: Duration = Duration::from_secs(1);
@@ -54,6 +61,15 @@ pub struct JournalFlags {
     /// crash can lose up to that much of the latest, acknowledged, events).
     #[arg(long, env = "NOTIFY_DURABILITY", default_value = "fsync", value_parser = durability, help_heading = "Journal")]
     pub durability: crate::store::Durability,
+
+    /// With `--durability fsync`: a batch of events is made durable by one append to the
+    /// commit log (`journal.wal`, beside `journal.redb`) and its fsync, and the batches of up to
+    /// this long (at most 256 events) are written to `journal.redb` in one commit. Cheaper per
+    /// event at the rates where a batch holds a few events (BENCHMARKS.md §19); a crash loses
+    /// nothing (the log is applied when the journal opens). 0: every batch is committed to
+    /// `journal.redb`, without a log. At most 1s.
+    #[arg(long, env = "NOTIFY_CHECKPOINT_INTERVAL", default_value = "50ms", value_parser = checkpoint_interval, help_heading = "Journal")]
+    pub checkpoint_interval: Duration,
 
     /// Events older than this are removed from the journal (in the background); a resume from
     /// before them gets a `Gap`.
@@ -111,6 +127,7 @@ impl JournalFlags {
             dedupe_window: self.dedupe_window,
             cache_bytes: usize::try_from(self.journal_cache).unwrap_or(usize::MAX),
             min_free_bytes: self.journal_min_free,
+            checkpoint_interval: self.checkpoint_interval,
         }
     }
 

@@ -31,7 +31,7 @@ use parse::{at_least_one, positive_duration};
 pub use amqp::AmqpFlags;
 pub use auth::AuthFlags;
 pub use cluster::{ClusterFlags, JournalKind};
-pub use journal::{JournalFlags, MAX_COMMIT_DELAY};
+pub use journal::{JournalFlags, MAX_CHECKPOINT_INTERVAL, MAX_COMMIT_DELAY};
 pub use limits::LimitsFlags;
 pub use otlp::TracingFlags;
 pub use parse::ValueError;

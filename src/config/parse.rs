@@ -43,7 +43,8 @@ pub enum ValueError {
         /// The most allowed.
         ceiling: usize,
     },
-    /// `--commit-delay` over [`super::MAX_COMMIT_DELAY`].
+    /// `--commit-delay` over [`super::MAX_COMMIT_DELAY`], or `--checkpoint-interval` over
+    /// [`super::MAX_CHECKPOINT_INTERVAL`].
     #[error("at most {}", humantime::format_duration(*.0))]
     CommitDelay(Duration),
     /// `--durability` neither `fsync` nor an interval; says why the interval did not parse
@@ -142,6 +143,15 @@ pub(super) fn commit_delay(text: &str) -> Result<Duration, ValueError> {
         return Err(ValueError::CommitDelay(super::MAX_COMMIT_DELAY));
     }
     Ok(delay)
+}
+
+/// `--checkpoint-interval`: at most [`super::MAX_CHECKPOINT_INTERVAL`].
+pub(super) fn checkpoint_interval(text: &str) -> Result<Duration, ValueError> {
+    let interval = humantime::parse_duration(text)?;
+    if interval > super::MAX_CHECKPOINT_INTERVAL {
+        return Err(ValueError::CommitDelay(super::MAX_CHECKPOINT_INTERVAL));
+    }
+    Ok(interval)
 }
 
 /// A duration greater than zero (`15s`, `500ms`).

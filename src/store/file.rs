@@ -23,11 +23,11 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, PoisonError, RwLock},
+    sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock},
     time::{Duration, Instant},
 };
 
-use redb::{Database, ReadableDatabase as _};
+use redb::{Database, Durability as RedbDurability, ReadableDatabase as _};
 use tokio::sync::watch;
 
 use super::StoreError;
@@ -113,6 +113,26 @@ pub(super) struct JournalFile {
     roomy_until: Mutex<Option<Instant>>,
     /// The journal's health; every change is published once.
     health: watch::Sender<JournalHealth>,
+    /// The writer's transaction left open across batches (`--checkpoint-interval`).
+    open: Mutex<OpenBatches>,
+}
+
+/// The writer's transaction left open across batches, with `--checkpoint-interval`: the
+/// batches in it are durable in the commit log (`journal.wal`), not yet in `journal.redb`.
+/// Whoever reads or writes the file otherwise commits it first ([`JournalFile::db`]), so they
+/// see every batch the writer has answered for.
+#[derive(Default)]
+pub(super) struct OpenBatches {
+    /// The transaction; `None` when every batch is committed.
+    pub(super) txn: Option<redb::WriteTransaction>,
+    /// Events written in it.
+    pub(super) events: usize,
+    /// When its first batch was written.
+    pub(super) since: Option<Instant>,
+    /// A transaction holding logged batches was lost (a write in it or its commit failed): they
+    /// are in the log only. Readers and other writers are refused until the writer has applied
+    /// the log again, so that nobody reads past a batch it answered for.
+    pub(super) lost: bool,
 }
 
 impl JournalFile {
@@ -132,7 +152,57 @@ impl JournalFile {
             last_failed_for_space: Mutex::new(false),
             roomy_until: Mutex::new(None),
             health: watch::Sender::new(JournalHealth::Writable),
+            open: Mutex::new(OpenBatches::default()),
         }
+    }
+
+    /// The writer's open transaction, locked for one batch.
+    pub(super) fn open_batches(&self) -> MutexGuard<'_, OpenBatches> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Commits the writer's open transaction, if any, with an fsync: afterwards `journal.redb`
+    /// holds every batch the writer answered for. Refused while logged batches wait to be
+    /// applied again (see [`OpenBatches::lost`]).
+    pub(super) fn checkpoint(&self) -> Result<(), StoreError> {
+        let mut open = self.open_batches();
+        self.checkpoint_locked(&mut open)
+    }
+
+    /// [`JournalFile::checkpoint`] if the open transaction is older than `age`: the probe's,
+    /// so that a quiet writer's batches do not wait in memory for the next one.
+    pub(super) fn checkpoint_older_than(&self, age: Duration) -> Result<(), StoreError> {
+        let mut open = self.open_batches();
+        if open.since.is_some_and(|since| since.elapsed() >= age) {
+            self.checkpoint_locked(&mut open)?;
+        }
+        Ok(())
+    }
+
+    /// [`JournalFile::checkpoint`] with the lock held.
+    pub(super) fn checkpoint_locked(&self, open: &mut OpenBatches) -> Result<(), StoreError> {
+        if let Some(mut txn) = open.txn.take() {
+            open.events = 0;
+            open.since = None;
+            let committed = txn
+                .set_durability(RedbDurability::Immediate)
+                .map_err(redb::Error::from)
+                .and_then(|()| txn.commit().map_err(redb::Error::from));
+            if let Err(error) = committed {
+                open.lost = true;
+                return Err(match self.current_db() {
+                    Ok(db) => self.failed(db, error, false),
+                    Err(reopening) => reopening,
+                });
+            }
+        }
+        if open.lost {
+            return Err(StoreError::Unavailable(
+                "the journal is applying its commit log (journal.wal) again after a failed commit"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Opens `path` with the configured cache (a file left by a failed commit is repaired by
@@ -144,9 +214,16 @@ impl JournalFile {
         Database::builder().set_cache_size(cache_bytes).create(path)
     }
 
-    /// The open database, for one read or one write transaction. Hold it no longer: a reopen
+    /// The open database, for one read or one write transaction, after the writer's open
+    /// transaction is committed ([`JournalFile::checkpoint`]). Hold it no longer: a reopen
     /// waits for every holder.
     pub(super) fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.checkpoint()?;
+        self.current_db()
+    }
+
+    /// The open database as it is: for the writer's open transaction itself, and the probe.
+    pub(super) fn current_db(&self) -> Result<Arc<Database>, StoreError> {
         self.db
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -223,6 +300,16 @@ impl JournalFile {
             .last_failed_for_space
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = for_space;
+        // The writer's open transaction is on the handle given up, and holds its file open:
+        // dropped, and its batches applied from the log again. (When the writer holds the lock,
+        // it is the one failing: it drops the transaction itself.)
+        if let Ok(mut open) = self.open.try_lock()
+            && open.txn.take().is_some()
+        {
+            open.events = 0;
+            open.since = None;
+            open.lost = true;
+        }
         {
             let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
             if slot.as_ref().is_some_and(|open| Arc::ptr_eq(open, &db)) {
@@ -248,6 +335,14 @@ impl JournalFile {
         StoreError::Storage(error)
     }
 
+    /// Writing the commit log failed: reported like a storage failure (the probe's empty
+    /// commit, or the next write that succeeds, ends it).
+    pub(super) fn log_failed(&self, error: &std::io::Error) {
+        self.set_health(JournalHealth::Failed {
+            reason: format!("writing the commit log (journal.wal) failed: {error}"),
+        });
+    }
+
     /// Runs `work` (one write transaction) on the open file: refused while the disk is full; a
     /// storage failure gives the handle up and reopens the file (at once when `reopen_now`).
     pub(super) fn write<T>(
@@ -271,14 +366,20 @@ impl JournalFile {
         reopen_now: bool,
         work: impl FnOnce(&Database) -> Result<T, redb::Error>,
     ) -> Result<T, StoreError> {
-        let db = match self.db() {
-            Ok(db) => db,
+        self.checkpoint()?;
+        let db = self.writable_db()?;
+        work(&db).map_err(|error| self.failed(db, error, reopen_now))
+    }
+
+    /// The open database for a write, opened again first if it was given up.
+    pub(super) fn writable_db(&self) -> Result<Arc<Database>, StoreError> {
+        match self.current_db() {
+            Ok(db) => Ok(db),
             Err(_) => {
                 self.reopen()?;
-                self.db()?
+                self.current_db()
             }
-        };
-        work(&db).map_err(|error| self.failed(db, error, reopen_now))
+        }
     }
 
     /// Looks again, off the write path (every second, from the server): reopens a file given up
@@ -287,15 +388,18 @@ impl JournalFile {
     pub(super) fn probe(&self) -> JournalHealth {
         // A read that met an I/O error latched the handle too; readers do not reopen (they
         // must not wait), so it is found here.
-        if let Ok(db) = self.db()
+        if let Ok(db) = self.current_db()
             && let Err(error) = db.begin_read()
         {
             let _ = self.failed(db, error.into(), false);
         }
         if self.reopen().is_ok() && self.check_space().is_ok() {
             if matches!(*self.health.borrow(), JournalHealth::Failed { .. }) {
-                // A storage failure is over when a write succeeds: an empty commit tries one.
-                if let Ok(db) = self.db() {
+                // A storage failure is over when a write succeeds: an empty commit tries one
+                // (after the writer's open transaction, which it would wait for).
+                if self.checkpoint().is_ok()
+                    && let Ok(db) = self.current_db()
+                {
                     match db
                         .begin_write()
                         .map_err(redb::Error::from)

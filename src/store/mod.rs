@@ -85,6 +85,10 @@ pub enum StoreError {
     /// transaction is stored. The file is reopened, so the journal recovers by itself.
     #[error("journal storage failed")]
     Storage(#[source] Arc<::redb::Error>),
+    /// Writing the commit log (`journal.wal`) failed; nothing of the batch is acknowledged (it
+    /// may have reached the log: its positions are in doubt, as after a failed commit).
+    #[error("writing the journal's commit log (journal.wal) failed")]
+    CommitLog(#[source] Arc<std::io::Error>),
     /// The journal's file is being opened again after a storage failure.
     #[error("the journal is being reopened after a storage failure")]
     Reopening,
@@ -96,7 +100,10 @@ impl StoreError {
     pub fn is_health_refusal(&self) -> bool {
         matches!(
             self,
-            StoreError::DiskFull { .. } | StoreError::Storage(_) | StoreError::Reopening
+            StoreError::DiskFull { .. }
+                | StoreError::Storage(_)
+                | StoreError::CommitLog(_)
+                | StoreError::Reopening
         )
     }
 }

@@ -218,85 +218,96 @@ impl RedbJournal {
             .map(|written| written.appended)
     }
 
-    /// [`Self::append_at`], then the inbox commands, in one transaction.
+    /// [`Self::append_at`], then the inbox commands, in one transaction. With a commit log,
+    /// a batch of events alone is logged (`logged.rs`); commands are committed to the file at
+    /// once, with the batches before them.
     pub(super) fn write_at(
         &mut self,
         events: &mut [pb::Event],
         commands: &[Command],
         now: u64,
     ) -> Result<Written, StoreError> {
+        if self.logging() {
+            if commands.is_empty() && !events.is_empty() {
+                return self.write_logged(events, now);
+            }
+            self.apply_lost_batches()?;
+        }
         let before = self.head;
         let file = Arc::clone(&self.file);
-        file.write(true, |db| self.write_in(db, events, commands, now))
-            .inspect_err(|_| {
-                // Nothing of the batch was committed: positions start again where they were.
-                self.head = before;
+        file.write(true, |db| {
+            self.write_batch(db, now, |journal, txn, batch| {
+                journal.fill_events(txn, batch, events, commands)
             })
-    }
-
-    fn write_in(
-        &mut self,
-        db: &Database,
-        events: &mut [pb::Event],
-        commands: &[Command],
-        now: u64,
-    ) -> Result<Written, redb::Error> {
-        self.write_batch(db, now, |journal, txn, batch| {
-            let mut head = journal.head;
-            let mut written = Written {
-                appended: Vec::with_capacity(events.len()),
-                ..Written::default()
-            };
-            let mut inbox = InboxWrite::open(txn)?;
-            for event in events.iter_mut() {
-                let known = batch.ids.get(event.id.as_str())?.map(|v| v.value().0);
-                if let Some(position) = known {
-                    let cursor = journal.cursor(position);
-                    let frame = journal.take_in_doubt(&batch.events, position)?;
-                    if frame.is_some() {
-                        event.cursor = cursor.to_string();
-                        // Stored by a commit reported failed: delivered now, as new (its item
-                        // was stored with it, so this adds nothing twice).
-                        if inbox.event_stored(&journal.inbox, event, position)? {
-                            written.muted.push(position);
-                        }
-                    }
-                    let conflict =
-                        frame.is_none() && !stored_is_same(&batch.events, position, event)?;
-                    written.appended.push(Appended {
-                        cursor,
-                        duplicate: frame.is_none(),
-                        conflict,
-                        frame,
-                    });
-                    continue;
-                }
-                head += 1;
-                journal.in_doubt.remove(&head);
-                let cursor = journal.cursor(head);
-                let frame = batch.insert(head, cursor.to_string(), event)?;
-                if inbox.event_stored(&journal.inbox, event, head)? {
-                    written.muted.push(head);
-                }
-                written.appended.push(Appended {
-                    cursor,
-                    duplicate: false,
-                    conflict: false,
-                    frame: Some(frame),
-                });
-            }
-            for command in commands {
-                written.applied.push(inbox.apply(command)?);
-            }
-            written.updates = std::mem::take(&mut inbox.updates);
-            Ok((head, written))
+        })
+        .inspect_err(|_| {
+            // Nothing of the batch was committed: positions start again where they were.
+            self.head = before;
         })
     }
 
+    /// What one batch of the writer does in its transaction: the events stored or recognised
+    /// as duplicates, their inbox items, the commands applied. Returns the new head and the
+    /// outcomes.
+    pub(super) fn fill_events(
+        &mut self,
+        txn: &redb::WriteTransaction,
+        batch: &mut BatchInsert<'_>,
+        events: &mut [pb::Event],
+        commands: &[Command],
+    ) -> Result<(u64, Written), redb::Error> {
+        let mut head = self.head;
+        let mut written = Written {
+            appended: Vec::with_capacity(events.len()),
+            ..Written::default()
+        };
+        let mut inbox = InboxWrite::open(txn)?;
+        for event in events.iter_mut() {
+            let known = batch.ids.get(event.id.as_str())?.map(|v| v.value().0);
+            if let Some(position) = known {
+                let cursor = self.cursor(position);
+                let frame = self.take_in_doubt(&batch.events, position)?;
+                if frame.is_some() {
+                    event.cursor = cursor.to_string();
+                    // Stored by a commit reported failed: delivered now, as new (its item
+                    // was stored with it, so this adds nothing twice).
+                    if inbox.event_stored(&self.inbox, event, position)? {
+                        written.muted.push(position);
+                    }
+                }
+                let conflict = frame.is_none() && !stored_is_same(&batch.events, position, event)?;
+                written.appended.push(Appended {
+                    cursor,
+                    duplicate: frame.is_none(),
+                    conflict,
+                    frame,
+                });
+                continue;
+            }
+            head += 1;
+            self.in_doubt.remove(&head);
+            let cursor = self.cursor(head);
+            let frame = batch.insert(head, cursor.to_string(), event)?;
+            if inbox.event_stored(&self.inbox, event, head)? {
+                written.muted.push(head);
+            }
+            written.appended.push(Appended {
+                cursor,
+                duplicate: false,
+                conflict: false,
+                frame: Some(frame),
+            });
+        }
+        for command in commands {
+            written.applied.push(inbox.apply(command)?);
+        }
+        written.updates = std::mem::take(&mut inbox.updates);
+        Ok((head, written))
+    }
+
     /// One batch's write transaction, for the writer's appends and a replica's writes alike:
-    /// the configured durability, the head read again after a failed commit, the batch insert
-    /// `fill` stores the batch with (it returns the new head and the outcomes), the dedupe
-    /// window's upkeep, the commit. A failed commit leaves the positions it wrote in doubt.
+    /// the configured durability, [`Self::fill_batch`], the commit. A failed commit leaves the
+    /// positions it wrote in doubt.
     pub(super) fn write_batch<T>(
         &mut self,
         db: &Database,
@@ -308,18 +319,37 @@ impl RedbJournal {
         ) -> Result<(u64, T), redb::Error>,
     ) -> Result<T, redb::Error> {
         let txn = self.begin_append(db)?;
-        self.settle_doubt(&txn)?;
-        let first_new = self.head + 1;
-        let mut batch = BatchInsert::open(&txn, now)?;
-        let (head, outcomes) = fill(self, &txn, &mut batch)?;
-        batch.finish(&txn)?;
-        self.forget_old_ids(&txn, now)?;
+        let (positions, head, outcomes) = self.fill_batch(&txn, now, fill)?;
         if let Err(error) = txn.commit() {
-            self.commit_failed(first_new..=head);
+            self.commit_failed(positions);
             return Err(error.into());
         }
         self.head = head;
         Ok(outcomes)
+    }
+
+    /// One batch in `txn`, not committed: the head read again after a failed commit, the batch
+    /// insert `fill` stores the batch with (it returns the new head and the outcomes), the
+    /// dedupe window's upkeep. Returns the positions the batch wrote, the new head (the
+    /// journal's own head is left to the caller, for when the batch is committed) and the
+    /// outcomes.
+    pub(super) fn fill_batch<T>(
+        &mut self,
+        txn: &redb::WriteTransaction,
+        now: u64,
+        fill: impl FnOnce(
+            &mut Self,
+            &redb::WriteTransaction,
+            &mut BatchInsert<'_>,
+        ) -> Result<(u64, T), redb::Error>,
+    ) -> Result<(std::ops::RangeInclusive<u64>, u64, T), redb::Error> {
+        self.settle_doubt(txn)?;
+        let first_new = self.head + 1;
+        let mut batch = BatchInsert::open(txn, now)?;
+        let (head, outcomes) = fill(self, txn, &mut batch)?;
+        batch.finish(txn)?;
+        self.forget_old_ids(txn, now)?;
+        Ok((first_new..=head, head, outcomes))
     }
 }
 

@@ -22,6 +22,7 @@ mod append;
 mod inbox;
 #[cfg(test)]
 mod inbox_tests;
+mod logged;
 mod migrate;
 mod reader;
 mod record;
@@ -30,6 +31,7 @@ mod retention;
 mod sync;
 #[cfg(test)]
 mod test_support;
+mod wal;
 
 use std::{collections::BTreeSet, path::PathBuf, sync::Arc, time::Duration};
 
@@ -63,6 +65,8 @@ const DEDUPE_FLOOR: &str = "dedupe_floor";
 const BYTES: &str = "bytes";
 /// A replica's head, when its last positions stored no event (a barrier, a duplicate).
 const REPLICA_HEAD: &str = "replica_head";
+/// The last batch of the commit log (`journal.wal`) that this file holds.
+const WAL_SEQ: &str = "wal_seq";
 /// The format of the records in `events`. Absent: the first format (a journal written before
 /// the key existed), converted at open.
 const FORMAT: &str = "format";
@@ -94,6 +98,11 @@ pub struct JournalSettings {
     /// Writes are refused while the disk has less than this available (`--journal-min-free`;
     /// 0: never refused before the disk itself says so).
     pub min_free_bytes: u64,
+    /// With [`Durability::EveryCommit`]: how long the writer's batches may gather in one
+    /// transaction, each made durable by the commit log (`journal.wal`), before it is committed
+    /// to `journal.redb` (`--checkpoint-interval`). Zero: every batch is committed to
+    /// `journal.redb`, and there is no log.
+    pub checkpoint_interval: Duration,
 }
 
 /// The journal file and the writer's view of it.
@@ -112,6 +121,22 @@ pub struct RedbJournal {
     head_in_doubt: bool,
     /// Which events make up the users' inboxes (`--inbox-types`).
     inbox: InboxSettings,
+    /// The commit log, when batches are logged (`logged.rs`).
+    wal: Option<wal::Wal>,
+    /// The sequence number of the last batch given to the log.
+    wal_seq: u64,
+    /// `JournalSettings::checkpoint_interval`, when batches are logged.
+    checkpoint_interval: Duration,
+}
+
+impl Drop for RedbJournal {
+    fn drop(&mut self) {
+        // The batches left open go to the file now (else the next open applies them from the
+        // log).
+        if let Err(error) = self.file.checkpoint() {
+            tracing::warn!(%error, "the journal's last batches stay in its commit log (journal.wal) until it is opened again");
+        }
+    }
 }
 
 impl std::fmt::Debug for RedbJournal {
@@ -167,6 +192,12 @@ enum OpenCause {
         /// What is wrong with it.
         what: &'static str,
     },
+    /// The commit log (`journal.wal`) could not be read or created.
+    #[error("the commit log cannot be read or created")]
+    Log(#[source] wal::WalError),
+    /// The file could not be used right after opening it.
+    #[error(transparent)]
+    Store(StoreError),
     /// A later version wrote the file, in a record format this one does not know.
     #[error(
         "journal.redb was written by a later version of notify-backbone (record format \
@@ -245,15 +276,22 @@ impl RedbJournal {
         let db = JournalFile::open_database(&path, settings.cache_bytes)?;
         let (epoch, head) = Self::prepare(&db)?;
         let file = JournalFile::new(db, path, settings.cache_bytes, settings.min_free_bytes);
-        Ok(Self {
+        let log = settings.durability == Durability::EveryCommit
+            && !settings.checkpoint_interval.is_zero();
+        let mut journal = Self {
             file: Arc::new(file),
             epoch,
             head,
+            checkpoint_interval: settings.checkpoint_interval,
             settings,
             in_doubt: BTreeSet::new(),
             head_in_doubt: false,
             inbox: InboxSettings::default(),
-        })
+            wal: None,
+            wal_seq: 0,
+        };
+        journal.open_log(log)?;
+        Ok(journal)
     }
 
     /// Creates what a new journal lacks (its tables, an epoch), converts records of the first
@@ -339,6 +377,7 @@ impl RedbJournal {
     pub fn monitor(&self) -> JournalMonitor {
         JournalMonitor {
             file: Arc::clone(&self.file),
+            checkpoint_interval: self.logging().then_some(self.checkpoint_interval),
         }
     }
 }
@@ -348,12 +387,20 @@ impl RedbJournal {
 /// a disk that fills up is reported before a write fails).
 pub struct JournalMonitor {
     file: Arc<JournalFile>,
+    /// When batches are logged: a quiet writer's open transaction is committed once it is this
+    /// old.
+    checkpoint_interval: Option<Duration>,
 }
 
 impl JournalMonitor {
     /// One look; returns the health now. A blocking call (a `statvfs`, maybe a reopen): call it
     /// off the async workers.
     pub fn probe(&self) -> JournalHealth {
+        if let Some(interval) = self.checkpoint_interval
+            && let Err(error) = self.file.checkpoint_older_than(interval)
+        {
+            tracing::debug!(%error, "the quiet writer's checkpoint failed");
+        }
         self.file.probe()
     }
 }

@@ -41,6 +41,9 @@ impl TestDir {
             dedupe_window,
             cache_bytes: 1 << 20,
             min_free_bytes: 0,
+            // Long: every batch of these tests goes through the commit log, and the file gets
+            // it when something reads or writes it otherwise.
+            checkpoint_interval: Duration::from_secs(3600),
         }
     }
 }
