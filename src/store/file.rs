@@ -129,10 +129,16 @@ pub(super) struct OpenBatches {
     pub(super) events: usize,
     /// When its first batch was written.
     pub(super) since: Option<Instant>,
-    /// A transaction holding logged batches was lost (a write in it or its commit failed): they
-    /// are in the log only. Readers and other writers are refused until the writer has applied
-    /// the log again, so that nobody reads past a batch it answered for.
+    /// A transaction holding logged batches was lost (a write in it or its commit failed, e.g.
+    /// a disk that filled up mid-commit): they are in the log only, until the writer applies it
+    /// again (at its next write, once there is room). Other writers are refused meanwhile, so
+    /// that nothing is committed between the file and those batches.
     pub(super) lost: bool,
+    /// The records of the new events in the open transaction, or, when `lost`, in the lost
+    /// one, by position: while lost, readers read them after the file's (so a replay or a
+    /// history page never skips an answered event). The inboxes' counts read meanwhile lack
+    /// the lost batches' items until the log is applied again.
+    pub(super) records: Vec<(u64, Vec<u8>)>,
 }
 
 impl JournalFile {
@@ -161,12 +167,44 @@ impl JournalFile {
         self.open.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Commits the writer's open transaction, if any, with an fsync: afterwards `journal.redb`
-    /// holds every batch the writer answered for. Refused while logged batches wait to be
-    /// applied again (see [`OpenBatches::lost`]).
+    /// Commits the writer's open transaction, if any, with an fsync, for another writer:
+    /// afterwards `journal.redb` holds every batch the writer answered for. Refused while
+    /// logged batches wait to be applied again (see [`OpenBatches::lost`]).
     pub(super) fn checkpoint(&self) -> Result<(), StoreError> {
         let mut open = self.open_batches();
-        self.checkpoint_locked(&mut open)
+        self.checkpoint_locked(&mut open)?;
+        if open.lost {
+            return Err(StoreError::Unavailable(
+                "the journal is applying its commit log (journal.wal) again after a failed \
+                 commit"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A read transaction that sees every batch the writer answered for: the writer's open
+    /// transaction committed first, or, while a lost one's batches wait in the log, their
+    /// records (returned with it, by position, all after the file's).
+    pub(super) fn read_snapshot(
+        &self,
+    ) -> Result<(Arc<Database>, redb::ReadTransaction, Vec<(u64, Vec<u8>)>), StoreError> {
+        let mut open = self.open_batches();
+        // A failed commit is reported; the snapshot is still taken (with the lost records).
+        let committed = self.checkpoint_locked(&mut open);
+        if !open.lost {
+            committed?;
+        }
+        let db = self.current_db()?;
+        let txn = db
+            .begin_read()
+            .map_err(|error| StoreError::Read(Arc::new(error.into())))?;
+        let records = if open.lost {
+            open.records.clone()
+        } else {
+            Vec::new()
+        };
+        Ok((db, txn, records))
     }
 
     /// [`JournalFile::checkpoint`] if the open transaction is older than `age`: the probe's,
@@ -179,7 +217,7 @@ impl JournalFile {
         Ok(())
     }
 
-    /// [`JournalFile::checkpoint`] with the lock held.
+    /// Commits the open transaction with the lock held; a failure leaves it lost.
     pub(super) fn checkpoint_locked(&self, open: &mut OpenBatches) -> Result<(), StoreError> {
         if let Some(mut txn) = open.txn.take() {
             open.events = 0;
@@ -195,12 +233,7 @@ impl JournalFile {
                     Err(reopening) => reopening,
                 });
             }
-        }
-        if open.lost {
-            return Err(StoreError::Unavailable(
-                "the journal is applying its commit log (journal.wal) again after a failed commit"
-                    .into(),
-            ));
+            open.records.clear();
         }
         Ok(())
     }
@@ -215,8 +248,9 @@ impl JournalFile {
     }
 
     /// The open database, for one read or one write transaction, after the writer's open
-    /// transaction is committed ([`JournalFile::checkpoint`]). Hold it no longer: a reopen
-    /// waits for every holder.
+    /// transaction is committed ([`JournalFile::checkpoint`]; a reader that must see a lost
+    /// transaction's batches takes [`JournalFile::read_snapshot`]). Hold it no longer: a
+    /// reopen waits for every holder.
     pub(super) fn db(&self) -> Result<Arc<Database>, StoreError> {
         self.checkpoint()?;
         self.current_db()

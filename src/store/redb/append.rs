@@ -46,6 +46,8 @@ pub(super) struct BatchInsert<'txn> {
     now: u64,
     /// Bytes of the records stored so far, for `--retention-bytes`.
     added_bytes: u64,
+    /// The records stored, kept when the batch is logged (see `OpenBatches::records`).
+    kept: Option<Vec<(u64, Vec<u8>)>>,
 }
 
 impl<'txn> BatchInsert<'txn> {
@@ -56,6 +58,7 @@ impl<'txn> BatchInsert<'txn> {
             ids: txn.open_table(IDS)?,
             now,
             added_bytes: 0,
+            kept: None,
         })
     }
 
@@ -73,19 +76,27 @@ impl<'txn> BatchInsert<'txn> {
         self.events.insert(position, record.as_slice())?;
         self.added_bytes += record.len() as u64;
         self.ids.insert(event.id.as_str(), (position, self.now))?;
+        if let Some(kept) = self.kept.as_mut() {
+            kept.push((position, record));
+        }
         Ok(frame)
     }
 
-    /// Closes the tables and adds what the batch stored to the journal's size.
-    pub(super) fn finish(self, txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    /// Closes the tables and adds what the batch stored to the journal's size; returns the
+    /// records kept, if asked to keep them.
+    pub(super) fn finish(
+        self,
+        txn: &redb::WriteTransaction,
+    ) -> Result<Vec<(u64, Vec<u8>)>, redb::Error> {
         let added = self.added_bytes;
-        drop(self);
+        let kept = self.kept.unwrap_or_default();
+        drop((self.events, self.ids));
         if added > 0 {
             let mut meta = txn.open_table(META)?;
             let stored = meta.get(BYTES)?.map_or(0, |v| v.value());
             meta.insert(BYTES, stored + added)?;
         }
-        Ok(())
+        Ok(kept)
     }
 }
 
@@ -319,7 +330,7 @@ impl RedbJournal {
         ) -> Result<(u64, T), redb::Error>,
     ) -> Result<T, redb::Error> {
         let txn = self.begin_append(db)?;
-        let (positions, head, outcomes) = self.fill_batch(&txn, now, fill)?;
+        let (positions, head, outcomes) = self.fill_batch(&txn, now, false, fill)?;
         if let Err(error) = txn.commit() {
             self.commit_failed(positions);
             return Err(error.into());
@@ -332,24 +343,45 @@ impl RedbJournal {
     /// insert `fill` stores the batch with (it returns the new head and the outcomes), the
     /// dedupe window's upkeep. Returns the positions the batch wrote, the new head (the
     /// journal's own head is left to the caller, for when the batch is committed) and the
-    /// outcomes.
+    /// outcomes; [`Self::fill_kept`] returns the new records too.
     pub(super) fn fill_batch<T>(
         &mut self,
         txn: &redb::WriteTransaction,
         now: u64,
+        keep: bool,
         fill: impl FnOnce(
             &mut Self,
             &redb::WriteTransaction,
             &mut BatchInsert<'_>,
         ) -> Result<(u64, T), redb::Error>,
     ) -> Result<(std::ops::RangeInclusive<u64>, u64, T), redb::Error> {
+        self.fill_kept(txn, now, keep, fill)
+            .map(|(positions, head, outcomes, _)| (positions, head, outcomes))
+    }
+
+    /// [`Self::fill_batch`], returning the records stored too when `keep`.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn fill_kept<T>(
+        &mut self,
+        txn: &redb::WriteTransaction,
+        now: u64,
+        keep: bool,
+        fill: impl FnOnce(
+            &mut Self,
+            &redb::WriteTransaction,
+            &mut BatchInsert<'_>,
+        ) -> Result<(u64, T), redb::Error>,
+    ) -> Result<(std::ops::RangeInclusive<u64>, u64, T, Vec<(u64, Vec<u8>)>), redb::Error> {
         self.settle_doubt(txn)?;
         let first_new = self.head + 1;
         let mut batch = BatchInsert::open(txn, now)?;
+        if keep {
+            batch.kept = Some(Vec::new());
+        }
         let (head, outcomes) = fill(self, txn, &mut batch)?;
-        batch.finish(txn)?;
+        let kept = batch.finish(txn)?;
         self.forget_old_ids(txn, now)?;
-        Ok((first_new..=head, head, outcomes))
+        Ok((first_new..=head, head, outcomes, kept))
     }
 }
 

@@ -83,7 +83,7 @@ impl RedbJournal {
         for batch in batches {
             let mut events = batch.events;
             let (_, head, _) = self
-                .fill_batch(&txn, batch.now, |journal, txn, insert| {
+                .fill_batch(&txn, batch.now, false, |journal, txn, insert| {
                     journal.fill_events(txn, insert, &mut events, &[])
                 })
                 .map_err(engine)?;
@@ -115,10 +115,13 @@ impl RedbJournal {
         if !open.lost {
             return Ok(());
         }
+        // Not into the reserve: after a full disk, applying waits for room like any write.
+        file.check_space()?;
         let db = file.writable_db()?;
         match self.apply_log(&db) {
             Ok(applied) => {
                 open.lost = false;
+                open.records.clear();
                 tracing::info!(
                     batches = applied,
                     "applied the commit log (journal.wal) again after a failed commit"
@@ -138,9 +141,9 @@ impl RedbJournal {
         events: &mut [pb::Event],
         now: u64,
     ) -> Result<Written, StoreError> {
-        self.apply_lost_batches()?;
         let file = Arc::clone(&self.file);
         file.check_space()?;
+        self.apply_lost_batches()?;
         let mut open = file.open_batches();
         let db = file.writable_db()?;
         let txn = match open.txn.take() {
@@ -156,14 +159,14 @@ impl RedbJournal {
         };
         let seq = self.wal_seq + 1;
         let filled = self
-            .fill_batch(&txn, now, |journal, txn, insert| {
+            .fill_kept(&txn, now, true, |journal, txn, insert| {
                 journal.fill_events(txn, insert, events, &[])
             })
             .and_then(|filled| {
                 txn.open_table(META)?.insert(WAL_SEQ, seq)?;
                 Ok(filled)
             });
-        let (positions, head, written) = match filled {
+        let (positions, head, written, records) = match filled {
             Ok(filled) => filled,
             Err(error) => {
                 // The batches before this one go with the transaction: from the log again.
@@ -183,10 +186,12 @@ impl RedbJournal {
             open.events = 0;
             open.since = None;
             if let Err(error) = txn.commit() {
+                // The earlier batches' records stay for readers (see `OpenBatches::records`).
                 self.commit_failed(positions);
                 open.lost = earlier;
                 return Err(file.failed(db, error.into(), true));
             }
+            open.records.clear();
             self.head = head;
             file.wrote();
             return Ok(written);
@@ -207,6 +212,7 @@ impl RedbJournal {
             return Err(StoreError::CommitLog(error));
         }
         open.txn = Some(txn);
+        open.records.extend(records);
         self.head = head;
         file.wrote();
         Ok(written)
@@ -348,6 +354,9 @@ mod tests {
         let dir = TestDir::new();
         let mut journal = RedbJournal::open(logged(&dir, Duration::from_secs(3600))).unwrap();
         let reader = journal.reader();
+        journal.append(&mut [event("z", "u1")]).unwrap();
+        // In the file (the read commits it); then "a" only in the open transaction.
+        assert_eq!(read_after(reader.as_ref(), 0, 10).len(), 1);
         journal.append(&mut [event("a", "u1")]).unwrap();
         journal.wal.as_mut().unwrap().fail_appends();
         let error = journal.append(&mut [event("b", "u1")]).unwrap_err();
@@ -357,8 +366,26 @@ mod tests {
             *journal.health().borrow(),
             crate::store::JournalHealth::Failed { .. }
         ));
-        // Nobody reads past "a" while it is only in the log.
-        assert!(scan_after(reader.as_ref(), 0, 10).is_err());
+        // "a" is only in the log now: readers read its record from memory, and other writers
+        // wait.
+        let kept = read_after(reader.as_ref(), 0, 10);
+        assert_eq!(kept.iter().map(|e| e.position).collect::<Vec<_>>(), [1, 2]);
+        let back = reader
+            .scan_back(
+                u64::MAX,
+                crate::store::BackLimits {
+                    max_scanned: 10,
+                    max_selected: 10,
+                    max_bytes: usize::MAX,
+                },
+                &|_| true,
+            )
+            .unwrap();
+        assert_eq!(
+            back.events.iter().map(|e| e.position).collect::<Vec<_>>(),
+            [2, 1]
+        );
+        assert!(journal.file.db().is_err());
         journal.wal.as_mut().unwrap().heal();
         let out = journal
             .append(&mut [event("c", "u1"), event("b", "u1")])
@@ -367,7 +394,7 @@ mod tests {
             out.iter()
                 .map(|a| (a.cursor.position, a.duplicate))
                 .collect::<Vec<_>>(),
-            [(2, false), (3, false)]
+            [(3, false), (4, false)]
         );
         assert!(matches!(
             *journal.health().borrow(),
@@ -376,7 +403,7 @@ mod tests {
         let stored = read_after(reader.as_ref(), 0, 10);
         assert_eq!(
             stored.iter().map(|e| e.position).collect::<Vec<_>>(),
-            [1, 2, 3]
+            [1, 2, 3, 4]
         );
     }
 }

@@ -1,22 +1,27 @@
-//! The durable journal, in one redb file under `--data-dir`.
+//! The durable journal, in one redb file under `--data-dir`, with a commit log beside it.
 //!
 //! Why redb: an embedded, pure-Rust B-tree store with ACID transactions, crash safety by
-//! copy-on-write and checksummed commits (no write-ahead log to replay), one writer and many
-//! concurrent readers with snapshot isolation — exactly the shape of a journal with one
-//! sequencer and many replaying subscribers — and a small dependency tree (no C toolchain, unlike
-//! RocksDB; stable file format since 1.0, unlike sled).
+//! copy-on-write and checksummed commits, one writer and many concurrent readers with snapshot
+//! isolation — exactly the shape of a journal with one sequencer and many replaying
+//! subscribers — and a small dependency tree (no C toolchain, unlike RocksDB; stable file
+//! format since 1.0, unlike sled).
 //!
 //! Layout: `events` maps a position to a record (its id, what routing needs, the encoded
 //! `SubscribeResponse` frame with the cursor already stamped, so replay sends stored bytes
 //! without re-encoding; a protobuf message, see `record.rs`); `ids` maps an event id to its
-//! position and append time, for dedupe; `meta` holds the epoch, the retention floor and the
-//! record format. One batch from the sequencer is one write transaction: the group commit.
+//! position and append time, for dedupe; `meta` holds the epoch, the retention floor, the
+//! record format and the last logged batch the file holds. One batch from the sequencer is one
+//! write transaction: the group commit. With `--checkpoint-interval` (the default) that
+//! transaction stays open for the batches of the interval, each made durable by one record in
+//! `journal.wal` (`logged.rs`), because a redb commit per batch cost more CPU than everything
+//! else an event does at the platform's rates.
 //!
 //! This file owns the journal's type, its tables and opening it (a journal of the first record
 //! format is converted then, `migrate.rs`). The rest, one concept a file: the writer (`append`:
-//! positions, dedupe window, positions in doubt, the batch insert), a stream's replica
-//! (`replica`), readers and scans (`reader`), retention (`retention`), the background sync
-//! (`sync`), the record (`record`).
+//! positions, dedupe window, positions in doubt, the batch insert), the logged commit and the
+//! log applied at open (`logged`), the log's file (`wal`), a stream's replica (`replica`),
+//! readers and scans (`reader`), retention (`retention`), the background sync (`sync`), the
+//! record (`record`).
 
 mod append;
 mod inbox;

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use redb::{Database, ReadTransaction, ReadableDatabase as _};
+use redb::{Database, ReadTransaction};
 
 use super::{EVENTS, FLOOR, META, inbox, read_failed, record::read_record};
 use crate::{
@@ -33,10 +33,17 @@ impl RedbReader {
     /// the same snapshot, so retention running meanwhile cannot make them disagree. The handle
     /// is held with it (a reopen waits for its holders).
     fn snapshot(&self) -> Result<(Arc<Database>, ReadTransaction, u64), StoreError> {
-        let db = self.file.db()?;
-        let txn = db.begin_read().map_err(read_failed)?;
+        let (db, txn, _) = self.file.read_snapshot()?;
         let floor = floor_in(&txn)?;
         Ok((db, txn, floor))
+    }
+
+    /// [`Self::snapshot`] with the records of a lost transaction's batches, for the scans
+    /// (see `OpenBatches::records`).
+    fn scan_snapshot(&self) -> Result<(Arc<Database>, ReadTransaction, u64, Kept), StoreError> {
+        let (db, txn, kept) = self.file.read_snapshot()?;
+        let floor = floor_in(&txn)?;
+        Ok((db, txn, floor, kept))
     }
 }
 
@@ -68,7 +75,7 @@ impl JournalReader for RedbReader {
     }
 
     fn floor(&self) -> Result<u64, StoreError> {
-        floor_in(&self.file.db()?.begin_read().map_err(read_failed)?)
+        floor_in(&self.file.read_snapshot()?.1)
     }
 
     fn scan(
@@ -77,7 +84,7 @@ impl JournalReader for RedbReader {
         limits: ScanLimits,
         select: &dyn Fn(EventMeta<'_>) -> bool,
     ) -> Result<Scan, StoreError> {
-        let (_db, txn, floor) = self.snapshot()?;
+        let (_db, txn, floor, kept) = self.scan_snapshot()?;
         let table = txn.open_table(EVENTS).map_err(read_failed)?;
         let start = after.max(floor);
         let mut scan = Scan {
@@ -89,8 +96,11 @@ impl JournalReader for RedbReader {
             return Ok(scan);
         }
         let range = table.range(start + 1..=limits.until).map_err(read_failed)?;
+        let kept = kept
+            .iter()
+            .filter(|(position, _)| (start + 1..=limits.until).contains(position));
         let taken = take_selected(
-            range,
+            pages(range).chain(kept.map(in_memory)),
             limits.max_scanned,
             limits.max_selected,
             limits.max_bytes,
@@ -112,7 +122,7 @@ impl JournalReader for RedbReader {
         limits: BackLimits,
         select: &dyn Fn(EventMeta<'_>) -> bool,
     ) -> Result<BackScan, StoreError> {
-        let (_db, txn, floor) = self.snapshot()?;
+        let (_db, txn, floor, kept) = self.scan_snapshot()?;
         let table = txn.open_table(EVENTS).map_err(read_failed)?;
         let mut scan = BackScan {
             floor,
@@ -124,8 +134,12 @@ impl JournalReader for RedbReader {
             return Ok(scan);
         }
         let range = table.range(floor + 1..before).map_err(read_failed)?;
+        let kept = kept
+            .iter()
+            .rev()
+            .filter(|(position, _)| (floor + 1..before).contains(position));
         let taken = take_selected(
-            range.rev(),
+            kept.map(in_memory).chain(pages(range.rev())),
             limits.max_scanned,
             limits.max_selected,
             limits.max_bytes,
@@ -158,15 +172,7 @@ struct Taken {
 /// next pass starts with it. Only selected events are copied out of the pages. A record that
 /// does not decode ends the pass with [`StoreError::Corrupt`].
 fn take_selected<'a>(
-    records: impl Iterator<
-        Item = Result<
-            (
-                redb::AccessGuard<'a, u64>,
-                redb::AccessGuard<'a, &'static [u8]>,
-            ),
-            redb::StorageError,
-        >,
-    >,
+    records: impl Iterator<Item = Result<(u64, Stored<'a>), StoreError>>,
     max_scanned: usize,
     max_selected: usize,
     max_bytes: usize,
@@ -182,9 +188,8 @@ fn take_selected<'a>(
         if scanned == max_scanned || taken.events.len() == max_selected {
             return Ok(taken);
         }
-        let (position, record) = entry.map_err(read_failed)?;
-        let position = position.value();
-        let picked = read_record(record.value(), |record| {
+        let (position, record) = entry?;
+        let picked = read_record(record.bytes(), |record| {
             select(record.meta()).then(|| record.stored(position))
         })
         .map_err(|source| StoreError::Corrupt { position, source })?;
@@ -199,6 +204,50 @@ fn take_selected<'a>(
     }
     taken.exhausted = true;
     Ok(taken)
+}
+
+/// The records of a lost transaction's batches, by position (see `OpenBatches::records`).
+type Kept = Vec<(u64, Vec<u8>)>;
+
+/// A record a scan passes: in the file's pages, or kept in memory for a lost transaction.
+enum Stored<'a> {
+    /// In a page of the snapshot.
+    Page(redb::AccessGuard<'a, &'static [u8]>),
+    /// Kept in memory.
+    Kept(&'a [u8]),
+}
+
+impl Stored<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Stored::Page(guard) => guard.value(),
+            Stored::Kept(bytes) => bytes,
+        }
+    }
+}
+
+/// A range of [`EVENTS`] as the records a scan passes.
+fn pages<'a>(
+    range: impl Iterator<
+        Item = Result<
+            (
+                redb::AccessGuard<'a, u64>,
+                redb::AccessGuard<'a, &'static [u8]>,
+            ),
+            redb::StorageError,
+        >,
+    >,
+) -> impl Iterator<Item = Result<(u64, Stored<'a>), StoreError>> {
+    range.map(|entry| {
+        entry
+            .map(|(position, record)| (position.value(), Stored::Page(record)))
+            .map_err(read_failed)
+    })
+}
+
+/// A kept record as one a scan passes.
+fn in_memory((position, record): &(u64, Vec<u8>)) -> Result<(u64, Stored<'_>), StoreError> {
+    Ok((*position, Stored::Kept(record)))
 }
 
 /// The journal's floor in `txn`'s snapshot.
