@@ -12,6 +12,7 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString},
 };
 use notify_backbone::{
+    inbox::InboxSettings,
     ingest::dead_letter,
     pb::{self, publish_request::Body, subscribe_response::Kind},
     store::{Cursor, Durability, Journal, JournalSettings, RedbJournal},
@@ -222,6 +223,7 @@ async fn a_resume_storm_completes_for_everyone_while_live_delivery_goes_on() {
             cache_bytes: 16 << 20,
             min_free_bytes: 0,
             checkpoint_interval: Duration::ZERO,
+            inbox_types: InboxSettings::default(),
         })
         .unwrap();
         for batch in 0..STORED / 1000 {
@@ -540,6 +542,7 @@ fn small_journal(data: &DataDir) -> RedbJournal {
         cache_bytes: 1 << 20,
         min_free_bytes: 0,
         checkpoint_interval: Duration::from_millis(50),
+        inbox_types: InboxSettings::default(),
     })
     .unwrap()
 }

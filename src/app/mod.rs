@@ -111,8 +111,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let tracing = start_tracing(&config)?;
     // A journal that cannot be opened stops start-up here, with the reason.
-    let mut journal = RedbJournal::open(config.journal.settings(config.cluster.journal))?;
-    journal.set_inbox_types(config.journal.inbox_types.clone());
+    let journal = RedbJournal::open(config.journal.settings(config.cluster.journal))?;
     info!(dir = %config.journal.data_dir.display(), head = %journal.head(), "journal open");
     let syncer = journal.syncer();
     let journal_health = journal.health();

@@ -128,6 +128,7 @@ impl JournalFlags {
             cache_bytes: usize::try_from(self.journal_cache).unwrap_or(usize::MAX),
             min_free_bytes: self.journal_min_free,
             checkpoint_interval: self.checkpoint_interval,
+            inbox_types: self.inbox_types.clone(),
         }
     }
 

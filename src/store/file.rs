@@ -23,7 +23,10 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -115,6 +118,10 @@ pub(super) struct JournalFile {
     health: watch::Sender<JournalHealth>,
     /// The writer's transaction left open across batches (`--checkpoint-interval`).
     open: Mutex<OpenBatches>,
+    /// Whether `open` holds a transaction or a lost one's records: readers take its lock only
+    /// then. Set before the writer answers a batch it left open, so a reader that knows of the
+    /// batch (the hub's head is set after the answer) sees it set.
+    pending: AtomicBool,
 }
 
 /// The writer's transaction left open across batches, with `--checkpoint-interval`: the
@@ -125,6 +132,8 @@ pub(super) struct JournalFile {
 pub(super) struct OpenBatches {
     /// The transaction; `None` when every batch is committed.
     pub(super) txn: Option<redb::WriteTransaction>,
+    /// The handle it was begun on: a transaction on a handle given up since is lost.
+    pub(super) db: Option<Arc<Database>>,
     /// Events written in it.
     pub(super) events: usize,
     /// When its first batch was written.
@@ -139,6 +148,45 @@ pub(super) struct OpenBatches {
     /// history page never skips an answered event). The inboxes' counts read meanwhile lack
     /// the lost batches' items until the log is applied again.
     pub(super) records: Vec<(u64, Vec<u8>)>,
+}
+
+impl OpenBatches {
+    /// The open transaction is given up with the batches in it: they are in the log only.
+    pub(super) fn lose(&mut self) {
+        if self.txn.take().is_some() && self.events > 0 {
+            self.lost = true;
+        }
+        self.db = None;
+        self.events = 0;
+        self.since = None;
+    }
+}
+
+/// [`OpenBatches`] locked; on release it publishes whether anything is pending
+/// (`JournalFile::pending`).
+pub(super) struct OpenGuard<'a> {
+    batches: MutexGuard<'a, OpenBatches>,
+    pending: &'a AtomicBool,
+}
+
+impl std::ops::Deref for OpenGuard<'_> {
+    type Target = OpenBatches;
+    fn deref(&self) -> &OpenBatches {
+        &self.batches
+    }
+}
+
+impl std::ops::DerefMut for OpenGuard<'_> {
+    fn deref_mut(&mut self) -> &mut OpenBatches {
+        &mut self.batches
+    }
+}
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        let pending = self.batches.txn.is_some() || self.batches.lost;
+        self.pending.store(pending, Ordering::Release);
+    }
 }
 
 impl JournalFile {
@@ -159,18 +207,26 @@ impl JournalFile {
             roomy_until: Mutex::new(None),
             health: watch::Sender::new(JournalHealth::Writable),
             open: Mutex::new(OpenBatches::default()),
+            pending: AtomicBool::new(false),
         }
     }
 
     /// The writer's open transaction, locked for one batch.
-    pub(super) fn open_batches(&self) -> MutexGuard<'_, OpenBatches> {
-        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    pub(super) fn open_batches(&self) -> OpenGuard<'_> {
+        OpenGuard {
+            batches: self.open.lock().unwrap_or_else(PoisonError::into_inner),
+            pending: &self.pending,
+        }
     }
 
-    /// Commits the writer's open transaction, if any, with an fsync, for another writer:
-    /// afterwards `journal.redb` holds every batch the writer answered for. Refused while
-    /// logged batches wait to be applied again (see [`OpenBatches::lost`]).
-    pub(super) fn checkpoint(&self) -> Result<(), StoreError> {
+    /// For another writer (retention, the sync, a replica, the probe): `work` on the file with
+    /// the writer's open transaction committed first, and the lock held throughout, so that
+    /// nothing is committed between the file and batches the writer left open or lost.
+    /// Refused while a lost transaction's batches wait in the log (see [`OpenBatches::lost`]).
+    fn exclusive<T>(
+        &self,
+        work: impl FnOnce(Arc<Database>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let mut open = self.open_batches();
         self.checkpoint_locked(&mut open)?;
         if open.lost {
@@ -180,7 +236,13 @@ impl JournalFile {
                     .into(),
             ));
         }
-        Ok(())
+        work(self.writable_db()?)
+    }
+
+    /// Commits the writer's open transaction, if any (for tests and shutdown): afterwards
+    /// `journal.redb` holds every batch the writer answered for, unless one was lost.
+    pub(super) fn checkpoint(&self) -> Result<(), StoreError> {
+        self.exclusive(|_| Ok(()))
     }
 
     /// A read transaction that sees every batch the writer answered for: the writer's open
@@ -189,16 +251,23 @@ impl JournalFile {
     pub(super) fn read_snapshot(
         &self,
     ) -> Result<(Arc<Database>, redb::ReadTransaction, Vec<(u64, Vec<u8>)>), StoreError> {
+        let begin = |db: Arc<Database>| {
+            let txn = db
+                .begin_read()
+                .map_err(|error| StoreError::Read(Arc::new(error.into())))?;
+            Ok((db, txn))
+        };
+        if !self.pending.load(Ordering::Acquire) {
+            let (db, txn) = begin(self.current_db()?)?;
+            return Ok((db, txn, Vec::new()));
+        }
         let mut open = self.open_batches();
-        // A failed commit is reported; the snapshot is still taken (with the lost records).
+        // A failed commit leaves the batches lost: the snapshot is taken with their records.
         let committed = self.checkpoint_locked(&mut open);
         if !open.lost {
             committed?;
         }
-        let db = self.current_db()?;
-        let txn = db
-            .begin_read()
-            .map_err(|error| StoreError::Read(Arc::new(error.into())))?;
+        let (db, txn) = begin(self.current_db()?)?;
         let records = if open.lost {
             open.records.clone()
         } else {
@@ -210,6 +279,9 @@ impl JournalFile {
     /// [`JournalFile::checkpoint`] if the open transaction is older than `age`: the probe's,
     /// so that a quiet writer's batches do not wait in memory for the next one.
     pub(super) fn checkpoint_older_than(&self, age: Duration) -> Result<(), StoreError> {
+        if !self.pending.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let mut open = self.open_batches();
         if open.since.is_some_and(|since| since.elapsed() >= age) {
             self.checkpoint_locked(&mut open)?;
@@ -217,25 +289,41 @@ impl JournalFile {
         Ok(())
     }
 
-    /// Commits the open transaction with the lock held; a failure leaves it lost.
+    /// Commits the open transaction with the lock held; a failure leaves it lost. A
+    /// transaction on a handle given up since is lost as it is.
     pub(super) fn checkpoint_locked(&self, open: &mut OpenBatches) -> Result<(), StoreError> {
-        if let Some(mut txn) = open.txn.take() {
-            open.events = 0;
-            open.since = None;
-            let committed = txn
-                .set_durability(RedbDurability::Immediate)
-                .map_err(redb::Error::from)
-                .and_then(|()| txn.commit().map_err(redb::Error::from));
-            if let Err(error) = committed {
-                open.lost = true;
-                return Err(match self.current_db() {
-                    Ok(db) => self.failed(db, error, false),
-                    Err(reopening) => reopening,
-                });
-            }
-            open.records.clear();
+        let current = self.current_db().ok();
+        if open.db.as_ref().is_some_and(|db| {
+            current
+                .as_ref()
+                .is_none_or(|current| !Arc::ptr_eq(db, current))
+        }) {
+            open.lose();
         }
-        Ok(())
+        let Some(mut txn) = open.txn.take() else {
+            return Ok(());
+        };
+        let events = open.events;
+        open.events = 0;
+        open.since = None;
+        let db = open.db.take();
+        let committed = txn
+            .set_durability(RedbDurability::Immediate)
+            .map_err(redb::Error::from)
+            .and_then(|()| txn.commit().map_err(redb::Error::from));
+        match committed {
+            Ok(()) => {
+                open.records.clear();
+                Ok(())
+            }
+            Err(error) => {
+                open.lost = events > 0;
+                Err(match db {
+                    Some(db) => self.failed(db, error, false),
+                    None => StoreError::Storage(Arc::new(error)),
+                })
+            }
+        }
     }
 
     /// Opens `path` with the configured cache (a file left by a failed commit is repaired by
@@ -252,8 +340,7 @@ impl JournalFile {
     /// transaction's batches takes [`JournalFile::read_snapshot`]). Hold it no longer: a
     /// reopen waits for every holder.
     pub(super) fn db(&self) -> Result<Arc<Database>, StoreError> {
-        self.checkpoint()?;
-        self.current_db()
+        Ok(self.read_snapshot()?.0)
     }
 
     /// The open database as it is: for the writer's open transaction itself, and the probe.
@@ -338,11 +425,10 @@ impl JournalFile {
         // dropped, and its batches applied from the log again. (When the writer holds the lock,
         // it is the one failing: it drops the transaction itself.)
         if let Ok(mut open) = self.open.try_lock()
-            && open.txn.take().is_some()
+            && open.db.as_ref().is_some_and(|open| Arc::ptr_eq(open, &db))
         {
-            open.events = 0;
-            open.since = None;
-            open.lost = true;
+            open.lose();
+            self.pending.store(true, Ordering::Release);
         }
         {
             let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
@@ -400,9 +486,7 @@ impl JournalFile {
         reopen_now: bool,
         work: impl FnOnce(&Database) -> Result<T, redb::Error>,
     ) -> Result<T, StoreError> {
-        self.checkpoint()?;
-        let db = self.writable_db()?;
-        work(&db).map_err(|error| self.failed(db, error, reopen_now))
+        self.exclusive(|db| work(&db).map_err(|error| self.failed(db, error, reopen_now)))
     }
 
     /// The open database for a write, opened again first if it was given up.
@@ -431,19 +515,14 @@ impl JournalFile {
             if matches!(*self.health.borrow(), JournalHealth::Failed { .. }) {
                 // A storage failure is over when a write succeeds: an empty commit tries one
                 // (after the writer's open transaction, which it would wait for).
-                if self.checkpoint().is_ok()
-                    && let Ok(db) = self.current_db()
-                {
-                    match db
-                        .begin_write()
+                let tried = self.exclusive(|db| {
+                    db.begin_write()
                         .map_err(redb::Error::from)
                         .and_then(|txn| txn.commit().map_err(redb::Error::from))
-                    {
-                        Ok(()) => self.wrote(),
-                        Err(error) => {
-                            let _ = self.failed(db, error, false);
-                        }
-                    }
+                        .map_err(|error| self.failed(db, error, false))
+                });
+                if tried.is_ok() {
+                    self.wrote();
                 }
             } else {
                 self.wrote();

@@ -22,15 +22,21 @@ use std::{sync::Arc, time::Instant};
 use redb::{Database, ReadableTable};
 
 use super::{META, OpenCause, RedbJournal, WAL_SEQ, engine, wal::Wal};
+use crate::store::file::OpenBatches;
 use crate::{
     pb,
     store::{StoreError, Written},
 };
 
 /// The most events the open transaction takes before it is committed: bounds the memory of its
-/// dirty pages and what a crash leaves to apply from the log. At the rates where logging pays
-/// (a few events per batch) the interval comes first.
-pub(super) const MAX_OPEN_EVENTS: usize = 256;
+/// dirty pages, what a crash leaves to apply from the log, and how long one checkpoint holds
+/// the writer up. At 500 events/s the interval comes first; at 1,750/s this.
+pub(super) const MAX_OPEN_EVENTS: usize = 64;
+
+/// A batch this large is committed, with the ones before it, instead of logged: its commit is
+/// shared by enough events, and under such load a checkpoint of many batches would hold the
+/// writer up for longer than the commits it saves (BENCHMARKS.md §19).
+const LOG_BELOW: usize = 32;
 
 impl RedbJournal {
     /// Whether batches are logged.
@@ -63,7 +69,23 @@ impl RedbJournal {
 
     /// Applies the logged batches `journal.redb` lacks (those after its `wal_seq`), in one
     /// commit with an fsync, then starts the log over. Returns how many were applied.
+    ///
+    /// Positions in doubt (a batch whose log write failed may be among the records) stay in
+    /// doubt if the log had them: sent again, they are delivered as new (`append.rs`).
     fn apply_log(&mut self, db: &Database) -> Result<usize, OpenCause> {
+        let doubt = std::mem::take(&mut self.in_doubt);
+        let applied = self.apply_log_in(db);
+        // Whatever happened, the head is read from the file again before the next write.
+        self.head_in_doubt = applied.is_err();
+        let head = self.head;
+        self.in_doubt = doubt
+            .into_iter()
+            .filter(|&position| applied.is_err() || position <= head)
+            .collect();
+        applied
+    }
+
+    fn apply_log_in(&mut self, db: &Database) -> Result<usize, OpenCause> {
         let Some(wal) = self.wal.as_ref() else {
             return Ok(0);
         };
@@ -75,9 +97,19 @@ impl RedbJournal {
             .map_err(engine)?
             .map_or(0, |v| v.value());
         let batches = wal.read(self.epoch, applied_seq).map_err(OpenCause::Log)?;
-        // The head as the file has it, not as the writer last answered; and again after a
-        // failure here.
+        if let Some(first) = batches.first()
+            && first.seq != applied_seq + 1
+        {
+            // Batches between are missing: a log and a file of different moments (copied
+            // apart?). Applying would put events at positions they were not answered with.
+            return Err(OpenCause::LogMismatch {
+                file: applied_seq,
+                log: first.seq,
+            });
+        }
+        // The head as the file has it, not as the writer last answered.
         self.head_in_doubt = true;
+        self.settle_doubt(&txn).map_err(engine)?;
         let mut last = applied_seq;
         let count = batches.len();
         for batch in batches {
@@ -87,9 +119,7 @@ impl RedbJournal {
                     journal.fill_events(txn, insert, &mut events, &[])
                 })
                 .map_err(engine)?;
-            // The next batch follows this one (committed below, or the head is settled again).
             self.head = head;
-            self.head_in_doubt = true;
             last = batch.seq;
         }
         // A sequence number given to a batch whose log write failed is never given again.
@@ -99,7 +129,6 @@ impl RedbJournal {
             .insert(WAL_SEQ, last)
             .map_err(engine)?;
         txn.commit().map_err(engine)?;
-        self.head_in_doubt = false;
         self.wal_seq = last;
         if let Some(wal) = self.wal.as_mut() {
             wal.start_over();
@@ -107,17 +136,30 @@ impl RedbJournal {
         Ok(count)
     }
 
-    /// Before a write that is not logged (commands) or one after a lost transaction: the
-    /// lost transaction's batches applied from the log.
+    /// Before a write that is not logged (commands): a lost transaction's batches applied from
+    /// the log first.
     pub(super) fn apply_lost_batches(&mut self) -> Result<(), StoreError> {
         let file = Arc::clone(&self.file);
         let mut open = file.open_batches();
+        let db = file.writable_db()?;
+        self.apply_lost_locked(&mut open, db)
+    }
+
+    /// With the open transaction's lock held: if a transaction was lost (here or on a handle
+    /// given up since), its batches applied from the log.
+    fn apply_lost_locked(
+        &mut self,
+        open: &mut OpenBatches,
+        db: Arc<Database>,
+    ) -> Result<(), StoreError> {
+        if open.db.as_ref().is_some_and(|open| !Arc::ptr_eq(open, &db)) {
+            open.lose();
+        }
         if !open.lost {
             return Ok(());
         }
         // Not into the reserve: after a full disk, applying waits for room like any write.
-        file.check_space()?;
-        let db = file.writable_db()?;
+        self.file.check_space()?;
         match self.apply_log(&db) {
             Ok(applied) => {
                 open.lost = false;
@@ -128,7 +170,7 @@ impl RedbJournal {
                 );
                 Ok(())
             }
-            Err(OpenCause::Engine(error)) => Err(file.failed(db, error, true)),
+            Err(OpenCause::Engine(error)) => Err(self.file.failed(db, error, true)),
             Err(other) => Err(StoreError::Unavailable(format!(
                 "applying the commit log (journal.wal) failed: {other}"
             ))),
@@ -143,9 +185,16 @@ impl RedbJournal {
     ) -> Result<Written, StoreError> {
         let file = Arc::clone(&self.file);
         file.check_space()?;
-        self.apply_lost_batches()?;
         let mut open = file.open_batches();
         let db = file.writable_db()?;
+        // Under the same lock as the write: nothing can be lost in between unnoticed.
+        self.apply_lost_locked(&mut open, Arc::clone(&db))?;
+        let since = open.since.unwrap_or_else(Instant::now);
+        // This batch is committed with the ones before it, not logged: it is large enough to
+        // be worth a commit of its own, or the transaction is full or old enough.
+        let checkpoint = events.len() >= LOG_BELOW
+            || open.events + events.len() >= MAX_OPEN_EVENTS
+            || since.elapsed() >= self.checkpoint_interval;
         let txn = match open.txn.take() {
             Some(txn) => txn,
             None => {
@@ -157,38 +206,36 @@ impl RedbJournal {
                     .map_err(|error| file.failed(Arc::clone(&db), error.into(), true))?
             }
         };
+        open.db = None;
         let seq = self.wal_seq + 1;
         let filled = self
-            .fill_kept(&txn, now, true, |journal, txn, insert| {
+            .fill_kept(&txn, now, !checkpoint, |journal, txn, insert| {
                 journal.fill_events(txn, insert, events, &[])
             })
             .and_then(|filled| {
-                txn.open_table(META)?.insert(WAL_SEQ, seq)?;
+                if !checkpoint {
+                    txn.open_table(META)?.insert(WAL_SEQ, seq)?;
+                }
                 Ok(filled)
             });
         let (positions, head, written, records) = match filled {
             Ok(filled) => filled,
             Err(error) => {
                 // The batches before this one go with the transaction: from the log again.
-                drop(txn);
-                open.lost = open.events > 0;
-                open.events = 0;
-                open.since = None;
+                open.txn = Some(txn);
+                open.lose();
                 return Err(file.failed(db, error, true));
             }
         };
-        self.wal_seq = seq;
-        let since = *open.since.get_or_insert_with(Instant::now);
-        open.events += events.len();
-        if open.events >= MAX_OPEN_EVENTS || since.elapsed() >= self.checkpoint_interval {
-            // The checkpoint: this batch and the logged ones before it, with an fsync.
-            let earlier = open.events > events.len();
+        if checkpoint {
+            // With an fsync: this batch and the logged ones before it.
+            let earlier = open.events;
             open.events = 0;
             open.since = None;
             if let Err(error) = txn.commit() {
                 // The earlier batches' records stay for readers (see `OpenBatches::records`).
                 self.commit_failed(positions);
-                open.lost = earlier;
+                open.lost = earlier > 0;
                 return Err(file.failed(db, error.into(), true));
             }
             open.records.clear();
@@ -199,19 +246,24 @@ impl RedbJournal {
         let Some(wal) = self.wal.as_mut() else {
             return Err(StoreError::Unavailable("the commit log is not open".into()));
         };
+        // Never given again, whether or not the record lands.
+        self.wal_seq = seq;
         if let Err(error) = wal.append(seq, self.epoch, now, events) {
             // The record may have reached the log: the batch is in doubt, and applying the log
             // decides (with the batches before it, which go with the transaction).
-            drop(txn);
             self.commit_failed(positions);
+            open.txn = Some(txn);
+            open.events += events.len();
+            open.lose();
             open.lost = true;
-            open.events = 0;
-            open.since = None;
             let error = Arc::new(error);
             file.log_failed(&error);
             return Err(StoreError::CommitLog(error));
         }
         open.txn = Some(txn);
+        open.db = Some(db);
+        open.since = Some(since);
+        open.events += events.len();
         open.records.extend(records);
         self.head = head;
         file.wrote();
@@ -385,7 +437,7 @@ mod tests {
             back.events.iter().map(|e| e.position).collect::<Vec<_>>(),
             [2, 1]
         );
-        assert!(journal.file.db().is_err());
+        assert!(journal.file.checkpoint().is_err());
         journal.wal.as_mut().unwrap().heal();
         let out = journal
             .append(&mut [event("c", "u1"), event("b", "u1")])
@@ -404,6 +456,83 @@ mod tests {
         assert_eq!(
             stored.iter().map(|e| e.position).collect::<Vec<_>>(),
             [1, 2, 3, 4]
+        );
+    }
+
+    /// A log write that failed after its record reached the log: the record is applied with
+    /// the log, so the batch is stored though it was answered with an error; sent again, it
+    /// is delivered as new, from what was stored, not taken for a duplicate nobody was given.
+    #[test]
+    fn a_batch_whose_failed_log_write_reached_the_log_is_delivered_when_sent_again() {
+        let dir = TestDir::new();
+        let mut journal = RedbJournal::open(logged(&dir, Duration::from_secs(3600))).unwrap();
+        journal.append(&mut [event("a", "u1")]).unwrap();
+        journal.wal.as_mut().unwrap().fail_after_writing();
+        let error = journal.append(&mut [event("b", "u1")]).unwrap_err();
+        assert!(matches!(error, StoreError::CommitLog(_)), "{error:?}");
+        let out = journal
+            .append(&mut [event("b", "u1"), event("c", "u1")])
+            .unwrap();
+        assert_eq!(
+            out.iter()
+                .map(|a| (a.cursor.position, a.duplicate, a.frame.is_some()))
+                .collect::<Vec<_>>(),
+            [(2, false, true), (3, false, true)]
+        );
+        // Once delivered, a re-send is a duplicate as usual.
+        assert!(journal.append(&mut [event("b", "u1")]).unwrap()[0].duplicate);
+        let stored = read_after(journal.reader().as_ref(), 0, 10);
+        assert_eq!(
+            stored.iter().map(|e| e.position).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+    }
+
+    /// Applying the log after a crash stores the inbox items the writer's `--inbox-types`
+    /// made, not the default ones.
+    #[test]
+    fn a_crash_replay_keeps_the_configured_inbox_types() {
+        let dir = TestDir::new();
+        let settings = || JournalSettings {
+            inbox_types: crate::inbox::InboxSettings::parse("billing.*").unwrap(),
+            ..logged(&dir, Duration::from_secs(3600))
+        };
+        let mut journal = RedbJournal::open(settings()).unwrap();
+        journal.append(&mut [event("a", "u1")]).unwrap();
+        crash(journal);
+        let journal = RedbJournal::open(settings()).unwrap();
+        assert_eq!(journal.head().position, 1);
+        let counts = journal
+            .reader()
+            .inbox()
+            .unwrap()
+            .counts(&crate::inbox::InboxKey::user("u1"))
+            .unwrap();
+        assert_eq!(counts.total().total, 0, "{counts:?}");
+    }
+
+    /// A log and a file of different moments (the file copied before batches the log holds
+    /// after others it lacks) do not open: applying would store events at positions they were
+    /// not answered with.
+    #[test]
+    fn a_log_that_does_not_follow_the_file_stops_the_open() {
+        let dir = TestDir::new();
+        let settings = || logged(&dir, Duration::from_secs(3600));
+        let mut journal = RedbJournal::open(settings()).unwrap();
+        journal.append(&mut [event("a", "u1")]).unwrap();
+        crash(journal);
+        let file = dir.journal().join("journal.redb");
+        let old = dir.journal().join("old.redb");
+        std::fs::copy(&file, &old).unwrap();
+        let mut journal = RedbJournal::open(settings()).unwrap();
+        journal.append(&mut [event("b", "u1")]).unwrap();
+        crash(journal);
+        std::fs::rename(&old, &file).unwrap();
+        let error = RedbJournal::open(settings()).unwrap_err();
+        let cause = std::error::Error::source(&error).map(ToString::to_string);
+        assert!(
+            cause.is_some_and(|cause| cause.contains("does not follow")),
+            "{error:?}"
         );
     }
 }

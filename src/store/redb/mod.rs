@@ -108,6 +108,9 @@ pub struct JournalSettings {
     /// to `journal.redb` (`--checkpoint-interval`). Zero: every batch is committed to
     /// `journal.redb`, and there is no log.
     pub checkpoint_interval: Duration,
+    /// Which events make up the users' inboxes (`--inbox-types`; the default is
+    /// [`crate::inbox::DEFAULT_INBOX_TYPES`]). Items already stored stay.
+    pub inbox_types: InboxSettings,
 }
 
 /// The journal file and the writer's view of it.
@@ -200,6 +203,19 @@ enum OpenCause {
     /// The commit log (`journal.wal`) could not be read or created.
     #[error("the commit log cannot be read or created")]
     Log(#[source] wal::WalError),
+    /// The commit log does not follow the file: batches between are missing.
+    #[error(
+        "journal.wal does not follow journal.redb: the file holds the logged batches up to \
+         {file}, the log starts at {log} (were the two copied at different moments?). Restore \
+         both from one copy, or move journal.wal aside to open journal.redb as it is (the \
+         batches only in the log are then lost)"
+    )]
+    LogMismatch {
+        /// The last logged batch the file holds.
+        file: u64,
+        /// The first batch after it in the log.
+        log: u64,
+    },
     /// The file could not be used right after opening it.
     #[error(transparent)]
     Store(StoreError),
@@ -288,10 +304,10 @@ impl RedbJournal {
             epoch,
             head,
             checkpoint_interval: settings.checkpoint_interval,
+            inbox: settings.inbox_types.clone(),
             settings,
             in_doubt: BTreeSet::new(),
             head_in_doubt: false,
-            inbox: InboxSettings::default(),
             wal: None,
             wal_seq: 0,
         };
@@ -364,12 +380,6 @@ impl RedbJournal {
             epoch: self.epoch,
             position,
         }
-    }
-
-    /// Which event types make up the users' inboxes from now on (`--inbox-types`; the default
-    /// is [`crate::inbox::DEFAULT_INBOX_TYPES`]). Items already stored stay.
-    pub fn set_inbox_types(&mut self, settings: InboxSettings) {
-        self.inbox = settings;
     }
 
     /// The journal's health, watched by readiness, gRPC health and the metrics.

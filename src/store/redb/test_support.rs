@@ -44,6 +44,7 @@ impl TestDir {
             // Long: every batch of these tests goes through the commit log, and the file gets
             // it when something reads or writes it otherwise.
             checkpoint_interval: Duration::from_secs(3600),
+            inbox_types: crate::inbox::InboxSettings::default(),
         }
     }
 }

@@ -91,6 +91,9 @@ pub(super) struct Wal {
     end: u64,
     /// The record being built, kept to reuse its memory.
     buf: Vec<u8>,
+    /// Tests: the next append fails after writing its record.
+    #[cfg(test)]
+    fail_after_write: bool,
 }
 
 impl std::fmt::Debug for Wal {
@@ -132,6 +135,8 @@ impl Wal {
             path: path.to_owned(),
             end: 0,
             buf: Vec::new(),
+            #[cfg(test)]
+            fail_after_write: false,
         })
     }
 
@@ -221,6 +226,10 @@ impl Wal {
         self.buf[4..8].copy_from_slice(&rest.to_le_bytes());
         self.buf[8..12].copy_from_slice(&crc.to_le_bytes());
         self.file.write_all_at(&self.buf, self.end)?;
+        #[cfg(test)]
+        if std::mem::take(&mut self.fail_after_write) {
+            return Err(io::Error::other("the flush failed (test)"));
+        }
         self.file.sync_data()?;
         self.end += self.buf.len() as u64;
         if self.buf.capacity() > 4 * PREALLOCATED as usize {
@@ -240,6 +249,13 @@ impl Wal {
     #[cfg(test)]
     pub(super) fn fail_appends(&mut self) {
         self.file = File::open(&self.path).expect("the log opens read-only");
+    }
+
+    /// Makes the next append write its record and then fail, as a flush that fails after the
+    /// record reached the file.
+    #[cfg(test)]
+    pub(super) fn fail_after_writing(&mut self) {
+        self.fail_after_write = true;
     }
 
     /// Undoes [`Wal::fail_appends`].
