@@ -64,10 +64,11 @@ pub struct JournalFlags {
 
     /// With `--durability fsync`: a batch of events is made durable by one append to the
     /// commit log (`journal.wal`, beside `journal.redb`) and its fsync, and the batches of up to
-    /// this long (at most 256 events) are written to `journal.redb` in one commit. Cheaper per
-    /// event at the rates where a batch holds a few events (BENCHMARKS.md §19); a crash loses
-    /// nothing (the log is applied when the journal opens). 0: every batch is committed to
-    /// `journal.redb`, without a log. At most 1s.
+    /// this long (at most 64 events) are written to `journal.redb` in one commit; a batch of 32
+    /// events or more is committed at once, without the log. Cheaper per event at the rates
+    /// where a batch holds a few events (BENCHMARKS.md §19); a crash loses nothing (the log is
+    /// applied when the journal opens). 0: every batch is committed to `journal.redb`, without
+    /// a log. At most 1s.
     #[arg(long, env = "NOTIFY_CHECKPOINT_INTERVAL", default_value = "50ms", value_parser = checkpoint_interval, help_heading = "Journal")]
     pub checkpoint_interval: Duration,
 
