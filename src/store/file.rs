@@ -124,6 +124,9 @@ pub(super) struct JournalFile {
     pending: AtomicBool,
 }
 
+/// Records of new events by position, kept in memory (see [`OpenBatches::records`]).
+pub(super) type KeptRecords = Vec<(u64, Vec<u8>)>;
+
 /// The writer's transaction left open across batches, with `--checkpoint-interval`: the
 /// batches in it are durable in the commit log (`journal.wal`), not yet in `journal.redb`.
 /// Whoever reads or writes the file otherwise commits it first ([`JournalFile::db`]), so they
@@ -147,7 +150,7 @@ pub(super) struct OpenBatches {
     /// one, by position: while lost, readers read them after the file's (so a replay or a
     /// history page never skips an answered event). The inboxes' counts read meanwhile lack
     /// the lost batches' items until the log is applied again.
-    pub(super) records: Vec<(u64, Vec<u8>)>,
+    pub(super) records: KeptRecords,
 }
 
 impl OpenBatches {
@@ -250,7 +253,7 @@ impl JournalFile {
     /// records (returned with it, by position, all after the file's).
     pub(super) fn read_snapshot(
         &self,
-    ) -> Result<(Arc<Database>, redb::ReadTransaction, Vec<(u64, Vec<u8>)>), StoreError> {
+    ) -> Result<(Arc<Database>, redb::ReadTransaction, KeptRecords), StoreError> {
         let begin = |db: Arc<Database>| {
             let txn = db
                 .begin_read()

@@ -25,7 +25,7 @@ use super::{
 use crate::{
     inbox::Command,
     pb,
-    store::{Appended, StoreError, Written, encode_event_frame},
+    store::{Appended, StoreError, Written, encode_event_frame, file::KeptRecords},
 };
 
 /// The most positions kept in doubt (see `RedbJournal::in_doubt`): a few failed batches. One
@@ -47,7 +47,7 @@ pub(super) struct BatchInsert<'txn> {
     /// Bytes of the records stored so far, for `--retention-bytes`.
     added_bytes: u64,
     /// The records stored, kept when the batch is logged (see `OpenBatches::records`).
-    kept: Option<Vec<(u64, Vec<u8>)>>,
+    kept: Option<KeptRecords>,
 }
 
 impl<'txn> BatchInsert<'txn> {
@@ -84,10 +84,7 @@ impl<'txn> BatchInsert<'txn> {
 
     /// Closes the tables and adds what the batch stored to the journal's size; returns the
     /// records kept, if asked to keep them.
-    pub(super) fn finish(
-        self,
-        txn: &redb::WriteTransaction,
-    ) -> Result<Vec<(u64, Vec<u8>)>, redb::Error> {
+    pub(super) fn finish(self, txn: &redb::WriteTransaction) -> Result<KeptRecords, redb::Error> {
         let added = self.added_bytes;
         let kept = self.kept.unwrap_or_default();
         drop((self.events, self.ids));
@@ -360,7 +357,6 @@ impl RedbJournal {
     }
 
     /// [`Self::fill_batch`], returning the records stored too when `keep`.
-    #[allow(clippy::type_complexity)]
     pub(super) fn fill_kept<T>(
         &mut self,
         txn: &redb::WriteTransaction,
@@ -371,7 +367,7 @@ impl RedbJournal {
             &redb::WriteTransaction,
             &mut BatchInsert<'_>,
         ) -> Result<(u64, T), redb::Error>,
-    ) -> Result<(std::ops::RangeInclusive<u64>, u64, T, Vec<(u64, Vec<u8>)>), redb::Error> {
+    ) -> Result<(std::ops::RangeInclusive<u64>, u64, T, KeptRecords), redb::Error> {
         self.settle_doubt(txn)?;
         let first_new = self.head + 1;
         let mut batch = BatchInsert::open(txn, now)?;

@@ -14,7 +14,8 @@ use crate::{
     inbox::{Counts, InboxKey, Preferences},
     store::{
         BackLimits, BackScan, EventMeta, InboxPage, InboxReader, JournalReader, PageQuery, Scan,
-        ScanLimits, StoreError, StoredEvent, file::JournalFile,
+        ScanLimits, StoreError, StoredEvent,
+        file::{JournalFile, KeptRecords as Kept},
     },
 };
 
@@ -205,9 +206,6 @@ fn take_selected<'a>(
     taken.exhausted = true;
     Ok(taken)
 }
-
-/// The records of a lost transaction's batches, by position (see `OpenBatches::records`).
-type Kept = Vec<(u64, Vec<u8>)>;
 
 /// A record a scan passes: in the file's pages, or kept in memory for a lost transaction.
 enum Stored<'a> {
