@@ -25,7 +25,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex, MutexGuard, PoisonError, RwLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -122,6 +122,9 @@ pub(super) struct JournalFile {
     /// then. Set before the writer answers a batch it left open, so a reader that knows of the
     /// batch (the hub's head is set after the answer) sees it set.
     pending: AtomicBool,
+    /// The first position in `open`'s records (`u64::MAX`: none): a read of positions below it
+    /// needs nothing from the open transaction, and takes no lock. Published with `pending`.
+    pending_from: AtomicU64,
 }
 
 /// Records of new events by position, kept in memory (see [`OpenBatches::records`]).
@@ -170,6 +173,7 @@ impl OpenBatches {
 pub(super) struct OpenGuard<'a> {
     batches: MutexGuard<'a, OpenBatches>,
     pending: &'a AtomicBool,
+    pending_from: &'a AtomicU64,
 }
 
 impl std::ops::Deref for OpenGuard<'_> {
@@ -188,6 +192,11 @@ impl std::ops::DerefMut for OpenGuard<'_> {
 impl Drop for OpenGuard<'_> {
     fn drop(&mut self) {
         let pending = self.batches.txn.is_some() || self.batches.lost;
+        let from = match self.batches.records.first() {
+            Some(&(position, _)) if pending => position,
+            _ => u64::MAX,
+        };
+        self.pending_from.store(from, Ordering::Release);
         self.pending.store(pending, Ordering::Release);
     }
 }
@@ -211,6 +220,7 @@ impl JournalFile {
             health: watch::Sender::new(JournalHealth::Writable),
             open: Mutex::new(OpenBatches::default()),
             pending: AtomicBool::new(false),
+            pending_from: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -219,6 +229,7 @@ impl JournalFile {
         OpenGuard {
             batches: self.open.lock().unwrap_or_else(PoisonError::into_inner),
             pending: &self.pending,
+            pending_from: &self.pending_from,
         }
     }
 
@@ -254,13 +265,26 @@ impl JournalFile {
     pub(super) fn read_snapshot(
         &self,
     ) -> Result<(Arc<Database>, redb::ReadTransaction, KeptRecords), StoreError> {
+        self.read_snapshot_until(u64::MAX)
+    }
+
+    /// [`JournalFile::read_snapshot`] for a read of the events up to position `until` only:
+    /// when the open transaction's events all come after it (a replay catching up to where it
+    /// joined the live stream), the file has them all, and nothing waits for the writer.
+    pub(super) fn read_snapshot_until(
+        &self,
+        until: u64,
+    ) -> Result<(Arc<Database>, redb::ReadTransaction, KeptRecords), StoreError> {
         let begin = |db: Arc<Database>| {
             let txn = db
                 .begin_read()
                 .map_err(|error| StoreError::Read(Arc::new(error.into())))?;
             Ok((db, txn))
         };
-        if !self.pending.load(Ordering::Acquire) {
+        // `pending_from` first: it is published before `pending`, so a reader that sees
+        // nothing pending or only events after `until` is right about the batches it knows of.
+        let from = self.pending_from.load(Ordering::Acquire);
+        if !self.pending.load(Ordering::Acquire) || until < from {
             let (db, txn) = begin(self.current_db()?)?;
             return Ok((db, txn, Vec::new()));
         }

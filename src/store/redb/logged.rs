@@ -349,6 +349,32 @@ mod tests {
         assert_eq!(read_after(reader.as_ref(), 0, 10).len(), 2);
     }
 
+    /// A replay that reads up to where it joined the live stream needs nothing from the open
+    /// transaction when its events all come after that: it reads the file, and the writer's
+    /// transaction stays open.
+    #[test]
+    fn a_read_below_the_open_batches_leaves_them_open() {
+        let dir = TestDir::new();
+        let mut journal = RedbJournal::open(logged(&dir, Duration::from_secs(3600))).unwrap();
+        let reader = journal.reader();
+        journal.append(&mut [event("a", "u1")]).unwrap();
+        assert_eq!(read_after(reader.as_ref(), 0, 10).len(), 1);
+        journal.append(&mut [event("b", "u1")]).unwrap();
+        let limits = |until| crate::store::ScanLimits {
+            until,
+            max_scanned: 10,
+            max_selected: 10,
+            max_bytes: usize::MAX,
+        };
+        let scan = reader.scan(0, limits(1), &|_| true).unwrap();
+        assert_eq!(scan.events.len(), 1);
+        assert!(journal.file.open_batches().txn.is_some());
+        // Up to the open batch's position: committed first, and read.
+        let scan = reader.scan(0, limits(2), &|_| true).unwrap();
+        assert_eq!(scan.events.len(), 2);
+        assert!(journal.file.open_batches().txn.is_none());
+    }
+
     #[test]
     fn the_batch_that_reaches_the_limit_is_committed_not_logged() {
         let dir = TestDir::new();

@@ -41,8 +41,11 @@ impl RedbReader {
 
     /// [`Self::snapshot`] with the records of a lost transaction's batches, for the scans
     /// (see `OpenBatches::records`).
-    fn scan_snapshot(&self) -> Result<(Arc<Database>, ReadTransaction, u64, Kept), StoreError> {
-        let (db, txn, kept) = self.file.read_snapshot()?;
+    fn scan_snapshot(
+        &self,
+        until: u64,
+    ) -> Result<(Arc<Database>, ReadTransaction, u64, Kept), StoreError> {
+        let (db, txn, kept) = self.file.read_snapshot_until(until)?;
         let floor = floor_in(&txn)?;
         Ok((db, txn, floor, kept))
     }
@@ -85,7 +88,7 @@ impl JournalReader for RedbReader {
         limits: ScanLimits,
         select: &dyn Fn(EventMeta<'_>) -> bool,
     ) -> Result<Scan, StoreError> {
-        let (_db, txn, floor, kept) = self.scan_snapshot()?;
+        let (_db, txn, floor, kept) = self.scan_snapshot(limits.until)?;
         let table = txn.open_table(EVENTS).map_err(read_failed)?;
         let start = after.max(floor);
         let mut scan = Scan {
@@ -123,7 +126,7 @@ impl JournalReader for RedbReader {
         limits: BackLimits,
         select: &dyn Fn(EventMeta<'_>) -> bool,
     ) -> Result<BackScan, StoreError> {
-        let (_db, txn, floor, kept) = self.scan_snapshot()?;
+        let (_db, txn, floor, kept) = self.scan_snapshot(before.saturating_sub(1))?;
         let table = txn.open_table(EVENTS).map_err(read_failed)?;
         let mut scan = BackScan {
             floor,
