@@ -132,8 +132,9 @@ pub(super) type KeptRecords = Vec<(u64, Vec<u8>)>;
 
 /// The writer's transaction left open across batches, with `--checkpoint-interval`: the
 /// batches in it are durable in the commit log (`journal.wal`), not yet in `journal.redb`.
-/// Whoever reads or writes the file otherwise commits it first ([`JournalFile::db`]), so they
-/// see every batch the writer has answered for.
+/// Whoever writes the file otherwise, or reads what it holds, commits it first
+/// ([`JournalFile::read_snapshot_until`], `exclusive`), so they see every batch the writer has
+/// answered for.
 #[derive(Default)]
 pub(super) struct OpenBatches {
     /// The transaction; `None` when every batch is committed.

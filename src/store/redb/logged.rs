@@ -1,9 +1,10 @@
 //! The logged commit (`--checkpoint-interval`, with `--durability fsync`): the writer's batch
 //! is written into a transaction that stays open for the batches after it, and made durable by
 //! one record in the commit log (`wal.rs`); the transaction is committed to `journal.redb`
-//! with an fsync (a checkpoint) once per interval, after [`MAX_OPEN_EVENTS`] events, before
-//! anyone else reads or writes the file, and by the probe when the writer is quiet. The batch
-//! that reaches the interval is not logged: its commit makes it durable with the rest.
+//! with an fsync (a checkpoint) once per interval, after [`MAX_OPEN_EVENTS`] events, with a
+//! batch of [`LOG_BELOW`] events or more, before anyone else writes the file or reads what the
+//! transaction holds, and by the probe when the writer is quiet. The batch that triggers a
+//! checkpoint is not logged: its commit makes it durable with the rest.
 //!
 //! Owns: when a batch is logged and when the transaction is committed; applying the log to
 //! the file at open and after a transaction was lost. Does not own: the log's format
