@@ -279,7 +279,7 @@ impl RedbJournal {
                     event.cursor = cursor.to_string();
                     // Stored by a commit reported failed: delivered now, as new (its item
                     // was stored with it, so this adds nothing twice).
-                    if inbox.event_stored(&self.inbox, event, position)? {
+                    if inbox.event_stored(&self.settings.inbox_types, event, position)? {
                         written.muted.push(position);
                     }
                 }
@@ -296,7 +296,7 @@ impl RedbJournal {
             self.in_doubt.remove(&head);
             let cursor = self.cursor(head);
             let frame = batch.insert(head, cursor.to_string(), event)?;
-            if inbox.event_stored(&self.inbox, event, head)? {
+            if inbox.event_stored(&self.settings.inbox_types, event, head)? {
                 written.muted.push(head);
             }
             written.appended.push(Appended {
@@ -327,7 +327,7 @@ impl RedbJournal {
         ) -> Result<(u64, T), redb::Error>,
     ) -> Result<T, redb::Error> {
         let txn = self.begin_append(db)?;
-        let (positions, head, outcomes) = self.fill_batch(&txn, now, false, fill)?;
+        let (positions, head, outcomes, _) = self.fill_batch(&txn, now, false, fill)?;
         if let Err(error) = txn.commit() {
             self.commit_failed(positions);
             return Err(error.into());
@@ -339,25 +339,9 @@ impl RedbJournal {
     /// One batch in `txn`, not committed: the head read again after a failed commit, the batch
     /// insert `fill` stores the batch with (it returns the new head and the outcomes), the
     /// dedupe window's upkeep. Returns the positions the batch wrote, the new head (the
-    /// journal's own head is left to the caller, for when the batch is committed) and the
-    /// outcomes; [`Self::fill_kept`] returns the new records too.
+    /// journal's own head is left to the caller, for when the batch is committed), the outcomes
+    /// and, when `keep`, the records stored.
     pub(super) fn fill_batch<T>(
-        &mut self,
-        txn: &redb::WriteTransaction,
-        now: u64,
-        keep: bool,
-        fill: impl FnOnce(
-            &mut Self,
-            &redb::WriteTransaction,
-            &mut BatchInsert<'_>,
-        ) -> Result<(u64, T), redb::Error>,
-    ) -> Result<(std::ops::RangeInclusive<u64>, u64, T), redb::Error> {
-        self.fill_kept(txn, now, keep, fill)
-            .map(|(positions, head, outcomes, _)| (positions, head, outcomes))
-    }
-
-    /// [`Self::fill_batch`], returning the records stored too when `keep`.
-    pub(super) fn fill_kept<T>(
         &mut self,
         txn: &redb::WriteTransaction,
         now: u64,

@@ -115,7 +115,7 @@ impl RedbJournal {
         let count = batches.len();
         for batch in batches {
             let mut events = batch.events;
-            let (_, head, _) = self
+            let (_, head, _, _) = self
                 .fill_batch(&txn, batch.now, false, |journal, txn, insert| {
                     journal.fill_events(txn, insert, &mut events, &[])
                 })
@@ -195,7 +195,7 @@ impl RedbJournal {
         // be worth a commit of its own, or the transaction is full or old enough.
         let checkpoint = events.len() >= LOG_BELOW
             || open.events + events.len() >= MAX_OPEN_EVENTS
-            || since.elapsed() >= self.checkpoint_interval;
+            || since.elapsed() >= self.settings.checkpoint_interval;
         let txn = match open.txn.take() {
             Some(txn) => txn,
             None => {
@@ -210,7 +210,7 @@ impl RedbJournal {
         open.db = None;
         let seq = self.wal_seq + 1;
         let filled = self
-            .fill_kept(&txn, now, !checkpoint, |journal, txn, insert| {
+            .fill_batch(&txn, now, !checkpoint, |journal, txn, insert| {
                 journal.fill_events(txn, insert, events, &[])
             })
             .and_then(|filled| {

@@ -127,14 +127,10 @@ pub struct RedbJournal {
     in_doubt: BTreeSet<u64>,
     /// A commit failed: the head is read again from the file before the next write.
     head_in_doubt: bool,
-    /// Which events make up the users' inboxes (`--inbox-types`).
-    inbox: InboxSettings,
     /// The commit log, when batches are logged (`logged.rs`).
     wal: Option<wal::Wal>,
     /// The sequence number of the last batch given to the log.
     wal_seq: u64,
-    /// `JournalSettings::checkpoint_interval`, when batches are logged.
-    checkpoint_interval: Duration,
 }
 
 impl Drop for RedbJournal {
@@ -303,8 +299,6 @@ impl RedbJournal {
             file: Arc::new(file),
             epoch,
             head,
-            checkpoint_interval: settings.checkpoint_interval,
-            inbox: settings.inbox_types.clone(),
             settings,
             in_doubt: BTreeSet::new(),
             head_in_doubt: false,
@@ -392,7 +386,7 @@ impl RedbJournal {
     pub fn monitor(&self) -> JournalMonitor {
         JournalMonitor {
             file: Arc::clone(&self.file),
-            checkpoint_interval: self.logging().then_some(self.checkpoint_interval),
+            checkpoint_interval: self.logging().then_some(self.settings.checkpoint_interval),
         }
     }
 }

@@ -146,7 +146,7 @@ impl RedbJournal {
                 if position <= head {
                     outcomes.push(match journal.take_in_doubt(&batch.events, position)? {
                         Some(frame) => {
-                            if inbox.event_stored(&journal.inbox, event, position)? {
+                            if inbox.event_stored(&journal.settings.inbox_types, event, position)? {
                                 replicated.muted.push(position);
                             }
                             Replicated::Stored(frame)
@@ -163,7 +163,7 @@ impl RedbJournal {
                 }
                 let cursor = journal.cursor(position).to_string();
                 let frame = batch.insert(position, cursor, event)?;
-                if inbox.event_stored(&journal.inbox, event, position)? {
+                if inbox.event_stored(&journal.settings.inbox_types, event, position)? {
                     replicated.muted.push(position);
                 }
                 outcomes.push(Replicated::Stored(frame));
